@@ -1,0 +1,37 @@
+//! `check [--compat]`: validate the file; list the extensions real mirrord would reject.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Context;
+
+pub fn run(ctx: &Context, compat: bool) -> Result<ExitCode> {
+    let doc = ctx.load()?;
+    crate::desired::select(&doc, &[])?;
+    let services = &doc.file.services.0;
+    println!(
+        "{}: ok ({} service{})",
+        doc.path.display(),
+        services.len(),
+        if services.len() == 1 { "" } else { "s" }
+    );
+    if compat {
+        let used: Vec<(String, Vec<&str>)> = services
+            .iter()
+            .map(|(n, s)| (n.clone(), s.extensions_used()))
+            .filter(|(_, u)| !u.is_empty())
+            .collect();
+        if used.is_empty() {
+            println!("compatible with mirrord 3.250 `mirrord up`: no mirrord-up extensions used");
+        } else {
+            println!("real mirrord 3.250 `mirrord up` would reject these mirrord-up extensions:");
+            for (name, keys) in used {
+                for k in keys {
+                    println!("  services.{name}.{k}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

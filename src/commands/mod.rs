@@ -1,0 +1,179 @@
+//! Command front-ends: each reads its inputs, calls the shared engine, prints, and maps the
+//! outcome to an exit code (0 ok, 1 error, 2 pending changes for `plan`).
+
+mod check;
+mod config;
+mod plan;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::config::UpDocument;
+use crate::desired::{Desired, ResolveOptions, TargetInference};
+use crate::spec::LauncherKind;
+use crate::state::StateStore;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context::new(cli.global);
+    match run(&ctx, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!(
+                "{} {e:#}",
+                crate::output::paint("error:", 31, ctx.stderr_color())
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Check { compat } => check::run(ctx, compat),
+        Command::Config { service, hash } => config::run(ctx, service.as_deref(), hash),
+        Command::Plan {
+            services,
+            format,
+            mode,
+        } => plan::run(ctx, &services, format, mode.map(Into::into)),
+    }
+}
+
+/// What every command needs from the global options.
+pub struct Context {
+    pub global: GlobalArgs,
+}
+
+impl Context {
+    pub fn new(global: GlobalArgs) -> Context {
+        Context { global }
+    }
+
+    pub fn stderr_color(&self) -> bool {
+        use std::io::IsTerminal;
+        crate::output::use_color(self.global.no_color, std::io::stderr().is_terminal())
+    }
+
+    pub fn stdout_color(&self) -> bool {
+        crate::output::stdout_color(self.global.no_color)
+    }
+
+    pub fn file(&self) -> PathBuf {
+        std::path::absolute(&self.global.file).unwrap_or_else(|_| self.global.file.clone())
+    }
+
+    pub fn load(&self) -> Result<UpDocument> {
+        Ok(UpDocument::load(
+            &self.global.file,
+            self.global.key.as_deref(),
+        )?)
+    }
+
+    /// `-p`, else the YAML's directory name, lower-cased and reduced to `[a-z0-9_-]`.
+    pub fn project(&self) -> String {
+        let raw = match &self.global.project {
+            Some(p) => p.clone(),
+            None => self
+                .file()
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".into()),
+        };
+        sanitize_project(&raw)
+    }
+
+    pub fn state_root(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.global.state_dir {
+            return Ok(std::path::absolute(d)?);
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(x).join("mirrord-up"));
+        }
+        let home = std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?;
+        Ok(PathBuf::from(home).join(".local/state/mirrord-up"))
+    }
+
+    pub fn store(&self) -> Result<StateStore> {
+        Ok(StateStore::open(&self.state_root()?, &self.project())?)
+    }
+
+    /// The mirrord binary, checked to exist (spec §5).
+    pub fn mirrord_bin(&self) -> Result<PathBuf> {
+        let given = self.global.mirrord_bin.clone();
+        let name = given.clone().unwrap_or_else(|| PathBuf::from("mirrord"));
+        let found = if name.components().count() > 1 {
+            name.is_file().then(|| name.clone())
+        } else {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(&name))
+                    .find(|p| p.is_file())
+            })
+        };
+        found.map(|p| std::path::absolute(&p).unwrap_or(p)).with_context(|| {
+            format!(
+                "mirrord binary `{}` not found{}: install mirrord, point --mirrord-bin or MIRRORD_BIN at it, or run the commands without mirrord with `--launcher local`",
+                name.display(),
+                if given.is_none() { " on PATH" } else { "" }
+            )
+        })
+    }
+
+    /// The desired services, inferring targets (through the cached answers in `cache`) when
+    /// the launcher is mirrord.
+    pub fn desired(
+        &self,
+        doc: &UpDocument,
+        selection: &[String],
+        mode: Option<crate::config::Mode>,
+        cache: std::collections::BTreeMap<String, String>,
+    ) -> Result<(Desired, std::collections::BTreeMap<String, String>)> {
+        let mut inference = match self.global.launcher {
+            LauncherKind::Mirrord if needs_inference(doc, selection) => {
+                Some(TargetInference::new(self.mirrord_bin()?, cache))
+            }
+            _ => None,
+        };
+        let desired = crate::desired::resolve(
+            doc,
+            ResolveOptions {
+                selection,
+                mode,
+                context: self.global.context.as_deref(),
+                launcher: self.global.launcher,
+                inference: inference.as_mut(),
+            },
+        )?;
+        if !self.global.quiet {
+            for w in &desired.warnings {
+                eprintln!("{w}");
+            }
+        }
+        Ok((desired, inference.map(|i| i.cache).unwrap_or_default()))
+    }
+}
+
+fn needs_inference(doc: &UpDocument, selection: &[String]) -> bool {
+    crate::desired::select(doc, selection)
+        .map(|names| {
+            names
+                .iter()
+                .any(|n| doc.file.services.0[n].target.needs_inference())
+        })
+        .unwrap_or(true)
+}
+
+pub fn sanitize_project(raw: &str) -> String {
+    let s: String = raw
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        .collect();
+    if s.is_empty() { "default".into() } else { s }
+}

@@ -1,0 +1,84 @@
+//! `plan [SERVICE…] [--format text|json]`: what `up` would do now. Changes nothing.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Context;
+use crate::cli::Format;
+use crate::plan::{Action, Plan, PlanOptions};
+
+pub fn run(
+    ctx: &Context,
+    services: &[String],
+    format: Format,
+    mode: Option<crate::config::Mode>,
+) -> Result<ExitCode> {
+    let doc = ctx.load()?;
+    let store = ctx.store()?;
+    let state = store.read()?;
+    let cache = state
+        .as_ref()
+        .map(|s| s.target_cache.clone())
+        .unwrap_or_default();
+    let (desired, _) = ctx.desired(&doc, services, mode, cache)?;
+    let observed = state
+        .as_ref()
+        .map(crate::engine::observe)
+        .unwrap_or_default();
+    let plan = crate::plan::plan(
+        &desired,
+        &observed,
+        PlanOptions {
+            restart_exited: true,
+            ..Default::default()
+        },
+    );
+    print_plan(&plan, format, ctx.stdout_color());
+    Ok(if plan.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+pub fn print_plan(plan: &Plan, format: Format, color: bool) {
+    match format {
+        Format::Json => {
+            let steps: Vec<_> = plan
+                .steps
+                .iter()
+                .map(|s| json!({"service": s.service, "action": s.action, "cause": s.cause.to_string()}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&steps).expect("plain JSON")
+            );
+        }
+        Format::Text => {
+            if plan.is_empty() {
+                println!("nothing to do ({})", plan.summary());
+                return;
+            }
+            let width = plan
+                .steps
+                .iter()
+                .map(|s| s.service.len())
+                .max()
+                .unwrap_or(0);
+            for s in &plan.steps {
+                let code = match s.action {
+                    Action::Start => 32,
+                    Action::Restart => 33,
+                    Action::Stop => 31,
+                    Action::Keep => 90,
+                };
+                let action =
+                    crate::output::paint(&format!("{:<7}", s.action.to_string()), code, color);
+                println!("{action} {:<width$}  {}", s.service, s.cause);
+            }
+            println!("{}", plan.summary());
+        }
+    }
+}

@@ -1,0 +1,710 @@
+//! The executor: observe (state ∩ reality), recover an interrupted apply, and carry out a
+//! `Plan` on real process groups — stops in reverse dependency order, starts level by level,
+//! each level in parallel. Intent is written before acting, so that a crash at any point
+//! leaves a state from which the next run converges without duplicates or orphans.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{Condition, RunType};
+use crate::desired::Desired;
+use crate::plan::{Action, Observed, ObservedService, ObservedState, Plan};
+use crate::process::{
+    self, ENV_INSTANCE, ENV_PROJECT, ENV_SERVICE, ENV_STATE, Liveness, ProcessIdentity,
+    SpawnRequest, StopRequest,
+};
+use crate::spec::{LauncherKind, ServiceSpec};
+use crate::state::{
+    ExitInfo, RecordKind, ServiceRecord, State, StateError, StateLock, StateStore, Status, now_ms,
+};
+
+/// Default time a dependent waits for its dependency's readiness.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Is the recorded process alive (its identity intact)?
+pub fn liveness(rec: &ServiceRecord) -> Liveness {
+    rec.process
+        .as_ref()
+        .map(ProcessIdentity::liveness)
+        .unwrap_or(Liveness::Exited)
+}
+
+/// Observed = state ∩ reality: a dead process or a recycled PID is "not running".
+pub fn observe(state: &State) -> Observed {
+    state
+        .records(RecordKind::Service)
+        .map(|(name, rec)| {
+            let alive = liveness(rec);
+            let st = match (rec.status, alive) {
+                (Status::Stopping, _) if rec.process.is_some() => ObservedState::Stopping,
+                (_, Liveness::Alive) => ObservedState::Running,
+                (_, Liveness::Recycled) => ObservedState::NotRunning {
+                    detail: "its PID now belongs to another process".into(),
+                },
+                (_, Liveness::Exited) => ObservedState::NotRunning {
+                    detail: rec
+                        .last_exit
+                        .as_ref()
+                        .map(ExitInfo::describe)
+                        .unwrap_or_default(),
+                },
+            };
+            (
+                name.clone(),
+                ObservedService {
+                    hash: rec.config_hash.clone(),
+                    spec: rec.spec.canonical(),
+                    state: st,
+                    level: rec.spec.level,
+                },
+            )
+        })
+        .collect()
+}
+
+/// What the user sees while a plan is applied.
+pub trait Reporter {
+    fn event(&mut self, service: &str, what: &str);
+}
+
+/// Plain lines on stderr (`api  started (pid 123): new service`).
+pub struct LineReporter {
+    pub quiet: bool,
+    pub width: usize,
+}
+
+impl Reporter for LineReporter {
+    fn event(&mut self, service: &str, what: &str) {
+        if !self.quiet {
+            eprintln!("{service:<w$}  {what}", w = self.width);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// `(service, reason)` of every service that could not be started.
+    pub failed: Vec<(String, String)>,
+    /// `(service, pids)` still alive after a stop.
+    pub survivors: Vec<(String, Vec<i32>)>,
+}
+
+impl ApplyReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.survivors.is_empty()
+    }
+
+    /// One paragraph naming what went wrong.
+    pub fn error_message(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (s, why) in &self.failed {
+            parts.push(format!("{s} failed to start: {why}"));
+        }
+        for (s, pids) in &self.survivors {
+            parts.push(format!("{s} did not stop (still running: pids {pids:?})"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Settings of the executor that come from the command line.
+#[derive(Debug, Clone)]
+pub struct LaunchSettings {
+    pub mirrord_bin: Option<PathBuf>,
+    /// Overrides every service's `stop_timeout` (`down -t`).
+    pub stop_timeout: Option<Duration>,
+}
+
+/// The executor, holding the state lock for its whole life.
+pub struct Engine<'a> {
+    pub store: &'a StateStore,
+    pub lock: &'a StateLock,
+    pub state: State,
+    pub settings: LaunchSettings,
+    pub reporter: &'a mut dyn Reporter,
+    /// Children spawned by this process (for exit codes of `completed_successfully`).
+    children: BTreeMap<String, std::process::Child>,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        store: &'a StateStore,
+        lock: &'a StateLock,
+        state: State,
+        settings: LaunchSettings,
+        reporter: &'a mut dyn Reporter,
+    ) -> Engine<'a> {
+        Engine {
+            store,
+            lock,
+            state,
+            settings,
+            reporter,
+            children: BTreeMap::new(),
+        }
+    }
+
+    pub fn save(&self) -> Result<(), StateError> {
+        self.store.save(self.lock, &self.state)
+    }
+
+    /// Finishes what a crashed run left: a record with a spawn nonce but no process identity
+    /// is matched, by that nonce, against the processes carrying our markers, and adopted.
+    pub fn recover(&mut self) -> Result<(), StateError> {
+        let pending: Vec<String> = self
+            .state
+            .services
+            .iter()
+            .filter(|(_, r)| r.process.is_none() && r.spawn_nonce.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let marked = process::find_marked(&self.store.dir);
+        for name in pending {
+            let rec = self.state.services.get_mut(&name).expect("listed");
+            let found = marked
+                .iter()
+                .find(|g| g.nonce.is_some() && g.nonce == rec.spawn_nonce && g.leader.is_some());
+            match found {
+                Some(g) => {
+                    rec.process = g.leader.clone();
+                    rec.status = Status::Running;
+                    rec.last_reason = Some("adopted after an interrupted start".into());
+                    self.reporter
+                        .event(&name, "adopted (found by its spawn marker)");
+                }
+                None => {
+                    rec.status = Status::Exited;
+                    rec.last_reason = Some("interrupted before it started".into());
+                }
+            }
+        }
+        self.save()
+    }
+
+    /// Refuses to start over processes that carry this project's markers but that the state
+    /// does not know (a lost or corrupt state file): they would run twice.
+    pub fn check_untracked(&self) -> anyhow::Result<()> {
+        let known: BTreeSet<i32> = self
+            .state
+            .services
+            .values()
+            .filter_map(|r| r.process.as_ref().map(|p| p.pgid))
+            .collect();
+        let stray: Vec<_> = process::find_marked(&self.store.dir)
+            .into_iter()
+            .filter(|g| !known.contains(&g.pgid))
+            .collect();
+        if stray.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = stray
+            .iter()
+            .map(|g| format!("{} (pgid {})", g.service, g.pgid))
+            .collect();
+        anyhow::bail!(
+            "found processes of project `{}` that the state file does not record: {}. They would run twice; stop them with `mirrord-up down --force`",
+            self.store.project,
+            list.join(", ")
+        )
+    }
+
+    /// Carries out `plan` for `desired`.
+    pub fn apply(&mut self, plan: &Plan, desired: &Desired) -> Result<ApplyReport, StateError> {
+        let mut report = ApplyReport::default();
+        // 1. Everything that goes away or is replaced stops first, deepest level first.
+        let to_stop: Vec<(String, String)> = plan
+            .changes()
+            .filter(|s| matches!(s.action, Action::Stop | Action::Restart))
+            .map(|s| (s.service.clone(), s.cause.to_string()))
+            .collect();
+        let removed: BTreeSet<String> = plan
+            .changes()
+            .filter(|s| s.action == Action::Stop)
+            .map(|s| s.service.clone())
+            .collect();
+        self.stop_services(&to_stop, &removed, &mut report)?;
+
+        // 2. Starts, level by level; within a level all at once.
+        let starts: BTreeMap<&str, String> = plan
+            .changes()
+            .filter(|s| matches!(s.action, Action::Start | Action::Restart))
+            .map(|s| (s.service.as_str(), s.cause.to_string()))
+            .collect();
+        let mut by_level: BTreeMap<usize, Vec<&ServiceSpec>> = BTreeMap::new();
+        for spec in &desired.services {
+            if starts.contains_key(spec.name.as_str()) {
+                by_level.entry(spec.level).or_default().push(spec);
+            }
+        }
+        let mut unavailable: BTreeSet<String> = BTreeSet::new();
+        for (_, specs) in by_level {
+            let mut ready_to_spawn = Vec::new();
+            for spec in specs {
+                match self.wait_for_dependencies(spec, desired, &unavailable) {
+                    Ok(()) => ready_to_spawn.push(spec),
+                    Err(why) => {
+                        self.fail(spec, &why, &mut report);
+                        unavailable.insert(spec.name.clone());
+                    }
+                }
+            }
+            let failed = self.start_level(&ready_to_spawn, &starts, &mut report)?;
+            unavailable.extend(failed);
+        }
+        self.state.file = None.or(self.state.file.take());
+        self.save()?;
+        Ok(report)
+    }
+
+    fn fail(&mut self, spec: &ServiceSpec, why: &str, report: &mut ApplyReport) {
+        self.reporter.event(&spec.name, &format!("failed: {why}"));
+        report.failed.push((spec.name.clone(), why.to_owned()));
+        let log_path = self.store.log_path(&spec.name);
+        let rec = self
+            .state
+            .services
+            .entry(spec.name.clone())
+            .or_insert_with(|| new_record(spec, log_path));
+        rec.spec = spec.clone();
+        rec.config_hash = spec.hash();
+        rec.status = Status::Failed;
+        rec.process = None;
+        rec.spawn_nonce = None;
+        rec.last_reason = Some(why.to_owned());
+    }
+
+    /// Stops the named services (reverse level order, each level in parallel), removing the
+    /// records of `removed` and of every other stopped one being replaced by a start.
+    pub fn stop_services(
+        &mut self,
+        names: &[(String, String)],
+        removed: &BTreeSet<String>,
+        report: &mut ApplyReport,
+    ) -> Result<(), StateError> {
+        let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<(String, String)>> =
+            BTreeMap::new();
+        for (n, why) in names {
+            if let Some(rec) = self.state.services.get(n) {
+                by_level
+                    .entry(std::cmp::Reverse(rec.spec.level))
+                    .or_default()
+                    .push((n.clone(), why.clone()));
+            }
+        }
+        for (_, level) in by_level {
+            let mut requests = Vec::new();
+            for (n, _) in &level {
+                let rec = self.state.services.get_mut(n).expect("present");
+                if let Some(id) = &rec.process {
+                    rec.status = Status::Stopping;
+                    requests.push(StopRequest {
+                        name: n.clone(),
+                        identity: id.clone(),
+                        signal: crate::config::parse_signal(&rec.spec.stop_signal)
+                            .unwrap_or(Signal::SIGTERM),
+                        timeout: self
+                            .settings
+                            .stop_timeout
+                            .unwrap_or(rec.spec.stop_timeout()),
+                    });
+                }
+            }
+            if !requests.is_empty() {
+                self.save()?; // intent: these are being stopped
+            }
+            let reasons: BTreeMap<&String, &String> = level.iter().map(|(n, w)| (n, w)).collect();
+            let reporter = &mut *self.reporter;
+            let outcomes = process::stop_groups_with(&requests, &mut |o| {
+                let what = if o.survivors.is_empty() {
+                    if o.killed {
+                        "stopped (killed after the grace period)".to_owned()
+                    } else {
+                        "stopped".to_owned()
+                    }
+                } else {
+                    format!("did not stop: pids {:?} survive", o.survivors)
+                };
+                let why = reasons
+                    .get(&o.name)
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default();
+                reporter.event(&o.name, &format!("{what}{why}"));
+            });
+            for o in &outcomes {
+                if !o.survivors.is_empty() {
+                    report.survivors.push((o.name.clone(), o.survivors.clone()));
+                }
+            }
+            for (n, why) in &level {
+                let survived = outcomes
+                    .iter()
+                    .any(|o| &o.name == n && !o.survivors.is_empty());
+                if survived {
+                    continue;
+                }
+                if removed.contains(n) {
+                    if !requests.iter().any(|r| &r.name == n) {
+                        reporter_note(self.reporter, n, why);
+                    }
+                    self.state.services.remove(n);
+                } else if let Some(rec) = self.state.services.get_mut(n) {
+                    rec.status = Status::Exited;
+                    rec.process = None;
+                    rec.last_exit = Some(ExitInfo {
+                        code: None,
+                        signal: Some(rec.spec.stop_signal.clone()),
+                        at_ms: now_ms(),
+                    });
+                }
+            }
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Spawns the services of one level. Returns the names that failed.
+    fn start_level(
+        &mut self,
+        specs: &[&ServiceSpec],
+        causes: &BTreeMap<&str, String>,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<String>, StateError> {
+        let mut failed = Vec::new();
+        let mut launches = Vec::new();
+        for spec in specs {
+            // Leftovers of an earlier process of this service (e.g. a grandchild that outlived
+            // its leader) go first, so that nothing runs twice.
+            if let Some(old) = self
+                .state
+                .services
+                .get(&spec.name)
+                .and_then(|r| r.process.clone())
+            {
+                process::stop_groups(&[StopRequest {
+                    name: spec.name.clone(),
+                    identity: old,
+                    signal: Signal::SIGKILL,
+                    timeout: Duration::ZERO,
+                }]);
+            }
+            match self.prepare_launch(spec) {
+                Ok(req) => launches.push((*spec, req)),
+                Err(why) => {
+                    self.fail(spec, &why, report);
+                    failed.push(spec.name.clone());
+                }
+            }
+        }
+        if launches.is_empty() {
+            return Ok(failed);
+        }
+        // Intent first: records with their spawn nonce, no process yet.
+        for (spec, req) in &launches {
+            let log_path = self.store.log_path(&spec.name);
+            let offset = process::rotate_log(&log_path);
+            let rec = self
+                .state
+                .services
+                .entry(spec.name.clone())
+                .or_insert_with(|| new_record(spec, log_path.clone()));
+            let restarts = if rec.started_at_ms.is_some() {
+                rec.restarts + 1
+            } else {
+                rec.restarts
+            };
+            *rec = ServiceRecord {
+                restarts,
+                last_exit: rec.last_exit.take(),
+                ..new_record(spec, log_path)
+            };
+            rec.spawn_nonce = Some(req.nonce.clone());
+            rec.log_offset = offset;
+            rec.argv = std::iter::once(req.program.display().to_string())
+                .chain(req.args.iter().cloned())
+                .collect();
+        }
+        self.save()?;
+        for (spec, req) in &launches {
+            let cause = causes.get(spec.name.as_str()).cloned().unwrap_or_default();
+            match process::spawn(req) {
+                Ok((child, identity)) => {
+                    if std::env::var_os("MIRRORD_UP_TEST_CRASH_AFTER_SPAWN").is_some() {
+                        // Test hook: die between spawn and the state write.
+                        std::process::exit(99);
+                    }
+                    let rec = self.state.services.get_mut(&spec.name).expect("recorded");
+                    rec.status = Status::Running;
+                    rec.started_at_ms = Some(now_ms());
+                    rec.last_reason = Some(cause.clone());
+                    self.reporter.event(
+                        &spec.name,
+                        &format!("started (pid {}): {cause}", identity.pid),
+                    );
+                    rec.process = Some(identity);
+                    self.children.insert(spec.name.clone(), child);
+                }
+                Err(e) => {
+                    let why = format!("cannot run `{}`: {e}", req.program.display());
+                    self.fail(spec, &why, report);
+                    failed.push(spec.name.clone());
+                }
+            }
+        }
+        self.save()?;
+        Ok(failed)
+    }
+
+    /// The program, arguments and environment of a service (spec §5), and its mirrord.json.
+    fn prepare_launch(&self, spec: &ServiceSpec) -> Result<SpawnRequest, String> {
+        let nonce = process::new_nonce();
+        let mut env = BTreeMap::new();
+        env.insert(ENV_PROJECT.to_owned(), self.store.project.clone());
+        env.insert(ENV_SERVICE.to_owned(), spec.name.clone());
+        env.insert(ENV_STATE.to_owned(), self.store.dir.display().to_string());
+        env.insert(ENV_INSTANCE.to_owned(), nonce.clone());
+        find_program(&spec.command[0], &spec.working_dir).ok_or_else(|| {
+            format!(
+                "command `{}` not found (working directory {})",
+                spec.command[0],
+                spec.working_dir.display()
+            )
+        })?;
+        if !spec.working_dir.is_dir() {
+            return Err(format!(
+                "working directory {} does not exist",
+                spec.working_dir.display()
+            ));
+        }
+        let log = self.store.log_path(&spec.name);
+        let (program, args) = match spec.launcher {
+            LauncherKind::Local => {
+                env.extend(spec.env_overrides());
+                (PathBuf::from(&spec.command[0]), spec.command[1..].to_vec())
+            }
+            LauncherKind::Mirrord => {
+                let bin = self
+                    .settings
+                    .mirrord_bin
+                    .clone()
+                    .ok_or("no mirrord binary (use --mirrord-bin or --launcher local)")?;
+                let config_path = self.store.service_dir(&spec.name).join("mirrord.json");
+                write_config(&config_path, &spec.mirrord_config)
+                    .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+                env.insert("MIRRORD_PROGRESS_MODE".into(), "simple".into());
+                let mut args = vec![
+                    match spec.run_type {
+                        RunType::Exec => "exec".to_owned(),
+                        RunType::Container => "container".to_owned(),
+                    },
+                    "-f".to_owned(),
+                    config_path.display().to_string(),
+                    "--".to_owned(),
+                ];
+                args.extend(spec.command.iter().cloned());
+                (bin, args)
+            }
+        };
+        Ok(SpawnRequest {
+            program,
+            args,
+            env,
+            cwd: spec.working_dir.clone(),
+            stdout: log.clone(),
+            stderr: log,
+            nonce,
+        })
+    }
+
+    /// Blocks until every dependency of `spec` meets its condition (or says why not).
+    fn wait_for_dependencies(
+        &mut self,
+        spec: &ServiceSpec,
+        desired: &Desired,
+        unavailable: &BTreeSet<String>,
+    ) -> Result<(), String> {
+        for (dep, how) in &spec.depends_on.0 {
+            let Some(dep_spec) = desired.get(dep) else {
+                continue; // skipped: provided elsewhere
+            };
+            if unavailable.contains(dep) {
+                return Err(format!("dependency {dep} did not start"));
+            }
+            match how.condition {
+                Condition::Started => {}
+                Condition::Ready => self.wait_ready(dep_spec)?,
+                Condition::CompletedSuccessfully => self.wait_completed(dep)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, dep: &ServiceSpec) -> Result<(), String> {
+        let Some(rec) = self.state.services.get(&dep.name) else {
+            return Err(format!("dependency {} is not running", dep.name));
+        };
+        if rec.status == Status::Ready {
+            return Ok(());
+        }
+        let probe = crate::readiness::Probe::of(dep);
+        let timeout = dep
+            .ready
+            .as_ref()
+            .and_then(|r| r.timeout)
+            .map(|t| t.0)
+            .unwrap_or(DEFAULT_READY_TIMEOUT);
+        let deadline = Instant::now() + timeout;
+        let log = rec.log_path.clone();
+        let offset = rec.log_offset;
+        let identity = rec.process.clone();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if probe.check(&log, offset) {
+                let rec = self.state.services.get_mut(&dep.name).expect("present");
+                rec.status = Status::Ready;
+                self.reporter.event(&dep.name, "ready");
+                return Ok(());
+            }
+            if identity
+                .as_ref()
+                .is_none_or(|i| i.liveness() != Liveness::Alive)
+            {
+                return Err(format!(
+                    "dependency {} exited before it was ready",
+                    dep.name
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "dependency {} not ready after {}",
+                    dep.name,
+                    humantime::format_duration(timeout)
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_completed(&mut self, dep: &str) -> Result<(), String> {
+        if let Some(child) = self.children.get_mut(dep) {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            let rec = self.state.services.get_mut(dep).expect("present");
+            rec.status = Status::Exited;
+            rec.last_exit = Some(ExitInfo {
+                code: status.code(),
+                signal: None,
+                at_ms: now_ms(),
+            });
+            return match status.code() {
+                Some(0) => Ok(()),
+                _ => Err(format!(
+                    "dependency {dep} did not complete successfully ({status})"
+                )),
+            };
+        }
+        let rec = self
+            .state
+            .services
+            .get(dep)
+            .ok_or(format!("dependency {dep} is not running"))?;
+        match (&rec.last_exit, liveness(rec)) {
+            (Some(e), Liveness::Exited | Liveness::Recycled) if e.code.is_none_or(|c| c == 0) => {
+                Ok(())
+            }
+            (None, Liveness::Exited | Liveness::Recycled) => Ok(()),
+            (_, Liveness::Alive) => Err(format!(
+                "dependency {dep} is still running (started by an earlier run; its completion cannot be awaited)"
+            )),
+            (Some(e), _) => Err(format!("dependency {dep} failed ({})", e.describe())),
+        }
+    }
+
+    /// After an apply: services that died already are reported (and recorded as exited).
+    pub fn reap_early_exits(&mut self, report: &mut ApplyReport) {
+        for (name, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait()
+                && let Some(rec) = self.state.services.get_mut(name)
+                && rec
+                    .process
+                    .as_ref()
+                    .is_some_and(|p| p.pid == child.id() as i32)
+            {
+                rec.status = Status::Exited;
+                rec.last_exit = Some(ExitInfo {
+                    code: status.code(),
+                    signal: std::os::unix::process::ExitStatusExt::signal(&status)
+                        .and_then(|s| Signal::try_from(s).ok())
+                        .map(|s| s.as_str().to_owned()),
+                    at_ms: now_ms(),
+                });
+                if status.code() != Some(0) {
+                    let why = format!("exited right after start ({status})");
+                    self.reporter.event(name, &why);
+                    report.failed.push((name.clone(), why));
+                }
+            }
+        }
+    }
+}
+
+fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {
+    reporter.event(name, &format!("removed: {why}"));
+}
+
+fn new_record(spec: &ServiceSpec, log_path: PathBuf) -> ServiceRecord {
+    ServiceRecord {
+        kind: RecordKind::Service,
+        config_hash: spec.hash(),
+        spec: spec.clone(),
+        argv: Vec::new(),
+        status: Status::Starting,
+        process: None,
+        spawn_nonce: None,
+        started_at_ms: None,
+        restarts: 0,
+        last_exit: None,
+        last_reason: None,
+        log_path,
+        log_offset: 0,
+        output_dir: None,
+        backoff_until_ms: None,
+    }
+}
+
+fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), StateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    let mut text = serde_json::to_vec_pretty(config).expect("JSON");
+    text.push(b'\n');
+    crate::state::write_private(path, &text)
+}
+
+/// `which`, relative to the service's working directory for paths with a slash.
+pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| executable(p))
+}

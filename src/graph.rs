@@ -1,0 +1,99 @@
+//! The service dependency graph: cycle detection and start levels (petgraph).
+
+use std::collections::BTreeMap;
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::config::ServiceConfig;
+
+/// Edges point from a service to each service it depends on.
+fn build(services: &BTreeMap<String, ServiceConfig>) -> (DiGraph<&str, ()>, Vec<NodeIndex>) {
+    let mut g = DiGraph::new();
+    let nodes: Vec<NodeIndex> = services.keys().map(|n| g.add_node(n.as_str())).collect();
+    let index: BTreeMap<&str, NodeIndex> = services
+        .keys()
+        .map(String::as_str)
+        .zip(nodes.iter().copied())
+        .collect();
+    for (name, svc) in services {
+        for dep in svc.depends_on.0.keys() {
+            if let Some(&to) = index.get(dep.as_str()) {
+                g.add_edge(index[name.as_str()], to, ());
+            }
+        }
+    }
+    (g, nodes)
+}
+
+/// A dependency cycle as `[a, b, a]`, smallest name first, or `None`.
+pub fn find_cycle(services: &BTreeMap<String, ServiceConfig>) -> Option<Vec<String>> {
+    let (g, _) = build(services);
+    let mut cycles: Vec<Vec<String>> = tarjan_scc(&g)
+        .into_iter()
+        .filter(|scc| scc.len() > 1 || g.contains_edge(scc[0], scc[0]))
+        .map(|scc| {
+            // Walk the cycle from its smallest member, following edges inside the component.
+            let start = *scc.iter().min_by_key(|n| g[**n]).expect("non-empty");
+            let mut path = vec![g[start].to_owned()];
+            let mut at = start;
+            loop {
+                let next = g
+                    .neighbors(at)
+                    .filter(|n| scc.contains(n))
+                    .min_by_key(|n| g[*n])
+                    .expect("a strongly connected component has an edge inside it");
+                path.push(g[next].to_owned());
+                if next == start || path.len() > scc.len() {
+                    break;
+                }
+                at = next;
+            }
+            path
+        })
+        .collect();
+    cycles.sort();
+    cycles.into_iter().next()
+}
+
+/// Start level of each service: 0 with no dependencies, else one more than its deepest
+/// dependency. Only edges between services in `names` count (skipped dependencies are
+/// satisfied elsewhere). The file has been checked for cycles.
+pub fn levels(
+    services: &BTreeMap<String, ServiceConfig>,
+    names: &[String],
+) -> BTreeMap<String, usize> {
+    fn level_of(
+        name: &str,
+        services: &BTreeMap<String, ServiceConfig>,
+        names: &[String],
+        memo: &mut BTreeMap<String, usize>,
+    ) -> usize {
+        if let Some(l) = memo.get(name) {
+            return *l;
+        }
+        let level = services[name]
+            .depends_on
+            .0
+            .keys()
+            .filter(|d| names.contains(d))
+            .map(|d| level_of(d, services, names, memo) + 1)
+            .max()
+            .unwrap_or(0);
+        memo.insert(name.to_owned(), level);
+        level
+    }
+    let mut memo = BTreeMap::new();
+    for n in names {
+        level_of(n, services, names, &mut memo);
+    }
+    memo.retain(|k, _| names.contains(k));
+    memo
+}
+
+/// `names` in start order: by level, then by name.
+pub fn start_order(levels: &BTreeMap<String, usize>) -> Vec<String> {
+    let mut v: Vec<(&usize, &String)> = levels.iter().map(|(n, l)| (l, n)).collect();
+    v.sort();
+    v.into_iter().map(|(_, n)| n.clone()).collect()
+}

@@ -1,0 +1,20 @@
+//! mirrord-up: a declarative reconciler for mirrord sessions.
+//!
+//! The YAML (`config`) is the desired state, resolved into `ServiceSpec`s with a `ConfigHash`
+//! each (`desired`, `generate`, `spec`); the state file (`state`) records what was started;
+//! `plan` compares the two without side effects; the executor (`engine`) carries a plan out on
+//! real process groups (`process`).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod desired;
+pub mod engine;
+pub mod generate;
+pub mod graph;
+pub mod output;
+pub mod plan;
+pub mod process;
+pub mod readiness;
+pub mod spec;
+pub mod state;

@@ -1,0 +1,390 @@
+//! Process identity, process groups, spawning and stopping (spec §6).
+//!
+//! A PID is data with an identity: `(pid, pgid, start_time, boot_id)`, plus the spawn nonce
+//! every service carries in `MIRRORD_UP_INSTANCE`. Nothing recorded is signalled before that
+//! identity is checked again; a mismatch means "gone".
+
+mod linux;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use linux::{ProcInfo, boot_id, environ_of, proc_info, scan};
+
+/// Markers every service process carries (spec §5), so a lost state can be recovered.
+pub const ENV_PROJECT: &str = "MIRRORD_UP_PROJECT";
+pub const ENV_SERVICE: &str = "MIRRORD_UP_SERVICE";
+/// The project's state directory: tells apart two state dirs that use the same project name.
+pub const ENV_STATE: &str = "MIRRORD_UP_STATE";
+/// Unique per spawn.
+pub const ENV_INSTANCE: &str = "MIRRORD_UP_INSTANCE";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: i32,
+    pub pgid: i32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+    pub boot_id: String,
+    /// The `MIRRORD_UP_INSTANCE` the process was started with, if any.
+    #[serde(default)]
+    pub nonce: Option<String>,
+}
+
+/// What a recorded identity is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The very process, alive.
+    Alive,
+    /// Exited (or a zombie). Its group may still have members.
+    Exited,
+    /// The PID belongs to another process now (or another boot): never signal it.
+    Recycled,
+}
+
+impl ProcessIdentity {
+    /// Reads the identity of a live process.
+    pub fn of(pid: i32, nonce: Option<String>) -> std::io::Result<ProcessIdentity> {
+        let info = proc_info(pid)?;
+        Ok(ProcessIdentity {
+            pid,
+            pgid: info.pgid,
+            start_time: info.start_time,
+            boot_id: boot_id().to_owned(),
+            nonce,
+        })
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        if self.boot_id != boot_id() {
+            return Liveness::Recycled;
+        }
+        match proc_info(self.pid) {
+            Err(_) => Liveness::Exited,
+            Ok(info) if info.start_time != self.start_time => Liveness::Recycled,
+            Ok(info) if info.zombie => Liveness::Exited,
+            Ok(_) => Liveness::Alive,
+        }
+    }
+
+    /// Live members of this process's group that are provably ours: while the leader lives
+    /// the PGID cannot be reused, so every member is; once it is gone, only members carrying
+    /// our spawn nonce count.
+    pub fn live_members(&self, table: &ProcessTable) -> Vec<i32> {
+        if self.boot_id != boot_id() {
+            return Vec::new();
+        }
+        let Some(members) = table.groups.get(&self.pgid) else {
+            return Vec::new();
+        };
+        let leader_ok = members
+            .iter()
+            .any(|m| m.pid == self.pid && m.start_time == self.start_time);
+        if leader_ok {
+            return members.iter().map(|m| m.pid).collect();
+        }
+        let Some(nonce) = &self.nonce else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|m| environ_of(m.pid).is_some_and(|env| env.get(ENV_INSTANCE) == Some(nonce)))
+            .map(|m| m.pid)
+            .collect()
+    }
+
+    /// Sends `sig` to the group (or, with the leader gone, to each verified member).
+    /// Returns how many processes were signalled.
+    pub fn signal_group(&self, sig: Signal, table: &ProcessTable) -> usize {
+        let members = self.live_members(table);
+        if members.is_empty() {
+            return 0;
+        }
+        if members.contains(&self.pid) {
+            let _ = killpg(Pid::from_raw(self.pgid), sig);
+        } else {
+            for pid in &members {
+                let _ = kill(Pid::from_raw(*pid), sig);
+            }
+        }
+        members.len()
+    }
+}
+
+/// A snapshot of live (non-zombie) processes by process group.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    pub groups: HashMap<i32, Vec<ProcInfo>>,
+}
+
+impl ProcessTable {
+    pub fn snapshot() -> ProcessTable {
+        let mut groups: HashMap<i32, Vec<ProcInfo>> = HashMap::new();
+        for info in scan() {
+            if !info.zombie {
+                groups.entry(info.pgid).or_default().push(info);
+            }
+        }
+        ProcessTable { groups }
+    }
+}
+
+/// One group to stop.
+#[derive(Debug, Clone)]
+pub struct StopRequest {
+    pub name: String,
+    pub identity: ProcessIdentity,
+    pub signal: Signal,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOutcome {
+    pub name: String,
+    /// Needed SIGKILL after the grace period.
+    pub killed: bool,
+    /// PIDs still alive after SIGKILL and the final wait (should never happen).
+    pub survivors: Vec<i32>,
+}
+
+/// After SIGKILL, how long to wait for the kernel to take the processes down.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops several groups in parallel: each gets its signal, then SIGKILL once its own timeout
+/// passes; returns when every group is empty (members counted, not only the leader).
+pub fn stop_groups(requests: &[StopRequest]) -> Vec<StopOutcome> {
+    stop_groups_with(requests, &mut |_| {})
+}
+
+/// As `stop_groups`, calling `progress(name)` when a group is found empty.
+pub fn stop_groups_with(
+    requests: &[StopRequest],
+    progress: &mut dyn FnMut(&StopOutcome),
+) -> Vec<StopOutcome> {
+    let start = Instant::now();
+    let table = ProcessTable::snapshot();
+    let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
+    for (i, r) in requests.iter().enumerate() {
+        if r.identity.signal_group(r.signal, &table) > 0 {
+            pending.insert(i, false);
+            if r.signal != Signal::SIGCONT {
+                // A stopped (SIGSTOP) process must run to act on the signal.
+                r.identity.signal_group(Signal::SIGCONT, &table);
+            }
+        } else {
+            let outcome = StopOutcome {
+                name: r.name.clone(),
+                killed: false,
+                survivors: vec![],
+            };
+            progress(&outcome);
+        }
+    }
+    let mut outcomes: BTreeMap<usize, StopOutcome> = BTreeMap::new();
+    let mut pause = Duration::from_millis(1);
+    while !pending.is_empty() {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(25));
+        let table = ProcessTable::snapshot();
+        let elapsed = start.elapsed();
+        pending.retain(|&i, killed| {
+            let r = &requests[i];
+            let members = r.identity.live_members(&table);
+            if members.is_empty() {
+                let o = StopOutcome {
+                    name: r.name.clone(),
+                    killed: *killed,
+                    survivors: vec![],
+                };
+                progress(&o);
+                outcomes.insert(i, o);
+                return false;
+            }
+            if !*killed && elapsed >= r.timeout {
+                r.identity.signal_group(Signal::SIGKILL, &table);
+                *killed = true;
+            } else if *killed && elapsed >= r.timeout + KILL_WAIT {
+                let o = StopOutcome {
+                    name: r.name.clone(),
+                    killed: true,
+                    survivors: members,
+                };
+                progress(&o);
+                outcomes.insert(i, o);
+                return false;
+            }
+            true
+        });
+    }
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            outcomes.remove(&i).unwrap_or(StopOutcome {
+                name: r.name.clone(),
+                killed: false,
+                survivors: vec![],
+            })
+        })
+        .collect()
+}
+
+/// What to run, and where its output goes.
+#[derive(Debug, Clone)]
+pub struct SpawnRequest {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    /// stdout and stderr, appended (or separate files for CI sessions).
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub nonce: String,
+}
+
+/// Logs larger than this are rotated (to `<name>.log.1`) when the service (re)starts.
+pub const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Spawns `req` in a new session (so its own process group), stdin `/dev/null`, output
+/// appended to its files, with every inherited `MIRRORD_*` variable removed (they would change
+/// what mirrord does behind the generated config) and `req.env` added.
+pub fn spawn(req: &SpawnRequest) -> std::io::Result<(std::process::Child, ProcessIdentity)> {
+    use std::os::unix::process::CommandExt;
+    let stdout = open_append(&req.stdout)?;
+    let stderr = if req.stderr == req.stdout {
+        stdout.try_clone()?
+    } else {
+        open_append(&req.stderr)?
+    };
+    let mut cmd = std::process::Command::new(&req.program);
+    cmd.args(&req.args)
+        .current_dir(&req.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MIRRORD_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.envs(&req.env);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    // The child has exec'd (std waits for that), so its setsid has happened.
+    let identity = ProcessIdentity::of(pid, Some(req.nonce.clone())).unwrap_or(ProcessIdentity {
+        pid,
+        pgid: pid,
+        start_time: 0,
+        boot_id: boot_id().to_owned(),
+        nonce: Some(req.nonce.clone()),
+    });
+    Ok((child, identity))
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Renames a log past `LOG_ROTATE_BYTES` to `<file>.1`; returns the size left (0 after rotation).
+pub fn rotate_log(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > LOG_ROTATE_BYTES => {
+            let mut rotated = path.as_os_str().to_owned();
+            rotated.push(".1");
+            let _ = std::fs::rename(path, rotated);
+            0
+        }
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// A fresh spawn nonce.
+pub fn new_nonce() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let mix = std::process::id() as u64 ^ crate::state::now_ms().rotate_left(17);
+    let n = u64::from_le_bytes(bytes) ^ mix;
+    format!("{n:016x}")
+}
+
+/// Processes of a project found by their markers (for `down --force` and crash recovery),
+/// grouped by process group: `(pgid, service, nonce)`.
+pub fn find_marked(state_dir: &Path) -> Vec<MarkedGroup> {
+    let want = state_dir.to_string_lossy();
+    let mut groups: BTreeMap<i32, MarkedGroup> = BTreeMap::new();
+    for info in scan() {
+        if info.zombie {
+            continue;
+        }
+        let Some(env) = environ_of(info.pid) else {
+            continue;
+        };
+        if env.get(ENV_STATE).map(String::as_str) != Some(want.as_ref()) {
+            continue;
+        }
+        let g = groups.entry(info.pgid).or_insert_with(|| MarkedGroup {
+            pgid: info.pgid,
+            service: env.get(ENV_SERVICE).cloned().unwrap_or_default(),
+            nonce: env.get(ENV_INSTANCE).cloned(),
+            leader: None,
+            pids: Vec::new(),
+        });
+        if info.pid == info.pgid {
+            g.leader = Some(ProcessIdentity {
+                pid: info.pid,
+                pgid: info.pgid,
+                start_time: info.start_time,
+                boot_id: boot_id().to_owned(),
+                nonce: env.get(ENV_INSTANCE).cloned(),
+            });
+        }
+        g.pids.push(info.pid);
+    }
+    groups.into_values().collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct MarkedGroup {
+    pub pgid: i32,
+    pub service: String,
+    pub nonce: Option<String>,
+    pub leader: Option<ProcessIdentity>,
+    pub pids: Vec<i32>,
+}
+
+impl MarkedGroup {
+    /// An identity to stop this group by: its leader, or a stand-in carrying the nonce.
+    pub fn identity(&self) -> ProcessIdentity {
+        self.leader.clone().unwrap_or(ProcessIdentity {
+            pid: self.pgid,
+            pgid: self.pgid,
+            start_time: u64::MAX,
+            boot_id: boot_id().to_owned(),
+            nonce: self.nonce.clone(),
+        })
+    }
+}

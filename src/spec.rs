@@ -1,0 +1,182 @@
+//! A service fully resolved for launching: what it runs, its generated mirrord config, and its
+//! `ConfigHash` — sha256 over the canonical JSON of exactly the parts that change the process.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::{DependsOn, ReadyConfig, RestartPolicy, RunType};
+
+/// How a service's command is started (spec §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    /// `mirrord exec|container -f <generated mirrord.json> -- <command>`.
+    Mirrord,
+    /// The command itself, with `env.override` applied; nothing else of the mirrord config.
+    Local,
+}
+
+impl LauncherKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LauncherKind::Mirrord => "mirrord",
+            LauncherKind::Local => "local",
+        }
+    }
+}
+
+/// sha256 (hex) of a service's canonical spec.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigHash(pub String);
+
+impl ConfigHash {
+    pub fn of(canonical: &Value) -> ConfigHash {
+        // serde_json maps are sorted (no `preserve_order`), so this text is canonical.
+        let text = serde_json::to_string(canonical).expect("JSON values serialize");
+        let digest = Sha256::digest(text.as_bytes());
+        ConfigHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn short(&self) -> &str {
+        &self.0[..12.min(self.0.len())]
+    }
+}
+
+impl fmt::Display for ConfigHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One service, ready to launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub launcher: LauncherKind,
+    pub mirrord_config: Value,
+    pub run_type: RunType,
+    pub command: Vec<String>,
+    pub working_dir: PathBuf,
+    // Behaviour of the supervisor, not of the process: outside the hash, so that editing a
+    // restart policy or a timeout does not restart anything.
+    pub level: usize,
+    pub depends_on: DependsOn,
+    pub restart: RestartPolicy,
+    pub max_restarts: Option<u32>,
+    pub ready: Option<ReadyConfig>,
+    pub stop_signal: String,
+    pub stop_timeout_ms: u64,
+}
+
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ServiceSpec {
+    /// The hashed part: generated mirrord config (which holds `env_file` and `config` contents),
+    /// the command, its working directory and the launcher.
+    pub fn canonical(&self) -> Value {
+        json!({
+            "launcher": self.launcher.as_str(),
+            "mirrord": self.mirrord_config,
+            "run": { "type": self.run_type.as_str(), "command": self.command },
+            "working_dir": self.working_dir,
+        })
+    }
+
+    pub fn hash(&self) -> ConfigHash {
+        ConfigHash::of(&self.canonical())
+    }
+
+    /// Environment overrides the `local` launcher applies (`feature.env.override`).
+    pub fn env_overrides(&self) -> BTreeMap<String, String> {
+        self.mirrord_config
+            .pointer("/feature/env/override")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.stop_timeout_ms)
+    }
+}
+
+/// Field paths that differ between two canonical specs, in the user's terms
+/// (`env.override.FOO`, `run.command`, `target.path`).
+pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff(old, new, String::new(), &mut out);
+    out.into_iter().map(|p| display_path(&p)).collect()
+}
+
+fn diff(old: &Value, new: &Value, path: String, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => diff(x, y, p, out),
+                    _ => out.push(p),
+                }
+            }
+        }
+        (a, b) if a != b => out.push(path),
+        _ => {}
+    }
+}
+
+fn display_path(p: &str) -> String {
+    for prefix in [
+        "mirrord.feature.network.incoming.",
+        "mirrord.feature.",
+        "mirrord.",
+    ] {
+        if let Some(rest) = p.strip_prefix(prefix) {
+            return rest.to_owned();
+        }
+    }
+    p.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_paths_use_yaml_terms() {
+        let a = json!({"mirrord": {"feature": {"env": {"override": {"FOO": "1"}}, "network": {"incoming": {"mode": "steal"}}}}, "run": {"command": ["a"]}});
+        let b = json!({"mirrord": {"feature": {"env": {"override": {"FOO": "2", "BAR": "x"}}, "network": {"incoming": {"mode": "steal", "ignore_ports": [1]}}}}, "run": {"command": ["b"]}});
+        assert_eq!(
+            changed_fields(&a, &b),
+            vec![
+                "env.override.BAR",
+                "env.override.FOO",
+                "ignore_ports",
+                "run.command"
+            ]
+        );
+    }
+
+    #[test]
+    fn hash_is_order_independent() {
+        let a: Value = serde_json::from_str(r#"{"a": 1, "b": {"c": 2, "d": 3}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b": {"d": 3, "c": 2}, "a": 1}"#).unwrap();
+        assert_eq!(ConfigHash::of(&a), ConfigHash::of(&b));
+        assert_eq!(ConfigHash::of(&a).0.len(), 64);
+    }
+}

@@ -1,0 +1,443 @@
+//! The persisted observed state: `<state-dir>/<project>/state.json`, versioned, written
+//! atomically, and guarded by `state.lock` across every read-modify-write (spec §3, §6).
+
+mod lock;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use lock::StateLock;
+
+use crate::process::ProcessIdentity;
+use crate::spec::{ConfigHash, ServiceSpec};
+
+/// The format this binary writes. Older formats must keep loading (see `state/` examples).
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: refusing to use a state directory that {why}; fix its owner/mode or choose another with --state-dir",
+        path.display()
+    )]
+    Unsafe { path: PathBuf, why: String },
+    #[error(
+        "{}: the state file is corrupt ({reason}); it was kept aside as {}. Processes it recorded may still run: `mirrord-up down --force` stops every process of this project found by its markers",
+        path.display(), kept.display()
+    )]
+    Corrupt {
+        path: PathBuf,
+        kept: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "{}: the state file has format_version {found}, newer than this mirrord-up understands ({FORMAT_VERSION}); refusing to overwrite it (upgrade mirrord-up)",
+        path.display()
+    )]
+    TooNew { path: PathBuf, found: u32 },
+    #[error(
+        "timed out after {}s waiting for the lock on `{}`, held by {holder}",
+        waited.as_secs(), path.display()
+    )]
+    LockTimeout {
+        path: PathBuf,
+        holder: String,
+        waited: Duration,
+    },
+}
+
+type Result<T, E = StateError> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Lifecycle status of a recorded service (what `ps` shows once liveness is checked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Intent recorded; the process may or may not have been spawned yet.
+    #[default]
+    Starting,
+    Running,
+    Ready,
+    Stopping,
+    Exited,
+    /// Gave up (restart limit reached, or could not be spawned).
+    Failed,
+    /// Waiting out a restart back-off.
+    Backoff,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Ready => "ready",
+            Status::Stopping => "stopping",
+            Status::Exited => "exited",
+            Status::Failed => "failed",
+            Status::Backoff => "backoff",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when the process was our child (otherwise unknown).
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub at_ms: u64,
+}
+
+impl ExitInfo {
+    pub fn describe(&self) -> String {
+        match (&self.code, &self.signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!("killed by {s}"),
+            (None, None) => "exited".into(),
+        }
+    }
+}
+
+/// Whether a record came from the YAML or from `ci start`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    #[default]
+    Service,
+    Ci,
+}
+
+/// One service (or CI session) the state knows about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    #[serde(default)]
+    pub kind: RecordKind,
+    pub config_hash: ConfigHash,
+    pub spec: ServiceSpec,
+    /// What was actually executed (program first).
+    #[serde(default)]
+    pub argv: Vec<String>,
+    pub status: Status,
+    #[serde(default)]
+    pub process: Option<ProcessIdentity>,
+    /// Set before spawning and passed as `MIRRORD_UP_INSTANCE`: if the tool dies between spawn
+    /// and the next write, the next run finds the process by it and adopts it.
+    #[serde(default)]
+    pub spawn_nonce: Option<String>,
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub last_exit: Option<ExitInfo>,
+    #[serde(default)]
+    pub last_reason: Option<String>,
+    pub log_path: PathBuf,
+    /// Size of the log when this process started: readiness is looked for after it.
+    #[serde(default)]
+    pub log_offset: u64,
+    /// CI sessions: where stdout and stderr go.
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// While in back-off: when the next attempt is due.
+    #[serde(default)]
+    pub backoff_until_ms: Option<u64>,
+}
+
+/// The background supervisor of the project, if one runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorRecord {
+    pub process: ProcessIdentity,
+    pub socket: PathBuf,
+    pub started_at_ms: u64,
+}
+
+/// The last hot reload that failed (cleared by the next good one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadError {
+    pub message: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    pub project: String,
+    /// The YAML last applied.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub supervisor: Option<SupervisorRecord>,
+    #[serde(default)]
+    pub last_reload_error: Option<ReloadError>,
+    /// Inferred targets (`context|namespace|service` → path), so reloads need no cluster query.
+    #[serde(default)]
+    pub target_cache: BTreeMap<String, String>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceRecord>,
+}
+
+impl State {
+    pub fn new(project: &str) -> State {
+        State {
+            format_version: FORMAT_VERSION,
+            project: project.to_owned(),
+            file: None,
+            supervisor: None,
+            last_reload_error: None,
+            target_cache: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+
+    pub fn records(&self, kind: RecordKind) -> impl Iterator<Item = (&String, &ServiceRecord)> {
+        self.services.iter().filter(move |(_, r)| r.kind == kind)
+    }
+}
+
+/// The state directory of one project.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    pub dir: PathBuf,
+    pub project: String,
+}
+
+impl StateStore {
+    /// Opens (creating, 0700) `<root>/<project>`, refusing foreign-owned or group/world-writable
+    /// directories.
+    pub fn open(root: &Path, project: &str) -> Result<StateStore> {
+        let dir = root.join(project);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        for d in [root, dir.as_path()] {
+            check_private(d)?;
+        }
+        for sub in ["logs", "services"] {
+            let p = dir.join(sub);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(io(&p))?;
+        }
+        Ok(StateStore {
+            dir,
+            project: project.to_owned(),
+        })
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn log_path(&self, service: &str) -> PathBuf {
+        self.dir
+            .join("logs")
+            .join(format!("{}.log", file_safe(service)))
+    }
+
+    pub fn service_dir(&self, service: &str) -> PathBuf {
+        self.dir.join("services").join(file_safe(service))
+    }
+
+    /// Reads without locking (for `ps`, `plan`, `logs`): the file is only ever replaced by
+    /// rename, so a reader sees one whole version. Absent → `None`.
+    pub fn read(&self) -> Result<Option<State>> {
+        let path = self.state_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        parse(&bytes)
+            .map(Some)
+            .map_err(|reason| StateError::Corrupt {
+                kept: path.clone(),
+                path,
+                reason,
+            })
+    }
+
+    /// Takes `state.lock`, waiting up to `timeout`.
+    pub fn lock(&self, timeout: Duration) -> Result<StateLock> {
+        StateLock::acquire(&self.dir.join("state.lock"), timeout)
+    }
+
+    /// Reads under the lock. A corrupt file is moved aside (`state.json.corrupt-<time>`).
+    pub fn load(&self, _lock: &StateLock) -> Result<State> {
+        match self.read() {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Ok(State::new(&self.project)),
+            Err(StateError::Corrupt { path, reason, .. }) => {
+                let kept = path.with_file_name(format!("state.json.corrupt-{}", now_ms() / 1000));
+                std::fs::rename(&path, &kept).map_err(io(&path))?;
+                Err(StateError::Corrupt { path, kept, reason })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the file atomically (temp, fsync, rename, fsync dir), mode 0600. Refuses to
+    /// overwrite a file of a newer format.
+    pub fn save(&self, _lock: &StateLock, state: &State) -> Result<()> {
+        let path = self.state_path();
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Some(found) = format_version_of(&bytes)
+            && found > FORMAT_VERSION
+        {
+            return Err(StateError::TooNew { path, found });
+        }
+        let mut text = serde_json::to_vec_pretty(state).expect("state serializes");
+        text.push(b'\n');
+        write_private(&path, &text)
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = atomic_write_file::AtomicWriteFile::open(path).map_err(io(path))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.commit().map_err(io(path))
+}
+
+fn parse(bytes: &[u8]) -> std::result::Result<State, String> {
+    if let Some(v) = format_version_of(bytes)
+        && v > FORMAT_VERSION
+    {
+        // Readable for display as far as the fields overlap; writes are refused in `save`.
+        return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+fn format_version_of(bytes: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    serde_json::from_slice::<Version>(bytes)
+        .ok()
+        .map(|v| v.format_version)
+}
+
+fn check_private(dir: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if meta.file_type().is_symlink() {
+        return Err(StateError::Unsafe {
+            path: dir.to_owned(),
+            why: "is a symbolic link".into(),
+        });
+    }
+    if meta.uid() != uid {
+        return Err(StateError::Unsafe {
+            path: dir.to_owned(),
+            why: format!("belongs to uid {} (you are {uid})", meta.uid()),
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(StateError::Unsafe {
+            path: dir.to_owned(),
+            why: format!(
+                "is group- or world-writable (mode {:o})",
+                meta.mode() & 0o777
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Service names are free text in mirrord; file names get a safe spelling.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_then_read_round_trips_with_private_modes() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let state = State::new("p");
+        store.save(&lock, &state).unwrap();
+        assert_eq!(store.read().unwrap(), Some(state));
+        let mode = std::fs::metadata(store.state_path()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(&store.dir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn newer_format_is_never_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let newer = r#"{"format_version": 99, "project": "p"}"#;
+        std::fs::write(store.state_path(), newer).unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let err = store.save(&lock, &State::new("p")).unwrap_err();
+        assert!(matches!(err, StateError::TooNew { found: 99, .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(store.state_path()).unwrap(), newer);
+    }
+
+    #[test]
+    fn corrupt_file_is_kept_aside_under_the_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        std::fs::write(store.state_path(), "{\"format_version\": 1, \"proj").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let err = store.load(&lock).unwrap_err();
+        let StateError::Corrupt { kept, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(kept.exists());
+        assert!(!store.state_path().exists());
+        assert!(err.to_string().contains("down --force"));
+    }
+
+    #[test]
+    fn world_writable_dirs_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateStore::open(root.path(), "p").unwrap_err();
+        assert!(err.to_string().contains("world-writable"), "{err}");
+    }
+}
