@@ -108,6 +108,52 @@ pub enum Command {
         #[arg(long)]
         hash: bool,
     },
+    /// Converge to the YAML: start what is missing or changed, stop what was removed.
+    #[command(
+        after_help = "Examples:\n  mirrord-up up -d              # start in the background, return when started\n  mirrord-up up -d api --wait   # api and its dependencies, wait until ready\n  mirrord-up up --dry-run       # what would change"
+    )]
+    Up(UpArgs),
+    /// Stop every service of the project and forget them; works without the YAML.
+    #[command(
+        after_help = "Examples:\n  mirrord-up down\n  mirrord-up down -t 2 --force   # state lost? find processes by their markers"
+    )]
+    Down {
+        /// Seconds to wait after the stop signal before SIGKILL (default: each service's stop_timeout).
+        #[arg(short, long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// Also stop processes of this project that the state does not record (found by the
+        /// MIRRORD_UP_* markers), and go on past a corrupt state file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// One row per service: status, PID, uptime, restarts, last reason, config hash.
+    #[command(
+        after_help = "Examples:\n  mirrord-up ps\n  mirrord-up ps --format json | jq '.[] | select(.status != \"running\")'"
+    )]
+    Ps {
+        #[arg(long, value_enum, default_value_t)]
+        format: TableFormat,
+        /// Also show CI sessions.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Per-service logs, prefixed `name | `.
+    #[command(after_help = "Examples:\n  mirrord-up logs -n 20\n  mirrord-up logs -f api")]
+    Logs {
+        services: Vec<String>,
+        /// Keep printing new lines, across restarts and reloads (`-f` after `logs` means this).
+        #[arg(long)]
+        follow: bool,
+        /// Lines from the end of each log (default: all).
+        #[arg(short = 'n', long = "tail", value_name = "N")]
+        tail: Option<usize>,
+        /// No `name | ` prefix.
+        #[arg(long)]
+        no_prefix: bool,
+        /// Prefix each line with the time mirrord-up read it.
+        #[arg(long)]
+        timestamps: bool,
+    },
     /// What `up` would do now, per service, with the reason. Exit 0: nothing to do; 2: changes.
     #[command(after_help = "Examples:\n  mirrord-up plan\n  mirrord-up plan api --format json")]
     Plan {
@@ -118,6 +164,36 @@ pub enum Command {
         #[arg(short, long, value_enum)]
         mode: Option<ModeArg>,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Services to run (with their dependencies); default: every service not marked `skip`.
+    pub services: Vec<String>,
+    /// Run in the background and return once everything is started.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Do not watch the YAML for changes.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Override every selected service's `default_mode`.
+    #[arg(short, long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Restart every selected service even if its configuration did not change.
+    #[arg(long)]
+    pub force_recreate: bool,
+    /// Print the plan and change nothing (same output as `plan`).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return only once every started service is ready (`ready` rule or mirrord's `Ready!`).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub wait_timeout: f64,
+    /// Stop everything when any service exits (real `mirrord up` behaviour).
+    #[arg(long)]
+    pub abort_on_exit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,4 +211,57 @@ impl From<ModeArg> for Mode {
             ModeArg::Replace => Mode::Replace,
         }
     }
+}
+
+/// `logs -f` means follow (as in docker compose), although `-f` is the global `--file`
+/// everywhere else: after the `logs` subcommand, a lone `-f` is rewritten to `--follow`.
+pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let Some(sub) = subcommand_index(&args) else {
+        return args;
+    };
+    if args[sub] != "logs" {
+        return args;
+    }
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i > sub && a == "-f" {
+                "--follow".into()
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+/// Index of the subcommand word, skipping global options (and the values of those that take one).
+pub fn subcommand_index(args: &[std::ffi::OsString]) -> Option<usize> {
+    const WITH_VALUE: &[&str] = &[
+        "-f",
+        "--file",
+        "-p",
+        "--project-name",
+        "--state-dir",
+        "--mirrord-bin",
+        "--launcher",
+        "-k",
+        "--key",
+        "--context",
+    ];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            return None;
+        }
+        if !a.starts_with('-') {
+            return Some(i);
+        }
+        i += if WITH_VALUE.contains(&a.as_ref()) {
+            2
+        } else {
+            1
+        };
+    }
+    None
 }

@@ -625,6 +625,30 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// `up --wait`: every desired service that runs must become ready before `timeout`.
+    pub fn wait_all_ready(
+        &mut self,
+        desired: &Desired,
+        timeout: Duration,
+        report: &mut ApplyReport,
+    ) {
+        let deadline = Instant::now() + timeout;
+        for spec in &desired.services {
+            if report.failed.iter().any(|(n, _)| n == &spec.name) {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut spec = spec.clone();
+            let ready = spec.ready.get_or_insert_with(Default::default);
+            let own = ready.timeout.map(|t| t.0).unwrap_or(left);
+            ready.timeout = Some(crate::config::Seconds(own.min(left)));
+            if let Err(why) = self.wait_ready(&spec) {
+                let why = why.replacen("dependency ", "", 1);
+                report.failed.push((spec.name.clone(), why));
+            }
+        }
+    }
+
     /// After an apply: services that died already are reported (and recorded as exited).
     pub fn reap_early_exits(&mut self, report: &mut ApplyReport) {
         for (name, child) in &mut self.children {

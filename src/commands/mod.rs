@@ -3,7 +3,11 @@
 
 mod check;
 mod config;
+mod down;
+mod logs;
 mod plan;
+mod ps;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +22,7 @@ use crate::spec::LauncherKind;
 use crate::state::StateStore;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(crate::cli::rewrite_args(std::env::args_os().collect()));
     let ctx = Context::new(cli.global);
     match run(&ctx, cli.command) {
         Ok(code) => code,
@@ -41,6 +45,18 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
             format,
             mode,
         } => plan::run(ctx, &services, format, mode.map(Into::into)),
+        Command::Up(args) => up::run(ctx, &args),
+        Command::Down { timeout, force } => {
+            down::run(ctx, timeout.map(std::time::Duration::from_secs_f64), force)
+        }
+        Command::Ps { format, all } => ps::run(ctx, format, all),
+        Command::Logs {
+            services,
+            follow,
+            tail,
+            no_prefix,
+            timestamps,
+        } => logs::run(ctx, &services, follow, tail, !no_prefix, timestamps),
     }
 }
 
@@ -101,6 +117,23 @@ impl Context {
 
     pub fn store(&self) -> Result<StateStore> {
         Ok(StateStore::open(&self.state_root()?, &self.project())?)
+    }
+
+    /// How long a mutating command waits for `state.lock` (`MIRRORD_UP_LOCK_TIMEOUT` seconds).
+    pub fn lock_timeout(&self) -> std::time::Duration {
+        std::env::var("MIRRORD_UP_LOCK_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(std::time::Duration::from_secs_f64)
+            .unwrap_or(std::time::Duration::from_secs(60))
+    }
+
+    /// The mirrord binary when the launcher needs it.
+    pub fn launcher_bin(&self) -> Result<Option<PathBuf>> {
+        match self.global.launcher {
+            LauncherKind::Mirrord => self.mirrord_bin().map(Some),
+            LauncherKind::Local => Ok(None),
+        }
     }
 
     /// The mirrord binary, checked to exist (spec §5).

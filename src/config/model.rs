@@ -426,13 +426,21 @@ pub enum RestartPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadyConfig {
-    #[serde(default, deserialize_with = "regex_opt")]
+    #[serde(
+        default,
+        deserialize_with = "regex_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub log: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<u16>,
-    #[serde(default, deserialize_with = "http_url_opt")]
+    #[serde(
+        default,
+        deserialize_with = "http_url_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
 }
 
@@ -518,8 +526,9 @@ pub struct Seconds(#[serde(with = "millis")] pub Duration);
 
 mod millis {
     use std::time::Duration;
+    /// Written as `"<n>ms"`, which reads back through the same parser.
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_str(&format!("{}ms", d.as_millis()))
     }
 }
 
