@@ -154,6 +154,11 @@ pub enum Command {
         #[arg(long)]
         timestamps: bool,
     },
+    /// CI: start sessions one step at a time, stop them all at the end (state shared on disk).
+    Ci {
+        #[command(subcommand)]
+        command: CiCommand,
+    },
     /// What `up` would do now, per service, with the reason. Exit 0: nothing to do; 2: changes.
     #[command(after_help = "Examples:\n  mirrord-up plan\n  mirrord-up plan api --format json")]
     Plan {
@@ -196,6 +201,33 @@ pub struct UpArgs {
     pub abort_on_exit: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum CiCommand {
+    /// Start one mirrord session in the background and record it, or apply the YAML once (--up).
+    #[command(
+        override_usage = "mirrord-up ci start [--name NAME] [--foreground] [--wait] [--wait-timeout SECS] [MIRRORD EXEC FLAGS…] -- <COMMAND>…\n       mirrord-up ci start --up [SERVICE…]",
+        after_help = "Everything that is not one of the options above is passed to `mirrord exec` as is.\n\nExamples:\n  mirrord-up ci start --name api -t deployment/api -n staging --steal -- npm start\n  mirrord-up ci start --wait -f .mirrord/mirrord.json -- ./server\n  mirrord-up ci start --up            # every service of mirrord-up.yaml, once\n  mirrord-up ci stop"
+    )]
+    Start {
+        /// (parsed by mirrord-up itself; see the usage line)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Stop the project's CI sessions and services (all, or the named ones): signal, grace, SIGKILL.
+    #[command(after_help = "Examples:\n  mirrord-up ci stop\n  mirrord-up ci stop api -t 2")]
+    Stop {
+        names: Vec<String>,
+        /// Seconds between the stop signal and SIGKILL (default 10).
+        #[arg(short, long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
+    /// As `ps -a`: services and CI sessions of the project.
+    Ps {
+        #[arg(long, value_enum, default_value_t)]
+        format: TableFormat,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
     /// Incoming traffic is split between the local and original services using HTTP filtering.
@@ -219,6 +251,13 @@ pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let Some(sub) = subcommand_index(&args) else {
         return args;
     };
+    // `ci start` takes mirrord's own flags (`-f` included) verbatim: hand clap a `--` so that
+    // it keeps them raw, and parse them in `commands::ci`.
+    if args[sub] == "ci" && args.get(sub + 1).is_some_and(|a| a == "start") {
+        let mut out = args;
+        out.insert(sub + 2, "--".into());
+        return out;
+    }
     if args[sub] != "logs" {
         return args;
     }

@@ -13,6 +13,16 @@ use crate::process::{self, StopRequest};
 use crate::state::{State, StateError};
 
 pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<ExitCode> {
+    stop(ctx, None, timeout, force)
+}
+
+/// Stops the recorded services and CI sessions (all, or those in `only`) and forgets them.
+pub fn stop(
+    ctx: &Context,
+    only: Option<&[String]>,
+    timeout: Option<Duration>,
+    force: bool,
+) -> Result<ExitCode> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
     let state = match store.load(&lock) {
@@ -33,11 +43,36 @@ pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<Exit
         stop_timeout: timeout,
     };
     let mut engine = Engine::new(&store, &lock, state, settings, &mut reporter);
+    if let Some(only) = only {
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|n| !engine.state.services.contains_key(*n))
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "nothing named {} in project `{}` (known: {})",
+                unknown
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                store.project,
+                engine
+                    .state
+                    .services
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     let names: Vec<(String, String)> = engine
         .state
         .services
         .keys()
-        .map(|n| (n.clone(), "down".to_owned()))
+        .filter(|n| only.is_none_or(|o| o.contains(n)))
+        .map(|n| (n.clone(), "stop requested".to_owned()))
         .collect();
     let all: BTreeSet<String> = names.iter().map(|(n, _)| n.clone()).collect();
     let had_any = !names.is_empty();

@@ -2,6 +2,7 @@
 //! outcome to an exit code (0 ok, 1 error, 2 pending changes for `plan`).
 
 mod check;
+mod ci;
 mod config;
 mod down;
 mod logs;
@@ -50,6 +51,7 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
             down::run(ctx, timeout.map(std::time::Duration::from_secs_f64), force)
         }
         Command::Ps { format, all } => ps::run(ctx, format, all),
+        Command::Ci { command } => ci::run(ctx, command),
         Command::Logs {
             services,
             follow,

@@ -15,6 +15,12 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
             "foreground `up` (logs and live reload) is not available in this version; run `mirrord-up up --detach`, then `mirrord-up logs -f`"
         );
     }
+    apply_once(ctx, args)
+}
+
+/// One reconcile: plan against the recorded state, apply, record, return. `up --detach` and
+/// `ci start --up` are this.
+pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     // Parse and validate before taking anything: a bad file changes nothing.
     let doc = ctx.load()?;
     let store = ctx.store()?;

@@ -1,0 +1,428 @@
+//! `ci start|stop|ps`: one-shot calls on the same state and engine, for pipelines where each
+//! step is a separate process (spec §8). Unlike real `mirrord ci`, sessions are recorded with
+//! their identity under the project's lock, stopped by process group with a grace period, and
+//! a session that is already dead makes `ci start` fail.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Context;
+use crate::cli::{CiCommand, UpArgs};
+use crate::config::RunType;
+use crate::process::{self, ENV_INSTANCE, ENV_PROJECT, ENV_SERVICE, ENV_STATE, SpawnRequest};
+use crate::readiness::READY_LINE;
+use crate::spec::{ConfigHash, LauncherKind, ServiceSpec};
+use crate::state::{RecordKind, ServiceRecord, Status, now_ms};
+
+pub fn run(ctx: &Context, command: CiCommand) -> Result<ExitCode> {
+    match command {
+        CiCommand::Start { args } => start(ctx, &parse_start(&args)?),
+        CiCommand::Stop { names, timeout } => super::down::stop(
+            ctx,
+            (!names.is_empty()).then_some(names.as_slice()),
+            Some(timeout.map_or(crate::spec::DEFAULT_STOP_TIMEOUT, Duration::from_secs_f64)),
+            false,
+        ),
+        CiCommand::Ps { format } => super::ps::run(ctx, format, true),
+    }
+}
+
+/// `ci start`'s own options; everything else goes to `mirrord exec`.
+#[derive(Debug, Default, PartialEq)]
+pub struct StartArgs {
+    pub name: Option<String>,
+    pub foreground: bool,
+    pub wait: bool,
+    pub wait_timeout: Option<f64>,
+    /// `--up [SERVICE…]`: apply the YAML once instead.
+    pub up: Option<Vec<String>>,
+    pub mirrord_flags: Vec<String>,
+    /// The `-f/--config-file` among them (for `ci.output_dir`).
+    pub config_file: Option<PathBuf>,
+    pub command: Vec<String>,
+}
+
+/// mirrord exec flags that take a value (compat §5.1), so that `ci start -t x node app.js`
+/// finds the command without a `--`.
+const VALUE_FLAGS: &[&str] = &[
+    "-t",
+    "--target",
+    "-n",
+    "--target-namespace",
+    "-a",
+    "--agent-namespace",
+    "-l",
+    "--agent-log-level",
+    "-i",
+    "--agent-image",
+    "--agent-ttl",
+    "--agent-startup-timeout",
+    "--fs-mode",
+    "-x",
+    "--override-env-vars-exclude",
+    "-s",
+    "--override-env-vars-include",
+    "--skip-processes",
+    "-f",
+    "--config-file",
+    "--context",
+    "--env-file",
+    "-k",
+    "--key",
+    "--environment",
+    "--pipeline",
+    "--triggered-by",
+];
+
+pub fn parse_start(raw: &[String]) -> Result<StartArgs> {
+    let mut a = StartArgs::default();
+    let mut it = raw.iter().peekable();
+    let value = |flag: &str, it: &mut std::iter::Peekable<std::slice::Iter<String>>| {
+        it.next()
+            .cloned()
+            .with_context(|| format!("`{flag}` needs a value"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--" => {
+                a.command = it.cloned().collect();
+                break;
+            }
+            "-h" | "--help" => {
+                use clap::CommandFactory;
+                let mut cmd = crate::cli::Cli::command();
+                let ci = cmd.find_subcommand_mut("ci").expect("ci exists");
+                ci.find_subcommand_mut("start")
+                    .expect("start exists")
+                    .print_long_help()?;
+                std::process::exit(0);
+            }
+            "--name" => a.name = Some(value("--name", &mut it)?),
+            "--foreground" => a.foreground = true,
+            "--wait" => a.wait = true,
+            "--wait-timeout" => {
+                a.wait_timeout = Some(
+                    value("--wait-timeout", &mut it)?
+                        .parse()
+                        .context("`--wait-timeout` takes a number of seconds")?,
+                )
+            }
+            "--up" => a.up = Some(Vec::new()),
+            s if s.starts_with("--name=") => a.name = Some(s["--name=".len()..].to_owned()),
+            s if a.up.is_some() && !s.starts_with('-') => {
+                a.up.as_mut().expect("set").push(s.to_owned())
+            }
+            s if s.starts_with('-') => {
+                a.mirrord_flags.push(s.to_owned());
+                if let Some(v) = s.strip_prefix("--config-file=") {
+                    a.config_file = Some(v.into());
+                }
+                if VALUE_FLAGS.contains(&s) {
+                    let v = value(s, &mut it)?;
+                    if s == "-f" || s == "--config-file" {
+                        a.config_file = Some(PathBuf::from(&v));
+                    }
+                    a.mirrord_flags.push(v);
+                }
+            }
+            _ => {
+                // The command starts at the first word that is not a flag or a flag's value.
+                a.command = std::iter::once(arg).chain(it).cloned().collect();
+                break;
+            }
+        }
+    }
+    if a.up.is_none() && a.command.is_empty() {
+        bail!("`ci start` needs a command: mirrord-up ci start [FLAGS…] -- <command>…");
+    }
+    Ok(a)
+}
+
+fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
+    if let Some(services) = &a.up {
+        let args = UpArgs {
+            services: services.clone(),
+            detach: true,
+            no_watch: true,
+            mode: None,
+            force_recreate: false,
+            dry_run: false,
+            wait: a.wait,
+            wait_timeout: a.wait_timeout.unwrap_or(120.0),
+            abort_on_exit: false,
+        };
+        return super::up::apply_once(ctx, &args);
+    }
+    let cwd = std::env::current_dir()?;
+    let program = crate::engine::find_program(&a.command[0], &cwd)
+        .with_context(|| format!("command `{}` not found", a.command[0]))?;
+    let binary = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "command".into());
+    let (launcher_program, launcher_args) = match ctx.global.launcher {
+        LauncherKind::Mirrord => {
+            let mut args = vec!["exec".to_owned()];
+            args.extend(a.mirrord_flags.iter().cloned());
+            args.push("--".into());
+            args.extend(a.command.iter().cloned());
+            (ctx.mirrord_bin()?, args)
+        }
+        LauncherKind::Local => (program.clone(), a.command[1..].to_vec()),
+    };
+    let store = ctx.store()?;
+    let nonce = process::new_nonce();
+    let mut env = BTreeMap::new();
+    env.insert(ENV_PROJECT.to_owned(), store.project.clone());
+    env.insert(ENV_STATE.to_owned(), store.dir.display().to_string());
+    env.insert(ENV_INSTANCE.to_owned(), nonce.clone());
+
+    if a.foreground {
+        // Attached, like `mirrord exec`: this process becomes the session, and its exit code
+        // is the application's. Nothing is recorded (nothing is left behind to stop).
+        use std::os::unix::process::CommandExt;
+        env.insert(ENV_SERVICE.to_owned(), a.name.clone().unwrap_or(binary));
+        let err = std::process::Command::new(&launcher_program)
+            .args(&launcher_args)
+            .envs(&env)
+            .exec();
+        bail!("cannot run `{}`: {err}", launcher_program.display());
+    }
+
+    let out_dir = output_dir(a.config_file.as_deref(), &binary)?;
+    let lock = store.lock(ctx.lock_timeout())?;
+    let mut state = store.load(&lock)?;
+    let name = match &a.name {
+        Some(n) => {
+            if let Some(rec) = state.services.get(n)
+                && crate::engine::liveness(rec) == process::Liveness::Alive
+            {
+                bail!(
+                    "a session named `{n}` is already running in project `{}` (pid {}); stop it with `mirrord-up ci stop {n}`",
+                    store.project,
+                    rec.process.as_ref().map_or(0, |p| p.pid)
+                );
+            }
+            n.clone()
+        }
+        None => (1..)
+            .map(|i| format!("{binary}-{i}"))
+            .find(|n| !state.services.contains_key(n))
+            .expect("unbounded"),
+    };
+    env.insert(ENV_SERVICE.to_owned(), name.clone());
+    let req = SpawnRequest {
+        program: launcher_program.clone(),
+        args: launcher_args.clone(),
+        env,
+        cwd: cwd.clone(),
+        stdout: out_dir.join("stdout"),
+        stderr: out_dir.join("stderr"),
+        nonce: nonce.clone(),
+        keep_mirrord_env: true,
+    };
+    let spec = ServiceSpec {
+        name: name.clone(),
+        launcher: ctx.global.launcher,
+        mirrord_config: serde_json::Value::Null,
+        run_type: RunType::Exec,
+        command: a.command.clone(),
+        working_dir: cwd,
+        level: 0,
+        depends_on: Default::default(),
+        restart: Default::default(),
+        max_restarts: None,
+        ready: None,
+        stop_signal: "SIGTERM".into(),
+        stop_timeout_ms: crate::spec::DEFAULT_STOP_TIMEOUT.as_millis() as u64,
+    };
+    let mut rec = ServiceRecord {
+        kind: RecordKind::Ci,
+        config_hash: ConfigHash::of(&serde_json::json!(req.args)),
+        spec: spec.clone(),
+        argv: std::iter::once(req.program.display().to_string())
+            .chain(req.args.iter().cloned())
+            .collect(),
+        status: Status::Starting,
+        process: None,
+        spawn_nonce: Some(nonce),
+        started_at_ms: None,
+        restarts: 0,
+        last_exit: None,
+        last_reason: Some("ci start".into()),
+        log_path: out_dir.join("stdout"),
+        log_offset: 0,
+        output_dir: Some(out_dir.clone()),
+        backoff_until_ms: None,
+    };
+    // Intent first, then spawn, then the identity: a crash in between is recovered by nonce.
+    state.services.insert(name.clone(), rec.clone());
+    store.save(&lock, &state)?;
+    let (mut child, identity) =
+        process::spawn(&req).with_context(|| format!("cannot run `{}`", req.program.display()))?;
+    println!("mirrord ci files will be stored in {}", out_dir.display());
+    println!("child pid: {}", identity.pid);
+    rec.process = Some(identity);
+    rec.status = Status::Running;
+    rec.started_at_ms = Some(now_ms());
+    state.services.insert(name.clone(), rec);
+    store.save(&lock, &state)?;
+    drop(lock);
+
+    // Return once the session is up: mirrord's `Ready!` (or, locally, at once), then a short
+    // settling time in which an application that dies at start is still caught.
+    let ready_timeout = Duration::from_secs_f64(a.wait_timeout.unwrap_or(60.0));
+    let needs_ready = a.wait || ctx.global.launcher == LauncherKind::Mirrord;
+    let deadline = Instant::now() + ready_timeout;
+    let ready_re = regex::Regex::new(&format!("^{}$", regex::escape(READY_LINE)))?;
+    let probe = crate::readiness::Probe::Line(ready_re);
+    let mut pause = Duration::from_millis(1);
+    let settle = Duration::from_millis(200);
+    let mut ready_at: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let tail = tail_of(&out_dir.join("stderr"), 10);
+            let how = match (status.code(), status.signal()) {
+                (Some(c), _) => format!("exit code {c}"),
+                (None, Some(s)) => format!("signal {s}"),
+                _ => status.to_string(),
+            };
+            record_exit(ctx, &name, status.code())?;
+            bail!(
+                "session `{name}` exited right away ({how}); output in {}{}",
+                out_dir.display(),
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("\nlast lines of stderr:\n{tail}")
+                }
+            );
+        }
+        let now = Instant::now();
+        if ready_at.is_none() && (!needs_ready || probe.check(&out_dir.join("stdout"), 0)) {
+            ready_at = Some(now);
+        }
+        if ready_at.is_some_and(|t| now.duration_since(t) >= settle) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if ready_at.is_none() && now >= deadline {
+            if a.wait {
+                bail!(
+                    "session `{name}` not ready after {}s (no `{READY_LINE}` line in {}); it keeps running, stop it with `mirrord-up ci stop {name}`",
+                    ready_timeout.as_secs_f64(),
+                    out_dir.join("stdout").display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn record_exit(ctx: &Context, name: &str, code: Option<i32>) -> Result<()> {
+    let store = ctx.store()?;
+    let lock = store.lock(ctx.lock_timeout())?;
+    let mut state = store.load(&lock)?;
+    if let Some(rec) = state.services.get_mut(name) {
+        rec.status = Status::Exited;
+        rec.last_exit = Some(crate::state::ExitInfo {
+            code,
+            signal: None,
+            at_ms: now_ms(),
+        });
+    }
+    store.save(&lock, &state)?;
+    Ok(())
+}
+
+/// `<ci.output_dir or $TMPDIR/mirrord>/<binary>-<unix seconds>-<7 random alphanumerics>`.
+fn output_dir(config_file: Option<&Path>, binary: &str) -> Result<PathBuf> {
+    let base = match config_file.map(read_output_dir).transpose()?.flatten() {
+        Some(d) => d,
+        None => std::env::temp_dir().join("mirrord"),
+    };
+    let seconds = now_ms() / 1000;
+    let dir = base.join(format!("{binary}-{seconds}-{}", random_alnum(7)));
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `ci.output_dir` of a mirrord config file (JSON, or YAML by extension).
+fn read_output_dir(path: &Path) -> Result<Option<PathBuf>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        serde_yaml::from_str(&text)?
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?
+    };
+    Ok(v.pointer("/ci/output_dir")
+        .and_then(|d| d.as_str())
+        .map(PathBuf::from))
+}
+
+fn random_alnum(n: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut seed = u64::from_str_radix(&process::new_nonce(), 16).unwrap_or(7);
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            CHARS[(seed % CHARS.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+fn tail_of(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_pass_through_and_the_command_is_found() {
+        let a = parse_start(&args("-t deployment/x -n staging --steal -- node app.js")).unwrap();
+        assert_eq!(a.mirrord_flags, args("-t deployment/x -n staging --steal"));
+        assert_eq!(a.command, args("node app.js"));
+        let b = parse_start(&args("--name api -f m.json --steal node app.js")).unwrap();
+        assert_eq!(b.name.as_deref(), Some("api"));
+        assert_eq!(b.config_file, Some(PathBuf::from("m.json")));
+        assert_eq!(b.mirrord_flags, args("-f m.json --steal"));
+        assert_eq!(b.command, args("node app.js"));
+    }
+
+    #[test]
+    fn up_takes_service_names() {
+        let a = parse_start(&args("--up api web --wait")).unwrap();
+        assert_eq!(a.up, Some(args("api web")));
+        assert!(a.wait);
+        assert!(parse_start(&args("--steal")).is_err());
+    }
+
+    #[test]
+    fn random_names_are_alphanumeric() {
+        let s = random_alnum(7);
+        assert_eq!(s.len(), 7);
+        assert!(s.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
