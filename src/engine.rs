@@ -518,6 +518,7 @@ impl<'a> Engine<'a> {
             stdout: log.clone(),
             stderr: log,
             nonce,
+            keep_mirrord_env: false,
         })
     }
 

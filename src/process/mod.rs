@@ -245,6 +245,9 @@ pub struct SpawnRequest {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     pub nonce: String,
+    /// `ci start` passes the user's `MIRRORD_*` variables on to `mirrord exec`, as real
+    /// `mirrord ci` does; services from the YAML never get them.
+    pub keep_mirrord_env: bool,
 }
 
 /// Logs larger than this are rotated (to `<name>.log.1`) when the service (re)starts.
@@ -268,7 +271,7 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(std::process::Child, Proces
         .stdout(stdout)
         .stderr(stderr);
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MIRRORD_") {
+        if !req.keep_mirrord_env && k.to_string_lossy().starts_with("MIRRORD_") {
             cmd.env_remove(&k);
         }
     }
