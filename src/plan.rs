@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_change_restarts_only_that_service_and_names_the_field() {
-        let old = vec![spec("db", 0, "1"), spec("api", 1, "1")];
+        let old = [spec("db", 0, "1"), spec("api", 1, "1")];
         let o: Observed = old.iter().map(|s| (s.name.clone(), running(s))).collect();
         let d = desired(vec![spec("db", 0, "1"), spec("api", 1, "2")]);
         let p = plan(&d, &o, PlanOptions::default());
