@@ -10,7 +10,7 @@ use super::Context;
 pub fn run(ctx: &Context, service: Option<&str>, hash: bool) -> Result<ExitCode> {
     let doc = ctx.load()?;
     let selection: Vec<String> = service.map(|s| vec![s.to_owned()]).unwrap_or_default();
-    let cache = ctx.store().ok().and_then(|s| s.read().ok().flatten());
+    let cache = ctx.read_state().ok().flatten();
     let cache = cache.map(|s| s.target_cache).unwrap_or_default();
     let (desired, _) = ctx.desired(&doc, &selection, None, cache)?;
     let mut specs: Vec<_> = desired.services.iter().collect();

@@ -23,6 +23,14 @@ use crate::spec::LauncherKind;
 use crate::state::StateStore;
 
 pub fn main() -> ExitCode {
+    // `mirrord-up config | head` must end quietly, like any Unix filter, not panic on EPIPE.
+    // SAFETY: restoring the default disposition before any thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse_from(crate::cli::rewrite_args(std::env::args_os().collect()));
     let ctx = Context::new(cli.global);
     match run(&ctx, cli.command) {
@@ -115,6 +123,15 @@ impl Context {
         }
         let home = std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?;
         Ok(PathBuf::from(home).join(".local/state/mirrord-up"))
+    }
+
+    /// The recorded state, for commands that only read: creates nothing, takes no lock.
+    pub fn read_state(&self) -> Result<Option<crate::state::State>> {
+        let dir = self.state_root()?.join(self.project());
+        if !dir.join("state.json").exists() {
+            return Ok(None);
+        }
+        Ok(self.store()?.read()?)
     }
 
     pub fn store(&self) -> Result<StateStore> {

@@ -16,8 +16,7 @@ pub fn run(
     mode: Option<crate::config::Mode>,
 ) -> Result<ExitCode> {
     let doc = ctx.load()?;
-    let store = ctx.store()?;
-    let state = store.read()?;
+    let state = ctx.read_state()?;
     let cache = state
         .as_ref()
         .map(|s| s.target_cache.clone())

@@ -51,8 +51,7 @@ pub fn row(name: &str, rec: &ServiceRecord) -> Value {
 }
 
 pub fn run(ctx: &Context, format: TableFormat, all: bool) -> Result<ExitCode> {
-    let store = ctx.store()?;
-    let state = store.read()?;
+    let state = ctx.read_state()?;
     let rows: Vec<Value> = state
         .iter()
         .flat_map(|s| s.services.iter())

@@ -31,10 +31,12 @@ pub enum StateError {
     )]
     Unsafe { path: PathBuf, why: String },
     #[error(
-        "{}: the state file is corrupt ({reason}); it was kept aside as {}. Processes it recorded may still run: `mirrord-up down --force` stops every process of this project found by its markers",
-        path.display(), kept.display()
+        "{}: the state file is corrupt ({reason}); {}. Processes it recorded may still run: `mirrord-up down --force` stops every process of this project found by its markers",
+        path.display(), kept_note(path, kept)
     )]
     Corrupt {
+        /// Where it was; `kept` is where it is now (the same path when a read-only command
+        /// found it and left it alone).
         path: PathBuf,
         kept: PathBuf,
         reason: String,
@@ -56,6 +58,16 @@ pub enum StateError {
 }
 
 type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Says where a corrupt state file is now: moved aside by a mutating command, or left in place
+/// by a read-only one (which must not claim to have moved it).
+fn kept_note(path: &Path, kept: &Path) -> String {
+    if kept == path {
+        "it was left in place; the next command that changes the state keeps it aside as `state.json.corrupt-<time>`".to_owned()
+    } else {
+        format!("it was kept aside as {}", kept.display())
+    }
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {

@@ -1,0 +1,571 @@
+//! Helpers for the integration tests that run real processes: a per-test project (YAML dir and
+//! state dir in their own tempdirs) with a cleanup guard, the fake mirrord, `/proc` readers that
+//! treat zombies as dead (PID 1 of some sandboxes never reaps orphans), and event waiting.
+//!
+//! Nothing here kills anything by name: only PIDs/PGIDs the test started, or process groups whose
+//! members carry the test's own `MIRRORD_UP_STATE=<state-dir>/<project>` marker.
+
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mirrord-up");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// How long any single `mirrord-up` invocation may take before the test fails.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Variables of the invoking shell that would change what the binary does.
+const SCRUBBED_ENV: &[&str] = &[
+    "MIRRORD_UP_FILE",
+    "MIRRORD_UP_PROJECT",
+    "MIRRORD_UP_STATE_DIR",
+    "MIRRORD_UP_LAUNCHER",
+    "MIRRORD_UP_KEY",
+    "MIRRORD_UP_LOCK_TIMEOUT",
+    "MIRRORD_UP_TEST_CRASH_AFTER_SPAWN",
+    "MIRRORD_BIN",
+    "FAKE_MIRRORD_LOG",
+    "FAKE_MIRRORD_READY_DELAY_MS",
+    "FAKE_MIRRORD_TARGETS",
+    "XDG_STATE_HOME",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Waiting on events
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake mirrord
+
+/// The fake mirrord, compiled from `fixtures/fake-mirrord/main.rs` with plain `rustc` (it is
+/// std-only) into this test target's tmpdir, keyed by the source's content so it is never stale.
+/// (`cargo test --test engine` does not build examples.)
+pub fn fake_mirrord() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let src = Path::new(REPO).join("fixtures/fake-mirrord/main.rs");
+        let text = std::fs::read(&src).expect("read fake-mirrord source");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let bin = dir.join(format!("fake-mirrord-{:016x}", h.finish()));
+        if bin.is_file() {
+            return bin;
+        }
+        // Build under a unique name, then rename: concurrent test processes (nextest) never
+        // see a half-written binary.
+        let tmp = dir.join(format!("fake-mirrord.tmp-{}", std::process::id()));
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        let out = match Command::new(rustc)
+            .args(["--edition", "2024", "-O", "--crate-name", "fake_mirrord"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&tmp)
+            .output()
+        {
+            Ok(out) => out,
+            // No rustc to run: the example cargo built, next to this test executable
+            // (target/<profile>/deps/engine-<hash> → target/<profile>/examples).
+            Err(e) => {
+                let exe = std::env::current_exe().expect("test executable");
+                let built = exe
+                    .parent()
+                    .and_then(Path::parent)
+                    .map(|d| d.join("examples").join("fake-mirrord"))
+                    .filter(|p| p.is_file())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "cannot run rustc ({e}) and no built fake-mirrord: run `cargo build --example fake-mirrord`"
+                        )
+                    });
+                return built;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "rustc fixtures/fake-mirrord/main.rs failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp, &bin).expect("install fake-mirrord");
+        bin
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+/// What the tests need of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: i32,
+    pub state: char,
+    pub pgrp: i32,
+    pub session: i32,
+    pub start_time: u64,
+}
+
+impl Stat {
+    pub fn zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// `/proc/<pid>/stat`; the command name (field 2) may hold spaces and parentheses, so fields
+/// are counted from its last `)`.
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] = field 3 (state), f[1] = ppid, f[2] = pgrp, f[3] = session, f[19] = starttime (22).
+    Some(Stat {
+        pid,
+        state: f.first()?.chars().next()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        start_time: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| !s.zombie())
+}
+
+/// Every non-zombie process.
+pub fn live_processes() -> Vec<Stat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .filter(|s| !s.zombie())
+        .collect()
+}
+
+/// Non-zombie members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    live_processes()
+        .into_iter()
+        .filter(|s| s.pgrp == pgid)
+        .map(|s| s.pid)
+        .collect()
+}
+
+pub fn group_empty(pgid: i32) -> bool {
+    group_members(pgid).is_empty()
+}
+
+pub fn environ(pid: i32) -> Option<HashMap<String, String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let s = std::str::from_utf8(kv).ok()?;
+                let (k, v) = s.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// Does the process ignore `sig` (`SigIgn` of `/proc/<pid>/status`)?
+pub fn ignores(pid: i32, sig: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig as i32 - 1)) != 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running invocation; `wait` collects it (with `COMMAND_TIMEOUT`).
+pub struct Running {
+    child: Child,
+    what: String,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn reader(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+    });
+    rx
+}
+
+impl Running {
+    pub fn start(mut cmd: Command, what: String) -> Running {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        let stdout = reader(child.stdout.take().expect("piped"));
+        let stderr = reader(child.stderr.take().expect("piped"));
+        Running {
+            child,
+            what,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn wait(mut self) -> Out {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("`{}` did not finish within {COMMAND_TIMEOUT:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The pipes reach EOF once every holder closed them: a service that inherited them
+        // would keep them open and hang here, which is a bug of its own.
+        let collect = |rx: &mpsc::Receiver<String>, which: &str| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "`{}` exited but its {which} stays open (inherited by a service?)",
+                        self.what
+                    )
+                })
+        };
+        Out {
+            code: status.code(),
+            stdout: collect(&self.stdout, "stdout"),
+            stderr: collect(&self.stderr, "stderr"),
+        }
+    }
+}
+
+/// A bare `mirrord-up` command with a scrubbed environment and no colour.
+pub fn mirrord_up() -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------------
+// A project under test
+
+/// One test's project: `<tmp>/<name>/mirrord-up.yaml` (so the project name is `name`) and its
+/// own `--state-dir`. Dropping it runs `down -t 1 --force` and SIGKILLs every process group the
+/// test saw or that carries its state marker, so nothing outlives a failing test.
+pub struct Project {
+    _yaml_root: tempfile::TempDir,
+    _state_root: tempfile::TempDir,
+    pub name: String,
+    pub dir: PathBuf,
+    pub yaml: PathBuf,
+    pub state_root: PathBuf,
+    /// `<state-root>/<project>`: what services carry as `MIRRORD_UP_STATE`.
+    pub state_dir: PathBuf,
+    pub fake_log: PathBuf,
+    /// Extra global options (e.g. `--launcher local`).
+    pub globals: Vec<String>,
+    pgids: RefCell<BTreeSet<i32>>,
+}
+
+impl Project {
+    pub fn new(name: &str) -> Project {
+        let yaml_root = tempfile::tempdir().expect("tempdir");
+        let state_root = tempfile::tempdir().expect("tempdir");
+        let dir = yaml_root.path().join(name);
+        std::fs::create_dir(&dir).expect("project dir");
+        let fake_log = yaml_root.path().join("fake-mirrord.log");
+        Project {
+            name: name.to_owned(),
+            yaml: dir.join("mirrord-up.yaml"),
+            dir,
+            state_dir: state_root.path().join(name),
+            state_root: state_root.path().to_owned(),
+            fake_log,
+            globals: Vec::new(),
+            pgids: RefCell::new(BTreeSet::new()),
+            _yaml_root: yaml_root,
+            _state_root: state_root,
+        }
+    }
+
+    pub fn write_yaml(&self, text: &str) {
+        std::fs::write(&self.yaml, text).expect("write mirrord-up.yaml");
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+
+    /// `mirrord-up -f <yaml> --state-dir <dir> --mirrord-bin <fake> -k tester [globals] ARGS`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = mirrord_up();
+        cmd.current_dir(&self.dir)
+            .arg("-f")
+            .arg(&self.yaml)
+            .arg("--state-dir")
+            .arg(&self.state_root)
+            .arg("--mirrord-bin")
+            .arg(fake_mirrord())
+            .args(["-k", "tester"])
+            .args(&self.globals)
+            .args(args)
+            .env("FAKE_MIRRORD_LOG", &self.fake_log);
+        cmd
+    }
+
+    pub fn start(&self, args: &[&str]) -> Running {
+        Running::start(self.command(args), format!("mirrord-up {}", args.join(" ")))
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        let out = self.start(args).wait();
+        self.note_marked_groups();
+        out
+    }
+
+    /// Runs and asserts exit 0.
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let out = self.run(args);
+        assert_eq!(out.code, Some(0), "mirrord-up {}: {out}", args.join(" "));
+        out
+    }
+
+    /// `ps --format json`, remembering every PGID it shows.
+    pub fn ps(&self) -> Vec<Value> {
+        let out = self.ok(&["ps", "--format", "json"]);
+        let rows: Vec<Value> = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("ps --format json is not JSON ({e}): {out}"));
+        let mut pgids = self.pgids.borrow_mut();
+        for r in &rows {
+            if let Some(g) = r["pgid"].as_i64() {
+                pgids.insert(g as i32);
+            }
+        }
+        rows
+    }
+
+    /// `name → row` of `ps --format json`.
+    pub fn ps_map(&self) -> BTreeMap<String, Value> {
+        self.ps()
+            .into_iter()
+            .map(|r| (r["name"].as_str().expect("name").to_owned(), r))
+            .collect()
+    }
+
+    /// `name → pid` of the services `ps` shows with a PID.
+    pub fn pids(&self) -> BTreeMap<String, i32> {
+        self.ps_map()
+            .into_iter()
+            .filter_map(|(n, r)| Some((n, r["pid"].as_i64()? as i32)))
+            .collect()
+    }
+
+    pub fn remember_pgid(&self, pgid: i32) {
+        self.pgids.borrow_mut().insert(pgid);
+    }
+
+    /// Non-zombie processes carrying this project's `MIRRORD_UP_STATE` marker.
+    pub fn marked(&self) -> Vec<(Stat, HashMap<String, String>)> {
+        let want = self.state_dir.to_string_lossy().into_owned();
+        live_processes()
+            .into_iter()
+            .filter_map(|s| {
+                let env = environ(s.pid)?;
+                (env.get("MIRRORD_UP_STATE") == Some(&want)).then_some((s, env))
+            })
+            // A process that died between the scan and the environ read is not counted.
+            .filter(|(s, _)| alive(s.pid))
+            .collect()
+    }
+
+    /// Live group leaders of `service` (pid == pgrp) carrying this project's markers.
+    pub fn leaders_of(&self, service: &str) -> Vec<i32> {
+        self.marked()
+            .into_iter()
+            .filter(|(s, env)| {
+                s.pid == s.pgrp
+                    && env.get("MIRRORD_UP_SERVICE").map(String::as_str) == Some(service)
+            })
+            .map(|(s, _)| s.pid)
+            .collect()
+    }
+
+    fn note_marked_groups(&self) {
+        let groups: Vec<i32> = self.marked().iter().map(|(s, _)| s.pgrp).collect();
+        self.pgids.borrow_mut().extend(groups);
+    }
+
+    /// The fake mirrord's log: one JSON object per invocation.
+    pub fn fake_log(&self) -> Vec<Value> {
+        match std::fs::read_to_string(&self.fake_log) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("fake-mirrord log line is JSON"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("{}: {e}", self.fake_log.display()),
+        }
+    }
+
+    /// `exec` invocations of the fake, per service (`MIRRORD_UP_SERVICE`).
+    pub fn execs_by_service(&self) -> BTreeMap<String, Vec<Vec<String>>> {
+        let mut out: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+        for rec in self.fake_log() {
+            let argv: Vec<String> = serde_json::from_value(rec["argv"].clone()).expect("argv");
+            if argv.first().map(String::as_str) != Some("exec") {
+                continue;
+            }
+            let service = rec["service"].as_str().unwrap_or_default().to_owned();
+            out.entry(service).or_default().push(argv);
+        }
+        out
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self
+            .command(&["down", "-t", "1", "--force"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        // Whatever survived: every group the test saw, plus every group carrying our marker.
+        // A recorded group is only killed while one of its live members still carries our
+        // marker, so a PGID reused by someone else is never hit.
+        let marked = self.marked();
+        let ours: BTreeSet<i32> = marked.iter().map(|(s, _)| s.pgrp).collect();
+        for pgid in self.pgids.borrow().iter().chain(&ours) {
+            if ours.contains(pgid) {
+                let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A process the test spawned itself, in its own process group; killed and reaped on drop.
+pub struct OwnChild(pub Child);
+
+impl OwnChild {
+    pub fn sleep_in_own_group() -> OwnChild {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        OwnChild(child)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for OwnChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML
+
+/// One service entry: `target: none`, `run.command` as a JSON (= YAML flow) list, plus `extra`
+/// lines (already indented by 4 spaces).
+pub fn service(name: &str, command: &[&str], extra: &[&str]) -> String {
+    let mut s = format!("  {name}:\n    target: none\n");
+    for line in extra {
+        s.push_str("    ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "    run: {{command: {}}}\n",
+        serde_json::to_string(command).expect("JSON")
+    ));
+    s
+}
+
+pub fn yaml(services: &[String]) -> String {
+    format!("services:\n{}", services.concat())
+}
+
+pub const SLEEP: &[&str] = &["sleep", "1000"];
