@@ -283,9 +283,9 @@ fn generated_configs_validate_against_mirrord_schema() {
 // ---------------------------------------------------------------------------------------------
 // c. invalid fixtures: refused with the expected message, position and key path
 
-/// Errors that legitimately carry no key path: YAML syntax errors, found by the scanner before
-/// any key is known. (Top-level `unknown field`/`missing field` errors are checked separately.)
-const NO_KEY_PATH: &[&str] = &["yaml-bad-indentation", "yaml-unclosed-bracket"];
+/// Errors that legitimately carry no key path (none today: YAML syntax errors name the key
+/// enclosing their line). Top-level `unknown field`/`missing field` errors are checked separately.
+const NO_KEY_PATH: &[&str] = &[];
 
 #[test]
 fn invalid_fixtures_are_refused_with_position_and_key_path() {

@@ -50,7 +50,7 @@ pub enum ConfigError {
         located(
             path,
             "failed to parse mirrord-up config",
-            "",
+            key_path,
             message,
             location,
             snippet
@@ -58,6 +58,8 @@ pub enum ConfigError {
     )]
     Parse {
         path: PathBuf,
+        /// Only for YAML syntax errors (serde's messages carry their own path).
+        key_path: String,
         message: String,
         location: Option<Location>,
         snippet: Option<String>,
@@ -219,7 +221,18 @@ impl UpDocument {
                 line: l.line(),
                 column: l.column(),
             }));
+            // A syntax error comes from the scanner, before any key is known: name the key
+            // that encloses its line.
+            let syntax = regex::Regex::new(
+                r"while (parsing|scanning)|did not find expected|found unexpected|mapping values are not allowed|found character",
+            )
+            .expect("static");
+            let key_path = match location {
+                Some(l) if syntax.is_match(&message) => locate::path_at_line(&rendered, l.line),
+                _ => String::new(),
+            };
             ConfigError::Parse {
+                key_path,
                 message: match location {
                     Some(l) if dup.is_match(&message) => {
                         format!(
