@@ -257,8 +257,7 @@ impl<'a> Engine<'a> {
             let failed = self.start_level(&ready_to_spawn, &starts, &mut report)?;
             unavailable.extend(failed);
         }
-        self.state.file = None.or(self.state.file.take());
-        self.save()?;
+        // Each level saved as it went; the caller saves once more after its own checks.
         Ok(report)
     }
 

@@ -15,13 +15,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use regex::Regex;
 use serde_json::Value;
+
+mod common;
+
+use common::fake_mirrord;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// How long one mirrord-up invocation may take before the test gives up on it.
@@ -105,39 +109,6 @@ fn poll(mut cond: impl FnMut() -> bool) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // The binaries
-
-/// `target/<profile>/examples/fake-mirrord`, next to this test executable; built if absent
-/// (`cargo test --test ci` does not build examples).
-fn fake_mirrord() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/ci-<hash> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable lives in target/<profile>/deps");
-        let fake = profile_dir.join("examples").join("fake-mirrord");
-        if !fake.is_file() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--example", "fake-mirrord"])
-                .current_dir(REPO)
-                .status()
-                .expect("run cargo build --example fake-mirrord");
-            assert!(
-                status.success(),
-                "cargo build --example fake-mirrord failed"
-            );
-        }
-        assert!(
-            fake.is_file(),
-            "fake-mirrord not found at {}",
-            fake.display()
-        );
-        fake
-    })
-}
 
 /// The outcome of one invocation.
 #[derive(Debug)]

@@ -9,12 +9,15 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
 use assert_cmd::Command as Cmd;
 use regex::Regex;
 use serde_json::Value;
+
+mod common;
+
+use common::fake_mirrord;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -40,38 +43,6 @@ const SCRUBBED_ENV: &[&str] = &[
 
 fn repo() -> &'static Path {
     Path::new(REPO)
-}
-
-/// `target/<profile>/examples/fake-mirrord`, found next to this test executable, built if absent.
-fn fake_mirrord() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/compat-<hash> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable lives in target/<profile>/deps");
-        let fake = profile_dir.join("examples").join("fake-mirrord");
-        if !fake.is_file() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--example", "fake-mirrord"])
-                .current_dir(repo())
-                .status()
-                .expect("run cargo build --example fake-mirrord");
-            assert!(
-                status.success(),
-                "cargo build --example fake-mirrord failed"
-            );
-        }
-        assert!(
-            fake.is_file(),
-            "fake-mirrord not found at {}",
-            fake.display()
-        );
-        fake
-    })
 }
 
 /// The binary under test, with a clean environment and no colour.

@@ -94,10 +94,7 @@ pub fn run(
             Err(_) => (Vec::new(), 0),
         };
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let lines: Vec<&[u8]> = bytes[..complete]
-            .split(|b| *b == b'\n')
-            .filter(|_| true)
-            .collect();
+        let lines: Vec<&[u8]> = bytes[..complete].split(|b| *b == b'\n').collect();
         let lines = &lines[..lines.len().saturating_sub(1)];
         let skip = tail.map_or(0, |n| lines.len().saturating_sub(n));
         for l in &lines[skip..] {

@@ -70,10 +70,14 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
             ExitCode::from(2)
         });
     }
+    let recorded = (engine.state.target_cache.clone(), engine.state.file.clone());
     engine.state.target_cache = cache;
     engine.state.file = Some(doc.path.clone());
     if plan.is_empty() {
-        engine.save()?;
+        // A no-op writes nothing unless what it records about the file changed.
+        if recorded != (engine.state.target_cache.clone(), engine.state.file.clone()) {
+            engine.save()?;
+        }
         if !ctx.global.quiet {
             println!("nothing to do ({} running)", desired.services.len());
         }

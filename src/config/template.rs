@@ -23,7 +23,10 @@ pub fn render(source: &str, key: &str, dir: &Path) -> Result<String, TemplateErr
     }
     let mut ctx = tera::Context::new();
     ctx.insert("key", key);
-    if let Some(branch) = git_branch(dir) {
+    // Asking git costs a process start: only when the file can refer to the branch.
+    if source.contains("git_branch")
+        && let Some(branch) = git_branch(dir)
+    {
         ctx.insert("git_branch", branch);
     }
     tera.render("main", &ctx).map_err(|e| {
