@@ -159,6 +159,37 @@ pub enum Command {
         #[command(subcommand)]
         command: CiCommand,
     },
+    /// Restart running services (and dependents with `depends_on.<x>.restart: true`).
+    #[command(
+        after_help = "Examples:\n  mirrord-up restart api\n  mirrord-up restart api worker -t 2"
+    )]
+    Restart(ServiceControlArgs),
+    /// Stop services without forgetting them (`start` brings them back; no restart policy applies).
+    #[command(after_help = "Examples:\n  mirrord-up stop worker\n  mirrord-up start worker")]
+    Stop(ServiceControlArgs),
+    /// Start services that were stopped or exited.
+    #[command(after_help = "Examples:\n  mirrord-up start worker")]
+    Start(ServiceControlArgs),
+    /// Interactive wizard writing a mirrord-up.yaml (same questions as `mirrord up init`).
+    #[command(
+        after_help = "Examples:\n  mirrord-up init\n  mirrord-up init -o services/mirrord-up.yaml"
+    )]
+    Init {
+        /// Where to write the file (asked again before writing).
+        #[arg(short, long, value_name = "PATH", default_value = "mirrord-up.yaml")]
+        output: PathBuf,
+    },
+    /// Print the JSON schema of mirrord-up.yaml (for editor completion and validation).
+    #[command(after_help = "Example:\n  mirrord-up schema > mirrord-up.schema.json")]
+    Schema,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  mirrord-up completions bash > ~/.local/share/bash-completion/completions/mirrord-up\n  mirrord-up completions zsh > \"${fpath[1]}/_mirrord-up\""
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// The background supervisor of `up --detach` (internal).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(UpArgs),
     /// What `up` would do now, per service, with the reason. Exit 0: nothing to do; 2: changes.
     #[command(after_help = "Examples:\n  mirrord-up plan\n  mirrord-up plan api --format json")]
     Plan {
@@ -199,6 +230,15 @@ pub struct UpArgs {
     /// Stop everything when any service exits (real `mirrord up` behaviour).
     #[arg(long)]
     pub abort_on_exit: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServiceControlArgs {
+    #[arg(required = true)]
+    pub services: Vec<String>,
+    /// Seconds between the stop signal and SIGKILL (default: each service's stop_timeout).
+    #[arg(short, long, value_name = "SECS")]
+    pub timeout: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]

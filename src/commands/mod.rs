@@ -3,11 +3,14 @@
 
 mod check;
 mod ci;
+mod completions;
 mod config;
 mod down;
+mod init;
 mod logs;
 mod plan;
 mod ps;
+mod schema;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +70,12 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
             no_prefix,
             timestamps,
         } => logs::run(ctx, &services, follow, tail, !no_prefix, timestamps),
+        Command::Init { output } => init::run(ctx, &output),
+        Command::Schema => schema::run(),
+        Command::Completions { shell } => completions::run(shell),
+        Command::Restart(_) | Command::Stop(_) | Command::Start(_) | Command::Supervise(_) => {
+            anyhow::bail!("not available yet")
+        }
     }
 }
 
