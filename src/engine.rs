@@ -59,6 +59,7 @@ pub fn observe(state: &State) -> Observed {
                     spec: rec.spec.canonical(),
                     state: st,
                     level: rec.spec.level,
+                    restart_due: false,
                 },
             )
         })
@@ -67,7 +68,12 @@ pub fn observe(state: &State) -> Observed {
 
 /// What the user sees while a plan is applied.
 pub trait Reporter {
+    /// Something happened (`started (pid 12): new service`, `stopped`, `failed: …`, `ready`).
     fn event(&mut self, service: &str, what: &str);
+    /// A wait began (`stopping`, `waiting for readiness`), which ends at the latest after
+    /// `limit`; the next `event` for the service ends it. Plain output shows nothing: the
+    /// outcome line follows.
+    fn waiting(&mut self, _service: &str, _what: &str, _limit: Option<Duration>) {}
 }
 
 /// Plain lines on stderr (`api  started (pid 123): new service`).
@@ -145,6 +151,11 @@ impl<'a> Engine<'a> {
             reporter,
             children: BTreeMap::new(),
         }
+    }
+
+    /// Lets go of the child handles: under the supervisor, its reaper collects every exit.
+    pub fn release_children(&mut self) {
+        self.children.clear();
     }
 
     pub fn save(&self) -> Result<(), StateError> {
@@ -317,6 +328,9 @@ impl<'a> Engine<'a> {
             if !requests.is_empty() {
                 self.save()?; // intent: these are being stopped
             }
+            for r in &requests {
+                self.reporter.waiting(&r.name, "stopping", Some(r.timeout));
+            }
             let reasons: BTreeMap<&String, &String> = level.iter().map(|(n, w)| (n, w)).collect();
             let reporter = &mut *self.reporter;
             let outcomes = process::stop_groups_with(&requests, &mut |o| {
@@ -420,6 +434,7 @@ impl<'a> Engine<'a> {
             *rec = ServiceRecord {
                 restarts,
                 last_exit: rec.last_exit.take(),
+                crash_streak: rec.crash_streak,
                 ..new_record(spec, log_path)
             };
             rec.spawn_nonce = Some(req.nonce.clone());
@@ -559,6 +574,8 @@ impl<'a> Engine<'a> {
             .map(|t| t.0)
             .unwrap_or(DEFAULT_READY_TIMEOUT);
         let deadline = Instant::now() + timeout;
+        self.reporter
+            .waiting(&dep.name, "waiting for readiness", Some(timeout));
         let log = rec.log_path.clone();
         let offset = rec.log_offset;
         let identity = rec.process.clone();
@@ -579,6 +596,9 @@ impl<'a> Engine<'a> {
                     dep.name
                 ));
             }
+            if process::interrupted() {
+                return Err("interrupted".into());
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "dependency {} not ready after {}",
@@ -592,36 +612,48 @@ impl<'a> Engine<'a> {
     }
 
     fn wait_completed(&mut self, dep: &str) -> Result<(), String> {
-        if let Some(child) = self.children.get_mut(dep) {
-            let status = child.wait().map_err(|e| e.to_string())?;
-            let rec = self.state.services.get_mut(dep).expect("present");
-            rec.status = Status::Exited;
-            rec.last_exit = Some(ExitInfo {
-                code: status.code(),
-                signal: None,
-                at_ms: now_ms(),
-            });
-            return match status.code() {
-                Some(0) => Ok(()),
-                _ => Err(format!(
-                    "dependency {dep} did not complete successfully ({status})"
-                )),
-            };
-        }
         let rec = self
             .state
             .services
             .get(dep)
             .ok_or(format!("dependency {dep} is not running"))?;
-        match (&rec.last_exit, liveness(rec)) {
-            (Some(e), Liveness::Exited | Liveness::Recycled) if e.code.is_none_or(|c| c == 0) => {
-                Ok(())
+        let identity = rec.process.clone();
+        let mut exit = rec.last_exit.clone();
+        if let Some(id) = identity.filter(|id| id.liveness() == Liveness::Alive) {
+            // Started by this run (or adopted): wait for it, collecting its status when it is
+            // our child — through our own handle, or through the supervisor's reaper.
+            let mut pause = Duration::from_millis(1);
+            loop {
+                let status = match self.children.get_mut(dep).map(|c| c.try_wait()) {
+                    Some(Ok(Some(st))) => Some(exit_info_of(&st)),
+                    _ => process::take_exit(id.pid).map(ExitInfo::from_kind),
+                };
+                if status.is_some() || id.liveness() != Liveness::Alive {
+                    exit = status.or(Some(ExitInfo {
+                        code: None,
+                        signal: None,
+                        at_ms: now_ms(),
+                    }));
+                    break;
+                }
+                if process::interrupted() {
+                    return Err("interrupted".into());
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
-            (None, Liveness::Exited | Liveness::Recycled) => Ok(()),
-            (_, Liveness::Alive) => Err(format!(
-                "dependency {dep} is still running (started by an earlier run; its completion cannot be awaited)"
+            let rec = self.state.services.get_mut(dep).expect("present");
+            rec.status = Status::Exited;
+            rec.last_exit = exit.clone();
+        }
+        match exit {
+            // An exit status we could not learn (not our child) counts as success.
+            None => Ok(()),
+            Some(e) if e.code.is_none_or(|c| c == 0) && e.signal.is_none() => Ok(()),
+            Some(e) => Err(format!(
+                "dependency {dep} did not complete successfully ({})",
+                e.describe()
             )),
-            (Some(e), _) => Err(format!("dependency {dep} failed ({})", e.describe())),
         }
     }
 
@@ -660,13 +692,7 @@ impl<'a> Engine<'a> {
                     .is_some_and(|p| p.pid == child.id() as i32)
             {
                 rec.status = Status::Exited;
-                rec.last_exit = Some(ExitInfo {
-                    code: status.code(),
-                    signal: std::os::unix::process::ExitStatusExt::signal(&status)
-                        .and_then(|s| Signal::try_from(s).ok())
-                        .map(|s| s.as_str().to_owned()),
-                    at_ms: now_ms(),
-                });
+                rec.last_exit = Some(exit_info_of(&status));
                 if status.code() != Some(0) {
                     let why = format!("exited right after start ({status})");
                     self.reporter.event(name, &why);
@@ -674,6 +700,16 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+    }
+}
+
+fn exit_info_of(status: &std::process::ExitStatus) -> ExitInfo {
+    ExitInfo {
+        code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(status)
+            .and_then(|s| Signal::try_from(s).ok())
+            .map(|s| s.as_str().to_owned()),
+        at_ms: now_ms(),
     }
 }
 
@@ -698,6 +734,7 @@ fn new_record(spec: &ServiceSpec, log_path: PathBuf) -> ServiceRecord {
         log_offset: 0,
         output_dir: None,
         backoff_until_ms: None,
+        crash_streak: 0,
     }
 }
 

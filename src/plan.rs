@@ -19,6 +19,8 @@ pub struct ObservedService {
     pub spec: Value,
     pub state: ObservedState,
     pub level: usize,
+    /// Not running, and its restart policy wants it back now (the supervisor decides).
+    pub restart_due: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,12 +59,26 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
     NewService,
-    ConfigChanged { fields: Vec<String> },
+    ConfigChanged {
+        fields: Vec<String>,
+    },
     RemovedFromFile,
     Skipped,
-    NotRunning { detail: String },
+    NotRunning {
+        detail: String,
+    },
+    /// Its restart policy brings it back after a crash.
+    Crashed {
+        detail: String,
+    },
+    /// `restart`/`start` on the command line.
+    Requested {
+        what: &'static str,
+    },
     ForceRecreate,
-    DependencyRestarted { dependency: String },
+    DependencyRestarted {
+        dependency: String,
+    },
     InterruptedStop,
     Unchanged,
 }
@@ -78,6 +94,9 @@ impl fmt::Display for Cause {
             Cause::Skipped => f.write_str("marked skip"),
             Cause::NotRunning { detail } if detail.is_empty() => f.write_str("not running"),
             Cause::NotRunning { detail } => write!(f, "not running ({detail})"),
+            Cause::Crashed { detail } if detail.is_empty() => f.write_str("restart policy"),
+            Cause::Crashed { detail } => write!(f, "restart policy ({detail})"),
+            Cause::Requested { what } => write!(f, "{what} requested"),
             Cause::ForceRecreate => f.write_str("--force-recreate"),
             Cause::DependencyRestarted { dependency } => {
                 write!(f, "dependency {dependency} restarted")
@@ -133,6 +152,55 @@ impl Plan {
     }
 }
 
+/// `restart NAME…` (`what = "restart"`) or `start NAME…` (`what = "start"`) over the recorded
+/// services: the named ones (re)start — `start` only those not running — and, after a
+/// restart, every dependent that asked for it with `depends_on.<x>.restart: true`.
+pub fn plan_request(
+    desired: &Desired,
+    observed: &Observed,
+    names: &BTreeSet<String>,
+    what: &'static str,
+) -> Plan {
+    let mut restarted: BTreeSet<String> = BTreeSet::new();
+    let mut steps = Vec::new();
+    for spec in &desired.services {
+        let running = observed
+            .get(&spec.name)
+            .is_some_and(|o| !matches!(o.state, ObservedState::NotRunning { .. }));
+        let trigger = spec
+            .depends_on
+            .0
+            .iter()
+            .find(|(d, dep)| dep.restart && restarted.contains(*d));
+        let (action, cause) = if names.contains(&spec.name) {
+            match (what, running) {
+                ("start", true) => (Action::Keep, Cause::Unchanged),
+                (_, true) => (Action::Restart, Cause::Requested { what }),
+                (_, false) => (Action::Start, Cause::Requested { what }),
+            }
+        } else if let (Some((d, _)), true) = (trigger, running) {
+            (
+                Action::Restart,
+                Cause::DependencyRestarted {
+                    dependency: d.clone(),
+                },
+            )
+        } else {
+            (Action::Keep, Cause::Unchanged)
+        };
+        if action != Action::Keep {
+            restarted.insert(spec.name.clone());
+        }
+        steps.push(Step {
+            service: spec.name.clone(),
+            action,
+            cause,
+            level: spec.level,
+        });
+    }
+    Plan { steps }
+}
+
 pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Plan {
     let mut steps = Vec::new();
     let names: BTreeSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
@@ -163,6 +231,12 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Plan {
                         Action::Start,
                         Cause::ConfigChanged {
                             fields: changed_fields(&o.spec, &spec.canonical()),
+                        },
+                    ),
+                    ObservedState::NotRunning { detail } if o.restart_due => (
+                        Action::Start,
+                        Cause::Crashed {
+                            detail: detail.clone(),
                         },
                     ),
                     ObservedState::NotRunning { detail } => {
@@ -251,6 +325,7 @@ mod tests {
             spec: s.canonical(),
             state: ObservedState::Running,
             level: s.level,
+            restart_due: false,
         }
     }
 

@@ -73,7 +73,7 @@ fn twenty_services_start_as_marked_group_leaders_through_mirrord() {
     let svcs = names("svc", 20);
     p.write_yaml(&yaml(&sleepers(&svcs)));
 
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
 
     let rows = p.ps();
     assert_eq!(rows.len(), 20, "{rows:#?}");
@@ -143,12 +143,12 @@ fn reconcile_touches_only_what_changed() {
         )
     };
     p.write_yaml(&file(&svcs, "one"));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let before = p.pids();
     assert_eq!(before.len(), 6, "{before:?}");
 
     // Unchanged: nothing happens.
-    let out = p.ok(&["up", "--detach"]);
+    let out = p.ok(&["up", "--detach", "--no-watch"]);
     assert!(out.stdout.contains("nothing to do"), "{out}");
     assert_eq!(p.pids(), before, "an unchanged up touched a process");
     assert!(before.values().all(|pid| alive(*pid)));
@@ -193,7 +193,7 @@ fn reconcile_touches_only_what_changed() {
         "{steps:#?}"
     );
 
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let after = p.pids();
     assert_eq!(after.len(), 6, "{after:?}");
     for s in &svcs {
@@ -222,7 +222,7 @@ fn reconcile_touches_only_what_changed() {
     // A service removed from the file is stopped and forgotten.
     let removed = svcs.pop().unwrap();
     p.write_yaml(&file(&svcs, "two"));
-    let out = p.ok(&["up", "--detach"]);
+    let out = p.ok(&["up", "--detach", "--no-watch"]);
     assert!(out.stderr.contains(&removed), "{out}");
     assert!(
         group_empty(after[&removed]),
@@ -238,7 +238,7 @@ fn reconcile_touches_only_what_changed() {
     // A service added to the file is started; the others are untouched.
     svcs.push("added".to_owned());
     p.write_yaml(&file(&svcs, "two"));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let last = p.pids();
     assert_eq!(last.len(), 6, "{last:?}");
     for s in svcs.iter().filter(|s| *s != "added") {
@@ -265,7 +265,7 @@ fn down_empties_every_group_even_with_a_term_ignoring_grandchild() {
         service("plain", SLEEP, &[]),
         service("stubborn", &stubborn, &["stop_timeout: 1"]),
     ]));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let pids = p.pids();
     assert_eq!(pids.len(), 2, "{pids:?}");
     let leader = pids["stubborn"];
@@ -321,7 +321,7 @@ fn killed_service_shows_exited_and_the_next_up_restarts_it() {
         service("victim", SLEEP, &[]),
         service("bystander", SLEEP, &[]),
     ]));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let before = p.pids();
     let victim = before["victim"];
 
@@ -333,7 +333,7 @@ fn killed_service_shows_exited_and_the_next_up_restarts_it() {
     assert!(rows["victim"]["pid"].is_null(), "{:#}", rows["victim"]);
     assert_eq!(rows["bystander"]["status"], "running");
 
-    let out = p.ok(&["up", "--detach"]);
+    let out = p.ok(&["up", "--detach", "--no-watch"]);
     let line = out
         .stderr
         .lines()
@@ -358,7 +358,7 @@ fn killed_service_shows_exited_and_the_next_up_restarts_it() {
 fn a_recorded_pid_that_now_belongs_to_a_stranger_is_never_signalled() {
     let p = Project::new("recycled");
     p.write_yaml(&yaml(&[service("svc", SLEEP, &[])]));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let real = p.pids()["svc"];
 
     // A stranger in its own group, started at a different clock tick than the service: spawn
@@ -408,7 +408,7 @@ fn a_recorded_pid_that_now_belongs_to_a_stranger_is_never_signalled() {
 
     // `up` starts the service again (as far as it can tell the recorded process is gone)
     // without touching the stranger, not even to clear leftovers of the old group.
-    let out = p.ok(&["up", "--detach"]);
+    let out = p.ok(&["up", "--detach", "--no-watch"]);
     assert!(out.stderr.contains("not running"), "{out}");
     assert!(
         stranger.0.try_wait().expect("try_wait").is_none(),
@@ -445,8 +445,8 @@ fn two_concurrent_ups_start_each_service_once() {
     let svcs = names("svc", 8);
     p.write_yaml(&yaml(&sleepers(&svcs)));
 
-    let a = p.start(&["up", "--detach"]);
-    let b = p.start(&["up", "--detach"]);
+    let a = p.start(&["up", "--detach", "--no-watch"]);
+    let b = p.start(&["up", "--detach", "--no-watch"]);
     let (a, b) = (a.wait(), b.wait());
     assert_eq!(a.code, Some(0), "first: {a}");
     assert_eq!(b.code, Some(0), "second: {b}");
@@ -470,7 +470,7 @@ fn truncated_state_is_refused_kept_aside_and_down_force_recovers() {
     let p = Project::new("corrupt");
     let svcs = names("svc", 3);
     p.write_yaml(&yaml(&sleepers(&svcs)));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let pids = p.pids();
     assert_eq!(pids.len(), 3);
 
@@ -504,7 +504,7 @@ fn truncated_state_is_refused_kept_aside_and_down_force_recovers() {
     );
 
     // Mutating: the same error, and the bad file is kept aside.
-    let out = p.run(&["up", "--detach"]);
+    let out = p.run(&["up", "--detach", "--no-watch"]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("corrupt"), "{out}");
     assert!(out.stderr.contains(&path_text), "{out}");
@@ -519,7 +519,7 @@ fn truncated_state_is_refused_kept_aside_and_down_force_recovers() {
     assert_each_runs_once(&p, &svcs);
 
     // Without a state, a new up must not start them a second time.
-    let out = p.run(&["up", "--detach"]);
+    let out = p.run(&["up", "--detach", "--no-watch"]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("down --force"), "{out}");
     assert_each_runs_once(&p, &svcs);
@@ -545,10 +545,12 @@ fn a_crash_between_spawn_and_record_is_adopted_not_duplicated() {
     let svcs = names("svc", 4);
     p.write_yaml(&yaml(&sleepers(&svcs)));
 
-    let mut cmd = p.command(&["up", "--detach"]);
+    let mut cmd = p.command(&["up", "--detach", "--no-watch"]);
     cmd.env("MIRRORD_UP_TEST_CRASH_AFTER_SPAWN", "1");
     let out = common::Running::start(cmd, "crashing up".into()).wait();
-    assert_eq!(out.code, Some(99), "{out}");
+    // The background supervisor died mid-pass (exit 99); its client says so.
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("ended before its first pass"), "{out}");
     let orphans = p.marked();
     let leaders: Vec<_> = orphans.iter().filter(|(s, _)| s.pid == s.pgrp).collect();
     assert_eq!(leaders.len(), 1, "one process spawned before the crash");
@@ -557,7 +559,7 @@ fn a_crash_between_spawn_and_record_is_adopted_not_duplicated() {
     let orphan_service = env["MIRRORD_UP_SERVICE"].clone();
     let orphan_pid = orphan.pid;
 
-    let out = p.ok(&["up", "--detach"]);
+    let out = p.ok(&["up", "--detach", "--no-watch"]);
     assert!(out.stderr.contains("adopted"), "{out}");
     let leaders = assert_each_runs_once(&p, &svcs);
     assert_eq!(leaders[&orphan_service], orphan_pid);
@@ -593,7 +595,7 @@ fn logs_tail_with_and_without_prefix() {
             &[],
         ),
     ]));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let rows = p.ps_map();
     for (name, last) in [("greeter", "hello-world"), ("longer-named", "other-line")] {
         let log = rows[name]["log"].as_str().unwrap().to_owned();
@@ -634,7 +636,7 @@ fn a_missing_command_binary_fails_that_service_only() {
         service("broken", &["/nonexistent/binary"], &[]),
         service("good-b", SLEEP, &[]),
     ]));
-    let out = p.run(&["up", "--detach"]);
+    let out = p.run(&["up", "--detach", "--no-watch"]);
     assert_eq!(out.code, Some(1), "{out}");
     let error = out
         .stderr
@@ -657,7 +659,7 @@ fn a_missing_command_binary_fails_that_service_only() {
 
     // Trying again fails the same way and leaves the good ones alone.
     let good = p.pids();
-    let out = p.run(&["up", "--detach"]);
+    let out = p.run(&["up", "--detach", "--no-watch"]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("broken"), "{out}");
     assert_eq!(p.pids(), good);
@@ -675,7 +677,7 @@ fn local_launcher_applies_env_override_without_mirrord() {
         SLEEP,
         &["env: {override: {LOCAL_VAR: from-yaml}}"],
     )]));
-    p.ok(&["up", "--detach"]);
+    p.ok(&["up", "--detach", "--no-watch"]);
     let pids = p.pids();
     assert_marked_leaders(&p, &pids);
     let env = environ(pids["loc"]).expect("environ");

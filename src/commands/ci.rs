@@ -27,6 +27,7 @@ pub fn run(ctx: &Context, command: CiCommand) -> Result<ExitCode> {
             (!names.is_empty()).then_some(names.as_slice()),
             Some(timeout.map_or(crate::spec::DEFAULT_STOP_TIMEOUT, Duration::from_secs_f64)),
             false,
+            false,
         ),
         CiCommand::Ps { format } => super::ps::run(ctx, format, true),
     }
@@ -259,6 +260,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
         log_offset: 0,
         output_dir: Some(out_dir.clone()),
         backoff_until_ms: None,
+        crash_streak: 0,
     };
     // Intent first, then spawn, then the identity: a crash in between is recovered by nonce.
     state.services.insert(name.clone(), rec.clone());

@@ -8,12 +8,70 @@ use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
 
 use super::Context;
-use crate::engine::{ApplyReport, Engine, LaunchSettings, LineReporter};
+use crate::engine::{ApplyReport, Engine, LaunchSettings};
 use crate::process::{self, StopRequest};
 use crate::state::{State, StateError};
 
 pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<ExitCode> {
-    stop(ctx, None, timeout, force)
+    // A corrupt state file is `stop`'s to report; the supervisor is then unknown anyway.
+    let running = ctx
+        .read_state()
+        .ok()
+        .and_then(|s| crate::supervisor::control::running(s.as_ref()));
+    let via_supervisor = match running {
+        Some(sup) => {
+            stop_supervisor(ctx, &sup, timeout);
+            true
+        }
+        None => false,
+    };
+    stop(ctx, None, timeout, force, via_supervisor)
+}
+
+/// Asks the supervisor to stop every service and exit, and waits until it has; one that does
+/// not answer gets SIGTERM (it then stops its services itself), and SIGKILL if it hangs.
+fn stop_supervisor(ctx: &Context, sup: &crate::state::SupervisorRecord, timeout: Option<Duration>) {
+    use crate::supervisor::control::{Request, request};
+    let width = ctx
+        .read_state()
+        .ok()
+        .flatten()
+        .and_then(|s| s.services.keys().map(String::len).max())
+        .unwrap_or(0);
+    let mut reporter = crate::progress::reporter(ctx, width);
+    let asked = request(
+        &sup.socket,
+        &Request::Shutdown {
+            timeout_s: timeout.map(|t| t.as_secs_f64()),
+        },
+        reporter.as_mut(),
+    );
+    let grace = timeout.unwrap_or(crate::spec::DEFAULT_STOP_TIMEOUT) + Duration::from_secs(5);
+    match asked {
+        Ok((true, _)) => {}
+        Ok((false, msg)) => eprintln!("warning: the supervisor said: {msg}"),
+        Err(e) => {
+            eprintln!("warning: {e:#}; stopping it with SIGTERM");
+            let table = process::ProcessTable::snapshot();
+            if sup.process.live_members(&table).contains(&sup.process.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(sup.process.pid),
+                    Signal::SIGTERM,
+                );
+            }
+        }
+    }
+    if !process::wait_gone(&sup.process, grace)
+        && sup.process.liveness() == process::Liveness::Alive
+    {
+        eprintln!(
+            "warning: the supervisor (pid {}) did not exit; killing it",
+            sup.process.pid
+        );
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup.process.pid), Signal::SIGKILL);
+        process::wait_gone(&sup.process, Duration::from_secs(5));
+    }
 }
 
 /// Stops the recorded services and CI sessions (all, or those in `only`) and forgets them.
@@ -22,6 +80,7 @@ pub fn stop(
     only: Option<&[String]>,
     timeout: Option<Duration>,
     force: bool,
+    supervisor_stopped: bool,
 ) -> Result<ExitCode> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
@@ -34,15 +93,12 @@ pub fn stop(
         Err(e) => return Err(e.into()),
     };
     let width = state.services.keys().map(String::len).max().unwrap_or(0);
-    let mut reporter = LineReporter {
-        quiet: ctx.global.quiet,
-        width,
-    };
+    let mut reporter = crate::progress::reporter(ctx, width);
     let settings = LaunchSettings {
         mirrord_bin: None,
         stop_timeout: timeout,
     };
-    let mut engine = Engine::new(&store, &lock, state, settings, &mut reporter);
+    let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());
     if let Some(only) = only {
         let unknown: Vec<&String> = only
             .iter()
@@ -80,6 +136,15 @@ pub fn stop(
     engine.stop_services(&names, &all, &mut report)?;
     let mut forced = 0;
     if force {
+        // A supervisor the state does not know would start services again: it goes first.
+        for sup in process::find_supervisors(&store.dir) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup.pid), Signal::SIGKILL);
+            process::wait_gone(&sup, Duration::from_secs(5));
+            engine.reporter.event(
+                "supervisor",
+                &format!("killed (pid {}, found by its marker)", sup.pid),
+            );
+        }
         // Whatever still carries this project's markers, recorded or not.
         let groups = process::find_marked(&store.dir);
         forced = groups.len();
@@ -102,11 +167,19 @@ pub fn stop(
             }
         }
     }
+    if engine
+        .state
+        .supervisor
+        .as_ref()
+        .is_some_and(|s| s.process.liveness() != process::Liveness::Alive)
+    {
+        engine.state.supervisor = None;
+    }
     engine.save()?;
     if let Some(msg) = report.error_message() {
         bail!("{msg}");
     }
-    if !had_any && forced == 0 && !ctx.global.quiet {
+    if !had_any && forced == 0 && !supervisor_stopped && !ctx.global.quiet {
         println!("nothing to stop");
     }
     Ok(ExitCode::SUCCESS)

@@ -1,25 +1,16 @@
 //! `logs [SERVICE…] [-f] [-n N]`: the services' log files, prefixed `name | `. Following is
 //! driven by inotify (notify), not polling, and survives restarts and rotations: a file that
-//! shrinks or is replaced is read again from its start.
+//! shrinks or is replaced is read again from its start (`crate::tail`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::Context;
-
-struct Followed {
-    name: String,
-    path: PathBuf,
-    offset: u64,
-    inode: u64,
-    partial: Vec<u8>,
-}
 
 pub fn run(
     ctx: &Context,
@@ -83,15 +74,15 @@ pub fn run(
         out.write_all(line)?;
         out.write_all(b"\n")
     };
-    let mut followed = Vec::new();
+    let mut tail_set = crate::tail::LogTail::default();
     for (name, path) in &selected {
-        let (bytes, inode) = match File::open(path) {
+        let bytes = match File::open(path) {
             Ok(mut f) => {
                 let mut b = Vec::new();
                 f.read_to_end(&mut b)?;
-                (b, f.metadata()?.ino())
+                b
             }
-            Err(_) => (Vec::new(), 0),
+            Err(_) => Vec::new(),
         };
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let lines: Vec<&[u8]> = bytes[..complete].split(|b| *b == b'\n').collect();
@@ -100,13 +91,7 @@ pub fn run(
         for l in &lines[skip..] {
             printer(name, l)?;
         }
-        followed.push(Followed {
-            name: name.clone(),
-            path: path.clone(),
-            offset: complete as u64,
-            inode,
-            partial: Vec::new(),
-        });
+        tail_set.follow(name, path, complete as u64);
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);
@@ -122,42 +107,11 @@ pub fn run(
         .watch(&logs_dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch {}", logs_dir.display()))?;
     loop {
-        for f in &mut followed {
-            read_new(f, &mut printer)?;
-        }
+        tail_set.read_new(&mut printer)?;
         // Wait for the next change; drain whatever else arrived meanwhile.
         if rx.recv().is_err() {
             return Ok(ExitCode::SUCCESS);
         }
         while rx.try_recv().is_ok() {}
     }
-}
-
-fn read_new(
-    f: &mut Followed,
-    printer: &mut dyn FnMut(&str, &[u8]) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let Ok(mut file) = File::open(&f.path) else {
-        return Ok(());
-    };
-    let meta = file.metadata()?;
-    if meta.ino() != f.inode || meta.len() < f.offset {
-        // Rotated or truncated: a new file starts from the top.
-        f.inode = meta.ino();
-        f.offset = 0;
-        f.partial.clear();
-    }
-    if meta.len() == f.offset {
-        return Ok(());
-    }
-    file.seek(SeekFrom::Start(f.offset))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    f.offset += buf.len() as u64;
-    f.partial.extend_from_slice(&buf);
-    while let Some(i) = f.partial.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = f.partial.drain(..=i).collect();
-        printer(&f.name, &line[..line.len() - 1])?;
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@ mod logs;
 mod plan;
 mod ps;
 mod schema;
+mod service;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -73,13 +74,15 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
         Command::Init { output } => init::run(ctx, &output),
         Command::Schema => schema::run(),
         Command::Completions { shell } => completions::run(shell),
-        Command::Restart(_) | Command::Stop(_) | Command::Start(_) | Command::Supervise(_) => {
-            anyhow::bail!("not available yet")
-        }
+        Command::Restart(args) => service::run(ctx, service::Op::Restart, &args),
+        Command::Stop(args) => service::run(ctx, service::Op::Stop, &args),
+        Command::Start(args) => service::run(ctx, service::Op::Start, &args),
+        Command::Supervise(args) => up::supervise(ctx, &args),
     }
 }
 
 /// What every command needs from the global options.
+#[derive(Debug, Clone)]
 pub struct Context {
     pub global: GlobalArgs,
 }

@@ -17,7 +17,14 @@ pub fn status_of(rec: &ServiceRecord) -> String {
     let live = liveness(rec);
     match (rec.status, live) {
         (Status::Failed, _) => "failed".into(),
-        (Status::Backoff, _) => "backoff".into(),
+        (Status::Backoff, _) => match rec.backoff_until_ms {
+            Some(t) if t > now_ms() => format!(
+                "backoff (restart in {:.1}s)",
+                (t - now_ms()) as f64 / 1000.0
+            ),
+            _ => "backoff (restart due)".into(),
+        },
+        (Status::Stopped, Liveness::Exited | Liveness::Recycled) => "stopped".into(),
         (s, Liveness::Alive) => s.as_str().into(),
         (Status::Starting, _) if rec.process.is_none() => "starting".into(),
         (_, Liveness::Recycled) => "exited".into(),
@@ -41,6 +48,7 @@ pub fn row(name: &str, rec: &ServiceRecord) -> Value {
         "started_at": rec.started_at_ms.map(|t| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(t)).to_string()),
         "restarts": rec.restarts,
         "last_exit": rec.last_exit,
+        "last_exit_text": rec.last_exit.as_ref().map(crate::state::ExitInfo::describe),
         "last_reason": rec.last_reason,
         "config_hash": rec.config_hash,
         "launcher": rec.spec.launcher,
@@ -80,6 +88,7 @@ fn print_table(rows: &[Value]) {
         "PID",
         "UPTIME",
         "RESTARTS",
+        "LAST EXIT",
         "HASH",
         "LAUNCHER",
         "LAST REASON",
@@ -103,6 +112,7 @@ fn print_table(rows: &[Value]) {
                     })
                     .unwrap_or_else(|| "-".into()),
                 s("restarts"),
+                s("last_exit_text"),
                 r["config_hash"]
                     .as_str()
                     .map(|h| h[..12.min(h.len())].to_owned())

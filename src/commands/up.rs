@@ -1,21 +1,170 @@
-//! `up`: converge to the YAML (one-shot with `--detach`: plan, apply, record, return).
+//! `up`: converge to the YAML. Foreground: the supervisor loop in this process, logs on
+//! stdout. `--detach`: the same loop in a background supervisor, started here (or, if one
+//! runs, asked over its control socket), and this command returns after the first pass.
+//! `--dry-run` and `ci start --up` are one-shot: plan, apply, return.
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::Context;
 use crate::cli::{Format, UpArgs};
-use crate::engine::{Engine, LaunchSettings, LineReporter};
+use crate::engine::{Engine, LaunchSettings};
 use crate::plan::PlanOptions;
+use crate::supervisor::control::{self, Outcome, Request};
+use crate::supervisor::pass::{ApplyOptions, PassSettings};
 
 pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
-    if !args.detach && !args.dry_run {
-        bail!(
-            "foreground `up` (logs and live reload) is not available in this version; run `mirrord-up up --detach`, then `mirrord-up logs -f`"
-        );
+    if args.dry_run {
+        return apply_once(ctx, args);
     }
-    apply_once(ctx, args)
+    // A bad file is refused before anything starts.
+    let doc = ctx.load()?;
+    let width = doc.names().iter().map(String::len).max().unwrap_or(0);
+    let state = match ctx.read_state() {
+        Ok(s) => s,
+        // Unreadable (corrupt, too new): the locked load reports it and keeps the file aside.
+        Err(_) => {
+            let store = ctx.store()?;
+            store.load(&store.lock(ctx.lock_timeout())?)?;
+            ctx.read_state()?
+        }
+    };
+    if let Some(sup) = control::running(state.as_ref()) {
+        if !args.detach {
+            bail!(
+                "a background supervisor (pid {}) already runs project `{}`: follow its services with `mirrord-up logs -f`, apply the file with `mirrord-up up --detach`, or stop it with `mirrord-up down`",
+                sup.process.pid,
+                ctx.project()
+            );
+        }
+        return forward(ctx, &sup.socket, args, width);
+    }
+    if args.detach {
+        detach(ctx, args, width)
+    } else {
+        crate::supervisor::run(ctx.clone(), supervisor_options(args, true, width))
+    }
+}
+
+/// The hidden `__supervise` command: the detached supervisor itself. Its stdout is the pipe
+/// of the `up --detach` that started it: the first pass answers there, then stdout joins the
+/// supervisor log (stderr), so that nothing ever writes to a pipe nobody reads.
+pub fn supervise(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let client = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
+    nix::unistd::dup2_stdout(std::io::stderr().as_fd())?;
+    let width = ctx
+        .load()
+        .map(|doc| doc.names().iter().map(String::len).max().unwrap_or(0))
+        .unwrap_or(0);
+    let mut opts = supervisor_options(args, false, width);
+    opts.first_client = Some(Box::new(client));
+    crate::supervisor::run(ctx.clone(), opts)
+}
+
+fn supervisor_options(args: &UpArgs, foreground: bool, width: usize) -> crate::supervisor::Options {
+    crate::supervisor::Options {
+        settings: PassSettings {
+            selection: args.services.clone(),
+            mode: args.mode.map(Into::into),
+            abort_on_exit: args.abort_on_exit,
+            supervised: true,
+        },
+        watch: !args.no_watch,
+        foreground,
+        first: ApplyOptions {
+            force_recreate: args.force_recreate,
+            wait: args
+                .wait
+                .then(|| Duration::from_secs_f64(args.wait_timeout.max(0.0))),
+            services: args.services.clone(),
+            mode: args.mode.map(Into::into),
+        },
+        first_client: None,
+        width,
+    }
+}
+
+fn apply_request(ctx: &Context, args: &UpArgs) -> Request {
+    Request::Apply {
+        file: ctx.file(),
+        services: args.services.clone(),
+        mode: args.mode.map(Into::into),
+        force_recreate: args.force_recreate,
+        wait: args.wait,
+        wait_timeout_s: args.wait_timeout,
+    }
+}
+
+/// Asks the running supervisor to apply the file, showing what it does.
+fn forward(ctx: &Context, socket: &Path, args: &UpArgs, width: usize) -> Result<ExitCode> {
+    let mut reporter = crate::progress::reporter(ctx, width);
+    let (ok, message) = control::request(socket, &apply_request(ctx, args), reporter.as_mut())?;
+    finish(ctx, ok, message)
+}
+
+fn finish(ctx: &Context, ok: bool, message: String) -> Result<ExitCode> {
+    if !ok {
+        bail!("{message}");
+    }
+    if !ctx.global.quiet {
+        println!("{message}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the background supervisor (a new session, its output in `supervisor.log`) and
+/// follows its first pass.
+fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    let store = ctx.store()?;
+    let log_path = store.dir.join("supervisor.log");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    let sub = crate::cli::subcommand_index(&argv).context("no subcommand in the arguments")?;
+    argv[sub] = "__supervise".into();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(&argv[1..])
+        .env(crate::process::ENV_SUPERVISOR, &store.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the supervisor")?;
+    let pipe = child.stdout.take().expect("piped");
+    let mut reporter = crate::progress::reporter(ctx, width);
+    match control::read_replies(pipe, reporter.as_mut())? {
+        Some(Outcome::Done { ok, message }) => finish(ctx, ok, message),
+        // Another `up --detach` won the race: that supervisor applies the file.
+        Some(Outcome::AlreadyRunning { socket, .. }) => {
+            let _ = child.wait();
+            forward(ctx, &socket, args, width)
+        }
+        None => {
+            let _ = child.wait();
+            bail!(
+                "the supervisor ended before its first pass finished; see {}",
+                log_path.display()
+            )
+        }
+    }
 }
 
 /// One reconcile: plan against the recorded state, apply, record, return. `up --detach` and
@@ -43,12 +192,9 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         .chain(state.services.keys().map(String::len))
         .max()
         .unwrap_or(0);
-    let mut reporter = LineReporter {
-        quiet: ctx.global.quiet,
-        width,
-    };
+    let mut reporter = crate::progress::reporter(ctx, width);
     let fresh = state.services.is_empty();
-    let mut engine = Engine::new(&store, &lock, state, settings, &mut reporter);
+    let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());
     engine.recover()?;
     if fresh {
         engine.check_untracked()?;

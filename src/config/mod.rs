@@ -365,6 +365,19 @@ impl UpDocument {
         Ok(())
     }
 
+    /// The files besides the YAML whose content is part of some service's config (`env_file`,
+    /// `config`): the supervisor watches them too.
+    pub fn side_files(&self) -> Vec<PathBuf> {
+        self.file
+            .services
+            .0
+            .values()
+            .flat_map(|svc| [svc.env_file.as_ref(), svc.config.as_ref()])
+            .flatten()
+            .map(|rel| self.dir.join(rel))
+            .collect()
+    }
+
     /// Service names in the file, sorted.
     pub fn names(&self) -> Vec<String> {
         self.file.services.0.keys().cloned().collect()

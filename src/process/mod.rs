@@ -10,7 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +27,8 @@ pub const ENV_SERVICE: &str = "MIRRORD_UP_SERVICE";
 pub const ENV_STATE: &str = "MIRRORD_UP_STATE";
 /// Unique per spawn.
 pub const ENV_INSTANCE: &str = "MIRRORD_UP_INSTANCE";
+/// Carried by a background supervisor: its project's state directory (`down --force` finds it).
+pub const ENV_SUPERVISOR: &str = "MIRRORD_UP_SUPERVISOR";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
@@ -152,6 +158,26 @@ pub struct StopOutcome {
     pub survivors: Vec<i32>,
 }
 
+/// Set by a second Ctrl-C: every stop in progress skips the rest of its grace period.
+static KILL_NOW: AtomicBool = AtomicBool::new(false);
+/// Set by the first Ctrl-C: waits for readiness or completion give up at once.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Escalate every stop in progress (and every later one) to SIGKILL now.
+pub fn kill_now() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    KILL_NOW.store(true, Ordering::SeqCst);
+}
+
+/// Stop waiting for readiness or completion: the tool is shutting down.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// After SIGKILL, how long to wait for the kernel to take the processes down.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -205,7 +231,7 @@ pub fn stop_groups_with(
                 outcomes.insert(i, o);
                 return false;
             }
-            if !*killed && elapsed >= r.timeout {
+            if !*killed && (elapsed >= r.timeout || KILL_NOW.load(Ordering::SeqCst)) {
                 r.identity.signal_group(Signal::SIGKILL, &table);
                 *killed = true;
             } else if *killed && elapsed >= r.timeout + KILL_WAIT {
@@ -370,6 +396,26 @@ pub fn find_marked(state_dir: &Path) -> Vec<MarkedGroup> {
     groups.into_values().collect()
 }
 
+/// Background supervisors of the project's state directory, found by their marker.
+pub fn find_supervisors(state_dir: &Path) -> Vec<ProcessIdentity> {
+    let want = state_dir.to_string_lossy();
+    scan()
+        .into_iter()
+        .filter(|info| !info.zombie && info.pid != std::process::id() as i32)
+        .filter(|info| {
+            environ_of(info.pid)
+                .is_some_and(|env| env.get(ENV_SUPERVISOR).map(String::as_str) == Some(&want))
+        })
+        .map(|info| ProcessIdentity {
+            pid: info.pid,
+            pgid: info.pgid,
+            start_time: info.start_time,
+            boot_id: boot_id().to_owned(),
+            nonce: None,
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct MarkedGroup {
     pub pgid: i32,
@@ -389,5 +435,106 @@ impl MarkedGroup {
             boot_id: boot_id().to_owned(),
             nonce: self.nonce.clone(),
         })
+    }
+}
+
+/// How a child ended, as far as `waitpid` told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    Code(i32),
+    Signal(Signal),
+}
+
+/// Exit statuses collected by `reap_children`, by PID, until someone asks for them.
+static REAPED: Mutex<BTreeMap<i32, ExitKind>> = Mutex::new(BTreeMap::new());
+
+/// Collects every child that has ended (services, and orphans adopted as a subreaper), so no
+/// zombie stays behind; the statuses are kept for `take_exit`.
+pub fn reap_children() {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                remember_exit(pid.as_raw(), ExitKind::Code(code));
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                remember_exit(pid.as_raw(), ExitKind::Signal(sig));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn remember_exit(pid: i32, kind: ExitKind) {
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+    // Orphans nobody asks about must not pile up forever.
+    if map.len() > 4096 {
+        map.clear();
+    }
+    map.insert(pid, kind);
+}
+
+/// The exit status of `pid`, if this process reaped it (or can reap it now).
+pub fn take_exit(pid: i32) -> Option<ExitKind> {
+    if let Ok(status) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        match status {
+            WaitStatus::Exited(_, code) => return Some(ExitKind::Code(code)),
+            WaitStatus::Signaled(_, sig, _) => return Some(ExitKind::Signal(sig)),
+            _ => {}
+        }
+    }
+    REAPED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid)
+}
+
+/// Orphaned grandchildren of our services are re-parented to us (not to init), so that we can
+/// reap them and count them when a group must be empty.
+pub fn become_subreaper() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+}
+
+/// A pollable descriptor that becomes readable when `pid` exits (Linux `pidfd_open`).
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall; on success the returned descriptor is ours to own.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel just now.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until the process `identity` names is gone (or `timeout` passes): true if gone.
+pub fn wait_gone(identity: &ProcessIdentity, timeout: Duration) -> bool {
+    use std::os::fd::AsFd;
+    if identity.liveness() != Liveness::Alive {
+        return true;
+    }
+    let Ok(fd) = pidfd_open(identity.pid) else {
+        return true;
+    };
+    if identity.liveness() != Liveness::Alive {
+        return true;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if left.is_zero() => return identity.liveness() != Liveness::Alive,
+            _ => {}
+        }
+        // A zombie child of ours is gone for this purpose too.
+        if identity.liveness() != Liveness::Alive {
+            return true;
+        }
     }
 }

@@ -91,6 +91,9 @@ pub enum Status {
     Failed,
     /// Waiting out a restart back-off.
     Backoff,
+    /// Stopped on request (`stop`, Ctrl-C): no restart policy brings it back; `start` or the
+    /// next `up` does.
+    Stopped,
 }
 
 impl Status {
@@ -103,6 +106,7 @@ impl Status {
             Status::Exited => "exited",
             Status::Failed => "failed",
             Status::Backoff => "backoff",
+            Status::Stopped => "stopped",
         }
     }
 }
@@ -122,6 +126,24 @@ impl ExitInfo {
             (None, Some(s)) => format!("killed by {s}"),
             (None, None) => "exited".into(),
         }
+    }
+
+    /// A status collected by `waitpid`, stamped now.
+    pub fn from_kind(kind: crate::process::ExitKind) -> ExitInfo {
+        let (code, signal) = match kind {
+            crate::process::ExitKind::Code(c) => (Some(c), None),
+            crate::process::ExitKind::Signal(s) => (None, Some(s.as_str().to_owned())),
+        };
+        ExitInfo {
+            code,
+            signal,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// A clean exit: code 0. An unknown status or a signal counts as a failure.
+    pub fn failed(&self) -> bool {
+        self.code != Some(0)
     }
 }
 
@@ -169,6 +191,13 @@ pub struct ServiceRecord {
     /// While in back-off: when the next attempt is due.
     #[serde(default)]
     pub backoff_until_ms: Option<u64>,
+    /// Restarts in a row by the restart policy (reset by a minute of uptime).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crash_streak: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The background supervisor of the project, if one runs.

@@ -1,0 +1,468 @@
+//! One reconcile pass, synchronous: lock the state, settle what exited (restart policy),
+//! re-read the file (a bad file changes nothing), plan, apply, save once. The supervisor runs
+//! one after every wake-up; `restart|stop|start` without a supervisor run one directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::commands::Context;
+use crate::config::Mode;
+use crate::desired::Desired;
+use crate::engine::{ApplyReport, Engine, LaunchSettings, Reporter, liveness, observe};
+use crate::plan::{Action, Cause, PlanOptions};
+use crate::policy::{self, Decision};
+use crate::process::{Liveness, ProcessIdentity};
+use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
+
+/// What a pass is asked to do. Every kind also settles exits first.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Converge to the file. `explicit` when a user asked (`up`): then exited services are
+    /// started again too, as a one-shot `up` would; a wake-up by the watcher leaves them to
+    /// their restart policy.
+    Reconcile {
+        explicit: Option<ApplyOptions>,
+    },
+    Stop {
+        names: Vec<String>,
+        timeout: Option<Duration>,
+    },
+    Start {
+        names: Vec<String>,
+    },
+    Restart {
+        names: Vec<String>,
+        timeout: Option<Duration>,
+    },
+    /// Stop every service; `forget` removes them from the state (`down`), otherwise they stay
+    /// recorded as stopped (Ctrl-C).
+    Shutdown {
+        timeout: Option<Duration>,
+        forget: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    pub force_recreate: bool,
+    /// `--wait`: return only once every service is ready, within this time.
+    pub wait: Option<Duration>,
+    /// The services asked for (the loop widens its selection with them).
+    pub services: Vec<String>,
+    pub mode: Option<Mode>,
+}
+
+/// The supervisor's standing settings.
+#[derive(Debug, Clone, Default)]
+pub struct PassSettings {
+    /// Services to run (empty: all not marked `skip`).
+    pub selection: Vec<String>,
+    pub mode: Option<Mode>,
+    pub abort_on_exit: bool,
+    /// Run by the supervisor (its reaper collects exits; it is recorded in the state).
+    pub supervised: bool,
+}
+
+/// What the loop needs to know after a pass.
+#[derive(Debug, Default)]
+pub struct PassOutcome {
+    /// A summary, or one paragraph naming what went wrong.
+    pub result: Option<Result<String, String>>,
+    /// Running services to watch for exits.
+    pub running: Vec<(String, ProcessIdentity)>,
+    /// Logs to follow: name, path, offset where the current process began.
+    pub logs: Vec<(String, PathBuf, u64)>,
+    /// The files whose changes matter (the YAML and its side files), when the file loaded.
+    pub watched_files: Option<Vec<PathBuf>>,
+    /// When the next back-off ends (unix ms).
+    pub next_due_ms: Option<u64>,
+    /// `--abort-on-exit` and a service exited: the exit code to end with.
+    pub abort: Option<i32>,
+    /// The file failed to load: the message (also recorded in the state).
+    pub reload_error: Option<String>,
+}
+
+pub fn run_pass(
+    ctx: &Context,
+    settings: &PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+) -> PassOutcome {
+    let mut out = PassOutcome::default();
+    let result = pass(ctx, settings, work, reporter, &mut out).map_err(|e| format!("{e:#}"));
+    out.result = Some(result);
+    out
+}
+
+fn pass(
+    ctx: &Context,
+    settings: &PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+) -> Result<String> {
+    let store = ctx.store()?;
+    let lock = store.lock(ctx.lock_timeout())?;
+    let state = store.load(&lock)?;
+    // Finish what a crashed run left (adopt by spawn nonce) before anything is planned.
+    let no_launch = LaunchSettings {
+        mirrord_bin: None,
+        stop_timeout: None,
+    };
+    let mut state = {
+        let mut engine = Engine::new(&store, &lock, state, no_launch, reporter);
+        engine.recover()?;
+        engine.state
+    };
+    let before = state.clone();
+    let now = now_ms();
+    let due = settle_exits(&mut state, settings, reporter, now, out);
+
+    let desired = match work {
+        Work::Reconcile { .. } => load_desired(ctx, settings, &mut state, reporter, out),
+        _ => recorded(&state),
+    };
+    let mut observed = observe(&state);
+    for name in &due {
+        if let Some(o) = observed.get_mut(name) {
+            o.restart_due = true;
+        }
+    }
+    let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
+        let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
+        let unknown: Vec<&String> = names.iter().filter(|n| !known.contains(n)).collect();
+        if !unknown.is_empty() {
+            bail!(
+                "no service named {} in project `{}` (known: {})",
+                unknown
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                store.project,
+                known
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(names.iter().cloned().collect())
+    };
+
+    let mut stop_timeout = None;
+    let mut explicit = None;
+    let plan = match work {
+        Work::Reconcile { explicit: e } => {
+            explicit = e.clone();
+            crate::plan::plan(
+                &desired,
+                &observed,
+                PlanOptions {
+                    force_recreate: e.as_ref().is_some_and(|e| e.force_recreate),
+                    restart_exited: e.is_some(),
+                },
+            )
+        }
+        Work::Start { names } => {
+            crate::plan::plan_request(&desired, &observed, &names_of(names)?, "start")
+        }
+        Work::Restart { names, timeout } => {
+            stop_timeout = *timeout;
+            crate::plan::plan_request(&desired, &observed, &names_of(names)?, "restart")
+        }
+        Work::Stop { names, timeout } => {
+            let names = names_of(names)?;
+            return stop(
+                ctx, &store, &lock, state, &names, *timeout, false, reporter, out,
+            );
+        }
+        Work::Shutdown { timeout, forget } => {
+            let names: BTreeSet<String> = state
+                .records(RecordKind::Service)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if settings.supervised {
+                state.supervisor = None;
+            }
+            return stop(
+                ctx, &store, &lock, state, &names, *timeout, *forget, reporter, out,
+            );
+        }
+    };
+
+    // A restart for any other reason than the policy starts a new streak.
+    for step in plan.changes() {
+        if !matches!(step.cause, Cause::Crashed { .. })
+            && let Some(rec) = state.services.get_mut(&step.service)
+        {
+            rec.crash_streak = 0;
+            rec.backoff_until_ms = None;
+        }
+    }
+    let starts = plan
+        .changes()
+        .any(|s| matches!(s.action, Action::Start | Action::Restart));
+    let launch = LaunchSettings {
+        mirrord_bin: if starts { ctx.launcher_bin()? } else { None },
+        stop_timeout,
+    };
+    let fresh = state.services.is_empty();
+    let mut engine = Engine::new(&store, &lock, state, launch, reporter);
+    if fresh {
+        engine.check_untracked()?;
+    }
+    let mut report = if plan.is_empty() {
+        ApplyReport::default()
+    } else {
+        engine.apply(&plan, &desired)?
+    };
+    if let Some(wait) = explicit.as_ref().and_then(|e| e.wait) {
+        engine.wait_all_ready(&desired, wait, &mut report);
+    }
+    if settings.supervised {
+        engine.release_children();
+    } else {
+        engine.reap_early_exits(&mut report);
+    }
+    if engine.state != before {
+        engine.save()?;
+    }
+    describe(&engine.state, out);
+    if let Some(msg) = report.error_message() {
+        bail!("{msg}");
+    }
+    if let (Some(err), Work::Reconcile { explicit: Some(_) }) = (&out.reload_error, work) {
+        bail!("{err}");
+    }
+    Ok(if plan.is_empty() {
+        format!("nothing to do ({} running)", out.running.len())
+    } else {
+        plan.summary()
+    })
+}
+
+/// Exited services: record how they ended and let their restart policy decide. Returns the
+/// services whose back-off is over.
+fn settle_exits(
+    state: &mut State,
+    settings: &PassSettings,
+    reporter: &mut dyn Reporter,
+    now: u64,
+    out: &mut PassOutcome,
+) -> BTreeSet<String> {
+    let mut due = BTreeSet::new();
+    for (name, rec) in state.services.iter_mut() {
+        if rec.kind != RecordKind::Service {
+            continue;
+        }
+        let was_up = matches!(
+            rec.status,
+            Status::Running | Status::Ready | Status::Starting
+        );
+        if was_up && rec.process.is_some() && liveness(rec) != Liveness::Alive {
+            let exit = rec
+                .process
+                .as_ref()
+                .and_then(|p| crate::process::take_exit(p.pid))
+                .map(ExitInfo::from_kind)
+                .unwrap_or(ExitInfo {
+                    code: None,
+                    signal: None,
+                    at_ms: now,
+                });
+            let how = exit.describe();
+            let uptime =
+                Duration::from_millis(now.saturating_sub(rec.started_at_ms.unwrap_or(now)));
+            if settings.abort_on_exit && out.abort.is_none() {
+                out.abort = Some(exit.code.unwrap_or(1));
+            }
+            let decision = if settings.abort_on_exit {
+                Decision::Stay
+            } else {
+                policy::on_exit(
+                    rec.spec.restart,
+                    rec.spec.max_restarts,
+                    exit.failed(),
+                    uptime,
+                    rec.crash_streak,
+                )
+            };
+            rec.last_exit = Some(exit);
+            match decision {
+                Decision::Stay => {
+                    rec.status = Status::Exited;
+                    rec.last_reason = Some(format!("exited ({how})"));
+                    reporter.event(name, &format!("exited ({how})"));
+                }
+                Decision::Backoff { delay, streak } => {
+                    rec.status = Status::Backoff;
+                    rec.crash_streak = streak;
+                    rec.backoff_until_ms = Some(now + delay.as_millis() as u64);
+                    rec.last_reason = Some(format!("exited ({how})"));
+                    reporter.event(
+                        name,
+                        &format!(
+                            "exited ({how}); restarting in {} (restart {streak} in a row)",
+                            humantime::format_duration(delay)
+                        ),
+                    );
+                }
+                Decision::GiveUp { restarts } => {
+                    rec.status = Status::Failed;
+                    rec.backoff_until_ms = None;
+                    let why = format!(
+                        "exited ({how}) after {restarts} restarts in a row; giving up (max_restarts)"
+                    );
+                    reporter.event(name, &format!("failed: {why}"));
+                    rec.last_reason = Some(why);
+                }
+            }
+        }
+        if rec.status == Status::Backoff {
+            match rec.backoff_until_ms {
+                Some(t) if t > now => {
+                    out.next_due_ms = Some(out.next_due_ms.map_or(t, |d| d.min(t)));
+                }
+                _ => {
+                    due.insert(name.clone());
+                }
+            }
+        }
+    }
+    due
+}
+
+/// The file's services; if the file does not load, the recorded ones (nothing changes, the
+/// error is recorded and shown).
+fn load_desired(
+    ctx: &Context,
+    settings: &PassSettings,
+    state: &mut State,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+) -> Desired {
+    let loaded = ctx.load().and_then(|doc| {
+        let (desired, cache) = ctx.desired(
+            &doc,
+            &settings.selection,
+            settings.mode,
+            state.target_cache.clone(),
+        )?;
+        Ok((doc, desired, cache))
+    });
+    match loaded {
+        Ok((doc, desired, cache)) => {
+            if state.last_reload_error.take().is_some() {
+                reporter.event("mirrord-up", "the file is valid again");
+            }
+            let mut files = vec![doc.path.clone()];
+            files.extend(doc.side_files());
+            out.watched_files = Some(files);
+            state.target_cache = cache;
+            state.file = Some(doc.path);
+            desired
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            let repeated = state
+                .last_reload_error
+                .as_ref()
+                .is_some_and(|r| r.message == message);
+            if !repeated {
+                reporter.event(
+                    "mirrord-up",
+                    &format!("reload failed, every service keeps running as it is:\n{message}"),
+                );
+                state.last_reload_error = Some(ReloadError {
+                    message: message.clone(),
+                    at_ms: now_ms(),
+                });
+            }
+            out.reload_error = Some(message);
+            let mut d = recorded(state);
+            d.partial = true;
+            d
+        }
+    }
+}
+
+/// The recorded services as a desired state (for `restart|start`, and while the file is bad).
+fn recorded(state: &State) -> Desired {
+    let mut services: Vec<_> = state
+        .records(RecordKind::Service)
+        .map(|(_, r)| r.spec.clone())
+        .collect();
+    services.sort_by(|a, b| a.level.cmp(&b.level).then(a.name.cmp(&b.name)));
+    Desired {
+        services,
+        warnings: Vec::new(),
+        partial: true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stop(
+    _ctx: &Context,
+    store: &crate::state::StateStore,
+    lock: &crate::state::StateLock,
+    state: State,
+    names: &BTreeSet<String>,
+    timeout: Option<Duration>,
+    forget: bool,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+) -> Result<String> {
+    let launch = LaunchSettings {
+        mirrord_bin: None,
+        stop_timeout: timeout,
+    };
+    let mut engine = Engine::new(store, lock, state, launch, reporter);
+    let list: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (n.clone(), "stop requested".to_owned()))
+        .collect();
+    let removed = if forget {
+        names.clone()
+    } else {
+        BTreeSet::new()
+    };
+    let mut report = ApplyReport::default();
+    engine.stop_services(&list, &removed, &mut report)?;
+    for n in names {
+        if let Some(rec) = engine.state.services.get_mut(n)
+            && report.survivors.iter().all(|(s, _)| s != n)
+        {
+            rec.status = Status::Stopped;
+            rec.backoff_until_ms = None;
+            rec.last_reason = Some("stopped on request".into());
+        }
+    }
+    engine.save()?;
+    describe(&engine.state, out);
+    if let Some(msg) = report.error_message() {
+        bail!("{msg}");
+    }
+    Ok(format!("{} stopped", names.len()))
+}
+
+/// Fills in what the loop watches next.
+fn describe(state: &State, out: &mut PassOutcome) {
+    let mut logs = BTreeMap::new();
+    for (name, rec) in state.records(RecordKind::Service) {
+        logs.insert(name.clone(), (rec.log_path.clone(), rec.log_offset));
+        if let Some(p) = &rec.process
+            && matches!(
+                rec.status,
+                Status::Running | Status::Ready | Status::Starting
+            )
+            && p.liveness() == Liveness::Alive
+        {
+            out.running.push((name.clone(), p.clone()));
+        }
+    }
+    out.logs = logs.into_iter().map(|(n, (p, o))| (n, p, o)).collect();
+}
