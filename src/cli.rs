@@ -155,6 +155,9 @@ pub enum Command {
         timestamps: bool,
     },
     /// CI: start sessions one step at a time, stop them all at the end (state shared on disk).
+    #[command(
+        after_help = "Examples:\n  mirrord-up ci start --name api -t deployment/api -- npm start\n  npm test                      # against staging, through the session\n  mirrord-up ci ps\n  mirrord-up ci stop"
+    )]
     Ci {
         #[command(subcommand)]
         command: CiCommand,
@@ -180,11 +183,13 @@ pub enum Command {
         output: PathBuf,
     },
     /// Print the JSON schema of mirrord-up.yaml (for editor completion and validation).
-    #[command(after_help = "Example:\n  mirrord-up schema > mirrord-up.schema.json")]
+    #[command(
+        after_help = "Examples:\n  mirrord-up schema > mirrord-up.schema.json\n  # then, as the first line of mirrord-up.yaml (editors using yaml-language-server):\n  # yaml-language-server: $schema=./mirrord-up.schema.json"
+    )]
     Schema,
     /// Print a shell completion script.
     #[command(
-        after_help = "Examples:\n  mirrord-up completions bash > ~/.local/share/bash-completion/completions/mirrord-up\n  mirrord-up completions zsh > \"${fpath[1]}/_mirrord-up\""
+        after_help = "Examples:\n  mirrord-up completions bash > ~/.local/share/bash-completion/completions/mirrord-up\n  mirrord-up completions zsh > \"${fpath[1]}/_mirrord-up\"\n  mirrord-up completions fish > ~/.config/fish/completions/mirrord-up.fish"
     )]
     Completions { shell: clap_complete::Shell },
     /// The background supervisor of `up --detach` (internal).
@@ -262,6 +267,7 @@ pub enum CiCommand {
         timeout: Option<f64>,
     },
     /// As `ps -a`: services and CI sessions of the project.
+    #[command(after_help = "Examples:\n  mirrord-up ci ps\n  mirrord-up ci ps --format json")]
     Ps {
         #[arg(long, value_enum, default_value_t)]
         format: TableFormat,

@@ -4,30 +4,49 @@
 //! `services.<name>`, `target` and `run`. `env` and `http_filter` are mirrord's lenient types:
 //! unknown sub-keys are dropped.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::target::TargetConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+/// # mirrord-up.yaml
+///
+/// Several mirrord sessions in one file: real `mirrord up` 3.250's format plus the mirrord-up
+/// extensions. The whole file is a Tera template, rendered (with `key` and `git_branch`) before
+/// it is parsed.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpFile {
+    /// Settings shared by every service.
+    // `common:` with nothing after it is an empty mapping to the parser but `null` in JSON.
     #[serde(default)]
+    #[schemars(with = "Option<CommonConfig>", extend("default" = {}))]
     pub common: CommonConfig,
+    /// The services, by name (at least one).
     pub services: Services,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// Settings shared by every service.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommonConfig {
+    /// Accept the cluster API server's certificate even if it is invalid (mirrord's
+    /// `accept_invalid_certificates`).
     pub accept_invalid_certificates: Option<bool>,
+    /// Use the mirrord operator (mirrord's `operator`; unset: use it when installed).
     pub operator: Option<bool>,
+    /// mirrord's `telemetry`.
     pub telemetry: Option<bool>,
+    /// Kubernetes context of every service (`kube_context`); the lowest precedence, below a
+    /// service's `context` and `--context`.
+    #[schemars(with = "Option<Scalar>")]
     pub context: Option<String>,
 }
 
@@ -61,43 +80,108 @@ impl<'de> Deserialize<'de> for Services {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Any name maps to a service. `minProperties` says what `validate` refuses (`services: {}`),
+/// so that editors flag it too; duplicated names cannot be told apart in JSON.
+impl JsonSchema for Services {
+    fn schema_name() -> Cow<'static, str> {
+        "Services".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The services, by name. Any string is a valid name; each name may appear once, and at least one service is required.",
+            "type": "object",
+            "additionalProperties": generator.subschema_for::<ServiceConfig>(),
+            "minProperties": 1,
+        })
+    }
+}
+
+/// One service: a command run under its own mirrord session.
+// Defaults that mean "unset" are left out of the schema (`no_default`): a `null` default would
+// only be noise in an editor's completion.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// The workload to mirror: `none`, `{path, namespace}`, or nothing (inferred from the
+    /// service name).
     #[serde(default)]
+    #[schemars(transform = no_default)]
     pub target: TargetConfig,
+    /// mirrord's `feature.env`. Unknown keys inside are ignored, as in mirrord.
     #[serde(default)]
+    #[schemars(transform = no_default)]
     pub env: Option<EnvConfig>,
+    /// `split`: only requests matching `http_filter` (default: this session's `baggage`
+    /// header) come to the local process; `replace`: all traffic does, with the target copied
+    /// and scaled down. `-m/--mode` overrides it.
     #[serde(default)]
     pub default_mode: Mode,
+    /// mirrord's `feature.network.incoming.http_filter` (split mode only). Unknown keys inside
+    /// are ignored, as in mirrord.
     #[serde(default)]
+    #[schemars(transform = no_default)]
     pub http_filter: Option<HttpFilterConfig>,
+    /// Local ports whose incoming traffic is not mirrored or stolen (duplicates collapse).
+    // A set to the code, but duplicates are accepted: no `uniqueItems`. `null` is the JSON of an
+    // empty `ignore_ports:`, which the parser reads as an empty list.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<u16>>")]
     pub ignore_ports: BTreeSet<u16>,
+    /// Not started unless named on the command line.
     #[serde(default)]
     pub skip: bool,
+    /// Kubernetes context of this service; beats `common.context`, `--context` beats both.
     #[serde(default)]
+    #[schemars(with = "Option<Scalar>", transform = no_default)]
     pub context: Option<String>,
+    /// What to run.
     pub run: RunConfig,
     // --- mirrord-up extensions (spec §4.3) ---
+    /// mirrord-up extension: services to start first (and stop after this one).
     #[serde(default)]
+    #[schemars(extend("default" = []))]
     pub depends_on: DependsOn,
+    /// mirrord-up extension: restart policy when the service exits.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// mirrord-up extension: give up restarting after this many restarts (default: no limit).
     #[serde(default)]
+    #[schemars(transform = no_default)]
     pub max_restarts: Option<u32>,
+    /// mirrord-up extension: when the service counts as ready (default: the `Ready!` line
+    /// mirrord prints).
     #[serde(default)]
+    #[schemars(transform = no_default)]
     pub ready: Option<ReadyConfig>,
+    /// mirrord-up extension: the signal sent to the service's process group to stop it.
     #[serde(default)]
+    #[schemars(extend("default" = "SIGTERM"))]
     pub stop_signal: Option<StopSignal>,
+    /// mirrord-up extension: how long to wait after `stop_signal` before SIGKILL.
     #[serde(default)]
+    #[schemars(extend("default" = 10))]
     pub stop_timeout: Option<Seconds>,
+    /// mirrord-up extension: the command's directory, relative to this file's directory
+    /// (default: this file's directory).
     #[serde(default)]
+    #[schemars(with = "Option<Scalar>", transform = no_default)]
     pub working_dir: Option<PathBuf>,
+    /// mirrord-up extension: a dotenv file (relative to this file) merged under
+    /// `env.override`; its content is part of the config hash.
     #[serde(default)]
+    #[schemars(with = "Option<Scalar>", transform = no_default)]
     pub env_file: Option<PathBuf>,
+    /// mirrord-up extension: a base mirrord config (JSON, or YAML by extension; relative to
+    /// this file) merged under the generated keys.
     #[serde(default)]
+    #[schemars(with = "Option<Scalar>", transform = no_default)]
     pub config: Option<PathBuf>,
+}
+
+/// Drops a `default` the derive takes from `#[serde(default)]` where it says nothing (`null`).
+pub(super) fn no_default(schema: &mut Schema) {
+    schema.remove("default");
 }
 
 /// The extension keys a service uses, for `check --compat`.
@@ -134,11 +218,14 @@ impl ServiceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// How incoming traffic reaches the local process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// Only requests matching `http_filter` (default: this session's `baggage` header).
     #[default]
     Split,
+    /// All traffic: the target is copied and the original scaled down to zero.
     Replace,
 }
 
@@ -151,20 +238,27 @@ impl fmt::Display for Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What to run, as `mirrord exec` or `mirrord container` would.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// `exec` runs the command under `mirrord exec`; `container` under `mirrord container`.
     #[serde(default, rename = "type")]
     pub kind: RunType,
+    /// The command and its arguments (no shell). Numbers and booleans become strings.
     #[serde(deserialize_with = "command")]
+    #[schemars(schema_with = "command_schema")]
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// How the command is started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunType {
+    /// `mirrord exec -- <command>`.
     #[default]
     Exec,
+    /// `mirrord container -- <command>`; the command is `docker|podman|nerdctl run …`.
     Container,
 }
 
@@ -202,7 +296,17 @@ fn command<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D:
     deserializer.deserialize_seq(CommandVisitor)
 }
 
-/// A YAML scalar read as a string (`1` → "1", `true` → "true").
+/// What `command` accepts: a non-empty list of scalars.
+fn command_schema(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": generator.subschema_for::<Scalar>(),
+        "minItems": 1,
+    })
+}
+
+/// A YAML scalar read as a string (`1` → "1", `true` → "true"). Its schema is also that of a
+/// plain `String` field: the YAML parser hands any scalar to a string as its text.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Scalar(pub String);
@@ -232,6 +336,20 @@ impl<'de> Deserialize<'de> for Scalar {
             }
         }
         deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+impl JsonSchema for Scalar {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Scalar".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number", "boolean"] })
     }
 }
 
@@ -266,42 +384,82 @@ impl<'de> Deserialize<'de> for StringOrList {
     }
 }
 
+/// A single string is mirrord's `;`-separated form.
+impl JsonSchema for StringOrList {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "StringOrList".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": generator.subschema_for::<Scalar>() },
+            ]
+        })
+    }
+}
+
 /// mirrord's `feature.env` (lenient: unknown keys are dropped, as in mirrord).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct EnvConfig {
+    /// Only these remote variables (names or patterns; a string is `;`-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include: Option<StringOrList>,
+    /// All remote variables but these (names or patterns; a string is `;`-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude: Option<StringOrList>,
+    /// Variables set to these values, whatever the remote has.
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
     pub overrides: Option<BTreeMap<String, Scalar>>,
+    /// Also load the environment of the remote process (mirrord's `load_from_process`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_from_process: Option<bool>,
+    /// Variables removed from the local process's environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unset: Option<StringOrList>,
+    /// mirrord's own dotenv file (see also the service-level `env_file` extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Scalar>")]
     pub env_file: Option<String>,
+    /// Regex of variable names to the value they get.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping: Option<BTreeMap<String, Scalar>>,
 }
 
 /// mirrord's `feature.network.incoming.http_filter` (lenient).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct HttpFilterConfig {
+    /// Regex matched against `name: value` of each request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Scalar>")]
     pub header_filter: Option<String>,
+    /// jq filter over the request headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Scalar>")]
     pub header_filter_jq: Option<String>,
+    /// Regex matched against the request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Scalar>")]
     pub path_filter: Option<String>,
+    /// HTTP method (`GET`, `POST`…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Scalar>")]
     pub method_filter: Option<String>,
+    /// mirrord's body filter (passed through as given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_filter: Option<serde_json::Value>,
+    /// Every one of these inner filters must match (passed through as given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all_of: Option<Vec<serde_json::Value>>,
+    /// At least one of these inner filters must match (passed through as given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub any_of: Option<Vec<serde_json::Value>>,
+    /// Only filter on these ports; traffic to other ports is stolen unfiltered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortOrList>,
 }
@@ -356,24 +514,49 @@ impl<'de> Deserialize<'de> for PortOrList {
     }
 }
 
+impl JsonSchema for PortOrList {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "PortOrList".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                generator.subschema_for::<u16>(),
+                { "type": "array", "items": generator.subschema_for::<u16>() },
+            ]
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Extensions
 
 /// How a dependent waits for its dependency.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
+    /// The dependency has been started.
     #[default]
     Started,
+    /// The dependency is ready (its `ready` rule, or mirrord's `Ready!` line).
     Ready,
+    /// The dependency has exited with status 0 (a migration, a seed job).
     CompletedSuccessfully,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// How this service depends on one other service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dependency {
+    /// What to wait for before starting the dependent.
     #[serde(default)]
     pub condition: Condition,
+    /// Restart the dependent whenever the dependency is restarted.
     #[serde(default)]
     pub restart: bool,
 }
@@ -413,35 +596,90 @@ impl<'de> Deserialize<'de> for DependsOn {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// The visitor's three forms; a map entry may be empty (`db:`), meaning the defaults.
+impl JsonSchema for DependsOn {
+    fn schema_name() -> Cow<'static, str> {
+        "DependsOn".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Services started before this one and stopped after it: a list of service names, or a map of service names to how this one depends on them.",
+            "anyOf": [
+                { "type": "array", "items": generator.subschema_for::<Scalar>() },
+                {
+                    "type": "object",
+                    "additionalProperties": generator.subschema_for::<Option<Dependency>>(),
+                },
+                { "type": "null" },
+            ]
+        })
+    }
+}
+
+/// What to do when the service exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
+    /// Never restart (an unquoted `no` is a string in YAML 1.2).
     #[default]
     No,
+    /// Restart after a non-zero exit, with exponential backoff.
     OnFailure,
+    /// Restart after any exit, with exponential backoff.
     Always,
 }
 
 /// When a service counts as ready. With none of `log`/`tcp`/`http`, the `Ready!` line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = at_most_one_probe)]
 pub struct ReadyConfig {
+    /// Ready when a line of the service's output matches this regular expression.
     #[serde(
         default,
         deserialize_with = "regex_opt",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "regex_schema")]
     pub log: Option<String>,
+    /// Ready when this local TCP port accepts connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<u16>,
+    /// Ready when a GET of this `http://` URL answers 2xx.
     #[serde(
         default,
         deserialize_with = "http_url_opt",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "http_url_schema")]
     pub http: Option<String>,
+    /// Give up waiting after this long (default 60 seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
+}
+
+/// `validate` refuses two probes at once. `tcp: ~` is no probe (a plain `Option`), but
+/// `log: ~` is one: its visitor reads `~` as the regex `~`.
+fn at_most_one_probe(schema: &mut Schema) {
+    let probes = ["log", "tcp", "http"];
+    let given = |probe: &str| match probe {
+        "tcp" => serde_json::json!({ "not": { "type": "null" } }),
+        _ => serde_json::json!(true),
+    };
+    let mut pairs = Vec::new();
+    for (i, a) in probes.iter().enumerate() {
+        for b in &probes[i + 1..] {
+            pairs.push(serde_json::json!({
+                "required": [a, b],
+                "properties": { *a: given(a), *b: given(b) },
+            }));
+        }
+    }
+    schema.insert(
+        "not".into(),
+        serde_json::json!({ "description": "at most one of `log`, `tcp` and `http`", "anyOf": pairs }),
+    );
 }
 
 /// A string checked by `check` inside the visitor, so that errors carry the key's path.
@@ -462,6 +700,16 @@ fn checked_string<'de, D: Deserializer<'de>>(
         }
     }
     d.deserialize_str(V(expecting, check))
+}
+
+/// Any scalar: the parser hands the check its text (`~` included, which is a valid regex).
+fn regex_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": ["string", "number", "boolean", "null"], "format": "regex" })
+}
+
+/// Only a string can start with `http://`; `null` is refused too, since the check runs on `~`.
+fn http_url_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "pattern": "^http://" })
 }
 
 fn regex_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -507,6 +755,44 @@ impl<'de> Deserialize<'de> for StopSignal {
             }
         })?;
         Ok(StopSignal(parse_signal(&name).expect("checked")))
+    }
+}
+
+/// `parse_signal`'s language: any ASCII case, `SIG` optional, surrounding blanks. The usual
+/// spellings are listed for completion; the pattern admits the others. Built from nix's own
+/// list, so it is the platform's (the schema is generated on Linux).
+impl JsonSchema for StopSignal {
+    fn schema_name() -> Cow<'static, str> {
+        "Signal".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = nix::sys::signal::Signal::iterator()
+            .map(|s| s.as_str())
+            .collect();
+        let any_case = |word: &str| -> String {
+            word.chars()
+                .map(|c| {
+                    if c.is_ascii_alphabetic() {
+                        format!("[{c}{}]", c.to_ascii_lowercase())
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        };
+        let bare: Vec<String> = names
+            .iter()
+            .map(|n| any_case(n.strip_prefix("SIG").unwrap_or(n)))
+            .collect();
+        let pattern = format!(r"^\s*(?:{})?(?:{})\s*$", any_case("SIG"), bare.join("|"));
+        json_schema!({
+            "description": "A signal name, with or without `SIG`, in any case: `SIGTERM`, `TERM`, `sigint`…",
+            "anyOf": [
+                { "enum": names },
+                { "type": "string", "pattern": pattern },
+            ]
+        })
     }
 }
 
@@ -561,6 +847,24 @@ impl<'de> Deserialize<'de> for Seconds {
             }
         }
         deserializer.deserialize_any(V)
+    }
+}
+
+/// What the visitor takes: a number, or the string `parse_duration` reads.
+impl JsonSchema for Seconds {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: seconds (integer or fractional), or a number with a unit `ms`, `s`, `m` or `h` such as `\"500ms\"`, `\"30s\"`, `\"2m\"`.",
+            "anyOf": [
+                { "type": "number", "minimum": 0 },
+                { "type": "string", "pattern": r"^\s*(?:[0-9]+\.?[0-9]*|\.[0-9]+)\s*(?:ms|s|m|h)\s*$" },
+            ],
+            "examples": [10, "500ms", "30s", "2m"],
+        })
     }
 }
 

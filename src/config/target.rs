@@ -1,9 +1,13 @@
 //! The `target` key: its three YAML forms and mirrord's target-path grammar.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Serialize};
+
+use super::model::{Scalar, no_default};
 
 /// A service's `target`, as real mirrord's three-state deserializer reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -16,12 +20,18 @@ pub enum TargetConfig {
     Specified(SpecifiedTarget),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A target mapping. Without `path`, the path is inferred from the service name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpecifiedTarget {
+    /// The workload to mirror (default: the first deployment, statefulset, rollout or pod
+    /// named like the service).
     #[serde(default)]
+    #[schemars(transform = no_default)]
     pub path: Option<TargetPath>,
+    /// Namespace of the target, or where to look for it when `path` is absent.
     #[serde(default)]
+    #[schemars(with = "Option<Scalar>", transform = no_default)]
     pub namespace: Option<String>,
 }
 
@@ -79,6 +89,24 @@ impl<'de> Deserialize<'de> for TargetConfig {
             }
         }
         deserializer.deserialize_any(TargetVisitor)
+    }
+}
+
+/// The visitor's three forms: exactly `none`, nothing (`~`), or a mapping.
+impl JsonSchema for TargetConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Target".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The workload this service's mirrord session targets: `none` (targetless), a mapping `{path, namespace}`, or nothing at all (the path is inferred from the service name, in the cluster). The short form `target: deployment/x` is not accepted, as in mirrord.",
+            "anyOf": [
+                { "const": "none", "description": "Targetless: no workload is mirrored." },
+                generator.subschema_for::<SpecifiedTarget>(),
+                { "type": "null", "description": "Inferred from the service name." },
+            ]
+        })
     }
 }
 
@@ -236,6 +264,58 @@ impl<'de> Deserialize<'de> for TargetPath {
             }
         }
         deserializer.deserialize_any(PathVisitor)
+    }
+}
+
+/// `TargetPath::parse`'s grammar as a pattern, and the map form with exactly one kind; both
+/// built from the kind lists the parser uses.
+impl JsonSchema for TargetPath {
+    fn schema_name() -> Cow<'static, str> {
+        "TargetPath".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let pattern = format!(
+            "^(?:targetless|(?:{})/[^/]+(?:/container/[^/]+)?)$",
+            PATH_KINDS.join("|")
+        );
+        let mut properties = serde_json::Map::new();
+        for kind in MAP_KINDS {
+            let schema = if *kind == "labels" {
+                json_schema!({
+                    "type": "object",
+                    "additionalProperties": generator.subschema_for::<Scalar>(),
+                })
+            } else {
+                generator.subschema_for::<Scalar>()
+            };
+            properties.insert((*kind).to_owned(), schema.to_value());
+        }
+        properties.insert(
+            "container".to_owned(),
+            generator.subschema_for::<Scalar>().to_value(),
+        );
+        let one_kind: Vec<serde_json::Value> = MAP_KINDS
+            .iter()
+            .map(|k| serde_json::json!({ "required": [k] }))
+            .collect();
+        let description = format!(
+            "`<kind>/<name>[/container/<container>]` (kind: {}), `targetless`, or a mapping naming exactly one of {} (plus an optional `container`), such as `{{deployment: api, container: main}}`.",
+            PATH_KINDS.join(", "),
+            MAP_KINDS.join(", "),
+        );
+        json_schema!({
+            "description": description,
+            "anyOf": [
+                { "type": "string", "pattern": pattern },
+                {
+                    "type": "object",
+                    "properties": properties,
+                    "additionalProperties": false,
+                    "oneOf": one_kind,
+                },
+            ]
+        })
     }
 }
 

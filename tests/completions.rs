@@ -1,0 +1,180 @@
+//! `mirrord-up completions <SHELL>`: the bash script loads in a real bash and its completion
+//! function offers subcommands and their options, never hidden subcommands; the other shells'
+//! scripts are generated and name the subcommands (and are syntax-checked where the shell is
+//! installed).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use assert_cmd::Command as Cmd;
+use clap::CommandFactory;
+
+fn completions(shell: &str) -> String {
+    let out = Cmd::new(env!("CARGO_BIN_EXE_mirrord-up"))
+        .args(["completions", shell])
+        .output()
+        .expect("run mirrord-up completions");
+    assert!(
+        out.status.success(),
+        "`completions {shell}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 script")
+}
+
+/// Names of hidden subcommands at any depth (`__supervise`).
+fn hidden_subcommands() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for sub in cmd.get_subcommands() {
+            if sub.is_hide_set() {
+                out.push(sub.get_name().to_owned());
+            }
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&mirrord_up::cli::Cli::command(), &mut out);
+    out
+}
+
+fn run_bash(script: &Path, body: &str) -> Output {
+    Command::new("bash")
+        .args(["--norc", "--noprofile", "-c"])
+        .arg(format!("source '{}' || exit 1\n{body}", script.display()))
+        .output()
+        .expect("bash is installed (it is required for this test)")
+}
+
+/// The words the registered completion function offers for `line` (completing its last word,
+/// which may be empty), as bash itself would call it.
+fn bash_complete(script: &Path, line: &str) -> Vec<String> {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    if words.len() < 2 {
+        words.push("");
+    }
+    let cword = words.len() - 1;
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let body = format!(
+        r#"spec=$(complete -p mirrord-up) || exit 2
+fn=$(printf '%s\n' "$spec" | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+[ -n "$fn" ] || {{ echo "no -F function in: $spec" >&2; exit 3; }}
+COMP_WORDS=({words})
+COMP_CWORD={cword}
+COMP_LINE='{line}'
+COMP_POINT=${{#COMP_LINE}}
+"$fn" mirrord-up "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}"
+"#,
+        words = quoted.join(" "),
+    );
+    let out = run_bash(script, &body);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "completing `{line}` failed: exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_script_loads_and_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("mirrord-up.bash");
+    std::fs::write(&script, completions("bash")).expect("write script");
+
+    let out = run_bash(&script, "");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "sourcing the bash script: exit {:?}, stderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let words = bash_complete(&script, "mirrord-up u");
+    assert!(
+        words.contains(&"up".to_owned()),
+        "`mirrord-up u`: {words:?}"
+    );
+
+    let hidden = hidden_subcommands();
+    assert!(!hidden.is_empty(), "no hidden subcommand left to check");
+    for line in ["mirrord-up ", "mirrord-up _"] {
+        let words = bash_complete(&script, line);
+        for name in &hidden {
+            assert!(
+                !words.contains(name),
+                "`{line}` offers hidden `{name}`: {words:?}"
+            );
+        }
+    }
+    let all = bash_complete(&script, "mirrord-up ");
+    for sub in ["up", "down", "ps", "ci", "schema", "completions"] {
+        assert!(
+            all.contains(&sub.to_owned()),
+            "`mirrord-up `: no `{sub}` in {all:?}"
+        );
+    }
+
+    // Past the subcommand too (clap_complete's hyphenated-binary bug, worked around).
+    let words = bash_complete(&script, "mirrord-up up --det");
+    assert_eq!(words, ["--detach"], "`mirrord-up up --det`");
+    let words = bash_complete(&script, "mirrord-up ci st");
+    assert_eq!(words, ["start", "stop"], "`mirrord-up ci st`");
+}
+
+#[test]
+fn every_shell_gets_a_script_naming_the_subcommands() {
+    let hidden = hidden_subcommands();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = completions(shell);
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        assert!(script.contains("up"), "{shell}: `up` is not mentioned");
+        assert!(
+            script.contains("completions"),
+            "{shell}: `completions` is not mentioned"
+        );
+        for name in &hidden {
+            assert!(
+                !script.contains(name.as_str()),
+                "{shell}: mentions hidden `{name}`"
+            );
+        }
+    }
+}
+
+/// Syntax checks by the shells themselves, for those installed here (bash always is, above).
+#[test]
+fn scripts_parse_in_installed_shells() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checks: [(&str, &str, &[&str]); 2] =
+        [("zsh", "zsh", &["-n"]), ("fish", "fish", &["--no-execute"])];
+    for (shell, program, flags) in checks {
+        let installed = Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            eprintln!(
+                "note: `{program}` is not installed: the {shell} script was not syntax-checked"
+            );
+            continue;
+        }
+        let script = dir.path().join(format!("mirrord-up.{shell}"));
+        std::fs::write(&script, completions(shell)).expect("write script");
+        let out = Command::new(program)
+            .args(flags)
+            .arg(&script)
+            .output()
+            .expect("run shell");
+        assert!(
+            out.status.success(),
+            "{shell} rejects the script:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
