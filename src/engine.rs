@@ -369,6 +369,8 @@ impl<'a> Engine<'a> {
                 } else if let Some(rec) = self.state.services.get_mut(n) {
                     rec.status = Status::Exited;
                     rec.process = None;
+                    // Not an interrupted start: nothing to adopt by this nonce any more.
+                    rec.spawn_nonce = None;
                     rec.last_exit = Some(ExitInfo {
                         code: None,
                         signal: Some(rec.spec.stop_signal.clone()),

@@ -289,6 +289,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                     Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
                 });
                 watch_exits(&tx, &mut exit_watch, &out.running);
+                dirty |= out.unsettled;
                 // A first pass that failed and left nothing to look after ends the supervisor
                 // (its client already has the error).
                 if std::mem::take(&mut first_pass)

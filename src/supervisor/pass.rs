@@ -83,6 +83,8 @@ pub struct PassOutcome {
     pub abort: Option<i32>,
     /// The file failed to load: the message (also recorded in the state).
     pub reload_error: Option<String>,
+    /// A service exited that this pass has not settled yet: run another pass.
+    pub unsettled: bool,
 }
 
 pub fn run_pass(
@@ -459,9 +461,13 @@ fn describe(state: &State, out: &mut PassOutcome) {
                 rec.status,
                 Status::Running | Status::Ready | Status::Starting
             )
-            && p.liveness() == Liveness::Alive
         {
-            out.running.push((name.clone(), p.clone()));
+            if p.liveness() == Liveness::Alive {
+                out.running.push((name.clone(), p.clone()));
+            } else {
+                // Died during the pass, before a watch could be set on it: settle it next.
+                out.unsettled = true;
+            }
         }
     }
     out.logs = logs.into_iter().map(|(n, (p, o))| (n, p, o)).collect();
