@@ -644,3 +644,45 @@ fn restart_stop_and_start_single_services() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("no service named `nope`"), "{out}");
 }
+
+#[test]
+fn one_supervisor_per_project_and_down_without_one() {
+    let p = Project::new("single");
+    let svcs = names("svc", 2);
+    p.write_yaml(&sleepers(&svcs, |_| "one".into(), &[]));
+    p.ok(&["up", "--detach"]);
+    let sup = supervisor_pid(&p).unwrap();
+    let before = wait_running(&p, &svcs);
+
+    // A second `up --detach` goes through the running supervisor.
+    let out = p.ok(&["up", "--detach"]);
+    assert!(out.stdout.contains("nothing to do"), "{out}");
+    assert_eq!(supervisor_pid(&p), Some(sup));
+    let supervisors = common::live_processes()
+        .into_iter()
+        .filter(|s| {
+            environ(s.pid).is_some_and(|e| {
+                e.get("MIRRORD_UP_SUPERVISOR").map(String::as_str)
+                    == Some(p.state_dir.to_str().unwrap())
+            })
+        })
+        .count();
+    assert_eq!(supervisors, 1, "a second supervisor was started");
+
+    // A foreground `up` refuses, saying how to follow or stop the running one.
+    let out = p.run(&["up"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("logs -f"), "{out}");
+    assert!(out.stderr.contains("down"), "{out}");
+    assert_eq!(p.pids(), before);
+
+    // With the supervisor dead, `down` still stops everything.
+    kill(Pid::from_raw(sup), Signal::SIGKILL).unwrap();
+    wait_until("the supervisor is gone", WAIT, || !alive(sup));
+    p.ok(&["down", "-t", "1"]);
+    for pid in before.values() {
+        assert!(group_empty(*pid));
+    }
+    assert!(p.ps().is_empty());
+    assert!(supervisor_pid(&p).is_none());
+}
