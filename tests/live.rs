@@ -686,3 +686,26 @@ fn one_supervisor_per_project_and_down_without_one() {
     assert!(p.ps().is_empty());
     assert!(supervisor_pid(&p).is_none());
 }
+
+#[test]
+fn up_wait_returns_once_ready_or_names_who_is_not() {
+    let p = Project::new("wait");
+    p.write_yaml(&yaml(&[
+        service(
+            "quick",
+            &["sh", "-c", "echo up-and-ready; exec sleep 1000"],
+            &["ready: {log: up-and-ready}"],
+        ),
+        service("never", common::SLEEP, &["ready: {log: will-not-happen}"]),
+    ]));
+    let out = p.run(&["up", "--detach", "--wait", "--wait-timeout", "1"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("never"),
+        "names who is not ready: {out}"
+    );
+    assert!(!out.stderr.contains("quick not ready"), "{out}");
+    let ps = p.ps_map();
+    assert_eq!(ps["quick"]["status"], "ready", "{ps:?}");
+    assert_eq!(ps["never"]["status"], "running", "{ps:?}");
+}

@@ -69,6 +69,16 @@ pub fn run(ctx: &Context, format: TableFormat, all: bool) -> Result<ExitCode> {
     match format {
         TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         TableFormat::Table => {
+            if let Some(sup) = crate::supervisor::control::running(state.as_ref()) {
+                eprintln!(
+                    "supervisor: pid {}, file {}",
+                    sup.process.pid,
+                    state
+                        .as_ref()
+                        .and_then(|s| s.file.as_ref())
+                        .map_or("-".into(), |f| f.display().to_string())
+                );
+            }
             if let Some(err) = state.as_ref().and_then(|s| s.last_reload_error.as_ref()) {
                 eprintln!(
                     "last reload failed (the running services kept their config):\n{}",

@@ -178,9 +178,13 @@ fn pass(
         }
         Work::Stop { names, timeout } => {
             let names = names_of(names)?;
-            return stop(
-                ctx, &store, &lock, state, &names, *timeout, false, reporter, out,
-            );
+            let order = StopOrder {
+                names: &names,
+                timeout: *timeout,
+                forget: false,
+                why: "stop requested",
+            };
+            return stop(&store, &lock, state, &order, reporter, out);
         }
         Work::Shutdown { timeout, forget } => {
             let names: BTreeSet<String> = state
@@ -190,9 +194,17 @@ fn pass(
             if settings.supervised {
                 state.supervisor = None;
             }
-            return stop(
-                ctx, &store, &lock, state, &names, *timeout, *forget, reporter, out,
-            );
+            let order = StopOrder {
+                names: &names,
+                timeout: *timeout,
+                forget: *forget,
+                why: if *forget {
+                    "down requested"
+                } else {
+                    "mirrord-up is ending"
+                },
+            };
+            return stop(&store, &lock, state, &order, reporter, out);
         }
     };
 
@@ -406,27 +418,36 @@ fn recorded(state: &State) -> Desired {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Which services a stop pass stops, and how.
+struct StopOrder<'a> {
+    names: &'a BTreeSet<String>,
+    /// Overrides each service's `stop_timeout`.
+    timeout: Option<Duration>,
+    /// Remove the records (`down`) instead of keeping them as stopped.
+    forget: bool,
+    why: &'static str,
+}
+
 fn stop(
-    _ctx: &Context,
     store: &crate::state::StateStore,
     lock: &crate::state::StateLock,
     state: State,
-    names: &BTreeSet<String>,
-    timeout: Option<Duration>,
-    forget: bool,
+    order: &StopOrder<'_>,
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
 ) -> Result<String> {
+    let StopOrder {
+        names,
+        timeout,
+        forget,
+        why,
+    } = *order;
     let launch = LaunchSettings {
         mirrord_bin: None,
         stop_timeout: timeout,
     };
     let mut engine = Engine::new(store, lock, state, launch, reporter);
-    let list: Vec<(String, String)> = names
-        .iter()
-        .map(|n| (n.clone(), "stop requested".to_owned()))
-        .collect();
+    let list: Vec<(String, String)> = names.iter().map(|n| (n.clone(), why.to_owned())).collect();
     let removed = if forget {
         names.clone()
     } else {
@@ -440,7 +461,7 @@ fn stop(
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
-            rec.last_reason = Some("stopped on request".into());
+            rec.last_reason = Some(format!("stopped: {why}"));
         }
     }
     engine.save()?;
