@@ -291,6 +291,25 @@ impl From<ModeArg> for Mode {
     }
 }
 
+/// The clap command, without colours when `--no-color` is among `args`: clap colours its own
+/// help and usage errors (it already heeds `NO_COLOR`, `TERM=dumb` and non-terminals) before
+/// the flag is parsed.
+pub fn command(args: &[std::ffi::OsString]) -> clap::Command {
+    without_color_if_asked(<Cli as clap::CommandFactory>::command(), args)
+}
+
+pub fn without_color_if_asked(cmd: clap::Command, args: &[std::ffi::OsString]) -> clap::Command {
+    if args
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--no-color")
+    {
+        cmd.color(clap::ColorChoice::Never)
+    } else {
+        cmd
+    }
+}
+
 /// `logs -f` means follow (as in docker compose), although `-f` is the global `--file`
 /// everywhere else: after the `logs` subcommand, a lone `-f` is rewritten to `--follow`.
 pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {

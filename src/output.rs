@@ -2,9 +2,14 @@
 
 use std::io::IsTerminal;
 
-/// Colour only on a terminal, and never with `--no-color` or `NO_COLOR`.
+/// Colour only on a terminal, and never with `--no-color` or `NO_COLOR`. `TERM=dumb` declares
+/// a terminal that shows escape sequences as text (Emacs shell buffers, some CI consoles), and
+/// one without `TERM` is taken as such, as clap and indicatif do.
 pub fn use_color(no_color_flag: bool, stream_is_tty: bool) -> bool {
-    !no_color_flag && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && stream_is_tty
+    !no_color_flag
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_some_and(|t| !t.is_empty() && t != "dumb")
+        && stream_is_tty
 }
 
 pub fn stdout_color(no_color_flag: bool) -> bool {

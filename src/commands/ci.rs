@@ -96,11 +96,13 @@ pub fn parse_start(raw: &[String]) -> Result<StartArgs> {
             }
             "-h" | "--help" => {
                 use clap::CommandFactory;
-                let mut cmd = crate::cli::Cli::command();
-                let ci = cmd.find_subcommand_mut("ci").expect("ci exists");
-                ci.find_subcommand_mut("start")
-                    .expect("start exists")
-                    .print_long_help()?;
+                let start = crate::cli::Cli::command()
+                    .find_subcommand("ci")
+                    .and_then(|ci| ci.find_subcommand("start"))
+                    .expect("ci start exists")
+                    .clone();
+                let args: Vec<_> = std::env::args_os().collect();
+                crate::cli::without_color_if_asked(start, &args).print_long_help()?;
                 std::process::exit(0);
             }
             "--name" => a.name = Some(value("--name", &mut it)?),

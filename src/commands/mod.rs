@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use clap::Parser;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::UpDocument;
@@ -35,7 +34,11 @@ pub fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
-    let cli = Cli::parse_from(crate::cli::rewrite_args(std::env::args_os().collect()));
+    let args = crate::cli::rewrite_args(std::env::args_os().collect());
+    let cli = crate::cli::command(&args)
+        .try_get_matches_from(&args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit());
     let ctx = Context::new(cli.global);
     match run(&ctx, cli.command) {
         Ok(code) => code,
