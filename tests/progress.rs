@@ -103,8 +103,8 @@ fn on_a_terminal_each_service_has_a_live_line_kept_with_its_outcome() {
     assert_eq!(
         shown,
         [
-            "slow  ✔ stopped: stop requested",
-            "web   ✔ stopped: stop requested"
+            "slow  ✔ stopped: down requested",
+            "web   ✔ stopped: down requested"
         ],
         "{shown:#?}"
     );
@@ -195,7 +195,7 @@ fn through_a_pipe_the_lines_are_plain_without_escape_codes() {
     no_escape(&down);
     // `web` is gone while `slow` is still in its grace period.
     assert_eq!(
-        down.stderr, "web   stopped: stop requested\nslow  stopped: stop requested\n",
+        down.stderr, "web   stopped: down requested\nslow  stopped: down requested\n",
         "{down}"
     );
 
@@ -297,8 +297,8 @@ fn on_a_terminal_without_colours_the_lines_are_plain_and_quiet_shows_nothing() {
         assert_eq!(
             shown_down,
             [
-                "web   stopped: stop requested",
-                "slow  stopped: stop requested"
+                "web   stopped: down requested",
+                "slow  stopped: down requested"
             ],
             "{what}: {shown_down:#?}"
         );
