@@ -709,3 +709,38 @@ fn up_wait_returns_once_ready_or_names_who_is_not() {
     assert_eq!(ps["quick"]["status"], "ready", "{ps:?}");
     assert_eq!(ps["never"]["status"], "running", "{ps:?}");
 }
+
+#[test]
+fn abort_on_exit_stops_everything_when_one_service_ends() {
+    let p = Project::new("abort");
+    p.write_yaml(&yaml(&[
+        service("steady", common::SLEEP, &[]),
+        service(
+            "oneshot",
+            &["sh", "-c", "exit 3"],
+            &["restart: always", "depends_on: [steady]"],
+        ),
+    ]));
+    let mut up = Live::start(&p, &["up", "--abort-on-exit"]);
+    assert_eq!(up.wait_exit(WAIT), Some(1), "{}", up.text());
+    let steady = p
+        .fake_log()
+        .iter()
+        .find(|r| r["service"] == "steady")
+        .and_then(|r| r["pid"].as_i64())
+        .expect("steady was launched") as i32;
+    assert!(
+        group_empty(steady),
+        "the other service outlived --abort-on-exit"
+    );
+    assert_eq!(
+        execs_of(&p, "oneshot"),
+        1,
+        "no restart policy under --abort-on-exit"
+    );
+    assert!(
+        up.text().contains("oneshot  exited (exit code 3)"),
+        "{}",
+        up.text()
+    );
+}

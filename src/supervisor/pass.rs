@@ -292,7 +292,8 @@ fn settle_exits(
             let uptime =
                 Duration::from_millis(now.saturating_sub(rec.started_at_ms.unwrap_or(now)));
             if settings.abort_on_exit && out.abort.is_none() {
-                out.abort = Some(exit.code.unwrap_or(1));
+                // As real `mirrord up`: 0 after a clean exit, 1 after a crash.
+                out.abort = Some(if exit.code == Some(0) { 0 } else { 1 });
             }
             let decision = if settings.abort_on_exit {
                 Decision::Stay
