@@ -133,6 +133,9 @@ pub struct Engine<'a> {
     pub reporter: &'a mut dyn Reporter,
     /// Children spawned by this process (for exit codes of `completed_successfully`).
     children: BTreeMap<String, std::process::Child>,
+    /// What the last `save` wrote (so that a caller's final save is skipped when it would
+    /// write the same again).
+    last_saved: Option<State>,
 }
 
 impl<'a> Engine<'a> {
@@ -150,6 +153,7 @@ impl<'a> Engine<'a> {
             settings,
             reporter,
             children: BTreeMap::new(),
+            last_saved: None,
         }
     }
 
@@ -158,8 +162,18 @@ impl<'a> Engine<'a> {
         self.children.clear();
     }
 
-    pub fn save(&self) -> Result<(), StateError> {
-        self.store.save(self.lock, &self.state)
+    pub fn save(&mut self) -> Result<(), StateError> {
+        self.store.save(self.lock, &self.state)?;
+        self.last_saved = Some(self.state.clone());
+        Ok(())
+    }
+
+    /// Saves unless the state equals `loaded` (what was read) or what was saved last.
+    pub fn save_if_changed(&mut self, loaded: &State) -> Result<(), StateError> {
+        if &self.state == loaded || self.last_saved.as_ref() == Some(&self.state) {
+            return Ok(());
+        }
+        self.save()
     }
 
     /// Finishes what a crashed run left: a record with a spawn nonce but no process identity

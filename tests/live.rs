@@ -744,3 +744,23 @@ fn abort_on_exit_stops_everything_when_one_service_ends() {
         up.text()
     );
 }
+
+#[test]
+fn a_save_right_after_up_detach_returns_is_applied() {
+    let p = Project::new("quicksave");
+    let svcs = names("svc", 2);
+    p.write_yaml(&sleepers(&svcs, |_| "v0".into(), &[]));
+    let out = p.ok(&["up", "--detach"]);
+    // Save at once, before anything else (even `ps`) runs: the watch must already be in place.
+    p.write_yaml(&sleepers(&svcs, |_| "v1".into(), &[]));
+    let started = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svc1"))
+        .and_then(|l| l.split("(pid ").nth(1))
+        .and_then(|r| r.split(')').next())
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no pid for svc1 in {out}"));
+    let new = wait_new_pid(&p, "svc1", started);
+    assert_eq!(foo_of(new).as_deref(), Some("v1"));
+}

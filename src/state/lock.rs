@@ -13,6 +13,9 @@ use super::StateError;
 pub struct StateLock {
     file: File,
     path: PathBuf,
+    /// The state file was loaded under this lock and is not of a newer format: a save need not
+    /// read it again to check (nobody else can write it while the lock is held).
+    pub(crate) version_checked: std::sync::atomic::AtomicBool,
 }
 
 impl StateLock {
@@ -68,6 +71,7 @@ impl StateLock {
         Ok(StateLock {
             file,
             path: path.to_owned(),
+            version_checked: Default::default(),
         })
     }
 

@@ -323,10 +323,18 @@ impl StateStore {
     }
 
     /// Reads under the lock. A corrupt file is moved aside (`state.json.corrupt-<time>`).
-    pub fn load(&self, _lock: &StateLock) -> Result<State> {
+    pub fn load(&self, lock: &StateLock) -> Result<State> {
+        use std::sync::atomic::Ordering;
         match self.read() {
-            Ok(Some(s)) => Ok(s),
-            Ok(None) => Ok(State::new(&self.project)),
+            Ok(Some(s)) => {
+                lock.version_checked
+                    .store(s.format_version <= FORMAT_VERSION, Ordering::Relaxed);
+                Ok(s)
+            }
+            Ok(None) => {
+                lock.version_checked.store(true, Ordering::Relaxed);
+                Ok(State::new(&self.project))
+            }
             Err(StateError::Corrupt { path, reason, .. }) => {
                 let kept = path.with_file_name(format!("state.json.corrupt-{}", now_ms() / 1000));
                 std::fs::rename(&path, &kept).map_err(io(&path))?;
@@ -338,9 +346,12 @@ impl StateStore {
 
     /// Replaces the file atomically (temp, fsync, rename, fsync dir), mode 0600. Refuses to
     /// overwrite a file of a newer format.
-    pub fn save(&self, _lock: &StateLock, state: &State) -> Result<()> {
+    pub fn save(&self, lock: &StateLock, state: &State) -> Result<()> {
         let path = self.state_path();
-        if let Ok(bytes) = std::fs::read(&path)
+        if !lock
+            .version_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && let Ok(bytes) = std::fs::read(&path)
             && let Some(found) = format_version_of(&bytes)
             && found > FORMAT_VERSION
         {

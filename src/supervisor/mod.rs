@@ -51,7 +51,8 @@ enum Event {
     Reload,
     Terminate,
     ChildExited,
-    ServiceExited,
+    /// The process `pid` of a service ended.
+    ServiceExited(String, i32),
     Control(Work, Client),
     ControlRefused(Client, String),
 }
@@ -84,8 +85,12 @@ pub fn run(ctx: Context, opts: Options) -> Result<ExitCode> {
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
+    // Passes run one at a time on one blocking thread, kept for the supervisor's life: a
+    // thread per pass would each leave a malloc arena behind, and an idle-timeout would wake it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(Duration::from_secs(365 * 24 * 3600))
         .build()
         .context("cannot start the event loop")?;
     rt.block_on(run_loop(ctx, opts))
@@ -172,6 +177,8 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     listen_signals(&tx)?;
     listen_control(&tx, reg.listener.try_clone()?, ctx.file())?;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
+    // Watch before the first pass reads the file: a save right after `up -d` returns counts.
+    watcher.watch(&[ctx.file()]);
     let tail = opts.foreground.then(|| LogPrinter::start(ctx));
     let color = opts.foreground && ctx.stderr_color();
 
@@ -193,6 +200,8 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     let mut width = opts.width;
     let mut running: Option<tokio::task::JoinHandle<PassOutcome>> = None;
     let mut first_pass = true;
+    // Exits heard while a pass runs: that pass may have caused (or settled) them.
+    let mut exits_during_pass: Vec<(String, i32)> = Vec::new();
 
     loop {
         if running.is_none() {
@@ -231,6 +240,11 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                     };
                     let out = pass::run_pass(&ctx, &settings, &work, &mut reporter);
                     reporter.finish(&out);
+                    // Give back what the pass allocated: the supervisor then idles small.
+                    // SAFETY: malloc_trim only releases free heap memory.
+                    unsafe {
+                        nix::libc::malloc_trim(0);
+                    }
                     out
                 }));
             }
@@ -238,7 +252,14 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
         tokio::select! {
             Some(ev) = rx.recv() => match ev {
                 Event::FileChanged => debounce = Some(Instant::now() + DEBOUNCE),
-                Event::Reload | Event::ServiceExited => dirty = true,
+                Event::Reload => dirty = true,
+                Event::ServiceExited(name, pid) => {
+                    if running.is_some() {
+                        exits_during_pass.push((name, pid));
+                    } else {
+                        dirty = true;
+                    }
+                }
                 Event::ChildExited => process::reap_children(),
                 Event::Terminate => {
                     if stopping.is_some() {
@@ -279,7 +300,8 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                 running = None;
                 let out = done.context("a reconcile pass panicked")?;
                 if let Some(files) = &out.watched_files {
-                    watcher.watch(files);
+                    // Files newly watched may have changed before the watch began.
+                    dirty |= watcher.watch(files);
                 }
                 width = width.max(out.logs.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0));
                 if let Some(t) = &tail {
@@ -290,6 +312,10 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                 });
                 watch_exits(&tx, &mut exit_watch, &out.running);
                 dirty |= out.unsettled;
+                // An exit the pass did not see (the PID is still the one it left running).
+                dirty |= exits_during_pass
+                    .drain(..)
+                    .any(|(n, pid)| out.running.iter().any(|(r, id)| *r == n && id.pid == pid));
                 // A first pass that failed and left nothing to look after ends the supervisor
                 // (its client already has the error).
                 if std::mem::take(&mut first_pass)
@@ -483,9 +509,10 @@ fn watch_exits(
         let tx = tx.clone();
         let pid = identity.pid;
         let identity = identity.clone();
+        let service = name.clone();
         let task = tokio::spawn(async move {
             wait_for_exit(&identity).await;
-            let _ = tx.send(Event::ServiceExited);
+            let _ = tx.send(Event::ServiceExited(service, pid));
         });
         watching.insert(name.clone(), (pid, task));
     }
@@ -529,9 +556,10 @@ impl FileWatcher {
         }
     }
 
-    fn watch(&mut self, files: &[PathBuf]) {
+    /// Watches `files` (replacing the previous set); true if the set changed.
+    fn watch(&mut self, files: &[PathBuf]) -> bool {
         if !self.enabled || (self.inner.is_some() && self.files == files) {
-            return;
+            return false;
         }
         use notify::Watcher;
         let names: Vec<PathBuf> = files.to_vec();
@@ -547,7 +575,7 @@ impl FileWatcher {
         };
         let Ok(mut w) = notify::recommended_watcher(handler) else {
             eprintln!("warning: cannot watch the file for changes; send SIGHUP to reload");
-            return;
+            return false;
         };
         let dirs: std::collections::BTreeSet<&Path> =
             files.iter().filter_map(|f| f.parent()).collect();
@@ -556,8 +584,10 @@ impl FileWatcher {
                 eprintln!("warning: cannot watch {}: {e}", d.display());
             }
         }
+        let first = self.inner.is_none();
         self.inner = Some(w);
         self.files = files.to_vec();
+        !first
     }
 }
 

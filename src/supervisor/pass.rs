@@ -242,9 +242,7 @@ fn pass(
     } else {
         engine.reap_early_exits(&mut report);
     }
-    if engine.state != before {
-        engine.save()?;
-    }
+    engine.save_if_changed(&before)?;
     describe(&engine.state, out);
     if let Some(msg) = report.error_message() {
         bail!("{msg}");
