@@ -132,7 +132,7 @@ pub struct Engine<'a> {
     pub settings: LaunchSettings,
     pub reporter: &'a mut dyn Reporter,
     /// Children spawned by this process (for exit codes of `completed_successfully`).
-    children: BTreeMap<String, std::process::Child>,
+    children: BTreeMap<String, process::Spawned>,
     /// What the last `save` wrote (so that a caller's final save is skipped when it would
     /// write the same again).
     last_saved: Option<State>,
@@ -640,10 +640,7 @@ impl<'a> Engine<'a> {
             // our child — through our own handle, or through the supervisor's reaper.
             let mut pause = Duration::from_millis(1);
             loop {
-                let status = match self.children.get_mut(dep).map(|c| c.try_wait()) {
-                    Some(Ok(Some(st))) => Some(exit_info_of(&st)),
-                    _ => process::take_exit(id.pid).map(ExitInfo::from_kind),
-                };
+                let status = process::take_exit(id.pid).map(ExitInfo::from_kind);
                 if status.is_some() || id.liveness() != Liveness::Alive {
                     exit = status.or(Some(ExitInfo {
                         code: None,
@@ -699,33 +696,21 @@ impl<'a> Engine<'a> {
 
     /// After an apply: services that died already are reported (and recorded as exited).
     pub fn reap_early_exits(&mut self, report: &mut ApplyReport) {
-        for (name, child) in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait()
+        for (name, child) in &self.children {
+            if let Some(kind) = child.try_wait()
                 && let Some(rec) = self.state.services.get_mut(name)
-                && rec
-                    .process
-                    .as_ref()
-                    .is_some_and(|p| p.pid == child.id() as i32)
+                && rec.process.as_ref().is_some_and(|p| p.pid == child.pid)
             {
+                let exit = ExitInfo::from_kind(kind);
                 rec.status = Status::Exited;
-                rec.last_exit = Some(exit_info_of(&status));
-                if status.code() != Some(0) {
-                    let why = format!("exited right after start ({status})");
+                if exit.failed() {
+                    let why = format!("exited right after start ({})", exit.describe());
                     self.reporter.event(name, &why);
                     report.failed.push((name.clone(), why));
                 }
+                rec.last_exit = Some(exit);
             }
         }
-    }
-}
-
-fn exit_info_of(status: &std::process::ExitStatus) -> ExitInfo {
-    ExitInfo {
-        code: status.code(),
-        signal: std::os::unix::process::ExitStatusExt::signal(status)
-            .and_then(|s| Signal::try_from(s).ok())
-            .map(|s| s.as_str().to_owned()),
-        at_ms: now_ms(),
     }
 }
 

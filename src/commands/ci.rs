@@ -4,7 +4,6 @@
 //! a session that is already dead makes `ci start` fail.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -267,7 +266,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     // Intent first, then spawn, then the identity: a crash in between is recovered by nonce.
     state.services.insert(name.clone(), rec.clone());
     store.save(&lock, &state)?;
-    let (mut child, identity) =
+    let (child, identity) =
         process::spawn(&req).with_context(|| format!("cannot run `{}`", req.program.display()))?;
     println!("mirrord ci files will be stored in {}", out_dir.display());
     println!("child pid: {}", identity.pid);
@@ -289,14 +288,13 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     let settle = Duration::from_millis(200);
     let mut ready_at: Option<Instant> = None;
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.try_wait() {
             let tail = tail_of(&out_dir.join("stderr"), 10);
-            let how = match (status.code(), status.signal()) {
-                (Some(c), _) => format!("exit code {c}"),
-                (None, Some(s)) => format!("signal {s}"),
-                _ => status.to_string(),
+            let (how, code) = match status {
+                process::ExitKind::Code(c) => (format!("exit code {c}"), Some(c)),
+                process::ExitKind::Signal(s) => (format!("signal {}", s as i32), None),
             };
-            record_exit(ctx, &name, status.code())?;
+            record_exit(ctx, &name, code)?;
             bail!(
                 "session `{name}` exited right away ({how}); output in {}{}",
                 out_dir.display(),

@@ -98,6 +98,7 @@ pub fn stop(
         mirrord_bin: None,
         stop_timeout: timeout,
     };
+    let loaded = state.clone();
     let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());
     if let Some(only) = only {
         let unknown: Vec<&String> = only
@@ -175,7 +176,7 @@ pub fn stop(
     {
         engine.state.supervisor = None;
     }
-    engine.save()?;
+    engine.save_if_changed(&loaded)?;
     if let Some(msg) = report.error_message() {
         bail!("{msg}");
     }

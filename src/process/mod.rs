@@ -5,6 +5,7 @@
 //! identity is checked again; a mismatch means "gone".
 
 mod linux;
+mod spawn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -188,19 +189,23 @@ pub fn stop_groups(requests: &[StopRequest]) -> Vec<StopOutcome> {
 }
 
 /// As `stop_groups`, calling `progress(name)` when a group is found empty.
+///
+/// The full `/proc` scan is the slow path: while a group's leader lives, its PGID is ours and
+/// the group is signalled and probed directly (`killpg`, `kill(-pgid, 0)`); only a group whose
+/// leader is gone but that still has processes needs the scan (and the nonce check).
 pub fn stop_groups_with(
     requests: &[StopRequest],
     progress: &mut dyn FnMut(&StopOutcome),
 ) -> Vec<StopOutcome> {
     let start = Instant::now();
-    let table = ProcessTable::snapshot();
+    let mut table: Option<ProcessTable> = None;
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
-        if r.identity.signal_group(r.signal, &table) > 0 {
+        if signal_group_fast(&r.identity, r.signal, &mut table) {
             pending.insert(i, false);
             if r.signal != Signal::SIGCONT {
                 // A stopped (SIGSTOP) process must run to act on the signal.
-                r.identity.signal_group(Signal::SIGCONT, &table);
+                signal_group_fast(&r.identity, Signal::SIGCONT, &mut table);
             }
         } else {
             let outcome = StopOutcome {
@@ -216,12 +221,11 @@ pub fn stop_groups_with(
     while !pending.is_empty() {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(25));
-        let table = ProcessTable::snapshot();
+        let mut table: Option<ProcessTable> = None;
         let elapsed = start.elapsed();
         pending.retain(|&i, killed| {
             let r = &requests[i];
-            let members = r.identity.live_members(&table);
-            if members.is_empty() {
+            if group_gone(&r.identity, &mut table) {
                 let o = StopOutcome {
                     name: r.name.clone(),
                     killed: *killed,
@@ -232,9 +236,12 @@ pub fn stop_groups_with(
                 return false;
             }
             if !*killed && (elapsed >= r.timeout || KILL_NOW.load(Ordering::SeqCst)) {
-                r.identity.signal_group(Signal::SIGKILL, &table);
+                signal_group_fast(&r.identity, Signal::SIGKILL, &mut table);
                 *killed = true;
             } else if *killed && elapsed >= r.timeout + KILL_WAIT {
+                let members = r
+                    .identity
+                    .live_members(table.get_or_insert_with(ProcessTable::snapshot));
                 let o = StopOutcome {
                     name: r.name.clone(),
                     killed: true,
@@ -260,6 +267,32 @@ pub fn stop_groups_with(
         .collect()
 }
 
+/// Signals the group of `id`: directly while its leader lives, else each verified member
+/// (scanning `/proc` once, into `table`). True if anything was signalled.
+fn signal_group_fast(id: &ProcessIdentity, sig: Signal, table: &mut Option<ProcessTable>) -> bool {
+    if id.liveness() == Liveness::Alive {
+        return killpg(Pid::from_raw(id.pgid), sig).is_ok();
+    }
+    id.signal_group(sig, table.get_or_insert_with(ProcessTable::snapshot)) > 0
+}
+
+/// Whether no live process of the group of `id` is left.
+fn group_gone(id: &ProcessIdentity, table: &mut Option<ProcessTable>) -> bool {
+    if id.boot_id != boot_id() {
+        return true;
+    }
+    // No process at all in the group (zombies included): certainly gone.
+    if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
+        return true;
+    }
+    if id.liveness() == Liveness::Alive {
+        return false;
+    }
+    // Only zombies, or members left behind by the leader: look closer.
+    id.live_members(table.get_or_insert_with(ProcessTable::snapshot))
+        .is_empty()
+}
+
 /// What to run, and where its output goes.
 #[derive(Debug, Clone)]
 pub struct SpawnRequest {
@@ -279,39 +312,50 @@ pub struct SpawnRequest {
 /// Logs larger than this are rotated (to `<name>.log.1`) when the service (re)starts.
 pub const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
 
+/// A child spawned by this process; its exit status is collected by `waitpid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    pub pid: i32,
+}
+
+impl Spawned {
+    /// Its exit, once it has ended (collected now, or earlier by `reap_children`).
+    pub fn try_wait(&self) -> Option<ExitKind> {
+        take_exit(self.pid)
+    }
+}
+
 /// Spawns `req` in a new session (so its own process group), stdin `/dev/null`, output
 /// appended to its files, with every inherited `MIRRORD_*` variable removed (they would change
 /// what mirrord does behind the generated config) and `req.env` added.
-pub fn spawn(req: &SpawnRequest) -> std::io::Result<(std::process::Child, ProcessIdentity)> {
-    use std::os::unix::process::CommandExt;
-    let stdout = open_append(&req.stdout)?;
-    let stderr = if req.stderr == req.stdout {
+pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> {
+    use std::os::unix::ffi::OsStrExt;
+    let stdout: std::os::fd::OwnedFd = open_append(&req.stdout)?.into();
+    let stderr: std::os::fd::OwnedFd = if req.stderr == req.stdout {
         stdout.try_clone()?
     } else {
-        open_append(&req.stderr)?
+        open_append(&req.stderr)?.into()
     };
-    let mut cmd = std::process::Command::new(&req.program);
-    cmd.args(&req.args)
-        .current_dir(&req.cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
-    for (k, _) in std::env::vars_os() {
-        if !req.keep_mirrord_env && k.to_string_lossy().starts_with("MIRRORD_") {
-            cmd.env_remove(&k);
-        }
+    let mut env: BTreeMap<Vec<u8>, Vec<u8>> = std::env::vars_os()
+        .filter(|(k, _)| req.keep_mirrord_env || !k.as_bytes().starts_with(b"MIRRORD_"))
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    for (k, v) in &req.env {
+        env.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
     }
-    cmd.envs(&req.env);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    // The child has exec'd (std waits for that), so its setsid has happened.
+    let path_var = env
+        .get(b"PATH".as_slice())
+        .map(|p| std::ffi::OsStr::from_bytes(p).to_owned());
+    let program = spawn::resolve(&req.program, path_var.as_deref())?;
+    let pid = spawn::spawn(&spawn::SpawnPlan {
+        program: &program,
+        args: &req.args,
+        env: env.into_iter().collect(),
+        cwd: &req.cwd,
+        stdout: &stdout,
+        stderr: &stderr,
+    })?;
+    // posix_spawn returns after the exec (or its failure), so the session exists.
     let identity = ProcessIdentity::of(pid, Some(req.nonce.clone())).unwrap_or(ProcessIdentity {
         pid,
         pgid: pid,
@@ -319,7 +363,7 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(std::process::Child, Proces
         boot_id: boot_id().to_owned(),
         nonce: Some(req.nonce.clone()),
     });
-    Ok((child, identity))
+    Ok((Spawned { pid }, identity))
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
