@@ -437,22 +437,21 @@ impl<'a> Engine<'a> {
         for (spec, req) in &launches {
             let log_path = self.store.log_path(&spec.name);
             let offset = process::rotate_log(&log_path);
+            let fresh = new_record(spec, log_path);
             let rec = self
                 .state
                 .services
                 .entry(spec.name.clone())
-                .or_insert_with(|| new_record(spec, log_path.clone()));
-            let restarts = if rec.started_at_ms.is_some() {
-                rec.restarts + 1
-            } else {
-                rec.restarts
-            };
-            *rec = ServiceRecord {
-                restarts,
-                last_exit: rec.last_exit.take(),
-                crash_streak: rec.crash_streak,
-                ..new_record(spec, log_path)
-            };
+                .and_modify(|old| {
+                    *old = ServiceRecord {
+                        // A record that ran before: this start is a restart.
+                        restarts: old.restarts + u32::from(old.started_at_ms.is_some()),
+                        last_exit: old.last_exit.take(),
+                        crash_streak: old.crash_streak,
+                        ..fresh.clone()
+                    }
+                })
+                .or_insert(fresh);
             rec.spawn_nonce = Some(req.nonce.clone());
             rec.log_offset = offset;
             rec.argv = std::iter::once(req.program.display().to_string())
@@ -460,6 +459,7 @@ impl<'a> Engine<'a> {
                 .collect();
         }
         self.save()?;
+        tracing::debug!(count = launches.len(), "spawning a level");
         for (spec, req) in &launches {
             let cause = causes.get(spec.name.as_str()).cloned().unwrap_or_default();
             match process::spawn(req) {
@@ -486,6 +486,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        tracing::debug!("level spawned");
         self.save()?;
         Ok(failed)
     }
@@ -758,15 +759,9 @@ fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), StateErro
 
 /// `which`, relative to the service's working directory for paths with a slash.
 pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
     if program.contains('/') {
         let p = cwd.join(program);
-        return executable(&p).then_some(p);
+        return process::is_executable(&p).then_some(p);
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| executable(p))
+    process::search_path(Path::new(program), &std::env::var_os("PATH")?)
 }

@@ -683,6 +683,13 @@ fn local_launcher_applies_env_override_without_mirrord() {
     let env = environ(pids["loc"]).expect("environ");
     assert_eq!(env.get("LOCAL_VAR").map(String::as_str), Some("from-yaml"));
     assert!(!env.contains_key("MIRRORD_PROGRESS_MODE"), "{env:?}");
+    // The command line is the file's, word for word (argv[0] as written, not resolved).
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids["loc"])).expect("cmdline");
+    let argv: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    assert_eq!(argv, [b"sleep".as_slice(), b"1000"], "{cmdline:?}");
     assert_eq!(p.ps_map()["loc"]["launcher"], "local");
     assert!(
         p.fake_log().is_empty(),

@@ -764,3 +764,21 @@ fn a_save_right_after_up_detach_returns_is_applied() {
     let new = wait_new_pid(&p, "svc1", started);
     assert_eq!(foo_of(new).as_deref(), Some("v1"));
 }
+
+#[test]
+fn up_detach_with_a_broken_file_through_the_supervisor_fails_and_changes_nothing() {
+    let p = Project::new("badforward");
+    let svcs = names("svc", 2);
+    p.write_yaml(&sleepers(&svcs, |_| "one".into(), &[]));
+    p.ok(&["up", "--detach", "--no-watch"]);
+    let before = wait_running(&p, &svcs);
+    std::fs::write(&p.yaml, "services:\n  svc1: [\n").unwrap();
+    let out = p.run(&["up", "--detach"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("mirrord-up.yaml"),
+        "names the file: {out}"
+    );
+    assert!(out.stderr.contains("line "), "and the position: {out}");
+    assert_eq!(p.pids(), before);
+}

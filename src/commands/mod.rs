@@ -39,6 +39,7 @@ pub fn main() -> ExitCode {
         .try_get_matches_from(&args)
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
         .unwrap_or_else(|e| e.exit());
+    init_tracing(cli.global.verbose);
     let ctx = Context::new(cli.global);
     match run(&ctx, cli.command) {
         Ok(code) => code,
@@ -50,6 +51,24 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `-v`: what each step does and how long it takes, on stderr (`-vv`: more). `RUST_LOG` works
+/// too.
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => return,
+        1 => "mirrord_up=debug",
+        _ => "mirrord_up=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_ansi(false)
+        .try_init();
 }
 
 fn run(ctx: &Context, command: Command) -> Result<ExitCode> {

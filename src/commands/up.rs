@@ -21,9 +21,6 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     if args.dry_run {
         return apply_once(ctx, args);
     }
-    // A bad file is refused before anything starts.
-    let doc = ctx.load()?;
-    let width = doc.names().iter().map(String::len).max().unwrap_or(0);
     let state = match ctx.read_state() {
         Ok(s) => s,
         // Unreadable (corrupt, too new): the locked load reports it and keeps the file aside.
@@ -41,8 +38,18 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
                 ctx.project()
             );
         }
+        // The supervisor reads the file itself (and answers with its error if it is bad).
+        let width = state
+            .iter()
+            .flat_map(|s| s.services.keys())
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
         return forward(ctx, &sup.socket, args, width);
     }
+    // A bad file is refused before anything starts.
+    let doc = ctx.load()?;
+    let width = doc.names().iter().map(String::len).max().unwrap_or(0);
     if args.detach {
         detach(ctx, args, width)
     } else {

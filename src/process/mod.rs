@@ -7,6 +7,8 @@
 mod linux;
 mod spawn;
 
+pub use spawn::{is_executable, search_path};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -349,6 +351,7 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> 
     let program = spawn::resolve(&req.program, path_var.as_deref())?;
     let pid = spawn::spawn(&spawn::SpawnPlan {
         program: &program,
+        arg0: &req.program,
         args: &req.args,
         env: env.into_iter().collect(),
         cwd: &req.cwd,
@@ -392,16 +395,25 @@ pub fn rotate_log(path: &Path) -> u64 {
     }
 }
 
-/// A fresh spawn nonce.
+/// A fresh spawn nonce: unique per spawn (a random seed read once per process, the PID, and
+/// a counter), not a secret.
 pub fn new_nonce() -> String {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut bytes);
-    }
-    let mix = std::process::id() as u64 ^ crate::state::now_ms().rotate_left(17);
-    let n = u64::from_le_bytes(bytes) ^ mix;
-    format!("{n:016x}")
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut bytes);
+        }
+        u64::from_le_bytes(bytes) ^ crate::state::now_ms().rotate_left(17)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mixed =
+        seed ^ (std::process::id() as u64).rotate_left(32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("{mixed:016x}")
 }
 
 /// Processes of a project found by their markers (for `down --force` and crash recovery),

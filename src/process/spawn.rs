@@ -14,7 +14,10 @@ use nix::libc;
 
 /// Everything `posix_spawn` needs, prepared before the call (no allocation in between).
 pub struct SpawnPlan<'a> {
+    /// The file executed.
     pub program: &'a Path,
+    /// What the child sees as `argv[0]`: the name it was asked by (`sleep`, not `/usr/bin/sleep`).
+    pub arg0: &'a Path,
     pub args: &'a [String],
     /// `KEY=VALUE` entries of the child's whole environment.
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
@@ -42,14 +45,41 @@ pub fn resolve(program: &Path, path_var: Option<&OsStr>) -> io::Result<PathBuf> 
     if program.as_os_str().as_bytes().contains(&b'/') {
         return Ok(program.to_owned());
     }
-    use std::os::unix::fs::PermissionsExt;
     let paths = path_var.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-    std::env::split_paths(paths)
-        .map(|d| d.join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    search_path(program, paths).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
+/// The first executable `name` in the directories of `paths`. Answers are remembered for the
+/// life of the process (a pass starts a hundred `sleep`s; one search is enough), but a
+/// remembered file that is gone is searched for again.
+pub fn search_path(name: &Path, paths: &OsStr) -> Option<PathBuf> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static FOUND: Mutex<Option<HashMap<(PathBuf, std::ffi::OsString), PathBuf>>> = Mutex::new(None);
+    let key = (name.to_owned(), paths.to_owned());
+    if let Some(hit) = FOUND
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+        .filter(|p| is_executable(p))
+    {
+        return Some(hit.clone());
+    }
+    let found = std::env::split_paths(paths)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))?;
+    FOUND
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, found.clone());
+    Some(found)
+}
+
+pub fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Owns a `posix_spawn_file_actions_t` / `posix_spawnattr_t` pair for one call.
@@ -72,7 +102,7 @@ impl Drop for Raw {
 pub fn spawn(plan: &SpawnPlan<'_>) -> io::Result<i32> {
     let program = cstring(plan.program.as_os_str().as_bytes())?;
     let cwd = cstring(plan.cwd.as_os_str().as_bytes())?;
-    let argv_owned: Vec<CString> = std::iter::once(Ok(program.clone()))
+    let argv_owned: Vec<CString> = std::iter::once(cstring(plan.arg0.as_os_str().as_bytes()))
         .chain(plan.args.iter().map(|a| cstring(a.as_bytes())))
         .collect::<io::Result<_>>()?;
     let envp_owned: Vec<CString> = plan
@@ -80,15 +110,11 @@ pub fn spawn(plan: &SpawnPlan<'_>) -> io::Result<i32> {
         .iter()
         .map(|(k, v)| cstring(&[k.as_slice(), b"=", v.as_slice()].concat()))
         .collect::<io::Result<_>>()?;
-    let mut argv: Vec<*mut libc::c_char> = argv_owned
-        .iter()
-        .map(|c| c.as_ptr().cast_mut())
-        .collect();
+    let mut argv: Vec<*mut libc::c_char> =
+        argv_owned.iter().map(|c| c.as_ptr().cast_mut()).collect();
     argv.push(std::ptr::null_mut());
-    let mut envp: Vec<*mut libc::c_char> = envp_owned
-        .iter()
-        .map(|c| c.as_ptr().cast_mut())
-        .collect();
+    let mut envp: Vec<*mut libc::c_char> =
+        envp_owned.iter().map(|c| c.as_ptr().cast_mut()).collect();
     envp.push(std::ptr::null_mut());
     let dev_null = c"/dev/null";
 

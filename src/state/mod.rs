@@ -357,9 +357,14 @@ impl StateStore {
         {
             return Err(StateError::TooNew { path, found });
         }
-        let mut text = serde_json::to_vec_pretty(state).expect("state serializes");
+        // Compact: a hundred services make a file of some 300 KB that is rewritten several
+        // times per pass; `ps --format json` is the readable view.
+        let mut text = serde_json::to_vec(state).expect("state serializes");
         text.push(b'\n');
-        write_private(&path, &text)
+        let started = std::time::Instant::now();
+        let written = write_private(&path, &text);
+        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
+        written
     }
 }
 

@@ -121,12 +121,14 @@ fn pass(
     };
     let before = state.clone();
     let now = now_ms();
+    tracing::debug!(?work, "pass: state loaded");
     let due = settle_exits(&mut state, settings, reporter, now, out);
 
     let desired = match work {
         Work::Reconcile { .. } => load_desired(ctx, settings, &mut state, reporter, out),
         _ => recorded(&state),
     };
+    tracing::debug!(services = desired.services.len(), "pass: desired resolved");
     let mut observed = observe(&state);
     for name in &due {
         if let Some(o) = observed.get_mut(name) {
@@ -229,6 +231,7 @@ fn pass(
     if fresh {
         engine.check_untracked()?;
     }
+    tracing::debug!(changes = plan.changes().count(), "pass: planned");
     let mut report = if plan.is_empty() {
         ApplyReport::default()
     } else {
@@ -243,6 +246,7 @@ fn pass(
         engine.reap_early_exits(&mut report);
     }
     engine.save_if_changed(&before)?;
+    tracing::debug!("pass: applied");
     describe(&engine.state, out);
     if let Some(msg) = report.error_message() {
         bail!("{msg}");
@@ -445,6 +449,7 @@ fn stop(
         mirrord_bin: None,
         stop_timeout: timeout,
     };
+    let loaded = state.clone();
     let mut engine = Engine::new(store, lock, state, launch, reporter);
     let list: Vec<(String, String)> = names.iter().map(|n| (n.clone(), why.to_owned())).collect();
     let removed = if forget {
@@ -463,7 +468,7 @@ fn stop(
             rec.last_reason = Some(format!("stopped: {why}"));
         }
     }
-    engine.save()?;
+    engine.save_if_changed(&loaded)?;
     describe(&engine.state, out);
     if let Some(msg) = report.error_message() {
         bail!("{msg}");
