@@ -477,4 +477,66 @@ mod tests {
             vec![("a".into(), Action::Restart, "--force-recreate".into())]
         );
     }
+
+    #[test]
+    fn a_due_restart_starts_the_service_with_the_policy_as_cause() {
+        let s = spec("a", 0, "1");
+        let mut o = running(&s);
+        o.state = ObservedState::NotRunning {
+            detail: "exit code 3".into(),
+        };
+        let idle: Observed = [("a".to_string(), o.clone())].into();
+        let p = plan(&desired(vec![s.clone()]), &idle, PlanOptions::default());
+        assert_eq!(actions(&p)[0].1, Action::Keep, "no policy, no restart");
+        o.restart_due = true;
+        let due: Observed = [("a".to_string(), o)].into();
+        let p = plan(&desired(vec![s]), &due, PlanOptions::default());
+        assert_eq!(
+            actions(&p),
+            vec![(
+                "a".into(),
+                Action::Start,
+                "restart policy (exit code 3)".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn requested_restart_takes_dependents_that_asked_and_start_skips_running_ones() {
+        let db = spec("db", 0, "1");
+        let mut api = spec("api", 1, "1");
+        api.depends_on = DependsOn(
+            [(
+                "db".to_string(),
+                Dependency {
+                    restart: true,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        );
+        let mut web = spec("web", 1, "1");
+        web.depends_on = DependsOn([("db".to_string(), Dependency::default())].into());
+        let o: Observed = [&db, &api, &web]
+            .iter()
+            .map(|s| (s.name.clone(), running(s)))
+            .collect();
+        let d = desired(vec![db, api, web]);
+        let names: BTreeSet<String> = ["db".to_string()].into();
+        let p = plan_request(&d, &o, &names, "restart");
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("db".into(), Action::Restart, "restart requested".into()),
+                (
+                    "api".into(),
+                    Action::Restart,
+                    "dependency db restarted".into()
+                ),
+                ("web".into(), Action::Keep, "unchanged".into()),
+            ]
+        );
+        let p = plan_request(&d, &o, &names, "start");
+        assert!(p.is_empty(), "start leaves a running service alone: {p:?}");
+    }
 }
