@@ -54,6 +54,10 @@
 //! Targets are informational (PASS/MISS): the bench exits non-zero only when a correctness
 //! check fails (wrong or extra restart, a process left behind).
 
+mod common;
+
+use common::{env_usize, reap_any, service_name};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -64,7 +68,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde_json::Value;
 
@@ -84,16 +87,6 @@ struct Config {
     services: usize,
     edits: usize,
     idle: Duration,
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a non-negative integer")),
-        Err(_) => default,
-    }
 }
 
 impl Config {
@@ -252,16 +245,6 @@ fn environ(pid: i32) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Reaps every child that has exited (the bench is a subreaper: orphaned services and the
-/// supervisor end up as its children).
-fn reap_any() {
-    while let Ok(ws) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if ws == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
 /// Kills, on drop, every process group holding a live process of this run, found by the
 /// markers mirrord-up sets (`MIRRORD_UP_STATE` on services, `MIRRORD_UP_SUPERVISOR` on the
 /// supervisor, both our temp state directory; a PGID cannot be reused while its group has a
@@ -404,10 +387,6 @@ fn baseline(guard: &mut KillGuard, fifo: &Path, rx: &Receiver<Msg>, rounds: usiz
 
 // ---------------------------------------------------------------------------------------------
 // mirrord-up driven through its CLI.
-
-fn service_name(i: usize) -> String {
-    format!("svc-{i:03}")
-}
 
 struct Project {
     yaml: PathBuf,

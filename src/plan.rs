@@ -336,6 +336,20 @@ mod tests {
         }
     }
 
+    /// `depends_on: {<dep>: {restart: true}}`.
+    fn restarts_with(dep: &str) -> DependsOn {
+        DependsOn(
+            [(
+                dep.to_string(),
+                Dependency {
+                    restart: true,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        )
+    }
+
     fn actions(p: &Plan) -> Vec<(String, Action, String)> {
         p.steps
             .iter()
@@ -438,16 +452,7 @@ mod tests {
     fn dependency_restart_propagates() {
         let db_old = spec("db", 0, "1");
         let mut api = spec("api", 1, "1");
-        api.depends_on = DependsOn(
-            [(
-                "db".to_string(),
-                Dependency {
-                    restart: true,
-                    ..Default::default()
-                },
-            )]
-            .into(),
-        );
+        api.depends_on = restarts_with("db");
         let web = spec("web", 1, "1");
         let o: Observed = [&db_old, &api, &web]
             .iter()
@@ -505,16 +510,7 @@ mod tests {
     fn requested_restart_takes_dependents_that_asked_and_start_skips_running_ones() {
         let db = spec("db", 0, "1");
         let mut api = spec("api", 1, "1");
-        api.depends_on = DependsOn(
-            [(
-                "db".to_string(),
-                Dependency {
-                    restart: true,
-                    ..Default::default()
-                },
-            )]
-            .into(),
-        );
+        api.depends_on = restarts_with("db");
         let mut web = spec("web", 1, "1");
         web.depends_on = DependsOn([("db".to_string(), Dependency::default())].into());
         let o: Observed = [&db, &api, &web]

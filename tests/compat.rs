@@ -7,7 +7,6 @@
 //! Snapshots live in `tests/snapshots/{compat,invalid}`; to re-accept them after an intended
 //! change run `INSTA_UPDATE=always cargo test --test compat` and review the diff.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -75,15 +74,7 @@ fn run_config(file: &Path, extra: &[&str]) -> Output {
 }
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
-    let dir = repo().join("fixtures/compat").join(kind);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension() == Some(OsStr::new("yaml")))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
-    files
+    common::compat_fixtures(kind)
 }
 
 fn stem(path: &Path) -> String {

@@ -14,8 +14,9 @@
 //! cycle, a missing file, a template or YAML syntax error); the line is the last one so that the
 //! lines `tests/compat.rs` pins keep their numbers.
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use assert_cmd::Command as Cmd;
 use serde_json::Value;
@@ -40,17 +41,6 @@ fn checked_in() -> Value {
 
 fn validator() -> jsonschema::Validator {
     jsonschema::draft202012::new(&checked_in()).expect("the schema compiles")
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension() == Some(OsStr::new("yaml")))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
-    files
 }
 
 fn name(path: &Path) -> String {
@@ -164,7 +154,7 @@ fn schema_describes_every_extension() {
 #[test]
 fn schema_accepts_every_valid_fixture_and_the_demo() {
     let validator = validator();
-    let mut files = yaml_files(&repo().join("fixtures/compat/valid"));
+    let mut files = common::compat_fixtures("valid");
     files.push(repo().join("fixtures/demo/mirrord-up.yaml"));
     let mut failures = Vec::new();
     for file in &files {
@@ -229,7 +219,7 @@ fn structural(path: &Path) -> Result<Result<(), String>, String> {
 #[test]
 fn schema_refuses_every_structurally_invalid_fixture() {
     let validator = validator();
-    let files = yaml_files(&repo().join("fixtures/compat/invalid"));
+    let files = common::compat_fixtures("invalid");
     let mut failures = Vec::new();
     let mut refused = 0;
     for file in &files {

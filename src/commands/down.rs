@@ -14,13 +14,11 @@ use crate::state::{State, StateError};
 
 pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<ExitCode> {
     // A corrupt state file is `stop`'s to report; the supervisor is then unknown anyway.
-    let running = ctx
-        .read_state()
-        .ok()
-        .and_then(|s| crate::supervisor::control::running(s.as_ref()));
-    let via_supervisor = match running {
+    let state = ctx.read_state().ok().flatten();
+    let via_supervisor = match crate::supervisor::control::running(state.as_ref()) {
         Some(sup) => {
-            stop_supervisor(ctx, &sup, timeout);
+            let width = state.as_ref().map_or(0, State::name_width);
+            stop_supervisor(ctx, &sup, timeout, width);
             true
         }
         None => false,
@@ -30,14 +28,13 @@ pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<Exit
 
 /// Asks the supervisor to stop every service and exit, and waits until it has; one that does
 /// not answer gets SIGTERM (it then stops its services itself), and SIGKILL if it hangs.
-fn stop_supervisor(ctx: &Context, sup: &crate::state::SupervisorRecord, timeout: Option<Duration>) {
+fn stop_supervisor(
+    ctx: &Context,
+    sup: &crate::state::SupervisorRecord,
+    timeout: Option<Duration>,
+    width: usize,
+) {
     use crate::supervisor::control::{Request, request};
-    let width = ctx
-        .read_state()
-        .ok()
-        .flatten()
-        .and_then(|s| s.services.keys().map(String::len).max())
-        .unwrap_or(0);
     let mut reporter = crate::progress::reporter(ctx, width);
     let asked = request(
         &sup.socket,
@@ -92,7 +89,7 @@ pub fn stop(
         }
         Err(e) => return Err(e.into()),
     };
-    let width = state.services.keys().map(String::len).max().unwrap_or(0);
+    let width = state.name_width();
     let mut reporter = crate::progress::reporter(ctx, width);
     let settings = LaunchSettings {
         mirrord_bin: None,
@@ -101,28 +98,12 @@ pub fn stop(
     let loaded = state.clone();
     let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());
     if let Some(only) = only {
-        let unknown: Vec<&String> = only
-            .iter()
-            .filter(|n| !engine.state.services.contains_key(*n))
-            .collect();
-        if !unknown.is_empty() {
-            bail!(
-                "nothing named {} in project `{}` (known: {})",
-                unknown
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                store.project,
-                engine
-                    .state
-                    .services
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        super::ensure_known(
+            only,
+            &engine.state.services.keys().collect::<Vec<_>>(),
+            &store.project,
+            "nothing named",
+        )?;
     }
     let names: Vec<(String, String)> = engine
         .state

@@ -255,6 +255,33 @@ fn needs_inference(doc: &UpDocument, selection: &[String]) -> bool {
         .unwrap_or(true)
 }
 
+/// Fails, naming the unknown ones and the known ones, unless every name in `asked` is known:
+/// `"<none_named> `x`, `y` in project `p` (known: a, b)"`.
+pub fn ensure_known(
+    asked: &[String],
+    known: &[&String],
+    project: &str,
+    none_named: &str,
+) -> Result<()> {
+    let unknown: Vec<String> = asked
+        .iter()
+        .filter(|n| !known.contains(n))
+        .map(|n| format!("`{n}`"))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "{none_named} {} in project `{project}` (known: {})",
+            unknown.join(", "),
+            known
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn sanitize_project(raw: &str) -> String {
     let s: String = raw
         .to_lowercase()

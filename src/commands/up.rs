@@ -39,12 +39,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
             );
         }
         // The supervisor reads the file itself (and answers with its error if it is bad).
-        let width = state
-            .iter()
-            .flat_map(|s| s.services.keys())
-            .map(String::len)
-            .max()
-            .unwrap_or(0);
+        let width = state.as_ref().map_or(0, crate::state::State::name_width);
         return forward(ctx, &sup.socket, args, width);
     }
     // A bad file is refused before anything starts.
@@ -65,11 +60,8 @@ pub fn supervise(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let client = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
     nix::unistd::dup2_stdout(std::io::stderr().as_fd())?;
-    let width = ctx
-        .load()
-        .map(|doc| doc.names().iter().map(String::len).max().unwrap_or(0))
-        .unwrap_or(0);
-    let mut opts = supervisor_options(args, false, width);
+    // Detached, names are not padded (the log lines carry a timestamp instead): no width.
+    let mut opts = supervisor_options(args, false, 0);
     opts.first_client = Some(Box::new(client));
     crate::supervisor::run(ctx.clone(), opts)
 }

@@ -246,6 +246,11 @@ impl State {
         }
     }
 
+    /// The longest recorded name: what report lines pad names to.
+    pub fn name_width(&self) -> usize {
+        self.services.keys().map(String::len).max().unwrap_or(0)
+    }
+
     pub fn records(&self, kind: RecordKind) -> impl Iterator<Item = (&String, &ServiceRecord)> {
         self.services.iter().filter(move |(_, r)| r.kind == kind)
     }

@@ -70,7 +70,7 @@ pub struct Options {
     pub first: ApplyOptions,
     /// Detached: the pipe to the `up --detach` that started us, answered like a socket client.
     pub first_client: Option<Client>,
-    /// Names are padded to this (the longest service name in the file).
+    /// Foreground: names are padded to this (the longest service name in the file).
     pub width: usize,
 }
 
@@ -182,11 +182,11 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     let tail = opts.foreground.then(|| LogPrinter::start(ctx));
     let color = opts.foreground && ctx.stderr_color();
 
-    let mut settings = opts.settings.clone();
+    let mut settings = opts.settings;
     let mut queue: VecDeque<(Work, Option<Client>)> = VecDeque::new();
     queue.push_back((
         Work::Reconcile {
-            explicit: Some(opts.first.clone()),
+            explicit: Some(opts.first),
         },
         opts.first_client,
     ));

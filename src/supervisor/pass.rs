@@ -137,23 +137,7 @@ fn pass(
     }
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
-        let unknown: Vec<&String> = names.iter().filter(|n| !known.contains(n)).collect();
-        if !unknown.is_empty() {
-            bail!(
-                "no service named {} in project `{}` (known: {})",
-                unknown
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                store.project,
-                known
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        crate::commands::ensure_known(names, &known, &store.project, "no service named")?;
         Ok(names.iter().cloned().collect())
     };
 

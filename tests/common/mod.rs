@@ -570,3 +570,19 @@ pub fn yaml(services: &[String]) -> String {
 }
 
 pub const SLEEP: &[&str] = &["sleep", "1000"];
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// The `*.yaml` files of `fixtures/compat/<kind>/` (`valid` or `invalid`), sorted.
+pub fn compat_fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(REPO).join("fixtures/compat").join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension() == Some(std::ffi::OsStr::new("yaml")))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
+    files
+}
