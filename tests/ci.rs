@@ -4,7 +4,7 @@
 //! demo project, and `ci.output_dir`.
 //!
 //! Every test works in its own tempdir: `work/` is the current directory (so the project is
-//! `work`), `state/` the state dir, `tmp/` the `TMPDIR` (so `$TMPDIR/mirrord` is private), and
+//! `work`), `state/` the state dir, `tmp/` the `TMPDIR` (so `$TMPDIR/mirrord-<uid>` is private), and
 //! `fake.log` the fake mirrord's log. A guard runs `ci stop -t 1` when the test ends (even on
 //! panic) and then SIGKILLs every group the test learnt of that still holds one of its
 //! processes (recognised by the `MIRRORD_UP_STATE` marker pointing into its state dir).
@@ -395,8 +395,12 @@ fn start_prints_its_files_and_pid_and_records_the_session() {
 
     assert_eq!(
         s.dir.parent(),
-        Some(w.path("tmp").join("mirrord").as_path()),
-        "output dir {} is not under $TMPDIR/mirrord",
+        Some(
+            w.path("tmp")
+                .join(format!("mirrord-{}", nix::unistd::geteuid()))
+                .as_path()
+        ),
+        "output dir {} is not under $TMPDIR/mirrord-<uid>",
         s.dir.display()
     );
     let leaf = s.dir.file_name().unwrap().to_string_lossy().into_owned();

@@ -345,21 +345,52 @@ fn record_exit(ctx: &Context, name: &str, code: Option<i32>) -> Result<()> {
     Ok(())
 }
 
-/// `<ci.output_dir or $TMPDIR/mirrord>/<binary>-<unix seconds>-<7 random alphanumerics>`.
+/// `<ci.output_dir or $TMPDIR/mirrord-<euid>>/<binary>-<unix seconds>-<7 random alphanumerics>`,
+/// with empty `stdout` and `stderr` files in it.
+///
+/// Unlike real mirrord (`$TMPDIR/mirrord`, shared by every user), the default base is per user:
+/// a directory another user created first can neither be used against us nor lock us out. The
+/// base and every directory above it are checked (`fsutil`: ours, not writable by others;
+/// ancestors ours or root's, writable by others only if sticky), the run directory is created
+/// with `mkdirat` under the checked base and must not exist yet, and the two files are created
+/// with `O_EXCL|O_NOFOLLOW` under it: nothing planted in advance is followed or reused.
 fn output_dir(config_file: Option<&Path>, binary: &str) -> Result<PathBuf> {
+    use crate::fsutil::{Access, FsError, SafeDir};
     let base = match config_file.map(read_output_dir).transpose()?.flatten() {
         Some(d) => d,
-        None => std::env::temp_dir().join("mirrord"),
+        None => default_output_base(),
     };
+    let base = SafeDir::open(&base, true).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; ci start writes its output there (set `ci.output_dir` in the mirrord config, or TMPDIR, to use another directory)"
+        )
+    })?;
     let seconds = now_ms() / 1000;
-    let dir = base.join(format!("{binary}-{seconds}-{}", random_alnum(7)));
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+    for _ in 0..100 {
+        let name = format!("{binary}-{seconds}-{}", random_alnum(7));
+        let run = match base.create_subdir(&name) {
+            Ok(d) => d,
+            Err(FsError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for file in ["stdout", "stderr"] {
+            run.open_file(file, Access::CreateNew)?;
+        }
+        return Ok(run.path().to_owned());
+    }
+    bail!(
+        "cannot create a new output directory in {}: every name tried exists",
+        base.path().display()
+    )
+}
+
+/// `$TMPDIR/mirrord-<effective uid>`: one base per user.
+pub fn default_output_base() -> PathBuf {
+    std::env::temp_dir().join(format!("mirrord-{}", nix::unistd::geteuid().as_raw()))
 }
 
 /// `ci.output_dir` of a mirrord config file (JSON, or YAML by extension).

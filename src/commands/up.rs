@@ -120,15 +120,10 @@ fn finish(ctx: &Context, ok: bool, message: String) -> Result<ExitCode> {
 /// Starts the background supervisor (a new session, its output in `supervisor.log`) and
 /// follows its first pass.
 fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let store = ctx.store()?;
     let log_path = store.dir.join("supervisor.log");
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&log_path)
+    let log = crate::fsutil::open_in_checked_dir(&log_path, crate::fsutil::Access::Append)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     let sub = crate::cli::subcommand_index(&argv).context("no subcommand in the arguments")?;

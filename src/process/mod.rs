@@ -370,15 +370,10 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> 
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
+    Ok(crate::fsutil::open_in_checked_dir(
+        path,
+        crate::fsutil::Access::Append,
+    )?)
 }
 
 /// Renames a log past `LOG_ROTATE_BYTES` to `<file>.1`; returns the size left (0 after rotation).

@@ -1,9 +1,8 @@
 //! `state.lock`: an exclusive flock held for a whole read-modify-write. Waiters retry until a
 //! timeout and then name the holder, whose PID and command the file records.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,14 +23,9 @@ impl StateLock {
             path: path.to_owned(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        // Never through a symbolic link, and only in a directory that is ours: the holder
+        // note below truncates the file.
+        let mut file = crate::fsutil::open_in_checked_dir(path, crate::fsutil::Access::ReadWrite)?;
         let start = Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
@@ -103,5 +97,21 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("timed out"), "{msg}");
+    }
+
+    #[test]
+    fn a_symlinked_lock_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let p = dir.path().join("state.lock");
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        let err = StateLock::acquire(&p, Duration::from_secs(1)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("symbolic link") && msg.contains("state.lock"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 }

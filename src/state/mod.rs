@@ -4,7 +4,7 @@
 mod lock;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error(
-        "{}: refusing to use a state directory that {why}; fix its owner/mode or choose another with --state-dir",
+        "refusing {}: it {why}; fix its owner/mode, remove it, or choose another state directory with --state-dir",
         path.display()
     )]
     Unsafe { path: PathBuf, why: String },
@@ -66,6 +66,15 @@ fn kept_note(path: &Path, kept: &Path) -> String {
         "it was left in place; the next command that changes the state keeps it aside as `state.json.corrupt-<time>`".to_owned()
     } else {
         format!("it was kept aside as {}", kept.display())
+    }
+}
+
+impl From<crate::fsutil::FsError> for StateError {
+    fn from(e: crate::fsutil::FsError) -> StateError {
+        match e {
+            crate::fsutil::FsError::Unsafe { path, why } => StateError::Unsafe { path, why },
+            crate::fsutil::FsError::Io { path, source } => StateError::Io { path, source },
+        }
     }
 }
 
@@ -267,25 +276,12 @@ impl StateStore {
     /// Opens (creating, 0700) `<root>/<project>`, refusing foreign-owned or group/world-writable
     /// directories.
     pub fn open(root: &Path, project: &str) -> Result<StateStore> {
-        let dir = root.join(project);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io(&dir))?;
-        for d in [root, dir.as_path()] {
-            check_private(d)?;
-        }
+        let dir = crate::fsutil::SafeDir::open(root, true)?.subdir(project, true)?;
         for sub in ["logs", "services"] {
-            let p = dir.join(sub);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&p)
-                .map_err(io(&p))?;
+            dir.subdir(sub, true)?;
         }
         Ok(StateStore {
-            dir,
+            dir: dir.path().to_owned(),
             project: project.to_owned(),
         })
     }
@@ -376,6 +372,11 @@ impl StateStore {
 /// Writes `bytes` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    // The temp file and the rename happen in this directory: it must be ours and private
+    // (a symbolic link at `path` itself is replaced by the rename, never written through).
+    if let Some(dir) = path.parent() {
+        crate::fsutil::check_dir(dir, true)?;
+    }
     let mut f = atomic_write_file::AtomicWriteFile::open(path).map_err(io(path))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(io(path))?;
@@ -396,33 +397,6 @@ fn format_version_of(bytes: &[u8]) -> Option<u32> {
     serde_json::from_slice::<Version>(bytes)
         .ok()
         .map(|v| v.format_version)
-}
-
-fn check_private(dir: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
-    let uid = nix::unistd::getuid().as_raw();
-    if meta.file_type().is_symlink() {
-        return Err(StateError::Unsafe {
-            path: dir.to_owned(),
-            why: "is a symbolic link".into(),
-        });
-    }
-    if meta.uid() != uid {
-        return Err(StateError::Unsafe {
-            path: dir.to_owned(),
-            why: format!("belongs to uid {} (you are {uid})", meta.uid()),
-        });
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(StateError::Unsafe {
-            path: dir.to_owned(),
-            why: format!(
-                "is group- or world-writable (mode {:o})",
-                meta.mode() & 0o777
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Service names are free text in mirrord; file names get a safe spelling.
@@ -451,6 +425,7 @@ mod tests {
 
     #[test]
     fn save_then_read_round_trips_with_private_modes() {
+        use std::os::unix::fs::MetadataExt;
         let root = tempfile::tempdir().unwrap();
         let store = StateStore::open(root.path(), "p").unwrap();
         let lock = store.lock(Duration::from_secs(1)).unwrap();
