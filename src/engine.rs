@@ -24,6 +24,10 @@ use crate::state::{
 /// Default time a dependent waits for its dependency's readiness.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a mirrord session may take to say `Ready!` before its start counts as failed
+/// (mirrord's own agent start-up timeout is 60 s; an operator session adds its own steps).
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Is the recorded process alive (its identity intact)?
 pub fn liveness(rec: &ServiceRecord) -> Liveness {
     rec.process
@@ -460,6 +464,7 @@ impl<'a> Engine<'a> {
         }
         self.save()?;
         tracing::debug!(count = launches.len(), "spawning a level");
+        let mut sessions = Vec::new();
         for (spec, req) in &launches {
             let cause = causes.get(spec.name.as_str()).cloned().unwrap_or_default();
             match process::spawn(req) {
@@ -469,13 +474,29 @@ impl<'a> Engine<'a> {
                         std::process::exit(99);
                     }
                     let rec = self.state.services.get_mut(&spec.name).expect("recorded");
-                    rec.status = Status::Running;
                     rec.started_at_ms = Some(now_ms());
                     rec.last_reason = Some(cause.clone());
-                    self.reporter.event(
-                        &spec.name,
-                        &format!("started (pid {}): {cause}", identity.pid),
-                    );
+                    if spec.launcher == LauncherKind::Mirrord {
+                        // Started once its session says `Ready!` (or failed, if it dies first).
+                        rec.status = Status::Starting;
+                        self.reporter.waiting(
+                            &spec.name,
+                            "starting (waiting for mirrord's Ready!)",
+                            Some(START_TIMEOUT),
+                        );
+                        sessions.push(Session {
+                            name: spec.name.clone(),
+                            cause,
+                            watch: crate::readiness::ReadyWatch::new(&rec.log_path, rec.log_offset),
+                            identity: identity.clone(),
+                        });
+                    } else {
+                        rec.status = Status::Running;
+                        self.reporter.event(
+                            &spec.name,
+                            &format!("started (pid {}): {cause}", identity.pid),
+                        );
+                    }
                     rec.process = Some(identity);
                     self.children.insert(spec.name.clone(), child);
                 }
@@ -488,7 +509,86 @@ impl<'a> Engine<'a> {
         }
         tracing::debug!("level spawned");
         self.save()?;
+        if !sessions.is_empty() {
+            // What this changes (starting → running) is saved with the next level's intent or
+            // by the caller: nothing a crash recovery needs.
+            failed.extend(self.await_sessions(sessions, report));
+            tracing::debug!("level started");
+        }
         Ok(failed)
+    }
+
+    /// Waits until every session of a level has started (its `Ready!` line), died before it
+    /// (failed, with the cause of mirrord's report), or not said `Ready!` within
+    /// `START_TIMEOUT` (failed; it keeps running). Returns the names that failed. A death is
+    /// only reported here: its exit is settled (recorded, restart policy) by the caller, as
+    /// every exit is.
+    fn await_sessions(
+        &mut self,
+        mut sessions: Vec<Session>,
+        report: &mut ApplyReport,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut failed = Vec::new();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut waiting = Vec::new();
+            for mut s in sessions {
+                // Checked before and after liveness: a `Ready!` written right before a quick
+                // death still counts as a start (what follows is the application's exit).
+                let dead = if s.watch.poll() {
+                    false
+                } else if s.identity.liveness() != Liveness::Alive {
+                    !s.watch.poll()
+                } else {
+                    waiting.push(s);
+                    continue;
+                };
+                if dead {
+                    let rec = self.state.services.get(&s.name).expect("recorded");
+                    let why = match crate::readiness::session_cause(&rec.log_path, rec.log_offset) {
+                        Some(c) => format!("mirrord exited before Ready!: {c}"),
+                        None => "mirrord exited before Ready!".to_owned(),
+                    };
+                    self.reporter.event(&s.name, &format!("failed: {why}"));
+                    if let Some(rec) = self.state.services.get_mut(&s.name) {
+                        rec.last_reason = Some(why.clone());
+                    }
+                    report.failed.push((s.name.clone(), why));
+                    failed.push(s.name);
+                } else {
+                    let rec = self.state.services.get_mut(&s.name).expect("recorded");
+                    rec.status = Status::Running;
+                    self.reporter.event(
+                        &s.name,
+                        &format!("started (pid {}): {}", s.identity.pid, s.cause),
+                    );
+                }
+            }
+            sessions = waiting;
+            if sessions.is_empty() || process::interrupted() {
+                return failed;
+            }
+            if Instant::now() >= deadline {
+                for s in sessions {
+                    let why = format!(
+                        "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {}`)",
+                        humantime::format_duration(START_TIMEOUT),
+                        s.name
+                    );
+                    self.reporter.event(&s.name, &format!("failed: {why}"));
+                    if let Some(rec) = self.state.services.get_mut(&s.name) {
+                        rec.status = Status::Running;
+                        rec.last_reason = Some(why.clone());
+                    }
+                    report.failed.push((s.name.clone(), why));
+                    failed.push(s.name);
+                }
+                return failed;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
     /// The program, arguments and environment of a service (spec §5), and its mirrord.json.
@@ -695,7 +795,9 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// After an apply: services that died already are reported (and recorded as exited).
+    /// After an apply: services that died already are reported (and recorded as exited, with
+    /// the cause of mirrord's report when there is one). A session reported as failed before
+    /// its `Ready!` is not reported twice: its entry gains the exit status.
     pub fn reap_early_exits(&mut self, report: &mut ApplyReport) {
         for (name, child) in &self.children {
             if let Some(kind) = child.try_wait()
@@ -703,16 +805,54 @@ impl<'a> Engine<'a> {
                 && rec.process.as_ref().is_some_and(|p| p.pid == child.pid)
             {
                 let exit = ExitInfo::from_kind(kind);
+                let reason = exit_reason(rec, &exit);
                 rec.status = Status::Exited;
-                if exit.failed() {
-                    let why = format!("exited right after start ({})", exit.describe());
+                if let Some(entry) = report.failed.iter_mut().find(|(n, _)| n == name) {
+                    entry.1 = reason.clone();
+                    rec.last_reason = Some(reason);
+                } else if exit.failed() {
+                    let why = match reason.strip_prefix("exited ") {
+                        Some(rest) => format!("exited right after start {rest}"),
+                        None => reason.clone(),
+                    };
                     self.reporter.event(name, &why);
-                    report.failed.push((name.clone(), why));
+                    report.failed.push((name.clone(), why.clone()));
+                    rec.last_reason = Some(why);
                 }
                 rec.last_exit = Some(exit);
             }
         }
     }
+}
+
+/// How a service's process ended, for its `last_reason` and the events: `exited (exit code
+/// 3)`; for a mirrord session that died before its `Ready!`, `mirrord exited before Ready!
+/// (exit code 1): <the cause of mirrord's report>`; after it, a report of mirrord's own
+/// (an `execve` failure) is the cause, never the application's lines.
+pub fn exit_reason(rec: &ServiceRecord, exit: &ExitInfo) -> String {
+    let how = exit.describe();
+    let mirrord = rec.spec.launcher == LauncherKind::Mirrord;
+    let head = if mirrord && rec.status == Status::Starting {
+        format!("mirrord exited before Ready! ({how})")
+    } else {
+        format!("exited ({how})")
+    };
+    let cause = (mirrord && exit.failed())
+        .then(|| crate::readiness::session_cause(&rec.log_path, rec.log_offset))
+        .flatten();
+    match cause {
+        Some(c) => format!("{head}: {c}"),
+        None => head,
+    }
+}
+
+/// A session of a level being started.
+struct Session {
+    name: String,
+    /// Why it is started (`new service`, `config changed`, …).
+    cause: String,
+    watch: crate::readiness::ReadyWatch,
+    identity: ProcessIdentity,
 }
 
 fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod process;
 pub mod progress;
 pub mod readiness;
+pub mod report;
 pub mod spec;
 pub mod state;
 pub mod supervisor;

@@ -10,6 +10,71 @@ use crate::spec::{LauncherKind, ServiceSpec};
 /// The line real mirrord prints right before it execs the application.
 pub const READY_LINE: &str = "Ready!";
 
+/// Is `line` mirrord's `Ready!`: the bare line of the `simple` progress mode, or the event of
+/// the `json` mode (`{"type":"FinishedTask","name":"running process","success":true,
+/// "message":"Ready!"}`)? Real `mirrord up` compares the trimmed line.
+pub fn is_ready_line(line: &str) -> bool {
+    let line = line.trim();
+    if line == READY_LINE {
+        return true;
+    }
+    if !(line.starts_with('{') && line.contains(READY_LINE)) {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+        v["type"] == "FinishedTask" && v["success"] == true && v["message"] == READY_LINE
+    })
+}
+
+/// Follows a session's output file from an offset, line by line, until mirrord's `Ready!`.
+/// Each `poll` reads only what was appended since the last one.
+#[derive(Debug)]
+pub struct ReadyWatch {
+    path: std::path::PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    ready: bool,
+}
+
+impl ReadyWatch {
+    pub fn new(path: &Path, offset: u64) -> ReadyWatch {
+        ReadyWatch {
+            path: path.to_owned(),
+            offset,
+            partial: Vec::new(),
+            ready: false,
+        }
+    }
+
+    /// Has `Ready!` been written (as a complete line) by now?
+    pub fn poll(&mut self) -> bool {
+        if self.ready {
+            return true;
+        }
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return false;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return false;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return false;
+        }
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            if is_ready_line(&String::from_utf8_lossy(&line)) {
+                self.ready = true;
+                self.partial.clear();
+                return true;
+            }
+        }
+        false
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Probe {
     /// Ready as soon as the process runs (the `local` launcher has no `Ready!` line).
@@ -76,6 +141,39 @@ fn log_has_line(log: &Path, offset: u64, re: &regex::Regex) -> bool {
         .any(|l| re.is_match(l.trim_end_matches('\r')))
 }
 
+/// What a session wrote to `path` from `offset` on (lossy UTF-8; empty if unreadable).
+pub fn read_from(path: &Path, offset: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    if f.seek(SeekFrom::Start(offset)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Why a mirrord session ended, from what it wrote since `offset`: before its `Ready!`, the
+/// cause of mirrord's error report; after it (the application runs in its place), only a
+/// report in mirrord's own graphical form (an `execve` failure), never the application's lines.
+pub fn session_cause(log: &Path, offset: u64) -> Option<String> {
+    let text = read_from(log, offset);
+    let ready_at = text
+        .split_inclusive('\n')
+        .scan(0usize, |pos, l| {
+            let at = *pos;
+            *pos += l.len();
+            Some((at, l))
+        })
+        .find(|(_, l)| is_ready_line(l))
+        .map(|(at, l)| at + l.len());
+    match ready_at {
+        None => crate::report::cause(&text),
+        Some(after) => crate::report::graphical_cause(&text[after..]),
+    }
+}
+
 /// `GET` over plain HTTP/1.0; ready on any 2xx or 3xx status.
 fn http_ok(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
@@ -108,4 +206,66 @@ fn http_ok(url: &str) -> bool {
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
         .is_some_and(|c| (200..400).contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_in_simple_and_json_forms() {
+        assert!(is_ready_line("Ready!\n"));
+        assert!(is_ready_line("  Ready!  "));
+        assert!(is_ready_line(
+            r#"{"type":"FinishedTask","name":"running process","success":true,"message":"Ready!"}"#
+        ));
+        assert!(!is_ready_line(
+            r#"{"type":"FinishedTask","name":"running process","success":false,"message":"Ready!"}"#
+        ));
+        assert!(!is_ready_line(r#"{"type":"Info","message":"Ready!"}"#));
+        assert!(!is_ready_line("Ready!!"));
+        assert!(!is_ready_line("app: Ready!"));
+    }
+
+    #[test]
+    fn a_watch_sees_only_complete_lines_after_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        std::fs::write(&log, "Ready!\nold run\n").unwrap();
+        let offset = std::fs::metadata(&log).unwrap().len();
+        let mut w = ReadyWatch::new(&log, offset);
+        assert!(!w.poll());
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"mirrord exec (cli version 3.250.0)\nRea")
+            .unwrap();
+        assert!(!w.poll());
+        f.write_all(b"dy!").unwrap();
+        assert!(!w.poll(), "a line still being written does not count");
+        f.write_all(b"\n").unwrap();
+        assert!(w.poll());
+        assert!(w.poll());
+    }
+
+    #[test]
+    fn the_cause_before_ready_is_mirrords_and_after_it_only_a_graphical_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        std::fs::write(
+            &log,
+            "checking operator\nError:   × Failed to create Kubernetes API client: x\n  help: y\n",
+        )
+        .unwrap();
+        assert_eq!(
+            session_cause(&log, 0).as_deref(),
+            Some("Failed to create Kubernetes API client: x")
+        );
+        std::fs::write(&log, "Ready!\nerror: the app failed\n").unwrap();
+        assert_eq!(session_cause(&log, 0), None);
+        std::fs::write(&log, "Ready!\nError:   × Failed to execute binary\n").unwrap();
+        assert_eq!(
+            session_cause(&log, 0).as_deref(),
+            Some("Failed to execute binary")
+        );
+    }
 }

@@ -153,12 +153,17 @@ fn wait_running(p: &Project, svcs: &[String]) -> BTreeMap<String, i32> {
     pids
 }
 
-/// Waits until `service` runs under another PID than `old`; the new PID.
+/// Waits until `service` runs under another PID than `old` and has started (its session said
+/// `Ready!`: `ps` shows it running, no longer starting); the new PID.
 fn wait_new_pid(p: &Project, service: &str, old: i32) -> i32 {
     let mut new = old;
     wait_until(&format!("{service} runs under a new PID"), WAIT, || {
-        new = p.pids().get(service).copied().unwrap_or(old);
-        new != old && alive(new)
+        let rows = p.ps_map();
+        let Some(row) = rows.get(service) else {
+            return false;
+        };
+        new = row["pid"].as_i64().map_or(old, |p| p as i32);
+        new != old && alive(new) && matches!(row["status"].as_str(), Some("running" | "ready"))
     });
     new
 }
@@ -293,7 +298,8 @@ fn editor_style_saves_each_apply_once() {
     p.write_yaml(&with("final"));
     assert!(
         start.elapsed() < Duration::from_millis(20),
-        "the burst took too long"
+        "the burst took too long: {:?}",
+        start.elapsed()
     );
     let pid = wait_new_pid(&p, "svc2", pids["svc2"]);
     assert_eq!(foo_of(pid).as_deref(), Some("final"));

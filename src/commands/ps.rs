@@ -79,6 +79,25 @@ pub fn run(ctx: &Context, format: TableFormat, all: bool) -> Result<ExitCode> {
                         .map_or("-".into(), |f| f.display().to_string())
                 );
             }
+            if let Some(sup) = crate::supervisor::control::running(state.as_ref())
+                && let Some(failed) = state.as_ref().and_then(crate::supervisor::pass::all_down)
+            {
+                let what = if failed.is_empty() {
+                    "every service has ended".to_owned()
+                } else if failed.len()
+                    == state
+                        .as_ref()
+                        .map_or(0, |s| s.records(RecordKind::Service).count())
+                {
+                    "every service failed".to_owned()
+                } else {
+                    format!("every service has ended ({} failed)", failed.len())
+                };
+                eprintln!(
+                    "{what}; the supervisor (pid {}) is waiting for a change to the file",
+                    sup.process.pid
+                );
+            }
             if let Some(err) = state.as_ref().and_then(|s| s.last_reload_error.as_ref()) {
                 eprintln!(
                     "last reload failed (the running services kept their config):\n{}",

@@ -145,7 +145,17 @@ fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
     let pipe = child.stdout.take().expect("piped");
     let mut reporter = crate::progress::reporter(ctx, width);
     match control::read_replies(pipe, reporter.as_mut())? {
-        Some(Outcome::Done { ok, message }) => finish(ctx, ok, message),
+        Some(Outcome::Done { ok, message }) => {
+            // A first pass that failed and left nothing to look after ends the supervisor:
+            // return once it has, so that nothing of the project outlives this command.
+            if !ok && nothing_left(ctx) {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            finish(ctx, ok, message)
+        }
         // Another `up --detach` won the race: that supervisor applies the file.
         Some(Outcome::AlreadyRunning { socket, .. }) => {
             let _ = child.wait();
@@ -159,6 +169,18 @@ fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
             )
         }
     }
+}
+
+/// No service of the project runs or waits out a back-off (so the supervisor has nothing to
+/// look after).
+fn nothing_left(ctx: &Context) -> bool {
+    let Ok(Some(state)) = ctx.read_state() else {
+        return true;
+    };
+    state.services.values().all(|r| {
+        r.status != crate::state::Status::Backoff
+            && crate::engine::liveness(r) != crate::process::Liveness::Alive
+    })
 }
 
 /// One reconcile: plan against the recorded state, apply, record, return. `up --detach` and

@@ -202,6 +202,8 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     let mut first_pass = true;
     // Exits heard while a pass runs: that pass may have caused (or settled) them.
     let mut exits_during_pass: Vec<(String, i32)> = Vec::new();
+    // "Every service has ended" was said (once per time it happens).
+    let mut announced_down = false;
 
     loop {
         if running.is_none() {
@@ -329,6 +331,31 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                 if let (Some(code), None) = (out.abort, stopping) {
                     stopping = Some(ExitCode::from(code.clamp(0, 255) as u8));
                 }
+                // Every service ended and no restart policy brings one back. In the
+                // foreground that is the end, as for real `mirrord up` (and compose): non-zero
+                // if any failed. A background supervisor stays: a save of the file (or an
+                // `up -d`) may fix what failed; it says so once.
+                let settled = queue.is_empty() && !dirty && debounce.is_none();
+                match (&out.all_down, stopping) {
+                    (Some(failed), None) if settled => {
+                        if !announced_down {
+                            let mut note = SupervisorReporter {
+                                foreground: opts.foreground,
+                                color,
+                                width,
+                                client: None,
+                            };
+                            note.event("mirrord-up", &all_down_message(failed, opts.foreground));
+                        }
+                        announced_down = true;
+                        if opts.foreground {
+                            stopping = Some(ExitCode::from(u8::from(!failed.is_empty())));
+                            final_pass = true;
+                        }
+                    }
+                    (None, _) => announced_down = false,
+                    _ => {}
+                }
             }
         }
     }
@@ -336,6 +363,20 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
         t.flush();
     }
     Ok(stopping.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// What the supervisor says when every service has ended.
+fn all_down_message(failed: &[String], foreground: bool) -> String {
+    let what = if failed.is_empty() {
+        "every service has ended".to_owned()
+    } else {
+        format!("every service has ended; failed: {}", failed.join(", "))
+    };
+    if foreground {
+        format!("{what}; nothing is left to run, exiting")
+    } else {
+        format!("{what}; waiting for a change to the file (or `mirrord-up up -d`)")
+    }
 }
 
 /// `up -d api` to a supervisor of `web` runs both; `up -d` alone runs everything.

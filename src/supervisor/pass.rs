@@ -11,7 +11,9 @@ use anyhow::{Result, bail};
 use crate::commands::Context;
 use crate::config::Mode;
 use crate::desired::Desired;
-use crate::engine::{ApplyReport, Engine, LaunchSettings, Reporter, liveness, observe};
+use crate::engine::{
+    ApplyReport, Engine, LaunchSettings, Reporter, exit_reason, liveness, observe,
+};
 use crate::plan::{Action, Cause, PlanOptions};
 use crate::policy::{self, Decision};
 use crate::process::{Liveness, ProcessIdentity};
@@ -85,6 +87,10 @@ pub struct PassOutcome {
     pub reload_error: Option<String>,
     /// A service exited that this pass has not settled yet: run another pass.
     pub unsettled: bool,
+    /// Every service has ended (exited or failed; none runs, starts or waits out a back-off)
+    /// and at least one of them did not stop on request: nothing will run again unless the
+    /// file or a command says so. The names of those that failed (possibly none).
+    pub all_down: Option<Vec<String>>,
 }
 
 pub fn run_pass(
@@ -122,7 +128,7 @@ fn pass(
     let before = state.clone();
     let now = now_ms();
     tracing::debug!(?work, "pass: state loaded");
-    let due = settle_exits(&mut state, settings, reporter, now, out);
+    let due = settle_exits(&mut state, settings, reporter, now, out, &BTreeSet::new());
 
     let desired = match work {
         Work::Reconcile { .. } => load_desired(ctx, settings, &mut state, reporter, out),
@@ -226,6 +232,30 @@ fn pass(
     }
     if settings.supervised {
         engine.release_children();
+        // Sessions that died while they started were reported by the apply; their exits are
+        // settled now (recorded, restart policy), so that what the loop decides next (and
+        // what `ps` shows) is already true.
+        let reported: BTreeSet<String> = report.failed.iter().map(|(n, _)| n.clone()).collect();
+        settle_exits(
+            &mut engine.state,
+            settings,
+            engine.reporter,
+            now_ms(),
+            out,
+            &reported,
+        );
+        for (name, why) in &mut report.failed {
+            // The settled reason adds the exit status (`… before Ready! (exit code 1): …`).
+            if let Some(reason) = engine
+                .state
+                .services
+                .get(name)
+                .and_then(|r| r.last_reason.as_ref())
+                && reason.starts_with("mirrord exited before Ready! (")
+            {
+                why.clone_from(reason);
+            }
+        }
     } else {
         engine.reap_early_exits(&mut report);
     }
@@ -245,14 +275,16 @@ fn pass(
     })
 }
 
-/// Exited services: record how they ended and let their restart policy decide. Returns the
-/// services whose back-off is over.
+/// Exited services: record how they ended (with the cause of mirrord's report) and let their
+/// restart policy decide. Returns the services whose back-off is over. Services in `reported`
+/// had their failure told already: only what the policy does about it is.
 fn settle_exits(
     state: &mut State,
     settings: &PassSettings,
     reporter: &mut dyn Reporter,
     now: u64,
     out: &mut PassOutcome,
+    reported: &BTreeSet<String>,
 ) -> BTreeSet<String> {
     let mut due = BTreeSet::new();
     for (name, rec) in state.services.iter_mut() {
@@ -274,7 +306,8 @@ fn settle_exits(
                     signal: None,
                     at_ms: now,
                 });
-            let how = exit.describe();
+            let reason = exit_reason(rec, &exit);
+            let told = reported.contains(name);
             let uptime =
                 Duration::from_millis(now.saturating_sub(rec.started_at_ms.unwrap_or(now)));
             if settings.abort_on_exit && out.abort.is_none() {
@@ -292,31 +325,44 @@ fn settle_exits(
                     rec.crash_streak,
                 )
             };
+            let failed = exit.failed();
             rec.last_exit = Some(exit);
             match decision {
                 Decision::Stay => {
-                    rec.status = Status::Exited;
-                    rec.last_reason = Some(format!("exited ({how})"));
-                    reporter.event(name, &format!("exited ({how})"));
+                    // A session that never said `Ready!` did not start: failed, not exited.
+                    rec.status = if failed && rec.status == Status::Starting {
+                        Status::Failed
+                    } else {
+                        Status::Exited
+                    };
+                    if !told {
+                        reporter.event(name, &reason);
+                    }
+                    rec.last_reason = Some(reason);
                 }
                 Decision::Backoff { delay, streak } => {
                     rec.status = Status::Backoff;
                     rec.crash_streak = streak;
                     rec.backoff_until_ms = Some(now + delay.as_millis() as u64);
-                    rec.last_reason = Some(format!("exited ({how})"));
+                    let restart = format!(
+                        "restarting in {} (restart {streak} in a row)",
+                        humantime::format_duration(delay)
+                    );
                     reporter.event(
                         name,
-                        &format!(
-                            "exited ({how}); restarting in {} (restart {streak} in a row)",
-                            humantime::format_duration(delay)
-                        ),
+                        &if told {
+                            restart
+                        } else {
+                            format!("{reason}; {restart}")
+                        },
                     );
+                    rec.last_reason = Some(reason);
                 }
                 Decision::GiveUp { restarts } => {
                     rec.status = Status::Failed;
                     rec.backoff_until_ms = None;
                     let why = format!(
-                        "exited ({how}) after {restarts} restarts in a row; giving up (max_restarts)"
+                        "{reason}; giving up after {restarts} restarts in a row (max_restarts)"
                     );
                     reporter.event(name, &format!("failed: {why}"));
                     rec.last_reason = Some(why);
@@ -480,4 +526,30 @@ fn describe(state: &State, out: &mut PassOutcome) {
         }
     }
     out.logs = logs.into_iter().map(|(n, (p, o))| (n, p, o)).collect();
+    out.all_down = all_down(state).filter(|_| !out.unsettled);
+}
+
+/// See [`PassOutcome::all_down`].
+pub fn all_down(state: &State) -> Option<Vec<String>> {
+    let mut ended = false;
+    let mut failed = Vec::new();
+    for (name, rec) in state.records(RecordKind::Service) {
+        match rec.status {
+            Status::Exited | Status::Failed => {
+                ended = true;
+                if rec.status == Status::Failed
+                    || rec.last_exit.as_ref().is_none_or(ExitInfo::failed)
+                {
+                    failed.push(name.clone());
+                }
+            }
+            Status::Stopped => {}
+            Status::Running
+            | Status::Ready
+            | Status::Starting
+            | Status::Stopping
+            | Status::Backoff => return None,
+        }
+    }
+    ended.then_some(failed)
 }
