@@ -275,6 +275,16 @@ fn settle_exits(
                     at_ms: now,
                 });
             let how = exit.describe();
+            // What it left behind (mirrord's intproxy outlives a failed start), before the
+            // exit is reported: a client waiting for it finds nothing of the instance left.
+            if let Some(id) = &rec.process {
+                crate::process::stop_leftovers(
+                    name,
+                    id,
+                    crate::engine::stop_signal(&rec.spec),
+                    rec.spec.stop_timeout(),
+                );
+            }
             let uptime =
                 Duration::from_millis(now.saturating_sub(rec.started_at_ms.unwrap_or(now)));
             if settings.abort_on_exit && out.abort.is_none() {
