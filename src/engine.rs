@@ -352,7 +352,9 @@ impl<'a> Engine<'a> {
             let reasons: BTreeMap<&String, &String> = level.iter().map(|(n, w)| (n, w)).collect();
             let reporter = &mut *self.reporter;
             let outcomes = process::stop_groups_with(&requests, &mut |o| {
-                let what = if o.survivors.is_empty() {
+                let what = if let Some(why) = &o.refused {
+                    format!("not signalled: {why}")
+                } else if o.survivors.is_empty() {
                     if o.killed {
                         "stopped (killed after the grace period)".to_owned()
                     } else {
@@ -360,6 +362,11 @@ impl<'a> Engine<'a> {
                     }
                 } else {
                     format!("did not stop: pids {:?} survive", o.survivors)
+                };
+                let what = if o.escaped.is_empty() {
+                    what
+                } else {
+                    format!("{what}, with pids {:?} that had left its group", o.escaped)
                 };
                 let why = reasons
                     .get(&o.name)
@@ -469,10 +476,8 @@ impl<'a> Engine<'a> {
             let cause = causes.get(spec.name.as_str()).cloned().unwrap_or_default();
             match process::spawn(req) {
                 Ok((child, identity)) => {
-                    if std::env::var_os("MIRRORD_UP_TEST_CRASH_AFTER_SPAWN").is_some() {
-                        // Test hook: die between spawn and the state write.
-                        std::process::exit(99);
-                    }
+                    // Test hook: die between spawn and the state write.
+                    process::test_crash_after_spawn();
                     let rec = self.state.services.get_mut(&spec.name).expect("recorded");
                     rec.started_at_ms = Some(now_ms());
                     rec.last_reason = Some(cause.clone());
@@ -807,6 +812,15 @@ impl<'a> Engine<'a> {
                 let exit = ExitInfo::from_kind(kind);
                 let reason = exit_reason(rec, &exit);
                 rec.status = Status::Exited;
+                // What it left behind (mirrord's intproxy outlives a failed start).
+                if let Some(id) = &rec.process {
+                    process::stop_leftovers(
+                        name,
+                        id,
+                        stop_signal(&rec.spec),
+                        rec.spec.stop_timeout(),
+                    );
+                }
                 if let Some(entry) = report.failed.iter_mut().find(|(n, _)| n == name) {
                     entry.1 = reason.clone();
                     rec.last_reason = Some(reason);
@@ -853,6 +867,11 @@ struct Session {
     cause: String,
     watch: crate::readiness::ReadyWatch,
     identity: ProcessIdentity,
+}
+
+/// The signal that stops `spec` (its `stop_signal`, SIGTERM if unreadable).
+pub fn stop_signal(spec: &ServiceSpec) -> Signal {
+    crate::config::parse_signal(&spec.stop_signal).unwrap_or(Signal::SIGTERM)
 }
 
 fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {

@@ -270,6 +270,8 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     store.save(&lock, &state)?;
     let (child, identity) =
         process::spawn(&req).with_context(|| format!("cannot run `{}`", req.program.display()))?;
+    process::test_crash_after_spawn();
+    let session = identity.clone();
     println!("mirrord ci files will be stored in {}", out_dir.display());
     println!("child pid: {}", identity.pid);
     rec.process = Some(identity);
@@ -296,6 +298,13 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
                 process::ExitKind::Code(c) => (format!("exit code {c}"), Some(c)),
                 process::ExitKind::Signal(s) => (format!("signal {}", s as i32), None),
             };
+            // What it left behind (mirrord's intproxy outlives a failed start).
+            process::stop_leftovers(
+                &name,
+                &session,
+                nix::sys::signal::Signal::SIGTERM,
+                crate::spec::DEFAULT_STOP_TIMEOUT,
+            );
             record_exit(ctx, &name, code)?;
             bail!(
                 "session `{name}` exited right away ({how}); output in {}{}",

@@ -61,3 +61,168 @@ pub fn boot_id() -> &'static str {
             .unwrap_or_default()
     })
 }
+
+/// The `MIRRORD_UP_*` markers of one live process, as one `/proc` scan saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedProc {
+    pub info: ProcInfo,
+    /// `MIRRORD_UP_STATE`: the project's state directory.
+    pub state: Option<String>,
+    /// `MIRRORD_UP_SERVICE`.
+    pub service: Option<String>,
+    /// `MIRRORD_UP_INSTANCE`: the spawn nonce.
+    pub instance: Option<String>,
+    /// `MIRRORD_UP_SUPERVISOR`: set on a background supervisor (its state directory).
+    pub supervisor: Option<String>,
+}
+
+const MARKER_PREFIX: &[u8] = b"MIRRORD_UP_";
+
+/// The markers in a raw `/proc/<pid>/environ`, or `None` when it carries none. Only the
+/// `MIRRORD_UP_*` entries are decoded: the rest of a (possibly large) environment is skipped.
+pub fn markers_of(raw: &[u8]) -> Option<[Option<String>; 4]> {
+    if !raw.windows(MARKER_PREFIX.len()).any(|w| w == MARKER_PREFIX) {
+        return None;
+    }
+    let mut found: [Option<String>; 4] = Default::default();
+    for kv in raw.split(|b| *b == 0) {
+        let Some(rest) = kv.strip_prefix(MARKER_PREFIX) else {
+            continue;
+        };
+        let Some(eq) = rest.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let slot = match &rest[..eq] {
+            b"STATE" => 0,
+            b"SERVICE" => 1,
+            b"INSTANCE" => 2,
+            b"SUPERVISOR" => 3,
+            _ => continue,
+        };
+        found[slot] = Some(String::from_utf8_lossy(&rest[eq + 1..]).into_owned());
+    }
+    found.iter().any(Option::is_some).then_some(found)
+}
+
+/// One scan of `/proc`: every live process carrying a marker, except this process and the
+/// members of its own process group and session (never ours to signal). Environments of other
+/// users' processes are unreadable and so never match.
+pub fn scan_marked() -> Vec<MarkedProc> {
+    let me = own_ids();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me.pid {
+            continue;
+        }
+        // The environment first: most processes carry no marker, and then `stat` is not read.
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let Some([state, service, instance, supervisor]) = markers_of(&raw) else {
+            continue;
+        };
+        let Ok(info) = proc_info(pid) else {
+            continue;
+        };
+        if info.zombie || me.is_ours(&info) {
+            continue;
+        }
+        out.push(MarkedProc {
+            info,
+            state,
+            service,
+            instance,
+            supervisor,
+        });
+    }
+    out
+}
+
+/// This process's pid, process group and session.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnIds {
+    pub pid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+}
+
+impl OwnIds {
+    /// Whether `info` is this process or shares its group or session.
+    pub fn is_ours(&self, info: &ProcInfo) -> bool {
+        info.pid == self.pid
+            || info.pgid == self.pgid
+            || info.session == self.sid
+            || self.contains(info.pid)
+            || self.contains(info.pgid)
+    }
+
+    /// Whether `id` is our pid, group or session id.
+    pub fn contains(&self, id: i32) -> bool {
+        id == self.pid || id == self.pgid || id == self.sid
+    }
+}
+
+pub fn own_ids() -> OwnIds {
+    OwnIds {
+        pid: std::process::id() as i32,
+        pgid: nix::unistd::getpgrp().as_raw(),
+        sid: nix::unistd::getsid(None).map_or(0, |p| p.as_raw()),
+    }
+}
+
+/// A pollable descriptor that becomes readable when `pid` exits (Linux `pidfd_open`); it
+/// names that very process for as long as it is open, whatever happens to the PID.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall; on success the returned descriptor is ours to own.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel just now.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `sig` to `pid` only if it is still the process that started at `start_time` (and is
+/// not a zombie): the PID is pinned with a pidfd, its start time checked, and the signal sent
+/// through the pidfd, so a PID reused between the check and the signal is never hit.
+/// True if the signal was sent.
+pub fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) -> bool {
+    use std::os::fd::AsRawFd;
+    if pid <= 1 {
+        return false;
+    }
+    let Ok(fd) = pidfd_open(pid) else {
+        return false;
+    };
+    match proc_info(pid) {
+        Ok(info) if info.start_time == start_time && !info.zombie => {}
+        _ => return false,
+    }
+    // SAFETY: a plain syscall on a descriptor we own; no siginfo is passed.
+    let ret = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as nix::libc::c_int,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    ret == 0
+}
+
+/// Whether the process that started at `start_time` still runs as `pid` (zombies are gone).
+pub fn same_alive(pid: i32, start_time: u64) -> bool {
+    proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
+}

@@ -6,6 +6,7 @@
 
 mod linux;
 mod spawn;
+pub mod sweep;
 
 pub use spawn::{is_executable, search_path};
 
@@ -21,7 +22,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use linux::{ProcInfo, boot_id, environ_of, proc_info, scan};
+pub use linux::{
+    MarkedProc, OwnIds, ProcInfo, boot_id, environ_of, own_ids, pidfd_open, proc_info, same_alive,
+    scan, scan_marked, signal_if_same,
+};
 
 /// Markers every service process carries (spec §5), so a lost state can be recovered.
 pub const ENV_PROJECT: &str = "MIRRORD_UP_PROJECT";
@@ -81,11 +85,49 @@ impl ProcessIdentity {
         }
     }
 
+    /// Why this recorded identity must never be signalled, or `None` when it may be (after
+    /// its liveness is checked). A service is a session leader, so its pid is its group; a
+    /// group of 0 or 1, or this process's own pid, group or session, would hit the caller
+    /// (`killpg(0)` is "my own group") or everyone.
+    pub fn refusal(&self) -> Option<String> {
+        if self.pid <= 1 || self.pgid <= 1 {
+            return Some(format!(
+                "the state records pid {} and process group {}, which is no service's",
+                self.pid, self.pgid
+            ));
+        }
+        let me = own_ids();
+        for (what, id) in [("pid", self.pid), ("process group", self.pgid)] {
+            if me.contains(id) {
+                return Some(format!(
+                    "the state records {what} {id}, which is mirrord-up's own (pid {}, group {}, session {})",
+                    me.pid, me.pgid, me.sid
+                ));
+            }
+        }
+        if self.pid != self.pgid {
+            return Some(format!(
+                "the state records pid {} in process group {}, but a service leads its own group",
+                self.pid, self.pgid
+            ));
+        }
+        None
+    }
+
+    /// The recorded process is alive, the very one (start time), and still leads the recorded
+    /// group: only then may the group be signalled as a whole.
+    pub fn leads_group(&self) -> bool {
+        self.refusal().is_none()
+            && self.boot_id == boot_id()
+            && proc_info(self.pid)
+                .is_ok_and(|i| i.start_time == self.start_time && !i.zombie && i.pgid == self.pgid)
+    }
+
     /// Live members of this process's group that are provably ours: while the leader lives
     /// the PGID cannot be reused, so every member is; once it is gone, only members carrying
     /// our spawn nonce count.
     pub fn live_members(&self, table: &ProcessTable) -> Vec<i32> {
-        if self.boot_id != boot_id() {
+        if self.boot_id != boot_id() || self.refusal().is_some() {
             return Vec::new();
         }
         let Some(members) = table.groups.get(&self.pgid) else {
@@ -114,7 +156,7 @@ impl ProcessIdentity {
         if members.is_empty() {
             return 0;
         }
-        if members.contains(&self.pid) {
+        if members.contains(&self.pid) && self.leads_group() {
             let _ = killpg(Pid::from_raw(self.pgid), sig);
         } else {
             for pid in &members {
@@ -159,10 +201,15 @@ pub struct StopOutcome {
     pub killed: bool,
     /// PIDs still alive after SIGKILL and the final wait (should never happen).
     pub survivors: Vec<i32>,
+    /// Not signalled at all: the recorded identity cannot be trusted (`ProcessIdentity::refusal`).
+    pub refused: Option<String>,
+    /// Processes of this instance outside its group (found by its spawn marker) that were
+    /// stopped after it, e.g. mirrord's intproxy.
+    pub escaped: Vec<i32>,
 }
 
 /// Set by a second Ctrl-C: every stop in progress skips the rest of its grace period.
-static KILL_NOW: AtomicBool = AtomicBool::new(false);
+pub(crate) static KILL_NOW: AtomicBool = AtomicBool::new(false);
 /// Set by the first Ctrl-C: waits for readiness or completion give up at once.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -182,7 +229,7 @@ pub fn interrupted() -> bool {
 }
 
 /// After SIGKILL, how long to wait for the kernel to take the processes down.
-const KILL_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Stops several groups in parallel: each gets its signal, then SIGKILL once its own timeout
 /// passes; returns when every group is empty (members counted, not only the leader).
@@ -190,35 +237,46 @@ pub fn stop_groups(requests: &[StopRequest]) -> Vec<StopOutcome> {
     stop_groups_with(requests, &mut |_| {})
 }
 
-/// As `stop_groups`, calling `progress(name)` when a group is found empty.
+/// As `stop_groups`, calling `progress(outcome)` when a request is done.
 ///
-/// The full `/proc` scan is the slow path: while a group's leader lives, its PGID is ours and
-/// the group is signalled and probed directly (`killpg`, `kill(-pgid, 0)`); only a group whose
-/// leader is gone but that still has processes needs the scan (and the nonce check).
+/// Each request is its group first, then whatever carries its spawn nonce outside the group
+/// (an intproxy that called `setsid`, a daemonised child): once every group is empty, one
+/// `/proc` scan finds those, and they get the same signal, grace period and SIGKILL. A request
+/// whose identity cannot be trusted (`ProcessIdentity::refusal`) is not signalled at all.
+///
+/// The full `/proc` scan for groups is the slow path: while a group's leader lives, its PGID
+/// is ours and the group is signalled and probed directly (`killpg`, `kill(-pgid, 0)`); only a
+/// group whose leader is gone but that still has processes needs the scan (and the nonce check).
 pub fn stop_groups_with(
     requests: &[StopRequest],
     progress: &mut dyn FnMut(&StopOutcome),
 ) -> Vec<StopOutcome> {
     let start = Instant::now();
     let mut table: Option<ProcessTable> = None;
+    let mut outcomes: Vec<StopOutcome> = requests
+        .iter()
+        .map(|r| StopOutcome {
+            name: r.name.clone(),
+            killed: false,
+            survivors: vec![],
+            refused: r.identity.refusal(),
+            escaped: vec![],
+        })
+        .collect();
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
+        if let Some(why) = &outcomes[i].refused {
+            tracing::warn!(service = %r.name, "not signalled: {why}");
+            continue;
+        }
         if signal_group_fast(&r.identity, r.signal, &mut table) {
             pending.insert(i, false);
             if r.signal != Signal::SIGCONT {
                 // A stopped (SIGSTOP) process must run to act on the signal.
                 signal_group_fast(&r.identity, Signal::SIGCONT, &mut table);
             }
-        } else {
-            let outcome = StopOutcome {
-                name: r.name.clone(),
-                killed: false,
-                survivors: vec![],
-            };
-            progress(&outcome);
         }
     }
-    let mut outcomes: BTreeMap<usize, StopOutcome> = BTreeMap::new();
     let mut pause = Duration::from_millis(1);
     while !pending.is_empty() {
         std::thread::sleep(pause);
@@ -228,51 +286,107 @@ pub fn stop_groups_with(
         pending.retain(|&i, killed| {
             let r = &requests[i];
             if group_gone(&r.identity, &mut table) {
-                let o = StopOutcome {
-                    name: r.name.clone(),
-                    killed: *killed,
-                    survivors: vec![],
-                };
-                progress(&o);
-                outcomes.insert(i, o);
+                outcomes[i].killed = *killed;
                 return false;
             }
             if !*killed && (elapsed >= r.timeout || KILL_NOW.load(Ordering::SeqCst)) {
                 signal_group_fast(&r.identity, Signal::SIGKILL, &mut table);
                 *killed = true;
             } else if *killed && elapsed >= r.timeout + KILL_WAIT {
-                let members = r
+                outcomes[i].killed = true;
+                outcomes[i].survivors = r
                     .identity
                     .live_members(table.get_or_insert_with(ProcessTable::snapshot));
-                let o = StopOutcome {
-                    name: r.name.clone(),
-                    killed: true,
-                    survivors: members,
-                };
-                progress(&o);
-                outcomes.insert(i, o);
                 return false;
             }
             true
         });
     }
-    requests
+    stop_escaped(requests, &mut outcomes);
+    for o in &outcomes {
+        progress(o);
+    }
+    outcomes
+}
+
+/// The processes carrying a request's spawn nonce outside its (now empty) group: stopped
+/// after it, with its signal and grace period.
+fn stop_escaped(requests: &[StopRequest], outcomes: &mut [StopOutcome]) {
+    let nonces: BTreeMap<&str, usize> = requests
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            outcomes.remove(&i).unwrap_or(StopOutcome {
-                name: r.name.clone(),
-                killed: false,
-                survivors: vec![],
-            })
+        .filter(|(i, _)| outcomes[*i].refused.is_none())
+        .filter_map(|(i, r)| Some((r.identity.nonce.as_deref()?, i)))
+        .collect();
+    if nonces.is_empty() {
+        return;
+    }
+    let wanted: std::collections::BTreeSet<String> =
+        nonces.keys().map(|n| (*n).to_owned()).collect();
+    let found = sweep::find(&sweep::Selector {
+        instances: Some(&wanted),
+        ..Default::default()
+    });
+    if found.is_empty() {
+        return;
+    }
+    let owners: Vec<usize> = found
+        .iter()
+        .map(|p| nonces[p.instance.as_deref().expect("selected by nonce")])
+        .collect();
+    let targets: Vec<sweep::Target> = found
+        .into_iter()
+        .zip(&owners)
+        .map(|(proc, &i)| sweep::Target {
+            proc,
+            signal: requests[i].signal,
+            timeout: requests[i].timeout,
         })
-        .collect()
+        .collect();
+    let results = sweep::stop_targets(&targets);
+    for ((t, &i), r) in targets.iter().zip(&owners).zip(results) {
+        let o = &mut outcomes[i];
+        o.escaped.push(t.proc.info.pid);
+        o.killed |= r.killed;
+        if r.survived {
+            o.survivors.push(t.proc.info.pid);
+        }
+    }
+}
+
+/// After an instance ended on its own (its leader exited): stops what it left behind, in its
+/// group or outside it (an intproxy that called `setsid`), found by its spawn nonce, with its
+/// stop signal and grace period. Returns the PIDs that had to be stopped.
+pub fn stop_leftovers(
+    name: &str,
+    identity: &ProcessIdentity,
+    signal: Signal,
+    timeout: Duration,
+) -> Vec<i32> {
+    let outcome = stop_groups(&[StopRequest {
+        name: name.to_owned(),
+        identity: identity.clone(),
+        signal,
+        timeout,
+    }]);
+    outcome.into_iter().flat_map(|o| o.escaped).collect()
+}
+
+/// Test hook: with `MIRRORD_UP_TEST_CRASH_AFTER_SPAWN` set, die right after a spawn, before
+/// its process is recorded (exit code 99).
+pub fn test_crash_after_spawn() {
+    if std::env::var_os("MIRRORD_UP_TEST_CRASH_AFTER_SPAWN").is_some() {
+        std::process::exit(99);
+    }
 }
 
 /// Signals the group of `id`: directly while its leader lives, else each verified member
 /// (scanning `/proc` once, into `table`). True if anything was signalled.
 fn signal_group_fast(id: &ProcessIdentity, sig: Signal, table: &mut Option<ProcessTable>) -> bool {
-    if id.liveness() == Liveness::Alive {
+    if id.refusal().is_some() {
+        return false;
+    }
+    if id.leads_group() {
         return killpg(Pid::from_raw(id.pgid), sig).is_ok();
     }
     id.signal_group(sig, table.get_or_insert_with(ProcessTable::snapshot)) > 0
@@ -280,14 +394,14 @@ fn signal_group_fast(id: &ProcessIdentity, sig: Signal, table: &mut Option<Proce
 
 /// Whether no live process of the group of `id` is left.
 fn group_gone(id: &ProcessIdentity, table: &mut Option<ProcessTable>) -> bool {
-    if id.boot_id != boot_id() {
+    if id.boot_id != boot_id() || id.refusal().is_some() {
         return true;
     }
     // No process at all in the group (zombies included): certainly gone.
     if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
         return true;
     }
-    if id.liveness() == Liveness::Alive {
+    if id.leads_group() {
         return false;
     }
     // Only zombies, or members left behind by the leader: look closer.
@@ -447,20 +561,17 @@ pub fn find_marked(state_dir: &Path) -> Vec<MarkedGroup> {
     groups.into_values().collect()
 }
 
-/// Background supervisors of the project's state directory, found by their marker.
+/// Background supervisors of the project's state directory, found by their marker (never this
+/// process, its group or its session).
 pub fn find_supervisors(state_dir: &Path) -> Vec<ProcessIdentity> {
     let want = state_dir.to_string_lossy();
-    scan()
+    scan_marked()
         .into_iter()
-        .filter(|info| !info.zombie && info.pid != std::process::id() as i32)
-        .filter(|info| {
-            environ_of(info.pid)
-                .is_some_and(|env| env.get(ENV_SUPERVISOR).map(String::as_str) == Some(&want))
-        })
-        .map(|info| ProcessIdentity {
-            pid: info.pid,
-            pgid: info.pgid,
-            start_time: info.start_time,
+        .filter(|p| p.supervisor.as_deref() == Some(&*want))
+        .map(|p| ProcessIdentity {
+            pid: p.info.pid,
+            pgid: p.info.pgid,
+            start_time: p.info.start_time,
             boot_id: boot_id().to_owned(),
             nonce: None,
         })
@@ -544,18 +655,6 @@ pub fn take_exit(pid: i32) -> Option<ExitKind> {
 /// reap them and count them when a group must be empty.
 pub fn become_subreaper() {
     let _ = nix::sys::prctl::set_child_subreaper(true);
-}
-
-/// A pollable descriptor that becomes readable when `pid` exits (Linux `pidfd_open`).
-pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: a plain syscall; on success the returned descriptor is ours to own.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor returned by the kernel just now.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Waits until the process `identity` names is gone (or `timeout` passes): true if gone.

@@ -306,6 +306,16 @@ fn settle_exits(
                     signal: None,
                     at_ms: now,
                 });
+            // What it left behind (mirrord's intproxy outlives a failed start), before the
+            // exit is reported: a client waiting for it finds nothing of the instance left.
+            if let Some(id) = &rec.process {
+                crate::process::stop_leftovers(
+                    name,
+                    id,
+                    crate::engine::stop_signal(&rec.spec),
+                    rec.spec.stop_timeout(),
+                );
+            }
             let reason = exit_reason(rec, &exit);
             let told = reported.contains(name);
             let uptime =
