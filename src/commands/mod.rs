@@ -36,6 +36,8 @@ pub fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
+    // A shell's completion script calling back (`COMPLETE=bash mirrord-up -- …`): answer, exit.
+    completions::answer_if_asked();
     let args = crate::cli::rewrite_args(std::env::args_os().collect());
     let cli = crate::cli::command(&args)
         .try_get_matches_from(&args)
