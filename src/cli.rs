@@ -26,16 +26,16 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// The mirrord-up.yaml to use.
+    /// The mirrord-up.yaml to use (default: `mirrord-up.yaml` in the current directory or the
+    /// nearest parent that has one).
     #[arg(
         short = 'f',
         long = "file",
         env = "MIRRORD_UP_FILE",
         global = true,
-        default_value = "mirrord-up.yaml",
         value_name = "PATH"
     )]
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
     /// Project name (default: the YAML's directory name, lower-cased, [a-z0-9_-] only).
     #[arg(
         short = 'p',
@@ -92,10 +92,11 @@ pub enum TableFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the YAML (and with --compat, list what real mirrord would reject).
+    /// Validate the YAML (and with --compat, list what real mirrord would reject: exit 1 if any).
     #[command(after_help = "Example:\n  mirrord-up check --compat -f mirrord-up.yaml")]
     Check {
-        /// Also list the mirrord-up extensions the file uses (real mirrord 3.250 rejects them).
+        /// Also list the mirrord-up extensions the file uses (real mirrord 3.250 rejects them);
+        /// exit 1 when there is any.
         #[arg(long)]
         compat: bool,
     },
@@ -137,6 +138,17 @@ pub enum Command {
         #[arg(short, long)]
         all: bool,
     },
+    /// Every project recorded in the state directory: its file, supervisor and services by status.
+    #[command(
+        after_help = "Examples:\n  mirrord-up ls\n  mirrord-up ls --format json | jq -r '.[] | select(.supervisor) | .name'"
+    )]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: TableFormat,
+        /// Also projects that record nothing running or stopped (after `down`).
+        #[arg(short, long)]
+        all: bool,
+    },
     /// Per-service logs, prefixed `name | `.
     #[command(after_help = "Examples:\n  mirrord-up logs -n 20\n  mirrord-up logs -f api")]
     Logs {
@@ -162,16 +174,20 @@ pub enum Command {
         #[command(subcommand)]
         command: CiCommand,
     },
-    /// Restart running services (and dependents with `depends_on.<x>.restart: true`).
+    /// Restart services, all without names (and dependents with `depends_on.<x>.restart: true`).
     #[command(
-        after_help = "Examples:\n  mirrord-up restart api\n  mirrord-up restart api worker -t 2"
+        after_help = "Examples:\n  mirrord-up restart api\n  mirrord-up restart api worker -t 2\n  mirrord-up restart            # every service"
     )]
     Restart(ServiceControlArgs),
-    /// Stop services without forgetting them (`start` brings them back; no restart policy applies).
-    #[command(after_help = "Examples:\n  mirrord-up stop worker\n  mirrord-up start worker")]
+    /// Stop services (all without names) without forgetting them (`start` brings them back).
+    #[command(
+        after_help = "Examples:\n  mirrord-up stop worker\n  mirrord-up start worker\n  mirrord-up stop               # every service"
+    )]
     Stop(ServiceControlArgs),
-    /// Start services that were stopped or exited.
-    #[command(after_help = "Examples:\n  mirrord-up start worker")]
+    /// Start services that were stopped or exited (all without names).
+    #[command(
+        after_help = "Examples:\n  mirrord-up start worker\n  mirrord-up start              # every service"
+    )]
     Start(ServiceControlArgs),
     /// Interactive wizard writing a mirrord-up.yaml (same questions as `mirrord up init`).
     #[command(
@@ -195,12 +211,18 @@ pub enum Command {
     /// The background supervisor of `up --detach` (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise(UpArgs),
-    /// What `up` would do now, per service, with the reason. Exit 0: nothing to do; 2: changes.
-    #[command(after_help = "Examples:\n  mirrord-up plan\n  mirrord-up plan api --format json")]
+    /// What `up` would do now, per service, with the reason. Exit 0 once printed (1: error).
+    #[command(
+        after_help = "Examples:\n  mirrord-up plan\n  mirrord-up plan api --format json\n  mirrord-up plan --detailed-exitcode || echo \"changes pending (2) or error (1)\""
+    )]
     Plan {
         services: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Exit 0 when there is nothing to do, 2 when changes are pending, 1 on error
+        /// (terraform's convention).
+        #[arg(long)]
+        detailed_exitcode: bool,
         /// Override every selected service's `default_mode`.
         #[arg(short, long, value_enum)]
         mode: Option<ModeArg>,
@@ -239,7 +261,7 @@ pub struct UpArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServiceControlArgs {
-    #[arg(required = true)]
+    /// Services to act on (default: every service of the project).
     pub services: Vec<String>,
     /// Seconds between the stop signal and SIGKILL (default: each service's stop_timeout).
     #[arg(short, long, value_name = "SECS")]

@@ -1,6 +1,8 @@
-//! `mirrord-up completions <SHELL>`: the bash script loads in a real bash and its completion
-//! function offers subcommands and their options, never hidden subcommands; the other shells'
-//! scripts are generated and name the subcommands (and are syntax-checked where the shell is
+//! `mirrord-up completions <SHELL>`: the registration of clap_complete's dynamic completion.
+//! The bash script loads in a real bash and its completion function (calling the binary back)
+//! offers subcommands and their options, never hidden subcommands, and the service names of
+//! the file found as every command finds it (the current directory, else a parent; `-f` on the
+//! line wins); the other shells' scripts are generated (and syntax-checked where the shell is
 //! installed).
 
 use std::path::Path;
@@ -38,9 +40,16 @@ fn hidden_subcommands() -> Vec<String> {
 }
 
 fn run_bash(script: &Path, body: &str) -> Output {
+    run_bash_in(script, body, Path::new("."))
+}
+
+fn run_bash_in(script: &Path, body: &str, dir: &Path) -> Output {
     Command::new("bash")
         .args(["--norc", "--noprofile", "-c"])
         .arg(format!("source '{}' || exit 1\n{body}", script.display()))
+        .current_dir(dir)
+        .env_remove("MIRRORD_UP_FILE")
+        .env_remove("COMPLETE")
         .output()
         .expect("bash is installed (it is required for this test)")
 }
@@ -48,6 +57,11 @@ fn run_bash(script: &Path, body: &str) -> Output {
 /// The words the registered completion function offers for `line` (completing its last word,
 /// which may be empty), as bash itself would call it.
 fn bash_complete(script: &Path, line: &str) -> Vec<String> {
+    bash_complete_in(script, line, Path::new("."))
+}
+
+/// As `bash_complete`, with bash (and so the binary it calls back) in `dir`.
+fn bash_complete_in(script: &Path, line: &str, dir: &Path) -> Vec<String> {
     let mut words: Vec<&str> = line.split(' ').collect();
     if words.len() < 2 {
         words.push("");
@@ -67,7 +81,7 @@ printf '%s\n' "${{COMPREPLY[@]}}"
 "#,
         words = quoted.join(" "),
     );
-    let out = run_bash(script, &body);
+    let out = run_bash_in(script, &body, dir);
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "completing `{line}` failed: exit {:?}\n{}",
@@ -128,15 +142,18 @@ fn bash_script_loads_and_completes() {
 }
 
 #[test]
-fn every_shell_gets_a_script_naming_the_subcommands() {
+fn every_shell_gets_a_registration_calling_the_binary_back() {
     let hidden = hidden_subcommands();
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let script = completions(shell);
         assert!(!script.trim().is_empty(), "{shell}: empty script");
-        assert!(script.contains("up"), "{shell}: `up` is not mentioned");
         assert!(
-            script.contains("completions"),
-            "{shell}: `completions` is not mentioned"
+            script.contains(env!("CARGO_BIN_EXE_mirrord-up")),
+            "{shell}: does not call this binary back:\n{script}"
+        );
+        assert!(
+            script.contains("COMPLETE"),
+            "{shell}: does not set COMPLETE:\n{script}"
         );
         for name in &hidden {
             assert!(
@@ -145,6 +162,67 @@ fn every_shell_gets_a_script_naming_the_subcommands() {
             );
         }
     }
+    // `COMPLETE=bash mirrord-up` (clap's own spelling) registers the same way.
+    let out = Cmd::new(env!("CARGO_BIN_EXE_mirrord-up"))
+        .env("COMPLETE", "bash")
+        .output()
+        .expect("run mirrord-up");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), completions("bash"));
+}
+
+const YAML: &str = "services:\n  api:\n    target: none\n    run:\n      command: [\"true\"]\n  worker:\n    target: none\n    run:\n      command: [\"true\"]\n  db:\n    target: none\n    run:\n      command: [\"true\"]\n";
+
+/// The non-option words, sorted (an empty word is offered the options too).
+fn names(v: Vec<String>) -> Vec<String> {
+    let mut v: Vec<String> = v.into_iter().filter(|w| !w.starts_with('-')).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn service_names_complete_from_the_file_here_or_above() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("mirrord-up.bash");
+    std::fs::write(&script, completions("bash")).expect("write script");
+    let project = dir.path().join("shop");
+    let deep = project.join("src/deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(project.join("mirrord-up.yaml"), YAML).unwrap();
+    std::fs::write(
+        project.join("other.yaml"),
+        "services:\n  solo:\n    target: none\n    run:\n      command: [\"true\"]\n",
+    )
+    .unwrap();
+
+    for cwd in [&project, &deep] {
+        for sub in ["restart", "stop", "start", "up", "logs", "config", "plan"] {
+            let words = bash_complete_in(&script, &format!("mirrord-up {sub} "), cwd);
+            assert_eq!(
+                names(words),
+                ["api", "db", "worker"],
+                "`mirrord-up {sub} <TAB>` in {}",
+                cwd.display()
+            );
+        }
+        let words = bash_complete_in(&script, "mirrord-up restart w", cwd);
+        assert_eq!(words, ["worker"], "`mirrord-up restart w<TAB>`");
+        // Already named ones are offered again (clap_complete's choice); options still work.
+        let words = bash_complete_in(&script, "mirrord-up restart --ti", cwd);
+        assert_eq!(words, ["--timeout"]);
+        // `logs -f` is follow, not a file.
+        let words = bash_complete_in(&script, "mirrord-up logs -f a", cwd);
+        assert_eq!(words, ["api"], "`mirrord-up logs -f a<TAB>`");
+    }
+    // A file named on the line wins over the one found.
+    let words = bash_complete_in(&script, "mirrord-up -f other.yaml restart ", &project);
+    assert_eq!(names(words), ["solo"]);
+    // No file anywhere: no names, and no error.
+    let words = bash_complete_in(&script, "mirrord-up restart ", dir.path());
+    assert!(
+        names(words.clone()).is_empty(),
+        "names without a file: {words:?}"
+    );
 }
 
 /// Syntax checks by the shells themselves, for those installed here (bash always is, above).

@@ -154,10 +154,19 @@ fn reconcile_touches_only_what_changed() {
     assert!(before.values().all(|pid| alive(*pid)));
     let out = p.run(&["plan"]);
     assert_eq!(out.code, Some(0), "plan with nothing to do: {out}");
+    let out = p.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "plan --detailed-exitcode, nothing to do: {out}"
+    );
 
     // One env.override value changes.
     p.write_yaml(&file(&svcs, "two"));
+    // Exit 0 once printed; `--detailed-exitcode` says 2: changes pending (terraform).
     let out = p.run(&["plan"]);
+    assert_eq!(out.code, Some(0), "plan prints and exits 0: {out}");
+    let out = p.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.code, Some(2), "plan with a pending change: {out}");
     let mentions: Vec<&str> = out
         .stdout

@@ -1,4 +1,5 @@
-//! `check [--compat]`: validate the file; list the extensions real mirrord would reject.
+//! `check [--compat]`: validate the file; list the extensions real mirrord would reject (and
+//! then exit 1).
 
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ pub fn run(ctx: &Context, compat: bool) -> Result<ExitCode> {
         services.len(),
         if services.len() == 1 { "" } else { "s" }
     );
+    let mut rejected = false;
     if compat {
         let used: Vec<(String, Vec<&str>)> = services
             .iter()
@@ -25,6 +27,7 @@ pub fn run(ctx: &Context, compat: bool) -> Result<ExitCode> {
         if used.is_empty() {
             println!("compatible with mirrord 3.250 `mirrord up`: no mirrord-up extensions used");
         } else {
+            rejected = true;
             println!("real mirrord 3.250 `mirrord up` would reject these mirrord-up extensions:");
             for (name, keys) in used {
                 for k in keys {
@@ -33,5 +36,10 @@ pub fn run(ctx: &Context, compat: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // Valid for mirrord-up, but not a file real `mirrord up` takes: scripts can tell.
+    Ok(if rejected {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

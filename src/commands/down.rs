@@ -21,9 +21,18 @@ use crate::process::{self, ProcessIdentity, sweep};
 use crate::state::{State, StateError};
 
 pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<ExitCode> {
-    let store = ctx.store()?;
-    // A corrupt state file is `stop`'s to report; the supervisor is then found by its marker.
+    ctx.require_project()?;
+    // A corrupt state file is `stop`'s to report; the supervisor is then unknown anyway.
     let state = ctx.read_state().ok().flatten();
+    ctx.ensure_same_file(state.as_ref())?;
+    // A project that only exists as a file has nothing to stop: no state directory is made.
+    if !force && !ctx.state_dir()?.exists() {
+        if !ctx.global.quiet {
+            println!("nothing to stop");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = ctx.store()?;
     let width = state.as_ref().map_or(0, State::name_width);
     let mut supervisor_stopped = false;
     let mut refused = Vec::new();

@@ -20,7 +20,21 @@ pub fn run(
     prefix: bool,
     timestamps: bool,
 ) -> Result<ExitCode> {
-    let store = ctx.store()?;
+    ctx.require_project()?;
+    // Read only: no state directory is made for a project that never ran.
+    let store = crate::state::StateStore {
+        dir: ctx.state_dir()?,
+        project: ctx.project(),
+    };
+    if !store.dir.exists() {
+        if !ctx.global.quiet {
+            eprintln!(
+                "project `{}` has no logs yet: nothing of it ever ran",
+                store.project
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let state = store.read()?;
     let mut known: BTreeMap<String, PathBuf> = state
         .iter()

@@ -1,13 +1,15 @@
 //! Command front-ends: each reads its inputs, calls the shared engine, prints, and maps the
-//! outcome to an exit code (0 ok, 1 error, 2 pending changes for `plan`).
+//! outcome to an exit code (0 ok, 1 error; 2 pending changes for `plan --detailed-exitcode`).
 
 mod check;
 mod ci;
 mod completions;
 mod config;
+pub mod discover;
 mod down;
 mod init;
 mod logs;
+mod ls;
 mod plan;
 mod ps;
 mod schema;
@@ -34,6 +36,8 @@ pub fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
+    // A shell's completion script calling back (`COMPLETE=bash mirrord-up -- …`): answer, exit.
+    completions::answer_if_asked();
     let args = crate::cli::rewrite_args(std::env::args_os().collect());
     let cli = crate::cli::command(&args)
         .try_get_matches_from(&args)
@@ -78,8 +82,16 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
         Command::Plan {
             services,
             format,
+            detailed_exitcode,
             mode,
-        } => plan::run(ctx, &services, format, mode.map(Into::into)),
+        } => plan::run(
+            ctx,
+            &services,
+            format,
+            mode.map(Into::into),
+            detailed_exitcode,
+        ),
+        Command::Ls { format, all } => ls::run(ctx, format, all),
         Command::Up(args) => up::run(ctx, &args),
         Command::Down { timeout, force } => {
             down::run(ctx, timeout.map(std::time::Duration::from_secs_f64), force)
@@ -103,15 +115,47 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
     }
 }
 
-/// What every command needs from the global options.
+/// What every command needs from the global options, and the project they point at.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub global: GlobalArgs,
+    /// The YAML: `-f`/`MIRRORD_UP_FILE` (made absolute), else the nearest `mirrord-up.yaml`
+    /// in the current directory or a parent (`None`: none there).
+    file: Option<PathBuf>,
+    project: String,
 }
 
 impl Context {
     pub fn new(global: GlobalArgs) -> Context {
-        Context { global }
+        let cwd = std::env::current_dir().ok();
+        let file = match &global.file {
+            Some(f) => Some(std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+            None => cwd.as_deref().and_then(discover::find_file),
+        };
+        let project = match (&global.project, &file) {
+            (Some(p), _) => sanitize_project(p),
+            (None, Some(f)) => project_of_file(f),
+            // No file: the project recorded for this directory (or a parent), else the
+            // directory's name (what `ci start` without a file records).
+            (None, None) => {
+                let cwd = cwd.unwrap_or_default();
+                state_root(&global)
+                    .ok()
+                    .and_then(|root| discover::recorded_for_dir(&root, &cwd))
+                    .unwrap_or_else(|| {
+                        sanitize_project(
+                            &cwd.file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                        )
+                    })
+            }
+        };
+        Context {
+            global,
+            file,
+            project,
+        }
     }
 
     pub fn stderr_color(&self) -> bool {
@@ -123,45 +167,93 @@ impl Context {
         crate::output::stdout_color(self.global.no_color)
     }
 
+    /// The YAML's absolute path (when none was found: where `-f` would default to).
     pub fn file(&self) -> PathBuf {
-        std::path::absolute(&self.global.file).unwrap_or_else(|_| self.global.file.clone())
+        self.file.clone().unwrap_or_else(|| {
+            std::path::absolute("mirrord-up.yaml").unwrap_or_else(|_| "mirrord-up.yaml".into())
+        })
+    }
+
+    /// The YAML if it was named or found (it may still not exist when named).
+    pub fn found_file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     pub fn load(&self) -> Result<UpDocument> {
-        Ok(UpDocument::load(
-            &self.global.file,
-            self.global.key.as_deref(),
-        )?)
+        let Some(file) = &self.file else {
+            anyhow::bail!("{}", discover::no_file_message());
+        };
+        Ok(UpDocument::load(file, self.global.key.as_deref())?)
     }
 
     /// `-p`, else the YAML's directory name, lower-cased and reduced to `[a-z0-9_-]`.
     pub fn project(&self) -> String {
-        let raw = match &self.global.project {
-            Some(p) => p.clone(),
-            None => self
-                .file()
-                .parent()
-                .and_then(Path::file_name)
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "default".into()),
+        self.project.clone()
+    }
+
+    /// `-p` or `MIRRORD_UP_PROJECT` named the project.
+    pub fn project_explicit(&self) -> bool {
+        self.global.project.is_some()
+    }
+
+    /// `<state root>/<project>`, not created.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        Ok(self.state_root()?.join(&self.project))
+    }
+
+    /// For commands that act on a project: fails (creating nothing) unless the YAML exists or
+    /// the project is recorded in the state directory.
+    pub fn require_project(&self) -> Result<()> {
+        if self.file.as_deref().is_some_and(Path::is_file)
+            || self.state_dir()?.join("state.json").exists()
+        {
+            return Ok(());
+        }
+        let root = self.state_root()?;
+        match &self.file {
+            Some(f) => anyhow::bail!(
+                "{} does not exist and no project `{}` is recorded in {} (`mirrord-up ls` lists the recorded projects)",
+                f.display(),
+                self.project,
+                root.display()
+            ),
+            None => anyhow::bail!(
+                "{}, and no project `{}` is recorded in {} (`mirrord-up ls` lists the recorded projects)",
+                discover::no_file_message(),
+                self.project,
+                root.display()
+            ),
+        }
+    }
+
+    /// Refuses to act on a state that another file of the same project name recorded, unless
+    /// the project was named with `-p` (as `up` refuses through a running supervisor).
+    pub fn ensure_same_file(&self, state: Option<&crate::state::State>) -> Result<()> {
+        if self.project_explicit() {
+            return Ok(());
+        }
+        let (Some(ours), Some(theirs)) = (&self.file, state.and_then(|s| s.file.as_ref())) else {
+            return Ok(());
         };
-        sanitize_project(&raw)
+        if ours != theirs {
+            anyhow::bail!(
+                "project `{}` runs {}, not {}: name that file with -f, or the project with `-p {}` to act on it anyway",
+                self.project,
+                theirs.display(),
+                ours.display(),
+                self.project
+            );
+        }
+        Ok(())
     }
 
     pub fn state_root(&self) -> Result<PathBuf> {
-        if let Some(d) = &self.global.state_dir {
-            return Ok(std::path::absolute(d)?);
-        }
-        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-            return Ok(PathBuf::from(x).join("mirrord-up"));
-        }
-        let home = std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?;
-        Ok(PathBuf::from(home).join(".local/state/mirrord-up"))
+        state_root(&self.global)
     }
 
     /// The recorded state, for commands that only read: creates nothing, takes no lock.
     pub fn read_state(&self) -> Result<Option<crate::state::State>> {
-        let dir = self.state_root()?.join(self.project());
+        let dir = self.state_dir()?;
         if !dir.join("state.json").exists() {
             return Ok(None);
         }
@@ -243,6 +335,30 @@ impl Context {
         }
         Ok((desired, inference.map(|i| i.cache).unwrap_or_default()))
     }
+}
+
+/// Where state, logs and generated configs live: `--state-dir`, else
+/// `$XDG_STATE_HOME/mirrord-up`, else `~/.local/state/mirrord-up`.
+pub fn state_root(global: &GlobalArgs) -> Result<PathBuf> {
+    if let Some(d) = &global.state_dir {
+        return Ok(std::path::absolute(d)?);
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("mirrord-up"));
+    }
+    let home = std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/state/mirrord-up"))
+}
+
+/// The project name a file gives: its directory's name, sanitized.
+pub fn project_of_file(file: &Path) -> String {
+    sanitize_project(
+        &file
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "default".into()),
+    )
 }
 
 fn needs_inference(doc: &UpDocument, selection: &[String]) -> bool {

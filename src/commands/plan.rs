@@ -1,4 +1,5 @@
-//! `plan [SERVICE…] [--format text|json]`: what `up` would do now. Changes nothing.
+//! `plan [SERVICE…] [--format text|json] [--detailed-exitcode]`: what `up` would do now.
+//! Changes nothing; exits 0 once printed (`--detailed-exitcode`: 2 when changes are pending).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ pub fn run(
     services: &[String],
     format: Format,
     mode: Option<crate::config::Mode>,
+    detailed_exitcode: bool,
 ) -> Result<ExitCode> {
     let doc = ctx.load()?;
     let state = ctx.read_state()?;
@@ -35,11 +37,17 @@ pub fn run(
         },
     );
     print_plan(&plan, format, ctx.stdout_color());
-    Ok(if plan.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    Ok(exit_code(&plan, detailed_exitcode))
+}
+
+/// 0 once printed; with `--detailed-exitcode`, 2 when changes are pending (terraform's
+/// convention, for scripts).
+pub fn exit_code(plan: &Plan, detailed: bool) -> ExitCode {
+    if detailed && !plan.is_empty() {
         ExitCode::from(2)
-    })
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 pub fn print_plan(plan: &Plan, format: Format, color: bool) {

@@ -59,6 +59,7 @@ pub fn row(name: &str, rec: &ServiceRecord) -> Value {
 }
 
 pub fn run(ctx: &Context, format: TableFormat, all: bool) -> Result<ExitCode> {
+    ctx.require_project()?;
     let state = ctx.read_state()?;
     let rows: Vec<Value> = state
         .iter()

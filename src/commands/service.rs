@@ -1,4 +1,4 @@
-//! `restart|stop|start SERVICE…`: through the running supervisor when there is one (so that
+//! `restart|stop|start [SERVICE…]` (no names: every service): through the running supervisor when there is one (so that
 //! its loop knows), otherwise as one pass in this process.
 
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 
 use super::Context;
 use crate::cli::ServiceControlArgs;
+use crate::state::RecordKind;
 use crate::supervisor::control::{self, Request};
 use crate::supervisor::pass::{self, PassSettings, Work};
 
@@ -19,11 +20,28 @@ pub enum Op {
 }
 
 pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode> {
+    ctx.require_project()?;
     let state = ctx.read_state()?;
-    let width = args.services.iter().map(String::len).max().unwrap_or(0);
+    ctx.ensure_same_file(state.as_ref())?;
+    // No names: every service of the project (compose).
+    let services: Vec<String> = if args.services.is_empty() {
+        state
+            .iter()
+            .flat_map(|s| s.records(RecordKind::Service))
+            .map(|(n, _)| n.clone())
+            .collect()
+    } else {
+        args.services.clone()
+    };
+    if services.is_empty() && state.is_some() {
+        if !ctx.global.quiet {
+            println!("no services in project `{}`", ctx.project());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = services.iter().map(String::len).max().unwrap_or(0);
     let mut reporter = crate::progress::reporter(ctx, width);
     let (ok, message) = if let Some(sup) = control::running(state.as_ref()) {
-        let services = args.services.clone();
         let timeout_s = args.timeout;
         let req = match op {
             Op::Restart => Request::Restart {
@@ -44,7 +62,7 @@ pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode>
                 ctx.project()
             );
         }
-        let names = args.services.clone();
+        let names = services;
         let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
         let work = match op {
             Op::Restart => Work::Restart { names, timeout },

@@ -31,6 +31,11 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         }
     };
     if let Some(sup) = control::running(state.as_ref()) {
+        // Named services are checked against the file here: the supervisor would widen its
+        // selection with known names only and apply the whole file.
+        if !args.services.is_empty() {
+            crate::desired::select(&ctx.load()?, &args.services)?;
+        }
         if !args.detach {
             bail!(
                 "a background supervisor (pid {}) already runs project `{}`: follow its services with `mirrord-up logs -f`, apply the file with `mirrord-up up --detach`, or stop it with `mirrord-up down`",
@@ -226,11 +231,7 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     );
     if args.dry_run {
         super::plan::print_plan(&plan, Format::Text, ctx.stdout_color());
-        return Ok(if plan.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(2)
-        });
+        return Ok(super::plan::exit_code(&plan, false));
     }
     let recorded = (engine.state.target_cache.clone(), engine.state.file.clone());
     engine.state.target_cache = cache;
