@@ -143,13 +143,13 @@ fn a_64_mb_request_line_is_refused_without_buffering_it() {
     let mut line = vec![b'x'; 64 << 20];
     line.push(b'\n');
     let text = talk(&socket(&p), &line);
-    let (ok, message) = done_of(&text);
-    assert!(!ok && message.contains("too large"), "{message}");
     let after = peak_rss_kib(sup);
     assert!(
         after < before + 16 * 1024,
         "the supervisor's peak RSS grew from {before} KiB to {after} KiB"
     );
+    let (ok, message) = done_of(&text);
+    assert!(!ok && message.contains("too large"), "{message}");
     // A following `up -d`, `ps` and `down` work.
     p.ok(&["up", "-d"]);
     assert_eq!(p.ps_map()["web"]["status"], "running");

@@ -68,6 +68,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long a connection may take to send its whole request line.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the supervisor waits to write a reply line to a client that does not read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client waits to connect, and then for the acknowledgement of its request.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest number of seconds a request may carry (one week); more is refused.
@@ -334,6 +336,8 @@ pub fn serve(
                         return;
                     };
                     let _ = stream.set_nonblocking(false);
+                    // A client that stops reading must not hold the pass thread for long.
+                    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
                     handle(
                         request,
                         Box::new(Conn {
