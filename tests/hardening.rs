@@ -357,13 +357,14 @@ fn a_symlinked_state_lock_is_refused_and_its_target_untouched() {
     let v = victim(other.path());
     make_private_dir(&p.state_dir);
     std::os::unix::fs::symlink(&v, p.state_dir.join("state.lock")).unwrap();
-    let out = p.run(&["up", "-d"]);
-    assert_eq!(out.code, Some(1), "{out}");
-    let all = format!("{}{}", out.stderr, supervisor_log(&p));
-    assert!(
-        all.contains("state.lock") && all.contains("symbolic link"),
-        "{all}"
-    );
+    for args in [&["up", "-d"][..], &["down"]] {
+        let out = p.run(args);
+        assert_eq!(out.code, Some(1), "{args:?}: {out}");
+        assert!(
+            out.stderr.contains("state.lock") && out.stderr.contains("symbolic link"),
+            "{args:?}: {out}"
+        );
+    }
     assert_eq!(std::fs::read_to_string(&v).unwrap(), "precious\n");
 }
 

@@ -280,6 +280,10 @@ impl StateStore {
         for sub in ["logs", "services"] {
             dir.subdir(sub, true)?;
         }
+        // Early, so that every command names a planted file (they are opened safely anyway).
+        for file in ["state.lock", "supervisor.log"] {
+            dir.check_file_if_present(file)?;
+        }
         Ok(StateStore {
             dir: dir.path().to_owned(),
             project: project.to_owned(),
