@@ -288,6 +288,31 @@ impl SafeDir {
         self.subdir(name, false)
     }
 
+    /// Refuses `name` in this directory if it exists and is a symbolic link or not a regular
+    /// file of ours (without creating or opening it).
+    pub fn check_file_if_present(&self, name: impl AsRef<OsStr>) -> Result<()> {
+        let name = one_name(name.as_ref(), &self.path)?;
+        let path = self.path.join(name);
+        let st = match fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(FsError::io(&path, e)),
+        };
+        if is_kind(&st, SFlag::S_IFLNK) {
+            return Err(FsError::unsafe_(&path, "is a symbolic link"));
+        }
+        if !is_kind(&st, SFlag::S_IFREG) {
+            return Err(FsError::unsafe_(&path, "is not a regular file"));
+        }
+        if st.st_uid != me() {
+            return Err(FsError::unsafe_(
+                &path,
+                format!("belongs to uid {} (you are uid {})", st.st_uid, me()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens the regular file `name` in this directory without following a symbolic link.
     pub fn open_file(&self, name: impl AsRef<OsStr>, access: Access) -> Result<File> {
         let name = one_name(name.as_ref(), &self.path)?;

@@ -280,6 +280,10 @@ impl StateStore {
         for sub in ["logs", "services"] {
             dir.subdir(sub, true)?;
         }
+        // Early, so that every command names a planted file (they are opened safely anyway).
+        for file in ["state.lock", "supervisor.log"] {
+            dir.check_file_if_present(file)?;
+        }
         Ok(StateStore {
             dir: dir.path().to_owned(),
             project: project.to_owned(),
@@ -463,6 +467,36 @@ mod tests {
         assert!(kept.exists());
         assert!(!store.state_path().exists());
         assert!(err.to_string().contains("down --force"));
+    }
+
+    #[test]
+    fn a_symlinked_state_file_is_replaced_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let target = root.path().join("precious");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, store.state_path()).unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        store.save(&lock, &State::new("p")).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let meta = std::fs::symlink_metadata(store.state_path()).unwrap();
+        assert!(meta.is_file(), "the link was replaced by the new file");
+    }
+
+    #[test]
+    fn a_symlinked_service_dir_is_refused_for_generated_configs() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), store.service_dir("api")).unwrap();
+        let err = write_private(&store.service_dir("api").join("mirrord.json"), b"{}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("symbolic link") && err.contains("services/api"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -1,15 +1,32 @@
 //! The control channel of a running supervisor: a unix socket in the project's state
 //! directory, one JSON request line per connection, answered by event lines and one final
 //! `done` line. `up --detach`, `down`, `restart|stop|start` are its clients.
+//!
+//! # Limits (issue 15.6)
+//!
+//! The server side ([`serve`]) never trusts a connection: a request line is at most
+//! [`MAX_REQUEST_BYTES`] (a longer one gets an error reply and the connection is closed, having
+//! buffered no more than that); at most [`MAX_CONNECTIONS`] connections are open at once (the
+//! next ones get a "busy" reply at once); a connection that has not sent a whole line within
+//! [`IDLE_TIMEOUT`] is answered with an error and closed; every number is checked
+//! ([`Request::check`]) before it reaches the loop; an `accept` error (out of descriptors, say)
+//! is logged, waited out with a timer (100 ms doubling to 2 s) and accepting goes on. A
+//! well-formed request is acknowledged (`accepted`) before it is queued.
+//!
+//! The client side ([`request`]) connects within [`CLIENT_TIMEOUT`] and must see that
+//! acknowledgement within [`CLIENT_TIMEOUT`] too, or it fails saying the supervisor does not
+//! answer. After it, it waits for the end of the work as long as the connection stays open (a
+//! pass may wait for readiness or stop timeouts); a supervisor that dies closes it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
-
-use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Mode;
 use crate::engine::Reporter;
@@ -45,6 +62,55 @@ pub enum Request {
     },
 }
 
+/// The longest request line the supervisor reads (a real one is a few hundred bytes).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Connections open at once; the next ones are told the supervisor is busy.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a connection may take to send its whole request line.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the supervisor waits to write a reply line to a client that does not read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits to connect, and then for the acknowledgement of its request.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest number of seconds a request may carry (one week); more is refused.
+pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+/// Test only: overrides [`IDLE_TIMEOUT`] (milliseconds), so that tests need not wait 5 s.
+pub const ENV_TEST_IDLE_MS: &str = "MIRRORD_UP_TEST_IDLE_MS";
+/// Test only: overrides [`CLIENT_TIMEOUT`] (milliseconds).
+pub const ENV_TEST_CLIENT_MS: &str = "MIRRORD_UP_TEST_CLIENT_MS";
+
+fn test_override(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(default, Duration::from_millis)
+}
+
+impl Request {
+    /// Every number in range: finite, not negative, at most [`MAX_SECONDS`].
+    pub fn check(&self) -> Result<(), String> {
+        let seconds = match self {
+            Request::Apply { wait_timeout_s, .. } => {
+                vec![("wait_timeout_s", Some(*wait_timeout_s))]
+            }
+            Request::Stop { timeout_s, .. }
+            | Request::Restart { timeout_s, .. }
+            | Request::Shutdown { timeout_s } => vec![("timeout_s", *timeout_s)],
+            Request::Start { .. } => vec![],
+        };
+        for (field, value) in seconds {
+            if let Some(v) = value
+                && !(v.is_finite() && (0.0..=MAX_SECONDS).contains(&v))
+            {
+                return Err(format!(
+                    "bad request: `{field}` is {v}, expected seconds from 0 to {MAX_SECONDS}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
@@ -56,6 +122,8 @@ pub enum Reply {
         what: String,
         limit_ms: Option<u64>,
     },
+    /// The request was read and is queued: the supervisor is alive and listening.
+    Accepted,
     /// Another supervisor of the project already runs (it answers at `socket`).
     AlreadyRunning { pid: i32, socket: PathBuf },
     /// The end: a summary, or why it failed.
@@ -82,9 +150,14 @@ pub fn read_replies(
     reader: impl std::io::Read,
     reporter: &mut dyn Reporter,
 ) -> Result<Option<Outcome>> {
-    for line in BufReader::new(reader).lines() {
+    follow(&mut BufReader::new(reader), reporter)
+}
+
+fn follow(reader: &mut dyn BufRead, reporter: &mut dyn Reporter) -> Result<Option<Outcome>> {
+    for line in reader.lines() {
         let line = line?;
         match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Accepted) => {}
             Ok(Reply::Event { service, what }) => reporter.event(&service, &what),
             Ok(Reply::Waiting {
                 service,
@@ -109,26 +182,273 @@ pub fn running(state: Option<&State>) -> Option<SupervisorRecord> {
         .then(|| sup.clone())
 }
 
-/// Sends `request` to the supervisor at `socket` and follows its replies to the end.
+/// Sends `request` to the supervisor at `socket` and follows its replies to the end. Fails
+/// (instead of hanging) when the supervisor does not accept the connection or does not
+/// acknowledge the request within [`CLIENT_TIMEOUT`].
 pub fn request(
     socket: &Path,
     request: &Request,
     reporter: &mut dyn Reporter,
 ) -> Result<(bool, String)> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("cannot reach the supervisor at {}", socket.display()))?;
+    let limit = test_override(ENV_TEST_CLIENT_MS, CLIENT_TIMEOUT);
+    let dir = socket
+        .parent()
+        .map_or(String::new(), |d| d.display().to_string());
+    let stuck = || {
+        anyhow::anyhow!(
+            "the supervisor at {} did not answer within {}; it may be stuck or overloaded: see supervisor.log in {dir}, or stop everything with `mirrord-up down --force`",
+            socket.display(),
+            humantime::format_duration(limit)
+        )
+    };
+    let stream = connect(socket, limit)?.ok_or_else(stuck)?;
+    stream.set_write_timeout(Some(limit))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
-    match read_replies(stream, reporter)? {
+    (&stream).write_all(&line).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            stuck()
+        } else {
+            anyhow::anyhow!("cannot send to the supervisor at {}: {e}", socket.display())
+        }
+    })?;
+    // The acknowledgement (or a refusal), within the limit; then as long as the work takes.
+    stream.set_read_timeout(Some(limit))?;
+    let mut reader = BufReader::new(&stream);
+    let mut first = String::new();
+    match reader.read_line(&mut first) {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(stuck());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    stream.set_read_timeout(None)?;
+    let replayed = std::io::Cursor::new(first.into_bytes());
+    let mut all = BufReader::new(std::io::Read::chain(replayed, reader));
+    match follow(&mut all, reporter)? {
         Some(Outcome::Done { ok, message }) => Ok((ok, message)),
         Some(Outcome::AlreadyRunning { .. }) => bail!("unexpected answer from the supervisor"),
         None => bail!(
-            "the supervisor closed the connection before answering (see supervisor.log in {})",
-            socket
-                .parent()
-                .map(Path::display)
-                .map_or(String::new(), |d| d.to_string())
+            "the supervisor closed the connection before answering (see supervisor.log in {dir})"
         ),
+    }
+}
+
+/// `connect(2)` blocks while the listener's backlog is full (a supervisor that stopped
+/// accepting): it runs on a helper thread, given up after `limit` (`None`).
+fn connect(socket: &Path, limit: Duration) -> Result<Option<UnixStream>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = socket.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(UnixStream::connect(&path));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(s)) => Ok(Some(s)),
+        Ok(Err(e)) => {
+            Err(e).with_context(|| format!("cannot reach the supervisor at {}", socket.display()))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// A connection handed to the loop: whole lines only, and it holds its connection slot until
+/// the loop drops it.
+struct Conn {
+    stream: UnixStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Where a request's replies go (the loop writes to it from the pass thread).
+pub type Client = Box<dyn Write + Send>;
+
+/// Serves the control socket on the current tokio runtime: each well-formed, checked request
+/// is acknowledged and handed to `handle` with its connection; anything else is answered with
+/// an error here. See the module documentation for the limits.
+pub fn serve(
+    listener: std::os::unix::net::UnixListener,
+    handle: impl Fn(Request, Client) + Send + Sync + 'static,
+) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let handle = Arc::new(handle);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let idle = test_override(ENV_TEST_IDLE_MS, IDLE_TIMEOUT);
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        let mut errors: u64 = 0;
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS…: the pending connection stays queued; wait and retry.
+                    if errors == 0 {
+                        eprintln!(
+                            "{} warning: cannot accept a control connection ({e}); retrying",
+                            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                        );
+                    }
+                    errors += 1;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            if errors > 0 {
+                eprintln!(
+                    "{} accepting control connections again (after {errors} failed attempts)",
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                );
+                errors = 0;
+                pause = Duration::from_millis(100);
+            }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let _ = stream.try_write(&reply_line(&Reply::Done {
+                    ok: false,
+                    message: format!(
+                        "the supervisor is busy ({MAX_CONNECTIONS} connections are open); try again"
+                    ),
+                }));
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if let Some((request, stream)) = read_request(stream, idle).await {
+                    let Ok(stream) = stream.into_std() else {
+                        return;
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    // A client that stops reading must not hold the pass thread for long.
+                    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                    handle(
+                        request,
+                        Box::new(Conn {
+                            stream,
+                            _slot: slot,
+                        }),
+                    );
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn reply_line(reply: &Reply) -> Vec<u8> {
+    let mut line = serde_json::to_vec(reply).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Reads one bounded request line within `idle`, answering every refusal itself; a checked
+/// request has been acknowledged when it is returned.
+async fn read_request(
+    stream: tokio::net::UnixStream,
+    idle: Duration,
+) -> Option<(Request, tokio::net::UnixStream)> {
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut buf = Vec::new();
+    let read = async {
+        (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+    };
+    let refusal = match tokio::time::timeout(idle, read).await {
+        Err(_) => Some(format!(
+            "no complete request within {}; closing",
+            humantime::format_duration(idle)
+        )),
+        Ok(Err(_)) => return None, // the client went away
+        Ok(Ok(_)) if buf.len() > MAX_REQUEST_BYTES => Some(format!(
+            "request too large (more than {MAX_REQUEST_BYTES} bytes); closing"
+        )),
+        Ok(Ok(0)) => return None, // connected and hung up without a word
+        Ok(Ok(_)) => None,
+    };
+    let mut stream = reader.into_inner();
+    let request = match refusal {
+        Some(why) => Err(why),
+        None => match serde_json::from_slice::<Request>(trim_line(&buf)) {
+            Ok(req) => req.check().map(|()| req),
+            Err(_) if trim_line(&buf).is_empty() => Err("bad request: empty line".to_owned()),
+            Err(e) => Err(format!("bad request: {}", clip(&e.to_string(), 300))),
+        },
+    };
+    let reply = match &request {
+        Ok(_) => Reply::Accepted,
+        Err(why) => Reply::Done {
+            ok: false,
+            message: why.clone(),
+        },
+    };
+    let sent = tokio::time::timeout(idle, stream.write_all(&reply_line(&reply))).await;
+    match (request, sent) {
+        (Ok(req), Ok(Ok(()))) => Some((req, stream)),
+        _ => {
+            let _ = stream.shutdown().await;
+            None
+        }
+    }
+}
+
+fn trim_line(buf: &[u8]) -> &[u8] {
+    let buf = buf.strip_suffix(b"\n").unwrap_or(buf);
+    buf.strip_suffix(b"\r").unwrap_or(buf)
+}
+
+/// At most `max` bytes of `s` (on a character boundary), marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        for bad in [-1.0, 1e300, f64::NAN, f64::INFINITY, MAX_SECONDS + 1.0] {
+            let r = Request::Shutdown {
+                timeout_s: Some(bad),
+            };
+            assert!(r.check().unwrap_err().contains("timeout_s"), "{bad}");
+        }
+        let ok = Request::Stop {
+            services: vec![],
+            timeout_s: Some(10.0),
+        };
+        assert!(ok.check().is_ok());
+    }
+
+    #[test]
+    fn clip_keeps_characters_whole() {
+        assert_eq!(clip("ééé", 3), "é…");
+        assert_eq!(clip("abc", 3), "abc");
     }
 }

@@ -31,7 +31,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
@@ -438,43 +437,20 @@ fn listen_signals(tx: &UnboundedSender<Event>) -> Result<()> {
     Ok(())
 }
 
-/// Accepts control connections: reads the request line, hands it to the loop with the
-/// connection as the client that will receive the replies.
+/// Accepts control connections (`control::serve`: bounded, timed out, checked) and hands each
+/// request to the loop with the connection as the client that will receive the replies.
 fn listen_control(
     tx: &UnboundedSender<Event>,
     listener: std::os::unix::net::UnixListener,
     file: PathBuf,
 ) -> Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
     let tx = tx.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            let file = file.clone();
-            tokio::spawn(async move {
-                let mut reader = tokio::io::BufReader::new(stream);
-                let mut line = String::new();
-                if reader.read_line(&mut line).await.is_err() {
-                    return;
-                }
-                let Ok(stream) = reader.into_inner().into_std() else {
-                    return;
-                };
-                let _ = stream.set_nonblocking(false);
-                let client: Client = Box::new(stream);
-                let ev = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => match work_of(req, &file) {
-                        Ok(work) => Event::Control(work, client),
-                        Err(why) => Event::ControlRefused(client, why),
-                    },
-                    Err(e) => Event::ControlRefused(client, format!("bad request: {e}")),
-                };
-                let _ = tx.send(ev);
-            });
-        }
-    });
-    Ok(())
+    control::serve(listener, move |req, client| {
+        let _ = tx.send(match work_of(req, &file) {
+            Ok(work) => Event::Control(work, client),
+            Err(why) => Event::ControlRefused(client, why),
+        });
+    })
 }
 
 fn secs(s: Option<f64>) -> Option<Duration> {
