@@ -527,16 +527,27 @@ impl<'a> Engine<'a> {
                 let config_path = self.store.service_dir(&spec.name).join("mirrord.json");
                 write_config(&config_path, &spec.mirrord_config)
                     .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+                // As real `mirrord up` gives its children (runtime.md §3.3), or `-f` with strict
+                // env for a mirrord version whose config shape is not verified.
                 env.insert("MIRRORD_PROGRESS_MODE".into(), "simple".into());
-                let mut args = vec![
-                    match spec.run_type {
-                        RunType::Exec => "exec".to_owned(),
-                        RunType::Container => "container".to_owned(),
-                    },
-                    "-f".to_owned(),
-                    config_path.display().to_string(),
-                    "--".to_owned(),
-                ];
+                env.insert(
+                    "MIRRORD_UP_CORRELATION_ID".into(),
+                    crate::handover::correlation_id().to_owned(),
+                );
+                let mut args = vec![match spec.run_type {
+                    RunType::Exec => "exec".to_owned(),
+                    RunType::Container => "container".to_owned(),
+                }];
+                match crate::handover::prepare(&bin, &config_path, &spec.mirrord_config)? {
+                    crate::handover::Handover::Resolved { encoded } => {
+                        env.insert("MIRRORD_UP_RESOLVED_CONFIG".into(), encoded);
+                    }
+                    crate::handover::Handover::File { .. } => {
+                        env.insert("MIRRORD_CLI_STRICT_ENV".into(), "true".into());
+                        args.extend(["-f".to_owned(), config_path.display().to_string()]);
+                    }
+                }
+                args.push("--".to_owned());
                 args.extend(spec.command.iter().cloned());
                 (bin, args)
             }
