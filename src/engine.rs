@@ -422,7 +422,12 @@ impl<'a> Engine<'a> {
                     timeout: Duration::ZERO,
                 }]);
             }
-            match self.prepare_launch(spec) {
+            let mut notices = Vec::new();
+            let prepared = self.prepare_launch(spec, &mut notices);
+            for notice in notices {
+                self.reporter.event(&spec.name, &notice);
+            }
+            match prepared {
                 Ok(req) => launches.push((*spec, req)),
                 Err(why) => {
                     self.fail(spec, &why, report);
@@ -492,7 +497,12 @@ impl<'a> Engine<'a> {
     }
 
     /// The program, arguments and environment of a service (spec §5), and its mirrord.json.
-    fn prepare_launch(&self, spec: &ServiceSpec) -> Result<SpawnRequest, String> {
+    /// `notices` gets what the user must be told once (the hand-over fallback).
+    fn prepare_launch(
+        &self,
+        spec: &ServiceSpec,
+        notices: &mut Vec<String>,
+    ) -> Result<SpawnRequest, String> {
         let nonce = process::new_nonce();
         let mut env = BTreeMap::new();
         env.insert(ENV_PROJECT.to_owned(), self.store.project.clone());
@@ -542,7 +552,10 @@ impl<'a> Engine<'a> {
                     crate::handover::Handover::Resolved { encoded } => {
                         env.insert("MIRRORD_UP_RESOLVED_CONFIG".into(), encoded);
                     }
-                    crate::handover::Handover::File { .. } => {
+                    crate::handover::Handover::File { version } => {
+                        if let Some(notice) = crate::handover::fallback_notice(version.as_deref()) {
+                            notices.push(notice);
+                        }
                         env.insert("MIRRORD_CLI_STRICT_ENV".into(), "true".into());
                         args.extend(["-f".to_owned(), config_path.display().to_string()]);
                     }

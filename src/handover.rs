@@ -179,19 +179,18 @@ pub fn correlation_id() -> &'static str {
     })
 }
 
-/// Says [`FALLBACK_NOTICE`] once per process.
-fn notice_fallback(version: Option<&str>) {
-    static SAID: OnceLock<()> = OnceLock::new();
-    SAID.get_or_init(|| {
-        let found = version.map_or_else(
-            || "an unknown version".to_owned(),
-            |v| format!("version {v}"),
-        );
-        eprintln!(
-            "note: mirrord {found} is not one whose config hand-over was verified ({}); {FALLBACK_NOTICE}",
-            VERIFIED_VERSIONS.join(", ")
-        );
-    });
+/// [`FALLBACK_NOTICE`] with the version found, the first time it is asked for in this process
+/// (the caller shows it; `None` afterwards).
+pub fn fallback_notice(version: Option<&str>) -> Option<String> {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let found = version.map_or_else(|| "of unknown version".to_owned(), |v| v.to_owned());
+    Some(format!(
+        "mirrord {found} is not a version whose config hand-over was verified ({}); {FALLBACK_NOTICE}",
+        VERIFIED_VERSIONS.join(", ")
+    ))
 }
 
 /// `(identity, version)` of a mirrord binary, remembered per identity.
@@ -277,7 +276,6 @@ pub fn prepare(bin: &Path, config_path: &Path, config: &Value) -> Result<Handove
         .as_deref()
         .is_some_and(|v| VERIFIED_VERSIONS.contains(&v))
     {
-        notice_fallback(version.as_deref());
         return Ok(Handover::File { version });
     }
     let provided = KEY_PROVIDED.get().copied().unwrap_or(false);
