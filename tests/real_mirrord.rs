@@ -179,7 +179,9 @@ fn rewrite(doc: &Value, out: &Path, tag: &str) -> (Value, Vec<String>, Vec<Strin
     let mut dropped = Vec::new();
     let services = doc["services"].as_object_mut().expect("services");
     services.retain(|name, svc| {
-        if svc.get("target").is_none() {
+        let target = svc.get("target");
+        // Absent, null, or a map without `path` (a namespace hint): inferred.
+        if target.is_none_or(|t| t.is_null() || t.is_object() && t.get("path").is_none()) {
             dropped.push(format!("{name}: target inference needs a cluster"));
             return false;
         }
@@ -192,10 +194,15 @@ fn rewrite(doc: &Value, out: &Path, tag: &str) -> (Value, Vec<String>, Vec<Strin
         true
     });
     for (name, svc) in services.iter_mut() {
-        let file = out.join(format!("{name}.{tag}"));
+        let file = out.join(dump_name(name, tag));
+        // Written under another name and renamed, so a file that exists is complete; then the
+        // child stays (real `up` stops every child once one exits).
         svc["run"] = serde_json::json!({"command": [
             "sh", "-c",
-            format!("printf %s \"$MIRRORD_RESOLVED_CONFIG\" > '{}'", file.display())
+            format!(
+                "printf %s \"$MIRRORD_RESOLVED_CONFIG\" > '{0}.tmp' && mv '{0}.tmp' '{0}'; exec sleep 60",
+                file.display()
+            )
         ]});
         if svc.get("skip").and_then(Value::as_bool) != Some(true) {
             kept.push(name.clone());
@@ -297,26 +304,40 @@ fn children_get_the_config_real_mirrord_up_gives_its_children() {
             .args(["up", "-f"])
             .arg(&real_yaml)
             .args(["-k", KEY])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = wait_child(cmd.spawn().expect("real up"), "real mirrord up");
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let what = fixture.display().to_string();
+        let out = {
+            use std::os::unix::process::CommandExt;
+            let mut child = cmd.process_group(0).spawn().expect("real up");
+            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut status = None;
+            while Instant::now() < deadline {
+                if kept
+                    .iter()
+                    .all(|s| out_dir.join(dump_name(s, "real")).is_file())
+                {
+                    break;
+                }
+                if let Some(s) = child.try_wait().expect("try_wait") {
+                    status = Some(s);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Real up and its children (same group; the intproxy is skipped by the test hook).
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            format!("real up exit: {status:?}")
+        };
         let real_ran: Vec<String> = kept
             .iter()
-            .filter(|s| out_dir.join(format!("{s}.real")).is_file())
+            .filter(|s| out_dir.join(dump_name(s, "real")).is_file())
             .cloned()
             .collect();
         if real_ran.len() != kept.len() {
-            // Real `up` itself failed some child (its output says why): nothing to compare.
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let cause = stdout
-                .lines()
-                .find(|l| l.contains("Error:"))
-                .unwrap_or("no error line");
-            skipped.push(format!(
-                "{what}: real up did not run every service ({cause})"
-            ));
-            continue;
+            panic!("{what}: real up ran only {real_ran:?} of {kept:?} ({out})");
         }
 
         let state = dir.path().join("state");
@@ -339,7 +360,7 @@ fn children_get_the_config_real_mirrord_up_gives_its_children() {
         let up = ours(&["up", "-d"]);
         let written = || {
             kept.iter()
-                .all(|s| out_dir.join(format!("{s}.ours")).is_file())
+                .all(|s| out_dir.join(dump_name(s, "ours")).is_file())
         };
         let waited = std::panic::catch_unwind(|| {
             wait_until(
@@ -349,7 +370,7 @@ fn children_get_the_config_real_mirrord_up_gives_its_children() {
                     // The file is written by `printf` in one go; wait for a non-empty one.
                     written()
                         && kept.iter().all(|s| {
-                            std::fs::metadata(out_dir.join(format!("{s}.ours")))
+                            std::fs::metadata(out_dir.join(dump_name(s, "ours")))
                                 .is_ok_and(|m| m.len() > 0)
                         })
                 },
@@ -364,8 +385,8 @@ fn children_get_the_config_real_mirrord_up_gives_its_children() {
             );
         }
         for s in &kept {
-            let r = normalise(decode(&out_dir.join(format!("{s}.real"))));
-            let o = normalise(decode(&out_dir.join(format!("{s}.ours"))));
+            let r = normalise(decode(&out_dir.join(dump_name(s, "real"))));
+            let o = normalise(decode(&out_dir.join(dump_name(s, "ours"))));
             let mut d = Vec::new();
             diff(&r, &o, "", &mut d);
             assert!(
@@ -385,4 +406,10 @@ fn children_get_the_config_real_mirrord_up_gives_its_children() {
 
 fn serde_yaml_value(text: &str) -> Value {
     serde_yaml::from_str::<Value>(text).unwrap_or(Value::Null)
+}
+
+/// A file name for a service's dump (service names may contain `/`).
+fn dump_name(service: &str, tag: &str) -> String {
+    let hex: String = service.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.{tag}")
 }
