@@ -13,6 +13,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod generate;
 pub mod graph;
+pub mod handover;
 pub mod output;
 pub mod plan;
 pub mod policy;

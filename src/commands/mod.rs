@@ -183,6 +183,7 @@ impl Context {
         let Some(file) = &self.file else {
             anyhow::bail!("{}", discover::no_file_message());
         };
+        crate::handover::set_key_provided(self.global.key.is_some());
         Ok(UpDocument::load(file, self.global.key.as_deref())?)
     }
 
