@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod kube_stub;
 pub mod pty;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
