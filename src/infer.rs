@@ -442,7 +442,7 @@ fn list_error(e: kube::Error) -> ListError {
                 text.push(' ');
                 text.push_str(reason);
             }
-            let message = first_line(&status.message);
+            let message = first_line(&status.message, 200);
             if !message.is_empty() && !message.starts_with(['{', '[', '<']) {
                 text.push_str(": ");
                 text.push_str(&message);
@@ -453,12 +453,13 @@ fn list_error(e: kube::Error) -> ListError {
     }
 }
 
-/// An error and its causes on one line, without the repetitions of nested messages.
+/// An error and its causes on one line, without the repetitions of nested messages, cut at
+/// 400 characters.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(e);
     while let Some(err) = next {
-        let text = first_line(&err.to_string());
+        let text = first_line(&err.to_string(), usize::MAX);
         let text = [
             "ServiceError: ",
             "HyperError: ",
@@ -474,13 +475,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         }
         next = err.source();
     }
-    parts.join(": ")
+    first_line(&parts.join(": "), 400)
 }
 
-/// The first line of `s`, trimmed and cut at 200 characters.
-fn first_line(s: &str) -> String {
+/// The first line of `s`, trimmed and cut at `max` characters.
+fn first_line(s: &str, max: usize) -> String {
     let line = s.trim().lines().next().unwrap_or_default().trim();
-    match line.char_indices().nth(200) {
+    match line.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line.to_owned(),
     }

@@ -371,6 +371,56 @@ fn list_errors_follow_real_up() {
     assert!(!line.contains('{'), "no raw JSON: {line}");
 }
 
+/// `common.accept_invalid_certificates: true` lets inference talk to an API server whose
+/// certificate nobody trusts; without it, the error is one line that names the cause.
+#[test]
+fn accept_invalid_certificates_is_honoured() {
+    let stub = Stub::start_tls(cluster());
+    let kube = KubeConfig::write(&stub.https_url(), &[("main", Some("staging"))]);
+    let home = tempfile::tempdir().expect("home");
+    let project = Project::new("infer-tls");
+    project.write_yaml(&services_yaml(&["api"], ""));
+    let out = run(&project, kube.path(), home.path(), &["config"], &[]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let line = out.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{out}");
+    assert!(
+        line.contains("services.api.target: cannot infer the target"),
+        "{line}"
+    );
+    assert!(line.contains("certificate"), "{line}");
+
+    project.write_yaml(&format!(
+        "common:\n  accept_invalid_certificates: true\n{}",
+        services_yaml(&["api"], "")
+    ));
+    let out = run(&project, kube.path(), home.path(), &["config"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(targets(&out)["api"], json!({"path": "deployment/api"}));
+}
+
+/// No kubeconfig at all: one line naming the cause, once.
+#[test]
+fn missing_kubeconfig_is_one_line() {
+    let home = tempfile::tempdir().expect("home");
+    let project = Project::new("infer-nokube");
+    project.write_yaml(&services_yaml(&["api"], ""));
+    let missing = home.path().join("missing-kubeconfig");
+    let out = run(&project, &missing, home.path(), &["config"], &[]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let line = out.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{out}");
+    assert!(
+        line.contains("services.api.target: cannot infer the target: cannot load the kubeconfig: "),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("missing-kubeconfig").count(),
+        1,
+        "the cause once: {line}"
+    );
+}
+
 /// With `--launcher local` nothing is inferred and the cluster is not asked.
 #[test]
 fn local_launcher_asks_nothing() {

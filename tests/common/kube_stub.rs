@@ -90,7 +90,20 @@ impl Stub {
         Stub::serve(None)
     }
 
+    /// Like `start`, over TLS with the self-signed certificate of `fixtures/kube-stub/` (for
+    /// 127.0.0.1; no client trusts it).
+    pub fn start_tls(routes: BTreeMap<String, (u16, String)>) -> Stub {
+        Stub::serve_with(Some(routes), Some(tls_config()))
+    }
+
     fn serve(routes: Option<BTreeMap<String, (u16, String)>>) -> Stub {
+        Stub::serve_with(routes, None)
+    }
+
+    fn serve_with(
+        routes: Option<BTreeMap<String, (u16, String)>>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Stub {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub");
         let port = listener.local_addr().expect("addr").port();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -103,8 +116,16 @@ impl Stub {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (log, routes) = (log2.clone(), routes.clone());
-                std::thread::spawn(move || handle(conn, &log, &routes));
+                let (log, routes, tls) = (log2.clone(), routes.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => handle(conn, &log, &routes),
+                    Some(config) => {
+                        let Ok(session) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        handle(rustls::StreamOwned::new(session, conn), &log, &routes)
+                    }
+                });
             }
         });
         Stub { port, log, stop }
@@ -112,6 +133,10 @@ impl Stub {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// Every request target received so far, in arrival order.
@@ -128,8 +153,25 @@ impl Drop for Stub {
     }
 }
 
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube-stub");
+    let cert = CertificateDer::from_pem_file(dir.join("tls.crt")).expect("stub certificate");
+    let key = PrivateKeyDer::from_pem_file(dir.join("tls.key")).expect("stub key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("stub TLS config");
+    Arc::new(config)
+}
+
 fn handle(
-    mut conn: TcpStream,
+    mut conn: impl Read + Write,
     log: &Mutex<Vec<String>>,
     routes: &Option<BTreeMap<String, (u16, String)>>,
 ) {
@@ -169,7 +211,7 @@ fn handle(
             "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        if conn.write_all(response.as_bytes()).is_err() {
+        if conn.write_all(response.as_bytes()).is_err() || conn.flush().is_err() {
             return;
         }
     }
