@@ -421,6 +421,37 @@ fn missing_kubeconfig_is_one_line() {
     );
 }
 
+/// `up -d` (whose supervisor resolves targets inside its own async runtime) starts the service
+/// with the inferred target and keeps it in the state; a later `plan` asks the cluster nothing.
+#[test]
+fn up_keeps_inferred_targets_in_the_state() {
+    let stub = Stub::start(cluster());
+    let kube = KubeConfig::write(&stub.url(), &[("main", Some("staging"))]);
+    let home = tempfile::tempdir().expect("home");
+    let project = Project::new("infer-up");
+    project.write_yaml("services:\n  api:\n    run: {command: [\"sleep\", \"1000\"]}\n");
+    let out = run(&project, kube.path(), home.path(), &["up", "-d"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let rows = project.ps();
+    assert!(
+        rows.iter().any(|r| r["name"] == "api"),
+        "api is running: {rows:?}"
+    );
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(project.state_file()).expect("state file"))
+            .expect("state JSON");
+    assert_eq!(
+        state["target_cache"],
+        json!({"||api": "deployment/api"}),
+        "{state}"
+    );
+    let asked = stub.requests().len();
+    assert!(asked >= 4, "{:?}", stub.requests());
+    let out = run(&project, kube.path(), home.path(), &["plan"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(stub.requests().len(), asked, "the cached target is used");
+}
+
 /// With `--launcher local` nothing is inferred and the cluster is not asked.
 #[test]
 fn local_launcher_asks_nothing() {
