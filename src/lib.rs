@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod graph;
 pub mod handover;
+pub mod infer;
 pub mod output;
 pub mod plan;
 pub mod policy;

@@ -20,13 +20,46 @@ use common::fake_mirrord;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Targets `fake-mirrord ls` lists, so that inference succeeds for every fixture service that
-/// has no `target.path`: `api` and `web` (minimal, ext-full), the five forms of
-/// target-unspecified, and `ns-only`, which is only listed in namespace `staging`. `pod/api` and
-/// `statefulset/web` come first to check the kind priority (deployment wins over both).
-const FAKE_TARGETS: &str = "pod/api,deployment/api,statefulset/web,deployment/web,\
-deployment/absent,deployment/tilde,deployment/null-word,deployment/empty,deployment/empty-map,\
-staging:deployment/ns-only";
+/// A stub Kubernetes API (tests/common/kube_stub.rs) that holds, so that inference succeeds for
+/// every fixture service without `target.path`: `api` and `web` (minimal, ext-full), the five
+/// forms of target-unspecified, and `ns-only`, which exists only in namespace `staging`. A
+/// statefulset `web` and a pod `api` check the kind priority (deployment wins over both). The
+/// kubeconfig's current context has no namespace, so the others are looked up in `default`.
+/// Started once for the whole test binary; returns the kubeconfig's path.
+fn stub_cluster() -> &'static Path {
+    use common::kube_stub as ks;
+    static KUBECONFIG: std::sync::OnceLock<(ks::Stub, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = KUBECONFIG.get_or_init(|| {
+        let ok = |items| (200u16, ks::list(items, None));
+        let mut routes = std::collections::BTreeMap::new();
+        routes.insert(
+            ks::deployments("default"),
+            ok(ks::named(&[
+                "api",
+                "web",
+                "absent",
+                "tilde",
+                "null-word",
+                "empty",
+                "empty-map",
+            ])),
+        );
+        routes.insert(ks::statefulsets("default"), ok(ks::named(&["web"])));
+        routes.insert(
+            ks::pods("default"),
+            ok(serde_json::json!([ks::pod("api", &["api"], true)])),
+        );
+        routes.insert(ks::deployments("staging"), ok(ks::named(&["ns-only"])));
+        routes.insert(ks::pods("staging"), ok(serde_json::json!([])));
+        let stub = ks::Stub::start(routes);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("compat-kubeconfig-{}", std::process::id()));
+        std::fs::write(&path, ks::kubeconfig_text(&stub.url(), &[("stub", None)]))
+            .expect("write kubeconfig");
+        (stub, path)
+    });
+    path
+}
 
 /// Variables of the invoking shell that would change what the binary does.
 const SCRUBBED_ENV: &[&str] = &[
@@ -50,13 +83,16 @@ fn mirrord_up() -> Cmd {
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
+    // No test reaches a real cluster: those that infer use `stub_cluster()`.
     cmd.env("NO_COLOR", "1")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .env("MIRRORD_BRANCH_NAME", "main")
         .current_dir(repo());
     cmd
 }
 
-/// `mirrord-up config -f F -k alice --mirrord-bin <fake> --state-dir <fresh tempdir> [args…]`.
+/// `mirrord-up config -f F -k alice --mirrord-bin <fake> --state-dir <fresh tempdir> [args…]`,
+/// inferring targets from `stub_cluster()`.
 fn run_config(file: &Path, extra: &[&str]) -> Output {
     let state = tempfile::tempdir().expect("tempdir");
     mirrord_up()
@@ -68,7 +104,7 @@ fn run_config(file: &Path, extra: &[&str]) -> Output {
         .arg(fake_mirrord())
         .arg("--state-dir")
         .arg(state.path())
-        .env("FAKE_MIRRORD_TARGETS", FAKE_TARGETS)
+        .env("KUBECONFIG", stub_cluster())
         .output()
         .expect("run mirrord-up config")
 }

@@ -314,9 +314,10 @@ impl Context {
         cache: std::collections::BTreeMap<String, String>,
     ) -> Result<(Desired, std::collections::BTreeMap<String, String>)> {
         let mut inference = match self.global.launcher {
-            LauncherKind::Mirrord if needs_inference(doc, selection) => {
-                Some(TargetInference::new(self.mirrord_bin()?, cache))
-            }
+            LauncherKind::Mirrord if needs_inference(doc, selection) => Some(TargetInference::new(
+                cache,
+                doc.file.common.accept_invalid_certificates,
+            )),
             _ => None,
         };
         let desired = crate::desired::resolve(

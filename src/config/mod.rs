@@ -92,14 +92,33 @@ pub enum ConfigError {
     AllSkipped { path: PathBuf },
     #[error("{}: incompatible mode and target: {}", path.display(), details.join("; "))]
     IncompatibleTargets { path: PathBuf, details: Vec<String> },
-    #[error("{}: services.{service}.target: {message}", path.display())]
+    /// Targets that could not be inferred: one line per service.
+    #[error("{}", inference_lines(path, failures))]
     Inference {
         path: PathBuf,
-        service: String,
-        message: String,
+        /// (service, why)
+        failures: Vec<(String, String)>,
     },
     #[error("failed to acquire OS username for key (pass one with `--key`)")]
     UsernameFetch,
+}
+
+/// `F: services.api.target: why`, or for several services a heading and one indented line each.
+fn inference_lines(path: &Path, failures: &[(String, String)]) -> String {
+    match failures {
+        [(service, message)] => format!("{}: services.{service}.target: {message}", path.display()),
+        many => {
+            let mut out = format!(
+                "{}: cannot infer the target of {} services:",
+                path.display(),
+                many.len()
+            );
+            for (service, message) in many {
+                out.push_str(&format!("\n  services.{service}.target: {message}"));
+            }
+            out
+        }
+    }
 }
 
 fn located(

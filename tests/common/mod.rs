@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod kube_stub;
 pub mod pty;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -35,6 +36,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "MIRRORD_UP_LAUNCHER",
     "MIRRORD_UP_KEY",
     "MIRRORD_UP_LOCK_TIMEOUT",
+    "MIRRORD_UP_KUBE_TIMEOUT",
     "MIRRORD_UP_TEST_CRASH_AFTER_SPAWN",
     "MIRRORD_BIN",
     "FAKE_MIRRORD_LOG",
