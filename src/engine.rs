@@ -426,7 +426,12 @@ impl<'a> Engine<'a> {
                     timeout: Duration::ZERO,
                 }]);
             }
-            match self.prepare_launch(spec) {
+            let mut notices = Vec::new();
+            let prepared = self.prepare_launch(spec, &mut notices);
+            for notice in notices {
+                self.reporter.event(&spec.name, &notice);
+            }
+            match prepared {
                 Ok(req) => launches.push((*spec, req)),
                 Err(why) => {
                     self.fail(spec, &why, report);
@@ -592,7 +597,12 @@ impl<'a> Engine<'a> {
     }
 
     /// The program, arguments and environment of a service (spec §5), and its mirrord.json.
-    fn prepare_launch(&self, spec: &ServiceSpec) -> Result<SpawnRequest, String> {
+    /// `notices` gets what the user must be told once (the hand-over fallback).
+    fn prepare_launch(
+        &self,
+        spec: &ServiceSpec,
+        notices: &mut Vec<String>,
+    ) -> Result<SpawnRequest, String> {
         let nonce = process::new_nonce();
         let mut env = BTreeMap::new();
         env.insert(ENV_PROJECT.to_owned(), self.store.project.clone());
@@ -627,16 +637,30 @@ impl<'a> Engine<'a> {
                 let config_path = self.store.service_dir(&spec.name).join("mirrord.json");
                 write_config(&config_path, &spec.mirrord_config)
                     .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+                // As real `mirrord up` gives its children (runtime.md §3.3), or `-f` with strict
+                // env for a mirrord version whose config shape is not verified.
                 env.insert("MIRRORD_PROGRESS_MODE".into(), "simple".into());
-                let mut args = vec![
-                    match spec.run_type {
-                        RunType::Exec => "exec".to_owned(),
-                        RunType::Container => "container".to_owned(),
-                    },
-                    "-f".to_owned(),
-                    config_path.display().to_string(),
-                    "--".to_owned(),
-                ];
+                env.insert(
+                    "MIRRORD_UP_CORRELATION_ID".into(),
+                    crate::handover::correlation_id().to_owned(),
+                );
+                let mut args = vec![match spec.run_type {
+                    RunType::Exec => "exec".to_owned(),
+                    RunType::Container => "container".to_owned(),
+                }];
+                match crate::handover::prepare(&bin, &config_path, &spec.mirrord_config)? {
+                    crate::handover::Handover::Resolved { encoded } => {
+                        env.insert("MIRRORD_UP_RESOLVED_CONFIG".into(), encoded);
+                    }
+                    crate::handover::Handover::File { version } => {
+                        if let Some(notice) = crate::handover::fallback_notice(version.as_deref()) {
+                            notices.push(notice);
+                        }
+                        env.insert("MIRRORD_CLI_STRICT_ENV".into(), "true".into());
+                        args.extend(["-f".to_owned(), config_path.display().to_string()]);
+                    }
+                }
+                args.push("--".to_owned());
                 args.extend(spec.command.iter().cloned());
                 (bin, args)
             }

@@ -51,9 +51,33 @@ pub fn split_queues(key: &str) -> Value {
     )
 }
 
-/// The default split-mode filter; unlike real mirrord, the key is regex-escaped (spec §4.1).
+/// The default split-mode filter. Unlike real mirrord's `baggage: .*mirrord-session=<key>.*`
+/// (spec §4.1), the key is regex-escaped and anchored on both sides: mirrord matches the
+/// filter against `Name: Value` (case-insensitively, fancy-regex, unanchored search), so the
+/// key must start a baggage member (after `:`, `,` or whitespace) and end at `,` (next member),
+/// `;` (member properties), whitespace or the end. `alice` then matches neither `alice2` nor
+/// `xalice`.
 pub fn default_header_filter(key: &str) -> String {
-    format!("baggage: .*mirrord-session={}.*", regex::escape(key))
+    format!(
+        "baggage:(?:.*[,\\s])?mirrord-session={}(?:[,;\\s]|$).*",
+        escape_key(key)
+    )
+}
+
+/// Escapes only what is special in a regex outside a character class, so that common keys
+/// (`ci-run-42`, `alice`) stay readable while `.` or `+` match themselves.
+pub fn escape_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if matches!(
+            c,
+            '\\' | '.' | '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub struct Inputs<'a> {
@@ -207,14 +231,52 @@ mod tests {
     fn key_is_escaped_in_the_default_filter_only() {
         assert_eq!(
             default_header_filter("john.doe"),
-            "baggage: .*mirrord-session=john\\.doe.*"
+            r"baggage:(?:.*[,\s])?mirrord-session=john\.doe(?:[,;\s]|$).*"
         );
+        assert_eq!(escape_key("ci-run-42"), "ci-run-42");
+        assert_eq!(escape_key("a+b(c)"), r"a\+b\(c\)");
         let q = split_queues("john.doe");
         assert_eq!(
             q[0]["jq_filter"],
             "(.MessageAttributes // {}) | [.. | select(type == \"string\" and contains(\"mirrord-session=john.doe\"))] | length > 0"
         );
         assert_eq!(q.as_array().unwrap().len(), 7);
+    }
+
+    /// mirrord matches header filters against `Name: Value`, case-insensitively, with an
+    /// unanchored search (compat §2.4); the `regex` crate agrees with fancy-regex on this syntax.
+    #[test]
+    fn default_filter_matches_only_its_own_key() {
+        let matches = |key: &str, header: &str| {
+            regex::RegexBuilder::new(&default_header_filter(key))
+                .case_insensitive(true)
+                .build()
+                .expect("valid regex")
+                .is_match(header)
+        };
+        for header in [
+            "baggage: mirrord-session=k",
+            "baggage: a=b,mirrord-session=k;x",
+            "baggage: a=b, mirrord-session=k",
+            "Baggage: mirrord-session=k ,c=d",
+            "baggage:mirrord-session=k",
+        ] {
+            assert!(matches("k", header), "{header}");
+        }
+        for header in [
+            "baggage: mirrord-session=k2",
+            "baggage: a=b,mirrord-session=k2;x",
+            "baggage: xmirrord-session=k",
+            "baggage: mirrord-session=",
+            "other: mirrord-session=k",
+        ] {
+            assert!(!matches("k", header), "{header}");
+        }
+        assert!(matches("john.doe", "baggage: mirrord-session=john.doe"));
+        assert!(!matches("john.doe", "baggage: mirrord-session=johnxdoe"));
+        assert!(matches("a+b", "baggage: mirrord-session=a+b"));
+        assert!(matches("ci-run-42", "baggage: mirrord-session=ci-run-42"));
+        assert!(!matches("ci-run-4", "baggage: mirrord-session=ci-run-42"));
     }
 
     #[test]

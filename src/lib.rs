@@ -12,6 +12,7 @@ pub mod desired;
 pub mod engine;
 pub mod generate;
 pub mod graph;
+pub mod handover;
 pub mod output;
 pub mod plan;
 pub mod policy;

@@ -96,6 +96,9 @@ fn twenty_services_start_as_marked_group_leaders_through_mirrord() {
 
     let execs = p.execs_by_service();
     assert_eq!(execs.len(), 20, "{execs:#?}");
+    for rec in p.fake_log() {
+        assert_eq!(rec["handover"], "resolved", "{rec}");
+    }
     for s in &svcs {
         let config = p
             .state_dir
@@ -104,10 +107,10 @@ fn twenty_services_start_as_marked_group_leaders_through_mirrord() {
             .join("mirrord.json")
             .display()
             .to_string();
+        // The config is handed over in MIRRORD_UP_RESOLVED_CONFIG, as real `mirrord up` does;
+        // mirrord.json is still written for inspection.
         let expected = vec![
             "exec".to_owned(),
-            "-f".to_owned(),
-            config.clone(),
             "--".to_owned(),
             "sleep".to_owned(),
             "1000".to_owned(),

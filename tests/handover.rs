@@ -287,3 +287,130 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Runs one service through `mirrord-up up -d` with the fake, with `shell` in the invoking
+/// environment; returns the fake's exec record, the service's environment (from
+/// `/proc/<pid>/environ`) and mirrord-up's stderr.
+fn one_service(
+    shell: &[(&str, &str)],
+) -> (Value, std::collections::HashMap<String, String>, String) {
+    let p = common::Project::new("handover");
+    p.write_yaml(&common::yaml(&[common::service("svc", common::SLEEP, &[])]));
+    let mut cmd = p.command(&["up", "-d"]);
+    for (k, v) in shell {
+        cmd.env(k, v);
+    }
+    let out = common::Running::start(cmd, "up -d".into()).wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    let pid = p.pids()["svc"];
+    wait_until("the fake logged the exec", Duration::from_secs(20), || {
+        p.fake_log().iter().any(|r| r.get("argv").is_some())
+    });
+    let rec = p
+        .fake_log()
+        .into_iter()
+        .find(|r| r.get("argv").is_some())
+        .expect("exec record");
+    let env = common::environ(pid).expect("service environment");
+    p.ok(&["down"]);
+    (rec, env, out.stderr)
+}
+
+/// Issue 10 item 2 and 3: behaviour variables of the shell reach the service, configuration
+/// variables do not change its configuration, with the hand-over (mirrord 3.250.0).
+#[test]
+fn behaviour_variables_pass_and_configuration_variables_do_not_with_the_handover() {
+    let shell = [
+        ("MIRRORD_CI_API_KEY", "ci-key"),
+        ("MIRRORD_CHECK_VERSION", "false"),
+        ("MIRRORD_LOG", "warn"),
+        ("MIRRORD_AGENT_NAMESPACE", "leak"),
+        ("MIRRORD_TELEMETRY", "false"),
+        ("MIRRORD_KEY", "shell-key"),
+        ("MIRRORD_RESOLVED_CONFIG", "stale"),
+        ("MIRRORD_SOMETHING_NEW", "x"),
+    ];
+    let (rec, env, stderr) = one_service(&shell);
+    assert_eq!(rec["handover"], "resolved", "{rec}");
+    assert_eq!(
+        rec["argv"],
+        serde_json::json!(["exec", "--", "sleep", "1000"])
+    );
+    assert_eq!(rec["agent_namespace"], Value::Null, "{rec}");
+    assert_eq!(rec["telemetry"], Value::Null, "{rec}");
+    assert_eq!(
+        rec["key"],
+        serde_json::json!({"Provided": "tester"}),
+        "{rec}"
+    );
+    let seen = &rec["mirrord_env"];
+    for (k, v) in [
+        ("MIRRORD_CI_API_KEY", "ci-key"),
+        ("MIRRORD_CHECK_VERSION", "false"),
+        ("MIRRORD_LOG", "warn"),
+        ("MIRRORD_PROGRESS_MODE", "simple"),
+    ] {
+        assert_eq!(seen[k], v, "{k} reaches mirrord: {rec}");
+        if k != "MIRRORD_PROGRESS_MODE" {
+            assert_eq!(
+                env.get(k).map(String::as_str),
+                Some(v),
+                "{k} reaches the app"
+            );
+        }
+    }
+    for k in [
+        "MIRRORD_AGENT_NAMESPACE",
+        "MIRRORD_TELEMETRY",
+        "MIRRORD_KEY",
+        "MIRRORD_SOMETHING_NEW",
+    ] {
+        assert!(seen.get(k).is_none(), "{k} must not reach mirrord: {rec}");
+        assert!(!env.contains_key(k), "{k} must not reach the app");
+    }
+    let correlation = seen["MIRRORD_UP_CORRELATION_ID"]
+        .as_str()
+        .expect("correlation id");
+    assert_eq!(correlation.len(), 36, "{correlation}");
+    // The app's MIRRORD_RESOLVED_CONFIG is the one the fake decoded, not the shell's.
+    assert_ne!(
+        env.get("MIRRORD_RESOLVED_CONFIG").map(String::as_str),
+        Some("stale")
+    );
+    assert!(
+        !stderr.contains("MIRRORD_CLI_STRICT_ENV"),
+        "no fallback notice: {stderr}"
+    );
+}
+
+/// The same with a mirrord version whose config shape is not verified: `-f` with strict env,
+/// one line saying what is lost.
+#[test]
+fn an_unverified_version_falls_back_to_the_file_with_strict_env() {
+    let shell = [
+        ("FAKE_MIRRORD_VERSION", "9.9.9"),
+        ("MIRRORD_CI_API_KEY", "ci-key"),
+        ("MIRRORD_CHECK_VERSION", "false"),
+        ("MIRRORD_AGENT_NAMESPACE", "leak"),
+    ];
+    let (rec, env, stderr) = one_service(&shell);
+    assert_eq!(rec["handover"], "file", "{rec}");
+    let argv: Vec<String> = serde_json::from_value(rec["argv"].clone()).expect("argv");
+    assert_eq!(&argv[..2], ["exec", "-f"], "{argv:?}");
+    assert_eq!(rec["agent_namespace"], Value::Null, "{rec}");
+    let seen = &rec["mirrord_env"];
+    assert_eq!(seen["MIRRORD_CLI_STRICT_ENV"], "true", "{rec}");
+    assert_eq!(seen["MIRRORD_CI_API_KEY"], "ci-key");
+    assert_eq!(seen["MIRRORD_CHECK_VERSION"], "false");
+    assert!(seen.get("MIRRORD_AGENT_NAMESPACE").is_none(), "{rec}");
+    assert_eq!(
+        env.get("MIRRORD_CI_API_KEY").map(String::as_str),
+        Some("ci-key")
+    );
+    let notices: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("automatic queue splitting is off"))
+        .collect();
+    assert_eq!(notices.len(), 1, "one line about the fallback: {stderr}");
+    assert!(notices[0].contains("9.9.9"), "{stderr}");
+}

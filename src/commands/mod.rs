@@ -128,6 +128,7 @@ impl Context {
     }
 
     pub fn load(&self) -> Result<UpDocument> {
+        crate::handover::set_key_provided(self.global.key.is_some());
         Ok(UpDocument::load(
             &self.global.file,
             self.global.key.as_deref(),

@@ -307,7 +307,8 @@ pub struct SpawnRequest {
     pub stderr: PathBuf,
     pub nonce: String,
     /// `ci start` passes the user's `MIRRORD_*` variables on to `mirrord exec`, as real
-    /// `mirrord ci` does; services from the YAML never get them.
+    /// `mirrord ci` does; services from the YAML get only the behaviour ones
+    /// (`handover::BEHAVIOUR_VARS`).
     pub keep_mirrord_env: bool,
 }
 
@@ -328,8 +329,9 @@ impl Spawned {
 }
 
 /// Spawns `req` in a new session (so its own process group), stdin `/dev/null`, output
-/// appended to its files, with every inherited `MIRRORD_*` variable removed (they would change
-/// what mirrord does behind the generated config) and `req.env` added.
+/// appended to its files, without the inherited `MIRRORD_*` variables that would change the
+/// configuration behind the generated one (`handover::inherited`; all of them pass with
+/// `keep_mirrord_env`), and with `req.env` added.
 pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> {
     use std::os::unix::ffi::OsStrExt;
     let stdout: std::os::fd::OwnedFd = open_append(&req.stdout)?.into();
@@ -339,7 +341,7 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> 
         open_append(&req.stderr)?.into()
     };
     let mut env: BTreeMap<Vec<u8>, Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| req.keep_mirrord_env || !k.as_bytes().starts_with(b"MIRRORD_"))
+        .filter(|(k, _)| req.keep_mirrord_env || crate::handover::inherited(k.as_bytes()))
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
     for (k, v) in &req.env {
