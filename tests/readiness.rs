@@ -168,10 +168,64 @@ fn up_detach_names_each_failed_service_with_mirrords_cause() {
         table.stdout.lines().filter(|l| l.contains(CAUSE)).count() == 2,
         "{table}"
     );
+    // The supervisor's log has the same cause.
+    let log = std::fs::read_to_string(p.state_dir.join("supervisor.log")).unwrap_or_default();
+    for s in ["api", "web"] {
+        assert!(
+            log.contains(&format!(
+                " {s}  failed: mirrord exited before Ready!: {CAUSE}"
+            )),
+            "{log}"
+        );
+    }
     // The first pass failed and left nothing to look after: no supervisor stays.
     let sup = supervisor_pid(&p);
     assert!(sup.is_none(), "a supervisor is still recorded: {sup:?}");
     assert!(p.marked().is_empty(), "{:?}", p.marked());
+}
+
+#[test]
+fn a_session_failing_before_ready_is_still_restarted_by_its_policy() {
+    let p = Project::new("failpolicy");
+    p.write_yaml(&yaml(&[service("api", SLEEP, &["restart: on-failure"])]));
+    let out = p
+        .command(&["up", "-d"])
+        .env("FAKE_MIRRORD_FAIL", "cluster")
+        .output()
+        .expect("run up -d");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "api failed to start: mirrord exited before Ready! (exit code 1): {CAUSE}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("api  restarting in 1s (restart 1 in a row)"),
+        "{stderr}"
+    );
+    // The supervisor stays for the back-off and tries again.
+    let sup = supervisor_pid(&p).expect("a supervisor stays for the back-off");
+    let mut row = Value::Null;
+    wait_until(
+        "a second attempt failed too and waits out its back-off",
+        Duration::from_secs(30),
+        || {
+            row = p.ps_map()["api"].clone();
+            row["restarts"].as_u64().unwrap_or(0) >= 2
+                && row["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("backoff"))
+        },
+    );
+    assert!(common::alive(sup));
+    assert!(
+        row["last_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(CAUSE)),
+        "{row}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
