@@ -339,10 +339,17 @@ pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
         return args;
     };
     // `ci start` takes mirrord's own flags (`-f` included) verbatim: hand clap a `--` so that
-    // it keeps them raw, and parse them in `commands::ci`.
+    // it keeps them raw, and parse them in `commands::ci`. Our own global options written
+    // among them move before the subcommand, where clap reads them.
     if args[sub] == "ci" && args.get(sub + 1).is_some_and(|a| a == "start") {
         let mut out = args;
-        out.insert(sub + 2, "--".into());
+        let rest = out.split_off(sub + 2);
+        let (ours, theirs) = split_ci_start(rest);
+        let tail = out.split_off(sub);
+        out.extend(ours);
+        out.extend(tail);
+        out.push("--".into());
+        out.extend(theirs);
         return out;
     }
     if args[sub] != "logs" {
@@ -358,6 +365,103 @@ pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
             }
         })
         .collect()
+}
+
+/// mirrord exec flags that take a value (compat §5.1; `mirrord exec --help` of 3.250.0).
+pub const MIRRORD_EXEC_VALUE_FLAGS: &[&str] = &[
+    "-t",
+    "--target",
+    "-n",
+    "--target-namespace",
+    "-a",
+    "--agent-namespace",
+    "-l",
+    "--agent-log-level",
+    "-i",
+    "--agent-image",
+    "--agent-ttl",
+    "--agent-startup-timeout",
+    "--fs-mode",
+    "-x",
+    "--override-env-vars-exclude",
+    "-s",
+    "--override-env-vars-include",
+    "--skip-processes",
+    "-f",
+    "--config-file",
+    "--context",
+    "--env-file",
+    "-k",
+    "--key",
+    "--environment",
+    "--pipeline",
+    "--triggered-by",
+];
+
+/// Our global options that `ci start` takes as ours wherever they are written before the
+/// command: those mirrord exec does not have. (`-f`, `-k/--key` and `--context` are mirrord
+/// exec's there, with the same meaning for the last two.)
+const CI_START_GLOBALS_WITH_VALUE: &[&str] = &[
+    "--file",
+    "-p",
+    "--project-name",
+    "--state-dir",
+    "--mirrord-bin",
+    "--launcher",
+];
+const CI_START_GLOBAL_FLAGS: &[&str] = &["--no-color", "-q", "--quiet", "--verbose"];
+
+/// Splits what follows `ci start` into our global options and the rest (`ci start`'s own
+/// options, mirrord exec's flags, the command), scanning up to `--` or the command.
+pub fn split_ci_start(
+    rest: Vec<std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Vec<std::ffi::OsString>) {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut up = false;
+    let mut it = rest.into_iter();
+    while let Some(arg) = it.next() {
+        let Some(a) = arg.to_str() else {
+            // Not UTF-8: not one of our options; the command (or a value) starts here.
+            theirs.push(arg);
+            break;
+        };
+        let name = a.split_once('=').map_or(a, |(n, _)| n);
+        if a == "--" {
+            theirs.push(arg);
+            break;
+        } else if CI_START_GLOBALS_WITH_VALUE.contains(&name) {
+            let inline = a.contains('=');
+            ours.push(arg);
+            if !inline && let Some(v) = it.next() {
+                ours.push(v);
+            }
+        } else if CI_START_GLOBAL_FLAGS.contains(&a)
+            || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'))
+        {
+            ours.push(arg);
+        } else if a == "--up" {
+            up = true;
+            theirs.push(arg);
+        } else if a.starts_with('-') {
+            let takes_value = !a.contains('=')
+                && (MIRRORD_EXEC_VALUE_FLAGS.contains(&a)
+                    || ["--name", "--wait-timeout"].contains(&a));
+            theirs.push(arg);
+            if takes_value && let Some(v) = it.next() {
+                theirs.push(v);
+            }
+        } else if up {
+            // `--up api web`: service names.
+            theirs.push(arg);
+        } else {
+            // The command: everything from here on is its own.
+            theirs.push(arg);
+            break;
+        }
+    }
+    theirs.extend(it);
+    (ours, theirs)
 }
 
 /// Index of the subcommand word, skipping global options (and the values of those that take one).
@@ -390,4 +494,56 @@ pub fn subcommand_index(args: &[std::ffi::OsString]) -> Option<usize> {
         };
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(s: &str) -> String {
+        let args: Vec<std::ffi::OsString> = s.split(' ').map(Into::into).collect();
+        rewrite_args(args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn our_global_options_after_ci_start_are_ours() {
+        assert_eq!(
+            rewrite(
+                "mirrord-up ci start --mirrord-bin /m --state-dir /s -p proj -t deployment/api -f cfg.json --name api -q -vv --launcher=local -- sh -c x"
+            ),
+            "mirrord-up --mirrord-bin /m --state-dir /s -p proj -q -vv --launcher=local ci start -- -t deployment/api -f cfg.json --name api -- sh -c x"
+        );
+    }
+
+    #[test]
+    fn mirrords_own_flags_and_the_command_are_left_alone() {
+        // `-f`, `-k` and `--context` are mirrord exec's; after the command, nothing is ours.
+        assert_eq!(
+            rewrite(
+                "mirrord-up -f up.yaml ci start -f m.json -k key --context c node app.js --state-dir x"
+            ),
+            "mirrord-up -f up.yaml ci start -- -f m.json -k key --context c node app.js --state-dir x"
+        );
+        assert_eq!(
+            rewrite("mirrord-up ci start -- node --state-dir x"),
+            "mirrord-up ci start -- -- node --state-dir x"
+        );
+        // A value that looks like one of our options is a value.
+        assert_eq!(
+            rewrite("mirrord-up ci start --name --state-dir -- true"),
+            "mirrord-up ci start -- --name --state-dir -- true"
+        );
+    }
+
+    #[test]
+    fn up_service_names_do_not_end_the_scan() {
+        assert_eq!(
+            rewrite("mirrord-up ci start --up api web --state-dir /s --wait"),
+            "mirrord-up --state-dir /s ci start -- --up api web --wait"
+        );
+    }
 }

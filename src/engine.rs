@@ -89,7 +89,7 @@ pub struct LineReporter {
 impl Reporter for LineReporter {
     fn event(&mut self, service: &str, what: &str) {
         if !self.quiet {
-            eprintln!("{service:<w$}  {what}", w = self.width);
+            crate::supervisor::line_to_stderr(&format!("{service:<w$}  {what}", w = self.width));
         }
     }
 }

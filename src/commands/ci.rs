@@ -49,35 +49,7 @@ pub struct StartArgs {
 
 /// mirrord exec flags that take a value (compat §5.1), so that `ci start -t x node app.js`
 /// finds the command without a `--`.
-const VALUE_FLAGS: &[&str] = &[
-    "-t",
-    "--target",
-    "-n",
-    "--target-namespace",
-    "-a",
-    "--agent-namespace",
-    "-l",
-    "--agent-log-level",
-    "-i",
-    "--agent-image",
-    "--agent-ttl",
-    "--agent-startup-timeout",
-    "--fs-mode",
-    "-x",
-    "--override-env-vars-exclude",
-    "-s",
-    "--override-env-vars-include",
-    "--skip-processes",
-    "-f",
-    "--config-file",
-    "--context",
-    "--env-file",
-    "-k",
-    "--key",
-    "--environment",
-    "--pipeline",
-    "--triggered-by",
-];
+const VALUE_FLAGS: &[&str] = crate::cli::MIRRORD_EXEC_VALUE_FLAGS;
 
 pub fn parse_start(raw: &[String]) -> Result<StartArgs> {
     let mut a = StartArgs::default();
@@ -183,6 +155,13 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     env.insert(ENV_PROJECT.to_owned(), store.project.clone());
     env.insert(ENV_STATE.to_owned(), store.dir.display().to_string());
     env.insert(ENV_INSTANCE.to_owned(), nonce.clone());
+    if ctx.global.launcher == LauncherKind::Mirrord && !a.foreground {
+        let user = std::env::var("MIRRORD_PROGRESS_MODE").ok();
+        env.insert(
+            "MIRRORD_PROGRESS_MODE".to_owned(),
+            progress_mode(user.as_deref()).to_owned(),
+        );
+    }
 
     if a.foreground {
         // Attached, like `mirrord exec`: this process becomes the session, and its exit code
@@ -218,8 +197,6 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
             .expect("unbounded"),
     };
     env.insert(ENV_SERVICE.to_owned(), name.clone());
-    // Real mirrord prints `Ready!` on a pipe only in `simple`/`json` mode (runtime.md §1.1).
-    env.insert("MIRRORD_PROGRESS_MODE".to_owned(), "simple".to_owned());
     let req = SpawnRequest {
         program: launcher_program.clone(),
         args: launcher_args.clone(),
@@ -286,14 +263,13 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     let ready_timeout = Duration::from_secs_f64(a.wait_timeout.unwrap_or(60.0));
     let needs_ready = a.wait || ctx.global.launcher == LauncherKind::Mirrord;
     let deadline = Instant::now() + ready_timeout;
-    let ready_re = regex::Regex::new(&format!("^{}$", regex::escape(READY_LINE)))?;
-    let probe = crate::readiness::Probe::Line(ready_re);
+    let stdout = out_dir.join("stdout");
+    let stderr = out_dir.join("stderr");
+    let mut watch = crate::readiness::ReadyWatch::new(&stdout, 0);
     let mut pause = Duration::from_millis(1);
-    let settle = Duration::from_millis(200);
     let mut ready_at: Option<Instant> = None;
     loop {
         if let Some(status) = child.try_wait() {
-            let tail = tail_of(&out_dir.join("stderr"), 10);
             let (how, code) = match status {
                 process::ExitKind::Code(c) => (format!("exit code {c}"), Some(c)),
                 process::ExitKind::Signal(s) => (format!("signal {}", s as i32), None),
@@ -305,45 +281,79 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
                 nix::sys::signal::Signal::SIGTERM,
                 crate::spec::DEFAULT_STOP_TIMEOUT,
             );
-            record_exit(ctx, &name, code)?;
+            let ready = ready_at.is_some() || watch.poll();
+            let errors = crate::readiness::read_from(&stderr, 0);
+            // Before `Ready!` only mirrord wrote: its report's cause (not its help text). After
+            // it the application did: its last lines, unless mirrord itself reported (execve).
+            let cause = if ready || ctx.global.launcher == LauncherKind::Local {
+                crate::report::graphical_cause(&errors)
+            } else {
+                crate::report::cause(&errors)
+            };
+            let when = if ready || ctx.global.launcher == LauncherKind::Local {
+                "exited right away"
+            } else {
+                "failed before Ready!"
+            };
+            let reason = match &cause {
+                Some(c) => format!("{when} ({how}): {c}"),
+                None => format!("{when} ({how})"),
+            };
+            record_exit(ctx, &name, code, &reason)?;
+            let tail = tail_of(&stderr, 10);
+            let more = if cause.is_some() || tail.is_empty() {
+                String::new()
+            } else {
+                format!("\nlast lines of stderr:\n{tail}")
+            };
             bail!(
-                "session `{name}` exited right away ({how}); output in {}{}",
+                "session `{name}` {reason}\noutput in {}{more}",
                 out_dir.display(),
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!("\nlast lines of stderr:\n{tail}")
-                }
             );
         }
         let now = Instant::now();
-        if ready_at.is_none() && (!needs_ready || probe.check(&out_dir.join("stdout"), 0)) {
+        if ready_at.is_none() && (!needs_ready || watch.poll()) {
             ready_at = Some(now);
         }
-        if ready_at.is_some_and(|t| now.duration_since(t) >= settle) {
+        if ready_at.is_some_and(|t| now.duration_since(t) >= SETTLE) {
             return Ok(ExitCode::SUCCESS);
         }
         if ready_at.is_none() && now >= deadline {
-            if a.wait {
-                bail!(
-                    "session `{name}` not ready after {}s (no `{READY_LINE}` line in {}); it keeps running, stop it with `mirrord-up ci stop {name}`",
-                    ready_timeout.as_secs_f64(),
-                    out_dir.join("stdout").display()
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
+            // Not ready is not started: the step fails (the session keeps running, in case it
+            // is only slow; `ci stop` ends it).
+            bail!(
+                "session `{name}` not ready after {}s (no `{READY_LINE}` line in {}); it keeps running, stop it with `mirrord-up ci stop {name}`",
+                ready_timeout.as_secs_f64(),
+                stdout.display()
+            );
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
 
-fn record_exit(ctx: &Context, name: &str, code: Option<i32>) -> Result<()> {
+/// After `Ready!`, how long `ci start` still watches for an application that dies at once.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// The progress mode for a `ci start` session: `Ready!` is printed only in the `simple` (or
+/// `dumb`, the same) and `json` modes, and nothing at all on a pipe otherwise (runtime §1.1).
+/// One of those set by the user stays (`json` output is understood); anything else becomes
+/// `simple`.
+pub fn progress_mode(user: Option<&str>) -> &'static str {
+    match user.map(str::trim) {
+        Some("json") => "json",
+        Some("dumb") => "dumb",
+        _ => "simple",
+    }
+}
+
+fn record_exit(ctx: &Context, name: &str, code: Option<i32>, reason: &str) -> Result<()> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
     let mut state = store.load(&lock)?;
     if let Some(rec) = state.services.get_mut(name) {
         rec.status = Status::Exited;
+        rec.last_reason = Some(reason.to_owned());
         rec.last_exit = Some(crate::state::ExitInfo {
             code,
             signal: None,

@@ -624,12 +624,12 @@ impl Reporter for SupervisorReporter {
                 crate::output::color_of(service),
                 self.color,
             );
-            eprintln!("{name}  {what}");
+            line_to_stderr(&format!("{name}  {what}"));
         } else {
-            eprintln!(
+            line_to_stderr(&format!(
                 "{} {service}  {what}",
                 humantime::format_rfc3339_millis(std::time::SystemTime::now())
-            );
+            ));
         }
         if let Some(c) = &mut self.client {
             control::send(
@@ -654,6 +654,16 @@ impl Reporter for SupervisorReporter {
             );
         }
     }
+}
+
+/// One line on stderr in one `write`: stderr is unbuffered, and `eprintln!` writes each piece
+/// of its format on its own, so that, in the foreground, a service's log line on stdout (the
+/// same terminal or pipe) could land in the middle of an event line.
+pub fn line_to_stderr(line: &str) {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&bytes);
 }
 
 impl SupervisorReporter {
