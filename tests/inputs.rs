@@ -342,10 +342,13 @@ fn example_state(p: &Project, edit: impl Fn(&mut Value)) {
     std::fs::write(p.state_file(), serde_json::to_vec(&state).unwrap()).expect("write state");
 }
 
+/// A change to one state record.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn ps_shows_extreme_state_values_sanely() {
     let p = Project::new("oddstate");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "started_at_ms u64::MAX",
             Box::new(|r| r["started_at_ms"] = u64::MAX.into()),
@@ -429,6 +432,8 @@ fn ps_shows_extreme_state_values_sanely() {
         "the name is not escaped\n{out}"
     );
     assert!(!out.stdout.contains('\u{1b}'), "{out}");
+    // The project's clean-up runs `down --force`: leave it nothing recorded to act on.
+    std::fs::remove_file(p.state_file()).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,9 +496,8 @@ fn hostile_templates_are_bounded_in_check() {
 fn hostile_templates_cannot_take_the_supervisor_down() {
     let mut p = Project::new("hostilesup");
     p.globals = vec!["--launcher".into(), "local".into()];
-    let good =
-        format!("services:\n  api:\n    target: none\n    run: {{command: [sleep, \"1000\"]}}\n");
-    p.write_yaml(&good);
+    let good = "services:\n  api:\n    target: none\n    run: {command: [sleep, \"1000\"]}\n";
+    p.write_yaml(good);
     p.ok(&["up", "-d"]);
     let before = p.pids();
     let api = before["api"];
@@ -511,7 +515,7 @@ fn hostile_templates_cannot_take_the_supervisor_down() {
         );
         assert_eq!(p.pids()["api"], api, "{case}: the service was touched");
         // Back to the good file: the error clears (the supervisor still answers).
-        p.write_yaml(&good);
+        p.write_yaml(good);
         wait_until(
             &format!("{case}: the error clears"),
             Duration::from_secs(60),
