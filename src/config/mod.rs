@@ -166,6 +166,33 @@ fn located(
     out
 }
 
+/// Where the key of service `name` is written: by the indentation scan, or, for a quoted key
+/// holding escapes (`"a\nb":`), the first line whose quoted key reads as `name`.
+fn name_location(text: &str, name: &str) -> Option<Location> {
+    let found = locate::locate(text, &["services", name]);
+    let on_its_line = found
+        .and_then(|l| text.lines().nth(l.line - 1))
+        .is_some_and(|line| !name.is_empty() && line.contains(name));
+    if on_its_line {
+        return found;
+    }
+    text.lines()
+        .enumerate()
+        .find_map(|(i, line)| {
+            let key = line.trim_start();
+            let (quoted, _) = key.rsplit_once(':')?;
+            let quoted = quoted.trim_end();
+            if !(quoted.starts_with('"') || quoted.starts_with('\'')) {
+                return None;
+            }
+            (serde_yaml::from_str::<String>(quoted).ok()? == name).then_some(Location {
+                line: i + 1,
+                column: line.len() - key.len() + 1,
+            })
+        })
+        .or(found)
+}
+
 /// A message may span lines (Tera's chains do): keep the line breaks, escape the rest.
 fn escape_lines(message: &str) -> String {
     message
@@ -359,7 +386,7 @@ impl UpDocument {
         for name in services.keys() {
             if let Err(why) = check_name(name) {
                 // The key path holds the name only once it is known to be printable.
-                let location = locate::locate(&self.rendered, &["services", name]);
+                let location = name_location(&self.rendered, name);
                 return Err(ConfigError::Invalid {
                     path: self.path.clone(),
                     key_path: "services".into(),
