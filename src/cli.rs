@@ -120,7 +120,7 @@ pub enum Command {
     )]
     Down {
         /// Seconds to wait after the stop signal before SIGKILL (default: each service's stop_timeout).
-        #[arg(short, long, value_name = "SECS")]
+        #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
         timeout: Option<f64>,
         /// Also stop processes of this project that the state does not record (found by the
         /// MIRRORD_UP_* markers), and go on past a corrupt state file.
@@ -252,7 +252,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_secs)]
     pub wait_timeout: f64,
     /// Stop everything when any service exits (real `mirrord up` behaviour).
     #[arg(long)]
@@ -264,7 +264,7 @@ pub struct ServiceControlArgs {
     /// Services to act on (default: every service of the project).
     pub services: Vec<String>,
     /// Seconds between the stop signal and SIGKILL (default: each service's stop_timeout).
-    #[arg(short, long, value_name = "SECS")]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<f64>,
 }
 
@@ -285,7 +285,7 @@ pub enum CiCommand {
     Stop {
         names: Vec<String>,
         /// Seconds between the stop signal and SIGKILL (default 10).
-        #[arg(short, long, value_name = "SECS")]
+        #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
         timeout: Option<f64>,
     },
     /// As `ps -a`: services and CI sessions of the project.
@@ -294,6 +294,41 @@ pub enum CiCommand {
         #[arg(long, value_enum, default_value_t)]
         format: TableFormat,
     },
+}
+
+/// The longest duration any option or variable takes: 24 hours.
+pub const MAX_SECS: f64 = 86_400.0;
+
+/// Seconds, as the time options (`-t`, `--wait-timeout`) and `MIRRORD_UP_LOCK_TIMEOUT` take
+/// them: a decimal number from 0 to 86400 (24 h). `inf`, `NaN`, negative and larger values are
+/// refused here rather than overflowing a `Duration` later.
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    let range = "a number of seconds from 0 to 86400 (24 h)";
+    let shown = crate::config::names::excerpt(s, 40);
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not {range}", crate::config::escape(&shown)))?;
+    if !v.is_finite() || !(0.0..=MAX_SECS).contains(&v) {
+        return Err(format!(
+            "`{}` is out of range: expected {range}",
+            crate::config::escape(&shown)
+        ));
+    }
+    Ok(v)
+}
+
+/// `MIRRORD_UP_LOCK_TIMEOUT`, checked before any command runs (unset or empty: 60 s).
+pub fn lock_timeout_env() -> Result<Option<f64>, String> {
+    match std::env::var("MIRRORD_UP_LOCK_TIMEOUT") {
+        Ok(v) if !v.is_empty() => parse_secs(&v)
+            .map(Some)
+            .map_err(|e| format!("MIRRORD_UP_LOCK_TIMEOUT: {e}")),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("MIRRORD_UP_LOCK_TIMEOUT: not a number of seconds (not UTF-8)".into())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -461,7 +461,9 @@ impl<'a> Engine<'a> {
                 .and_modify(|old| {
                     *old = ServiceRecord {
                         // A record that ran before: this start is a restart.
-                        restarts: old.restarts + u32::from(old.started_at_ms.is_some()),
+                        restarts: old
+                            .restarts
+                            .saturating_add(u32::from(old.started_at_ms.is_some())),
                         last_exit: old.last_exit.take(),
                         crash_streak: old.crash_streak,
                         ..fresh.clone()

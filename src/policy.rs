@@ -45,7 +45,7 @@ pub fn on_exit(
     }
     Decision::Backoff {
         delay: backoff(streak),
-        streak: streak + 1,
+        streak: streak.saturating_add(1),
     }
 }
 
@@ -62,6 +62,18 @@ mod tests {
     use super::*;
 
     const SHORT: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_streak_read_from_the_state_cannot_overflow() {
+        let d = on_exit(RestartPolicy::Always, None, true, SHORT, u32::MAX);
+        assert_eq!(
+            d,
+            Decision::Backoff {
+                delay: BACKOFF_MAX,
+                streak: u32::MAX
+            }
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_to_thirty() {

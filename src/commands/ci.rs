@@ -81,9 +81,8 @@ pub fn parse_start(raw: &[String]) -> Result<StartArgs> {
             "--wait" => a.wait = true,
             "--wait-timeout" => {
                 a.wait_timeout = Some(
-                    value("--wait-timeout", &mut it)?
-                        .parse()
-                        .context("`--wait-timeout` takes a number of seconds")?,
+                    crate::cli::parse_secs(&value("--wait-timeout", &mut it)?)
+                        .map_err(|e| anyhow::anyhow!("`--wait-timeout`: {e}"))?,
                 )
             }
             "--up" => a.up = Some(Vec::new()),
@@ -110,6 +109,9 @@ pub fn parse_start(raw: &[String]) -> Result<StartArgs> {
                 break;
             }
         }
+    }
+    if let Some(n) = &a.name {
+        crate::config::check_name(n).map_err(|e| anyhow::anyhow!("`--name`: {e}"))?;
     }
     if a.up.is_none() && a.command.is_empty() {
         bail!("`ci start` needs a command: mirrord-up ci start [FLAGS…] -- <command>…");

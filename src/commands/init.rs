@@ -326,7 +326,7 @@ fn check_service_name(input: &str, taken: &[String]) -> Result<(), String> {
     } else if taken.iter().any(|t| t == name) {
         Err("a service with that name already exists".into())
     } else {
-        Ok(())
+        crate::config::check_name(name)
     }
 }
 
@@ -381,8 +381,12 @@ fn parse_ports(input: &str) -> Result<BTreeSet<u16>, String> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| {
-            p.parse::<u16>()
-                .map_err(|_| format!("`{p}` is not a valid u16 port"))
+            match p.parse::<u16>() {
+                // mirrord's own message for what is not a u16.
+                Err(_) => Err(format!("`{p}` is not a valid u16 port")),
+                Ok(0) => Err("`0` is not a port mirrord-up accepts (1 to 65535)".into()),
+                Ok(port) => Ok(port),
+            }
         })
         .collect()
 }
@@ -598,7 +602,8 @@ services:
             operator: Some(false),
             telemetry: Some(false),
             services: vec![
-                ("odd: name #1".into(), odd),
+                // A name that YAML reads as a number unless quoted.
+                ("0123".into(), odd),
                 ("true".into(), replace),
                 (
                     "inferred".into(),
@@ -721,6 +726,8 @@ services:
             parse_ports("80,70000").unwrap_err(),
             "`70000` is not a valid u16 port"
         );
+        assert!(parse_ports("0").is_err());
+        assert!(check_service_name("a/b", &taken).is_err());
     }
 
     #[test]

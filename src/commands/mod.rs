@@ -36,6 +36,14 @@ pub fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
+    // The template renderer (`config::template`): no clap, no logging, nothing but the render.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            crate::config::template::RENDER_SUBCOMMAND,
+        ))
+    {
+        return crate::config::template::child_main();
+    }
     // A shell's completion script calling back (`COMPLETE=bash mirrord-up -- …`): answer, exit.
     completions::answer_if_asked();
     let args = crate::cli::rewrite_args(std::env::args_os().collect());
@@ -45,6 +53,13 @@ pub fn main() -> ExitCode {
         .unwrap_or_else(|e| e.exit());
     init_tracing(cli.global.verbose);
     let ctx = Context::new(cli.global);
+    if let Err(e) = crate::cli::lock_timeout_env() {
+        eprintln!(
+            "{} {e}",
+            crate::output::paint("error:", 31, ctx.stderr_color())
+        );
+        return ExitCode::from(1);
+    }
     match run(&ctx, cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -267,10 +282,10 @@ impl Context {
 
     /// How long a mutating command waits for `state.lock` (`MIRRORD_UP_LOCK_TIMEOUT` seconds).
     pub fn lock_timeout(&self) -> std::time::Duration {
-        std::env::var("MIRRORD_UP_LOCK_TIMEOUT")
+        crate::cli::lock_timeout_env()
             .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .map(std::time::Duration::from_secs_f64)
+            .flatten()
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
             .unwrap_or(std::time::Duration::from_secs(60))
     }
 

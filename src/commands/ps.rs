@@ -17,11 +17,11 @@ pub fn status_of(rec: &ServiceRecord) -> String {
     let live = liveness(rec);
     match (rec.status, live) {
         (Status::Failed, _) => "failed".into(),
-        (Status::Backoff, _) => match rec.backoff_until_ms {
-            Some(t) if t > now_ms() => format!(
-                "backoff (restart in {:.1}s)",
-                (t - now_ms()) as f64 / 1000.0
-            ),
+        (Status::Backoff, _) => match rec.backoff_until_ms.map(|t| t.saturating_sub(now_ms())) {
+            Some(left) if left > 86_400_000 => "backoff (restart in more than a day)".into(),
+            Some(left) if left > 0 => {
+                format!("backoff (restart in {:.1}s)", left as f64 / 1000.0)
+            }
             _ => "backoff (restart due)".into(),
         },
         (Status::Stopped, Liveness::Exited | Liveness::Recycled) => "stopped".into(),
@@ -45,7 +45,7 @@ pub fn row(name: &str, rec: &ServiceRecord) -> Value {
         "pid": if running { rec.process.as_ref().map(|p| p.pid) } else { None },
         "pgid": if running { rec.process.as_ref().map(|p| p.pgid) } else { None },
         "uptime_s": if running { rec.started_at_ms.map(|t| now.saturating_sub(t) / 1000) } else { None },
-        "started_at": rec.started_at_ms.map(|t| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(t)).to_string()),
+        "started_at": rec.started_at_ms.and_then(rfc3339),
         "restarts": rec.restarts,
         "last_exit": rec.last_exit,
         "last_exit_text": rec.last_exit.as_ref().map(crate::state::ExitInfo::describe),
@@ -56,6 +56,14 @@ pub fn row(name: &str, rec: &ServiceRecord) -> Value {
         "output_dir": rec.output_dir,
         "backoff_until_ms": rec.backoff_until_ms,
     })
+}
+
+/// A recorded time as RFC 3339, or nothing when it is not one `humantime` can write (after the
+/// year 9999, as a hand-edited or corrupt state may say).
+fn rfc3339(ms: u64) -> Option<String> {
+    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))?;
+    // humantime formats years up to 9999 only.
+    (ms <= 253_402_300_799_999).then(|| humantime::format_rfc3339_millis(t).to_string())
 }
 
 pub fn run(ctx: &Context, format: TableFormat, all: bool) -> Result<ExitCode> {
@@ -102,7 +110,7 @@ pub fn run(ctx: &Context, format: TableFormat, all: bool) -> Result<ExitCode> {
             if let Some(err) = state.as_ref().and_then(|s| s.last_reload_error.as_ref()) {
                 eprintln!(
                     "last reload failed (the running services kept their config):\n{}",
-                    err.message
+                    crate::config::names::excerpt(&err.message, 4096)
                 );
             }
             print_table(&rows);
@@ -132,7 +140,7 @@ fn print_table(rows: &[Value]) {
                 v => v.to_string(),
             };
             vec![
-                s("name"),
+                crate::config::escape(&s("name")).into_owned(),
                 s("status"),
                 s("pid"),
                 r["uptime_s"]
@@ -142,20 +150,22 @@ fn print_table(rows: &[Value]) {
                     })
                     .unwrap_or_else(|| "-".into()),
                 s("restarts"),
-                s("last_exit_text"),
+                crate::config::escape(&s("last_exit_text")).into_owned(),
                 r["config_hash"]
                     .as_str()
-                    .map(|h| h[..12.min(h.len())].to_owned())
+                    .map(|h| {
+                        crate::config::escape(&h.chars().take(12).collect::<String>()).into_owned()
+                    })
                     .unwrap_or_default(),
                 s("launcher"),
-                s("last_reason"),
+                crate::config::escape(&s("last_reason")).into_owned(),
             ]
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let line = |row: Vec<&str>| {

@@ -3,6 +3,7 @@
 
 pub mod locate;
 pub mod model;
+pub mod names;
 pub mod target;
 pub mod template;
 
@@ -12,6 +13,15 @@ use std::path::{Path, PathBuf};
 
 pub use locate::Location;
 pub use model::*;
+pub use names::{check_name, escape};
+
+/// The largest `mirrord-up.yaml` read, before and after templating, and the largest `env_file`
+/// or `config` file (1 MiB): a bigger file is refused rather than parsed into memory.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// How much of a message or of a source line an error shows.
+const MAX_MESSAGE_BYTES: usize = 1024;
+const MAX_SNIPPET_CHARS: usize = 120;
 pub use target::{TargetConfig, TargetPath};
 
 /// Everything that can be wrong with the file, each naming the file and, where it can, the place.
@@ -22,6 +32,11 @@ pub enum ConfigError {
         path.display()
     )]
     NotFound { path: PathBuf },
+    #[error(
+        "{}: the file is {size} bytes, more than the {} bytes (1 MiB) mirrord-up reads",
+        path.display(), MAX_FILE_BYTES
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{}: cannot read: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -82,7 +97,7 @@ pub enum ConfigError {
         location: Option<Location>,
         snippet: Option<String>,
     },
-    #[error("{}: unknown service(s): {}\n  Available services: {}", path.display(), unknown.join(", "), available.join(", "))]
+    #[error("{}: unknown service(s): {}\n  Available services: {}", path.display(), escaped(unknown), escaped(available))]
     UnknownServices {
         path: PathBuf,
         unknown: Vec<String>,
@@ -121,6 +136,16 @@ fn inference_lines(path: &Path, failures: &[(String, String)]) -> String {
     }
 }
 
+fn escaped(names: &[String]) -> String {
+    let shown: Vec<_> = names.iter().take(50).map(|n| escape(n)).collect();
+    let more = names.len().saturating_sub(shown.len());
+    let mut out = shown.join(", ");
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
 fn located(
     path: &Path,
     what: &str,
@@ -131,10 +156,10 @@ fn located(
 ) -> String {
     let mut out = format!("{what}: ");
     if !key_path.is_empty() {
-        out.push_str(key_path);
+        out.push_str(&escape(key_path));
         out.push_str(": ");
     }
-    out.push_str(message);
+    out.push_str(&escape_lines(&names::excerpt(message, MAX_MESSAGE_BYTES)));
     if let Some(loc) = location {
         if !message.contains(" at line ") {
             out.push_str(&format!(" at {loc}"));
@@ -146,17 +171,85 @@ fn located(
             loc.column
         ));
         if let Some(line) = snippet {
+            let (line, caret) = window(line, loc.column.saturating_sub(1));
             let n = loc.line.to_string();
             let pad = " ".repeat(n.len());
             out.push_str(&format!(
                 "\n{pad} |\n{n} | {line}\n{pad} | {}^",
-                " ".repeat(loc.column.saturating_sub(1))
+                " ".repeat(caret)
             ));
         }
     } else {
         out.push_str(&format!("\n --> {}", path.display()));
     }
     out
+}
+
+/// Where the key of service `name` is written: by the indentation scan, or, for a quoted key
+/// holding escapes (`"a\nb":`), the first line whose quoted key reads as `name`.
+fn name_location(text: &str, name: &str) -> Option<Location> {
+    let found = locate::locate(text, &["services", name]);
+    let on_its_line = found
+        .and_then(|l| text.lines().nth(l.line - 1))
+        .is_some_and(|line| !name.is_empty() && line.contains(name));
+    if on_its_line {
+        return found;
+    }
+    text.lines()
+        .enumerate()
+        .find_map(|(i, line)| {
+            let key = line.trim_start();
+            let (quoted, _) = key.rsplit_once(':')?;
+            let quoted = quoted.trim_end();
+            if !(quoted.starts_with('"') || quoted.starts_with('\'')) {
+                return None;
+            }
+            (serde_yaml::from_str::<String>(quoted).ok()? == name).then_some(Location {
+                line: i + 1,
+                column: line.len() - key.len() + 1,
+            })
+        })
+        .or(found)
+}
+
+/// A message may span lines (Tera's chains do): keep the line breaks, escape the rest.
+fn escape_lines(message: &str) -> String {
+    message
+        .split('\n')
+        .map(|l| names::escape_cut(l, MAX_MESSAGE_BYTES).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// At most `MAX_SNIPPET_CHARS` characters of `line` around the (0-based, byte) `column`, escaped,
+/// and where the caret goes under it.
+fn window(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let at = chars.iter().take_while(|(i, _)| *i < column).count();
+    let start = at.saturating_sub(MAX_SNIPPET_CHARS / 2);
+    let end = (start + MAX_SNIPPET_CHARS).min(chars.len());
+    let clean = |c: char| !c.is_control() || c == '\t';
+    let mut out = String::new();
+    let mut caret = 0;
+    if start > 0 {
+        out.push('…');
+        caret += 1;
+    }
+    for (i, (_, c)) in chars[start..end].iter().enumerate() {
+        let shown: String = if clean(*c) {
+            c.to_string()
+        } else {
+            c.escape_default().collect()
+        };
+        if start + i < at {
+            caret += shown.chars().count();
+        }
+        out.push_str(&shown);
+    }
+    if end < chars.len() {
+        out.push('…');
+    }
+    (out, caret)
 }
 
 fn snippet(text: &str, loc: Option<Location>) -> Option<String> {
@@ -200,16 +293,29 @@ impl UpDocument {
     /// Reads, renders, parses and validates `path`.
     pub fn load(path: &Path, key: Option<&str>) -> Result<UpDocument, ConfigError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let source = match std::fs::read_to_string(&path) {
+        let source = match read_bounded(&path) {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::NotFound { path });
             }
-            Err(source) => return Err(ConfigError::Read { path, source }),
+            Err(ReadError::Io(source)) => return Err(ConfigError::Read { path, source }),
+            Err(ReadError::TooLarge(size)) => return Err(ConfigError::TooLarge { path, size }),
         };
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
         let key = session_key(key)?;
         Self::from_source(path, dir, &source, key)
+    }
+
+    /// Renders, parses and validates `source` as if read from `path` (the fuzz tests' door).
+    pub fn from_text(path: &Path, source: &str, key: &str) -> Result<UpDocument, ConfigError> {
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        if source.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size: source.len() as u64,
+            });
+        }
+        Self::from_source(path.to_owned(), dir, source, key.to_owned())
     }
 
     fn from_source(
@@ -296,7 +402,28 @@ impl UpDocument {
         if services.is_empty() {
             return Err(self.invalid(&["services"], "no services defined (`services` is empty)"));
         }
+        for name in services.keys() {
+            if let Err(why) = check_name(name) {
+                // The key path holds the name only once it is known to be printable.
+                let location = name_location(&self.rendered, name);
+                return Err(ConfigError::Invalid {
+                    path: self.path.clone(),
+                    key_path: "services".into(),
+                    message: why,
+                    snippet: snippet(&self.rendered, location),
+                    location,
+                });
+            }
+        }
         for (name, svc) in services {
+            if let Some(t) = svc.ready.as_ref().and_then(|r| r.timeout)
+                && t.0.is_zero()
+            {
+                return Err(self.invalid(
+                    &["services", name, "ready", "timeout"],
+                    "must be more than 0 (a duration from 1 ms to 24 h)",
+                ));
+            }
             for dep in svc.depends_on.0.keys() {
                 if !services.contains_key(dep) {
                     let known: Vec<&str> = services.keys().map(String::as_str).collect();
@@ -336,7 +463,7 @@ impl UpDocument {
         for (name, svc) in &self.file.services.0 {
             if let Some(rel) = &svc.env_file {
                 let p = self.dir.join(rel);
-                let text = std::fs::read_to_string(&p).map_err(|e| {
+                let text = read_bounded(&p).map_err(|e| {
                     self.invalid(
                         &["services", name, "env_file"],
                         format!("cannot read `{}`: {e}", p.display()),
@@ -352,7 +479,7 @@ impl UpDocument {
             }
             if let Some(rel) = &svc.config {
                 let p = self.dir.join(rel);
-                let text = std::fs::read_to_string(&p).map_err(|e| {
+                let text = read_bounded(&p).map_err(|e| {
                     self.invalid(
                         &["services", name, "config"],
                         format!("cannot read `{}`: {e}", p.display()),
@@ -401,6 +528,50 @@ impl UpDocument {
     pub fn names(&self) -> Vec<String> {
         self.file.services.0.keys().cloned().collect()
     }
+}
+
+/// Why a file could not be read whole.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(std::io::Error),
+    TooLarge(u64),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::TooLarge(n) => write!(
+                f,
+                "the file is {n} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) mirrord-up reads"
+            ),
+        }
+    }
+}
+
+/// Reads a UTF-8 file of at most `MAX_FILE_BYTES`, never holding more than one byte past it
+/// (a FIFO or `/dev/zero` included).
+pub fn read_bounded(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let size = std::fs::metadata(path)
+            .map(|m| m.len())
+            .ok()
+            .filter(|n| *n > MAX_FILE_BYTES)
+            .unwrap_or(bytes.len() as u64);
+        return Err(ReadError::TooLarge(size));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })
 }
 
 /// A dotenv file: `KEY=VALUE` lines, `export ` prefixes, `#` comments, optional quotes.

@@ -89,8 +89,9 @@ impl JsonSchema for Services {
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "The services, by name. Any string is a valid name; each name may appear once, and at least one service is required.",
+            "description": "The services, by name. A name is 1 to 63 characters: a letter or digit, then letters, digits, `_`, `.` or `-` (docker compose's rule; real mirrord accepts any key). Each name may appear once, and at least one service is required.",
             "type": "object",
+            "propertyNames": { "pattern": super::names::NAME_PATTERN },
             "additionalProperties": generator.subschema_for::<ServiceConfig>(),
             "minProperties": 1,
         })
@@ -125,8 +126,8 @@ pub struct ServiceConfig {
     /// Local ports whose incoming traffic is not mirrored or stolen (duplicates collapse).
     // A set to the code, but duplicates are accepted: no `uniqueItems`. `null` is the JSON of an
     // empty `ignore_ports:`, which the parser reads as an empty list.
-    #[serde(default)]
-    #[schemars(with = "Option<Vec<u16>>")]
+    #[serde(default, deserialize_with = "port_set")]
+    #[schemars(with = "Option<Vec<Port>>")]
     pub ignore_ports: BTreeSet<u16>,
     /// Not started unless named on the command line.
     #[serde(default)]
@@ -158,7 +159,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     #[schemars(extend("default" = "SIGTERM"))]
     pub stop_signal: Option<StopSignal>,
-    /// mirrord-up extension: how long to wait after `stop_signal` before SIGKILL.
+    /// mirrord-up extension: how long to wait after `stop_signal` before SIGKILL (0 to 24 h).
     #[serde(default)]
     #[schemars(extend("default" = 10))]
     pub stop_timeout: Option<Seconds>,
@@ -493,18 +494,14 @@ impl<'de> Deserialize<'de> for PortOrList {
                 f.write_str("a port or a list of ports")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortOrList, E> {
-                u16::try_from(v)
-                    .map(PortOrList::One)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &"u16"))
+                port_of(v.into(), de::Unexpected::Unsigned(v)).map(PortOrList::One)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortOrList, E> {
-                u16::try_from(v)
-                    .map(PortOrList::One)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &"u16"))
+                port_of(v.into(), de::Unexpected::Signed(v)).map(PortOrList::One)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PortOrList, A::Error> {
                 let mut out = Vec::new();
-                while let Some(p) = seq.next_element::<u16>()? {
+                while let Some(Port(p)) = seq.next_element()? {
                     out.push(p);
                 }
                 Ok(PortOrList::Many(out))
@@ -512,6 +509,62 @@ impl<'de> Deserialize<'de> for PortOrList {
         }
         deserializer.deserialize_any(V)
     }
+}
+
+/// A TCP port, 1 to 65535 (0 is "any port" to the kernel, never a port to listen on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Port(pub u16);
+
+const PORT_EXPECTED: &str = "a port from 1 to 65535";
+
+fn port_of<E: de::Error>(v: i128, unexpected: de::Unexpected) -> Result<u16, E> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| E::invalid_value(unexpected, &PORT_EXPECTED))
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Port;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(PORT_EXPECTED)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Port, E> {
+                port_of(v.into(), de::Unexpected::Unsigned(v)).map(Port)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Port, E> {
+                port_of(v.into(), de::Unexpected::Signed(v)).map(Port)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Port {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "integer", "format": "uint16", "minimum": 1, "maximum": 65535 })
+    }
+}
+
+/// `ignore_ports`: a list of ports (an empty `ignore_ports:` is no port).
+fn port_set<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<u16>, D::Error> {
+    let ports = Option::<Vec<Port>>::deserialize(d)?;
+    Ok(ports.into_iter().flatten().map(|p| p.0).collect())
+}
+
+fn port_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    Ok(Option::<Port>::deserialize(d)?.map(|p| p.0))
 }
 
 impl JsonSchema for PortOrList {
@@ -526,8 +579,8 @@ impl JsonSchema for PortOrList {
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "anyOf": [
-                generator.subschema_for::<u16>(),
-                { "type": "array", "items": generator.subschema_for::<u16>() },
+                generator.subschema_for::<Port>(),
+                { "type": "array", "items": generator.subschema_for::<Port>() },
             ]
         })
     }
@@ -644,7 +697,12 @@ pub struct ReadyConfig {
     #[schemars(schema_with = "regex_schema")]
     pub log: Option<String>,
     /// Ready when this local TCP port accepts connections.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "port_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<Port>")]
     pub tcp: Option<u16>,
     /// Ready when a GET of this `http://` URL answers 2xx.
     #[serde(
@@ -654,7 +712,7 @@ pub struct ReadyConfig {
     )]
     #[schemars(schema_with = "http_url_schema")]
     pub http: Option<String>,
-    /// Give up waiting after this long (default 60 seconds).
+    /// Give up waiting after this long (default 60 seconds; more than 0, at most 24 h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
 }
@@ -818,32 +876,39 @@ mod millis {
     }
 }
 
+/// The longest duration the file accepts: 24 hours.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str = "a non-negative number of seconds or a duration such as `10s`";
+        const EXPECTED: &str = "a duration from 0 to 24 h (86400 seconds): a number of seconds or a string such as `10s`";
+        fn bounded<E: de::Error>(d: Option<Duration>, u: de::Unexpected) -> Result<Seconds, E> {
+            d.filter(|d| *d <= MAX_DURATION)
+                .map(Seconds)
+                .ok_or_else(|| E::invalid_value(u, &EXPECTED))
+        }
         impl Visitor<'_> for V {
             type Value = Seconds;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(EXPECTED)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(Duration::from_secs(v)))
+                bounded(Some(Duration::from_secs(v)), de::Unexpected::Unsigned(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-                u64::try_from(v)
-                    .map(|v| Seconds(Duration::from_secs(v)))
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &EXPECTED))
+                let d = u64::try_from(v).ok().map(Duration::from_secs);
+                bounded(d, de::Unexpected::Signed(v))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-                Duration::try_from_secs_f64(v)
-                    .map(Seconds)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Float(v), &EXPECTED))
+                bounded(
+                    Duration::try_from_secs_f64(v).ok(),
+                    de::Unexpected::Float(v),
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
-                parse_duration(v)
-                    .map(Seconds)
-                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &EXPECTED))
+                let shown = super::names::excerpt(v, 64);
+                bounded(parse_duration(v), de::Unexpected::Str(&shown))
             }
         }
         deserializer.deserialize_any(V)
@@ -860,7 +925,7 @@ impl JsonSchema for Seconds {
         json_schema!({
             "description": "A duration: seconds (integer or fractional), or a number with a unit `ms`, `s`, `m` or `h` such as `\"500ms\"`, `\"30s\"`, `\"2m\"`.",
             "anyOf": [
-                { "type": "number", "minimum": 0 },
+                { "type": "number", "minimum": 0, "maximum": 86400 },
                 { "type": "string", "pattern": r"^\s*(?:[0-9]+\.?[0-9]*|\.[0-9]+)\s*(?:ms|s|m|h)\s*$" },
             ],
             "examples": [10, "500ms", "30s", "2m"],
