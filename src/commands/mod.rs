@@ -8,6 +8,7 @@ mod config;
 pub mod discover;
 mod down;
 mod init;
+mod line_keys;
 mod logs;
 mod ls;
 mod plan;
