@@ -98,6 +98,16 @@ fn commands_in_a_subdirectory_act_on_the_project_above() {
 
     let out = in_dir(&p, &deep, &["logs"]);
     assert_eq!(out.code, Some(0), "logs: {out}");
+    // An empty MIRRORD_UP_FILE is no file named (as an empty COMPOSE_FILE).
+    let mut cmd = mirrord_up();
+    cmd.current_dir(&deep)
+        .env("MIRRORD_UP_FILE", "")
+        .arg("--state-dir")
+        .arg(&p.state_root)
+        .args(["ps", "--format", "json"]);
+    let out = Running::start(cmd, "ps with MIRRORD_UP_FILE=''".into()).wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("\"api\""), "{out}");
 
     // Without names: every service (compose).
     let before = pids(&rows);

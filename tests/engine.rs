@@ -189,7 +189,7 @@ fn reconcile_touches_only_what_changed() {
         assert!(line.starts_with("keep"), "{s}: {line}");
     }
 
-    let out = p.run(&["plan", "--format", "json"]);
+    let out = p.run(&["plan", "--format", "json", "--detailed-exitcode"]);
     assert_eq!(out.code, Some(2), "{out}");
     let steps: Vec<Value> = serde_json::from_str(&out.stdout).expect("plan json");
     assert_eq!(steps.len(), 6, "{steps:#?}");

@@ -111,6 +111,7 @@ fn wizard_on_a_terminal_writes_the_pinned_file() {
         &format!("sh -c \"echo hi{ENTER}"),
     );
     s.answer("unbalanced quote", &format!("\"{ENTER}"));
+    s.answer("Add mirrord-up options?", &format!("n{ENTER}"));
     s.answer("Add another service?", &format!("y{ENTER}"));
 
     // worker: the name taken first, targetless, custom ports (first out of range), a container.
@@ -143,6 +144,7 @@ fn wizard_on_a_terminal_writes_the_pinned_file() {
         "Local command (e.g. `go run ./cmd/api`):",
         &format!("docker run --rm -p 8080:8080 web:latest{ENTER}"),
     );
+    s.answer("Add mirrord-up options?", ENTER);
     s.answer("Add another service?", &format!("y{ENTER}"));
 
     // billing: replace mode, so no header filter question; inferred target in a namespace.
@@ -160,6 +162,7 @@ fn wizard_on_a_terminal_writes_the_pinned_file() {
         "Local command (e.g. `go run ./cmd/api`):",
         &format!("./billing --verbose{ENTER}"),
     );
+    s.answer("Add mirrord-up options?", &format!("N{ENTER}"));
     s.answer("Add another service?", ENTER);
 
     s.expect("--- Step 3: Preview ---");
@@ -168,6 +171,22 @@ fn wizard_on_a_terminal_writes_the_pinned_file() {
     s.expect("Wrote custom.yaml.");
     let (status, transcript) = s.finish();
     assert!(status.success(), "{status}\n{transcript}");
+    // It ends with what to run next, on the file it wrote, and the schema line.
+    let after = transcript
+        .split("Wrote custom.yaml.")
+        .nth(1)
+        .expect("the wizard's end");
+    for part in [
+        "mirrord-up -f custom.yaml check",
+        "mirrord-up -f custom.yaml up",
+        "mirrord-up schema > mirrord-up.schema.json",
+        "# yaml-language-server: $schema=./mirrord-up.schema.json",
+    ] {
+        assert!(
+            after.contains(part),
+            "missing {part:?} after the write:\n{after}"
+        );
+    }
 
     let expected = std::fs::read_to_string(Path::new(REPO).join("fixtures/init/expected.yaml"))
         .expect("fixture");
@@ -182,6 +201,115 @@ fn wizard_on_a_terminal_writes_the_pinned_file() {
         .expect("preview");
     assert!(preview.starts_with(&expected), "preview:\n{preview}");
     check_accepts(dir.path(), "custom.yaml");
+}
+
+/// The mirrord-up options behind "Add mirrord-up options?": depends_on (only services above),
+/// ready and restart, written where `check` reads them and listed by `check --compat`; the
+/// operator declined, so no question about its certificates; the default file name, so the
+/// next commands need no `-f`.
+#[test]
+fn wizard_with_mirrord_up_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &["init"], ALL_TTY);
+
+    s.answer("Use the mirrord operator?", &format!("n{ENTER}"));
+    s.answer("Enable anonymous telemetry?", &format!("n{ENTER}"));
+
+    // db: targetless, ready on a TCP port (a bad one first), restarted on failure. No
+    // service above it, so no depends_on question.
+    s.answer("Service name:", &format!("db{ENTER}"));
+    s.answer("Mode:", ENTER);
+    s.answer("Target:", &format!("{DOWN}{DOWN}{ENTER}"));
+    s.answer(
+        "HTTP header filter (regex; blank for auto session-key filter):",
+        ENTER,
+    );
+    s.answer("Ports to ignore (sidecar ports, etc.):", ENTER);
+    s.answer("Add an env-var override for the local process?", ENTER);
+    s.answer("Run with `mirrord exec` or `mirrord container`?", ENTER);
+    s.answer(
+        "Local command (e.g. `go run ./cmd/api`):",
+        &format!("./db --port 5432{ENTER}"),
+    );
+    s.answer("Add mirrord-up options?", &format!("y{ENTER}"));
+    s.answer("Ready when:", &format!("{DOWN}{DOWN}{ENTER}"));
+    s.answer("Port:", &format!("99999{ENTER}"));
+    s.answer(
+        "is not a port",
+        &format!("{}5432{ENTER}", BACKSPACE.repeat(5)),
+    );
+    s.answer("Restart when it exits:", &format!("{DOWN}{ENTER}"));
+    s.answer("Add another service?", &format!("y{ENTER}"));
+
+    // api: depends on db (an unknown name first), ready on a log line, always restarted.
+    s.answer("Service name:", &format!("api{ENTER}"));
+    s.answer("Mode:", ENTER);
+    s.answer("Target:", &format!("{DOWN}{DOWN}{ENTER}"));
+    s.answer(
+        "HTTP header filter (regex; blank for auto session-key filter):",
+        ENTER,
+    );
+    s.answer("Ports to ignore (sidecar ports, etc.):", ENTER);
+    s.answer("Add an env-var override for the local process?", ENTER);
+    s.answer("Run with `mirrord exec` or `mirrord container`?", ENTER);
+    s.answer(
+        "Local command (e.g. `go run ./cmd/api`):",
+        &format!("go run ./cmd/api{ENTER}"),
+    );
+    s.answer("Add mirrord-up options?", &format!("y{ENTER}"));
+    s.answer(
+        "Depends on (comma-separated; blank for none):",
+        &format!("cache{ENTER}"),
+    );
+    s.answer(
+        "no service `cache` above",
+        &format!("{}db{ENTER}", BACKSPACE.repeat(5)),
+    );
+    s.answer("Ready when:", &format!("{DOWN}{ENTER}"));
+    s.answer("Regex:", &format!("listening on :\\d+{ENTER}"));
+    s.answer("Restart when it exits:", &format!("{DOWN}{DOWN}{ENTER}"));
+    s.answer("Add another service?", ENTER);
+
+    s.expect("--- Step 3: Preview ---");
+    s.answer("Save configuration to a file?", ENTER);
+    s.answer("Enter filename:", ENTER);
+    s.expect("Wrote mirrord-up.yaml.");
+    let (status, transcript) = s.finish();
+    assert!(status.success(), "{status}\n{transcript}");
+    assert!(
+        !transcript.contains("invalid TLS certificates"),
+        "asked about certificates of a declined operator:\n{transcript}"
+    );
+    let after = transcript.split("Wrote mirrord-up.yaml.").nth(1).unwrap();
+    assert!(
+        after.contains("mirrord-up check") && after.contains("mirrord-up up"),
+        "{after}"
+    );
+    assert!(!after.contains(" -f "), "{after}");
+
+    let written = std::fs::read_to_string(dir.path().join("mirrord-up.yaml")).unwrap();
+    assert_eq!(
+        written,
+        "common:\n  operator: false\n  telemetry: false\nservices:\n  db:\n    target: none\n    default_mode: split\n    skip: false\n    ready:\n      tcp: 5432\n    restart: on-failure\n    run:\n      type: exec\n      command: [\"./db\", \"--port\", \"5432\"]\n  api:\n    target: none\n    default_mode: split\n    skip: false\n    depends_on:\n      - db\n    ready:\n      log: listening on :\\d+\n    restart: always\n    run:\n      type: exec\n      command: [\"go\", \"run\", \"./cmd/api\"]\n"
+    );
+    check_accepts(dir.path(), "mirrord-up.yaml");
+    // And they are mirrord-up's own keys: `check --compat` lists them and exits 1.
+    let out = assert_cmd::Command::new(BIN)
+        .args(["-k", "alice", "check", "--compat"])
+        .current_dir(dir.path())
+        .env_remove("MIRRORD_UP_FILE")
+        .timeout(TIMEOUT)
+        .output()
+        .expect("run check --compat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for key in [
+        "services.db.ready",
+        "services.db.restart",
+        "services.api.depends_on",
+    ] {
+        assert!(stdout.contains(key), "{key} not listed:\n{stdout}");
+    }
 }
 
 #[test]
@@ -241,6 +369,7 @@ fn an_existing_file_is_kept_when_overwrite_is_declined() {
         "Local command (e.g. `go run ./cmd/api`):",
         &format!("go run .{ENTER}"),
     );
+    s.answer("Add mirrord-up options?", ENTER);
     s.answer("Add another service?", ENTER);
     s.answer("Save configuration to a file?", ENTER);
     // The default answer to "Overwrite?" is no, and so is an explicit `n`: both ask again.
@@ -261,6 +390,49 @@ fn an_existing_file_is_kept_when_overwrite_is_declined() {
         "services:\n  api:\n    default_mode: split\n    skip: false\n    run:\n      type: exec\n      command: [\"go\", \"run\", \".\"]\n"
     );
     check_accepts(dir.path(), "other.yaml");
+}
+
+/// Ctrl-U deletes what was typed before the cursor, Ctrl-W the word before it, as in a shell
+/// (inquire alone would type `u` and `w`), also after a refused answer.
+#[test]
+fn ctrl_u_and_ctrl_w_edit_the_line() {
+    const CTRL_U: &str = "\x15";
+    const CTRL_W: &str = "\x17";
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &["init"], ALL_TTY);
+    default_common(&mut s);
+    s.answer("Service name:", &format!("typo{CTRL_U}api{ENTER}"));
+    s.answer("Mode:", ENTER);
+    s.answer("Target:", ENTER);
+    s.answer("Namespace (blank for cluster default):", ENTER);
+    s.answer(
+        "HTTP header filter (regex; blank for auto session-key filter):",
+        ENTER,
+    );
+    s.answer("Ports to ignore (sidecar ports, etc.):", ENTER);
+    s.answer("Add an env-var override for the local process?", ENTER);
+    s.answer("Run with `mirrord exec` or `mirrord container`?", ENTER);
+    s.answer(
+        "Local command (e.g. `go run ./cmd/api`):",
+        &format!("sh -c \"oops{ENTER}"),
+    );
+    // Refused, the text stays: Ctrl-U clears it all, then a word too many goes with Ctrl-W.
+    s.answer(
+        "unbalanced quote",
+        &format!("{CTRL_U}go run ./cmd/api extra{CTRL_W}{ENTER}"),
+    );
+    s.answer("Add mirrord-up options?", ENTER);
+    s.answer("Add another service?", ENTER);
+    s.answer("Save configuration to a file?", ENTER);
+    s.answer("Enter filename:", ENTER);
+    s.expect("Wrote mirrord-up.yaml.");
+    let (status, transcript) = s.finish();
+    assert!(status.success(), "{status}\n{transcript}");
+    let written = std::fs::read_to_string(dir.path().join("mirrord-up.yaml")).unwrap();
+    assert_eq!(
+        written,
+        "services:\n  api:\n    default_mode: split\n    skip: false\n    run:\n      type: exec\n      command: [\"go\", \"run\", \"./cmd/api\"]\n"
+    );
 }
 
 #[test]

@@ -6,7 +6,10 @@
 //! (`sh -c "echo hi"` is three words, an unbalanced quote is refused at the prompt), a command
 //! for `mirrord container` must be a `docker|podman|nerdctl run`, a target the chosen mode
 //! cannot use is refused at the prompt, and without a terminal the wizard says how to write the
-//! file by hand instead of failing inside a prompt.
+//! file by hand instead of failing inside a prompt. The invalid-certificates question is only
+//! asked when the operator is used. After each service's questions, one "Add mirrord-up
+//! options?" (default no) leads to mirrord-up's own keys (`depends_on`, `ready`, `restart`);
+//! once written, the wizard names the next commands and the schema line.
 //!
 //! The answers are collected into a [`Draft`] and rendered by [`render`]; both are free of any
 //! terminal so that the output form is unit-tested without one.
@@ -53,6 +56,27 @@ pub struct ServiceDraft {
     pub ignore_ports: BTreeSet<u16>,
     pub run_type: RunType,
     pub command: Vec<String>,
+    /// mirrord-up's own keys, when the user asked for them.
+    pub extensions: Option<Extensions>,
+}
+
+/// The mirrord-up extensions the wizard offers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extensions {
+    pub depends_on: Vec<String>,
+    pub ready: Ready,
+    /// `on-failure` or `always`; `None`: no (the default).
+    pub restart: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Ready {
+    /// mirrord's `Ready!` line: nothing written.
+    #[default]
+    Default,
+    Log(String),
+    Tcp(u16),
+    Http(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +105,11 @@ pub fn run(ctx: &Context, output: &Path) -> Result<ExitCode> {
     if !ctx.stderr_color() {
         inquire::set_global_render_config(inquire::ui::RenderConfig::empty());
     }
-    match wizard(output) {
+    // Ctrl-U and Ctrl-W edit the line, as in a shell (inquire alone types `u` and `w`).
+    let line_keys = super::line_keys::install();
+    let result = wizard(output);
+    drop(line_keys);
+    match result {
         Ok(code) => Ok(code),
         // Ctrl-C in raw mode arrives as a key, not as SIGINT: exit as if it had been one.
         Err(InquireError::OperationInterrupted) => {
@@ -104,10 +132,12 @@ fn wizard(output: &Path) -> Result<ExitCode, InquireError> {
         .with_default(true)
         .with_help_message("Required for splitting traffic between services.")
         .prompt()?;
-    let accept_invalid = Confirm::new("Accept invalid TLS certificates for the operator?")
-        .with_default(false)
-        .with_help_message("Skip TLS verification. Useful for self-signed certs.")
-        .prompt()?;
+    // Certificates are the operator's: no question about them once it is declined.
+    let accept_invalid = operator
+        && Confirm::new("Accept invalid TLS certificates for the operator?")
+            .with_default(false)
+            .with_help_message("Skip TLS verification. Useful for self-signed certs.")
+            .prompt()?;
     let telemetry = Confirm::new("Enable anonymous telemetry?")
         .with_default(true)
         .with_help_message("Sends anonymous usage data to help improve mirrord.")
@@ -163,6 +193,7 @@ fn wizard(output: &Path) -> Result<ExitCode, InquireError> {
         match write_file(&path, &yaml, exists) {
             Ok(()) => {
                 println!("Wrote {}.", path.display());
+                println!("{}", next_steps(&path));
                 return Ok(ExitCode::SUCCESS);
             }
             // Created by someone else since we looked: ask about overwriting it next round.
@@ -170,6 +201,22 @@ fn wizard(output: &Path) -> Result<ExitCode, InquireError> {
             Err(e) => eprintln!("cannot write {}: {e}", path.display()),
         }
     }
+}
+
+/// What to run next, with `-f` unless the file is the one every command finds by itself.
+fn next_steps(path: &Path) -> String {
+    let file = if path == Path::new(super::discover::FILE_NAME) {
+        String::new()
+    } else {
+        let p = path.to_string_lossy();
+        format!(
+            " -f {}",
+            shlex::try_quote(&p).unwrap_or(std::borrow::Cow::Borrowed(&p))
+        )
+    };
+    format!(
+        "\nNext:\n  mirrord-up{file} check          # validate it (`--compat`: what real `mirrord up` would reject)\n  mirrord-up{file} up             # start every service and follow their logs\n\nEditor completion and validation: `mirrord-up schema > mirrord-up.schema.json`, then as the\nfile's first line:\n  # yaml-language-server: $schema=./mirrord-up.schema.json"
+    )
 }
 
 /// A new file is created exclusively, so that a file appearing after the question is never
@@ -189,6 +236,7 @@ fn write_file(path: &Path, yaml: &str, overwrite: bool) -> std::io::Result<()> {
 }
 
 fn ask_service(taken: Vec<String>) -> Result<(String, ServiceDraft), InquireError> {
+    let earlier = taken.clone();
     let name = Text::new("Service name:")
         .with_validator(move |s: &str| Ok(to_validation(check_service_name(s, &taken))))
         .prompt()?
@@ -271,6 +319,19 @@ fn ask_service(taken: Vec<String>) -> Result<(String, ServiceDraft), InquireErro
         .prompt()?;
     let command = split_command(&command, run_type).expect("checked by the validator");
 
+    // Past the questions of real `mirrord up init`: mirrord-up's own keys, behind one question.
+    let extensions = if Confirm::new("Add mirrord-up options?")
+        .with_default(false)
+        .with_help_message(
+            "depends_on, ready, restart: mirrord-up extensions (real `mirrord up` rejects a file using them)",
+        )
+        .prompt()?
+    {
+        Some(ask_extensions(&earlier)?)
+    } else {
+        None
+    };
+
     Ok((
         name,
         ServiceDraft {
@@ -281,8 +342,96 @@ fn ask_service(taken: Vec<String>) -> Result<(String, ServiceDraft), InquireErro
             ignore_ports,
             run_type,
             command,
+            extensions,
         },
     ))
+}
+
+const READY_DEFAULT: &str = "mirrord prints `Ready!` (default)";
+const READY_LOG: &str = "A line of its output matches a regex";
+const READY_TCP: &str = "A local TCP port accepts connections";
+const READY_HTTP: &str = "An http:// URL answers 2xx";
+
+fn ask_extensions(earlier: &[String]) -> Result<Extensions, InquireError> {
+    let mut ext = Extensions::default();
+    if !earlier.is_empty() {
+        let known = earlier.to_vec();
+        let answer = Text::new("Depends on (comma-separated; blank for none):")
+            .with_help_message(&format!("Started before this one: {}", earlier.join(", ")))
+            .with_validator(move |s: &str| Ok(to_validation(parse_depends_on(s, &known).map(drop))))
+            .prompt()?;
+        ext.depends_on = parse_depends_on(&answer, earlier).expect("checked by the validator");
+    }
+    ext.ready = match Select::new(
+        "Ready when:",
+        vec![READY_DEFAULT, READY_LOG, READY_TCP, READY_HTTP],
+    )
+    .prompt()?
+    {
+        READY_LOG => Ready::Log(
+            Text::new("Regex:")
+                .with_validator(|s: &str| {
+                    Ok(to_validation(
+                        regex::Regex::new(s.trim())
+                            .map(drop)
+                            .map_err(|e| format!("not a regex: {e}")),
+                    ))
+                })
+                .prompt()?
+                .trim()
+                .to_owned(),
+        ),
+        READY_TCP => {
+            let port = Text::new("Port:")
+                .with_validator(|s: &str| Ok(to_validation(parse_port(s).map(drop))))
+                .prompt()?;
+            Ready::Tcp(parse_port(&port).expect("checked by the validator"))
+        }
+        READY_HTTP => Ready::Http(
+            Text::new("URL (http://…):")
+                .with_validator(|s: &str| {
+                    Ok(if s.trim().starts_with("http://") {
+                        Validation::Valid
+                    } else {
+                        Validation::Invalid("an http:// URL (https is not probed)".into())
+                    })
+                })
+                .prompt()?
+                .trim()
+                .to_owned(),
+        ),
+        _ => Ready::Default,
+    };
+    ext.restart =
+        match Select::new("Restart when it exits:", vec!["no", "on-failure", "always"]).prompt()? {
+            "no" => None,
+            policy => Some(policy.to_owned()),
+        };
+    Ok(ext)
+}
+
+/// Names of services entered before this one, comma-separated.
+fn parse_depends_on(input: &str, earlier: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in input.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !earlier.iter().any(|e| e == name) {
+            return Err(format!(
+                "no service `{name}` above (known: {})",
+                earlier.join(", ")
+            ));
+        }
+        if !out.iter().any(|o| o == name) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_port(input: &str) -> Result<u16, String> {
+    match input.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{}` is not a port (1-65535)", input.trim())),
+    }
 }
 
 fn ask_namespace() -> Result<Option<String>, InquireError> {
@@ -446,6 +595,9 @@ pub fn render(draft: &Draft) -> String {
             out.push_str(&format!("    ignore_ports: [{}]\n", ports.join(", ")));
         }
         out.push_str("    skip: false\n");
+        if let Some(ext) = &svc.extensions {
+            render_extensions(&mut out, ext);
+        }
         let words: Vec<String> = svc
             .command
             .iter()
@@ -458,6 +610,24 @@ pub fn render(draft: &Draft) -> String {
         ));
     }
     out
+}
+
+fn render_extensions(out: &mut String, ext: &Extensions) {
+    if !ext.depends_on.is_empty() {
+        out.push_str("    depends_on:\n");
+        for d in &ext.depends_on {
+            out.push_str(&format!("      - {}\n", scalar(d)));
+        }
+    }
+    match &ext.ready {
+        Ready::Default => {}
+        Ready::Log(re) => out.push_str(&format!("    ready:\n      log: {}\n", scalar(re))),
+        Ready::Tcp(port) => out.push_str(&format!("    ready:\n      tcp: {port}\n")),
+        Ready::Http(url) => out.push_str(&format!("    ready:\n      http: {}\n", scalar(url))),
+    }
+    if let Some(policy) = &ext.restart {
+        out.push_str(&format!("    restart: {policy}\n"));
+    }
 }
 
 /// One string as serde_yaml quotes it (plain when unambiguous), so that the file reads as
@@ -487,6 +657,7 @@ mod tests {
             ignore_ports: BTreeSet::new(),
             run_type: RunType::Exec,
             command: command.iter().map(|w| w.to_string()).collect(),
+            extensions: None,
         }
     }
 
@@ -689,6 +860,70 @@ services:
             let code = super::super::check::run(&ctx, false).unwrap();
             assert_eq!(code, ExitCode::SUCCESS);
         }
+    }
+
+    #[test]
+    fn extensions_are_written_as_mirrord_up_reads_them() {
+        use crate::config::RestartPolicy;
+        let mut db = service(TargetChoice::Targetless, &["./db"]);
+        db.extensions = Some(Extensions {
+            ready: Ready::Tcp(5432),
+            restart: Some("on-failure".into()),
+            ..Extensions::default()
+        });
+        let mut api = service(TargetChoice::Targetless, &["./api"]);
+        api.extensions = Some(Extensions {
+            depends_on: vec!["db: main".into()],
+            ready: Ready::Log(r"listening on :\d+ #1".into()),
+            restart: Some("always".into()),
+        });
+        let mut web = service(TargetChoice::Targetless, &["./web"]);
+        web.extensions = Some(Extensions {
+            ready: Ready::Http("http://localhost:3000/health".into()),
+            ..Extensions::default()
+        });
+        let draft = Draft {
+            services: vec![
+                ("db: main".into(), db),
+                ("api".into(), api),
+                ("web".into(), web),
+            ],
+            ..Draft::default()
+        };
+        let (_dir, _path, doc) = write_and_load(&draft);
+        let svc = |n: &str| &doc.file.services.0[n];
+        assert_eq!(svc("db: main").restart, RestartPolicy::OnFailure);
+        assert_eq!(svc("db: main").ready.as_ref().unwrap().tcp, Some(5432));
+        assert_eq!(svc("api").restart, RestartPolicy::Always);
+        assert_eq!(
+            svc("api").depends_on.0.keys().collect::<Vec<_>>(),
+            ["db: main"]
+        );
+        assert_eq!(
+            svc("api").ready.as_ref().unwrap().log.as_deref(),
+            Some(r"listening on :\d+ #1")
+        );
+        assert_eq!(
+            svc("web").ready.as_ref().unwrap().http.as_deref(),
+            Some("http://localhost:3000/health")
+        );
+        assert_eq!(svc("web").restart, RestartPolicy::No);
+        assert!(svc("web").depends_on.0.is_empty());
+    }
+
+    #[test]
+    fn depends_on_names_only_services_above() {
+        let earlier = vec!["db".to_string(), "api".to_string()];
+        assert_eq!(
+            parse_depends_on(" api, db ,api,", &earlier).unwrap(),
+            ["api", "db"]
+        );
+        assert!(parse_depends_on("", &earlier).unwrap().is_empty());
+        let err = parse_depends_on("api, cache", &earlier).unwrap_err();
+        assert!(err.contains("`cache`"), "{err}");
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("70000").is_err());
+        assert_eq!(parse_port(" 8080 "), Ok(8080));
     }
 
     #[test]

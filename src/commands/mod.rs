@@ -8,6 +8,7 @@ mod config;
 pub mod discover;
 mod down;
 mod init;
+mod line_keys;
 mod logs;
 mod ls;
 mod plan;
@@ -43,6 +44,14 @@ pub fn main() -> ExitCode {
         ))
     {
         return crate::config::template::child_main();
+    }
+    // An empty MIRRORD_UP_FILE or MIRRORD_UP_PROJECT means unset (as an empty COMPOSE_FILE),
+    // not "a value is required".
+    for var in ["MIRRORD_UP_FILE", "MIRRORD_UP_PROJECT"] {
+        if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+            // SAFETY: single-threaded still: no thread reads the environment concurrently.
+            unsafe { std::env::remove_var(var) };
+        }
     }
     // A shell's completion script calling back (`COMPLETE=bash mirrord-up -- …`): answer, exit.
     completions::answer_if_asked();
