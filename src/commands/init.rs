@@ -873,7 +873,7 @@ services:
         });
         let mut api = service(TargetChoice::Targetless, &["./api"]);
         api.extensions = Some(Extensions {
-            depends_on: vec!["db: main".into()],
+            depends_on: vec!["1.5".into()],
             ready: Ready::Log(r"listening on :\d+ #1".into()),
             restart: Some("always".into()),
         });
@@ -884,7 +884,7 @@ services:
         });
         let draft = Draft {
             services: vec![
-                ("db: main".into(), db),
+                ("1.5".into(), db),
                 ("api".into(), api),
                 ("web".into(), web),
             ],
@@ -892,12 +892,12 @@ services:
         };
         let (_dir, _path, doc) = write_and_load(&draft);
         let svc = |n: &str| &doc.file.services.0[n];
-        assert_eq!(svc("db: main").restart, RestartPolicy::OnFailure);
-        assert_eq!(svc("db: main").ready.as_ref().unwrap().tcp, Some(5432));
+        assert_eq!(svc("1.5").restart, RestartPolicy::OnFailure);
+        assert_eq!(svc("1.5").ready.as_ref().unwrap().tcp, Some(5432));
         assert_eq!(svc("api").restart, RestartPolicy::Always);
         assert_eq!(
             svc("api").depends_on.0.keys().collect::<Vec<_>>(),
-            ["db: main"]
+            ["1.5"]
         );
         assert_eq!(
             svc("api").ready.as_ref().unwrap().log.as_deref(),
