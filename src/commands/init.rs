@@ -883,11 +883,7 @@ services:
             ..Extensions::default()
         });
         let draft = Draft {
-            services: vec![
-                ("1.5".into(), db),
-                ("api".into(), api),
-                ("web".into(), web),
-            ],
+            services: vec![("1.5".into(), db), ("api".into(), api), ("web".into(), web)],
             ..Draft::default()
         };
         let (_dir, _path, doc) = write_and_load(&draft);
@@ -895,10 +891,7 @@ services:
         assert_eq!(svc("1.5").restart, RestartPolicy::OnFailure);
         assert_eq!(svc("1.5").ready.as_ref().unwrap().tcp, Some(5432));
         assert_eq!(svc("api").restart, RestartPolicy::Always);
-        assert_eq!(
-            svc("api").depends_on.0.keys().collect::<Vec<_>>(),
-            ["1.5"]
-        );
+        assert_eq!(svc("api").depends_on.0.keys().collect::<Vec<_>>(), ["1.5"]);
         assert_eq!(
             svc("api").ready.as_ref().unwrap().log.as_deref(),
             Some(r"listening on :\d+ #1")
