@@ -319,14 +319,14 @@ pub fn parse_secs(s: &str) -> Result<f64, String> {
 }
 
 /// `MIRRORD_UP_LOCK_TIMEOUT`, checked before any command runs (unset or empty: 60 s).
-pub fn lock_timeout_env() -> Result<Option<f64>, String> {
-    match std::env::var("MIRRORD_UP_LOCK_TIMEOUT") {
-        Ok(v) if !v.is_empty() => parse_secs(&v)
-            .map(Some)
-            .map_err(|e| format!("MIRRORD_UP_LOCK_TIMEOUT: {e}")),
+/// A number of seconds from the environment variable `var` (`MIRRORD_UP_LOCK_TIMEOUT`,
+/// `MIRRORD_UP_KUBE_TIMEOUT`): unset or empty is `None`; anything but 0–86400 is an error.
+pub fn secs_env(var: &str) -> Result<Option<f64>, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => parse_secs(&v).map(Some).map_err(|e| format!("{var}: {e}")),
         Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => {
-            Err("MIRRORD_UP_LOCK_TIMEOUT: not a number of seconds (not UTF-8)".into())
+            Err(format!("{var}: not a number of seconds (not UTF-8)"))
         }
     }
 }

@@ -94,10 +94,11 @@ impl TargetInference {
         cache: BTreeMap<String, String>,
         accept_invalid_certificates: Option<bool>,
     ) -> TargetInference {
-        let timeout = std::env::var(TIMEOUT_ENV)
+        // Checked for range when the command starts (`commands::main`); 0 means the default.
+        let timeout = crate::cli::secs_env(TIMEOUT_ENV)
             .ok()
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
+            .flatten()
+            .filter(|s| *s > 0.0)
             .map(Duration::from_secs_f64)
             .unwrap_or(DEFAULT_TIMEOUT);
         TargetInference {

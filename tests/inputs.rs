@@ -311,6 +311,17 @@ fn odd_numbers_on_the_command_line_are_refused() {
             "MIRRORD_UP_LOCK_TIMEOUT",
         );
     }
+    for value in ["inf", "-1", "1e300", "abc"] {
+        let case = format!("MIRRORD_UP_KUBE_TIMEOUT={value}");
+        refused(
+            &p,
+            &case,
+            &["config"],
+            &[("MIRRORD_UP_KUBE_TIMEOUT", value)],
+            1,
+            "MIRRORD_UP_KUBE_TIMEOUT",
+        );
+    }
     // Nothing of the above started anything.
     assert!(!p.state_file().exists() || p.ps().is_empty());
 }

@@ -62,7 +62,11 @@ pub fn main() -> ExitCode {
         .unwrap_or_else(|e| e.exit());
     init_tracing(cli.global.verbose);
     let ctx = Context::new(cli.global);
-    if let Err(e) = crate::cli::lock_timeout_env() {
+    let env_secs = ["MIRRORD_UP_LOCK_TIMEOUT", crate::infer::TIMEOUT_ENV];
+    if let Err(e) = env_secs
+        .iter()
+        .try_for_each(|v| crate::cli::secs_env(v).map(drop))
+    {
         eprintln!(
             "{} {e}",
             crate::output::paint("error:", 31, ctx.stderr_color())
@@ -291,7 +295,7 @@ impl Context {
 
     /// How long a mutating command waits for `state.lock` (`MIRRORD_UP_LOCK_TIMEOUT` seconds).
     pub fn lock_timeout(&self) -> std::time::Duration {
-        crate::cli::lock_timeout_env()
+        crate::cli::secs_env("MIRRORD_UP_LOCK_TIMEOUT")
             .ok()
             .flatten()
             .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
