@@ -218,6 +218,8 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
             .expect("unbounded"),
     };
     env.insert(ENV_SERVICE.to_owned(), name.clone());
+    // Real mirrord prints `Ready!` on a pipe only in `simple`/`json` mode (runtime.md §1.1).
+    env.insert("MIRRORD_PROGRESS_MODE".to_owned(), "simple".to_owned());
     let req = SpawnRequest {
         program: launcher_program.clone(),
         args: launcher_args.clone(),
