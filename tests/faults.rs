@@ -149,6 +149,9 @@ enum Crash {
     CiStartHook,
     /// `up -d`, then SIGKILL to the supervisor once K services run (K random), then `down`.
     KillSupervisor,
+    /// Through the fake mirrord with an intproxy per session: `up -d` whose supervisor dies
+    /// right after its first spawn, then `down` once that session's intproxy runs.
+    UpHookIntproxy,
 }
 
 #[test]
@@ -156,7 +159,7 @@ fn crash_then_down_leaves_no_orphan_over_randomized_trials() {
     let trials: usize = std::env::var("FAULTS_TRIALS")
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(50);
     let seed = std::env::var("FAULTS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -173,15 +176,19 @@ fn crash_then_down_leaves_no_orphan_over_randomized_trials() {
     let (mut orphans_before, mut left_after) = (0usize, 0usize);
     let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..trials {
-        let kind = match rng.below(4) {
+        let kind = match rng.below(5) {
             0 => Crash::UpHook,
             1 => Crash::CiUpHook,
             2 => Crash::CiStartHook,
-            _ => Crash::KillSupervisor,
+            3 => Crash::KillSupervisor,
+            _ => Crash::UpHookIntproxy,
         };
         *by_kind.entry(format!("{kind:?}")).or_default() += 1;
         let n = 1 + rng.below(5) as usize;
-        let p = local(&format!("t{trial}"));
+        let p = match kind {
+            Crash::UpHookIntproxy => Project::new(&format!("t{trial}")),
+            _ => local(&format!("t{trial}")),
+        };
         let _guard = SupervisorGuard(&p);
         let services: Vec<String> = (0..n)
             .map(|i| {
@@ -218,6 +225,14 @@ fn crash_then_down_leaves_no_orphan_over_randomized_trials() {
                 let out = run(&p, &args, &crash);
                 assert_eq!(out.code, Some(99), "{what}: {out}");
                 vec!["ci", "stop", "-t", "2"]
+            }
+            Crash::UpHookIntproxy => {
+                let out = run(&p, &["up", "--detach"], &[crash[0], INTPROXY]);
+                assert_ne!(out.code, Some(0), "{what}: {out}");
+                wait_until(&format!("{what}: the intproxy runs"), WAIT, || {
+                    intproxy_count(&p) >= 1
+                });
+                vec!["down", "-t", "2"]
             }
             Crash::KillSupervisor => {
                 let k = 1 + rng.below(n as u64) as usize;
@@ -539,4 +554,135 @@ fn a_failed_supervised_start_leaves_nothing_behind() {
     let out = run(&p, &["down", "-t", "2"], &[]);
     assert_eq!(out.code, Some(0), "{out}");
     assert_nothing_left(&p, "down");
+}
+
+// ---------------------------------------------------------------------------------------------
+// mirrord's intproxy (the fake double-forks and calls `setsid` like the real one)
+
+/// `(pid, start time)` of every intproxy the fake logged.
+fn intproxies(p: &Project) -> Vec<(i32, u64)> {
+    p.fake_log()
+        .iter()
+        .filter_map(|l| l["intproxy_pid"].as_i64())
+        .map(|pid| {
+            let pid = pid as i32;
+            (pid, stat(pid).map_or(0, |s| s.start_time))
+        })
+        .collect()
+}
+
+fn intproxy_count(p: &Project) -> usize {
+    p.fake_log()
+        .iter()
+        .filter(|l| l["intproxy_pid"].is_i64())
+        .count()
+}
+
+/// A project launched through the fake mirrord with an intproxy per session.
+fn with_intproxy(name: &str) -> Project {
+    let p = Project::new(name);
+    p.write_yaml(&common::yaml(&[service("api", SLEEP, &[])]));
+    p
+}
+
+const INTPROXY: (&str, &str) = ("FAKE_MIRRORD_INTPROXY", "1");
+
+fn assert_intproxies_gone(p: &Project, list: &[(i32, u64)], after: &str) {
+    assert!(!list.is_empty(), "no intproxy was logged");
+    for (pid, start) in list {
+        assert!(
+            !same_alive(*pid, *start),
+            "the intproxy {pid} survived {after}"
+        );
+    }
+    assert_nothing_left(p, after);
+}
+
+#[test]
+fn the_intproxy_is_gone_after_down() {
+    let p = with_intproxy("ip-down");
+    let out = run(&p, &["up", "--detach", "--no-watch"], &[INTPROXY]);
+    assert_eq!(out.code, Some(0), "{out}");
+    wait_until("the intproxy runs", WAIT, || intproxy_count(&p) == 1);
+    let list = intproxies(&p);
+    assert!(list.iter().all(|(pid, _)| alive(*pid)), "{list:?}");
+    let out = run(&p, &["down", "-t", "2"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_intproxies_gone(&p, &list, "down");
+}
+
+#[test]
+fn the_intproxy_is_gone_after_ci_stop() {
+    let p = with_intproxy("ip-ci");
+    let out = run(
+        &p,
+        &["ci", "start", "--name", "s", "--", "sleep", "1000"],
+        &[INTPROXY],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    wait_until("the intproxy runs", WAIT, || intproxy_count(&p) == 1);
+    let list = intproxies(&p);
+    let out = run(&p, &["ci", "stop", "s", "-t", "2"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_intproxies_gone(&p, &list, "ci stop");
+}
+
+#[test]
+fn the_intproxy_is_gone_after_a_restart_through_the_supervisor() {
+    let p = with_intproxy("ip-restart");
+    let _guard = SupervisorGuard(&p);
+    let out = run(&p, &["up", "--detach"], &[INTPROXY]);
+    assert_eq!(out.code, Some(0), "{out}");
+    wait_until("the intproxy runs", WAIT, || intproxy_count(&p) == 1);
+    let old = intproxies(&p);
+    let out = run(&p, &["restart", "api", "-t", "2"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    for (pid, start) in &old {
+        assert!(
+            !same_alive(*pid, *start),
+            "the old intproxy {pid} survived the restart: {out}"
+        );
+    }
+    wait_until("the new session's intproxy runs", WAIT, || {
+        intproxy_count(&p) == 2
+    });
+    let all = intproxies(&p);
+    let out = run(&p, &["down", "-t", "2"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_intproxies_gone(&p, &all, "down after a restart");
+}
+
+#[test]
+fn the_intproxy_of_a_failed_ci_start_is_gone() {
+    let p = with_intproxy("ip-fail-ci");
+    let out = run(
+        &p,
+        &["ci", "start", "--name", "s", "--", "sleep", "1000"],
+        &[("FAKE_MIRRORD_FAIL", "after-intproxy")],
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    // The fake logs the intproxy before it fails, so it is known by now.
+    let list = intproxies(&p);
+    assert_intproxies_gone(&p, &list, "a failed ci start");
+}
+
+#[test]
+fn the_intproxy_of_a_failed_supervised_start_is_gone() {
+    let p = with_intproxy("ip-fail-up");
+    let _guard = SupervisorGuard(&p);
+    let _ = run(
+        &p,
+        &["up", "--detach"],
+        &[("FAKE_MIRRORD_FAIL", "after-intproxy")],
+    );
+    wait_until("the intproxy was spawned", WAIT, || intproxy_count(&p) >= 1);
+    let first = intproxies(&p)[0];
+    // The supervisor sees the session exit and stops what it left.
+    wait_until("the failed session's intproxy is gone", WAIT, || {
+        !same_alive(first.0, first.1)
+    });
+    let out = run(&p, &["down", "-t", "2"], &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let all = intproxies(&p);
+    assert_intproxies_gone(&p, &all, "down after a failed start");
 }

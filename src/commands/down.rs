@@ -42,6 +42,8 @@ pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<Exit
                 stop_supervisor(ctx, &sup, timeout, width, force);
                 supervisor_stopped = true;
             }
+            // A supervisor that is exiting right now no longer shows its environment.
+            Some(_) if process::wait_gone(&sup.process, Duration::from_millis(500)) => {}
             Some(why) => refused.push(format!("supervisor: not signalled: {why}")),
         }
     }

@@ -10,7 +10,7 @@ pub mod sweep;
 
 pub use spawn::{is_executable, search_path};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -263,30 +263,44 @@ pub fn stop_groups_with(
             escaped: vec![],
         })
         .collect();
+    // What already runs outside each group under its nonce (one scan for all requests).
+    let mut outside = escaped_of(requests, &outcomes, &BTreeSet::new());
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
         if let Some(why) = &outcomes[i].refused {
             tracing::warn!(service = %r.name, "not signalled: {why}");
             continue;
         }
-        if signal_group_fast(&r.identity, r.signal, &mut table) {
-            pending.insert(i, false);
-            if r.signal != Signal::SIGCONT {
-                // A stopped (SIGSTOP) process must run to act on the signal.
-                signal_group_fast(&r.identity, Signal::SIGCONT, &mut table);
-            }
+        // A stopped (SIGSTOP) process must run to act on the signal.
+        if signal_group_fast(&r.identity, r.signal, &mut table) && r.signal != Signal::SIGCONT {
+            signal_group_fast(&r.identity, Signal::SIGCONT, &mut table);
         }
+        pending.insert(i, false);
     }
+    // Then, as each group is found empty, what left it: signal, grace, SIGKILL.
+    let mut phase2: BTreeMap<usize, (Instant, Vec<sweep::Target>)> = BTreeMap::new();
     let mut pause = Duration::from_millis(1);
-    while !pending.is_empty() {
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(25));
+    while !pending.is_empty() || !phase2.is_empty() {
         let mut table: Option<ProcessTable> = None;
         let elapsed = start.elapsed();
+        let mut done: Vec<usize> = Vec::new();
         pending.retain(|&i, killed| {
             let r = &requests[i];
             if group_gone(&r.identity, &mut table) {
-                outcomes[i].killed = *killed;
+                outcomes[i].killed |= *killed;
+                let targets = outside.remove(&i).unwrap_or_default();
+                if targets.is_empty() {
+                    done.push(i);
+                } else {
+                    for t in &targets {
+                        sweep::send(&t.proc, t.signal);
+                        if t.signal != Signal::SIGCONT {
+                            sweep::send(&t.proc, Signal::SIGCONT);
+                        }
+                        outcomes[i].escaped.push(t.proc.info.pid);
+                    }
+                    phase2.insert(i, (Instant::now(), targets));
+                }
                 return false;
             }
             if !*killed && (elapsed >= r.timeout || KILL_NOW.load(Ordering::SeqCst)) {
@@ -297,54 +311,63 @@ pub fn stop_groups_with(
                 outcomes[i].survivors = r
                     .identity
                     .live_members(table.get_or_insert_with(ProcessTable::snapshot));
+                outside.remove(&i);
+                done.push(i);
                 return false;
             }
             true
         });
+        phase2.retain(|&i, (since, targets)| {
+            let waited = since.elapsed();
+            let o = &mut outcomes[i];
+            targets.retain(|t| {
+                let (pid, st) = (t.proc.info.pid, t.proc.info.start_time);
+                // Ours to collect if we are its parent or subreaper; a no-op otherwise.
+                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+                if !same_alive(pid, st) {
+                    return false;
+                }
+                if waited >= t.timeout + KILL_WAIT {
+                    o.survivors.push(pid);
+                    return false;
+                }
+                if waited >= t.timeout || KILL_NOW.load(Ordering::SeqCst) {
+                    o.killed |= sweep::send(&t.proc, Signal::SIGKILL);
+                }
+                true
+            });
+            if targets.is_empty() {
+                done.push(i);
+                return false;
+            }
+            true
+        });
+        for i in done {
+            progress(&outcomes[i]);
+        }
+        if pending.is_empty() && phase2.is_empty() {
+            break;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(25));
     }
-    stop_escaped(requests, &mut outcomes);
-    for o in &outcomes {
-        progress(o);
+    for (i, o) in outcomes.iter().enumerate() {
+        if o.refused.is_some() {
+            progress(&outcomes[i]);
+        }
     }
-    outcomes
-}
-
-/// The processes carrying a request's spawn nonce outside its (now empty) group: stopped
-/// after it, with its signal and grace period.
-fn stop_escaped(requests: &[StopRequest], outcomes: &mut [StopOutcome]) {
-    let nonces: BTreeMap<&str, usize> = requests
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| outcomes[*i].refused.is_none())
-        .filter_map(|(i, r)| Some((r.identity.nonce.as_deref()?, i)))
-        .collect();
-    if nonces.is_empty() {
-        return;
-    }
-    let wanted: std::collections::BTreeSet<String> =
-        nonces.keys().map(|n| (*n).to_owned()).collect();
-    let found = sweep::find(&sweep::Selector {
-        instances: Some(&wanted),
-        ..Default::default()
-    });
-    if found.is_empty() {
-        return;
-    }
-    let owners: Vec<usize> = found
-        .iter()
-        .map(|p| nonces[p.instance.as_deref().expect("selected by nonce")])
-        .collect();
-    let targets: Vec<sweep::Target> = found
+    // Whatever escaped while the groups were being stopped (one more scan).
+    let seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
+    let late = escaped_of(requests, &outcomes, &seen);
+    let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
         .into_iter()
-        .zip(&owners)
-        .map(|(proc, &i)| sweep::Target {
-            proc,
-            signal: requests[i].signal,
-            timeout: requests[i].timeout,
-        })
-        .collect();
-    let results = sweep::stop_targets(&targets);
-    for ((t, &i), r) in targets.iter().zip(&owners).zip(results) {
+        .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
+        .unzip();
+    for ((t, i), r) in targets
+        .iter()
+        .zip(owners)
+        .zip(sweep::stop_targets(&targets))
+    {
         let o = &mut outcomes[i];
         o.escaped.push(t.proc.info.pid);
         o.killed |= r.killed;
@@ -352,6 +375,43 @@ fn stop_escaped(requests: &[StopRequest], outcomes: &mut [StopOutcome]) {
             o.survivors.push(t.proc.info.pid);
         }
     }
+    outcomes
+}
+
+/// The live processes carrying a request's spawn nonce outside its recorded group (not in
+/// `seen`), by request, from one `/proc` scan.
+fn escaped_of(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+    seen: &BTreeSet<i32>,
+) -> BTreeMap<usize, Vec<sweep::Target>> {
+    let nonces: BTreeMap<&str, usize> = requests
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| outcomes[*i].refused.is_none())
+        .filter_map(|(i, r)| Some((r.identity.nonce.as_deref()?, i)))
+        .collect();
+    let mut out: BTreeMap<usize, Vec<sweep::Target>> = BTreeMap::new();
+    if nonces.is_empty() {
+        return out;
+    }
+    let wanted: BTreeSet<String> = nonces.keys().map(|n| (*n).to_owned()).collect();
+    for proc in sweep::find(&sweep::Selector {
+        instances: Some(&wanted),
+        ..Default::default()
+    }) {
+        let i = nonces[proc.instance.as_deref().expect("selected by nonce")];
+        let r = &requests[i];
+        if proc.info.pgid == r.identity.pgid || seen.contains(&proc.info.pid) {
+            continue; // a member of the group: stopped with it
+        }
+        out.entry(i).or_default().push(sweep::Target {
+            proc,
+            signal: r.signal,
+            timeout: r.timeout,
+        });
+    }
+    out
 }
 
 /// After an instance ended on its own (its leader exited): stops what it left behind, in its

@@ -75,7 +75,7 @@ pub struct TargetOutcome {
 }
 
 /// Signals `p` (and, when it leads its own group, that group: its leader was just checked).
-fn send(p: &MarkedProc, sig: Signal) -> bool {
+pub fn send(p: &MarkedProc, sig: Signal) -> bool {
     let sent = signal_if_same(p.info.pid, p.info.start_time, sig);
     if sent && p.info.pid == p.info.pgid && same_alive(p.info.pid, p.info.start_time) {
         let _ = killpg(Pid::from_raw(p.info.pgid), sig);
