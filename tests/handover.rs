@@ -6,28 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{fake_mirrord, stat, wait_until};
 use serde_json::Value;
-
-const REAL: &str = "../shared/mirrord/bin/mirrord";
-
-/// The real mirrord CLI, if present; under `CI=true` its absence fails the test.
-fn real_mirrord() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(REAL);
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{REAL} is missing (required under CI=true)"
-    );
-    eprintln!("skipped: {REAL} is missing");
-    None
-}
 
 /// A mirrord (fake or real) with a clean environment: scratch HOME/TMPDIR, a missing
 /// kubeconfig, no version check, no telemetry, plus `env`.
@@ -112,7 +96,9 @@ fn fake_prints_nothing_on_a_pipe_unless_told_simple_or_json() {
 /// `FAKE_MIRRORD_FAIL=cluster` gives the same stdout and stderr, byte for byte, in every mode.
 #[test]
 fn fake_cluster_failure_is_the_real_report() {
-    let Some(real) = real_mirrord() else { return };
+    let Some(real) = common::real_mirrord() else {
+        return;
+    };
     let dir = scratch_with_config(r#"{"target":"targetless"}"#);
     for mode in ["simple", "json", "std"] {
         let args = ["exec", "-f", "c.json", "--", "true"];

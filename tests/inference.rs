@@ -7,7 +7,7 @@
 //! nothing here can reach a real cluster.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -474,21 +474,6 @@ fn local_launcher_asks_nothing() {
 // ---------------------------------------------------------------------------------------------
 // The real mirrord as the oracle
 
-/// `../shared/mirrord/bin/mirrord`, or `None` (a failure under `CI=true`).
-fn real_mirrord() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/mirrord/bin/mirrord");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the real mirrord is missing at {} (required under CI=true)",
-        path.display()
-    );
-    eprintln!("skipped: no real mirrord at {}", path.display());
-    None
-}
-
 /// `mirrord ls -o json [-f config]` against the stub: the listed paths and the requests made.
 fn real_ls(mirrord: &Path, kube: &Path, home: &Path, config: Option<&Path>) -> Vec<String> {
     let mut cmd = Command::new(mirrord);
@@ -531,7 +516,7 @@ fn pick<'a>(listing: &'a [String], name: &str) -> Option<&'a str> {
 /// lists we still agree.
 #[test]
 fn real_mirrord_ls_agrees_on_the_kinds_it_lists() {
-    let Some(mirrord) = real_mirrord() else {
+    let Some(mirrord) = common::real_mirrord() else {
         return;
     };
     let mut routes = cluster();

@@ -12,14 +12,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BIN, compat_fixtures, wait_until};
 use serde_json::Value;
 
-const REAL: &str = "../shared/mirrord/bin/mirrord";
 const KEY: &str = "tester";
 
 /// Fields that differ between any two resolutions (a timestamp and random letters).
@@ -31,19 +30,6 @@ const VOLATILE: &[&str] = &[
 /// Deliberate differences (README "Differences from real mirrord up"): the default header
 /// filter is anchored and regex-escaped, so a key matches only itself.
 const DELIBERATE: &[&str] = &["/feature/network/incoming/http_filter/header_filter"];
-
-fn real_mirrord() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(REAL);
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{REAL} is missing (required under CI=true)"
-    );
-    eprintln!("skipped: {REAL} is missing");
-    None
-}
 
 /// A clean environment for mirrord: scratch HOME/TMPDIR, a missing kubeconfig, no version
 /// check, nothing of the invoking shell's `MIRRORD_*`.
@@ -97,7 +83,9 @@ fn generated(real: &Path, fixture: &Path, scratch: &Path) -> BTreeMap<String, Va
 
 #[test]
 fn every_config_we_hand_over_is_accepted_by_the_real_cli() {
-    let Some(real) = real_mirrord() else { return };
+    let Some(real) = common::real_mirrord() else {
+        return;
+    };
     mirrord_up::handover::set_key_provided(true);
     let mut checked = 0;
     for fixture in compat_fixtures("valid") {
@@ -268,7 +256,9 @@ fn wait_child(mut child: std::process::Child, what: &str) -> std::process::Outpu
 
 #[test]
 fn children_get_the_config_real_mirrord_up_gives_its_children() {
-    let Some(real) = real_mirrord() else { return };
+    let Some(real) = common::real_mirrord() else {
+        return;
+    };
     let mut compared = 0;
     let mut skipped = Vec::new();
     for fixture in compat_fixtures("valid") {

@@ -8,31 +8,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Out, Project, Running, live_processes, mirrord_up};
 
-const REAL: &str = "../shared/mirrord/bin/mirrord";
 const CAUSE: &str = "Failed to create Kubernetes API client";
 /// Lines of mirrord's help text, which must never be shown as the cause.
 const HELP: &[&str] = &["help:", "If you're still stuck", "kubectl get pods", ">>"];
 const WITHIN: Duration = Duration::from_secs(5);
-
-/// The real mirrord CLI, if present; under `CI=true` its absence fails the test.
-fn real_mirrord() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(REAL);
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{REAL} is missing (required under CI=true)"
-    );
-    eprintln!("skipped: {REAL} is missing");
-    None
-}
 
 /// `mirrord-up -f <yaml> --state-dir <root> --mirrord-bin <real> ARGS` in the project's
 /// directory, with a scratch HOME and TMPDIR, a missing kubeconfig and no version check.
@@ -118,7 +103,9 @@ fn assert_no_help(text: &str) {
 
 #[test]
 fn up_detach_with_the_real_mirrord_fails_fast_naming_every_service_and_the_cause() {
-    let Some(real) = real_mirrord() else { return };
+    let Some(real) = common::real_mirrord() else {
+        return;
+    };
     let p = Project::new("realupd");
     three_services(&p);
     let (out, took) = run(command(&p, &real, &["up", "-d"]), "up -d");
@@ -157,7 +144,9 @@ fn up_detach_with_the_real_mirrord_fails_fast_naming_every_service_and_the_cause
 
 #[test]
 fn foreground_up_with_the_real_mirrord_exits_non_zero_with_the_cause() {
-    let Some(real) = real_mirrord() else { return };
+    let Some(real) = common::real_mirrord() else {
+        return;
+    };
     let p = Project::new("realupfg");
     three_services(&p);
     let (out, took) = run(command(&p, &real, &["up"]), "up");
@@ -178,7 +167,9 @@ fn foreground_up_with_the_real_mirrord_exits_non_zero_with_the_cause() {
 
 #[test]
 fn ci_start_with_the_real_mirrord_fails_fast_with_the_cause_and_ci_stop_leaves_nothing() {
-    let Some(real) = real_mirrord() else { return };
+    let Some(real) = common::real_mirrord() else {
+        return;
+    };
     let p = Project::new("realci");
     // Our global options after `ci start` (here `--name` is ours, `-t` mirrord's).
     let (out, took) = run(

@@ -593,3 +593,19 @@ pub fn compat_fixtures(kind: &str) -> Vec<PathBuf> {
     assert!(!files.is_empty(), "no fixtures in {}", dir.display());
     files
 }
+
+/// The real mirrord 3.250.0 CLI beside the repository (`../shared/mirrord/bin/mirrord`), or
+/// `None` when it is missing, which fails the test under `CI=true`.
+pub fn real_mirrord() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/mirrord/bin/mirrord");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the real mirrord is missing at {} (required under CI=true)",
+        path.display()
+    );
+    eprintln!("skipped: no real mirrord at {}", path.display());
+    None
+}
