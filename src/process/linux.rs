@@ -226,3 +226,35 @@ pub fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) 
 pub fn same_alive(pid: i32, start_time: u64) -> bool {
     proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_markers_are_decoded() {
+        let raw = b"PATH=/bin\0MIRRORD_UP_STATE=/s/p\0MIRRORD_UP_INSTANCE=ab12\0MIRRORD_UP_OTHER=x\0MIRRORD_UP_SERVICE=a=b\0";
+        let [state, service, instance, supervisor] = markers_of(raw).expect("marked");
+        assert_eq!(state.as_deref(), Some("/s/p"));
+        assert_eq!(service.as_deref(), Some("a=b"));
+        assert_eq!(instance.as_deref(), Some("ab12"));
+        assert_eq!(supervisor, None);
+        assert_eq!(markers_of(b"PATH=/bin\0HOME=/h\0"), None);
+        assert_eq!(markers_of(b"MIRRORD_UP_OTHER=1\0"), None);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_signalled() {
+        let me = std::process::id() as i32;
+        let start = proc_info(me).expect("self").start_time;
+        // SIGCONT to ourselves is harmless; a wrong start time must not send it.
+        assert!(!signal_if_same(
+            me,
+            start + 1,
+            nix::sys::signal::Signal::SIGCONT
+        ));
+        assert!(signal_if_same(me, start, nix::sys::signal::Signal::SIGCONT));
+        assert!(!signal_if_same(1, 0, nix::sys::signal::Signal::SIGCONT));
+        assert!(!signal_if_same(0, 0, nix::sys::signal::Signal::SIGCONT));
+    }
+}

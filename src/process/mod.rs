@@ -750,3 +750,41 @@ pub fn wait_gone(identity: &ProcessIdentity, timeout: Duration) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(pid: i32, pgid: i32) -> ProcessIdentity {
+        ProcessIdentity {
+            pid,
+            pgid,
+            start_time: 1,
+            boot_id: boot_id().to_owned(),
+            nonce: None,
+        }
+    }
+
+    #[test]
+    fn records_pointing_at_no_service_or_at_us_are_refused() {
+        let me = own_ids();
+        // A pid (and the next) that is none of ours.
+        let o = (4242..)
+            .find(|p| !me.contains(*p) && !me.contains(p + 1))
+            .expect("free ids");
+        for bad in [
+            id(0, 0),
+            id(1, 1),
+            id(o, 0),
+            id(o, 1),
+            id(me.pid, me.pid),
+            id(o, me.pgid),
+            id(me.sid, me.sid),
+            id(o, o + 1),
+        ] {
+            assert!(bad.refusal().is_some(), "{bad:?}");
+            assert!(!bad.leads_group(), "{bad:?}");
+        }
+        assert_eq!(id(o, o).refusal(), None);
+    }
+}
