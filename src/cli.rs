@@ -433,17 +433,23 @@ pub const MIRRORD_EXEC_VALUE_FLAGS: &[&str] = &[
     "--triggered-by",
 ];
 
-/// Our global options that `ci start` takes as ours wherever they are written before the
-/// command: those mirrord exec does not have. (`-f`, `-k/--key` and `--context` are mirrord
-/// exec's there, with the same meaning for the last two.)
-const CI_START_GLOBALS_WITH_VALUE: &[&str] = &[
+/// Our global options that take a value.
+const GLOBALS_WITH_VALUE: &[&str] = &[
+    "-f",
     "--file",
     "-p",
     "--project-name",
     "--state-dir",
     "--mirrord-bin",
     "--launcher",
+    "-k",
+    "--key",
+    "--context",
 ];
+/// Those of them that are mirrord exec's own after `ci start` (`-f` is its config file; `-k`
+/// and `--context` mean the same there). The rest `ci start` takes as ours wherever they are
+/// written before the command.
+const MIRRORD_EXEC_OWNS: &[&str] = &["-f", "-k", "--key", "--context"];
 const CI_START_GLOBAL_FLAGS: &[&str] = &["--no-color", "-q", "--quiet", "--verbose"];
 
 /// Splits what follows `ci start` into our global options and the rest (`ci start`'s own
@@ -465,7 +471,7 @@ pub fn split_ci_start(
         if a == "--" {
             theirs.push(arg);
             break;
-        } else if CI_START_GLOBALS_WITH_VALUE.contains(&name) {
+        } else if GLOBALS_WITH_VALUE.contains(&name) && !MIRRORD_EXEC_OWNS.contains(&name) {
             let inline = a.contains('=');
             ours.push(arg);
             if !inline && let Some(v) = it.next() {
@@ -501,18 +507,6 @@ pub fn split_ci_start(
 
 /// Index of the subcommand word, skipping global options (and the values of those that take one).
 pub fn subcommand_index(args: &[std::ffi::OsString]) -> Option<usize> {
-    const WITH_VALUE: &[&str] = &[
-        "-f",
-        "--file",
-        "-p",
-        "--project-name",
-        "--state-dir",
-        "--mirrord-bin",
-        "--launcher",
-        "-k",
-        "--key",
-        "--context",
-    ];
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy();
@@ -522,7 +516,7 @@ pub fn subcommand_index(args: &[std::ffi::OsString]) -> Option<usize> {
         if !a.starts_with('-') {
             return Some(i);
         }
-        i += if WITH_VALUE.contains(&a.as_ref()) {
+        i += if GLOBALS_WITH_VALUE.contains(&a.as_ref()) {
             2
         } else {
             1

@@ -301,15 +301,7 @@ impl SafeDir {
         if is_kind(&st, SFlag::S_IFLNK) {
             return Err(FsError::unsafe_(&path, "is a symbolic link"));
         }
-        if !is_kind(&st, SFlag::S_IFREG) {
-            return Err(FsError::unsafe_(&path, "is not a regular file"));
-        }
-        if st.st_uid != me() {
-            return Err(FsError::unsafe_(
-                &path,
-                format!("belongs to uid {} (you are uid {})", st.st_uid, me()),
-            ));
-        }
+        own_regular_file(&st, &path)?;
         Ok(())
     }
 
@@ -334,15 +326,7 @@ impl SafeDir {
             }
         })?;
         let st = fstat(&fd).map_err(|e| FsError::io(&path, e))?;
-        if !is_kind(&st, SFlag::S_IFREG) {
-            return Err(FsError::unsafe_(&path, "is not a regular file"));
-        }
-        if st.st_uid != me() {
-            return Err(FsError::unsafe_(
-                &path,
-                format!("belongs to uid {} (you are uid {})", st.st_uid, me()),
-            ));
-        }
+        own_regular_file(&st, &path)?;
         // Back to blocking I/O: O_NONBLOCK was only there so that opening a FIFO cannot hang.
         let fl = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
             .map_err(|e| FsError::io(&path, e))?;
@@ -399,6 +383,20 @@ fn one_name<'a>(name: &'a OsStr, dir: &Path) -> Result<&'a OsStr> {
         ));
     }
     Ok(name)
+}
+
+/// A regular file of ours, or why it is refused.
+fn own_regular_file(st: &nix::sys::stat::FileStat, path: &Path) -> Result<()> {
+    if !is_kind(st, SFlag::S_IFREG) {
+        return Err(FsError::unsafe_(path, "is not a regular file"));
+    }
+    if st.st_uid != me() {
+        return Err(FsError::unsafe_(
+            path,
+            format!("belongs to uid {} (you are uid {})", st.st_uid, me()),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
