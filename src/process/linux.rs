@@ -113,6 +113,9 @@ pub fn scan_marked() -> Vec<MarkedProc> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    // A user process in the middle of an `exec` shows an empty environment for that instant
+    // (kernel threads always do, but have no `exe`): those are read once more after the scan.
+    let mut mid_exec = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -128,24 +131,37 @@ pub fn scan_marked() -> Vec<MarkedProc> {
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        let Some([state, service, instance, supervisor]) = markers_of(&raw) else {
-            continue;
-        };
-        let Ok(info) = proc_info(pid) else {
-            continue;
-        };
-        if info.zombie || me.is_ours(&info) {
+        if raw.is_empty() && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
+            mid_exec.push(pid);
             continue;
         }
-        out.push(MarkedProc {
-            info,
-            state,
-            service,
-            instance,
-            supervisor,
-        });
+        out.extend(marked_proc(pid, &raw, &me));
+    }
+    if !mid_exec.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        for pid in mid_exec {
+            if let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) {
+                out.extend(marked_proc(pid, &raw, &me));
+            }
+        }
     }
     out
+}
+
+/// The process `pid` with the environment `raw`, if it carries our markers and is not us.
+fn marked_proc(pid: i32, raw: &[u8], me: &OwnIds) -> Option<MarkedProc> {
+    let [state, service, instance, supervisor] = markers_of(raw)?;
+    let info = proc_info(pid).ok()?;
+    if info.zombie || me.is_ours(&info) {
+        return None;
+    }
+    Some(MarkedProc {
+        info,
+        state,
+        service,
+        instance,
+        supervisor,
+    })
 }
 
 /// This process's pid, process group and session.
