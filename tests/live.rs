@@ -792,5 +792,14 @@ fn up_detach_with_a_broken_file_through_the_supervisor_fails_and_changes_nothing
         "names the file: {out}"
     );
     assert!(out.stderr.contains("line "), "and the position: {out}");
+    // Said once: as the answer, not also as a "reload failed" event.
+    assert_eq!(
+        out.stderr
+            .matches("every service keeps running as it is")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.stderr.matches("mirrord-up.yaml:").count(), 1, "{out}");
     assert_eq!(p.pids(), before);
 }

@@ -274,7 +274,7 @@ fn pass(
         if engine.state.records(RecordKind::Service).next().is_none() {
             bail!("nothing was started: {err}");
         }
-        bail!("{err}");
+        bail!("the file was not applied, every service keeps running as it is: {err}");
     }
     Ok(if plan.is_empty() {
         format!("nothing to do ({} running)", out.running.len())
