@@ -127,9 +127,11 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// One row per service: status, PID, uptime, restarts, last reason, config hash.
+    /// One row per service in 80 columns: name, status, PID, uptime, restarts by the restart
+    /// policy, target (`--wide`: also config hash, launcher, last exit, last reason; `-q`:
+    /// PIDs only).
     #[command(
-        after_help = "Examples:\n  mirrord-up ps\n  mirrord-up ps --format json | jq '.[] | select(.status != \"running\")'"
+        after_help = "Examples:\n  mirrord-up ps\n  mirrord-up ps --status failed,backoff\n  mirrord-up ps -q | xargs -r ps -o pid,rss,cmd -p\n  mirrord-up ps --format json | jq '.[] | select(.status != \"running\")'"
     )]
     Ps {
         #[arg(long, value_enum, default_value_t)]
@@ -137,6 +139,16 @@ pub enum Command {
         /// Also show CI sessions.
         #[arg(short, long)]
         all: bool,
+        /// Every column (config hash, launcher, last exit, last reason), nothing cut.
+        #[arg(long)]
+        wide: bool,
+        /// Service names only, one a line.
+        #[arg(long)]
+        services: bool,
+        /// Only services in this status (starting, running, ready, stopping, exited, failed,
+        /// backoff, stopped); repeat it or separate with commas.
+        #[arg(long, value_name = "STATUS", value_delimiter = ',')]
+        status: Vec<String>,
     },
     /// Every project recorded in the state directory: its file, supervisor and services by status.
     #[command(

@@ -29,6 +29,19 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Is the recorded process alive (its identity intact)?
+/// What an applied plan did, in the past tense (`plan` says what it would do with
+/// `Plan::summary`): `1 started, 0 restarted, 0 stopped, 3 unchanged`.
+pub fn done_summary(plan: &Plan) -> String {
+    let count = |a| plan.steps.iter().filter(|s| s.action == a).count();
+    format!(
+        "{} started, {} restarted, {} stopped, {} unchanged",
+        count(Action::Start),
+        count(Action::Restart),
+        count(Action::Stop),
+        count(Action::Keep)
+    )
+}
+
 pub fn liveness(rec: &ServiceRecord) -> Liveness {
     rec.process
         .as_ref()
@@ -454,6 +467,9 @@ impl<'a> Engine<'a> {
             let log_path = self.store.log_path(&spec.name);
             let offset = process::rotate_log(&log_path);
             let fresh = new_record(spec, log_path);
+            let by_policy = causes
+                .get(spec.name.as_str())
+                .is_some_and(|c| c.starts_with("restart policy"));
             let rec = self
                 .state
                 .services
@@ -464,6 +480,9 @@ impl<'a> Engine<'a> {
                         restarts: old
                             .restarts
                             .saturating_add(u32::from(old.started_at_ms.is_some())),
+                        policy_restarts: old
+                            .policy_restarts
+                            .saturating_add(u32::from(by_policy && old.started_at_ms.is_some())),
                         last_exit: old.last_exit.take(),
                         crash_streak: old.crash_streak,
                         ..fresh.clone()
@@ -915,6 +934,7 @@ fn new_record(spec: &ServiceSpec, log_path: PathBuf) -> ServiceRecord {
         spawn_nonce: None,
         started_at_ms: None,
         restarts: 0,
+        policy_restarts: 0,
         last_exit: None,
         last_reason: None,
         log_path,

@@ -16,14 +16,37 @@ pub fn stdout_color(no_color_flag: bool) -> bool {
     use_color(no_color_flag, std::io::stdout().is_terminal())
 }
 
-const PALETTE: &[u8] = &[36, 33, 32, 35, 34, 96, 93, 92, 95, 94];
+/// Service colours, in the order they are handed out: the five base hues, then their bright
+/// variants. Red is left for errors and failures.
+pub const PALETTE: &[u8] = &[36, 33, 32, 35, 34, 96, 93, 92, 95, 94];
 
-/// A stable colour per service name (same name, same colour, every run).
+/// The names that have a colour, in the order they were first asked for.
+static ASSIGNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Hands out colours to `names` in this order (before anything is printed), so that a
+/// foreground `up` colours the services in the file's order. Names that have one keep it.
+pub fn assign(names: &[String]) {
+    for n in names {
+        color_of(n);
+    }
+}
+
+/// The colour of a service: the next colour of the palette the first time a name appears in
+/// this process, the same one after that. Ten names in a row get ten different colours; the
+/// eleventh starts over. `mirrord-up` (the tool's own lines) is bold, not a service colour.
 pub fn color_of(name: &str) -> u8 {
-    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
-    PALETTE[(h % PALETTE.len() as u64) as usize]
+    if name == "mirrord-up" {
+        return 1;
+    }
+    let mut assigned = ASSIGNED.lock().unwrap_or_else(|e| e.into_inner());
+    let index = match assigned.iter().position(|n| n == name) {
+        Some(i) => i,
+        None => {
+            assigned.push(name.to_owned());
+            assigned.len() - 1
+        }
+    };
+    PALETTE[index % PALETTE.len()]
 }
 
 /// `name | ` padded to `width`, coloured when asked.
@@ -40,5 +63,29 @@ pub fn paint(text: &str, code: u8, color: bool) -> String {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
         text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_get_distinct_colours_in_order_of_first_appearance() {
+        let names: Vec<String> = ["t-db", "t-web", "t-api", "t-worker", "t-cache"]
+            .map(str::to_owned)
+            .to_vec();
+        let colours: Vec<u8> = names.iter().map(|n| color_of(n)).collect();
+        let mut distinct = colours.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), names.len(), "{colours:?}");
+        assert_eq!(color_of("t-web"), colours[1], "a name keeps its colour");
+        let distinct_palette: std::collections::BTreeSet<_> = PALETTE.iter().collect();
+        assert!(distinct_palette.len() >= 8);
+        assert!(
+            !PALETTE.contains(&31) && !PALETTE.contains(&91),
+            "red is for errors"
+        );
     }
 }

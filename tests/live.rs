@@ -472,6 +472,11 @@ fn detached_supervisor_reloads_restarts_and_gives_up() {
     let new3 = wait_new_pid(&p, "svc3", before["svc3"]);
     let row = &p.ps_map()["svc3"];
     assert_eq!(row["restarts"], 1, "{row}");
+    assert_eq!(row["policy_restarts"], 1, "{row}");
+    // The edit restarted svc1, which is not a restart by the policy (ps's RESTARTS).
+    let row1 = &p.ps_map()["svc1"];
+    assert_eq!(row1["restarts"], 1, "{row1}");
+    assert_eq!(row1["policy_restarts"], 0, "{row1}");
     assert!(
         row["last_reason"]
             .as_str()
@@ -489,6 +494,7 @@ fn detached_supervisor_reloads_restarts_and_gives_up() {
     let used = cpu_ticks(sup) - cpu_before;
     let row = &p.ps_map()["crasher"];
     assert_eq!(row["restarts"], 2, "{row}");
+    assert_eq!(row["policy_restarts"], 2, "{row}");
     assert_eq!(row["last_exit"]["code"], 3, "{row}");
     assert!(
         row["last_reason"]
@@ -786,5 +792,14 @@ fn up_detach_with_a_broken_file_through_the_supervisor_fails_and_changes_nothing
         "names the file: {out}"
     );
     assert!(out.stderr.contains("line "), "and the position: {out}");
+    // Said once: as the answer, not also as a "reload failed" event.
+    assert_eq!(
+        out.stderr
+            .matches("every service keeps running as it is")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.stderr.matches("mirrord-up.yaml:").count(), 1, "{out}");
     assert_eq!(p.pids(), before);
 }

@@ -23,7 +23,7 @@ const SLOW_STOP: &[&str] = &[
     "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done",
 ];
 
-const STARTED: &str = "2 to start, 0 to restart, 0 to stop, 0 unchanged";
+const STARTED: &str = "2 started, 0 restarted, 0 stopped, 0 unchanged";
 
 /// `slow` (5 s grace period) and `web`, run without mirrord.
 fn project(name: &str) -> Project {

@@ -163,7 +163,7 @@ fn up_detach_names_each_failed_service_with_mirrords_cause() {
         );
         assert_no_help(reason);
     }
-    let table = p.ok(&["ps"]);
+    let table = p.ok(&["ps", "--wide"]);
     assert!(
         table.stdout.lines().filter(|l| l.contains(CAUSE)).count() == 2,
         "{table}"

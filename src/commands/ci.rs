@@ -28,7 +28,14 @@ pub fn run(ctx: &Context, command: CiCommand) -> Result<ExitCode> {
             false,
             false,
         ),
-        CiCommand::Ps { format } => super::ps::run(ctx, format, true),
+        CiCommand::Ps { format } => super::ps::run(
+            ctx,
+            format,
+            &super::ps::Options {
+                all: true,
+                ..Default::default()
+            },
+        ),
     }
 }
 
@@ -236,6 +243,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
         spawn_nonce: Some(nonce),
         started_at_ms: None,
         restarts: 0,
+        policy_restarts: 0,
         last_exit: None,
         last_reason: Some("ci start".into()),
         log_path: out_dir.join("stdout"),

@@ -124,7 +124,23 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
         Command::Down { timeout, force } => {
             down::run(ctx, timeout.map(std::time::Duration::from_secs_f64), force)
         }
-        Command::Ps { format, all } => ps::run(ctx, format, all),
+        Command::Ps {
+            format,
+            all,
+            wide,
+            services,
+            status,
+        } => ps::run(
+            ctx,
+            format,
+            &ps::Options {
+                all,
+                wide,
+                services,
+                quiet: ctx.global.quiet,
+                status,
+            },
+        ),
         Command::Ci { command } => ci::run(ctx, command),
         Command::Logs {
             services,

@@ -19,6 +19,7 @@ pub fn run(
 ) -> Result<ExitCode> {
     let doc = ctx.load()?;
     let state = ctx.read_state()?;
+    let ctx = &recorded_launcher(ctx, state.as_ref());
     let cache = state
         .as_ref()
         .map(|s| s.target_cache.clone())
@@ -38,6 +39,37 @@ pub fn run(
     );
     print_plan(&plan, format, ctx.stdout_color());
     Ok(exit_code(&plan, detailed_exitcode))
+}
+
+/// Whether `--launcher` (or `MIRRORD_UP_LAUNCHER`) was given: otherwise its default,
+/// `mirrord`, is only a default.
+fn launcher_given() -> bool {
+    std::env::var_os("MIRRORD_UP_LAUNCHER").is_some_and(|v| !v.is_empty())
+        || std::env::args()
+            .skip(1)
+            .take_while(|a| a != "--")
+            .any(|a| a == "--launcher" || a.starts_with("--launcher="))
+}
+
+/// The context to plan with: when no launcher was given, the one the running services were
+/// started with (as recorded), so that `plan` after `up -d --launcher local` compares like
+/// with like, as the supervisor started with it does. With services of both launchers
+/// recorded, or none, the default stays.
+pub fn recorded_launcher(ctx: &Context, state: Option<&crate::state::State>) -> Context {
+    let mut ctx = ctx.clone();
+    if launcher_given() {
+        return ctx;
+    }
+    let mut launchers = state
+        .into_iter()
+        .flat_map(|s| s.records(crate::state::RecordKind::Service))
+        .map(|(_, r)| r.spec.launcher);
+    if let Some(first) = launchers.next()
+        && launchers.all(|l| l == first)
+    {
+        ctx.global.launcher = first;
+    }
+    ctx
 }
 
 /// 0 once printed; with `--detailed-exitcode`, 2 when changes are pending (terraform's

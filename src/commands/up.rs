@@ -38,9 +38,10 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         }
         if !args.detach {
             bail!(
-                "a background supervisor (pid {}) already runs project `{}`: follow its services with `mirrord-up logs -f`, apply the file with `mirrord-up up --detach`, or stop it with `mirrord-up down`",
+                "a background supervisor (pid {}) already runs project `{}`: follow its services with `mirrord-up logs -f` (its own log is {}), apply the file with `mirrord-up up --detach`, or stop it with `mirrord-up down`",
                 sup.process.pid,
-                ctx.project()
+                ctx.project(),
+                ctx.store()?.dir.join("supervisor.log").display()
             );
         }
         // The supervisor reads the file itself (and answers with its error if it is bad).
@@ -50,6 +51,8 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     // A bad file is refused before anything starts.
     let doc = ctx.load()?;
     let width = doc.names().iter().map(String::len).max().unwrap_or(0);
+    // Foreground, services are coloured in the file's order (the first five all differ).
+    crate::output::assign(&doc.names());
     if args.detach {
         detach(ctx, args, width)
     } else {
@@ -196,6 +199,11 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
     let state = store.load(&lock)?;
+    // A dry run compares as `plan` does: with the launcher recorded when none is given.
+    let planning = args
+        .dry_run
+        .then(|| super::plan::recorded_launcher(ctx, Some(&state)));
+    let ctx = planning.as_ref().unwrap_or(ctx);
     let (desired, cache) = ctx.desired(
         &doc,
         &args.services,
@@ -256,7 +264,7 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     match report.error_message() {
         None => {
             if !ctx.global.quiet {
-                println!("{}", plan.summary());
+                println!("{}", crate::engine::done_summary(&plan));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -184,8 +184,14 @@ pub struct ServiceRecord {
     pub spawn_nonce: Option<String>,
     #[serde(default)]
     pub started_at_ms: Option<u64>,
+    /// Every start of this record after its first, whatever the cause (config change,
+    /// `restart`, restart policy).
     #[serde(default)]
     pub restarts: u32,
+    /// The restarts its restart policy made (after a crash or an exit): what `ps` shows in
+    /// RESTARTS. Absent from state files written before it existed (read as 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub policy_restarts: u32,
     #[serde(default)]
     pub last_exit: Option<ExitInfo>,
     #[serde(default)]

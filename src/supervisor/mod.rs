@@ -161,8 +161,9 @@ async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             anyhow::bail!(
-                "a supervisor of this project already runs (pid {}); follow it with `mirrord-up logs -f`, apply the file with `mirrord-up up --detach`, or stop it with `mirrord-up down`",
-                other.process.pid
+                "a supervisor of this project already runs (pid {}); follow it with `mirrord-up logs -f` (its own log is {}), apply the file with `mirrord-up up --detach`, or stop it with `mirrord-up down`",
+                other.process.pid,
+                ctx.store()?.dir.join("supervisor.log").display()
             );
         }
     };
@@ -675,7 +676,8 @@ impl SupervisorReporter {
             Some(Err(e)) => (false, e.clone()),
             None => (false, "no result".to_owned()),
         };
-        if !ok && out.reload_error.as_deref() != Some(message.as_str()) {
+        let told = out.reload_error_told && out.reload_error.as_deref() == Some(message.as_str());
+        if !ok && !told {
             let label = crate::output::paint("error:", 31, self.color);
             eprintln!("{label} {message}");
         }

@@ -85,6 +85,9 @@ pub struct PassOutcome {
     pub abort: Option<i32>,
     /// The file failed to load: the message (also recorded in the state).
     pub reload_error: Option<String>,
+    /// `reload_error` was told as an event (a reload the watcher started); an explicit
+    /// request gets it as its answer only, so that it is said once.
+    pub reload_error_told: bool,
     /// A service exited that this pass has not settled yet: run another pass.
     pub unsettled: bool,
     /// Every service has ended (exited or failed; none runs, starts or waits out a back-off)
@@ -131,7 +134,9 @@ fn pass(
     let due = settle_exits(&mut state, settings, reporter, now, out, &BTreeSet::new());
 
     let desired = match work {
-        Work::Reconcile { .. } => load_desired(ctx, settings, &mut state, reporter, out),
+        Work::Reconcile { explicit } => {
+            load_desired(ctx, settings, &mut state, reporter, out, explicit.is_some())
+        }
         _ => recorded(&state),
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
@@ -266,12 +271,15 @@ fn pass(
         bail!("{msg}");
     }
     if let (Some(err), Work::Reconcile { explicit: Some(_) }) = (&out.reload_error, work) {
-        bail!("{err}");
+        if engine.state.records(RecordKind::Service).next().is_none() {
+            bail!("nothing was started: {err}");
+        }
+        bail!("the file was not applied, every service keeps running as it is: {err}");
     }
     Ok(if plan.is_empty() {
         format!("nothing to do ({} running)", out.running.len())
     } else {
-        plan.summary()
+        crate::engine::done_summary(&plan)
     })
 }
 
@@ -401,6 +409,7 @@ fn load_desired(
     state: &mut State,
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
+    explicit: bool,
 ) -> Desired {
     let loaded = ctx.load().and_then(|doc| {
         let (desired, cache) = ctx.desired(
@@ -429,11 +438,22 @@ fn load_desired(
                 .last_reload_error
                 .as_ref()
                 .is_some_and(|r| r.message == message);
-            if !repeated {
+            let nothing_recorded = state.records(RecordKind::Service).next().is_none();
+            // An explicit request (`up`, `up -d`) gets the error as its answer: told here too,
+            // it would be said twice. With nothing recorded there is nothing that keeps
+            // running, and nothing for `ps` to qualify.
+            if !explicit && !repeated {
                 reporter.event(
                     "mirrord-up",
-                    &format!("reload failed, every service keeps running as it is:\n{message}"),
+                    &if nothing_recorded {
+                        format!("the file cannot be loaded, nothing was started:\n{message}")
+                    } else {
+                        format!("reload failed, every service keeps running as it is:\n{message}")
+                    },
                 );
+                out.reload_error_told = true;
+            }
+            if !repeated && !nothing_recorded {
                 state.last_reload_error = Some(ReloadError {
                     message: message.clone(),
                     at_ms: now_ms(),
