@@ -252,7 +252,12 @@ fn follow_ends_when_the_project_has_nothing_left_that_can_write() {
     p.ok(&["down"]);
     assert_eq!(all.exits(), Some(0), "{}", all.text());
     assert_eq!(api.exits(), Some(0), "{}", api.text());
-    assert!(all.text().contains("web ▸ stopped"), "{}", all.text());
+    assert!(
+        all.text().contains("web ▸ stopped"),
+        "{}\nevents:\n{}",
+        all.text(),
+        std::fs::read_to_string(p.state_dir.join("events.log")).unwrap_or_default()
+    );
     assert!(!api.text().contains("web ▸"), "{}", api.text());
 
     // Nothing can write: `logs -f` prints what there is and returns at once.
@@ -445,4 +450,67 @@ fn since_filters_by_time_where_the_time_is_known() {
     let out = p.run(&["logs", "--since", "yesterday-ish"]);
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("neither a duration"), "{out}");
+}
+
+#[test]
+fn the_events_file_is_bounded_and_never_followed_through_a_symlink() {
+    let p = Project::new("journal");
+    p.write_yaml(&greeter("one"));
+    p.ok(&["up", "--detach"]);
+    let events = p.state_dir.join("events.log");
+    wait_until("the start was recorded", WAIT, || {
+        std::fs::read_to_string(&events).is_ok_and(|t| t.contains("started"))
+    });
+    // Past its cap (512 KiB), the next event rotates it to events.log.1.
+    let old = std::fs::read_to_string(&events).unwrap();
+    let filler = format!("{}\n", "x".repeat(1023)).repeat(520);
+    std::fs::write(&events, format!("{old}{filler}")).unwrap();
+    p.ok(&["restart", "api"]);
+    let rotated = p.state_dir.join("events.log.1");
+    assert!(rotated.exists(), "no rotation");
+    let now = std::fs::metadata(&events).unwrap().len();
+    assert!(now < 64 * 1024, "events.log is still {now} bytes");
+    // Both generations are read (the junk lines are skipped).
+    let out = p.ok(&["logs"]);
+    assert!(
+        out.stdout.contains("started (pid") && out.stdout.contains("new service"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("▸ stopped"), "{out}");
+    assert!(!out.stdout.contains("xxxx"), "{out}");
+
+    // A symlink in its place is neither written through nor read.
+    let outside = p.state_root.join("outside.txt");
+    std::fs::write(&outside, "untouched\n").unwrap();
+    std::fs::remove_file(&events).unwrap();
+    std::os::unix::fs::symlink(&outside, &events).unwrap();
+    p.ok(&["restart", "api"]);
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched\n");
+    let out = p.ok(&["logs"]);
+    assert!(!out.stdout.contains("untouched"), "{out}");
+}
+
+#[test]
+fn follow_without_names_picks_up_a_service_added_while_it_runs() {
+    let p = Project::new("late");
+    p.write_yaml(&greeter("one"));
+    p.ok(&["up", "--detach"]);
+    let mut live = Live::start(&p, &["logs", "-f"]);
+    live.wait_for("api | hello-one");
+    p.write_yaml(&format!(
+        "{}{}",
+        greeter("one"),
+        service("late", &["sh", "-c", "echo late-up; exec sleep 1000"], &[])
+    ));
+    live.wait_for("late ▸ started (pid");
+    live.wait_for("late | late-up");
+    p.ok(&["down"]);
+    assert_eq!(live.exits(), Some(0), "{}", live.text());
+    // Read back later, its start leads its output (followed live, the start is printed
+    // when it happens: once the session said Ready!).
+    let text = p.ok(&["logs", "late"]).stdout;
+    assert!(
+        text.lines().next().unwrap().starts_with("late ▸ started"),
+        "{text}"
+    );
 }

@@ -388,7 +388,12 @@ fn follow<W: Write>(
                     .width
                     .max(tail_set.names().map(String::len).max().unwrap_or(0));
             }
-            let alive = writers(state.as_ref(), names.as_ref());
+            let mut alive = writers(state.as_ref(), names.as_ref());
+            // A process seen before stays a writer while it lives, recorded or not (a
+            // supervisor that is shutting down leaves the state before its last events).
+            alive.extend(watched.iter().copied().filter(|(pid, start)| {
+                crate::process::proc_info(*pid).is_ok_and(|i| i.start_time == *start && !i.zombie)
+            }));
             for w in &alive {
                 if watched.insert(*w) {
                     watch_exit(tx.clone(), w.0, w.1);
