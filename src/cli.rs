@@ -149,8 +149,10 @@ pub enum Command {
         #[arg(short, long)]
         all: bool,
     },
-    /// Per-service logs, prefixed `name | `.
-    #[command(after_help = "Examples:\n  mirrord-up logs -n 20\n  mirrord-up logs -f api")]
+    /// Per-service logs, prefixed `name | `, with the supervisor's lifecycle lines (`name ▸ `).
+    #[command(
+        after_help = "Examples:\n  mirrord-up logs -n 20\n  mirrord-up logs -f api          # ends once api and the supervisor are gone\n  mirrord-up logs --since 10m"
+    )]
     Logs {
         services: Vec<String>,
         /// Keep printing new lines, across restarts and reloads (`-f` after `logs` means this).

@@ -264,6 +264,19 @@ mod tests {
     }
 
     #[test]
+    fn since_takes_a_duration_or_a_time() {
+        let t = parse_since("10m").unwrap();
+        let ago = SystemTime::now().duration_since(t).unwrap().as_secs();
+        assert!((599..=601).contains(&ago), "{ago}");
+        assert_eq!(
+            parse_since("2026-01-02T03:04:05Z").unwrap(),
+            humantime::parse_rfc3339("2026-01-02T03:04:05Z").unwrap()
+        );
+        let e = parse_since("soon").unwrap_err();
+        assert!(e.contains("neither a duration"), "{e}");
+    }
+
+    #[test]
     fn junk_lines_are_skipped() {
         for l in [
             "",
