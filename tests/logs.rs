@@ -514,3 +514,52 @@ fn follow_without_names_picks_up_a_service_added_while_it_runs() {
         "{text}"
     );
 }
+
+#[test]
+fn an_exit_with_its_cause_and_the_restart_follow_the_last_line_of_the_run() {
+    let p = Project::new("crashes");
+    p.write_yaml(&yaml(&[service(
+        "flaky",
+        &["sh", "-c", "echo going-down; exit 3"],
+        &["restart: on-failure", "max_restarts: 1"],
+    )]));
+    p.ok(&["up", "--detach"]);
+    wait_until("flaky gave up", WAIT, || {
+        p.ok(&["logs"]).stdout.contains("giving up")
+    });
+    let out = p.ok(&["logs", "flaky"]);
+    // Names are padded to the widest shown (`mirrord-up ▸ every service has ended…`).
+    let mut text = out.stdout.clone();
+    while text.contains("  ") {
+        text = text.replace("  ", " ");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let first = index_of(&lines, |l| l == "flaky | going-down", &out.stdout);
+    // Right after the run's last line: why it ended, and that a restart is scheduled.
+    let restart = index_of(
+        &lines,
+        |l| l.starts_with("flaky ▸ ") && l.contains("restarting in"),
+        &out.stdout,
+    );
+    assert!(restart > first, "{out}");
+    assert!(
+        lines[restart].contains('3'),
+        "no exit status in {:?}",
+        lines[restart]
+    );
+    assert!(
+        lines[first + 1..restart]
+            .iter()
+            .all(|l| !l.starts_with("flaky | ")),
+        "{out}"
+    );
+    // The second run gives up: its line, then the final lifecycle line.
+    let last_run = lines
+        .iter()
+        .rposition(|l| *l == "flaky | going-down")
+        .unwrap();
+    assert!(last_run > restart, "{out}");
+    let gave_up = index_of(&lines, |l| l.contains("giving up"), &out.stdout);
+    assert!(gave_up > last_run, "{out}");
+    assert!(lines[gave_up].starts_with("flaky ▸ failed:"), "{out}");
+}
