@@ -161,8 +161,10 @@ pub enum Command {
         #[arg(short, long)]
         all: bool,
     },
-    /// Per-service logs, prefixed `name | `.
-    #[command(after_help = "Examples:\n  mirrord-up logs -n 20\n  mirrord-up logs -f api")]
+    /// Per-service logs, prefixed `name | `, with the supervisor's lifecycle lines (`name ▸ `).
+    #[command(
+        after_help = "Examples:\n  mirrord-up logs -n 20\n  mirrord-up logs -f api          # ends once api and the supervisor are gone\n  mirrord-up logs --since 10m"
+    )]
     Logs {
         services: Vec<String>,
         /// Keep printing new lines, across restarts and reloads (`-f` after `logs` means this).
@@ -174,9 +176,14 @@ pub enum Command {
         /// No `name | ` prefix.
         #[arg(long)]
         no_prefix: bool,
-        /// Prefix each line with the time mirrord-up read it.
+        /// Prefix each line with when it was written: lifecycle lines and lines read live
+        /// with `-f` (old service lines have no known time and are left blank).
         #[arg(long)]
         timestamps: bool,
+        /// Only what happened since: a duration back from now (`10m`, `1h`) or an RFC 3339
+        /// time. Old service lines: from their service's last lifecycle event before it.
+        #[arg(long, value_name = "DURATION|TIME", value_parser = crate::events::parse_since)]
+        since: Option<std::time::SystemTime>,
     },
     /// CI: start sessions one step at a time, stop them all at the end (state shared on disk).
     #[command(

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod engine;
+pub mod events;
 pub mod fsutil;
 pub mod generate;
 pub mod graph;

@@ -47,6 +47,23 @@ impl LogTail {
         self.files.keys()
     }
 
+    /// Hands the complete lines of `name`'s file up to byte `offset` to `sink`, if the file
+    /// is still the one with `inode` (a lifecycle event goes after what was written before it).
+    pub fn read_upto(
+        &mut self,
+        name: &str,
+        inode: u64,
+        offset: u64,
+        sink: &mut LineSink<'_>,
+    ) -> std::io::Result<()> {
+        match self.files.get_mut(name) {
+            Some(f) if f.inode == inode && offset > f.offset => {
+                read_file_to(name, f, Some(offset), sink)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Hands every new complete line of every followed file to `sink`.
     pub fn read_new(&mut self, sink: &mut LineSink<'_>) -> std::io::Result<()> {
         for (name, f) in &mut self.files {
@@ -57,6 +74,15 @@ impl LogTail {
 }
 
 fn read_file(name: &str, f: &mut Followed, sink: &mut LineSink<'_>) -> std::io::Result<()> {
+    read_file_to(name, f, None, sink)
+}
+
+fn read_file_to(
+    name: &str,
+    f: &mut Followed,
+    limit: Option<u64>,
+    sink: &mut LineSink<'_>,
+) -> std::io::Result<()> {
     let Ok(mut file) = File::open(&f.path) else {
         return Ok(());
     };
@@ -72,7 +98,16 @@ fn read_file(name: &str, f: &mut Followed, sink: &mut LineSink<'_>) -> std::io::
     }
     file.seek(SeekFrom::Start(f.offset))?;
     let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
+    match limit {
+        Some(end) => {
+            (&mut file)
+                .take(end.saturating_sub(f.offset))
+                .read_to_end(&mut buf)?;
+        }
+        None => {
+            file.read_to_end(&mut buf)?;
+        }
+    }
     f.offset += buf.len() as u64;
     f.partial.extend_from_slice(&buf);
     while let Some(i) = f.partial.iter().position(|b| *b == b'\n') {

@@ -195,7 +195,7 @@ fn stop_inner(
     }
     let selected = |n: &String| only.is_none_or(|o| o.contains(n));
     let width = state.name_width();
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = crate::events::reporter(ctx, width);
 
     // A record that points at no service's group (pgid 0 or 1, our own group…) is never
     // signalled; its spawn nonce still finds the real processes below.

@@ -1,25 +1,109 @@
-//! `logs [SERVICE…] [-f] [-n N]`: the services' log files, prefixed `name | `. Following is
-//! driven by inotify (notify), not polling, and survives restarts and rotations: a file that
-//! shrinks or is replaced is read again from its start (`crate::tail`).
+//! `logs [SERVICE…] [-f] [-n N] [--since T] [--timestamps]`: the services' log files, prefixed
+//! `name | `, with the supervisor's lifecycle lines (`crate::events`) among them, prefixed
+//! `name ▸ ` and dim on a terminal.
+//!
+//! Where an event goes: each event records the position of its service's log file when it
+//! happened, so it is printed between the very lines it fell between; project-wide events
+//! (reload failed, the file is valid again) follow the services' lines.
+//!
+//! Time: services write their own log files, so the write time of an old service line is not
+//! known. `--timestamps` stamps lifecycle lines with their recorded time and lines read live
+//! (`-f`) with the time they were read; old service lines get a blank stamp, and a note on
+//! stderr says why, once. `--since` filters lifecycle lines by time; of a service's old lines it
+//! keeps none when the file was last modified before that time, else those after the
+//! service's last lifecycle event at or before that time (so nothing written since is lost; a
+//! few older lines may show), all of them when no event tells.
+//!
+//! Following is driven by inotify (notify) and pidfds, not polling, and survives restarts and
+//! rotations (`crate::tail`). `-f` ends, like compose's, once nothing is left that can write:
+//! no live process of the selected services (of any service, without names) and no live
+//! supervisor (which could start one again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::Context;
+use crate::events::{self, Event};
+use crate::process::Liveness;
+use crate::state::{State, StateStore};
 
-pub fn run(
-    ctx: &Context,
-    services: &[String],
-    follow: bool,
-    tail: Option<usize>,
+/// What `logs` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub follow: bool,
+    pub tail: Option<usize>,
+    pub prefix: bool,
+    pub timestamps: bool,
+    pub since: Option<SystemTime>,
+}
+
+const NO_TIME_NOTE: &str = "note: services write their own log files, so when an old service line was written is not known: --timestamps stamps lifecycle lines (▸) and lines read live with -f, and leaves old service lines blank";
+const SINCE_NOTE: &str = "note: old service lines carry no time: --since keeps each service's lines from its last lifecycle event at or before that time (all of them when none tells)";
+
+struct Printer<W: Write> {
+    out: W,
+    width: usize,
+    color: bool,
     prefix: bool,
     timestamps: bool,
-) -> Result<ExitCode> {
+    said_no_time: bool,
+}
+
+impl<W: Write> Printer<W> {
+    fn stamp(&mut self, at: Option<SystemTime>) -> std::io::Result<()> {
+        if !self.timestamps {
+            return Ok(());
+        }
+        match at {
+            Some(t) => write!(self.out, "{} ", humantime::format_rfc3339_millis(t)),
+            None => {
+                if !self.said_no_time {
+                    self.said_no_time = true;
+                    eprintln!("{NO_TIME_NOTE}");
+                }
+                // As wide as a stamp, so that the columns stay aligned.
+                write!(self.out, "{:25}", "")
+            }
+        }
+    }
+
+    fn line(&mut self, name: &str, line: &[u8], at: Option<SystemTime>) -> std::io::Result<()> {
+        self.stamp(at)?;
+        if self.prefix {
+            self.out
+                .write_all(crate::output::prefix(name, self.width, self.color).as_bytes())?;
+        }
+        self.out.write_all(line)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn event(&mut self, e: &Event) -> std::io::Result<()> {
+        for part in e.what.lines() {
+            self.stamp(Some(e.at))?;
+            let text = if self.prefix {
+                format!(
+                    "{:<w$} {} {part}",
+                    e.service,
+                    events::MARKER,
+                    w = self.width
+                )
+            } else {
+                format!("{} {}: {part}", events::MARKER, e.service)
+            };
+            writeln!(self.out, "{}", events::dim(&text, self.color))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(ctx: &Context, services: &[String], opts: &Options) -> Result<ExitCode> {
     ctx.require_project()?;
     // Read only: no state directory is made for a project that never ran.
     let store = crate::state::StateStore {
@@ -71,61 +155,296 @@ pub fn run(
         }
         out
     };
-    let width = selected.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    let color = ctx.stdout_color();
-    let mut out = std::io::stdout().lock();
-    let mut printer = |name: &str, line: &[u8]| -> std::io::Result<()> {
-        if timestamps {
-            write!(
-                out,
-                "{} ",
-                humantime::format_rfc3339_millis(std::time::SystemTime::now())
-            )?;
-        }
-        if prefix {
-            out.write_all(crate::output::prefix(name, width, color).as_bytes())?;
-        }
-        out.write_all(line)?;
-        out.write_all(b"\n")
+    let names: Option<BTreeSet<String>> =
+        (!services.is_empty()).then(|| services.iter().cloned().collect());
+    let all_events = events::read_all(&store.dir);
+    let since_ok = |e: &Event| opts.since.is_none_or(|s| e.at >= s);
+    let mut project_events: Vec<&Event> = all_events
+        .iter()
+        .filter(|e| e.project_wide() && since_ok(e))
+        .collect();
+    if let Some(n) = opts.tail {
+        project_events.drain(..project_events.len().saturating_sub(n));
+    }
+    let width = selected
+        .iter()
+        .map(|(n, _)| n.len())
+        .chain(project_events.iter().map(|e| e.service.len()))
+        .max()
+        .unwrap_or(0);
+    let mut p = Printer {
+        out: std::io::stdout().lock(),
+        width,
+        color: ctx.stdout_color(),
+        prefix: opts.prefix,
+        timestamps: opts.timestamps,
+        said_no_time: false,
     };
+    if opts.since.is_some() && !selected.is_empty() {
+        eprintln!("{SINCE_NOTE}");
+    }
     let mut tail_set = crate::tail::LogTail::default();
     for (name, path) in &selected {
-        let bytes = match File::open(path) {
-            Ok(mut f) => {
-                let mut b = Vec::new();
-                f.read_to_end(&mut b)?;
-                b
-            }
-            Err(_) => Vec::new(),
-        };
-        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let lines: Vec<&[u8]> = bytes[..complete].split(|b| *b == b'\n').collect();
-        let lines = &lines[..lines.len().saturating_sub(1)];
-        let skip = tail.map_or(0, |n| lines.len().saturating_sub(n));
-        for l in &lines[skip..] {
-            printer(name, l)?;
-        }
-        tail_set.follow(name, path, complete as u64);
+        let theirs: Vec<&Event> = all_events.iter().filter(|e| e.service == *name).collect();
+        let end = dump_service(&mut p, name, path, &theirs, opts)?;
+        tail_set.follow(name, path, end);
     }
-    if !follow {
+    for e in &project_events {
+        p.event(e)?;
+    }
+    p.out.flush()?;
+    if !opts.follow {
         return Ok(ExitCode::SUCCESS);
     }
+    follow(&store, state, names, tail_set, &mut p, opts)
+}
+
+/// Prints one service's old lines with its events among them; returns the offset up to which
+/// the file was printed (where following begins).
+fn dump_service<W: Write>(
+    p: &mut Printer<W>,
+    name: &str,
+    path: &Path,
+    theirs: &[&Event],
+    opts: &Options,
+) -> Result<u64> {
+    let (bytes, inode, mtime) = match File::open(path) {
+        Ok(mut f) => {
+            let meta = f.metadata()?;
+            let mut b = Vec::new();
+            f.read_to_end(&mut b)?;
+            (b, Some(meta.ino()), meta.modified().ok())
+        }
+        Err(_) => (Vec::new(), None, None),
+    };
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut lines: Vec<(u64, &[u8])> = Vec::new();
+    let mut start = 0;
+    for (i, b) in bytes[..complete].iter().enumerate() {
+        if *b == b'\n' {
+            lines.push((start as u64, &bytes[start..i]));
+            start = i + 1;
+        }
+    }
+    // An event placed in this file: its offset; `None` for one from before the file.
+    let here = |e: &Event| match (e.pos, inode) {
+        (Some((i, off)), Some(ino)) if i == ino => Some(off),
+        _ => None,
+    };
+    // Where the shown lines begin.
+    let mut from = 0u64;
+    if let Some(n) = opts.tail {
+        from = lines
+            .len()
+            .checked_sub(n)
+            .and_then(|i| lines.get(i))
+            .map_or(if n == 0 { complete as u64 } else { 0 }, |(s, _)| *s);
+    }
+    if let Some(since) = opts.since {
+        let last_before = theirs
+            .iter()
+            .filter(|e| e.at <= since)
+            .filter_map(|e| here(e))
+            .max();
+        // A file last written before that time has nothing newer.
+        let floor = if mtime.is_some_and(|m| m < since) {
+            complete as u64
+        } else {
+            last_before.unwrap_or(0)
+        };
+        from = from.max(floor);
+    }
+    let shown: Vec<&Event> = theirs
+        .iter()
+        .copied()
+        .filter(|e| opts.since.is_none_or(|s| e.at >= s))
+        .filter(|e| match here(e) {
+            Some(off) => off >= from,
+            // From before this file: shown unless only the end is asked for.
+            None => opts.tail.is_none(),
+        })
+        .collect();
+    let (before, mut placed): (Vec<&Event>, Vec<&Event>) =
+        shown.into_iter().partition(|e| here(e).is_none());
+    for e in before {
+        p.event(e)?;
+    }
+    placed.sort_by_key(|e| here(e));
+    let mut placed = placed.into_iter().peekable();
+    for (s, l) in lines.iter().filter(|(s, _)| *s >= from) {
+        while let Some(e) = placed.next_if(|e| here(e).is_some_and(|o| o <= *s)) {
+            p.event(e)?;
+        }
+        p.line(name, l, None)?;
+    }
+    for e in placed {
+        p.event(e)?;
+    }
+    Ok(complete as u64)
+}
+
+enum Wake {
+    /// A log file changed.
+    Logs,
+    /// Something else in the state directory (the state file, the events file).
+    State,
+    /// A watched process ended.
+    Exited,
+}
+
+/// The live processes that can still write: the selected services' and the supervisor's.
+fn writers(state: Option<&State>, names: Option<&BTreeSet<String>>) -> Vec<(i32, u64)> {
+    let Some(state) = state else {
+        return Vec::new();
+    };
+    let sup = state.supervisor.iter().map(|s| &s.process);
+    let svcs = state
+        .services
+        .iter()
+        .filter(|(n, _)| names.is_none_or(|s| s.contains(*n)))
+        .filter_map(|(_, r)| r.process.as_ref());
+    sup.chain(svcs)
+        .filter(|id| id.liveness() == Liveness::Alive)
+        .map(|id| (id.pid, id.start_time))
+        .collect()
+}
+
+/// Tells `tx` when the process `pid` (started at `start_time`) ends; at once if it is gone.
+fn watch_exit(tx: std::sync::mpsc::Sender<Wake>, pid: i32, start_time: u64) {
+    std::thread::spawn(move || {
+        if let Ok(fd) = crate::process::pidfd_open(pid) {
+            // The pidfd pins the process: check that it is still the one recorded.
+            if crate::process::proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
+            {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                use std::os::fd::AsFd;
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                while matches!(
+                    poll(&mut fds, PollTimeout::NONE),
+                    Err(nix::errno::Errno::EINTR)
+                ) {}
+            }
+        }
+        let _ = tx.send(Wake::Exited);
+    });
+}
+
+fn follow<W: Write>(
+    store: &StateStore,
+    mut state: Option<State>,
+    names: Option<BTreeSet<String>>,
+    mut tail_set: crate::tail::LogTail,
+    p: &mut Printer<W>,
+    opts: &Options,
+) -> Result<ExitCode> {
     use notify::Watcher;
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |ev| {
-        let _ = tx.send(ev);
+    let logs_dir = store.dir.join("logs");
+    let fs_tx = tx.clone();
+    let logs_for_watch = logs_dir.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let logs = ev.paths.iter().all(|p| p.starts_with(&logs_for_watch));
+        let _ = fs_tx.send(if logs { Wake::Logs } else { Wake::State });
     })
     .context("cannot watch the log directory")?;
-    let logs_dir = store.dir.join("logs");
     watcher
+        .watch(&store.dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", store.dir.display()))?;
+    let mut logs_watched = watcher
         .watch(&logs_dir, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("cannot watch {}", logs_dir.display()))?;
+        .is_ok();
+    // The events file, from its current end.
+    let mut journal = crate::tail::LogTail::default();
+    let journal_path = events::path(&store.dir);
+    let journal_len = std::fs::symlink_metadata(&journal_path).map_or(0, |m| m.len());
+    journal.follow("", &journal_path, journal_len);
+
+    let mut watched: BTreeSet<(i32, u64)> = BTreeSet::new();
+    let mut recheck = true;
     loop {
-        tail_set.read_new(&mut printer)?;
-        // Wait for the next change; drain whatever else arrived meanwhile.
-        if rx.recv().is_err() {
-            return Ok(ExitCode::SUCCESS);
+        if recheck {
+            // After the watches are set: a change from now on wakes the loop again.
+            if let Ok(s) = store.read() {
+                state = s;
+            }
+            if !logs_watched {
+                logs_watched = watcher
+                    .watch(&logs_dir, notify::RecursiveMode::NonRecursive)
+                    .is_ok();
+            }
+            if let Some(s) = &state {
+                // Services that appeared since (a supervisor started them): from where this
+                // run of theirs began.
+                for (n, r) in &s.services {
+                    if names.as_ref().is_none_or(|s| s.contains(n)) {
+                        tail_set.follow(n, &r.log_path, r.log_offset);
+                    }
+                }
+                p.width = p
+                    .width
+                    .max(tail_set.names().map(String::len).max().unwrap_or(0));
+            }
+            let mut alive = writers(state.as_ref(), names.as_ref());
+            // A process seen before stays a writer while it lives, recorded or not (a
+            // supervisor that is shutting down leaves the state before its last events).
+            alive.extend(watched.iter().copied().filter(|(pid, start)| {
+                crate::process::proc_info(*pid).is_ok_and(|i| i.start_time == *start && !i.zombie)
+            }));
+            for w in &alive {
+                if watched.insert(*w) {
+                    watch_exit(tx.clone(), w.0, w.1);
+                }
+            }
+            if alive.is_empty() {
+                // What the last of them wrote before it ended.
+                print_new(&mut tail_set, &mut journal, names.as_ref(), p, opts)?;
+                return Ok(ExitCode::SUCCESS);
+            }
         }
-        while rx.try_recv().is_ok() {}
+        print_new(&mut tail_set, &mut journal, names.as_ref(), p, opts)?;
+        // Wait for the next change; fold whatever else arrived meanwhile into one wake.
+        let Ok(first) = rx.recv() else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        recheck = !matches!(first, Wake::Logs);
+        while let Ok(w) = rx.try_recv() {
+            recheck |= !matches!(w, Wake::Logs);
+        }
     }
+}
+
+fn print_new<W: Write>(
+    tail_set: &mut crate::tail::LogTail,
+    journal: &mut crate::tail::LogTail,
+    names: Option<&BTreeSet<String>>,
+    p: &mut Printer<W>,
+    opts: &Options,
+) -> Result<()> {
+    let mut new_events = Vec::new();
+    journal.read_new(&mut |_, line| {
+        if let Some(e) = events::parse_line(&String::from_utf8_lossy(line)) {
+            new_events.push(e);
+        }
+        Ok(())
+    })?;
+    // Each event after the lines its service wrote before it (its recorded position).
+    for e in new_events.iter().filter(|e| {
+        (e.project_wide() || names.is_none_or(|n| n.contains(&e.service)))
+            && opts.since.is_none_or(|s| e.at >= s)
+    }) {
+        if let Some((inode, offset)) = e.pos {
+            tail_set.read_upto(&e.service, inode, offset, &mut |name, line| {
+                p.line(name, line, Some(SystemTime::now()))
+            })?;
+        }
+        p.width = p.width.max(e.service.len());
+        p.event(e)?;
+    }
+    tail_set.read_new(&mut |name, line| p.line(name, line, Some(SystemTime::now())))?;
+    p.out.flush()?;
+    Ok(())
 }

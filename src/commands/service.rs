@@ -69,6 +69,8 @@ pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode>
             Op::Stop => Work::Stop { names, timeout },
             Op::Start => Work::Start { names },
         };
+        // No supervisor records these events: this command does.
+        let mut reporter = crate::events::recording(ctx, reporter);
         let out = pass::run_pass(ctx, &PassSettings::default(), &work, reporter.as_mut());
         match out.result {
             Some(Ok(summary)) => (true, summary),

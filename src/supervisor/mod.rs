@@ -239,6 +239,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                         color,
                         width,
                         client,
+                        journal: ctx.store().ok().map(crate::events::Journal::new),
                     };
                     let out = pass::run_pass(&ctx, &settings, &work, &mut reporter);
                     reporter.finish(&out);
@@ -344,6 +345,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                                 color,
                                 width,
                                 client: None,
+                                journal: ctx.store().ok().map(crate::events::Journal::new),
                             };
                             note.event("mirrord-up", &all_down_message(failed, opts.foreground));
                         }
@@ -615,10 +617,15 @@ struct SupervisorReporter {
     color: bool,
     width: usize,
     client: Option<Client>,
+    /// The project's events file, read by `logs`.
+    journal: Option<crate::events::Journal>,
 }
 
 impl Reporter for SupervisorReporter {
     fn event(&mut self, service: &str, what: &str) {
+        if let Some(j) = &mut self.journal {
+            j.record(service, what);
+        }
         if self.foreground {
             let name = crate::output::paint(
                 &format!("{service:<w$}", w = self.width),

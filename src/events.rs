@@ -1,0 +1,291 @@
+//! The project's lifecycle journal, `<state-dir>/<project>/events.log`: what the supervisor
+//! (and a one-shot command that changes services) reported, one line per event, so that
+//! `logs` can show it among the services' own lines (`api  ▸ started (pid 12): …`).
+//!
+//! A line is `<RFC 3339 time>\t<service>\t<inode>:<offset>\t<what>`: the position is where the
+//! service's log file stood when the event happened (`-` when it had none), which places the
+//! event among that service's lines, whose own write times are unknown. `what` is escaped
+//! (`\n`, `\t`, `\\`) to stay on one line. The file is opened like the other state files
+//! (never through a symlink, `crate::fsutil`) and, past [`CAP_BYTES`], renamed to
+//! `events.log.1` (one generation kept). Recording is best effort: a journal that cannot be
+//! written never stops a service from being started or stopped.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::engine::Reporter;
+use crate::fsutil::{Access, SafeDir};
+
+pub const FILE: &str = "events.log";
+pub const ROTATED: &str = "events.log.1";
+/// Past this size the journal is rotated: two generations bound it to twice this.
+pub const CAP_BYTES: u64 = 512 * 1024;
+/// The service name of events about the whole project (reload failed, the file is valid again).
+pub const PROJECT: &str = "mirrord-up";
+/// Separates the service name from a lifecycle line, where `|` separates it from a log line.
+pub const MARKER: &str = "▸";
+
+/// One recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: SystemTime,
+    pub service: String,
+    /// `(inode, offset)` of the service's log file when it happened.
+    pub pos: Option<(u64, u64)>,
+    pub what: String,
+}
+
+impl Event {
+    /// About the project rather than one service (shown whatever services are selected).
+    pub fn project_wide(&self) -> bool {
+        self.service == PROJECT || self.service == "supervisor"
+    }
+}
+
+/// Where a project's events are appended.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    store: crate::state::StateStore,
+}
+
+impl Journal {
+    pub fn new(store: crate::state::StateStore) -> Journal {
+        Journal { store }
+    }
+
+    fn log_pos(&self, service: &str) -> Option<(u64, u64)> {
+        std::fs::symlink_metadata(self.store.log_path(service))
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| (m.ino(), m.len()))
+    }
+
+    /// Appends one event (best effort: errors are ignored).
+    pub fn record(&mut self, service: &str, what: &str) {
+        let mut pos = self.log_pos(service);
+        // `started` goes where this run's output begins (recorded before the spawn), not
+        // after what the session wrote while it was starting.
+        if what.starts_with("started")
+            && let Some((inode, _)) = pos
+            && let Ok(Some(state)) = self.store.read()
+            && let Some(rec) = state.services.get(service)
+        {
+            pos = Some((inode, rec.log_offset));
+        }
+        let _ = self.try_record(service, what, pos);
+    }
+
+    fn try_record(
+        &self,
+        service: &str,
+        what: &str,
+        pos: Option<(u64, u64)>,
+    ) -> std::io::Result<()> {
+        let dir = SafeDir::open(&self.store.dir, false)?;
+        let line = format_line(&Event {
+            at: SystemTime::now(),
+            service: service.to_owned(),
+            pos,
+            what: what.to_owned(),
+        });
+        if let Ok(m) = std::fs::symlink_metadata(self.store.dir.join(FILE))
+            && m.len() + line.len() as u64 > CAP_BYTES
+        {
+            std::fs::rename(self.store.dir.join(FILE), self.store.dir.join(ROTATED))?;
+        }
+        let mut f = dir.open_file(FILE, Access::Append)?;
+        // One write: concurrent writers (the supervisor, a one-shot command) never interleave.
+        f.write_all(line.as_bytes())
+    }
+}
+
+/// Every recorded event, oldest first (the rotated generation, then the current one).
+pub fn read_all(dir: &Path) -> Vec<Event> {
+    let Ok(safe) = SafeDir::open(dir, false) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for name in [ROTATED, FILE] {
+        let mut text = Vec::new();
+        if let Ok(mut f) = safe.open_file(name, Access::Read) {
+            let _ = f.read_to_end(&mut text);
+        }
+        out.extend(
+            text.split(|b| *b == b'\n')
+                .filter_map(|l| parse_line(&String::from_utf8_lossy(l))),
+        );
+    }
+    out
+}
+
+/// The journal's path in a project's state directory.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+pub fn format_line(e: &Event) -> String {
+    let pos = e
+        .pos
+        .map_or_else(|| "-".to_owned(), |(i, o)| format!("{i}:{o}"));
+    format!(
+        "{}\t{}\t{pos}\t{}\n",
+        humantime::format_rfc3339_millis(e.at),
+        escape(&e.service),
+        escape(&e.what)
+    )
+}
+
+/// A journal line (without its newline); `None` for a line that is not one (a torn write, a
+/// hand edit): it is skipped, never fatal.
+pub fn parse_line(line: &str) -> Option<Event> {
+    let mut parts = line.splitn(4, '\t');
+    let at = humantime::parse_rfc3339_weak(parts.next()?).ok()?;
+    let service = unescape(parts.next()?);
+    let pos = match parts.next()? {
+        "-" => None,
+        p => {
+            let (i, o) = p.split_once(':')?;
+            Some((i.parse().ok()?, o.parse().ok()?))
+        }
+    };
+    let what = unescape(parts.next()?);
+    (!service.is_empty()).then_some(Event {
+        at,
+        service,
+        pos,
+        what,
+    })
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// A reporter that also records every event in the journal (one-shot commands that run the
+/// engine themselves; the supervisor records in its own reporter).
+pub struct Recording {
+    pub inner: Box<dyn Reporter>,
+    pub journal: Option<Journal>,
+}
+
+impl Reporter for Recording {
+    fn event(&mut self, service: &str, what: &str) {
+        if let Some(j) = &mut self.journal {
+            j.record(service, what);
+        }
+        self.inner.event(service, what);
+    }
+
+    fn waiting(&mut self, service: &str, what: &str, limit: Option<std::time::Duration>) {
+        self.inner.waiting(service, what, limit);
+    }
+}
+
+/// `crate::progress::reporter`, recording into the project's journal.
+pub fn reporter(ctx: &crate::commands::Context, width: usize) -> Box<dyn Reporter> {
+    recording(ctx, crate::progress::reporter(ctx, width))
+}
+
+/// `inner`, also recording into the project's journal.
+pub fn recording(ctx: &crate::commands::Context, inner: Box<dyn Reporter>) -> Box<dyn Reporter> {
+    Box::new(Recording {
+        inner,
+        journal: ctx.store().ok().map(Journal::new),
+    })
+}
+
+/// Dim (SGR 2) on a terminal, plain otherwise.
+pub fn dim(text: &str, color: bool) -> String {
+    if color {
+        format!("\x1b[2m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `logs --since`: a duration back from now (`10m`, `1h30m`) or an RFC 3339 time.
+pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("`{s}` reaches back before 1970"));
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("`{s}` is neither a duration (`10m`, `1h`) nor an RFC 3339 time (`2026-01-02T15:04:05Z`)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_round_trips_with_newlines_tabs_and_backslashes() {
+        let e = Event {
+            at: humantime::parse_rfc3339("2026-01-02T03:04:05.678Z").unwrap(),
+            service: "api".into(),
+            pos: Some((12, 345)),
+            what: "reload failed:\nmirrord-up.yaml:3:1\tbad \\ key".into(),
+        };
+        let line = format_line(&e);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert_eq!(parse_line(line.trim_end_matches('\n')), Some(e));
+    }
+
+    #[test]
+    fn since_takes_a_duration_or_a_time() {
+        let t = parse_since("10m").unwrap();
+        let ago = SystemTime::now().duration_since(t).unwrap().as_secs();
+        assert!((599..=601).contains(&ago), "{ago}");
+        assert_eq!(
+            parse_since("2026-01-02T03:04:05Z").unwrap(),
+            humantime::parse_rfc3339("2026-01-02T03:04:05Z").unwrap()
+        );
+        let e = parse_since("soon").unwrap_err();
+        assert!(e.contains("neither a duration"), "{e}");
+    }
+
+    #[test]
+    fn junk_lines_are_skipped() {
+        for l in [
+            "",
+            "nonsense",
+            "2026-01-02T03:04:05Z\tapi",
+            "x\tapi\t-\twhat",
+        ] {
+            assert_eq!(parse_line(l), None, "{l}");
+        }
+        assert!(parse_line("2026-01-02T03:04:05Z\tapi\t-\tstarted").is_some());
+    }
+}
