@@ -252,9 +252,11 @@ fn crash_then_down_leaves_no_orphan_over_randomized_trials() {
             // A process in the middle of an `exec` (the daemonising `sh` execs `sleep`, its
             // child execs `setsid` then `sleep`) shows an empty environ for that instant, so
             // the check waits for the markers to be readable rather than sampling once.
-            wait_until(&format!("{what}: the crash left something to find"), WAIT, || {
-                !p.marked().is_empty()
-            });
+            wait_until(
+                &format!("{what}: the crash left something to find"),
+                WAIT,
+                || !p.marked().is_empty(),
+            );
         }
         let before = p.marked().len();
         orphans_before += before;
