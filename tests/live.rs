@@ -9,12 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Project, alive, environ, group_empty, service, wait_until, yaml};
+use common::{Live, Project, alive, environ, group_empty, service, wait_until, yaml};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -23,102 +20,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // A long-running `mirrord-up` (foreground `up`, `logs -f`) whose output is watched as it comes.
-
-struct Live {
-    child: Child,
-    output: Arc<(Mutex<String>, Condvar)>,
-    what: String,
-}
-
-impl Live {
-    fn start(p: &Project, args: &[&str]) -> Live {
-        let mut cmd = p.command(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn mirrord-up");
-        let output = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        for pipe in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut pipe = pipe;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let (text, cv) = &*output;
-                    text.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                    cv.notify_all();
-                }
-            });
-        }
-        Live {
-            child,
-            output,
-            what: format!("mirrord-up {}", args.join(" ")),
-        }
-    }
-
-    fn text(&self) -> String {
-        self.output.0.lock().unwrap().clone()
-    }
-
-    /// Waits until the output holds `needle` `times` times.
-    fn wait_for_n(&self, needle: &str, times: usize) {
-        let (text, cv) = &*self.output;
-        let deadline = Instant::now() + WAIT;
-        let mut guard = text.lock().unwrap();
-        while guard.matches(needle).count() < times {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                panic!(
-                    "`{}` did not print {needle:?} ×{times} within {WAIT:?}; output:\n{}",
-                    self.what, *guard
-                );
-            }
-            guard = cv.wait_timeout(guard, left).unwrap().0;
-        }
-    }
-
-    fn wait_for(&self, needle: &str) {
-        self.wait_for_n(needle, 1);
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig).expect("signal mirrord-up");
-    }
-
-    /// Waits for the exit (with a deadline); the exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "`{}` did not exit within {within:?}; output:\n{}",
-                    self.what,
-                    self.text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

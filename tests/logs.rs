@@ -7,103 +7,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::pty::{self, ALL_TTY, Session};
-use common::{Project, SLEEP, service, wait_until, yaml};
+use common::{Live, Project, SLEEP, service, wait_until, yaml};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A `logs -f` whose output is watched as it comes; killed (by PID) if the test ends early.
-struct Live {
-    child: Child,
-    output: Arc<(Mutex<String>, Condvar)>,
-}
-
-impl Live {
-    fn start(p: &Project, args: &[&str]) -> Live {
-        let mut cmd = p.command(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn mirrord-up");
-        let output = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        for pipe in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut pipe = pipe;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let (text, cv) = &*output;
-                    text.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                    cv.notify_all();
-                }
-            });
-        }
-        Live { child, output }
-    }
-
-    fn text(&self) -> String {
-        self.output.0.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        self.wait_for_n(needle, 1);
-    }
-
-    fn wait_for_n(&self, needle: &str, times: usize) {
-        let (text, cv) = &*self.output;
-        let deadline = Instant::now() + WAIT;
-        let mut guard = text.lock().unwrap();
-        while guard.matches(needle).count() < times {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "`logs -f` did not print {needle:?} within {WAIT:?}:\n{guard}"
-            );
-            guard = cv.wait_timeout(guard, left).unwrap().0;
-        }
-    }
-
-    /// The exit code, once it has exited by itself (fails after `WAIT`).
-    fn exits(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "`logs -f` still runs after {WAIT:?} although nothing can write:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Still running (it has not ended by itself).
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A service that prints `hello-$FOO` once, then sleeps.
 fn greeter(value: &str) -> String {
@@ -250,8 +159,8 @@ fn follow_ends_when_the_project_has_nothing_left_that_can_write() {
     // `down`: services and supervisor gone, so both end by themselves, having printed the
     // last lifecycle lines.
     p.ok(&["down"]);
-    assert_eq!(all.exits(), Some(0), "{}", all.text());
-    assert_eq!(api.exits(), Some(0), "{}", api.text());
+    assert_eq!(all.wait_exit(WAIT), Some(0), "{}", all.text());
+    assert_eq!(api.wait_exit(WAIT), Some(0), "{}", api.text());
     assert!(
         all.text().contains("web ▸ stopped"),
         "{}\nevents:\n{}",
@@ -293,7 +202,7 @@ fn follow_with_names_ends_when_they_and_the_supervisor_are_gone() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    assert_eq!(live.exits(), Some(0), "{}", live.text());
+    assert_eq!(live.wait_exit(WAIT), Some(0), "{}", live.text());
 }
 
 #[test]
@@ -331,7 +240,7 @@ fn reload_failure_and_recovery_are_shown_with_file_and_line() {
         "{out}"
     );
     p.ok(&["down"]);
-    assert_eq!(live.exits(), Some(0), "{}", live.text());
+    assert_eq!(live.wait_exit(WAIT), Some(0), "{}", live.text());
 }
 
 /// `2026-11-29T15:52:12.159Z ` at the start of `line`: its time.
@@ -383,7 +292,7 @@ fn timestamps_stamp_what_has_a_known_time_and_say_why_the_rest_has_none() {
     p.write_yaml(&greeter("two"));
     live.wait_for("api | hello-two");
     p.ok(&["down"]);
-    live.exits();
+    live.wait_exit(WAIT);
     let text = live.text();
     let two = text
         .lines()
@@ -505,7 +414,7 @@ fn follow_without_names_picks_up_a_service_added_while_it_runs() {
     live.wait_for("late ▸ started (pid");
     live.wait_for("late | late-up");
     p.ok(&["down"]);
-    assert_eq!(live.exits(), Some(0), "{}", live.text());
+    assert_eq!(live.wait_exit(WAIT), Some(0), "{}", live.text());
     // Read back later, its start leads its output (followed live, the start is printed
     // when it happens: once the session said Ready!).
     let text = p.ok(&["logs", "late"]).stdout;

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -608,4 +608,111 @@ pub fn real_mirrord() -> Option<PathBuf> {
     );
     eprintln!("skipped: no real mirrord at {}", path.display());
     None
+}
+
+/// How long a [`Live`] command may take to print what a test waits for.
+pub const LIVE_WAIT: Duration = Duration::from_secs(20);
+
+/// A mirrord-up command whose output is watched as it comes (stdout and stderr together);
+/// killed (by PID) if the test ends early.
+pub struct Live {
+    child: Child,
+    output: Arc<(Mutex<String>, Condvar)>,
+    what: String,
+}
+
+impl Live {
+    pub fn start(p: &Project, args: &[&str]) -> Live {
+        let mut cmd = p.command(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mirrord-up");
+        let output = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        for pipe in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let (text, cv) = &*output;
+                    text.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    cv.notify_all();
+                }
+            });
+        }
+        Live {
+            child,
+            output,
+            what: format!("mirrord-up {}", args.join(" ")),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.output.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the output holds `needle` `times` times.
+    pub fn wait_for_n(&self, needle: &str, times: usize) {
+        let (text, cv) = &*self.output;
+        let deadline = Instant::now() + LIVE_WAIT;
+        let mut guard = text.lock().unwrap();
+        while guard.matches(needle).count() < times {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "`{}` did not print {needle:?} ×{times} within {LIVE_WAIT:?}; output:\n{}",
+                    self.what, *guard
+                );
+            }
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    pub fn wait_for(&self, needle: &str) {
+        self.wait_for_n(needle, 1);
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal mirrord-up");
+    }
+
+    /// Still running (it has not ended by itself).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for the exit (with a deadline); the exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "`{}` did not exit within {within:?}; output:\n{}",
+                    self.what,
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
