@@ -1,6 +1,7 @@
 //! Reading `mirrord-up.yaml`: render (Tera) → parse (serde_yaml) → validate, with every error
 //! carrying the file, the key path and the line and column.
 
+pub mod hints;
 pub mod locate;
 pub mod model;
 pub mod names;
@@ -154,6 +155,10 @@ fn located(
     location: &Option<Location>,
     snippet: &Option<String>,
 ) -> String {
+    let (message, hint) = match message.split_once(hints::MARKER) {
+        Some((m, h)) => (m, Some(h)),
+        None => (message, None),
+    };
     let mut out = format!("{what}: ");
     if !key_path.is_empty() {
         out.push_str(&escape(key_path));
@@ -181,6 +186,9 @@ fn located(
         }
     } else {
         out.push_str(&format!("\n --> {}", path.display()));
+    }
+    if let Some(hint) = hint {
+        out.push_str(&format!("\n  hint: {}", escape_lines(hint)));
     }
     out
 }
@@ -331,7 +339,10 @@ impl UpDocument {
                 .unwrap_or_default(),
             snippet: snippet(source, e.location),
             location: e.location,
-            message: e.message,
+            message: match hints::template(&e.message) {
+                Some(h) => format!("{}{}{h}", e.message, hints::MARKER),
+                None => e.message,
+            },
             path: path.clone(),
         })?;
         let file: UpFile = serde_yaml::from_str(&rendered).map_err(|e| {
@@ -365,7 +376,10 @@ impl UpDocument {
                             message.split(" at line ").next().unwrap_or(&message)
                         )
                     }
-                    _ => message,
+                    _ => match hints::parse(&message, &rendered, location.map(|l| l.line)) {
+                        Some(h) => format!("{message}{}{h}", hints::MARKER),
+                        None => message,
+                    },
                 },
                 snippet: snippet(&rendered, location),
                 location,
