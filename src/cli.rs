@@ -62,6 +62,17 @@ pub struct GlobalArgs {
     /// Session key (default: the OS user name, as real mirrord).
     #[arg(short = 'k', long, env = "MIRRORD_UP_KEY", global = true)]
     pub key: Option<String>,
+    /// Activate a profile: services with `profiles:` start only when one of theirs is active
+    /// or they are named (repeatable; `MIRRORD_UP_PROFILES` takes a comma-separated list).
+    #[arg(
+        long = "profile",
+        env = "MIRRORD_UP_PROFILES",
+        global = true,
+        value_name = "NAME",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub profiles: Vec<String>,
     /// Kubernetes context for every service (beats the file's `context`).
     #[arg(long, global = true, value_name = "CTX")]
     pub context: Option<String>,

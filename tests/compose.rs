@@ -35,3 +35,113 @@ fn git_branch_outside_git_suggests_a_default() {
     let at = out.stderr.find(":6:").expect("position");
     assert!(out.stderr.find("hint:").expect("hint") > at, "{out}");
 }
+
+/// The services `ps` shows running (with a PID).
+fn running(p: &Project) -> Vec<String> {
+    p.pids().into_keys().collect()
+}
+
+#[test]
+fn profiles_start_a_service_only_when_active_or_named() {
+    let mut p = Project::new("profiles");
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p.write_yaml(&yaml(&[
+        service("api", SLEEP, &[]),
+        service("debugger", SLEEP, &["profiles: [debug, tools]"]),
+        service("seeder", SLEEP, &["profiles: [seed]"]),
+    ]));
+    let plan = p.ok(&["plan"]).stdout;
+    assert!(plan.contains("api") && !plan.contains("debugger"), "{plan}");
+    // Several profiles through the environment, comma-separated.
+    let mut cmd = p.command(&["plan"]);
+    cmd.env("MIRRORD_UP_PROFILES", "other,tools");
+    let out = Running::start(cmd, "mirrord-up plan".into()).wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("debugger") && !out.stdout.contains("seeder"),
+        "{out}"
+    );
+
+    p.ok(&["up", "-d"]);
+    assert_eq!(running(&p), ["api"]);
+    // Named, a service starts whatever its profiles.
+    p.ok(&["up", "-d", "seeder"]);
+    assert_eq!(running(&p), ["api", "seeder"]);
+    // `--profile` after the subcommand, and repeated.
+    p.ok(&["up", "-d", "--profile", "nothing", "--profile", "debug"]);
+    assert_eq!(running(&p), ["api", "debugger", "seeder"]);
+    p.ok(&["down"]);
+}
+
+#[test]
+fn every_service_behind_an_inactive_profile_says_so() {
+    let p = Project::new("allprofiled");
+    p.write_yaml(&yaml(&[service("api", SLEEP, &["profiles: [debug]"])]));
+    let out = p.run(&["plan"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("has `profiles` none of which is active (`--profile NAME`)"),
+        "{out}"
+    );
+}
+
+const REUSE: &str = "\
+x-common: &common
+  target: none
+  env:
+    override:
+      LOG_LEVEL: debug
+x-env: &env
+  REGION: eu
+  ZONE: a
+services:
+  api:
+    <<: *common
+    run: {command: [\"sleep\", \"1000\"]}
+  worker:
+    <<: *common
+    env:
+      override:
+        <<: *env
+        ZONE: b
+    run: {command: [\"sleep\", \"1000\"]}
+";
+
+#[test]
+fn x_keys_are_ignored_and_merge_keys_apply_at_every_level() {
+    let p = Project::new("reuse");
+    p.write_yaml(REUSE);
+    let api: serde_json::Value =
+        serde_json::from_str(&p.ok(&["config", "api"]).stdout).expect("JSON");
+    assert_eq!(api["feature"]["env"]["override"]["LOG_LEVEL"], "debug");
+    assert_eq!(api["target"]["path"], serde_json::Value::Null, "{api}");
+    // A merge inside `env.override`; the service's own `env` replaces the anchor's (`<<` never
+    // overrides a key written in place), and `ZONE` written in place beats the merged one.
+    let worker: serde_json::Value =
+        serde_json::from_str(&p.ok(&["config", "worker"]).stdout).expect("JSON");
+    let env = &worker["feature"]["env"]["override"];
+    assert_eq!(env["REGION"], "eu", "{worker}");
+    assert_eq!(env["ZONE"], "b", "{worker}");
+    assert_eq!(env["LOG_LEVEL"], serde_json::Value::Null, "{worker}");
+}
+
+#[test]
+fn check_compat_lists_the_compose_extensions() {
+    let p = Project::new("compatlist");
+    p.write_yaml(&REUSE.replace("  worker:\n", "  worker:\n    profiles: [jobs]\n"));
+    let out = p.run(&["check", "--compat"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    for line in [
+        "  x-common",
+        "  x-env",
+        "  << (YAML merge keys)",
+        "  services.worker.profiles",
+    ] {
+        assert!(out.stdout.lines().any(|l| l == line), "no `{line}`: {out}");
+    }
+    // Without them the file is one real mirrord takes.
+    p.write_yaml(&yaml(&[service("api", SLEEP, &[])]));
+    let out = p.run(&["check", "--compat"]);
+    assert_eq!(out.code, Some(0), "{out}");
+}

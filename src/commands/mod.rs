@@ -212,7 +212,9 @@ impl Context {
             anyhow::bail!("{}", discover::no_file_message());
         };
         crate::handover::set_key_provided(self.global.key.is_some());
-        Ok(UpDocument::load(file, self.global.key.as_deref())?)
+        let mut doc = UpDocument::load(file, self.global.key.as_deref())?;
+        doc.profiles = self.global.profiles.clone();
+        Ok(doc)
     }
 
     /// `-p`, else the YAML's directory name, lower-cased and reduced to `[a-z0-9_-]`.

@@ -1,6 +1,7 @@
 //! Reading `mirrord-up.yaml`: render (Tera) → parse (serde_yaml) → validate, with every error
 //! carrying the file, the key path and the line and column.
 
+pub mod compose;
 pub mod hints;
 pub mod locate;
 pub mod model;
@@ -104,7 +105,7 @@ pub enum ConfigError {
         unknown: Vec<String>,
         available: Vec<String>,
     },
-    #[error("{}: no services to launch: every service is marked `skip: true`", path.display())]
+    #[error("{}: no services to launch: every service is marked `skip: true` or has `profiles` none of which is active (`--profile NAME`)", path.display())]
     AllSkipped { path: PathBuf },
     #[error("{}: incompatible mode and target: {}", path.display(), details.join("; "))]
     IncompatibleTargets { path: PathBuf, details: Vec<String> },
@@ -281,6 +282,11 @@ pub struct UpDocument {
     pub env_files: BTreeMap<String, BTreeMap<String, String>>,
     /// Contents of `config` base files, by service.
     pub base_configs: BTreeMap<String, serde_json::Value>,
+    /// The active profiles (`--profile`, `MIRRORD_UP_PROFILES`), set by the caller.
+    pub profiles: Vec<String>,
+    /// Compose-style extensions above the services that real mirrord rejects: top-level
+    /// `x-*` keys and YAML merge keys (`<<`), as `check --compat` lists them.
+    pub document_extensions: Vec<String>,
 }
 
 /// The session key: `--key`, else the OS user name (as real mirrord).
@@ -345,18 +351,15 @@ impl UpDocument {
             },
             path: path.clone(),
         })?;
-        let file: UpFile = serde_yaml::from_str(&rendered).map_err(|e| {
-            let message = e.to_string();
+        let (file, document_extensions) = compose::parse(&rendered).map_err(|e| {
+            let message = e.message;
             let dup = regex::Regex::new(r"duplicate service `([^`]+)`").expect("static");
             let location = match dup.captures(&message) {
                 // serde reports the map's start; point at the second occurrence instead.
                 Some(c) => locate::locate_nth(&rendered, &["services", &c[1]], 1),
                 None => None,
             }
-            .or(e.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            }));
+            .or(e.location);
             // A syntax error comes from the scanner, before any key is known: name the key
             // that encloses its line.
             let syntax = regex::Regex::new(
@@ -394,6 +397,8 @@ impl UpDocument {
             key,
             env_files: BTreeMap::new(),
             base_configs: BTreeMap::new(),
+            profiles: Vec::new(),
+            document_extensions,
         };
         doc.validate()?;
         Ok(doc)

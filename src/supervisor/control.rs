@@ -44,6 +44,9 @@ pub enum Request {
         force_recreate: bool,
         wait: bool,
         wait_timeout_s: f64,
+        /// The profiles of this `up` (absent from an older client: keep the supervisor's).
+        #[serde(default)]
+        profiles: Option<Vec<String>>,
     },
     Stop {
         services: Vec<String>,

@@ -382,12 +382,22 @@ fn all_down_message(failed: &[String], foreground: bool) -> String {
 fn widen_selection(settings: &mut PassSettings, apply: &ApplyOptions) {
     if apply.services.is_empty() {
         settings.selection.clear();
-    } else if !settings.selection.is_empty() {
+    } else {
+        // Named services join the selection, or, when it is "all", the list of those
+        // `skip`/`profiles` leave out of it.
+        let list = if settings.selection.is_empty() {
+            &mut settings.named
+        } else {
+            &mut settings.selection
+        };
         for s in &apply.services {
-            if !settings.selection.contains(s) {
-                settings.selection.push(s.clone());
+            if !list.contains(s) {
+                list.push(s.clone());
             }
         }
+    }
+    if apply.profiles.is_some() {
+        settings.profiles = apply.profiles.clone();
     }
     if apply.mode.is_some() {
         settings.mode = apply.mode;
@@ -466,6 +476,7 @@ fn work_of(req: Request, file: &Path) -> Result<Work, String> {
             force_recreate,
             wait,
             wait_timeout_s,
+            profiles,
         } => {
             if theirs != file {
                 return Err(format!(
@@ -480,6 +491,7 @@ fn work_of(req: Request, file: &Path) -> Result<Work, String> {
                     wait: wait.then(|| Duration::from_secs_f64(wait_timeout_s.max(0.0))),
                     services,
                     mode,
+                    profiles,
                 }),
             }
         }

@@ -55,6 +55,8 @@ pub struct ApplyOptions {
     /// The services asked for (the loop widens its selection with them).
     pub services: Vec<String>,
     pub mode: Option<Mode>,
+    /// The active profiles of this `up` (`None`: keep the supervisor's).
+    pub profiles: Option<Vec<String>>,
 }
 
 /// The supervisor's standing settings.
@@ -62,6 +64,11 @@ pub struct ApplyOptions {
 pub struct PassSettings {
     /// Services to run (empty: all not marked `skip`).
     pub selection: Vec<String>,
+    /// With an empty `selection`: services named by a later `up -d NAME` although `skip` or
+    /// their `profiles` leave them out of "all".
+    pub named: Vec<String>,
+    /// The active profiles (`None`: the command line's, `--profile`/`MIRRORD_UP_PROFILES`).
+    pub profiles: Option<Vec<String>>,
     pub mode: Option<Mode>,
     pub abort_on_exit: bool,
     /// Run by the supervisor (its reaper collects exits; it is recorded in the state).
@@ -402,13 +409,13 @@ fn load_desired(
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
 ) -> Desired {
-    let loaded = ctx.load().and_then(|doc| {
-        let (desired, cache) = ctx.desired(
-            &doc,
-            &settings.selection,
-            settings.mode,
-            state.target_cache.clone(),
-        )?;
+    let loaded = ctx.load().and_then(|mut doc| {
+        if let Some(profiles) = &settings.profiles {
+            doc.profiles = profiles.clone();
+        }
+        let selection = crate::desired::with_named(&doc, &settings.selection, &settings.named);
+        let (desired, cache) =
+            ctx.desired(&doc, &selection, settings.mode, state.target_cache.clone())?;
         Ok((doc, desired, cache))
     });
     match loaded {

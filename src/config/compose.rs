@@ -1,0 +1,115 @@
+//! What compose users reuse in the file itself: top-level `x-*` keys (ignored) and YAML merge
+//! keys (`<<: *base`, applied at every level). Real mirrord rejects both; `check --compat`
+//! lists them.
+//!
+//! A file that uses neither is parsed straight from its text, so every error keeps serde's own
+//! line and column. A file that uses one is read as a YAML value, merged, stripped of its `x-*`
+//! keys and written back as YAML before it is parsed as a `mirrord-up.yaml`: an error then names
+//! its key path, which is located in the file as written.
+
+use serde_yaml::Value;
+
+use super::{Location, UpFile, locate};
+
+/// A parse error: serde's message and where it points in the rendered text.
+pub struct Failure {
+    pub message: String,
+    pub location: Option<Location>,
+}
+
+/// Parses `rendered`; also returns the document-level extensions it used, as `check --compat`
+/// names them.
+pub fn parse(rendered: &str) -> Result<(UpFile, Vec<String>), Failure> {
+    let direct = |e: serde_yaml::Error| Failure {
+        message: e.to_string(),
+        location: e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
+    };
+    let plain = || serde_yaml::from_str::<UpFile>(rendered).map(|f| (f, Vec::new()));
+    let Ok(mut value) = serde_yaml::from_str::<Value>(rendered) else {
+        return plain().map_err(direct);
+    };
+    let mut used = Vec::new();
+    if let Value::Mapping(top) = &value {
+        for k in top.keys() {
+            if let Some(k) = k.as_str().filter(|k| k.starts_with("x-")) {
+                used.push(k.to_owned());
+            }
+        }
+    }
+    if has_merge_key(&value) {
+        used.push("<< (YAML merge keys)".to_owned());
+    }
+    if used.is_empty() {
+        return plain().map_err(direct);
+    }
+    if let Err(e) = value.apply_merge() {
+        let location = locate_merge(rendered);
+        let path = location
+            .map(|l| locate::path_at_line(rendered, l.line))
+            .unwrap_or_default();
+        return Err(Failure {
+            message: match path.is_empty() {
+                true => format!("a YAML merge key (`<<`) {e}"),
+                false => format!("{path}: a YAML merge key (`<<`) {e}"),
+            },
+            location,
+        });
+    }
+    if let Value::Mapping(top) = &mut value {
+        top.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+    }
+    let merged = serde_yaml::to_string(&value).map_err(direct)?;
+    serde_yaml::from_str::<UpFile>(&merged)
+        .map(|f| (f, used))
+        .map_err(|e| {
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_owned();
+            Failure {
+                location: locate_message(rendered, &message),
+                message,
+            }
+        })
+}
+
+fn has_merge_key(value: &Value) -> bool {
+    match value {
+        Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(s) => s.iter().any(has_merge_key),
+        Value::Tagged(t) => has_merge_key(&t.value),
+        _ => false,
+    }
+}
+
+fn locate_merge(text: &str) -> Option<Location> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let key = line.trim_start();
+        key.starts_with("<<").then(|| Location {
+            line: i + 1,
+            column: line.len() - key.len() + 1,
+        })
+    })
+}
+
+/// Where the key path that starts serde's `message` (`services.api.run: …`) is written, or its
+/// deepest written ancestor (a key brought in by a merge is written under its anchor).
+fn locate_message(text: &str, message: &str) -> Option<Location> {
+    let (path, _) = message.split_once(": ")?;
+    if path.contains(' ') {
+        return None;
+    }
+    let parts: Vec<&str> = path
+        .split(['.', '['])
+        .map(|p| p.trim_end_matches(']'))
+        .filter(|p| !p.is_empty() && !p.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    locate::locate(text, &parts)
+}
