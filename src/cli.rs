@@ -112,13 +112,19 @@ pub enum Command {
         compat: bool,
     },
     /// Print the generated mirrord.json of every (or one) service, or the config hashes.
-    #[command(after_help = "Examples:\n  mirrord-up config api\n  mirrord-up config --hash")]
+    #[command(
+        after_help = "Examples:\n  mirrord-up config api\n  mirrord-up config --hash\n  mirrord-up config --yaml"
+    )]
     Config {
         /// Only this service: prints its mirrord.json alone.
         service: Option<String>,
         /// Print `<service> <sha256>` lines instead.
         #[arg(long)]
         hash: bool,
+        /// Print the file as it is parsed instead: rendered, merge keys (`<<`) applied, `x-*`
+        /// keys dropped.
+        #[arg(long, conflicts_with_all = ["hash", "service"])]
+        yaml: bool,
     },
     /// Converge to the YAML: start what is missing or changed, stop what was removed.
     #[command(

@@ -145,3 +145,28 @@ fn check_compat_lists_the_compose_extensions() {
     let out = p.run(&["check", "--compat"]);
     assert_eq!(out.code, Some(0), "{out}");
 }
+
+#[test]
+fn config_yaml_prints_the_file_as_parsed() {
+    let p = Project::new("asparsed");
+    p.write_yaml(&format!(
+        "{}  web:\n    <<: *common\n    env: {{override: {{SESSION: \"{{{{ key }}}}\"}}}}\n    run: {{command: [\"./web\"]}}\n",
+        REUSE
+    ));
+    let out = p.ok(&["config", "--yaml"]);
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("YAML");
+    // Rendered (the key is `tester`), merged, and without the `x-*` keys.
+    assert_eq!(
+        parsed["services"]["web"]["env"]["override"]["SESSION"], "tester",
+        "{out}"
+    );
+    assert_eq!(parsed["services"]["api"]["target"], "none", "{out}");
+    assert!(parsed.get("x-common").is_none(), "{out}");
+    assert!(!out.stdout.contains("<<"), "{out}");
+    // What it prints is a file mirrord-up takes as it is, with the same hashes.
+    let hashes = p.ok(&["config", "--hash"]).stdout;
+    p.write_yaml(&out.stdout);
+    assert_eq!(p.ok(&["config", "--hash"]).stdout, hashes);
+    let out = p.run(&["config", "--yaml", "--hash"]);
+    assert_eq!(out.code, Some(2), "{out}");
+}

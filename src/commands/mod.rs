@@ -106,7 +106,11 @@ fn init_tracing(verbose: u8) {
 fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
     match command {
         Command::Check { compat } => check::run(ctx, compat),
-        Command::Config { service, hash } => config::run(ctx, service.as_deref(), hash),
+        Command::Config {
+            service,
+            hash,
+            yaml,
+        } => config::run(ctx, service.as_deref(), hash, yaml),
         Command::Plan {
             services,
             format,

@@ -17,9 +17,17 @@ pub struct Failure {
     pub location: Option<Location>,
 }
 
-/// Parses `rendered`; also returns the document-level extensions it used, as `check --compat`
-/// names them.
-pub fn parse(rendered: &str) -> Result<(UpFile, Vec<String>), Failure> {
+/// What [`parse`] read.
+pub struct Parsed {
+    pub file: UpFile,
+    /// The document-level extensions used, as `check --compat` names them.
+    pub extensions: Vec<String>,
+    /// The YAML after merging and without `x-*` keys, when it differs from the rendered text.
+    pub resolved: Option<String>,
+}
+
+/// Parses `rendered`.
+pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
     let direct = |e: serde_yaml::Error| Failure {
         message: e.to_string(),
         location: e.location().map(|l| Location {
@@ -27,7 +35,13 @@ pub fn parse(rendered: &str) -> Result<(UpFile, Vec<String>), Failure> {
             column: l.column(),
         }),
     };
-    let plain = || serde_yaml::from_str::<UpFile>(rendered).map(|f| (f, Vec::new()));
+    let plain = || {
+        serde_yaml::from_str::<UpFile>(rendered).map(|file| Parsed {
+            file,
+            extensions: Vec::new(),
+            resolved: None,
+        })
+    };
     let Ok(mut value) = serde_yaml::from_str::<Value>(rendered) else {
         return plain().map_err(direct);
     };
@@ -63,7 +77,11 @@ pub fn parse(rendered: &str) -> Result<(UpFile, Vec<String>), Failure> {
     }
     let merged = serde_yaml::to_string(&value).map_err(direct)?;
     serde_yaml::from_str::<UpFile>(&merged)
-        .map(|f| (f, used))
+        .map(|file| Parsed {
+            file,
+            extensions: used,
+            resolved: Some(merged.clone()),
+        })
         .map_err(|e| {
             let message = e.to_string();
             let message = message

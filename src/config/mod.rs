@@ -275,6 +275,9 @@ pub struct UpDocument {
     pub dir: PathBuf,
     /// The text after templating (what line numbers refer to).
     pub rendered: String,
+    /// What is parsed: `rendered` with merge keys applied and `x-*` keys dropped
+    /// (`config --yaml`).
+    pub resolved: String,
     pub file: UpFile,
     /// The session key the file was rendered with.
     pub key: String,
@@ -351,7 +354,7 @@ impl UpDocument {
             },
             path: path.clone(),
         })?;
-        let (file, document_extensions) = compose::parse(&rendered).map_err(|e| {
+        let parsed = compose::parse(&rendered).map_err(|e| {
             let message = e.message;
             let dup = regex::Regex::new(r"duplicate service `([^`]+)`").expect("static");
             let location = match dup.captures(&message) {
@@ -392,13 +395,14 @@ impl UpDocument {
         let mut doc = UpDocument {
             path,
             dir,
+            resolved: parsed.resolved.unwrap_or_else(|| rendered.clone()),
             rendered,
-            file,
+            file: parsed.file,
             key,
             env_files: BTreeMap::new(),
             base_configs: BTreeMap::new(),
             profiles: Vec::new(),
-            document_extensions,
+            document_extensions: parsed.extensions,
         };
         doc.validate()?;
         Ok(doc)
