@@ -27,15 +27,18 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The mirrord-up.yaml to use (default: `mirrord-up.yaml` in the current directory or the
-    /// nearest parent that has one).
+    /// nearest parent that has one). Repeat it to merge several files in order, compose's way
+    /// (`MIRRORD_UP_FILE` takes them separated by `:`).
     #[arg(
         short = 'f',
         long = "file",
         env = "MIRRORD_UP_FILE",
         global = true,
-        value_name = "PATH"
+        value_name = "PATH",
+        value_delimiter = ':',
+        action = clap::ArgAction::Append
     )]
-    pub file: Option<PathBuf>,
+    pub file: Vec<PathBuf>,
     /// Project name (default: the YAML's directory name, lower-cased, [a-z0-9_-] only).
     #[arg(
         short = 'p',

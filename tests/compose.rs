@@ -170,3 +170,111 @@ fn config_yaml_prints_the_file_as_parsed() {
     let out = p.run(&["config", "--yaml", "--hash"]);
     assert_eq!(out.code, Some(2), "{out}");
 }
+
+const BASE: &str = "\
+services:
+  api:
+    target: none
+    env:
+      override: {A: \"1\", B: \"2\"}
+    ignore_ports: [1, 2]
+    run: {command: [\"sleep\", \"1000\"]}
+  web:
+    target: none
+    run: {command: [\"sleep\", \"1001\"]}
+";
+
+const OVER: &str = "\
+services:
+  api:
+    env:
+      override: {B: \"3\"}
+    ignore_ports: [9]
+    run: {command: [\"sleep\", \"2000\"]}
+";
+
+#[test]
+fn several_files_merge_in_order_the_compose_way() {
+    let p = Project::new("merged");
+    p.write_yaml(BASE);
+    let over = p.dir.join("override.yaml");
+    std::fs::write(&over, OVER).expect("write override");
+    let over = over.to_str().expect("UTF-8 path");
+    let out = p.ok(&["-f", over, "config", "--yaml"]);
+    let v: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("YAML");
+    let api = &v["services"]["api"];
+    // Mappings merge, sequences (`command` as a whole, `ignore_ports`) and scalars replace.
+    assert_eq!(api["env"]["override"]["A"], "1", "{out}");
+    assert_eq!(api["env"]["override"]["B"], "3", "{out}");
+    assert_eq!(api["run"]["command"][1], "2000", "{out}");
+    assert_eq!(api["run"]["command"].as_sequence().map(Vec::len), Some(2));
+    assert_eq!(api["ignore_ports"].as_sequence().map(Vec::len), Some(1));
+    assert_eq!(api["target"], "none", "{out}");
+    assert_eq!(v["services"]["web"]["run"]["command"][1], "1001", "{out}");
+    // The hash is the merged file's; MIRRORD_UP_FILE holds several paths separated by `:`.
+    let merged_hash = p.ok(&["-f", over, "config", "--hash"]).stdout;
+    assert_ne!(merged_hash, p.ok(&["config", "--hash"]).stdout);
+    let mut cmd = mirrord_up();
+    cmd.args(["-k", "tester", "config", "--hash"])
+        .env("MIRRORD_UP_FILE", format!("{}:{over}", p.yaml.display()));
+    let out = Running::start(cmd, "mirrord-up config --hash".into()).wait();
+    assert_eq!(out.stdout, merged_hash, "{out}");
+    // `check --compat` names the merge as an extension.
+    let out = p.run(&["-f", over, "check", "--compat"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout.contains("-f given 2 times (files merged)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_error_in_a_merged_file_names_that_file_and_line() {
+    let p = Project::new("mergeerr");
+    p.write_yaml(BASE);
+    let over = p.dir.join("override.yaml");
+    // An unknown key, written only in the second file.
+    std::fs::write(&over, format!("{OVER}    bogus: 1\n")).expect("write");
+    let o = over.to_str().expect("UTF-8 path");
+    let out = p.run(&["-f", o, "check"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("unknown field `bogus`"), "{out}");
+    assert!(out.stderr.contains(&format!("{o}:2:3")), "{out}");
+    // A validation error on a key of the second file.
+    std::fs::write(&over, format!("{OVER}    depends_on: [nope]\n")).expect("write");
+    let out = p.run(&["-f", o, "check"]);
+    assert!(out.stderr.contains("unknown service `nope`"), "{out}");
+    assert!(out.stderr.contains(&format!("{o}:7:5")), "{out}");
+    // A YAML syntax error in the second file, at its own line.
+    std::fs::write(
+        &over,
+        "services:\n  api:\n    run: {command: [x]}\n   env: {}\n",
+    )
+    .expect("w");
+    let out = p.run(&["-f", o, "check"]);
+    assert!(out.stderr.contains(&format!("{o}:4:")), "{out}");
+    assert!(out.stderr.contains("indentation"), "{out}");
+}
+
+#[test]
+fn the_live_loop_watches_every_file() {
+    let mut p = Project::new("watchall");
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p.write_yaml(BASE);
+    let over = p.dir.join("override.yaml");
+    std::fs::write(&over, OVER).expect("write override");
+    let o = over.to_str().expect("UTF-8 path").to_owned();
+    p.globals.extend(["-f".into(), o]);
+    p.ok(&["up", "-d"]);
+    let before = p.pids();
+    assert_eq!(before.len(), 2, "{before:?}");
+    // An edit of the second file alone restarts the service it changes.
+    std::fs::write(&over, OVER.replace("2000", "3000")).expect("edit override");
+    wait_until(
+        "api restarted after the edit of the second file",
+        std::time::Duration::from_secs(20),
+        || p.pids().get("api").is_some_and(|pid| *pid != before["api"]),
+    );
+    assert_eq!(p.pids()["web"], before["web"]);
+    p.ok(&["down"]);
+}

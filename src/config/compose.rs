@@ -131,3 +131,72 @@ fn locate_message(text: &str, message: &str) -> Option<Location> {
         .collect();
     locate::locate(text, &parts)
 }
+
+/// One of several `-f` files as a YAML value: merge keys applied, `x-*` keys dropped; also the
+/// document-level extensions it used.
+pub fn to_value(rendered: &str) -> Result<(Value, Vec<String>), Failure> {
+    let mut value = serde_yaml::from_str::<Value>(rendered).map_err(|e| Failure {
+        message: e.to_string(),
+        location: e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
+    })?;
+    let mut used = Vec::new();
+    if has_merge_key(&value) {
+        used.push("<< (YAML merge keys)".to_owned());
+    }
+    if let Err(e) = value.apply_merge() {
+        let location = locate_merge(rendered);
+        let path = location
+            .map(|l| locate::path_at_line(rendered, l.line))
+            .unwrap_or_default();
+        return Err(Failure {
+            message: format!("{path}: a YAML merge key (`<<`) {e}"),
+            location,
+        });
+    }
+    if let Value::Mapping(top) = &mut value {
+        top.retain(|k, _| match k.as_str() {
+            Some(k) if k.starts_with("x-") => {
+                used.push(k.to_owned());
+                false
+            }
+            _ => true,
+        });
+    }
+    Ok((value, used))
+}
+
+/// Compose's merge of a later file over an earlier one: mappings merge key by key, anything
+/// else (sequences such as `command`, scalars) is replaced whole.
+pub fn overlay(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(base), Value::Mapping(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(b) => overlay(b, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// Where the key path that starts serde's `message` is written in `text`, if exactly there
+/// (not only an ancestor of it).
+pub fn written_at(text: &str, message: &str) -> Option<Location> {
+    let (path, _) = message.split_once(": ")?;
+    let last = path
+        .split(['.', '['])
+        .map(|p| p.trim_end_matches(']'))
+        .rfind(|p| !p.is_empty() && !p.chars().all(|c| c.is_ascii_digit()))?;
+    let loc = locate_message(text, message)?;
+    let line = text.lines().nth(loc.line - 1)?.trim_start();
+    let line = line.strip_prefix("- ").unwrap_or(line);
+    let key = line.trim_start_matches(['"', '\'']);
+    key.starts_with(last).then_some(loc)
+}

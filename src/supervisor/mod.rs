@@ -177,7 +177,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     listen_control(&tx, reg.listener.try_clone()?, ctx.file())?;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
-    watcher.watch(&[ctx.file()]);
+    watcher.watch(&ctx.files());
     let tail = opts.foreground.then(|| LogPrinter::start(ctx));
     let color = opts.foreground && ctx.stderr_color();
 

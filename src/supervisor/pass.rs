@@ -423,7 +423,10 @@ fn load_desired(
             if state.last_reload_error.take().is_some() {
                 reporter.event("mirrord-up", "the file is valid again");
             }
-            let mut files = vec![doc.path.clone()];
+            let mut files = match doc.sources.is_empty() {
+                true => vec![doc.path.clone()],
+                false => doc.sources.iter().map(|(p, _)| p.clone()).collect(),
+            };
             files.extend(doc.side_files());
             out.watched_files = Some(files);
             state.target_cache = cache;
