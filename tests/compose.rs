@@ -276,5 +276,20 @@ fn the_live_loop_watches_every_file() {
         || p.pids().get("api").is_some_and(|pid| *pid != before["api"]),
     );
     assert_eq!(p.pids()["web"], before["web"]);
+    // The same files again are applied by the running supervisor; another list is refused.
+    p.ok(&["up", "-d"]);
+    let mut cmd = mirrord_up();
+    cmd.current_dir(&p.dir)
+        .arg("-f")
+        .arg(&p.yaml)
+        .arg("--state-dir")
+        .arg(&p.state_root)
+        .args(["--launcher", "local", "-k", "tester", "up", "-d"]);
+    let out = Running::start(cmd, "mirrord-up up -d (first file only)".into()).wait();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("this project's supervisor merges"),
+        "{out}"
+    );
     p.ok(&["down"]);
 }

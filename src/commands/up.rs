@@ -105,6 +105,7 @@ fn apply_request(ctx: &Context, args: &UpArgs) -> Request {
         wait: args.wait,
         wait_timeout_s: args.wait_timeout,
         profiles: Some(ctx.global.profiles.clone()),
+        overlays: Some(ctx.files().split_off(1)),
     }
 }
 

@@ -174,7 +174,7 @@ async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
 async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<ExitCode> {
     let (tx, mut rx) = unbounded_channel::<Event>();
     listen_signals(&tx)?;
-    listen_control(&tx, reg.listener.try_clone()?, ctx.file())?;
+    listen_control(&tx, reg.listener.try_clone()?, ctx.files())?;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
@@ -452,11 +452,11 @@ fn listen_signals(tx: &UnboundedSender<Event>) -> Result<()> {
 fn listen_control(
     tx: &UnboundedSender<Event>,
     listener: std::os::unix::net::UnixListener,
-    file: PathBuf,
+    files: Vec<PathBuf>,
 ) -> Result<()> {
     let tx = tx.clone();
     control::serve(listener, move |req, client| {
-        let _ = tx.send(match work_of(req, &file) {
+        let _ = tx.send(match work_of(req, &files) {
             Ok(work) => Event::Control(work, client),
             Err(why) => Event::ControlRefused(client, why),
         });
@@ -467,7 +467,9 @@ fn secs(s: Option<f64>) -> Option<Duration> {
     s.map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
-fn work_of(req: Request, file: &Path) -> Result<Work, String> {
+/// `files`: the supervisor's `-f` files, the first one first.
+fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
+    let file = files.first().map(PathBuf::as_path).unwrap_or(Path::new(""));
     Ok(match req {
         Request::Apply {
             file: theirs,
@@ -477,12 +479,31 @@ fn work_of(req: Request, file: &Path) -> Result<Work, String> {
             wait,
             wait_timeout_s,
             profiles,
+            overlays,
         } => {
             if theirs != file {
                 return Err(format!(
                     "this project's supervisor runs {}, not {}; stop it first with `mirrord-up down`, or pick another project name with -p",
                     file.display(),
                     theirs.display()
+                ));
+            }
+            if let Some(theirs) = overlays
+                && theirs != files[1..]
+            {
+                let list = |fs: &[PathBuf]| match fs {
+                    [] => "no other file".to_owned(),
+                    fs => fs
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                return Err(format!(
+                    "this project's supervisor merges {} over {}, not {}; stop it first with `mirrord-up down`",
+                    list(&files[1..]),
+                    file.display(),
+                    list(&theirs)
                 ));
             }
             Work::Reconcile {
