@@ -27,15 +27,18 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The mirrord-up.yaml to use (default: `mirrord-up.yaml` in the current directory or the
-    /// nearest parent that has one).
+    /// nearest parent that has one). Repeat it to merge several files in order, compose's way
+    /// (`MIRRORD_UP_FILE` takes them separated by `:`).
     #[arg(
         short = 'f',
         long = "file",
         env = "MIRRORD_UP_FILE",
         global = true,
-        value_name = "PATH"
+        value_name = "PATH",
+        value_delimiter = ':',
+        action = clap::ArgAction::Append
     )]
-    pub file: Option<PathBuf>,
+    pub file: Vec<PathBuf>,
     /// Project name (default: the YAML's directory name, lower-cased, [a-z0-9_-] only).
     #[arg(
         short = 'p',
@@ -62,6 +65,17 @@ pub struct GlobalArgs {
     /// Session key (default: the OS user name, as real mirrord).
     #[arg(short = 'k', long, env = "MIRRORD_UP_KEY", global = true)]
     pub key: Option<String>,
+    /// Activate a profile: services with `profiles:` start only when one of theirs is active
+    /// or they are named (repeatable; `MIRRORD_UP_PROFILES` takes a comma-separated list).
+    #[arg(
+        long = "profile",
+        env = "MIRRORD_UP_PROFILES",
+        global = true,
+        value_name = "NAME",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub profiles: Vec<String>,
     /// Kubernetes context for every service (beats the file's `context`).
     #[arg(long, global = true, value_name = "CTX")]
     pub context: Option<String>,
@@ -101,13 +115,19 @@ pub enum Command {
         compat: bool,
     },
     /// Print the generated mirrord.json of every (or one) service, or the config hashes.
-    #[command(after_help = "Examples:\n  mirrord-up config api\n  mirrord-up config --hash")]
+    #[command(
+        after_help = "Examples:\n  mirrord-up config api\n  mirrord-up config --hash\n  mirrord-up config --yaml"
+    )]
     Config {
         /// Only this service: prints its mirrord.json alone.
         service: Option<String>,
         /// Print `<service> <sha256>` lines instead.
         #[arg(long)]
         hash: bool,
+        /// Print the file as it is parsed instead: rendered, merge keys (`<<`) applied, `x-*`
+        /// keys dropped.
+        #[arg(long, conflicts_with_all = ["hash", "service"])]
+        yaml: bool,
     },
     /// Converge to the YAML: start what is missing or changed, stop what was removed.
     #[command(

@@ -36,12 +36,26 @@ pub struct ResolveOptions<'a> {
 
 /// Names to run: the named services (naming one overrides its `skip`) or every non-skipped
 /// one, plus their non-skipped dependencies.
+/// `selection`, or when it is empty ("all") and `named` is not, every service started without
+/// being named plus `named` (those still in the file).
+pub fn with_named(doc: &UpDocument, selection: &[String], named: &[String]) -> Vec<String> {
+    if !selection.is_empty() || named.is_empty() {
+        return selection.to_vec();
+    }
+    let services = &doc.file.services.0;
+    services
+        .iter()
+        .filter(|(n, s)| s.enabled(&doc.profiles) || named.contains(n))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 pub fn select(doc: &UpDocument, selection: &[String]) -> Result<Vec<String>, ConfigError> {
     let services = &doc.file.services.0;
     let mut picked: BTreeSet<String> = if selection.is_empty() {
         let all: BTreeSet<String> = services
             .iter()
-            .filter(|(_, s)| !s.skip)
+            .filter(|(_, s)| s.enabled(&doc.profiles))
             .map(|(n, _)| n.clone())
             .collect();
         if all.is_empty() {

@@ -62,13 +62,19 @@ enum Seen {
 
 fn as_editors_see(path: &Path) -> Seen {
     let text = std::fs::read_to_string(path).expect("read fixture");
-    if let Ok(value) = serde_yaml::from_str::<Value>(&text) {
+    // Editors (yaml-language-server) resolve merge keys (`<<`) before they validate.
+    let parse = |text: &str| -> Result<Value, String> {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let _ = v.apply_merge();
+        serde_json::to_value(v).map_err(|e| e.to_string())
+    };
+    if let Ok(value) = parse(&text) {
         return Seen::Raw(value);
     }
     let dir = path.parent().expect("fixture directory");
     match mirrord_up::config::template::render(&text, "alice", dir) {
         Err(e) => Seen::NotYaml(format!("template: {}", e.message)),
-        Ok(rendered) => match serde_yaml::from_str::<Value>(&rendered) {
+        Ok(rendered) => match parse(&rendered) {
             Ok(value) => Seen::Rendered(value),
             Err(e) => Seen::NotYaml(format!("YAML: {e}")),
         },
@@ -315,7 +321,12 @@ fn probes() -> Vec<(String, bool)> {
         file("services: {}\n", false),
         file("services: ~\n", false),
         file("services: {a: ~}\n", false),
-        file("x-y: 1\nservices: {a: {run: {command: [x]}}}\n", false),
+        // compose's `x-*` keys are ignored at the top level only
+        file("x-y: 1\nservices: {a: {run: {command: [x]}}}\n", true),
+        file("y-x: 1\nservices: {a: {run: {command: [x]}}}\n", false),
+        s("x-y: 1", false),
+        s("profiles: [debug]", true),
+        s("profiles: debug", false),
         // service names (compose's rule) and the ranges of numbers
         file("services: {a.b_c-9: {run: {command: [x]}}}\n", true),
         file("services: {..: {run: {command: [x]}}}\n", false),

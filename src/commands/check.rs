@@ -24,11 +24,14 @@ pub fn run(ctx: &Context, compat: bool) -> Result<ExitCode> {
             .map(|(n, s)| (n.clone(), s.extensions_used()))
             .filter(|(_, u)| !u.is_empty())
             .collect();
-        if used.is_empty() {
+        if used.is_empty() && doc.document_extensions.is_empty() {
             println!("compatible with mirrord 3.250 `mirrord up`: no mirrord-up extensions used");
         } else {
             rejected = true;
             println!("real mirrord 3.250 `mirrord up` would reject these mirrord-up extensions:");
+            for k in &doc.document_extensions {
+                println!("  {k}");
+            }
             for (name, keys) in used {
                 for k in keys {
                     println!("  services.{name}.{k}");

@@ -1,4 +1,5 @@
-//! `config [SERVICE] [--hash]`: the generated mirrord.json of the services, or their hashes.
+//! `config [SERVICE] [--hash|--yaml]`: the generated mirrord.json of the services, their hashes,
+//! or the file as it is parsed.
 
 use std::process::ExitCode;
 
@@ -7,8 +8,15 @@ use serde_json::{Map, Value};
 
 use super::Context;
 
-pub fn run(ctx: &Context, service: Option<&str>, hash: bool) -> Result<ExitCode> {
+pub fn run(ctx: &Context, service: Option<&str>, hash: bool, yaml: bool) -> Result<ExitCode> {
     let doc = ctx.load()?;
+    if yaml {
+        print!("{}", doc.resolved);
+        if !doc.resolved.ends_with('\n') {
+            println!();
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let selection: Vec<String> = service.map(|s| vec![s.to_owned()]).unwrap_or_default();
     let cache = ctx.read_state().ok().flatten();
     let cache = cache.map(|s| s.target_cache).unwrap_or_default();

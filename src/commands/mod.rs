@@ -106,7 +106,11 @@ fn init_tracing(verbose: u8) {
 fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
     match command {
         Command::Check { compat } => check::run(ctx, compat),
-        Command::Config { service, hash } => config::run(ctx, service.as_deref(), hash),
+        Command::Config {
+            service,
+            hash,
+            yaml,
+        } => config::run(ctx, service.as_deref(), hash, yaml),
         Command::Plan {
             services,
             format,
@@ -177,14 +181,18 @@ pub struct Context {
     /// The YAML: `-f`/`MIRRORD_UP_FILE` (made absolute), else the nearest `mirrord-up.yaml`
     /// in the current directory or a parent (`None`: none there).
     file: Option<PathBuf>,
+    /// The `-f` files after the first, merged over it in order.
+    overlays: Vec<PathBuf>,
     project: String,
 }
 
 impl Context {
     pub fn new(global: GlobalArgs) -> Context {
         let cwd = std::env::current_dir().ok();
-        let file = match &global.file {
-            Some(f) => Some(std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+        let absolute = |f: &PathBuf| std::path::absolute(f).unwrap_or_else(|_| f.clone());
+        let overlays = global.file.iter().skip(1).map(absolute).collect();
+        let file = match global.file.first() {
+            Some(f) => Some(absolute(f)),
             None => cwd.as_deref().and_then(discover::find_file),
         };
         let project = match (&global.project, &file) {
@@ -209,6 +217,7 @@ impl Context {
         Context {
             global,
             file,
+            overlays,
             project,
         }
     }
@@ -229,6 +238,13 @@ impl Context {
         })
     }
 
+    /// Every `-f` file, the first one first (or the one found).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.file()];
+        files.extend(self.overlays.iter().cloned());
+        files
+    }
+
     /// The YAML if it was named or found (it may still not exist when named).
     pub fn found_file(&self) -> Option<&Path> {
         self.file.as_deref()
@@ -239,7 +255,15 @@ impl Context {
             anyhow::bail!("{}", discover::no_file_message());
         };
         crate::handover::set_key_provided(self.global.key.is_some());
-        Ok(UpDocument::load(file, self.global.key.as_deref())?)
+        let mut doc = if self.overlays.is_empty() {
+            UpDocument::load(file, self.global.key.as_deref())?
+        } else {
+            let mut files = vec![file.clone()];
+            files.extend(self.overlays.iter().cloned());
+            UpDocument::load_many(&files, self.global.key.as_deref())?
+        };
+        doc.profiles = self.global.profiles.clone();
+        Ok(doc)
     }
 
     /// `-p`, else the YAML's directory name, lower-cased and reduced to `[a-z0-9_-]`.

@@ -81,6 +81,7 @@ fn supervisor_options(args: &UpArgs, foreground: bool, width: usize) -> crate::s
             mode: args.mode.map(Into::into),
             abort_on_exit: args.abort_on_exit,
             supervised: true,
+            ..Default::default()
         },
         watch: !args.no_watch,
         foreground,
@@ -91,6 +92,7 @@ fn supervisor_options(args: &UpArgs, foreground: bool, width: usize) -> crate::s
                 .then(|| Duration::from_secs_f64(args.wait_timeout.max(0.0))),
             services: args.services.clone(),
             mode: args.mode.map(Into::into),
+            profiles: None,
         },
         first_client: None,
         width,
@@ -105,6 +107,8 @@ fn apply_request(ctx: &Context, args: &UpArgs) -> Request {
         force_recreate: args.force_recreate,
         wait: args.wait,
         wait_timeout_s: args.wait_timeout,
+        profiles: Some(ctx.global.profiles.clone()),
+        overlays: Some(ctx.files().split_off(1)),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Reading `mirrord-up.yaml`: render (Tera) → parse (serde_yaml) → validate, with every error
 //! carrying the file, the key path and the line and column.
 
+pub mod compose;
+pub mod hints;
 pub mod locate;
 pub mod model;
 pub mod names;
@@ -103,7 +105,7 @@ pub enum ConfigError {
         unknown: Vec<String>,
         available: Vec<String>,
     },
-    #[error("{}: no services to launch: every service is marked `skip: true`", path.display())]
+    #[error("{}: no services to launch: every service is marked `skip: true` or has `profiles` none of which is active (`--profile NAME`)", path.display())]
     AllSkipped { path: PathBuf },
     #[error("{}: incompatible mode and target: {}", path.display(), details.join("; "))]
     IncompatibleTargets { path: PathBuf, details: Vec<String> },
@@ -154,6 +156,10 @@ fn located(
     location: &Option<Location>,
     snippet: &Option<String>,
 ) -> String {
+    let (message, hint) = match message.split_once(hints::MARKER) {
+        Some((m, h)) => (m, Some(h)),
+        None => (message, None),
+    };
     let mut out = format!("{what}: ");
     if !key_path.is_empty() {
         out.push_str(&escape(key_path));
@@ -181,6 +187,9 @@ fn located(
         }
     } else {
         out.push_str(&format!("\n --> {}", path.display()));
+    }
+    if let Some(hint) = hint {
+        out.push_str(&format!("\n  hint: {}", escape_lines(hint)));
     }
     out
 }
@@ -252,6 +261,23 @@ fn window(line: &str, column: usize) -> (String, usize) {
     (out, caret)
 }
 
+/// Renders `source` (read from `path`) with Tera; an error names the place in `source`.
+fn render_step(path: &Path, dir: &Path, source: &str, key: &str) -> Result<String, ConfigError> {
+    template::render(source, key, dir).map_err(|e| ConfigError::Template {
+        key_path: e
+            .location
+            .map(|l| locate::path_at_line(source, l.line))
+            .unwrap_or_default(),
+        snippet: snippet(source, e.location),
+        location: e.location,
+        message: match hints::template(&e.message) {
+            Some(h) => format!("{}{}{h}", e.message, hints::MARKER),
+            None => e.message,
+        },
+        path: path.to_owned(),
+    })
+}
+
 fn snippet(text: &str, loc: Option<Location>) -> Option<String> {
     loc.and_then(|l| text.lines().nth(l.line.saturating_sub(1)))
         .map(str::to_owned)
@@ -266,6 +292,9 @@ pub struct UpDocument {
     pub dir: PathBuf,
     /// The text after templating (what line numbers refer to).
     pub rendered: String,
+    /// What is parsed: `rendered` with merge keys applied and `x-*` keys dropped
+    /// (`config --yaml`).
+    pub resolved: String,
     pub file: UpFile,
     /// The session key the file was rendered with.
     pub key: String,
@@ -273,6 +302,14 @@ pub struct UpDocument {
     pub env_files: BTreeMap<String, BTreeMap<String, String>>,
     /// Contents of `config` base files, by service.
     pub base_configs: BTreeMap<String, serde_json::Value>,
+    /// The active profiles (`--profile`, `MIRRORD_UP_PROFILES`), set by the caller.
+    pub profiles: Vec<String>,
+    /// Compose-style extensions above the services that real mirrord rejects: top-level
+    /// `x-*` keys and YAML merge keys (`<<`), as `check --compat` lists them.
+    pub document_extensions: Vec<String>,
+    /// With several `-f` files: each file and its rendered text, in merge order (errors are
+    /// located in the last file that writes the key). Empty for one file.
+    pub sources: Vec<(PathBuf, String)>,
 }
 
 /// The session key: `--key`, else the OS user name (as real mirrord).
@@ -306,6 +343,97 @@ impl UpDocument {
         Self::from_source(path, dir, &source, key)
     }
 
+    /// Reads, renders and parses each of `paths`, merges them in order (compose's rules:
+    /// mappings merge, anything else is replaced), and validates the result. The first file's
+    /// directory is the project's; an error names the file (and line) it belongs to.
+    pub fn load_many(paths: &[PathBuf], key: Option<&str>) -> Result<UpDocument, ConfigError> {
+        let key = session_key(key)?;
+        let mut sources: Vec<(PathBuf, String)> = Vec::new();
+        let mut merged: Option<serde_yaml::Value> = None;
+        let mut extensions: Vec<String> = Vec::new();
+        for path in paths {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            let source = match read_bounded(&path) {
+                Ok(s) => s,
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ConfigError::NotFound { path });
+                }
+                Err(ReadError::Io(source)) => return Err(ConfigError::Read { path, source }),
+                Err(ReadError::TooLarge(size)) => {
+                    return Err(ConfigError::TooLarge { path, size });
+                }
+            };
+            let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+            let rendered = render_step(&path, &dir, &source, &key)?;
+            let (value, used) = compose::to_value(&rendered).map_err(|e| ConfigError::Parse {
+                key_path: match e.location {
+                    Some(l) if !e.message.contains("(`<<`)") => {
+                        locate::path_at_line(&rendered, l.line)
+                    }
+                    _ => String::new(),
+                },
+                snippet: snippet(&rendered, e.location),
+                location: e.location,
+                message: match hints::parse(&e.message, &rendered, e.location.map(|l| l.line)) {
+                    Some(h) => format!("{}{}{h}", e.message, hints::MARKER),
+                    None => e.message,
+                },
+                path: path.clone(),
+            })?;
+            for u in used {
+                if !extensions.contains(&u) {
+                    extensions.push(u);
+                }
+            }
+            match &mut merged {
+                None => merged = Some(value),
+                Some(base) => compose::overlay(base, value),
+            }
+            sources.push((path, rendered));
+        }
+        extensions.push(format!("-f given {} times (files merged)", paths.len()));
+        let merged = merged.unwrap_or(serde_yaml::Value::Null);
+        let text = serde_yaml::to_string(&merged).unwrap_or_default();
+        let file: UpFile = serde_yaml::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_owned();
+            let (path, rendered) = sources
+                .iter()
+                .rev()
+                .find(|(_, t)| compose::written_at(t, &message).is_some())
+                .unwrap_or(&sources[sources.len() - 1]);
+            let location = compose::written_at(rendered, &message);
+            ConfigError::Parse {
+                key_path: String::new(),
+                snippet: snippet(rendered, location),
+                location,
+                message,
+                path: path.clone(),
+            }
+        })?;
+        let (path, _) = sources[0].clone();
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let mut doc = UpDocument {
+            path,
+            dir,
+            rendered: text.clone(),
+            resolved: text,
+            file,
+            key,
+            env_files: BTreeMap::new(),
+            base_configs: BTreeMap::new(),
+            profiles: Vec::new(),
+            document_extensions: extensions,
+            sources,
+        };
+        doc.validate()?;
+        Ok(doc)
+    }
+
     /// Renders, parses and validates `source` as if read from `path` (the fuzz tests' door).
     pub fn from_text(path: &Path, source: &str, key: &str) -> Result<UpDocument, ConfigError> {
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
@@ -324,28 +452,16 @@ impl UpDocument {
         source: &str,
         key: String,
     ) -> Result<UpDocument, ConfigError> {
-        let rendered = template::render(source, &key, &dir).map_err(|e| ConfigError::Template {
-            key_path: e
-                .location
-                .map(|l| locate::path_at_line(source, l.line))
-                .unwrap_or_default(),
-            snippet: snippet(source, e.location),
-            location: e.location,
-            message: e.message,
-            path: path.clone(),
-        })?;
-        let file: UpFile = serde_yaml::from_str(&rendered).map_err(|e| {
-            let message = e.to_string();
+        let rendered = render_step(&path, &dir, source, &key)?;
+        let parsed = compose::parse(&rendered).map_err(|e| {
+            let message = e.message;
             let dup = regex::Regex::new(r"duplicate service `([^`]+)`").expect("static");
             let location = match dup.captures(&message) {
                 // serde reports the map's start; point at the second occurrence instead.
                 Some(c) => locate::locate_nth(&rendered, &["services", &c[1]], 1),
                 None => None,
             }
-            .or(e.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            }));
+            .or(e.location);
             // A syntax error comes from the scanner, before any key is known: name the key
             // that encloses its line.
             let syntax = regex::Regex::new(
@@ -365,7 +481,10 @@ impl UpDocument {
                             message.split(" at line ").next().unwrap_or(&message)
                         )
                     }
-                    _ => message,
+                    _ => match hints::parse(&message, &rendered, location.map(|l| l.line)) {
+                        Some(h) => format!("{message}{}{h}", hints::MARKER),
+                        None => message,
+                    },
                 },
                 snippet: snippet(&rendered, location),
                 location,
@@ -375,11 +494,15 @@ impl UpDocument {
         let mut doc = UpDocument {
             path,
             dir,
+            resolved: parsed.resolved.unwrap_or_else(|| rendered.clone()),
             rendered,
-            file,
+            file: parsed.file,
             key,
             env_files: BTreeMap::new(),
             base_configs: BTreeMap::new(),
+            profiles: Vec::new(),
+            document_extensions: parsed.extensions,
+            sources: Vec::new(),
         };
         doc.validate()?;
         Ok(doc)
@@ -387,12 +510,20 @@ impl UpDocument {
 
     /// An error at `services.<...>`, located in the rendered text.
     pub fn invalid(&self, key_path: &[&str], message: impl Into<String>) -> ConfigError {
-        let location = locate::locate(&self.rendered, key_path);
+        let probe = format!("{}: ", key_path.join("."));
+        let (path, text) = self
+            .sources
+            .iter()
+            .rev()
+            .find(|(_, t)| compose::written_at(t, &probe).is_some())
+            .or(self.sources.last())
+            .map_or((&self.path, &self.rendered), |(p, t)| (p, t));
+        let location = locate::locate(text, key_path);
         ConfigError::Invalid {
-            path: self.path.clone(),
+            path: path.clone(),
             key_path: key_path.join("."),
             message: message.into(),
-            snippet: snippet(&self.rendered, location),
+            snippet: snippet(text, location),
             location,
         }
     }

@@ -21,8 +21,12 @@ use super::target::TargetConfig;
 /// Several mirrord sessions in one file: real `mirrord up` 3.250's format plus the mirrord-up
 /// extensions. The whole file is a Tera template, rendered (with `key` and `git_branch`) before
 /// it is parsed.
+///
+/// mirrord-up extension (compose): top-level keys starting with `x-` are ignored (a place for
+/// YAML anchors), and YAML merge keys (`<<: *anchor`) apply at every level.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^x-": {"description": "mirrord-up extension (compose): ignored; a place for YAML anchors."}}))]
 pub struct UpFile {
     /// Settings shared by every service.
     // `common:` with nothing after it is an empty mapping to the parser but `null` in JSON.
@@ -139,6 +143,11 @@ pub struct ServiceConfig {
     /// What to run.
     pub run: RunConfig,
     // --- mirrord-up extensions (spec §4.3) ---
+    /// mirrord-up extension (compose's `profiles`): started only when one of these profiles is
+    /// active (`--profile`, `MIRRORD_UP_PROFILES`) or the service is named.
+    #[serde(default)]
+    #[schemars(extend("default" = []))]
+    pub profiles: Vec<String>,
     /// mirrord-up extension: services to start first (and stop after this one).
     #[serde(default)]
     #[schemars(extend("default" = []))]
@@ -187,6 +196,7 @@ pub(super) fn no_default(schema: &mut Schema) {
 
 /// The extension keys a service uses, for `check --compat`.
 pub const EXTENSION_KEYS: &[&str] = &[
+    "profiles",
     "depends_on",
     "restart",
     "max_restarts",
@@ -199,8 +209,14 @@ pub const EXTENSION_KEYS: &[&str] = &[
 ];
 
 impl ServiceConfig {
+    /// Started without being named: not `skip`, and no `profiles` or one of them is active.
+    pub fn enabled(&self, active: &[String]) -> bool {
+        !self.skip && (self.profiles.is_empty() || self.profiles.iter().any(|p| active.contains(p)))
+    }
+
     pub fn extensions_used(&self) -> Vec<&'static str> {
         let used = [
+            !self.profiles.is_empty(),
             !self.depends_on.0.is_empty(),
             self.restart != RestartPolicy::No,
             self.max_restarts.is_some(),

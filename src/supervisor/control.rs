@@ -44,6 +44,12 @@ pub enum Request {
         force_recreate: bool,
         wait: bool,
         wait_timeout_s: f64,
+        /// The profiles of this `up` (absent from an older client: keep the supervisor's).
+        #[serde(default)]
+        profiles: Option<Vec<String>>,
+        /// The `-f` files after the first (absent from an older client: not compared).
+        #[serde(default)]
+        overlays: Option<Vec<PathBuf>>,
     },
     Stop {
         services: Vec<String>,

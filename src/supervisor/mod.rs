@@ -175,10 +175,10 @@ async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
 async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<ExitCode> {
     let (tx, mut rx) = unbounded_channel::<Event>();
     listen_signals(&tx)?;
-    listen_control(&tx, reg.listener.try_clone()?, ctx.file())?;
+    listen_control(&tx, reg.listener.try_clone()?, ctx.files())?;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
-    watcher.watch(&[ctx.file()]);
+    watcher.watch(&ctx.files());
     let tail = opts.foreground.then(|| LogPrinter::start(ctx));
     let color = opts.foreground && ctx.stderr_color();
 
@@ -385,12 +385,22 @@ fn all_down_message(failed: &[String], foreground: bool) -> String {
 fn widen_selection(settings: &mut PassSettings, apply: &ApplyOptions) {
     if apply.services.is_empty() {
         settings.selection.clear();
-    } else if !settings.selection.is_empty() {
+    } else {
+        // Named services join the selection, or, when it is "all", the list of those
+        // `skip`/`profiles` leave out of it.
+        let list = if settings.selection.is_empty() {
+            &mut settings.named
+        } else {
+            &mut settings.selection
+        };
         for s in &apply.services {
-            if !settings.selection.contains(s) {
-                settings.selection.push(s.clone());
+            if !list.contains(s) {
+                list.push(s.clone());
             }
         }
+    }
+    if apply.profiles.is_some() {
+        settings.profiles = apply.profiles.clone();
     }
     if apply.mode.is_some() {
         settings.mode = apply.mode;
@@ -445,11 +455,11 @@ fn listen_signals(tx: &UnboundedSender<Event>) -> Result<()> {
 fn listen_control(
     tx: &UnboundedSender<Event>,
     listener: std::os::unix::net::UnixListener,
-    file: PathBuf,
+    files: Vec<PathBuf>,
 ) -> Result<()> {
     let tx = tx.clone();
     control::serve(listener, move |req, client| {
-        let _ = tx.send(match work_of(req, &file) {
+        let _ = tx.send(match work_of(req, &files) {
             Ok(work) => Event::Control(work, client),
             Err(why) => Event::ControlRefused(client, why),
         });
@@ -460,7 +470,9 @@ fn secs(s: Option<f64>) -> Option<Duration> {
     s.map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
-fn work_of(req: Request, file: &Path) -> Result<Work, String> {
+/// `files`: the supervisor's `-f` files, the first one first.
+fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
+    let file = files.first().map(PathBuf::as_path).unwrap_or(Path::new(""));
     Ok(match req {
         Request::Apply {
             file: theirs,
@@ -469,6 +481,8 @@ fn work_of(req: Request, file: &Path) -> Result<Work, String> {
             force_recreate,
             wait,
             wait_timeout_s,
+            profiles,
+            overlays,
         } => {
             if theirs != file {
                 return Err(format!(
@@ -477,12 +491,31 @@ fn work_of(req: Request, file: &Path) -> Result<Work, String> {
                     theirs.display()
                 ));
             }
+            if let Some(theirs) = overlays
+                && theirs != files[1..]
+            {
+                let list = |fs: &[PathBuf]| match fs {
+                    [] => "no other file".to_owned(),
+                    fs => fs
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                return Err(format!(
+                    "this project's supervisor merges {} over {}, not {}; stop it first with `mirrord-up down`",
+                    list(&files[1..]),
+                    file.display(),
+                    list(&theirs)
+                ));
+            }
             Work::Reconcile {
                 explicit: Some(ApplyOptions {
                     force_recreate,
                     wait: wait.then(|| Duration::from_secs_f64(wait_timeout_s.max(0.0))),
                     services,
                     mode,
+                    profiles,
                 }),
             }
         }

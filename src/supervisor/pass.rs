@@ -55,6 +55,8 @@ pub struct ApplyOptions {
     /// The services asked for (the loop widens its selection with them).
     pub services: Vec<String>,
     pub mode: Option<Mode>,
+    /// The active profiles of this `up` (`None`: keep the supervisor's).
+    pub profiles: Option<Vec<String>>,
 }
 
 /// The supervisor's standing settings.
@@ -62,6 +64,11 @@ pub struct ApplyOptions {
 pub struct PassSettings {
     /// Services to run (empty: all not marked `skip`).
     pub selection: Vec<String>,
+    /// With an empty `selection`: services named by a later `up -d NAME` although `skip` or
+    /// their `profiles` leave them out of "all".
+    pub named: Vec<String>,
+    /// The active profiles (`None`: the command line's, `--profile`/`MIRRORD_UP_PROFILES`).
+    pub profiles: Option<Vec<String>>,
     pub mode: Option<Mode>,
     pub abort_on_exit: bool,
     /// Run by the supervisor (its reaper collects exits; it is recorded in the state).
@@ -411,13 +418,13 @@ fn load_desired(
     out: &mut PassOutcome,
     explicit: bool,
 ) -> Desired {
-    let loaded = ctx.load().and_then(|doc| {
-        let (desired, cache) = ctx.desired(
-            &doc,
-            &settings.selection,
-            settings.mode,
-            state.target_cache.clone(),
-        )?;
+    let loaded = ctx.load().and_then(|mut doc| {
+        if let Some(profiles) = &settings.profiles {
+            doc.profiles = profiles.clone();
+        }
+        let selection = crate::desired::with_named(&doc, &settings.selection, &settings.named);
+        let (desired, cache) =
+            ctx.desired(&doc, &selection, settings.mode, state.target_cache.clone())?;
         Ok((doc, desired, cache))
     });
     match loaded {
@@ -425,7 +432,10 @@ fn load_desired(
             if state.last_reload_error.take().is_some() {
                 reporter.event("mirrord-up", "the file is valid again");
             }
-            let mut files = vec![doc.path.clone()];
+            let mut files = match doc.sources.is_empty() {
+                true => vec![doc.path.clone()],
+                false => doc.sources.iter().map(|(p, _)| p.clone()).collect(),
+            };
             files.extend(doc.side_files());
             out.watched_files = Some(files);
             state.target_cache = cache;

@@ -1,0 +1,202 @@
+//! What compose users reuse in the file itself: top-level `x-*` keys (ignored) and YAML merge
+//! keys (`<<: *base`, applied at every level). Real mirrord rejects both; `check --compat`
+//! lists them.
+//!
+//! A file that uses neither is parsed straight from its text, so every error keeps serde's own
+//! line and column. A file that uses one is read as a YAML value, merged, stripped of its `x-*`
+//! keys and written back as YAML before it is parsed as a `mirrord-up.yaml`: an error then names
+//! its key path, which is located in the file as written.
+
+use serde_yaml::Value;
+
+use super::{Location, UpFile, locate};
+
+/// A parse error: serde's message and where it points in the rendered text.
+pub struct Failure {
+    pub message: String,
+    pub location: Option<Location>,
+}
+
+/// What [`parse`] read.
+pub struct Parsed {
+    pub file: UpFile,
+    /// The document-level extensions used, as `check --compat` names them.
+    pub extensions: Vec<String>,
+    /// The YAML after merging and without `x-*` keys, when it differs from the rendered text.
+    pub resolved: Option<String>,
+}
+
+/// Parses `rendered`.
+pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
+    let direct = |e: serde_yaml::Error| Failure {
+        message: e.to_string(),
+        location: e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
+    };
+    let plain = || {
+        serde_yaml::from_str::<UpFile>(rendered).map(|file| Parsed {
+            file,
+            extensions: Vec::new(),
+            resolved: None,
+        })
+    };
+    let Ok(mut value) = serde_yaml::from_str::<Value>(rendered) else {
+        return plain().map_err(direct);
+    };
+    let mut used = Vec::new();
+    if let Value::Mapping(top) = &value {
+        for k in top.keys() {
+            if let Some(k) = k.as_str().filter(|k| k.starts_with("x-")) {
+                used.push(k.to_owned());
+            }
+        }
+    }
+    if has_merge_key(&value) {
+        used.push("<< (YAML merge keys)".to_owned());
+    }
+    if used.is_empty() {
+        return plain().map_err(direct);
+    }
+    if let Err(e) = value.apply_merge() {
+        let location = locate_merge(rendered);
+        let path = location
+            .map(|l| locate::path_at_line(rendered, l.line))
+            .unwrap_or_default();
+        return Err(Failure {
+            message: match path.is_empty() {
+                true => format!("a YAML merge key (`<<`) {e}"),
+                false => format!("{path}: a YAML merge key (`<<`) {e}"),
+            },
+            location,
+        });
+    }
+    if let Value::Mapping(top) = &mut value {
+        top.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+    }
+    let merged = serde_yaml::to_string(&value).map_err(direct)?;
+    serde_yaml::from_str::<UpFile>(&merged)
+        .map(|file| Parsed {
+            file,
+            extensions: used,
+            resolved: Some(merged.clone()),
+        })
+        .map_err(|e| {
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_owned();
+            Failure {
+                location: locate_message(rendered, &message),
+                message,
+            }
+        })
+}
+
+fn has_merge_key(value: &Value) -> bool {
+    match value {
+        Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(s) => s.iter().any(has_merge_key),
+        Value::Tagged(t) => has_merge_key(&t.value),
+        _ => false,
+    }
+}
+
+fn locate_merge(text: &str) -> Option<Location> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let key = line.trim_start();
+        key.starts_with("<<").then(|| Location {
+            line: i + 1,
+            column: line.len() - key.len() + 1,
+        })
+    })
+}
+
+/// Where the key path that starts serde's `message` (`services.api.run: …`) is written, or its
+/// deepest written ancestor (a key brought in by a merge is written under its anchor).
+fn locate_message(text: &str, message: &str) -> Option<Location> {
+    let (path, _) = message.split_once(": ")?;
+    if path.contains(' ') {
+        return None;
+    }
+    let parts: Vec<&str> = path
+        .split(['.', '['])
+        .map(|p| p.trim_end_matches(']'))
+        .filter(|p| !p.is_empty() && !p.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    locate::locate(text, &parts)
+}
+
+/// One of several `-f` files as a YAML value: merge keys applied, `x-*` keys dropped; also the
+/// document-level extensions it used.
+pub fn to_value(rendered: &str) -> Result<(Value, Vec<String>), Failure> {
+    let mut value = serde_yaml::from_str::<Value>(rendered).map_err(|e| Failure {
+        message: e.to_string(),
+        location: e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
+    })?;
+    let mut used = Vec::new();
+    if has_merge_key(&value) {
+        used.push("<< (YAML merge keys)".to_owned());
+    }
+    if let Err(e) = value.apply_merge() {
+        let location = locate_merge(rendered);
+        let path = location
+            .map(|l| locate::path_at_line(rendered, l.line))
+            .unwrap_or_default();
+        return Err(Failure {
+            message: format!("{path}: a YAML merge key (`<<`) {e}"),
+            location,
+        });
+    }
+    if let Value::Mapping(top) = &mut value {
+        top.retain(|k, _| match k.as_str() {
+            Some(k) if k.starts_with("x-") => {
+                used.push(k.to_owned());
+                false
+            }
+            _ => true,
+        });
+    }
+    Ok((value, used))
+}
+
+/// Compose's merge of a later file over an earlier one: mappings merge key by key, anything
+/// else (sequences such as `command`, scalars) is replaced whole.
+pub fn overlay(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(base), Value::Mapping(over)) => {
+            for (k, v) in over {
+                match base.get_mut(&k) {
+                    Some(b) => overlay(b, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// Where the key path that starts serde's `message` is written in `text`, if exactly there
+/// (not only an ancestor of it).
+pub fn written_at(text: &str, message: &str) -> Option<Location> {
+    let (path, _) = message.split_once(": ")?;
+    let last = path
+        .split(['.', '['])
+        .map(|p| p.trim_end_matches(']'))
+        .rfind(|p| !p.is_empty() && !p.chars().all(|c| c.is_ascii_digit()))?;
+    let loc = locate_message(text, message)?;
+    let line = text.lines().nth(loc.line - 1)?.trim_start();
+    let line = line.strip_prefix("- ").unwrap_or(line);
+    let key = line.trim_start_matches(['"', '\'']);
+    key.starts_with(last).then_some(loc)
+}
