@@ -507,13 +507,15 @@ fn a_daemonised_child_is_gone_after_ci_stop() {
 }
 
 /// A start that fails after it left a process outside its group (as mirrord does when the
-/// binary is not found: its intproxy is already running): the daemon writes its pid to a file
-/// before the service exits 3, so the daemon surely exists when the failure is seen.
+/// binary is not found: its intproxy is already running): the service writes the daemon's pid
+/// to a file before it exits 3, so the daemon surely exists when the failure is seen.
 fn failing_after_daemon(dir: &Path) -> Vec<String> {
-    let pidfile = dir.join("daemon.pid");
+    // `$!` is the daemon's final pid (`setsid` is no group leader here, so it execs `sleep`
+    // without forking); the service writes it and exits at once, with no wait on the daemon,
+    // so that it fails within `ci start`'s settling time even on a loaded machine.
     let script = format!(
-        "setsid sh -c 'echo $$ > {f}.tmp; mv {f}.tmp {f}; exec sleep 1000' & while [ ! -s {f} ]; do :; done; exit 3",
-        f = pidfile.display()
+        "setsid sleep 1000 & echo $! > {f}.tmp; mv {f}.tmp {f}; exit 3",
+        f = dir.join("daemon.pid").display()
     );
     vec!["sh".into(), "-c".into(), script]
 }
