@@ -5,6 +5,8 @@
 //! line wins); the other shells' scripts are generated (and syntax-checked where the shell is
 //! installed).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -253,6 +255,49 @@ fn scripts_parse_in_installed_shells() {
             out.status.success(),
             "{shell} rejects the script:\n{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// What a user sees: an interactive bash on a terminal, the script sourced, TAB pressed.
+#[test]
+fn tab_in_an_interactive_bash_completes_service_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("mirrord-up.bash");
+    std::fs::write(&script, completions("bash")).expect("write script");
+    let project = dir.path().join("shop");
+    let deep = project.join("src");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(project.join("mirrord-up.yaml"), YAML).unwrap();
+
+    let mut bash = Command::new("bash");
+    bash.args(["--norc", "--noprofile", "-i"])
+        .current_dir(&deep)
+        .env("PS1", "ready> ")
+        .env("HOME", dir.path())
+        .env_remove("COMPLETE")
+        .env_remove("MIRRORD_UP_FILE");
+    let mut s = common::pty::Session::start(bash, common::pty::ALL_TTY);
+    s.expect("ready> ");
+    s.send(&format!("source '{}'\n", script.display()));
+    s.expect("ready> ");
+    // One candidate: the word is completed in place.
+    s.send("mirrord-up restart w\t");
+    s.expect("mirrord-up restart worker ");
+    // Several: the second TAB lists them.
+    s.send("\x15mirrord-up stop \t\t");
+    s.expect("--help");
+    s.send("\x15exit\n");
+    let (status, transcript) = s.finish();
+    assert!(status.success(), "bash exited with {status:?}");
+    let listing = transcript
+        .split("mirrord-up stop")
+        .nth(1)
+        .expect("the second command line");
+    for name in ["api", "db", "worker"] {
+        assert!(
+            listing.split_whitespace().any(|w| w == name),
+            "no `{name}` listed:\n{listing}"
         );
     }
 }
