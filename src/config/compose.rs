@@ -28,13 +28,6 @@ pub struct Parsed {
 
 /// Parses `rendered`.
 pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
-    let direct = |e: serde_yaml::Error| Failure {
-        message: e.to_string(),
-        location: e.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        }),
-    };
     let plain = || {
         serde_yaml::from_str::<UpFile>(rendered).map(|file| Parsed {
             file,
@@ -43,21 +36,56 @@ pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
         })
     };
     let Ok(mut value) = serde_yaml::from_str::<Value>(rendered) else {
-        return plain().map_err(direct);
+        return plain().map_err(yaml_failure);
     };
-    let mut used = Vec::new();
-    if let Value::Mapping(top) = &value {
-        for k in top.keys() {
-            if let Some(k) = k.as_str().filter(|k| k.starts_with("x-")) {
-                used.push(k.to_owned());
+    if !has_merge_key(&value) && !has_x_keys(&value) {
+        return plain().map_err(yaml_failure);
+    }
+    let used = merge_and_strip(&mut value, rendered)?;
+    let merged = serde_yaml::to_string(&value).map_err(yaml_failure)?;
+    serde_yaml::from_str::<UpFile>(&merged)
+        .map(|file| Parsed {
+            file,
+            extensions: used,
+            resolved: Some(merged.clone()),
+        })
+        .map_err(|e| {
+            let message = without_position(&e);
+            Failure {
+                location: locate_message(rendered, &message),
+                message,
             }
-        }
+        })
+}
+
+/// serde's error with the position it gives.
+fn yaml_failure(e: serde_yaml::Error) -> Failure {
+    Failure {
+        message: e.to_string(),
+        location: e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
     }
-    if has_merge_key(&value) {
+}
+
+/// serde's message without its ` at line L column C`: the position in a text that mirrord-up
+/// wrote (merged YAML) means nothing to the user, who is shown where the key is written.
+pub fn without_position(e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned()
+}
+
+/// Applies the merge keys of `value` (an error is located at the first `<<` of `rendered`) and
+/// drops its top-level `x-*` keys; returns the document-level extensions it used.
+fn merge_and_strip(value: &mut Value, rendered: &str) -> Result<Vec<String>, Failure> {
+    let mut used = Vec::new();
+    if has_merge_key(value) {
         used.push("<< (YAML merge keys)".to_owned());
-    }
-    if used.is_empty() {
-        return plain().map_err(direct);
     }
     if let Err(e) = value.apply_merge() {
         let location = locate_merge(rendered);
@@ -72,28 +100,20 @@ pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
             location,
         });
     }
-    if let Value::Mapping(top) = &mut value {
-        top.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
-    }
-    let merged = serde_yaml::to_string(&value).map_err(direct)?;
-    serde_yaml::from_str::<UpFile>(&merged)
-        .map(|file| Parsed {
-            file,
-            extensions: used,
-            resolved: Some(merged.clone()),
-        })
-        .map_err(|e| {
-            let message = e.to_string();
-            let message = message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
-            Failure {
-                location: locate_message(rendered, &message),
-                message,
+    if let Value::Mapping(top) = value {
+        top.retain(|k, _| match k.as_str() {
+            Some(k) if k.starts_with("x-") => {
+                used.push(k.to_owned());
+                false
             }
-        })
+            _ => true,
+        });
+    }
+    Ok(used)
+}
+
+fn has_x_keys(value: &Value) -> bool {
+    matches!(value, Value::Mapping(top) if top.keys().any(|k| k.as_str().is_some_and(|k| k.starts_with("x-"))))
 }
 
 fn has_merge_key(value: &Value) -> bool {
@@ -135,36 +155,8 @@ fn locate_message(text: &str, message: &str) -> Option<Location> {
 /// One of several `-f` files as a YAML value: merge keys applied, `x-*` keys dropped; also the
 /// document-level extensions it used.
 pub fn to_value(rendered: &str) -> Result<(Value, Vec<String>), Failure> {
-    let mut value = serde_yaml::from_str::<Value>(rendered).map_err(|e| Failure {
-        message: e.to_string(),
-        location: e.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        }),
-    })?;
-    let mut used = Vec::new();
-    if has_merge_key(&value) {
-        used.push("<< (YAML merge keys)".to_owned());
-    }
-    if let Err(e) = value.apply_merge() {
-        let location = locate_merge(rendered);
-        let path = location
-            .map(|l| locate::path_at_line(rendered, l.line))
-            .unwrap_or_default();
-        return Err(Failure {
-            message: format!("{path}: a YAML merge key (`<<`) {e}"),
-            location,
-        });
-    }
-    if let Value::Mapping(top) = &mut value {
-        top.retain(|k, _| match k.as_str() {
-            Some(k) if k.starts_with("x-") => {
-                used.push(k.to_owned());
-                false
-            }
-            _ => true,
-        });
-    }
+    let mut value = serde_yaml::from_str::<Value>(rendered).map_err(yaml_failure)?;
+    let used = merge_and_strip(&mut value, rendered)?;
     Ok((value, used))
 }
 

@@ -395,12 +395,7 @@ impl UpDocument {
         let merged = merged.unwrap_or(serde_yaml::Value::Null);
         let text = serde_yaml::to_string(&merged).unwrap_or_default();
         let file: UpFile = serde_yaml::from_str(&text).map_err(|e| {
-            let message = e.to_string();
-            let message = message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
+            let message = compose::without_position(&e);
             let (path, rendered) = sources
                 .iter()
                 .rev()
