@@ -326,18 +326,24 @@ pub fn session_key(explicit: Option<&str>) -> Result<String, ConfigError> {
         .ok_or(ConfigError::UsernameFetch)
 }
 
+/// The text of the file at `path` (at most the size limit), or why it cannot be had.
+fn read_source(path: &Path) -> Result<String, ConfigError> {
+    let path = path.to_owned();
+    match read_bounded(&path) {
+        Ok(s) => Ok(s),
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ConfigError::NotFound { path })
+        }
+        Err(ReadError::Io(source)) => Err(ConfigError::Read { path, source }),
+        Err(ReadError::TooLarge(size)) => Err(ConfigError::TooLarge { path, size }),
+    }
+}
+
 impl UpDocument {
     /// Reads, renders, parses and validates `path`.
     pub fn load(path: &Path, key: Option<&str>) -> Result<UpDocument, ConfigError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let source = match read_bounded(&path) {
-            Ok(s) => s,
-            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ConfigError::NotFound { path });
-            }
-            Err(ReadError::Io(source)) => return Err(ConfigError::Read { path, source }),
-            Err(ReadError::TooLarge(size)) => return Err(ConfigError::TooLarge { path, size }),
-        };
+        let source = read_source(&path)?;
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
         let key = session_key(key)?;
         Self::from_source(path, dir, &source, key)
@@ -353,16 +359,7 @@ impl UpDocument {
         let mut extensions: Vec<String> = Vec::new();
         for path in paths {
             let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-            let source = match read_bounded(&path) {
-                Ok(s) => s,
-                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ConfigError::NotFound { path });
-                }
-                Err(ReadError::Io(source)) => return Err(ConfigError::Read { path, source }),
-                Err(ReadError::TooLarge(size)) => {
-                    return Err(ConfigError::TooLarge { path, size });
-                }
-            };
+            let source = read_source(&path)?;
             let dir = path.parent().map(Path::to_owned).unwrap_or_default();
             let rendered = render_step(&path, &dir, &source, &key)?;
             let (value, used) = compose::to_value(&rendered).map_err(|e| ConfigError::Parse {
