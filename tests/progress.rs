@@ -12,7 +12,7 @@ mod common;
 
 use std::process::Command;
 
-use common::pty::{self, ALL_TTY, Session};
+use common::pty;
 use common::{Out, Project, Running, SLEEP, service, yaml};
 use regex::Regex;
 
@@ -34,19 +34,6 @@ fn project(name: &str) -> Project {
         service("web", SLEEP, &[]),
     ]));
     p
-}
-
-/// The command as a user's shell would run it: colours not turned off, a capable terminal.
-fn as_user(p: &Project, args: &[&str]) -> Command {
-    let mut cmd = p.command(args);
-    cmd.env_remove("NO_COLOR").env("TERM", "xterm");
-    cmd
-}
-
-/// Runs on a terminal (stdin, stdout and stderr); the exit code and every byte written.
-fn on_terminal(cmd: Command) -> (Option<i32>, Vec<u8>) {
-    let (status, raw) = Session::start(cmd, ALL_TTY).finish_raw();
-    (status.code(), raw)
 }
 
 fn through_pipes(cmd: Command, what: &str) -> Out {
@@ -72,7 +59,7 @@ fn sorted(rows: &[String]) -> Vec<String> {
 fn on_a_terminal_each_service_has_a_live_line_kept_with_its_outcome() {
     let p = project("live");
 
-    let (code, raw) = on_terminal(as_user(&p, &["up", "--detach"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["up", "--detach"]));
     let shown = pty::screen(&raw);
     assert_eq!(code, Some(0), "{shown:#?}");
     assert!(
@@ -88,7 +75,7 @@ fn on_a_terminal_each_service_has_a_live_line_kept_with_its_outcome() {
     // The summary goes below the finished display, on a line of its own.
     assert_eq!(shown[2], STARTED, "{shown:#?}");
 
-    let (code, raw) = on_terminal(as_user(&p, &["down"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["down"]));
     let shown = pty::screen(&raw);
     assert_eq!(code, Some(0), "{shown:#?}");
     // While `slow` spends its second in the grace period: a spinner and the time waited.
@@ -118,7 +105,7 @@ fn on_a_terminal_a_failure_has_a_cross_and_the_error_follows_the_display() {
         service("web", SLEEP, &[]),
     ]));
 
-    let (code, raw) = on_terminal(as_user(&p, &["up", "--detach"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["up", "--detach"]));
     let shown = pty::screen(&raw);
     assert_eq!(code, Some(1), "{shown:#?}");
     assert_eq!(shown.len(), 3, "{shown:#?}");
@@ -147,7 +134,7 @@ fn on_a_terminal_a_wait_that_never_ends_is_erased_before_the_error() {
         &["ready: {log: never}"],
     )]));
 
-    let (code, raw) = on_terminal(as_user(
+    let (code, raw) = common::pty::on_terminal(common::as_user(
         &p,
         &["up", "--detach", "--wait", "--wait-timeout", "30"],
     ));
@@ -181,7 +168,7 @@ fn through_a_pipe_the_lines_are_plain_without_escape_codes() {
         );
     };
 
-    let up = through_pipes(as_user(&p, &["up", "--detach"]), "up --detach");
+    let up = through_pipes(common::as_user(&p, &["up", "--detach"]), "up --detach");
     assert_eq!(up.code, Some(0), "{up}");
     no_escape(&up);
     let started = plain_started();
@@ -190,7 +177,7 @@ fn through_a_pipe_the_lines_are_plain_without_escape_codes() {
     assert!(lines.iter().all(|l| started.is_match(l)), "{up}");
     assert_eq!(up.stdout, format!("{STARTED}\n"), "{up}");
 
-    let down = through_pipes(as_user(&p, &["down"]), "down");
+    let down = through_pipes(common::as_user(&p, &["down"]), "down");
     assert_eq!(down.code, Some(0), "{down}");
     no_escape(&down);
     // `web` is gone while `slow` is still in its grace period.
@@ -201,7 +188,7 @@ fn through_a_pipe_the_lines_are_plain_without_escape_codes() {
 
     // The error label is not coloured either.
     p.write_yaml(&yaml(&[service("bad", &["./missing"], &[])]));
-    let failed = through_pipes(as_user(&p, &["up", "--detach"]), "up --detach");
+    let failed = through_pipes(common::as_user(&p, &["up", "--detach"]), "up --detach");
     assert_eq!(failed.code, Some(1), "{failed}");
     no_escape(&failed);
     assert!(
@@ -220,7 +207,7 @@ fn through_a_pipe_the_lines_are_plain_without_escape_codes() {
 fn on_a_terminal_without_colours_the_lines_are_plain_and_quiet_shows_nothing() {
     let p = project("plain");
     // The baseline: a capable terminal gets a coloured error label.
-    let (code, raw) = on_terminal(as_user(&p, &["restart", "nosuch"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["restart", "nosuch"]));
     assert_eq!(code, Some(1));
     assert!(
         raw.starts_with(b"\x1b[31merror:\x1b[0m "),
@@ -247,9 +234,9 @@ fn on_a_terminal_without_colours_the_lines_are_plain_and_quiet_shows_nothing() {
     ];
     let started = plain_started();
     for (what, tweak) in variants {
-        let mut up = as_user(&p, &["up", "--detach"]);
+        let mut up = common::as_user(&p, &["up", "--detach"]);
         tweak(&mut up);
-        let (code, raw) = on_terminal(up);
+        let (code, raw) = common::pty::on_terminal(up);
         let shown = pty::screen(&raw);
         assert_eq!(code, Some(0), "{what}: {shown:#?}");
         assert!(
@@ -258,9 +245,9 @@ fn on_a_terminal_without_colours_the_lines_are_plain_and_quiet_shows_nothing() {
             String::from_utf8_lossy(&raw)
         );
 
-        let mut down = as_user(&p, &["down"]);
+        let mut down = common::as_user(&p, &["down"]);
         tweak(&mut down);
-        let (code, raw_down) = on_terminal(down);
+        let (code, raw_down) = common::pty::on_terminal(down);
         let shown_down = pty::screen(&raw_down);
         assert_eq!(code, Some(0), "{what}: {shown_down:#?}");
         assert!(
@@ -270,9 +257,9 @@ fn on_a_terminal_without_colours_the_lines_are_plain_and_quiet_shows_nothing() {
         );
 
         // Errors are printed whatever the variant; only `-q` leaves colours on.
-        let mut failing = as_user(&p, &["restart", "nosuch"]);
+        let mut failing = common::as_user(&p, &["restart", "nosuch"]);
         tweak(&mut failing);
-        let (code, raw_error) = on_terminal(failing);
+        let (code, raw_error) = common::pty::on_terminal(failing);
         let error = pty::visible(&raw_error);
         assert_eq!(code, Some(1), "{what}: {error}");
         assert!(error.starts_with("error: "), "{what}: {error:?}");
@@ -308,7 +295,7 @@ fn on_a_terminal_without_colours_the_lines_are_plain_and_quiet_shows_nothing() {
 #[test]
 fn no_color_also_reaches_the_usage_errors_of_the_command_line() {
     let p = Project::new("usage");
-    let (code, raw) = on_terminal(as_user(&p, &["up", "--bogus"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["up", "--bogus"]));
     assert_eq!(code, Some(2));
     // On a terminal the usage error is coloured (so this test can see the difference)...
     assert!(
@@ -321,7 +308,7 @@ fn no_color_also_reaches_the_usage_errors_of_the_command_line() {
         ["--no-color", "up", "--bogus"],
         ["up", "--bogus", "--no-color"],
     ] {
-        let (code, raw) = on_terminal(as_user(&p, &args));
+        let (code, raw) = common::pty::on_terminal(common::as_user(&p, &args));
         let text = String::from_utf8_lossy(&raw);
         assert_eq!(code, Some(2), "{text}");
         assert!(text.contains("unexpected argument '--bogus'"), "{text}");

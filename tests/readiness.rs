@@ -23,8 +23,6 @@ use common::{Project, Running, SLEEP, fake_mirrord, mirrord_up, service, wait_un
 use serde_json::Value;
 
 const CAUSE: &str = "Failed to create Kubernetes API client";
-/// Lines of mirrord's help text, which must never be shown as the cause.
-const HELP: &[&str] = &["help:", "If you're still stuck", "kubectl get pods", ">>"];
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -47,15 +45,6 @@ fn ready_times(p: &Project) -> Vec<u64> {
         .filter(|r| r["argv"][0] == "exec")
         .filter_map(|r| r["ready_ts_ms"].as_u64())
         .collect()
-}
-
-fn assert_no_help(text: &str) {
-    for h in HELP {
-        assert!(
-            !text.contains(h),
-            "mirrord's help text `{h}` shown:\n{text}"
-        );
-    }
 }
 
 fn supervisor_pid(p: &Project) -> Option<i32> {
@@ -146,7 +135,7 @@ fn up_detach_names_each_failed_service_with_mirrords_cause() {
             "{error}"
         );
     }
-    assert_no_help(&stderr);
+    common::assert_no_mirrord_help(&stderr);
 
     // `ps`: the same cause, in the table and in JSON; the services failed, nothing runs.
     let rows = p.ps_map();
@@ -161,7 +150,7 @@ fn up_detach_names_each_failed_service_with_mirrords_cause() {
             )),
             "{row}"
         );
-        assert_no_help(reason);
+        common::assert_no_mirrord_help(reason);
     }
     let table = p.ok(&["ps", "--wide"]);
     assert!(
@@ -379,7 +368,7 @@ fn ci_start_fails_with_mirrords_cause_and_ci_ps_keeps_it() {
         )),
         "{out}"
     );
-    assert_no_help(&out.stderr);
+    common::assert_no_mirrord_help(&out.stderr);
     let ps = run(ci(&p, &["ci", "ps", "--format", "json"]), "ci ps");
     let rows: Vec<Value> = serde_json::from_str(&ps.stdout).expect("json");
     assert!(

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use common::{Out, Project, Running, live_processes, mirrord_up};
 
 const CAUSE: &str = "Failed to create Kubernetes API client";
-/// Lines of mirrord's help text, which must never be shown as the cause.
-const HELP: &[&str] = &["help:", "If you're still stuck", "kubectl get pods", ">>"];
+/// How fast a failure with the real mirrord must be reported.
 const WITHIN: Duration = Duration::from_secs(5);
 
 /// `mirrord-up -f <yaml> --state-dir <root> --mirrord-bin <real> ARGS` in the project's
@@ -92,15 +91,6 @@ fn project_processes(p: &Project) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn assert_no_help(text: &str) {
-    for h in HELP {
-        assert!(
-            !text.contains(h),
-            "mirrord's help text `{h}` shown:\n{text}"
-        );
-    }
-}
-
 #[test]
 fn up_detach_with_the_real_mirrord_fails_fast_naming_every_service_and_the_cause() {
     let Some(real) = common::real_mirrord() else {
@@ -124,7 +114,7 @@ fn up_detach_with_the_real_mirrord_fails_fast_naming_every_service_and_the_cause
             "{s} is not named with the cause: {out}"
         );
     }
-    assert_no_help(&out.stderr);
+    common::assert_no_mirrord_help(&out.stderr);
     // `ps` has the cause too.
     let mut ps = command(&p, &real, &["ps", "--format", "json"]);
     ps.env_remove("KUBECONFIG");
@@ -198,7 +188,7 @@ fn ci_start_with_the_real_mirrord_fails_fast_with_the_cause_and_ci_stop_leaves_n
         )),
         "{out}"
     );
-    assert_no_help(&out.stderr);
+    common::assert_no_mirrord_help(&out.stderr);
 
     let (stop, _) = run(command(&p, &real, &["ci", "stop", "-t", "1"]), "ci stop");
     assert_eq!(stop.code, Some(0), "{stop}");

@@ -8,25 +8,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use common::pty::{self, ALL_TTY, Session};
 use common::{Project, SLEEP, service, wait_until, yaml};
 use regex::Regex;
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// The command as a user's shell would run it: colours not turned off, a capable terminal.
-fn as_user(p: &Project, args: &[&str]) -> Command {
-    let mut cmd = p.command(args);
-    cmd.env_remove("NO_COLOR").env("TERM", "xterm");
-    cmd
-}
-
-fn on_terminal(cmd: Command) -> (Option<i32>, Vec<u8>) {
-    let (status, raw) = Session::start(cmd, ALL_TTY).finish_raw();
-    (status.code(), raw)
-}
 
 /// The five names of the issue: `db`/`web` and `api`/`worker` had the same colour.
 const FIVE: [&str; 5] = ["db", "web", "api", "worker", "cache"];
@@ -76,7 +63,7 @@ fn logs_colours_five_services_with_five_colours_in_order_of_first_appearance() {
             .all(|n| out.stdout.contains(&format!("hello from {n}")))
     });
 
-    let (code, raw) = on_terminal(as_user(&p, &["logs"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["logs"]));
     assert_eq!(code, Some(0), "{}", pty::visible(&raw));
     let colours = prefix_colours(&raw);
     let names: BTreeSet<&str> = colours.iter().map(|(n, _)| n.as_str()).collect();
@@ -93,7 +80,7 @@ fn logs_colours_five_services_with_five_colours_in_order_of_first_appearance() {
 fn foreground_up_colours_its_services_apart() {
     let p = local("fgcolours");
     five_talkers(&p);
-    let mut s = Session::start(as_user(&p, &["up"]), ALL_TTY);
+    let mut s = Session::start(common::as_user(&p, &["up"]), ALL_TTY);
     // In the order they come.
     for _ in FIVE {
         s.expect("hello from ");
@@ -137,7 +124,7 @@ fn ps_fits_80_columns_and_colours_status_words_on_a_terminal() {
     let p = ps_project("psterm");
     ps_ready(&p);
 
-    let (code, raw) = on_terminal(as_user(&p, &["ps"]));
+    let (code, raw) = common::pty::on_terminal(common::as_user(&p, &["ps"]));
     let lines = pty::screen(&raw);
     assert_eq!(code, Some(0), "{lines:#?}");
     let header = lines
@@ -179,9 +166,9 @@ fn ps_fits_80_columns_and_colours_status_words_on_a_terminal() {
     let piped = p.ok(&["ps"]);
     assert!(!piped.stdout.contains('\x1b'), "{piped}");
     assert!(piped.stdout.contains("failed"), "{piped}");
-    let mut cmd = as_user(&p, &["ps"]);
+    let mut cmd = common::as_user(&p, &["ps"]);
     cmd.env("NO_COLOR", "1");
-    let (code, raw) = on_terminal(cmd);
+    let (code, raw) = common::pty::on_terminal(cmd);
     assert_eq!(code, Some(0));
     assert!(!raw.windows(2).any(|w| w == b"\x1b["), "{raw:?}");
 }

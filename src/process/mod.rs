@@ -592,20 +592,15 @@ pub fn new_nonce() -> String {
 pub fn find_marked(state_dir: &Path) -> Vec<MarkedGroup> {
     let want = state_dir.to_string_lossy();
     let mut groups: BTreeMap<i32, MarkedGroup> = BTreeMap::new();
-    for info in scan() {
-        if info.zombie {
+    for p in scan_marked() {
+        if p.state.as_deref() != Some(&*want) {
             continue;
         }
-        let Some(env) = environ_of(info.pid) else {
-            continue;
-        };
-        if env.get(ENV_STATE).map(String::as_str) != Some(want.as_ref()) {
-            continue;
-        }
+        let info = p.info;
         let g = groups.entry(info.pgid).or_insert_with(|| MarkedGroup {
             pgid: info.pgid,
-            service: env.get(ENV_SERVICE).cloned().unwrap_or_default(),
-            nonce: env.get(ENV_INSTANCE).cloned(),
+            service: p.service.clone().unwrap_or_default(),
+            nonce: p.instance.clone(),
             leader: None,
             pids: Vec::new(),
         });
@@ -615,7 +610,7 @@ pub fn find_marked(state_dir: &Path) -> Vec<MarkedGroup> {
                 pgid: info.pgid,
                 start_time: info.start_time,
                 boot_id: boot_id().to_owned(),
-                nonce: env.get(ENV_INSTANCE).cloned(),
+                nonce: p.instance,
             });
         }
         g.pids.push(info.pid);
@@ -696,6 +691,33 @@ fn remember_exit(pid: i32, kind: ExitKind) {
         map.clear();
     }
     map.insert(pid, kind);
+}
+
+/// Waits for `child`, a helper process of ours (the template renderer, `git`), not a service.
+/// In a supervisor, `reap_children` may have collected it first (`wait` then fails with
+/// ECHILD): its status is then the one the reaper kept.
+pub fn wait_helper(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    match child.wait() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
+            let pid = child.id() as i32;
+            // The reaper records the status right after it reaps: a moment at most.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                if let Some(kind) = take_exit(pid) {
+                    return Ok(std::process::ExitStatus::from_raw(match kind {
+                        ExitKind::Code(c) => (c & 0xff) << 8,
+                        ExitKind::Signal(sig) => sig as i32,
+                    }));
+                }
+                if Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        other => other,
+    }
 }
 
 /// The exit status of `pid`, if this process reaped it (or can reap it now).

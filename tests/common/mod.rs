@@ -716,3 +716,24 @@ impl Drop for Live {
         let _ = self.child.wait();
     }
 }
+
+/// Lines of mirrord's help text (the `help:` block and its GENERAL_HELP) that a cause must not
+/// carry: mirrord-up shows the cause of a report, never its help.
+pub const MIRRORD_HELP: &[&str] = &["help:", "If you're still stuck", "kubectl get pods", ">>"];
+
+/// Fails if `text` shows any line of mirrord's help text.
+pub fn assert_no_mirrord_help(text: &str) {
+    for h in MIRRORD_HELP {
+        assert!(
+            !text.contains(h),
+            "mirrord's help text `{h}` shown:\n{text}"
+        );
+    }
+}
+
+/// The command as a user's shell would run it: colours not turned off, a capable terminal.
+pub fn as_user(p: &Project, args: &[&str]) -> Command {
+    let mut cmd = p.command(args);
+    cmd.env_remove("NO_COLOR").env("TERM", "xterm");
+    cmd
+}

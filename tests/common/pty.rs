@@ -380,3 +380,9 @@ pub fn screen(raw: &[u8]) -> Vec<String> {
     }
     out
 }
+
+/// Runs `cmd` on a terminal (stdin, stdout and stderr); its exit code and every byte written.
+pub fn on_terminal(cmd: Command) -> (Option<i32>, Vec<u8>) {
+    let (status, raw) = Session::start(cmd, ALL_TTY).finish_raw();
+    (status.code(), raw)
+}
