@@ -180,7 +180,7 @@ fn render_in_child(exe: &Path, input: &RenderInput) -> Result<String, TemplateEr
     if reply.is_none() || too_long {
         let _ = child.kill();
     }
-    let status = child.wait();
+    let status = crate::process::wait_helper(&mut child);
     let _ = writer.join();
     // The child is gone: its stderr has ended.
     let stderr = errors.join().unwrap_or_default();
@@ -361,14 +361,19 @@ fn git_branch(dir: &Path) -> Option<&'static str> {
             {
                 return Some(b);
             }
-            let out = std::process::Command::new("git")
+            let mut child = std::process::Command::new("git")
                 .args(["branch", "--show-current"])
                 .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
-                .output()
+                .spawn()
                 .ok()?;
-            let b = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-            (out.status.success() && !b.is_empty()).then_some(b)
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+            let ok = crate::process::wait_helper(&mut child).is_ok_and(|s| s.success());
+            let b = out.trim().to_owned();
+            (ok && !b.is_empty()).then_some(b)
         })
         .as_deref()
 }
