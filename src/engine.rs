@@ -604,7 +604,7 @@ impl<'a> Engine<'a> {
                 for s in sessions {
                     let why = format!(
                         "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {}`)",
-                        humantime::format_duration(START_TIMEOUT),
+                        crate::output::duration(START_TIMEOUT),
                         s.name
                     );
                     self.reporter.event(&s.name, &format!("failed: {why}"));
@@ -747,12 +747,18 @@ impl<'a> Engine<'a> {
         let offset = rec.log_offset;
         let identity = rec.process.clone();
         let mut pause = Duration::from_millis(1);
+        // edge hook: honest readiness (a port answered by someone else does not count).
+        let mut foreign: Option<String>;
         loop {
-            if probe.check(&log, offset) {
-                let rec = self.state.services.get_mut(&dep.name).expect("present");
-                rec.status = Status::Ready;
-                self.reporter.event(&dep.name, "ready");
-                return Ok(());
+            match probe.check_service(&log, offset, identity.as_ref()) {
+                crate::readiness::Check::Ready => {
+                    let rec = self.state.services.get_mut(&dep.name).expect("present");
+                    rec.status = Status::Ready;
+                    self.reporter.event(&dep.name, "ready");
+                    return Ok(());
+                }
+                crate::readiness::Check::NotYet => foreign = None,
+                other => foreign = other.note(),
             }
             if identity
                 .as_ref()
@@ -768,9 +774,10 @@ impl<'a> Engine<'a> {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "dependency {} not ready after {}",
+                    "dependency {} not ready after {}{}",
                     dep.name,
-                    humantime::format_duration(timeout)
+                    crate::output::duration(timeout),
+                    foreign.map(|f| format!(": {f}")).unwrap_or_default()
                 ));
             }
             std::thread::sleep(pause);

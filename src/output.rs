@@ -66,9 +66,56 @@ pub fn paint(text: &str, code: u8, color: bool) -> String {
     }
 }
 
+/// A duration as people read it, rounded: `250ms`, `1.5s`, `3s` (not `2s 999ms 999us 657ns`),
+/// `1m 5s`, `2h 1s`. Every message that shows a duration uses this.
+pub fn duration(d: std::time::Duration) -> String {
+    let ms = d.as_nanos().saturating_add(500_000) / 1_000_000;
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 10_000 {
+        let tenths = (ms + 50) / 100;
+        return match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            t => format!("{}.{t}s", tenths / 10),
+        };
+    }
+    let secs = (ms + 500) / 1000;
+    let parts = [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_rounded() {
+        use std::time::Duration;
+        let cases = [
+            (Duration::ZERO, "0ms"),
+            (Duration::from_micros(400), "0ms"),
+            (Duration::from_micros(250_400), "250ms"),
+            (Duration::from_nanos(999_600_000), "1s"),
+            (Duration::from_nanos(2_999_999_657), "3s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(9_960), "10s"),
+            (Duration::from_millis(59_600), "1m"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(65), "1m 5s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(7201), "2h 1s"),
+            (Duration::from_secs(3725), "1h 2m 5s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(duration(d), want, "{d:?}");
+        }
+    }
 
     #[test]
     fn names_get_distinct_colours_in_order_of_first_appearance() {

@@ -5,6 +5,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::process::{Liveness, PortOwner, ProcessIdentity};
 use crate::spec::{LauncherKind, ServiceSpec};
 
 /// The line real mirrord prints right before it execs the application.
@@ -102,19 +103,93 @@ impl Probe {
         }
     }
 
-    /// One check, against the log written since `offset`.
+    /// One check, against the log written since `offset`. Whoever answers a port counts:
+    /// [`Probe::check_service`] is the honest one.
     pub fn check(&self, log: &Path, offset: u64) -> bool {
         match self {
             Probe::Started => true,
             Probe::Line(re) => log_has_line(log, offset, re),
-            Probe::Tcp(port) => TcpStream::connect_timeout(
-                &([127, 0, 0, 1], *port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok(),
-            Probe::Http(url) => http_ok(url),
+            Probe::Tcp(port) => tcp_answers(*port),
+            Probe::Http(url) => http_ok(url).is_some(),
         }
     }
+
+    /// One check of a service whose process is `identity`: ready only if the probe passes,
+    /// a port it asks is answered by the service's own process group (not by something else
+    /// listening there), and the process is still alive afterwards.
+    pub fn check_service(
+        &self,
+        log: &Path,
+        offset: u64,
+        identity: Option<&ProcessIdentity>,
+    ) -> Check {
+        let Some(identity) = identity else {
+            return Check::NotYet;
+        };
+        let port = match self {
+            Probe::Started | Probe::Line(_) => {
+                if !self.check(log, offset) {
+                    return Check::NotYet;
+                }
+                None
+            }
+            Probe::Tcp(port) => {
+                if !tcp_answers(*port) {
+                    return Check::NotYet;
+                }
+                Some(*port)
+            }
+            Probe::Http(url) => match http_ok(url) {
+                None => return Check::NotYet,
+                Some(addr) => addr.ip().is_loopback().then_some(addr.port()),
+            },
+        };
+        if let Some(port) = port
+            && let PortOwner::Outside(pid) = crate::process::port_owner(port, identity.pgid)
+        {
+            return Check::Foreign { port, pid };
+        }
+        if identity.liveness() != Liveness::Alive {
+            return Check::NotYet;
+        }
+        Check::Ready
+    }
+}
+
+/// The outcome of [`Probe::check_service`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Ready,
+    NotYet,
+    /// The probe's port is answered by a process outside the service's group (`pid` when it
+    /// can be found): not ready, whatever it answers.
+    Foreign {
+        port: u16,
+        pid: Option<i32>,
+    },
+}
+
+impl Check {
+    /// What the user is told about a foreign answer: `port 8080 is answered by pid 4242 (not
+    /// part of the service)`.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Check::Foreign {
+                port,
+                pid: Some(pid),
+            } => Some(format!(
+                "port {port} is answered by pid {pid} (not part of the service)"
+            )),
+            Check::Foreign { port, pid: None } => Some(format!(
+                "port {port} is answered by a process that is not part of the service"
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn tcp_answers(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
 fn log_has_line(log: &Path, offset: u64, re: &regex::Regex) -> bool {
@@ -174,11 +249,12 @@ pub fn session_cause(log: &Path, offset: u64) -> Option<String> {
     }
 }
 
-/// `GET` over plain HTTP/1.0; ready on any 2xx or 3xx status.
-fn http_ok(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
+/// `GET` over plain HTTP/1.0; ready on any 2xx or 3xx status (then the address it asked).
+/// The whole response is read before the connection is closed, so the server sees an orderly
+/// close, not a reset (a socket closed with unread data sends RST). A response longer than
+/// [`HTTP_READ_LIMIT`] or slower than two seconds is cut short.
+fn http_ok(url: &str) -> Option<std::net::SocketAddr> {
+    let rest = url.strip_prefix("http://")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
     let host_port = if authority.contains(':') {
@@ -186,27 +262,41 @@ fn http_ok(url: &str) -> bool {
     } else {
         format!("{authority}:80")
     };
-    let Some(addr) = host_port.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
+    let addr = host_port.to_socket_addrs().ok()?.next()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: mirrord-up\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: mirrord-up\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut total = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n as u64;
+                if response.len() < 64 {
+                    response.extend_from_slice(&buf[..n]);
+                }
+                if total > HTTP_READ_LIMIT || std::time::Instant::now() > deadline {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
     }
-    let mut head = [0u8; 16];
-    let Ok(n) = s.read(&mut head) else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&head[..n]);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .is_some_and(|c| (200..400).contains(&c))
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let head = String::from_utf8_lossy(&response);
+    let code = head.split_whitespace().nth(1)?.parse::<u16>().ok()?;
+    (head.starts_with("HTTP/") && (200..400).contains(&code)).then_some(addr)
 }
+
+/// How much of a health endpoint's response is read before the probe gives up on reading it.
+pub const HTTP_READ_LIMIT: u64 = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

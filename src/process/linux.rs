@@ -243,6 +243,30 @@ pub fn same_alive(pid: i32, start_time: u64) -> bool {
     proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
 }
 
+/// The inodes of the sockets listening on TCP `port`, IPv4 and IPv6, in this network
+/// namespace (`/proc/net/tcp{,6}`).
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    use procfs::net::TcpState;
+    let v4 = procfs::net::tcp().unwrap_or_default();
+    let v6 = procfs::net::tcp6().unwrap_or_default();
+    v4.into_iter()
+        .chain(v6)
+        .filter(|e| e.state == TcpState::Listen && e.local_address.port() == port)
+        .map(|e| e.inode)
+        .collect()
+}
+
+/// Whether `pid` holds an open descriptor on one of the sockets `inodes` (`/proc/<pid>/fd`).
+/// `None` when its descriptors cannot be read (another user's process, or gone).
+pub fn holds_socket(pid: i32, inodes: &[u64]) -> Option<bool> {
+    use procfs::process::FDTarget;
+    let fds = procfs::process::Process::new(pid).ok()?.fd().ok()?;
+    Some(
+        fds.filter_map(Result::ok)
+            .any(|fd| matches!(fd.target, FDTarget::Socket(inode) if inodes.contains(&inode))),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,33 @@ pub use linux::{
     scan, scan_marked, signal_if_same,
 };
 
+/// Who listens on a TCP port, seen from a service's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortOwner {
+    /// A process of the group holds a listening socket of the port.
+    Group,
+    /// Sockets listen on the port, none of them held by the group: by `pid` when it could be
+    /// found (a process of another user cannot be looked into).
+    Outside(Option<i32>),
+    /// Nothing listens on the port in this network namespace (a container's port, say): who
+    /// answers cannot be told.
+    Unknown,
+}
+
+/// Who holds the listening sockets of TCP `port`: the process group `pgid`, or someone else.
+pub fn port_owner(port: u16, pgid: i32) -> PortOwner {
+    let inodes = linux::listening_inodes(port);
+    if inodes.is_empty() {
+        return PortOwner::Unknown;
+    }
+    let all = scan();
+    let holds = |p: &ProcInfo| !p.zombie && linux::holds_socket(p.pid, &inodes) == Some(true);
+    if all.iter().filter(|p| p.pgid == pgid).any(holds) {
+        return PortOwner::Group;
+    }
+    PortOwner::Outside(all.iter().find(|p| holds(p)).map(|p| p.pid))
+}
+
 /// Markers every service process carries (spec §5), so a lost state can be recovered.
 pub const ENV_PROJECT: &str = "MIRRORD_UP_PROJECT";
 pub const ENV_SERVICE: &str = "MIRRORD_UP_SERVICE";

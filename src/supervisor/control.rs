@@ -204,7 +204,7 @@ pub fn request(
         anyhow::anyhow!(
             "the supervisor at {} did not answer within {}; it may be stuck or overloaded: see supervisor.log in {dir}, or stop everything with `mirrord-up down --force`",
             socket.display(),
-            humantime::format_duration(limit)
+            crate::output::duration(limit)
         )
     };
     let stream = connect(socket, limit)?.ok_or_else(stuck)?;
@@ -381,7 +381,7 @@ async fn read_request(
     let refusal = match tokio::time::timeout(idle, read).await {
         Err(_) => Some(format!(
             "no complete request within {}; closing",
-            humantime::format_duration(idle)
+            crate::output::duration(idle)
         )),
         Ok(Err(_)) => return None, // the client went away
         Ok(Ok(_)) if buf.len() > MAX_REQUEST_BYTES => Some(format!(

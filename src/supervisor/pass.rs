@@ -371,7 +371,7 @@ fn settle_exits(
                     rec.backoff_until_ms = Some(now + delay.as_millis() as u64);
                     let restart = format!(
                         "restarting in {} (restart {streak} in a row)",
-                        humantime::format_duration(delay)
+                        crate::output::duration(delay)
                     );
                     reporter.event(
                         name,
