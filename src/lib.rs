@@ -5,6 +5,9 @@
 //! `plan` compares the two without side effects; the executor (`engine`) carries a plan out on
 //! real process groups (`process`).
 
+// First, with its printing macros: see `output`'s documentation.
+#[macro_use]
+pub mod output;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -16,7 +19,6 @@ pub mod generate;
 pub mod graph;
 pub mod handover;
 pub mod infer;
-pub mod output;
 pub mod plan;
 pub mod policy;
 pub mod process;

@@ -1,4 +1,17 @@
-//! Terminal output: colour decisions and the per-service prefix of compose-style logs.
+//! Terminal output: colour decisions and the per-service prefix of compose-style logs, and the
+//! one way anything is written to stdout or stderr.
+//!
+//! No write can panic or abort: std's `println!` and friends panic when the write fails, and
+//! a foreground `up` piped into `head -2` (EPIPE, with SIGPIPE ignored), a terminal that hung
+//! up (EIO) or a full disk (ENOSPC) would take the supervisor down with its services in
+//! `stopping`. So this module defines `println!`, `print!`, `eprintln!` and `eprint!` with
+//! the same syntax, and the crate root declares it first with `#[macro_use]`: every module of
+//! the library uses these, not std's (a test in this module fails on `std::println!` and the
+//! like, which would bypass them). Each call is one `write_all` of the whole text (a log line
+//! of a service never lands in the middle of it); a failed write is counted, never raised.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::io::IsTerminal;
 
@@ -66,6 +79,91 @@ pub fn paint(text: &str, code: u8, color: bool) -> String {
     }
 }
 
+/// `println!` that cannot panic (see the module documentation).
+macro_rules! println {
+    () => {
+        $crate::output::text_to(false, "\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line_to(false, format_args!($($arg)*))
+    };
+}
+
+/// `print!` that cannot panic.
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::text_to(false, &format!($($arg)*))
+    };
+}
+
+/// `eprintln!` that cannot panic.
+macro_rules! eprintln {
+    () => {
+        $crate::output::text_to(true, "\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line_to(true, format_args!($($arg)*))
+    };
+}
+
+/// `eprint!` that cannot panic.
+#[allow(unused_macros)]
+macro_rules! eprint {
+    ($($arg:tt)*) => {
+        $crate::output::text_to(true, &format!($($arg)*))
+    };
+}
+
+/// Writes that failed (the reader went away, the terminal hung up, the disk is full) since
+/// the process started.
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// How many writes to stdout or stderr failed so far.
+pub fn lost_writes() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+/// Writes `bytes` to stdout in one `write_all` and flushes; a failure is counted, not raised.
+/// False if the write failed.
+pub fn write_stdout(bytes: &[u8]) -> bool {
+    let mut out = std::io::stdout().lock();
+    record(out.write_all(bytes).and_then(|()| out.flush()))
+}
+
+/// Writes `bytes` to stderr in one `write_all`; a failure is counted, not raised.
+pub fn write_stderr(bytes: &[u8]) -> bool {
+    record(std::io::stderr().lock().write_all(bytes))
+}
+
+/// One line (`args` and a newline) to stderr (`err`) or stdout, in one write.
+pub fn line_to(err: bool, args: std::fmt::Arguments<'_>) {
+    let mut line = std::fmt::format(args);
+    line.push('\n');
+    text_to(err, &line);
+}
+
+/// `text` to stderr (`err`) or stdout, in one write.
+pub fn text_to(err: bool, text: &str) {
+    if err {
+        write_stderr(text.as_bytes());
+    } else {
+        write_stdout(text.as_bytes());
+    }
+}
+
+fn record(result: std::io::Result<()>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            if LOST.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::debug!(error = %e, "output lost (later failures are only counted)");
+            }
+            false
+        }
+    }
+}
+
 /// A duration as people read it, rounded: `250ms`, `1.5s`, `3s` (not `2s 999ms 999us 657ns`),
 /// `1m 5s`, `2h 1s`. Every message that shows a duration uses this.
 pub fn duration(d: std::time::Duration) -> String {
@@ -93,6 +191,62 @@ pub fn duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every module of the library is below the crate root's `#[macro_use] pub mod output;`
+    /// (declared first), and nothing names std's printing macros, which would panic on EPIPE.
+    #[test]
+    fn all_printing_goes_through_the_macros_of_this_module() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+        let first_mod = lib
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("pub mod ") || l.starts_with("mod "))
+            .unwrap();
+        assert_eq!(
+            first_mod, "pub mod output;",
+            "output must be the first module"
+        );
+        assert!(lib.contains("#[macro_use]\npub mod output;"), "{lib}");
+        let mut files = vec![root.clone()];
+        let mut offenders = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.ends_with("output.rs") {
+                continue; // names them in this very test
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for bad in [
+                "std::println!",
+                "std::print!",
+                "std::eprintln!",
+                "std::eprint!",
+            ] {
+                if text.contains(bad) {
+                    offenders.push(format!("{}: {bad}", path.display()));
+                }
+            }
+            // The binary is another crate: it must not print at all.
+            if path.ends_with("main.rs")
+                && [
+                    "println!",
+                    "print!",
+                    "eprintln!",
+                    "eprint!",
+                    "write!",
+                    "writeln!",
+                ]
+                .iter()
+                .any(|m| text.contains(m))
+            {
+                offenders.push(format!("{} prints", path.display()));
+            }
+        }
+        assert!(offenders.is_empty(), "{offenders:#?}");
+    }
 
     #[test]
     fn durations_print_rounded() {
