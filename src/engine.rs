@@ -719,16 +719,20 @@ impl<'a> Engine<'a> {
             }
             match how.condition {
                 Condition::Started => {}
-                Condition::Ready => self.wait_ready(dep_spec)?,
+                Condition::Ready => self
+                    .wait_ready(dep_spec)
+                    .map_err(|e| e.as_dependency().to_string())?,
                 Condition::CompletedSuccessfully => self.wait_completed(dep)?,
             }
         }
         Ok(())
     }
 
-    fn wait_ready(&mut self, dep: &ServiceSpec) -> Result<(), String> {
+    // edge hook: a typed error (readiness::NotReady), phrased by the caller.
+    fn wait_ready(&mut self, dep: &ServiceSpec) -> Result<(), crate::readiness::NotReady> {
+        use crate::readiness::{NotReady, NotReadyWhy};
         let Some(rec) = self.state.services.get(&dep.name) else {
-            return Err(format!("dependency {} is not running", dep.name));
+            return Err(NotReady::new(&dep.name, NotReadyWhy::NotRunning));
         };
         if rec.status == Status::Ready {
             return Ok(());
@@ -764,20 +768,18 @@ impl<'a> Engine<'a> {
                 .as_ref()
                 .is_none_or(|i| i.liveness() != Liveness::Alive)
             {
-                return Err(format!(
-                    "dependency {} exited before it was ready",
-                    dep.name
-                ));
+                return Err(NotReady::new(&dep.name, NotReadyWhy::Exited));
             }
             if process::interrupted() {
-                return Err("interrupted".into());
+                return Err(NotReady::new(&dep.name, NotReadyWhy::Interrupted));
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "dependency {} not ready after {}{}",
-                    dep.name,
-                    crate::output::duration(timeout),
-                    foreign.map(|f| format!(": {f}")).unwrap_or_default()
+                return Err(NotReady::new(
+                    &dep.name,
+                    NotReadyWhy::Timeout {
+                        after: timeout,
+                        note: foreign,
+                    },
                 ));
             }
             std::thread::sleep(pause);
@@ -846,8 +848,9 @@ impl<'a> Engine<'a> {
             let own = ready.timeout.map(|t| t.0).unwrap_or(left);
             ready.timeout = Some(crate::config::Seconds(own.min(left)));
             if let Err(why) = self.wait_ready(&spec) {
-                let why = why.replacen("dependency ", "", 1);
-                report.failed.push((spec.name.clone(), why));
+                report
+                    .failed
+                    .push((spec.name.clone(), why.as_service().to_string()));
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod engine;
+pub mod error;
 pub mod events;
 pub mod fsutil;
 pub mod generate;

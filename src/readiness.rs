@@ -188,6 +188,56 @@ impl Check {
     }
 }
 
+/// Why a service did not become ready. Shown as `dependency db exited before it was ready`
+/// while a dependent waits for it, and as `db exited before it was ready` for `up --wait`
+/// ([`NotReady::as_dependency`]): one value, two phrasings, no text cut out of another.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{name} {why}", if *.dependency { "dependency " } else { "" })]
+pub struct NotReady {
+    pub name: String,
+    pub why: NotReadyWhy,
+    /// Phrased as the dependency of the service that waited for it.
+    pub dependency: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReadyWhy {
+    #[error("is not running")]
+    NotRunning,
+    #[error("exited before it was ready")]
+    Exited,
+    /// Not ready within `after`; `note` says who answered its port instead, if anyone did.
+    #[error("not ready after {}{}", crate::output::duration(*.after), .note.as_ref().map(|n| format!(": {n}")).unwrap_or_default())]
+    Timeout {
+        after: Duration,
+        note: Option<String>,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl NotReady {
+    pub fn new(name: &str, why: NotReadyWhy) -> NotReady {
+        NotReady {
+            name: name.to_owned(),
+            why,
+            dependency: false,
+        }
+    }
+
+    /// The same, phrased as a dependency (`dependency db …`).
+    pub fn as_dependency(mut self) -> NotReady {
+        self.dependency = true;
+        self
+    }
+
+    /// The same, phrased as the service itself (`db …`).
+    pub fn as_service(mut self) -> NotReady {
+        self.dependency = false;
+        self
+    }
+}
+
 fn tcp_answers(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
@@ -301,6 +351,30 @@ pub const HTTP_READ_LIMIT: u64 = 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_ready_is_phrased_for_a_dependency_or_the_service_without_cutting_text() {
+        let e = NotReady::new(
+            "db",
+            NotReadyWhy::Timeout {
+                after: Duration::from_nanos(2_999_999_657),
+                note: Some("port 5432 is answered by pid 7 (not part of the service)".into()),
+            },
+        );
+        assert_eq!(
+            e.clone().as_dependency().to_string(),
+            "dependency db not ready after 3s: port 5432 is answered by pid 7 (not part of the service)"
+        );
+        assert_eq!(
+            e.as_dependency().as_service().to_string(),
+            "db not ready after 3s: port 5432 is answered by pid 7 (not part of the service)"
+        );
+        let exited = NotReady::new("dependency-db", NotReadyWhy::Exited);
+        assert_eq!(
+            exited.as_dependency().to_string(),
+            "dependency dependency-db exited before it was ready"
+        );
+    }
 
     #[test]
     fn ready_in_simple_and_json_forms() {

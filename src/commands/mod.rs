@@ -67,21 +67,12 @@ pub fn main() -> ExitCode {
         .iter()
         .try_for_each(|v| crate::cli::secs_env(v).map(drop))
     {
-        eprintln!(
-            "{} {e}",
-            crate::output::paint("error:", 31, ctx.stderr_color())
-        );
-        return ExitCode::from(1);
+        // edge hook: the one exit-code mapping (crate::error).
+        return crate::error::report(&anyhow::anyhow!("{e}"), ctx.stderr_color());
     }
     match run(&ctx, cli.command) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!(
-                "{} {e:#}",
-                crate::output::paint("error:", 31, ctx.stderr_color())
-            );
-            ExitCode::from(1)
-        }
+        Err(e) => crate::error::report(&e, ctx.stderr_color()),
     }
 }
 

@@ -654,22 +654,12 @@ impl UpDocument {
 }
 
 /// Why a file could not be read whole.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    #[error("{0}")]
     Io(std::io::Error),
+    #[error("the file is {0} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) mirrord-up reads")]
     TooLarge(u64),
-}
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::Io(e) => write!(f, "{e}"),
-            ReadError::TooLarge(n) => write!(
-                f,
-                "the file is {n} bytes, more than the {MAX_FILE_BYTES} bytes (1 MiB) mirrord-up reads"
-            ),
-        }
-    }
 }
 
 /// Reads a UTF-8 file of at most `MAX_FILE_BYTES`, never holding more than one byte past it

@@ -4,10 +4,12 @@
 //! every service carries in `MIRRORD_UP_INSTANCE`. Nothing recorded is signalled before that
 //! identity is checked again; a mismatch means "gone".
 
+mod error;
 mod linux;
 mod spawn;
 pub mod sweep;
 
+pub use error::{IdKind, Refusal};
 pub use spawn::{is_executable, search_path};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -116,27 +118,23 @@ impl ProcessIdentity {
     /// its liveness is checked). A service is a session leader, so its pid is its group; a
     /// group of 0 or 1, or this process's own pid, group or session, would hit the caller
     /// (`killpg(0)` is "my own group") or everyone.
-    pub fn refusal(&self) -> Option<String> {
-        if self.pid <= 1 || self.pgid <= 1 {
-            return Some(format!(
-                "the state records pid {} and process group {}, which is no service's",
-                self.pid, self.pgid
-            ));
+    pub fn refusal(&self) -> Option<Refusal> {
+        let (pid, pgid) = (self.pid, self.pgid);
+        if pid <= 1 || pgid <= 1 {
+            return Some(Refusal::NoServiceGroup { pid, pgid });
         }
         let me = own_ids();
-        for (what, id) in [("pid", self.pid), ("process group", self.pgid)] {
+        for (what, id) in [(IdKind::Pid, pid), (IdKind::Group, pgid)] {
             if me.contains(id) {
-                return Some(format!(
-                    "the state records {what} {id}, which is mirrord-up's own (pid {}, group {}, session {})",
-                    me.pid, me.pgid, me.sid
-                ));
+                return Some(Refusal::OurOwn {
+                    what,
+                    id,
+                    ours: (me.pid, me.pgid, me.sid),
+                });
             }
         }
-        if self.pid != self.pgid {
-            return Some(format!(
-                "the state records pid {} in process group {}, but a service leads its own group",
-                self.pid, self.pgid
-            ));
+        if pid != pgid {
+            return Some(Refusal::NotLeader { pid, pgid });
         }
         None
     }
@@ -229,7 +227,7 @@ pub struct StopOutcome {
     /// PIDs still alive after SIGKILL and the final wait (should never happen).
     pub survivors: Vec<i32>,
     /// Not signalled at all: the recorded identity cannot be trusted (`ProcessIdentity::refusal`).
-    pub refused: Option<String>,
+    pub refused: Option<Refusal>,
     /// Processes of this instance outside its group (found by its spawn marker) that were
     /// stopped after it, e.g. mirrord's intproxy.
     pub escaped: Vec<i32>,

@@ -1,0 +1,116 @@
+//! The one place an error becomes an exit code, and where keep-going versus fatal is decided.
+//!
+//! Each layer has its own error type (`config::ConfigError`, `state::StateError`,
+//! `process::Refusal`, `readiness::NotReady`); the CLI carries them in `anyhow::Error`, and
+//! this module looks at the types in the chain, never at the text.
+
+use std::process::ExitCode;
+
+use crate::config::{ConfigError, ReadError};
+use crate::process::Refusal;
+use crate::readiness::{NotReady, NotReadyWhy};
+use crate::state::StateError;
+
+/// `plan --detailed-exitcode`: the plan has changes.
+pub const EXIT_CHANGES: u8 = 2;
+/// Any error.
+pub const EXIT_FAILURE: u8 = 1;
+/// Ended by the user (Ctrl-C), as shells report SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// What a long-running supervisor does after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Report it and go on: the next save or request may fix it (a bad file, a service that
+    /// did not start or become ready, a record that must not be signalled, a busy lock).
+    KeepGoing,
+    /// Stop: the state cannot be trusted or written (too new, corrupt, unsafe path, I/O).
+    Fatal,
+}
+
+/// Keep going or stop, by the first typed error in the chain; an error of no known layer is
+/// fatal (nothing says going on is safe).
+pub fn fate(err: &anyhow::Error) -> Fate {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<StateError>() {
+            return match e {
+                StateError::LockTimeout { .. } => Fate::KeepGoing,
+                StateError::Io { .. }
+                | StateError::Unsafe { .. }
+                | StateError::Corrupt { .. }
+                | StateError::TooNew { .. } => Fate::Fatal,
+            };
+        }
+        if cause.is::<ConfigError>()
+            || cause.is::<ReadError>()
+            || cause.is::<NotReady>()
+            || cause.is::<Refusal>()
+        {
+            return Fate::KeepGoing;
+        }
+    }
+    Fate::Fatal
+}
+
+/// The exit code of a command that failed with `err`: 130 when the user interrupted it, 1
+/// otherwise.
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    let interrupted = err.chain().any(|c| {
+        c.downcast_ref::<NotReady>()
+            .is_some_and(|e| e.why == NotReadyWhy::Interrupted)
+    });
+    ExitCode::from(if interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_FAILURE
+    })
+}
+
+/// Prints `error: <err and its causes>` on stderr (red when `color`) and returns its exit code.
+pub fn report(err: &anyhow::Error, color: bool) -> ExitCode {
+    eprintln!("{} {err:#}", crate::output::paint("error:", 31, color));
+    exit_code(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn state(e: StateError) -> anyhow::Error {
+        anyhow::Error::new(e).context("cannot load the state")
+    }
+
+    #[test]
+    fn the_fate_is_decided_by_type_through_the_context_chain() {
+        let path = PathBuf::from("/s/state.json");
+        assert_eq!(
+            fate(&state(StateError::TooNew {
+                path: path.clone(),
+                found: 9
+            })),
+            Fate::Fatal
+        );
+        assert_eq!(
+            fate(&state(StateError::LockTimeout {
+                path,
+                holder: "pid 1".into(),
+                waited: std::time::Duration::from_secs(1)
+            })),
+            Fate::KeepGoing
+        );
+        let refusal = anyhow::Error::new(Refusal::NotLeader { pid: 5, pgid: 6 });
+        assert_eq!(fate(&refusal), Fate::KeepGoing);
+        let not_ready = anyhow::Error::new(NotReady::new("db", NotReadyWhy::Exited));
+        assert_eq!(fate(&not_ready), Fate::KeepGoing);
+        assert_eq!(fate(&anyhow::anyhow!("something else")), Fate::Fatal);
+    }
+
+    #[test]
+    fn an_interruption_exits_130_and_anything_else_1() {
+        let interrupted = anyhow::Error::new(NotReady::new("db", NotReadyWhy::Interrupted))
+            .context("waiting for db");
+        assert_eq!(exit_code(&interrupted), ExitCode::from(130));
+        assert_eq!(exit_code(&anyhow::anyhow!("x")), ExitCode::from(1));
+    }
+}
