@@ -5,12 +5,10 @@
 //! identity is checked again; a mismatch means "gone".
 
 mod error;
-mod linux;
-mod spawn;
 pub mod sweep;
 
+pub use crate::os::spawn::{is_executable, search_path};
 pub use error::{IdKind, Refusal};
-pub use spawn::{is_executable, search_path};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,7 +22,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use linux::{
+pub use crate::os::{
     MarkedProc, OwnIds, ProcInfo, boot_id, environ_of, own_ids, pidfd_open, proc_info, same_alive,
     scan, scan_marked, signal_if_same,
 };
@@ -44,12 +42,12 @@ pub enum PortOwner {
 
 /// Who holds the listening sockets of TCP `port`: the process group `pgid`, or someone else.
 pub fn port_owner(port: u16, pgid: i32) -> PortOwner {
-    let inodes = linux::listening_inodes(port);
+    let inodes = crate::os::listening_inodes(port);
     if inodes.is_empty() {
         return PortOwner::Unknown;
     }
     let all = scan();
-    let holds = |p: &ProcInfo| !p.zombie && linux::holds_socket(p.pid, &inodes) == Some(true);
+    let holds = |p: &ProcInfo| !p.zombie && crate::os::holds_socket(p.pid, &inodes) == Some(true);
     if all.iter().filter(|p| p.pgid == pgid).any(holds) {
         return PortOwner::Group;
     }
@@ -549,8 +547,8 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> 
     let path_var = env
         .get(b"PATH".as_slice())
         .map(|p| std::ffi::OsStr::from_bytes(p).to_owned());
-    let program = spawn::resolve(&req.program, path_var.as_deref())?;
-    let pid = spawn::spawn(&spawn::SpawnPlan {
+    let program = crate::os::spawn::resolve(&req.program, path_var.as_deref())?;
+    let pid = crate::os::spawn::spawn(&crate::os::spawn::SpawnPlan {
         program: &program,
         arg0: &req.program,
         args: &req.args,
@@ -763,7 +761,7 @@ pub fn take_exit(pid: i32) -> Option<ExitKind> {
 /// Orphaned grandchildren of our services are re-parented to us (not to init), so that we can
 /// reap them and count them when a group must be empty.
 pub fn become_subreaper() {
-    let _ = nix::sys::prctl::set_child_subreaper(true);
+    crate::os::set_child_subreaper();
 }
 
 /// Waits until the process `identity` names is gone (or `timeout` passes): true if gone.

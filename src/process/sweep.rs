@@ -12,8 +12,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
-use super::linux::{MarkedProc, same_alive, scan_marked, signal_if_same};
 use super::{KILL_NOW, KILL_WAIT};
+use crate::os::{MarkedProc, same_alive, scan_marked, signal_if_same};
 
 /// Which marked processes to take. A process is selected when its spawn nonce is one of
 /// `instances`, or when it carries `state_dir` as `MIRRORD_UP_STATE` and (if `services` is

@@ -1,4 +1,7 @@
-//! Linux specifics: `/proc` reading (procfs) and the boot id.
+//! Linux: `/proc` reading (procfs: process stats, environments, markers, listening sockets),
+//! the boot id, pidfds, the child subreaper, and spawning with `posix_spawn` (`spawn`).
+
+pub mod spawn;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -241,6 +244,11 @@ pub fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) 
 /// Whether the process that started at `start_time` still runs as `pid` (zombies are gone).
 pub fn same_alive(pid: i32, start_time: u64) -> bool {
     proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
+}
+
+/// Orphaned grandchildren of our services are re-parented to us (`PR_SET_CHILD_SUBREAPER`).
+pub fn set_child_subreaper() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
 }
 
 /// The inodes of the sockets listening on TCP `port`, IPv4 and IPv6, in this network
