@@ -559,7 +559,8 @@ impl<'a> Engine<'a> {
         mut sessions: Vec<Session>,
         report: &mut ApplyReport,
     ) -> Vec<String> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        // edge hook: `--wait-timeout` bounds this wait too.
+        let (deadline, by_wait) = crate::readiness::bounded(START_TIMEOUT);
         let mut failed = Vec::new();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -602,11 +603,21 @@ impl<'a> Engine<'a> {
             }
             if Instant::now() >= deadline {
                 for s in sessions {
-                    let why = format!(
-                        "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {}`)",
-                        crate::output::duration(START_TIMEOUT),
-                        s.name
-                    );
+                    let why = match by_wait {
+                        Some(limit) => crate::readiness::NotReady::new(
+                            &s.name,
+                            crate::readiness::NotReadyWhy::Timeout {
+                                after: limit,
+                                note: None,
+                            },
+                        )
+                        .to_string(),
+                        None => format!(
+                            "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {}`)",
+                            crate::output::duration(START_TIMEOUT),
+                            s.name
+                        ),
+                    };
                     self.reporter.event(&s.name, &format!("failed: {why}"));
                     if let Some(rec) = self.state.services.get_mut(&s.name) {
                         rec.status = Status::Running;
@@ -744,7 +755,9 @@ impl<'a> Engine<'a> {
             .and_then(|r| r.timeout)
             .map(|t| t.0)
             .unwrap_or(DEFAULT_READY_TIMEOUT);
-        let deadline = Instant::now() + timeout;
+        // edge hook: `--wait-timeout` bounds this wait too.
+        let (deadline, by_wait) = crate::readiness::bounded(timeout);
+        let timeout = by_wait.unwrap_or(timeout);
         self.reporter
             .waiting(&dep.name, "waiting for readiness", Some(timeout));
         let log = rec.log_path.clone();

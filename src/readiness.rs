@@ -3,7 +3,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::process::{Liveness, PortOwner, ProcessIdentity};
 use crate::spec::{LauncherKind, ServiceSpec};
@@ -185,6 +185,39 @@ impl Check {
             )),
             _ => None,
         }
+    }
+}
+
+/// The `--wait-timeout` of the command being carried out, as (deadline, limit): every wait of
+/// its apply (a session's `Ready!`, a dependency's readiness, `--wait` itself) ends by it.
+static WAIT_BOUND: std::sync::Mutex<Option<(Instant, Duration)>> = std::sync::Mutex::new(None);
+
+/// While alive, bounds every readiness wait by `limit` from now (`up --wait --wait-timeout`);
+/// `None` bounds nothing.
+#[must_use = "the bound ends when this is dropped"]
+pub struct WaitBound(());
+
+impl WaitBound {
+    pub fn set(limit: Option<Duration>) -> WaitBound {
+        *WAIT_BOUND.lock().unwrap_or_else(|e| e.into_inner()) =
+            limit.map(|l| (Instant::now() + l, l));
+        WaitBound(())
+    }
+}
+
+impl Drop for WaitBound {
+    fn drop(&mut self) {
+        *WAIT_BOUND.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// The deadline of a wait of `own` from now: the earlier of it and the command's wait bound,
+/// with `Some(limit)` when the bound (the user's `--wait-timeout`) is the earlier one.
+pub fn bounded(own: Duration) -> (Instant, Option<Duration>) {
+    let mine = Instant::now() + own;
+    match *WAIT_BOUND.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some((deadline, limit)) if deadline < mine => (deadline, Some(limit)),
+        _ => (mine, None),
     }
 }
 

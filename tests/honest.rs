@@ -1,4 +1,5 @@
-//! Readiness is honest (issue 11, item 9), with real processes under `--launcher local`:
+//! Readiness is honest (issue 11, item 9), with real processes (`--launcher local`, and the fake
+//! mirrord for the last one):
 //!
 //! * a `tcp` probe answered by a listener outside the service's process group is not ready,
 //!   and `up -d --wait` says who answers (`port P is answered by pid N (not part of the
@@ -6,7 +7,8 @@
 //! * a `tcp` probe answered by the service's own listener is ready;
 //! * the `http` probe reads the response and closes cleanly: the app (fixtures/http-app, which
 //!   logs `ECONNRESET` when a client resets) logs `closed cleanly`, never a reset;
-//! * `up -d --wait` fails at once, naming it, when a service exits during the wait.
+//! * `up -d --wait` fails at once, naming it, when a service exits during the wait;
+//! * `--wait-timeout` bounds the whole command, the wait for mirrord's `Ready!` included.
 
 mod common;
 
@@ -156,4 +158,25 @@ fn up_wait_fails_at_once_naming_a_service_that_exits_during_the_wait() {
         out.stderr.contains("flaky exited before it was ready"),
         "{out}"
     );
+}
+
+#[test]
+fn wait_timeout_bounds_the_whole_command_including_the_sessions_ready() {
+    let p = Project::new("waitbound");
+    p.write_yaml(&yaml(&[service("api", &["sleep", "1000"], &[])]));
+    let started = std::time::Instant::now();
+    let out = p
+        .command(&["up", "-d", "--wait", "--wait-timeout", "1"])
+        .env("FAKE_MIRRORD_READY_DELAY_MS", "6000")
+        .output()
+        .expect("run up -d --wait");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    // Before, the command waited for mirrord's Ready! (6 s), then for readiness.
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "up -d --wait --wait-timeout 1 took {took:?}:\n{stderr}"
+    );
+    assert!(stderr.contains("api not ready after 1s"), "{stderr}");
 }

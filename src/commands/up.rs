@@ -258,6 +258,11 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // edge hook: `--wait-timeout` bounds the whole apply, not only the wait after it.
+    let _bound = crate::readiness::WaitBound::set(
+        args.wait
+            .then(|| std::time::Duration::from_secs_f64(args.wait_timeout.max(0.0))),
+    );
     let mut report = engine.apply(&plan, &desired)?;
     if args.wait {
         let timeout = std::time::Duration::from_secs_f64(args.wait_timeout.max(0.0));

@@ -234,6 +234,8 @@ fn pass(
         engine.check_untracked()?;
     }
     tracing::debug!(changes = plan.changes().count(), "pass: planned");
+    // edge hook: `--wait-timeout` bounds the whole pass, not only the wait after it.
+    let _bound = crate::readiness::WaitBound::set(explicit.as_ref().and_then(|e| e.wait));
     let mut report = if plan.is_empty() {
         ApplyReport::default()
     } else {
