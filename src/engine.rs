@@ -767,7 +767,8 @@ impl<'a> Engine<'a> {
         // edge hook: honest readiness (a port answered by someone else does not count).
         let mut foreign: Option<String>;
         loop {
-            match probe.check_service(&log, offset, identity.as_ref()) {
+            let owner_check = crate::readiness::owner_checked(dep);
+            match probe.check_service(&log, offset, identity.as_ref(), owner_check) {
                 crate::readiness::Check::Ready => {
                     let rec = self.state.services.get_mut(&dep.name).expect("present");
                     rec.status = Status::Ready;

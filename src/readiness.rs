@@ -5,6 +5,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::config::RunType;
 use crate::process::{Liveness, PortOwner, ProcessIdentity};
 use crate::spec::{LauncherKind, ServiceSpec};
 
@@ -116,12 +117,14 @@ impl Probe {
 
     /// One check of a service whose process is `identity`: ready only if the probe passes,
     /// a port it asks is answered by the service's own process group (not by something else
-    /// listening there), and the process is still alive afterwards.
+    /// listening there; only when `owner_check`, see [`owner_checked`]), and the process is
+    /// still alive afterwards.
     pub fn check_service(
         &self,
         log: &Path,
         offset: u64,
         identity: Option<&ProcessIdentity>,
+        owner_check: bool,
     ) -> Check {
         let Some(identity) = identity else {
             return Check::NotYet;
@@ -144,7 +147,7 @@ impl Probe {
                 Some(addr) => addr.ip().is_loopback().then_some(addr.port()),
             },
         };
-        if let Some(port) = port
+        if let Some(port) = port.filter(|_| owner_check)
             && let PortOwner::Outside(pid) = crate::process::port_owner(port, identity.pgid)
         {
             return Check::Foreign { port, pid };
@@ -154,6 +157,13 @@ impl Probe {
         }
         Check::Ready
     }
+}
+
+/// Whether who answers a service's port can be checked: not for `run.type: container`, whose
+/// port is published by the container runtime's proxy, a process outside the service's group
+/// by design.
+pub fn owner_checked(spec: &ServiceSpec) -> bool {
+    spec.run_type != RunType::Container
 }
 
 /// The outcome of [`Probe::check_service`].
