@@ -1,6 +1,7 @@
 //! No write can panic or abort (issue 11, item 5, the output half): a foreground `up` whose
-//! stdout reader went away (`mirrord-up up | head -2`) keeps supervising: an edit still
-//! restarts the service, Ctrl-C still stops everything, and nothing stays at `stopping`.
+//! output reader went away (`mirrord-up up 2>&1 | head -2`: EPIPE) or whose terminal hung up
+//! (EIO) keeps supervising: a failing save and an edit are still applied, Ctrl-C still stops
+//! everything, and nothing stays at `stopping`.
 
 mod common;
 
@@ -31,6 +32,15 @@ fn chatty(value: &str) -> String {
     ])
 }
 
+/// SIGKILLs `up` (by PID) if the test ends early; the project's drop stops its services.
+struct Guard(i32);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
 #[test]
 fn foreground_up_whose_stdout_reader_left_still_restarts_and_stops() {
     let mut p = Project::new("headpipe");
@@ -44,12 +54,6 @@ fn foreground_up_whose_stdout_reader_left_still_restarts_and_stops() {
         .stderr(writer);
     let mut up = cmd.spawn().expect("spawn mirrord-up up");
     drop(cmd);
-    struct Guard(i32);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
-        }
-    }
     let _guard = Guard(up.id() as i32);
     // `| head -2`: read two lines, then close the pipe.
     {
@@ -60,6 +64,62 @@ fn foreground_up_whose_stdout_reader_left_still_restarts_and_stops() {
             assert!(!line.is_empty(), "up ended before printing two lines");
         }
     }
+    edit_and_stop_with_the_output_gone(&p, &mut up);
+}
+
+#[test]
+fn foreground_up_whose_terminal_hung_up_still_restarts_and_stops() {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut p = Project::new("hangup");
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p.write_yaml(&chatty("one"));
+    // stdout and stderr on a pseudo-terminal (not our controlling one: no SIGHUP, only EIO
+    // once the master side is closed, as after a terminal window is closed).
+    let mut master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC)
+        .open(ptsname_r(&master).expect("ptsname"))
+        .expect("open the terminal");
+    let mut cmd = p.command(&["up"]);
+    cmd.stdin(Stdio::null())
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave);
+    let mut up = cmd.spawn().expect("spawn mirrord-up up");
+    drop(cmd);
+    let _guard = Guard(up.id() as i32);
+    // Read until both services started, then hang up.
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen.matches("started (pid").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no start on the terminal:\n{seen}"
+        );
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&master),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)).expect("poll") > 0 {
+            let mut buf = [0u8; 4096];
+            let n = master.read(&mut buf).expect("read the terminal");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    drop(master);
+    edit_and_stop_with_the_output_gone(&p, &mut up);
+}
+
+/// With `up`'s output gone (every write fails): a failing save (its error is written), then a
+/// good edit, must still be applied; Ctrl-C must still stop everything and exit 130.
+fn edit_and_stop_with_the_output_gone(p: &Project, up: &mut std::process::Child) {
     let sleeper = {
         let mut pid = 0;
         wait_until("sleeper runs", WAIT, || {
