@@ -16,6 +16,7 @@ pub mod generate;
 pub mod graph;
 pub mod handover;
 pub mod infer;
+pub mod logrotate;
 pub mod output;
 pub mod plan;
 pub mod policy;
