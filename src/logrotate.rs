@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,31 @@ pub const MAX_MAX_FILES: u32 = 100;
 
 /// The limits of each service's log, by log path, as the supervisor last started it.
 static LIMITS: Mutex<BTreeMap<PathBuf, Limits>> = Mutex::new(BTreeMap::new());
+
+/// How far a reader in this process (the foreground `up`'s printer) has read each log: the
+/// rotation does not release what it has not shown yet, unless it falls behind by more than
+/// `LAG_ALLOWANCE` times the limit (then it skips, and says so).
+static READ_UP_TO: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
+
+/// How far behind an in-process reader may fall, in multiples of `max-size`, before the
+/// rotation releases lines it has not read.
+pub const LAG_ALLOWANCE: u64 = 4;
+
+/// Records that a reader in this process has read `path` up to `offset`.
+pub fn read_up_to(path: &Path, offset: u64) {
+    if let Ok(mut map) = READ_UP_TO.lock() {
+        match map.get_mut(path) {
+            Some(o) => *o = offset,
+            None => {
+                map.insert(path.to_owned(), offset);
+            }
+        }
+    }
+}
+
+fn reader_at(path: &Path) -> Option<u64> {
+    READ_UP_TO.lock().ok().and_then(|m| m.get(path).copied())
+}
 
 /// Records the limits of the log at `path` (called when its service is started).
 pub fn set_limits(path: &Path, limits: Limits) {
@@ -97,31 +122,34 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// The first offset at or after `from` (before `end`) that holds data the rotation did not
-/// release: past a hole, and past the zeroes a released range leaves in a partly kept block.
+/// released: past holes, and past the zeroes a released range leaves in the blocks at its
+/// ends (those stay allocated, so `SEEK_DATA` stops at them).
 pub fn data_start(file: &File, from: u64, end: u64) -> u64 {
     use nix::unistd::{Whence, lseek};
-    let Ok(from_i) = i64::try_from(from) else {
-        return from;
-    };
-    let mut at = match lseek(file.as_fd(), from_i, Whence::SeekData) {
-        Ok(d) => (d as u64).min(end),
-        // ENXIO: nothing but a hole up to the end.
-        Err(nix::errno::Errno::ENXIO) => end,
-        Err(_) => from,
-    };
-    // Zeroes at the start of a kept block (at most a block or two of them).
+    let mut at = from;
     let mut buf = [0u8; 4096];
-    for _ in 0..2 {
+    // Each turn passes a hole and one block of zeroes; a few suffice (zero blocks survive only
+    // at the edges of the last released range).
+    for _ in 0..64 {
+        let Ok(at_i) = i64::try_from(at) else {
+            return at;
+        };
+        at = match lseek(file.as_fd(), at_i, Whence::SeekData) {
+            Ok(d) => (d as u64).min(end),
+            // ENXIO: nothing but a hole up to the end.
+            Err(nix::errno::Errno::ENXIO) => return end,
+            Err(_) => return at,
+        };
         if at >= end {
-            break;
+            return end;
         }
         let Ok(n) = file.read_at_full(&mut buf, at, end) else {
-            break;
+            return at;
         };
         let zeros = buf[..n].iter().take_while(|b| **b == 0).count();
         at += zeros as u64;
         if zeros < n {
-            break;
+            return at;
         }
     }
     at
@@ -182,9 +210,19 @@ pub fn trim(path: &Path, limits: Limits) -> std::io::Result<Option<Rotated>> {
     if len - start <= limits.max_size {
         return Ok(None);
     }
-    // Cut after the last newline before the part kept live.
+    // Cut after the last newline before the part kept live, and before what a reader here
+    // has not read yet, unless it is far behind.
     let keep = limits.max_size / 4;
-    let Some(cut) = last_newline_end(&file, start, len - keep)? else {
+    let mut before = len - keep;
+    if let Some(read) = reader_at(path)
+        && len - start <= limits.max_size.saturating_mul(LAG_ALLOWANCE)
+    {
+        before = before.min(read);
+    }
+    if before <= start {
+        return Ok(None);
+    }
+    let Some(cut) = last_newline_end(&file, start, before)? else {
         return Ok(None);
     };
     if limits.max_files <= 1 {
@@ -192,12 +230,9 @@ pub fn trim(path: &Path, limits: Limits) -> std::io::Result<Option<Rotated>> {
         return release(&file, start, cut, None).map(Some);
     }
     shift(path, limits.max_files);
-    let mut out =
-        crate::fsutil::open_in_checked_dir(&numbered(path, 1), crate::fsutil::Access::Append)?;
-    let mut src = &file;
-    src.seek(SeekFrom::Start(start))?;
-    std::io::copy(&mut src.take(cut - start), &mut out)?;
-    out.flush()?;
+    let out =
+        crate::fsutil::open_in_checked_dir(&numbered(path, 1), crate::fsutil::Access::CreateNew)?;
+    copy_range(&file, start, cut, &out)?;
     release(&file, start, cut, Some(&out)).map(Some)
 }
 
@@ -206,7 +241,9 @@ pub fn trim(path: &Path, limits: Limits) -> std::io::Result<Option<Rotated>> {
 fn release(file: &File, start: u64, cut: u64, copy: Option<&File>) -> std::io::Result<Rotated> {
     use nix::fcntl::{FallocateFlags, fallocate};
     let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    match fallocate(file.as_fd(), flags, start as i64, (cut - start) as i64) {
+    // From 0, not from `start`: the blocks that earlier releases left holding only zeroes (at
+    // their edges) are freed too.
+    match fallocate(file.as_fd(), flags, 0, cut as i64) {
         Ok(()) => Ok(Rotated {
             moved: cut - start,
             punched: true,
@@ -214,10 +251,8 @@ fn release(file: &File, start: u64, cut: u64, copy: Option<&File>) -> std::io::R
         Err(nix::errno::Errno::EOPNOTSUPP) => {
             // Copy what came after the cut too, then empty the file: lines written between
             // the copy and the truncation are lost.
-            if let Some(mut out) = copy {
-                let mut src = file;
-                src.seek(SeekFrom::Start(cut))?;
-                std::io::copy(&mut src, &mut out)?;
+            if let Some(out) = copy {
+                copy_range(file, cut, file.metadata()?.len(), out)?;
             }
             file.set_len(0)?;
             Ok(Rotated {
@@ -227,6 +262,35 @@ fn release(file: &File, start: u64, cut: u64, copy: Option<&File>) -> std::io::R
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Copies `[from, to)` of `src` to the end of `out` inside the kernel (`copy_file_range`: no
+/// trip through user space), with a plain read/write loop where that is not supported.
+fn copy_range(src: &File, from: u64, to: u64, out: &File) -> std::io::Result<()> {
+    use nix::fcntl::copy_file_range;
+    let mut off = i64::try_from(from).map_err(std::io::Error::other)?;
+    let mut left = to.saturating_sub(from) as usize;
+    while left > 0 {
+        match copy_file_range(src.as_fd(), Some(&mut off), out.as_fd(), None, left) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(
+                nix::errno::Errno::EXDEV
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP
+                | nix::errno::Errno::EINVAL,
+            ) => {
+                let mut src = src;
+                src.seek(SeekFrom::Start(off as u64))?;
+                let mut out = out;
+                std::io::copy(&mut src.take(left as u64), &mut out)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The offset just after the last `\n` in `[start, before)`, read backwards in blocks.
@@ -366,6 +430,7 @@ fn check(path: &Path, last: &mut BTreeMap<PathBuf, Instant>, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn write_lines(path: &Path, from: usize, to: usize) {
         let mut f = OpenOptions::new()
@@ -432,6 +497,13 @@ mod tests {
         }
         all.extend(numbers(&std::fs::read(&log).unwrap()));
         assert_eq!(all, (0..written).collect::<Vec<_>>());
+        // Rotated files hold lines only: no zeroes copied from released ranges.
+        for n in 1..limits.max_files {
+            if let Ok(b) = std::fs::read(numbered(&log, n)) {
+                assert!(!b.contains(&0), "zeroes in {}", numbered(&log, n).display());
+                assert!(b.len() as u64 <= limits.max_size * 2, "{} bytes", b.len());
+            }
+        }
     }
 
     #[test]

@@ -138,6 +138,7 @@ fn read_turn(
         return Ok(false);
     }
     f.offset += buf.len() as u64;
+    crate::logrotate::read_up_to(&f.path, f.offset);
     let mut rest: &[u8] = buf;
     // The end of a line begun in an earlier turn.
     if !f.partial.is_empty() {
