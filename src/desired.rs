@@ -207,6 +207,7 @@ fn spec_of(
             .map(|s| s.0)
             .unwrap_or(DEFAULT_STOP_TIMEOUT)
             .as_millis() as u64,
+        logging: svc.logging.as_ref().map(|l| l.limits()).unwrap_or_default(),
     }
 }
 

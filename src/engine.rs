@@ -465,7 +465,8 @@ impl<'a> Engine<'a> {
         // Intent first: records with their spawn nonce, no process yet.
         for (spec, req) in &launches {
             let log_path = self.store.log_path(&spec.name);
-            let offset = process::rotate_log(&log_path);
+            crate::logrotate::set_limits(&log_path, spec.logging);
+            let offset = crate::logrotate::rotate_at_restart(&log_path, spec.logging);
             let fresh = new_record(spec, log_path);
             let by_policy = causes
                 .get(spec.name.as_str())

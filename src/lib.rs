@@ -20,6 +20,7 @@ pub mod generate;
 pub mod graph;
 pub mod handover;
 pub mod infer;
+pub mod logrotate;
 pub mod os;
 pub mod plan;
 pub mod policy;

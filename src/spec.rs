@@ -73,6 +73,9 @@ pub struct ServiceSpec {
     pub ready: Option<ReadyConfig>,
     pub stop_signal: String,
     pub stop_timeout_ms: u64,
+    /// Size limit and rotated files of the service's log (`logging`).
+    #[serde(default)]
+    pub logging: crate::logrotate::Limits,
 }
 
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,12 +1,22 @@
 //! Following service log files as they grow (`logs -f`, foreground `up`): whole lines only,
-//! and a file that shrinks or is replaced (rotation) is read again from its start. Driven by
-//! inotify events from the caller, never by a timer.
+//! read in bounded chunks (memory does not grow with the file or with a burst), every line in
+//! order. A file that shrinks or is replaced (rotation at a restart) is read again from its
+//! start; bytes the live rotation released (`crate::logrotate`) before they were read are
+//! skipped with a line that says so, never silently. Driven by inotify events from the
+//! caller, never by a timer.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// Bytes read from one file per turn: files are served in turns so that a loud service cannot
+/// keep the others' lines back, and memory stays bounded.
+const CHUNK: usize = 256 * 1024;
+
+/// A line longer than this is handed over in pieces of this size (memory stays bounded).
+pub const MAX_LINE: usize = 1024 * 1024;
 
 struct Followed {
     path: PathBuf,
@@ -19,6 +29,7 @@ struct Followed {
 #[derive(Default)]
 pub struct LogTail {
     files: BTreeMap<String, Followed>,
+    buf: Vec<u8>,
 }
 
 /// Receives each complete line (without its newline).
@@ -56,35 +67,42 @@ impl LogTail {
         offset: u64,
         sink: &mut LineSink<'_>,
     ) -> std::io::Result<()> {
+        let buf = &mut self.buf;
         match self.files.get_mut(name) {
             Some(f) if f.inode == inode && offset > f.offset => {
-                read_file_to(name, f, Some(offset), sink)
+                while read_turn(name, f, Some(offset), buf, sink)? {}
+                Ok(())
             }
             _ => Ok(()),
         }
     }
 
-    /// Hands every new complete line of every followed file to `sink`.
+    /// Hands every new complete line of every followed file to `sink`, the files taking turns
+    /// of at most `CHUNK` bytes each until all are read to their end.
     pub fn read_new(&mut self, sink: &mut LineSink<'_>) -> std::io::Result<()> {
-        for (name, f) in &mut self.files {
-            read_file(name, f, sink)?;
+        loop {
+            let mut more = false;
+            for (name, f) in &mut self.files {
+                more |= read_turn(name, f, None, &mut self.buf, sink)?;
+            }
+            if !more {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 }
 
-fn read_file(name: &str, f: &mut Followed, sink: &mut LineSink<'_>) -> std::io::Result<()> {
-    read_file_to(name, f, None, sink)
-}
-
-fn read_file_to(
+/// One turn on one file: at most `CHUNK` bytes from its position (up to `limit`). Returns
+/// whether more is left to read.
+fn read_turn(
     name: &str,
     f: &mut Followed,
     limit: Option<u64>,
+    buf: &mut Vec<u8>,
     sink: &mut LineSink<'_>,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let Ok(mut file) = File::open(&f.path) else {
-        return Ok(());
+        return Ok(false);
     };
     let meta = file.metadata()?;
     if meta.ino() != f.inode || meta.len() < f.offset {
@@ -93,26 +111,67 @@ fn read_file_to(
         f.offset = 0;
         f.partial.clear();
     }
-    if meta.len() == f.offset {
-        return Ok(());
+    let end = limit.map_or(meta.len(), |l| l.min(meta.len()));
+    if end <= f.offset {
+        return Ok(false);
     }
+    // Released by the live rotation before it was read: say so, go on from the data.
+    let data = crate::logrotate::data_start(&file, f.offset, end);
+    if data > f.offset {
+        let skipped = data - f.offset;
+        f.partial.clear();
+        f.offset = data;
+        let note = format!(
+            "[mirrord-up: {skipped} bytes of output were rotated out of this log before they could be shown]"
+        );
+        sink(name, note.as_bytes())?;
+        if end <= f.offset {
+            return Ok(false);
+        }
+    }
+    let want = ((end - f.offset) as usize).min(CHUNK);
+    buf.clear();
+    buf.reserve(want);
     file.seek(SeekFrom::Start(f.offset))?;
-    let mut buf = Vec::new();
-    match limit {
-        Some(end) => {
-            (&mut file)
-                .take(end.saturating_sub(f.offset))
-                .read_to_end(&mut buf)?;
-        }
-        None => {
-            file.read_to_end(&mut buf)?;
-        }
+    (&mut file).take(want as u64).read_to_end(buf)?;
+    if buf.is_empty() {
+        return Ok(false);
     }
     f.offset += buf.len() as u64;
-    f.partial.extend_from_slice(&buf);
-    while let Some(i) = f.partial.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = f.partial.drain(..=i).collect();
-        sink(name, &line[..line.len() - 1])?;
+    crate::logrotate::read_up_to(&f.path, f.offset);
+    let mut rest: &[u8] = buf;
+    // The end of a line begun in an earlier turn.
+    if !f.partial.is_empty() {
+        match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                f.partial.extend_from_slice(&rest[..i]);
+                rest = &rest[i + 1..];
+                let line = std::mem::take(&mut f.partial);
+                sink(name, skip_zeros(&line))?;
+            }
+            None => {
+                f.partial.extend_from_slice(rest);
+                rest = &[];
+            }
+        }
     }
-    Ok(())
+    while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        sink(name, skip_zeros(&rest[..i]))?;
+        rest = &rest[i + 1..];
+    }
+    f.partial.extend_from_slice(rest);
+    while f.partial.len() >= MAX_LINE {
+        let piece: Vec<u8> = f.partial.drain(..MAX_LINE).collect();
+        sink(name, &piece)?;
+    }
+    Ok(f.offset < end)
+}
+
+/// The zeroes a released block left before the first line kept in it are not output.
+fn skip_zeros(line: &[u8]) -> &[u8] {
+    match line.iter().position(|b| *b != 0) {
+        Some(i) => &line[i..],
+        None if line.is_empty() => line,
+        None => &[],
+    }
 }

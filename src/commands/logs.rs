@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read as _, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -173,7 +173,8 @@ pub fn run(ctx: &Context, services: &[String], opts: &Options) -> Result<ExitCod
         .max()
         .unwrap_or(0);
     let mut p = Printer {
-        out: std::io::stdout().lock(),
+        // Buffered: flushed after each batch of lines, not after each line.
+        out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
         width,
         color: ctx.stdout_color(),
         prefix: opts.prefix,
@@ -201,6 +202,9 @@ pub fn run(ctx: &Context, services: &[String], opts: &Options) -> Result<ExitCod
 
 /// Prints one service's old lines with its events among them; returns the offset up to which
 /// the file was printed (where following begins).
+///
+/// The file is never read whole: `-n N` reads backwards from the end until N lines are found
+/// (its cost is O(N), whatever the file's size), and the lines shown are streamed.
 fn dump_service<W: Write>(
     p: &mut Printer<W>,
     name: &str,
@@ -208,37 +212,37 @@ fn dump_service<W: Write>(
     theirs: &[&Event],
     opts: &Options,
 ) -> Result<u64> {
-    let (bytes, inode, mtime) = match File::open(path) {
-        Ok(mut f) => {
+    let file = File::open(path).ok();
+    let (len, inode, mtime) = match &file {
+        Some(f) => {
             let meta = f.metadata()?;
-            let mut b = Vec::new();
-            f.read_to_end(&mut b)?;
-            (b, Some(meta.ino()), meta.modified().ok())
+            (meta.len(), Some(meta.ino()), meta.modified().ok())
         }
-        Err(_) => (Vec::new(), None, None),
+        None => (0, None, None),
     };
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut lines: Vec<(u64, &[u8])> = Vec::new();
-    let mut start = 0;
-    for (i, b) in bytes[..complete].iter().enumerate() {
-        if *b == b'\n' {
-            lines.push((start as u64, &bytes[start..i]));
-            start = i + 1;
+    // Where the data begins (past what the live rotation released) and where the last
+    // complete line ends.
+    let (data, complete) = match &file {
+        Some(f) => {
+            let data = crate::logrotate::data_start(f, 0, len);
+            let complete = line_start_back(f, data, len, 0)?;
+            (data, complete)
         }
-    }
+        None => (0, 0),
+    };
     // An event placed in this file: its offset; `None` for one from before the file.
     let here = |e: &Event| match (e.pos, inode) {
         (Some((i, off)), Some(ino)) if i == ino => Some(off),
         _ => None,
     };
     // Where the shown lines begin.
-    let mut from = 0u64;
-    if let Some(n) = opts.tail {
-        from = lines
-            .len()
-            .checked_sub(n)
-            .and_then(|i| lines.get(i))
-            .map_or(if n == 0 { complete as u64 } else { 0 }, |(s, _)| *s);
+    let mut from = data;
+    if let (Some(n), Some(f)) = (opts.tail, &file) {
+        from = if n == 0 {
+            complete
+        } else {
+            line_start_back(f, data, complete, n)?
+        };
     }
     if let Some(since) = opts.since {
         let last_before = theirs
@@ -248,7 +252,7 @@ fn dump_service<W: Write>(
             .max();
         // A file last written before that time has nothing newer.
         let floor = if mtime.is_some_and(|m| m < since) {
-            complete as u64
+            complete
         } else {
             last_before.unwrap_or(0)
         };
@@ -271,16 +275,64 @@ fn dump_service<W: Write>(
     }
     placed.sort_by_key(|e| here(e));
     let mut placed = placed.into_iter().peekable();
-    for (s, l) in lines.iter().filter(|(s, _)| *s >= from) {
-        while let Some(e) = placed.next_if(|e| here(e).is_some_and(|o| o <= *s)) {
-            p.event(e)?;
+    if let Some(f) = &file
+        && from < complete
+    {
+        use std::io::{BufRead, Seek, SeekFrom};
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, f);
+        reader.seek(SeekFrom::Start(from))?;
+        let mut reader = reader.take(complete - from);
+        let mut line = Vec::new();
+        let mut at = from;
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            while let Some(e) = placed.next_if(|e| here(e).is_some_and(|o| o <= at)) {
+                p.event(e)?;
+            }
+            at += n as u64;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            // A block the rotation released in part begins with zeroes.
+            let text = match text.iter().position(|b| *b != 0) {
+                Some(i) => &text[i..],
+                None => &[][..],
+            };
+            p.line(name, text, None)?;
         }
-        p.line(name, l, None)?;
     }
     for e in placed {
         p.event(e)?;
     }
-    Ok(complete as u64)
+    Ok(complete)
+}
+
+/// Reading backwards from `end` (not before `floor`): the offset just after the `n + 1`-th
+/// newline before `end`, or `floor` when there are fewer. With `end` just after a newline,
+/// that is where the last `n` lines begin; with `n == 0`, where the last complete line ends.
+/// Reads only the blocks those lines span.
+fn line_start_back(f: &File, floor: u64, end: u64, n: usize) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut need = n + 1;
+    let mut hi = end;
+    while hi > floor {
+        let lo = hi.saturating_sub(buf.len() as u64).max(floor);
+        let len = (hi - lo) as usize;
+        f.read_exact_at(&mut buf[..len], lo)?;
+        for i in (0..len).rev() {
+            if buf[i] == b'\n' {
+                need -= 1;
+                if need == 0 {
+                    return Ok(lo + i as u64 + 1);
+                }
+            }
+        }
+        hi = lo;
+    }
+    Ok(floor)
 }
 
 enum Wake {

@@ -187,6 +187,165 @@ pub struct ServiceConfig {
     #[serde(default)]
     #[schemars(with = "Option<Scalar>", transform = no_default)]
     pub config: Option<PathBuf>,
+    /// mirrord-up extension (compose's `logging`): how large the service's log file may grow
+    /// while it runs and how many files it keeps (`options.max-size`, default `10m`;
+    /// `options.max-file`, default 3, the live file included).
+    #[serde(default)]
+    #[schemars(transform = no_default)]
+    pub logging: Option<LoggingConfig>,
+}
+
+/// compose's `logging`: mirrord-up writes each service's log file itself, so only the
+/// `json-file`/`local` drivers' `max-size` and `max-file` options apply.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Accepted for compose files: `json-file` or `local` (both mean mirrord-up's log files).
+    #[serde(default)]
+    #[schemars(transform = no_default)]
+    pub driver: Option<LogDriver>,
+    #[serde(default)]
+    #[schemars(transform = no_default)]
+    pub options: Option<LogOptions>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogDriver {
+    JsonFile,
+    Local,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogOptions {
+    /// The most a log file holds before its oldest lines move to `<name>.log.1`: bytes, or a
+    /// number with `k`, `m` or `g` (default `10m`, at least `16k`).
+    #[serde(default, rename = "max-size")]
+    #[schemars(transform = no_default)]
+    pub max_size: Option<LogSize>,
+    /// How many files a log keeps, the live one included (1 to 100, default 3).
+    #[serde(default, rename = "max-file")]
+    #[schemars(transform = no_default)]
+    pub max_file: Option<LogFiles>,
+}
+
+impl LoggingConfig {
+    pub fn limits(&self) -> crate::logrotate::Limits {
+        let mut l = crate::logrotate::Limits::default();
+        if let Some(o) = &self.options {
+            if let Some(s) = o.max_size {
+                l.max_size = s.0;
+            }
+            if let Some(n) = o.max_file {
+                l.max_files = n.0;
+            }
+        }
+        l
+    }
+}
+
+/// A log size (`10m`, `500k`, bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSize(pub u64);
+
+impl<'de> Deserialize<'de> for LogSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str =
+            "a size of at least 16k: bytes, or a number with `k`, `m` or `g` such as `10m`";
+        impl Visitor<'_> for V {
+            type Value = LogSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LogSize, E> {
+                (v >= crate::logrotate::MIN_MAX_SIZE)
+                    .then_some(LogSize(v))
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Unsigned(v), &EXPECTED))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LogSize, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &EXPECTED)),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LogSize, E> {
+                let shown = super::names::excerpt(v, 64);
+                crate::logrotate::parse_size(v)
+                    .map(LogSize)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(&shown), &EXPECTED))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for LogSize {
+    fn schema_name() -> Cow<'static, str> {
+        "LogSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: bytes (at least 16384), or a number with a unit `k`, `m` or `g` such as `\"10m\"`.",
+            "anyOf": [
+                { "type": "integer", "minimum": 16384 },
+                { "type": "string", "pattern": r"^\s*[0-9]+\s*[kKmMgG]?[bB]?\s*$" },
+            ],
+            "examples": ["10m", "500k"],
+        })
+    }
+}
+
+/// How many files a log keeps (compose writes it as a string: `"3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogFiles(pub u32);
+
+impl<'de> Deserialize<'de> for LogFiles {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "a number of files from 1 to 100";
+        fn bounded<E: de::Error>(n: Option<u64>, u: de::Unexpected) -> Result<LogFiles, E> {
+            n.filter(|n| (1..=u64::from(crate::logrotate::MAX_MAX_FILES)).contains(n))
+                .map(|n| LogFiles(n as u32))
+                .ok_or_else(|| E::invalid_value(u, &EXPECTED))
+        }
+        impl Visitor<'_> for V {
+            type Value = LogFiles;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LogFiles, E> {
+                bounded(Some(v), de::Unexpected::Unsigned(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LogFiles, E> {
+                bounded(u64::try_from(v).ok(), de::Unexpected::Signed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LogFiles, E> {
+                let shown = super::names::excerpt(v, 64);
+                bounded(v.trim().parse().ok(), de::Unexpected::Str(&shown))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for LogFiles {
+    fn schema_name() -> Cow<'static, str> {
+        "LogFiles".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "How many files a log keeps, the live one included: 1 to 100 (a number or a string of digits, as compose writes it).",
+            "anyOf": [
+                { "type": "integer", "minimum": 1, "maximum": 100 },
+                { "type": "string", "pattern": r"^\s*[0-9]+\s*$" },
+            ],
+            "examples": [3, "5"],
+        })
+    }
 }
 
 /// Drops a `default` the derive takes from `#[serde(default)]` where it says nothing (`null`).
@@ -206,6 +365,7 @@ pub const EXTENSION_KEYS: &[&str] = &[
     "working_dir",
     "env_file",
     "config",
+    "logging",
 ];
 
 impl ServiceConfig {
@@ -226,6 +386,7 @@ impl ServiceConfig {
             self.working_dir.is_some(),
             self.env_file.is_some(),
             self.config.is_some(),
+            self.logging.is_some(),
         ];
         EXTENSION_KEYS
             .iter()

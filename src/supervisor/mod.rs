@@ -180,6 +180,11 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
     let tail = opts.foreground.then(|| LogPrinter::start(ctx));
+    // Each service's log stays bounded while it runs (`crate::logrotate`).
+    let _rotator = ctx
+        .store()
+        .ok()
+        .map(|s| crate::logrotate::Rotator::start(&s.dir.join("logs")));
     let color = opts.foreground && ctx.stderr_color();
 
     let mut settings = opts.settings;
@@ -770,7 +775,9 @@ impl LogPrinter {
                     }
                     width = tail.names().map(String::len).max().unwrap_or(0);
                 }
-                let mut out = std::io::stdout().lock();
+                // Buffered: one write per chunk of lines, not one per line.
+                let mut out =
+                    std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
                 let _ = tail.read_new(&mut |name, line| {
                     out.write_all(crate::output::prefix(name, width, color).as_bytes())?;
                     out.write_all(line)?;
