@@ -217,6 +217,7 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     let settings = LaunchSettings {
         mirrord_bin: ctx.launcher_bin()?,
         stop_timeout: None,
+        ..Default::default()
     };
     let width = desired
         .services
