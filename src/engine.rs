@@ -144,7 +144,7 @@ pub struct LaunchSettings {
     pub stop_timeout: Option<Duration>,
     /// The supervisor: a dependency that has not reached its condition yet is not waited for;
     /// its dependent is recorded as `waiting` and the loop starts it once it has (see
-    /// ARCHITECTURE.md, "Waiting is the loop's job").
+    /// ARCHITECTURE.md, "The path of one save").
     pub defer_waits: bool,
     /// With `defer_waits`: dependencies whose readiness probe timed out, with the PID it
     /// probed and why (`dependency db not ready after 60s`).
@@ -492,7 +492,13 @@ impl<'a> Engine<'a> {
             let mut requests = Vec::new();
             for (n, _) in &level {
                 let rec = self.state.services.get_mut(n).expect("present");
-                if let Some(id) = &rec.process {
+                // A process that already ended and was settled (exited, failed, in back-off)
+                // is not signalled, and its last exit stays what it was.
+                let settled = matches!(
+                    rec.status,
+                    Status::Exited | Status::Failed | Status::Stopped | Status::Backoff
+                );
+                if let Some(id) = rec.process.as_ref().filter(|_| !settled) {
                     rec.status = Status::Stopping;
                     requests.push(StopRequest {
                         name: n.clone(),
@@ -518,7 +524,9 @@ impl<'a> Engine<'a> {
                 let what = if let Some(why) = &o.refused {
                     format!("not signalled: {why}")
                 } else if o.survivors.is_empty() {
-                    if o.killed {
+                    if o.killed && process::kill_now_requested() {
+                        "killed (forced by a second Ctrl-C)".to_owned()
+                    } else if o.killed {
                         "stopped (killed after the grace period)".to_owned()
                     } else {
                         "stopped".to_owned()
@@ -554,16 +562,28 @@ impl<'a> Engine<'a> {
                         reporter_note(self.reporter, n, why);
                     }
                     self.state.services.remove(n);
-                } else if let Some(rec) = self.state.services.get_mut(n) {
+                } else if let Some(rec) = self.state.services.get_mut(n)
+                    && let Some(r) = requests.iter().find(|r| &r.name == n)
+                {
+                    let killed = outcomes.iter().any(|o| &o.name == n && o.killed);
                     rec.status = Status::Exited;
                     rec.process = None;
                     // Not an interrupted start: nothing to adopt by this nonce any more.
                     rec.spawn_nonce = None;
-                    rec.last_exit = Some(ExitInfo {
-                        code: None,
-                        signal: Some(rec.spec.stop_signal.clone()),
-                        at_ms: now_ms(),
-                    });
+                    // How it really ended when the reaper knows; else the signal that ended it.
+                    rec.last_exit = Some(
+                        process::take_exit(r.identity.pid)
+                            .map(ExitInfo::from_kind)
+                            .unwrap_or_else(|| ExitInfo {
+                                code: None,
+                                signal: Some(if killed {
+                                    "SIGKILL".to_owned()
+                                } else {
+                                    rec.spec.stop_signal.clone()
+                                }),
+                                at_ms: now_ms(),
+                            }),
+                    );
                 }
             }
             self.save()?;
@@ -772,7 +792,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The program, arguments and environment of a service (spec §5), and its mirrord.json.
+    /// The program, arguments and environment of a service (README: "Running with the real mirrord"), and its mirrord.json.
     /// `notices` gets what the user must be told once (the hand-over fallback).
     fn prepare_launch(
         &self,
@@ -813,7 +833,7 @@ impl<'a> Engine<'a> {
                 let config_path = self.store.service_dir(&spec.name).join("mirrord.json");
                 write_config(&config_path, &spec.mirrord_config)
                     .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-                // As real `mirrord up` gives its children (runtime.md §3.3), or `-f` with strict
+                // As real `mirrord up` gives its children (README: "Environment variables"), or `-f` with strict
                 // env for a mirrord version whose config shape is not verified.
                 env.insert("MIRRORD_PROGRESS_MODE".into(), "simple".into());
                 env.insert(

@@ -361,7 +361,7 @@ impl Context {
         }
     }
 
-    /// The mirrord binary, checked to exist (spec §5).
+    /// The mirrord binary, checked to exist (README: "Running with the real mirrord").
     pub fn mirrord_bin(&self) -> Result<PathBuf> {
         let given = self.global.mirrord_bin.clone();
         let name = given.clone().unwrap_or_else(|| PathBuf::from("mirrord"));

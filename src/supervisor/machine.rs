@@ -28,6 +28,9 @@ use super::pass::{ProbeOrder, Probed, Work};
 /// Trailing-edge debounce of file events: editors write a file in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// What the foreground says on the first Ctrl-C (or SIGHUP, SIGTERM).
+pub const GRACEFULLY: &str = "Gracefully stopping… (press Ctrl-C again to force)";
+
 /// A connection waiting for its answer (the shell keeps the connection itself).
 pub type ClientId = u64;
 
@@ -125,6 +128,8 @@ pub enum Effect {
     KillNow,
     /// Say something as the supervisor (`every service has ended…`).
     Say(String),
+    /// A line for the user at the terminal (foreground only).
+    Notice(String),
     /// The loop ends with this exit code.
     Exit(u8),
 }
@@ -263,6 +268,9 @@ impl Machine {
         } else {
             self.stopping = Some(code);
             fx.push(Effect::InterruptPass);
+            if self.foreground {
+                fx.push(Effect::Notice(GRACEFULLY.into()));
+            }
             self.refuse_held(fx);
         }
     }
@@ -656,7 +664,10 @@ mod tests {
         );
         // Ctrl-C during the first pass: its waits are interrupted, the stop comes after it.
         let fx = m.handle(Event::Interrupt, now + MS);
-        assert!(matches!(fx[..], [Effect::InterruptPass]), "{fx:?}");
+        assert!(
+            matches!(&fx[..], [Effect::InterruptPass, Effect::Notice(n)] if n == GRACEFULLY),
+            "{fx:?}"
+        );
         let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now + 2 * MS);
         let p = passes(&fx);
         assert!(p.len() == 1 && is_shutdown(p[0]), "{fx:?}");

@@ -218,6 +218,7 @@ impl Shell<'_> {
                     let mut note = self.reporter(Vec::new());
                     note.event("mirrord-up", &what);
                 }
+                Effect::Notice(line) => line_to_stderr(&line),
                 Effect::Exit(code) => self.exit = Some(code),
             }
         }
@@ -230,6 +231,7 @@ impl Shell<'_> {
             width: self.width,
             clients,
             journal: self.ctx.store().ok().map(crate::events::Journal::new),
+            shutting_down: false,
         }
     }
 
@@ -250,6 +252,7 @@ impl Shell<'_> {
             }
         }
         let mut reporter = self.reporter(clients);
+        reporter.shutting_down = matches!(work, Work::Shutdown { .. });
         let ctx = self.ctx.clone();
         let mut settings = self.settings.clone();
         settings.probed = probed;
@@ -683,6 +686,8 @@ struct SupervisorReporter {
     clients: Vec<(ClientId, Client)>,
     /// The project's events file, read by `logs`.
     journal: Option<crate::events::Journal>,
+    /// The final stop: the foreground shows each stop as it begins.
+    shutting_down: bool,
 }
 
 impl Reporter for SupervisorReporter {
@@ -715,6 +720,17 @@ impl Reporter for SupervisorReporter {
     }
 
     fn waiting(&mut self, service: &str, what: &str, limit: Option<Duration>) {
+        if self.foreground && self.shutting_down {
+            let name = crate::output::paint(
+                &format!("{service:<w$}", w = self.width),
+                crate::output::color_of(service),
+                self.color,
+            );
+            let within = limit
+                .map(|l| format!(" (grace period {})", humantime::format_duration(l)))
+                .unwrap_or_default();
+            line_to_stderr(&format!("{name}  {what}…{within}"));
+        }
         for (_, c) in &mut self.clients {
             control::send(
                 c,

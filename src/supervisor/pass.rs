@@ -579,6 +579,13 @@ fn stop(
         ..Default::default()
     };
     let loaded = state.clone();
+    // Only what runs (or would run again) becomes `stopped`; a service that had exited or
+    // failed keeps its status and last exit.
+    let was_up: BTreeSet<String> = state
+        .records(RecordKind::Service)
+        .filter(|(_, r)| !matches!(r.status, Status::Exited | Status::Failed | Status::Stopped))
+        .map(|(n, _)| n.clone())
+        .collect();
     let mut engine = Engine::new(store, lock, state, launch, reporter);
     let list: Vec<(String, String)> = names.iter().map(|n| (n.clone(), why.to_owned())).collect();
     let removed = if forget {
@@ -591,6 +598,7 @@ fn stop(
     for n in names {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)
+            && was_up.contains(n)
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
