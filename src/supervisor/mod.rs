@@ -36,9 +36,9 @@ use anyhow::{Context as _, Result};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
-use crate::commands::Context;
 use crate::engine::Reporter;
 use crate::process::{self, Liveness, ProcessIdentity};
+use crate::project::Project;
 use crate::state::{SupervisorRecord, now_ms};
 use control::{Reply, Request};
 use machine::{ClientId, Effect, Event, Machine, PassDone, ProbeOutcome, Timer};
@@ -64,7 +64,7 @@ pub struct Options {
 }
 
 /// Runs the loop until Ctrl-C/SIGTERM, `down`, or `--abort-on-exit`.
-pub fn run(ctx: Context, opts: Options) -> Result<ExitCode> {
+pub fn run(ctx: Arc<dyn Project>, opts: Options) -> Result<ExitCode> {
     // A client that hangs up must cost an EPIPE on that connection, not the supervisor.
     // (Spawned services get the default disposition back: std resets it in the child.)
     // SAFETY: no other thread exists yet that could race on the disposition.
@@ -92,7 +92,7 @@ struct Registration {
 
 /// Records this process as the project's supervisor and opens its control socket, unless a
 /// live supervisor is recorded already (then: its record).
-fn register(ctx: &Context) -> Result<Result<Registration, SupervisorRecord>> {
+fn register(ctx: &dyn Project) -> Result<Result<Registration, SupervisorRecord>> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
     let mut state = store.load(&lock)?;
@@ -118,7 +118,7 @@ fn register(ctx: &Context) -> Result<Result<Registration, SupervisorRecord>> {
 }
 
 /// Removes our record (if it is still ours) and the socket.
-fn unregister(ctx: &Context, socket: &Path) {
+fn unregister(ctx: &dyn Project, socket: &Path) {
     let _ = std::fs::remove_file(socket);
     let Ok(store) = ctx.store() else { return };
     let Ok(lock) = store.lock(ctx.lock_timeout()) else {
@@ -135,9 +135,9 @@ fn unregister(ctx: &Context, socket: &Path) {
     }
 }
 
-async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
+async fn run_loop(ctx: Arc<dyn Project>, mut opts: Options) -> Result<ExitCode> {
     process::become_subreaper();
-    let reg = match register(&ctx)? {
+    let reg = match register(ctx.as_ref())? {
         Ok(r) => r,
         Err(other) => {
             if let Some(mut client) = opts.first_client.take() {
@@ -158,7 +158,7 @@ async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
         }
     };
     let result = supervise(&ctx, opts, &reg).await;
-    unregister(&ctx, &reg.socket);
+    unregister(ctx.as_ref(), &reg.socket);
     result
 }
 
@@ -167,7 +167,7 @@ type PassResult = (PassOutcome, Vec<(ClientId, Client)>);
 
 /// The shell around the [`Machine`]: gathers events, carries out effects.
 struct Shell<'a> {
-    ctx: &'a Context,
+    ctx: &'a Arc<dyn Project>,
     foreground: bool,
     color: bool,
     width: usize,
@@ -257,7 +257,7 @@ impl Shell<'_> {
         let mut settings = self.settings.clone();
         settings.probed = probed;
         self.pass = Some(tokio::task::spawn_blocking(move || {
-            let out = pass::run_pass(&ctx, &settings, &work, &mut reporter);
+            let out = pass::run_pass(ctx.as_ref(), &settings, &work, &mut reporter);
             reporter.print_failure(&out);
             // Give back what the pass allocated: the supervisor then idles small.
             // SAFETY: malloc_trim only releases free heap memory.
@@ -278,14 +278,14 @@ enum Input {
     ControlRefused(Client, String),
 }
 
-async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<ExitCode> {
+async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) -> Result<ExitCode> {
     let (tx, mut rx) = unbounded_channel::<Input>();
     listen_signals(&tx)?;
     listen_control(&tx, reg.listener.try_clone()?, ctx.files())?;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
-    let tail = opts.foreground.then(|| LogPrinter::start(ctx));
+    let tail = opts.foreground.then(|| LogPrinter::start(ctx.as_ref()));
     let mut exit_watch: BTreeMap<String, (i32, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
@@ -784,7 +784,7 @@ enum TailMsg {
 }
 
 impl LogPrinter {
-    fn start(ctx: &Context) -> LogPrinter {
+    fn start(ctx: &dyn Project) -> LogPrinter {
         let (tx, rx) = std::sync::mpsc::channel::<TailMsg>();
         let (done_tx, done) = std::sync::mpsc::channel();
         let color = ctx.stdout_color();

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::commands::Context;
 use crate::config::Mode;
 use crate::desired::Desired;
 use crate::engine::{
@@ -17,6 +16,7 @@ use crate::engine::{
 use crate::plan::{Action, Cause, PlanOptions};
 use crate::policy::{self, Decision};
 use crate::process::{Liveness, ProcessIdentity};
+use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
 
 /// What a pass is asked to do. Every kind also settles exits first.
@@ -134,7 +134,7 @@ pub struct PassOutcome {
 }
 
 pub fn run_pass(
-    ctx: &Context,
+    ctx: &dyn Project,
     settings: &PassSettings,
     work: &Work,
     reporter: &mut dyn Reporter,
@@ -146,7 +146,7 @@ pub fn run_pass(
 }
 
 fn pass(
-    ctx: &Context,
+    ctx: &dyn Project,
     settings: &PassSettings,
     work: &Work,
     reporter: &mut dyn Reporter,
@@ -183,7 +183,7 @@ fn pass(
     }
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
-        crate::commands::ensure_known(names, &known, &store.project, "no service named")?;
+        crate::project::ensure_known(names, &known, &store.project, "no service named")?;
         Ok(names.iter().cloned().collect())
     };
 
@@ -470,7 +470,7 @@ fn policy_changed(state: &State, desired: &Desired) -> BTreeSet<String> {
 /// The file's services; if the file does not load, the recorded ones (nothing changes, the
 /// error is recorded and shown).
 fn load_desired(
-    ctx: &Context,
+    ctx: &dyn Project,
     settings: &PassSettings,
     state: &mut State,
     reporter: &mut dyn Reporter,
