@@ -254,3 +254,27 @@ fn foreground_output_is_only_of_this_run() {
     let out = up.text();
     assert!(!out.contains("-old"), "lines of an earlier run:\n{out}");
 }
+
+#[test]
+fn a_foreground_up_ends_when_what_a_service_waits_for_has_ended() {
+    let p = Project::new("waitgone");
+    p.write_yaml(&yaml(&[
+        service("db", &["sh", "-c", "exit 3"], &["ready: {log: never}"]),
+        service(
+            "api",
+            common::SLEEP,
+            &["depends_on: {db: {condition: ready}}"],
+        ),
+    ]));
+    let mut up = Live::start(&p, &["up"]);
+    assert_eq!(up.wait_exit(WAIT), Some(1), "{}", up.text());
+    let text = up.text();
+    assert!(
+        text.contains("api  failed: dependency db exited before it was ready"),
+        "{text}"
+    );
+    assert!(
+        text.contains("every service has ended; failed: api, db"),
+        "{text}"
+    );
+}

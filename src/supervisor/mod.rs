@@ -177,6 +177,8 @@ struct Shell<'a> {
     next_client: ClientId,
     timers: BTreeMap<Timer, Instant>,
     pass: Option<tokio::task::JoinHandle<PassResult>>,
+    /// Answers to clients lent to the pass in flight.
+    deferred: Vec<(ClientId, bool, String)>,
     /// Set when the loop ends: probe threads give up.
     cancel: Arc<AtomicBool>,
     exit: Option<u8>,
@@ -207,11 +209,13 @@ impl Shell<'_> {
                     client,
                     ok,
                     message,
-                } => {
-                    if let Some(mut c) = self.clients.remove(&client) {
-                        control::send(&mut c, &Reply::Done { ok, message });
-                    }
-                }
+                } => match self.clients.remove(&client) {
+                    Some(mut c) => control::send(&mut c, &Reply::Done { ok, message }),
+                    // Lent to the pass in flight (it hears its events): answered when the
+                    // pass gives it back.
+                    None if self.pass.is_some() => self.deferred.push((client, ok, message)),
+                    None => {}
+                },
                 Effect::InterruptPass => process::interrupt(),
                 Effect::KillNow => process::kill_now(),
                 Effect::Say(what) => {
@@ -299,6 +303,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         next_client: 0,
         timers: BTreeMap::new(),
         pass: None,
+        deferred: Vec::new(),
         cancel: Arc::new(AtomicBool::new(false)),
         exit: None,
     };
@@ -345,6 +350,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 shell.pass = None;
                 let (out, clients) = done.context("a reconcile pass panicked")?;
                 shell.clients.extend(clients);
+                for (client, ok, message) in std::mem::take(&mut shell.deferred) {
+                    shell.carry_out(vec![Effect::Answer { client, ok, message }]);
+                }
                 let files_changed = out
                     .watched_files
                     .as_ref()

@@ -716,9 +716,14 @@ pub fn all_down(state: &State) -> Option<Vec<String>> {
                     failed.push(name.clone());
                 }
             }
+            // Nothing else runs or comes back by itself: what it waits for will not happen
+            // without a change to the file.
+            Status::Waiting => {
+                ended = true;
+                failed.push(name.clone());
+            }
             Status::Stopped => {}
-            Status::Waiting
-            | Status::Running
+            Status::Running
             | Status::Ready
             | Status::Starting
             | Status::Stopping
