@@ -197,8 +197,9 @@ fn editor_style_saves_each_apply_once() {
         p.write_yaml(&with(&format!("burst{i}")));
     }
     p.write_yaml(&with("final"));
+    // Within the debounce (50 ms, trailing edge), however loaded the machine is.
     assert!(
-        start.elapsed() < Duration::from_millis(20),
+        start.elapsed() < Duration::from_millis(50),
         "the burst took too long: {:?}",
         start.elapsed()
     );
