@@ -57,6 +57,7 @@ pub fn observe(state: &State) -> Observed {
             let alive = liveness(rec);
             let st = match (rec.status, alive) {
                 (Status::Stopping, _) if rec.process.is_some() => ObservedState::Stopping,
+                (Status::Waiting, _) if rec.process.is_none() => ObservedState::Waiting,
                 (_, Liveness::Alive) => ObservedState::Running,
                 (_, Liveness::Recycled) => ObservedState::NotRunning {
                     detail: "its PID now belongs to another process".into(),
@@ -113,6 +114,8 @@ pub struct ApplyReport {
     pub failed: Vec<(String, String)>,
     /// `(service, pids)` still alive after a stop.
     pub survivors: Vec<(String, Vec<i32>)>,
+    /// Services left waiting for a dependency (`defer_waits`).
+    pub waiting: Vec<String>,
 }
 
 impl ApplyReport {
@@ -134,11 +137,18 @@ impl ApplyReport {
 }
 
 /// Settings of the executor that come from the command line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LaunchSettings {
     pub mirrord_bin: Option<PathBuf>,
     /// Overrides every service's `stop_timeout` (`down -t`).
     pub stop_timeout: Option<Duration>,
+    /// The supervisor: a dependency that has not reached its condition yet is not waited for;
+    /// its dependent is recorded as `waiting` and the loop starts it once it has (see
+    /// ARCHITECTURE.md, "The path of one save").
+    pub defer_waits: bool,
+    /// With `defer_waits`: dependencies whose readiness probe timed out, with the PID it
+    /// probed and why (`dependency db not ready after 60s`).
+    pub not_ready: BTreeMap<String, (i32, String)>,
 }
 
 /// The executor, holding the state lock for its whole life.
@@ -288,6 +298,28 @@ impl<'a> Engine<'a> {
         for (_, specs) in by_level {
             let mut ready_to_spawn = Vec::new();
             for spec in specs {
+                if self.settings.defer_waits {
+                    match self.dependencies_met(spec, desired) {
+                        DepCheck::Met => ready_to_spawn.push(spec),
+                        DepCheck::Wait { reason, failed } => {
+                            self.wait_on(spec, reason, failed, &mut report);
+                            unavailable.insert(spec.name.clone());
+                        }
+                        DepCheck::Probe { dep, reason } => {
+                            if self.wait_on(spec, reason, None, &mut report)
+                                && let Some(d) = desired.get(&dep)
+                            {
+                                self.reporter.waiting(
+                                    &dep,
+                                    "waiting for readiness",
+                                    Some(ready_timeout(d)),
+                                );
+                            }
+                            unavailable.insert(spec.name.clone());
+                        }
+                    }
+                    continue;
+                }
                 match self.wait_for_dependencies(spec, desired, &unavailable) {
                     Ok(()) => ready_to_spawn.push(spec),
                     Err(why) => {
@@ -301,6 +333,124 @@ impl<'a> Engine<'a> {
         }
         // Each level saved as it went; the caller saves once more after its own checks.
         Ok(report)
+    }
+
+    /// Without waiting: has every dependency of `spec` reached its condition? The recorded
+    /// state says (the loop records `ready` when a probe passes, exits when a pidfd fires).
+    fn dependencies_met(&self, spec: &ServiceSpec, desired: &Desired) -> DepCheck {
+        for (dep, how) in &spec.depends_on.0 {
+            if desired.get(dep).is_none() {
+                continue; // skipped: provided elsewhere
+            }
+            let cond = match how.condition {
+                Condition::Started => "started",
+                Condition::Ready => "ready",
+                Condition::CompletedSuccessfully => "completed",
+            };
+            let reason = format!("waiting for {dep} ({cond})");
+            let Some(rec) = self.state.services.get(dep) else {
+                return DepCheck::Wait {
+                    reason,
+                    failed: None,
+                };
+            };
+            let alive = liveness(rec) == Liveness::Alive;
+            // A dependency that will not come back by itself (exited, failed, stopped): the
+            // dependent fails now, and still starts once the dependency does (after a fix).
+            let gone = !alive
+                && matches!(
+                    rec.status,
+                    Status::Exited | Status::Failed | Status::Stopped | Status::Running
+                );
+            let met = match how.condition {
+                Condition::Started => {
+                    alive && matches!(rec.status, Status::Running | Status::Ready)
+                }
+                Condition::Ready => alive && rec.status == Status::Ready,
+                Condition::CompletedSuccessfully => {
+                    !alive
+                        && rec.status == Status::Exited
+                        && rec.last_exit.as_ref().is_none_or(|e| !e.failed())
+                }
+            };
+            if met {
+                continue;
+            }
+            if how.condition == Condition::Ready && alive {
+                let pid = rec.process.as_ref().map(|p| p.pid);
+                match self.settings.not_ready.get(dep) {
+                    Some((p, why)) if Some(*p) == pid => {
+                        return DepCheck::Wait {
+                            reason,
+                            failed: Some(why.clone()),
+                        };
+                    }
+                    _ => {
+                        return DepCheck::Probe {
+                            dep: dep.clone(),
+                            reason,
+                        };
+                    }
+                }
+            }
+            let failed = match how.condition {
+                Condition::CompletedSuccessfully if gone => Some(match &rec.last_exit {
+                    Some(e) => format!(
+                        "dependency {dep} did not complete successfully ({})",
+                        e.describe()
+                    ),
+                    None => format!("dependency {dep} did not complete successfully"),
+                }),
+                Condition::CompletedSuccessfully => None,
+                Condition::Ready if gone => {
+                    Some(format!("dependency {dep} exited before it was ready"))
+                }
+                _ if gone => Some(format!("dependency {dep} did not start")),
+                _ => None,
+            };
+            return DepCheck::Wait { reason, failed };
+        }
+        DepCheck::Met
+    }
+
+    /// Records `spec` as waiting (`reason`: `waiting for db (ready)`); `failed` is said once,
+    /// as a failure, when the dependency ended without reaching its condition.
+    fn wait_on(
+        &mut self,
+        spec: &ServiceSpec,
+        reason: String,
+        failed: Option<String>,
+        report: &mut ApplyReport,
+    ) -> bool {
+        let log_path = self.store.log_path(&spec.name);
+        let rec = self
+            .state
+            .services
+            .entry(spec.name.clone())
+            .or_insert_with(|| new_record(spec, log_path));
+        let reason = match &failed {
+            Some(why) => format!("{reason}: {why}"),
+            None => reason,
+        };
+        let new = rec.status != Status::Waiting || rec.last_reason.as_ref() != Some(&reason);
+        rec.spec = spec.clone();
+        rec.config_hash = spec.hash();
+        rec.status = Status::Waiting;
+        rec.process = None;
+        rec.spawn_nonce = None;
+        rec.last_reason = Some(reason.clone());
+        report.waiting.push(spec.name.clone());
+        if !new {
+            return false;
+        }
+        match failed {
+            Some(why) => {
+                self.reporter.event(&spec.name, &format!("failed: {why}"));
+                report.failed.push((spec.name.clone(), why));
+            }
+            None => self.reporter.event(&spec.name, &reason),
+        }
+        true
     }
 
     fn fail(&mut self, spec: &ServiceSpec, why: &str, report: &mut ApplyReport) {
@@ -342,7 +492,13 @@ impl<'a> Engine<'a> {
             let mut requests = Vec::new();
             for (n, _) in &level {
                 let rec = self.state.services.get_mut(n).expect("present");
-                if let Some(id) = &rec.process {
+                // A process that already ended and was settled (exited, failed, in back-off)
+                // is not signalled, and its last exit stays what it was.
+                let settled = matches!(
+                    rec.status,
+                    Status::Exited | Status::Failed | Status::Stopped | Status::Backoff
+                );
+                if let Some(id) = rec.process.as_ref().filter(|_| !settled) {
                     rec.status = Status::Stopping;
                     requests.push(StopRequest {
                         name: n.clone(),
@@ -368,7 +524,9 @@ impl<'a> Engine<'a> {
                 let what = if let Some(why) = &o.refused {
                     format!("not signalled: {why}")
                 } else if o.survivors.is_empty() {
-                    if o.killed {
+                    if o.killed && process::kill_now_requested() {
+                        "killed (forced by a second Ctrl-C)".to_owned()
+                    } else if o.killed {
                         "stopped (killed after the grace period)".to_owned()
                     } else {
                         "stopped".to_owned()
@@ -404,16 +562,28 @@ impl<'a> Engine<'a> {
                         reporter_note(self.reporter, n, why);
                     }
                     self.state.services.remove(n);
-                } else if let Some(rec) = self.state.services.get_mut(n) {
+                } else if let Some(rec) = self.state.services.get_mut(n)
+                    && let Some(r) = requests.iter().find(|r| &r.name == n)
+                {
+                    let killed = outcomes.iter().any(|o| &o.name == n && o.killed);
                     rec.status = Status::Exited;
                     rec.process = None;
                     // Not an interrupted start: nothing to adopt by this nonce any more.
                     rec.spawn_nonce = None;
-                    rec.last_exit = Some(ExitInfo {
-                        code: None,
-                        signal: Some(rec.spec.stop_signal.clone()),
-                        at_ms: now_ms(),
-                    });
+                    // How it really ended when the reaper knows; else the signal that ended it.
+                    rec.last_exit = Some(
+                        process::take_exit(r.identity.pid)
+                            .map(ExitInfo::from_kind)
+                            .unwrap_or_else(|| ExitInfo {
+                                code: None,
+                                signal: Some(if killed {
+                                    "SIGKILL".to_owned()
+                                } else {
+                                    rec.spec.stop_signal.clone()
+                                }),
+                                at_ms: now_ms(),
+                            }),
+                    );
                 }
             }
             self.save()?;
@@ -634,7 +804,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The program, arguments and environment of a service (spec §5), and its mirrord.json.
+    /// The program, arguments and environment of a service (README: "Running with the real mirrord"), and its mirrord.json.
     /// `notices` gets what the user must be told once (the hand-over fallback).
     fn prepare_launch(
         &self,
@@ -675,7 +845,7 @@ impl<'a> Engine<'a> {
                 let config_path = self.store.service_dir(&spec.name).join("mirrord.json");
                 write_config(&config_path, &spec.mirrord_config)
                     .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-                // As real `mirrord up` gives its children (runtime.md §3.3), or `-f` with strict
+                // As real `mirrord up` gives its children (README: "Environment variables"), or `-f` with strict
                 // env for a mirrord version whose config shape is not verified.
                 env.insert("MIRRORD_PROGRESS_MODE".into(), "simple".into());
                 env.insert(
@@ -928,6 +1098,29 @@ pub fn exit_reason(rec: &ServiceRecord, exit: &ExitInfo) -> String {
         Some(c) => format!("{head}: {c}"),
         None => head,
     }
+}
+
+/// What [`Engine::dependencies_met`] found.
+enum DepCheck {
+    Met,
+    Wait {
+        reason: String,
+        failed: Option<String>,
+    },
+    /// Waits for `dep`'s readiness, which the loop probes.
+    Probe {
+        dep: String,
+        reason: String,
+    },
+}
+
+/// How long a dependent waits for `dep`'s readiness (`ready.timeout`, 60 s by default).
+pub fn ready_timeout(dep: &ServiceSpec) -> Duration {
+    dep.ready
+        .as_ref()
+        .and_then(|r| r.timeout)
+        .map(|t| t.0)
+        .unwrap_or(DEFAULT_READY_TIMEOUT)
 }
 
 /// A session of a level being started.

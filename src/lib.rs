@@ -26,6 +26,7 @@ pub mod plan;
 pub mod policy;
 pub mod process;
 pub mod progress;
+pub mod project;
 pub mod readiness;
 pub mod report;
 pub mod spec;

@@ -32,6 +32,10 @@ pub enum ObservedState {
     },
     /// A stop was begun and not finished (the tool died mid-stop); the process may still run.
     Stopping,
+    /// Never started: it waits for a dependency to reach its condition. Every plan starts it
+    /// again (level-triggered): the executor checks the dependencies, without waiting, and
+    /// either spawns it or leaves it waiting.
+    Waiting,
 }
 
 pub type Observed = BTreeMap<String, ObservedService>;
@@ -80,6 +84,8 @@ pub enum Cause {
         dependency: String,
     },
     InterruptedStop,
+    /// It waited for its dependencies (`depends_on` conditions); they are met now.
+    DependenciesMet,
     Unchanged,
 }
 
@@ -102,6 +108,7 @@ impl fmt::Display for Cause {
                 write!(f, "dependency {dependency} restarted")
             }
             Cause::InterruptedStop => f.write_str("an interrupted stop"),
+            Cause::DependenciesMet => f.write_str("its dependencies are met"),
             Cause::Unchanged => f.write_str("unchanged"),
         }
     }
@@ -164,9 +171,12 @@ pub fn plan_request(
     let mut restarted: BTreeSet<String> = BTreeSet::new();
     let mut steps = Vec::new();
     for spec in &desired.services {
-        let running = observed
-            .get(&spec.name)
-            .is_some_and(|o| !matches!(o.state, ObservedState::NotRunning { .. }));
+        let running = observed.get(&spec.name).is_some_and(|o| {
+            !matches!(
+                o.state,
+                ObservedState::NotRunning { .. } | ObservedState::Waiting
+            )
+        });
         let trigger = spec
             .depends_on
             .0
@@ -227,6 +237,13 @@ pub fn plan(desired: &Desired, observed: &Observed, opts: PlanOptions) -> Plan {
                 let new_hash = spec.hash();
                 match &o.state {
                     ObservedState::Stopping => (Action::Restart, Cause::InterruptedStop),
+                    ObservedState::Waiting if o.hash != new_hash => (
+                        Action::Start,
+                        Cause::ConfigChanged {
+                            fields: changed_fields(&o.spec, &spec.canonical()),
+                        },
+                    ),
+                    ObservedState::Waiting => (Action::Start, Cause::DependenciesMet),
                     ObservedState::NotRunning { .. } if o.hash != new_hash => (
                         Action::Start,
                         Cause::ConfigChanged {

@@ -1,4 +1,4 @@
-//! The restart policy (spec §4.3): what happens to a service whose process ended. Pure: the
+//! The restart policy (README: "Live loop"): what happens to a service whose process ended. Pure: the
 //! caller supplies the exit, the uptime and the streak; no clock, no processes.
 
 use std::time::Duration;

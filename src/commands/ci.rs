@@ -1,5 +1,5 @@
 //! `ci start|stop|ps`: one-shot calls on the same state and engine, for pipelines where each
-//! step is a separate process (spec §8). Unlike real `mirrord ci`, sessions are recorded with
+//! step is a separate process (README: "CI"). Unlike real `mirrord ci`, sessions are recorded with
 //! their identity under the project's lock, stopped by process group with a grace period, and
 //! a session that is already dead makes `ci start` fail.
 

@@ -226,6 +226,7 @@ fn stop_inner(
     let settings = LaunchSettings {
         mirrord_bin: None,
         stop_timeout: timeout,
+        ..Default::default()
     };
     let loaded = state.clone();
     let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());

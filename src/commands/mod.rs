@@ -352,7 +352,7 @@ impl Context {
         }
     }
 
-    /// The mirrord binary, checked to exist (spec §5).
+    /// The mirrord binary, checked to exist (README: "Running with the real mirrord").
     pub fn mirrord_bin(&self) -> Result<PathBuf> {
         let given = self.global.mirrord_bin.clone();
         let name = given.clone().unwrap_or_else(|| PathBuf::from("mirrord"));
@@ -409,6 +409,46 @@ impl Context {
     }
 }
 
+impl crate::project::Project for Context {
+    fn store(&self) -> Result<StateStore> {
+        Context::store(self)
+    }
+
+    fn lock_timeout(&self) -> std::time::Duration {
+        Context::lock_timeout(self)
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        Context::files(self)
+    }
+
+    fn load(&self) -> Result<UpDocument> {
+        Context::load(self)
+    }
+
+    fn desired(
+        &self,
+        doc: &UpDocument,
+        selection: &[String],
+        mode: Option<crate::config::Mode>,
+        cache: std::collections::BTreeMap<String, String>,
+    ) -> Result<(Desired, std::collections::BTreeMap<String, String>)> {
+        Context::desired(self, doc, selection, mode, cache)
+    }
+
+    fn launcher_bin(&self) -> Result<Option<PathBuf>> {
+        Context::launcher_bin(self)
+    }
+
+    fn stdout_color(&self) -> bool {
+        Context::stdout_color(self)
+    }
+
+    fn stderr_color(&self) -> bool {
+        Context::stderr_color(self)
+    }
+}
+
 /// Where state, logs and generated configs live: `--state-dir`, else
 /// `$XDG_STATE_HOME/mirrord-up`, else `~/.local/state/mirrord-up`.
 pub fn state_root(global: &GlobalArgs) -> Result<PathBuf> {
@@ -443,32 +483,7 @@ fn needs_inference(doc: &UpDocument, selection: &[String]) -> bool {
         .unwrap_or(true)
 }
 
-/// Fails, naming the unknown ones and the known ones, unless every name in `asked` is known:
-/// `"<none_named> `x`, `y` in project `p` (known: a, b)"`.
-pub fn ensure_known(
-    asked: &[String],
-    known: &[&String],
-    project: &str,
-    none_named: &str,
-) -> Result<()> {
-    let unknown: Vec<String> = asked
-        .iter()
-        .filter(|n| !known.contains(n))
-        .map(|n| format!("`{n}`"))
-        .collect();
-    if !unknown.is_empty() {
-        anyhow::bail!(
-            "{none_named} {} in project `{project}` (known: {})",
-            unknown.join(", "),
-            known
-                .iter()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(())
-}
+pub use crate::project::ensure_known;
 
 pub fn sanitize_project(raw: &str) -> String {
     let s: String = raw

@@ -20,6 +20,7 @@ pub fn status_of(rec: &ServiceRecord) -> String {
     let live = liveness(rec);
     match (rec.status, live) {
         (Status::Failed, _) => "failed".into(),
+        (Status::Waiting, _) => rec.last_reason.clone().unwrap_or_else(|| "waiting".into()),
         (Status::Backoff, _) => match rec.backoff_until_ms.map(|t| t.saturating_sub(now_ms())) {
             Some(left) if left > 86_400_000 => "backoff (restart in more than a day)".into(),
             Some(left) if left > 0 => {

@@ -56,7 +56,10 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     if args.detach {
         detach(ctx, args, width)
     } else {
-        crate::supervisor::run(ctx.clone(), supervisor_options(args, true, width))
+        crate::supervisor::run(
+            std::sync::Arc::new(ctx.clone()),
+            supervisor_options(args, true, width),
+        )
     }
 }
 
@@ -71,7 +74,7 @@ pub fn supervise(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     // Detached, names are not padded (the log lines carry a timestamp instead): no width.
     let mut opts = supervisor_options(args, false, 0);
     opts.first_client = Some(Box::new(client));
-    crate::supervisor::run(ctx.clone(), opts)
+    crate::supervisor::run(std::sync::Arc::new(ctx.clone()), opts)
 }
 
 fn supervisor_options(args: &UpArgs, foreground: bool, width: usize) -> crate::supervisor::Options {
@@ -217,6 +220,7 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     let settings = LaunchSettings {
         mirrord_bin: ctx.launcher_bin()?,
         stop_timeout: None,
+        ..Default::default()
     };
     let width = desired
         .services

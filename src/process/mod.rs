@@ -242,6 +242,12 @@ pub fn kill_now() {
     KILL_NOW.store(true, Ordering::SeqCst);
 }
 
+/// A second Ctrl-C asked to kill every stop at once (kills are then the user's, not a
+/// grace period's).
+pub fn kill_now_requested() -> bool {
+    KILL_NOW.load(Ordering::SeqCst)
+}
+
 /// Stop waiting for readiness or completion: the tool is shutting down.
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);

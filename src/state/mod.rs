@@ -103,6 +103,9 @@ pub enum Status {
     /// Stopped on request (`stop`, Ctrl-C): no restart policy brings it back; `start` or the
     /// next `up` does.
     Stopped,
+    /// Not started yet: a dependency has not reached its condition (`last_reason` says which:
+    /// `waiting for db (ready)`). The supervisor starts it once the dependency has.
+    Waiting,
 }
 
 impl Status {
@@ -116,6 +119,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Backoff => "backoff",
             Status::Stopped => "stopped",
+            Status::Waiting => "waiting",
         }
     }
 }

@@ -1,20 +1,19 @@
 //! The supervisor: the live loop behind foreground `up` and the detached `up --detach`.
 //!
-//! # Theory of operation
+//! # Theory of operation (ARCHITECTURE.md has the whole picture)
 //!
-//! One task owns the loop. Everything that can matter arrives as an [`Event`] on one channel:
-//! a change in the YAML's directory (notify), SIGHUP, SIGINT/SIGTERM, SIGCHLD, the exit of a
-//! service (a `pidfd` per running service becomes readable), a request on the control socket.
-//! The loop never acts on *why* it woke: it marks itself dirty and runs one reconcile pass
-//! (`pass::run_pass`), which re-reads the file and the state and applies the pure plan —
-//! kube-runtime's level-triggered reconcile. File events are debounced on the trailing edge;
-//! a back-off ends with a timer for the earliest due restart. Idle, the loop sleeps on those
-//! sources and nothing else: no polling, no periodic wake-ups.
+//! The loop's rules live in a pure state machine (`machine::Machine`: one event in, effects
+//! out, unit-tested without processes). This module is its shell: it gathers the events — a
+//! change in the YAML's directory (notify), SIGHUP, SIGINT/SIGTERM, SIGCHLD, the exit of a
+//! service (a `pidfd` per running service), a request on the control socket, a timer, the end
+//! of a readiness probe — and carries out the effects: a reconcile pass (`pass::run_pass`) on
+//! the one blocking thread, a probe on a thread of its own, a timer, an answer to a client.
 //!
-//! A pass is synchronous (it stops and spawns process groups and waits for readiness) and runs
-//! on a blocking thread, so the loop keeps hearing signals meanwhile: a second Ctrl-C during a
-//! slow stop escalates every stop to SIGKILL at once. Passes never overlap; events that arrive
-//! during one are folded into the next.
+//! A pass is short: it never waits for readiness. A service whose dependency has not reached
+//! its condition is recorded as `waiting`, the pass names the probes it needs, and a probe's
+//! result wakes the next pass, which starts it (level-triggered). So edits, `stop`, `down`,
+//! Ctrl-C and other front-ends are served while a probe runs, and the state lock is held for
+//! one pass at a time, never across a wait.
 //!
 //! Services write their own log files and hold no pipe to the supervisor, so a supervisor that
 //! dies (even by SIGKILL) takes nothing down with it; the next one adopts the services from the
@@ -22,39 +21,30 @@
 //! reaps every exit, keeping the statuses for the restart policy.
 
 pub mod control;
+pub mod machine;
 pub mod pass;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 
-use crate::commands::Context;
 use crate::engine::Reporter;
 use crate::process::{self, Liveness, ProcessIdentity};
+use crate::project::Project;
 use crate::state::{SupervisorRecord, now_ms};
 use control::{Reply, Request};
-use pass::{ApplyOptions, PassOutcome, PassSettings, Work};
+use machine::{ClientId, Effect, Event, Machine, PassDone, ProbeOutcome, Timer};
+use pass::{ApplyOptions, PassOutcome, PassSettings, ProbeOrder, Work};
 
-/// Trailing-edge debounce of file events: editors write a file in several steps.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// What wakes the loop.
-enum Event {
-    FileChanged,
-    Reload,
-    Terminate,
-    ChildExited,
-    /// The process `pid` of a service ended.
-    ServiceExited(String, i32),
-    Control(Work, Client),
-    ControlRefused(Client, String),
-}
+pub use machine::DEBOUNCE;
 
 /// Where a pass reports to, besides the supervisor's own output.
 type Client = Box<dyn Write + Send>;
@@ -74,7 +64,7 @@ pub struct Options {
 }
 
 /// Runs the loop until Ctrl-C/SIGTERM, `down`, or `--abort-on-exit`.
-pub fn run(ctx: Context, opts: Options) -> Result<ExitCode> {
+pub fn run(ctx: Arc<dyn Project>, opts: Options) -> Result<ExitCode> {
     // A client that hangs up must cost an EPIPE on that connection, not the supervisor.
     // (Spawned services get the default disposition back: std resets it in the child.)
     // SAFETY: no other thread exists yet that could race on the disposition.
@@ -102,7 +92,7 @@ struct Registration {
 
 /// Records this process as the project's supervisor and opens its control socket, unless a
 /// live supervisor is recorded already (then: its record).
-fn register(ctx: &Context) -> Result<Result<Registration, SupervisorRecord>> {
+fn register(ctx: &dyn Project) -> Result<Result<Registration, SupervisorRecord>> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
     let mut state = store.load(&lock)?;
@@ -128,7 +118,7 @@ fn register(ctx: &Context) -> Result<Result<Registration, SupervisorRecord>> {
 }
 
 /// Removes our record (if it is still ours) and the socket.
-fn unregister(ctx: &Context, socket: &Path) {
+fn unregister(ctx: &dyn Project, socket: &Path) {
     let _ = std::fs::remove_file(socket);
     let Ok(store) = ctx.store() else { return };
     let Ok(lock) = store.lock(ctx.lock_timeout()) else {
@@ -145,9 +135,9 @@ fn unregister(ctx: &Context, socket: &Path) {
     }
 }
 
-async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
+async fn run_loop(ctx: Arc<dyn Project>, mut opts: Options) -> Result<ExitCode> {
     process::become_subreaper();
-    let reg = match register(&ctx)? {
+    let reg = match register(ctx.as_ref())? {
         Ok(r) => r,
         Err(other) => {
             if let Some(mut client) = opts.first_client.take() {
@@ -168,222 +158,272 @@ async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
         }
     };
     let result = supervise(&ctx, opts, &reg).await;
-    unregister(&ctx, &reg.socket);
+    unregister(ctx.as_ref(), &reg.socket);
     result
 }
 
-async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<ExitCode> {
-    let (tx, mut rx) = unbounded_channel::<Event>();
+/// A finished pass, and the clients it borrowed.
+type PassResult = (PassOutcome, Vec<(ClientId, Client)>);
+
+/// The shell around the [`Machine`]: gathers events, carries out effects.
+struct Shell<'a> {
+    ctx: &'a Arc<dyn Project>,
+    foreground: bool,
+    color: bool,
+    width: usize,
+    settings: PassSettings,
+    tx: UnboundedSender<Input>,
+    clients: BTreeMap<ClientId, Client>,
+    next_client: ClientId,
+    timers: BTreeMap<Timer, Instant>,
+    pass: Option<tokio::task::JoinHandle<PassResult>>,
+    /// Answers to clients lent to the pass in flight.
+    deferred: Vec<(ClientId, bool, String)>,
+    /// Set when the loop ends: probe threads give up.
+    cancel: Arc<AtomicBool>,
+    exit: Option<u8>,
+}
+
+impl Shell<'_> {
+    fn client(&mut self, client: Option<Client>) -> Option<ClientId> {
+        let c = client?;
+        self.next_client += 1;
+        self.clients.insert(self.next_client, c);
+        Some(self.next_client)
+    }
+
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::RunPass {
+                    work,
+                    client,
+                    listeners,
+                    probed,
+                } => self.run_pass(work, client, listeners, probed),
+                Effect::Arm { timer, at } => {
+                    self.timers.insert(timer, at);
+                }
+                Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone()),
+                Effect::Answer {
+                    client,
+                    ok,
+                    message,
+                } => match self.clients.remove(&client) {
+                    Some(mut c) => control::send(&mut c, &Reply::Done { ok, message }),
+                    // Lent to the pass in flight (it hears its events): answered when the
+                    // pass gives it back.
+                    None if self.pass.is_some() => self.deferred.push((client, ok, message)),
+                    None => {}
+                },
+                Effect::InterruptPass => process::interrupt(),
+                Effect::KillNow => process::kill_now(),
+                Effect::Say(what) => {
+                    let mut note = self.reporter(Vec::new());
+                    note.event("mirrord-up", &what);
+                }
+                Effect::Notice(line) => line_to_stderr(&line),
+                Effect::Exit(code) => self.exit = Some(code),
+            }
+        }
+    }
+
+    fn reporter(&self, clients: Vec<(ClientId, Client)>) -> SupervisorReporter {
+        SupervisorReporter {
+            foreground: self.foreground,
+            color: self.color,
+            width: self.width,
+            clients,
+            journal: self.ctx.store().ok().map(crate::events::Journal::new),
+            shutting_down: false,
+        }
+    }
+
+    fn run_pass(
+        &mut self,
+        work: Work,
+        client: Option<ClientId>,
+        listeners: Vec<ClientId>,
+        probed: pass::Probed,
+    ) {
+        if let Work::Reconcile { explicit: Some(e) } = &work {
+            widen_selection(&mut self.settings, e);
+        }
+        let mut clients = Vec::new();
+        for id in client.into_iter().chain(listeners) {
+            if let Some(c) = self.clients.remove(&id) {
+                clients.push((id, c));
+            }
+        }
+        let mut reporter = self.reporter(clients);
+        reporter.shutting_down = matches!(work, Work::Shutdown { .. });
+        let ctx = self.ctx.clone();
+        let mut settings = self.settings.clone();
+        settings.probed = probed;
+        self.pass = Some(tokio::task::spawn_blocking(move || {
+            let out = pass::run_pass(ctx.as_ref(), &settings, &work, &mut reporter);
+            reporter.print_failure(&out);
+            // Give back what the pass allocated: the supervisor then idles small.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                nix::libc::malloc_trim(0);
+            }
+            (out, reporter.clients)
+        }));
+    }
+}
+
+/// What reaches the shell.
+enum Input {
+    Event(Event),
+    /// SIGCHLD: reap, keep the statuses.
+    ChildExited,
+    Control(Work, Client),
+    ControlRefused(Client, String),
+}
+
+async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) -> Result<ExitCode> {
+    let (tx, mut rx) = unbounded_channel::<Input>();
     listen_signals(&tx)?;
     listen_control(&tx, reg.listener.try_clone()?, ctx.files())?;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
-    let tail = opts.foreground.then(|| LogPrinter::start(ctx));
+    let tail = opts.foreground.then(|| LogPrinter::start(ctx.as_ref()));
     // Each service's log stays bounded while it runs (`crate::logrotate`).
     let _rotator = ctx
         .store()
         .ok()
         .map(|s| crate::logrotate::Rotator::start(&s.dir.join("logs")));
-    let color = opts.foreground && ctx.stderr_color();
-
-    let mut settings = opts.settings;
-    let mut queue: VecDeque<(Work, Option<Client>)> = VecDeque::new();
-    queue.push_back((
-        Work::Reconcile {
-            explicit: Some(opts.first),
-        },
-        opts.first_client,
-    ));
-    let mut dirty = false;
-    let mut debounce: Option<Instant> = None;
-    let mut backoff_due: Option<Instant> = None;
     let mut exit_watch: BTreeMap<String, (i32, tokio::task::JoinHandle<()>)> = BTreeMap::new();
-    // Set once the loop is to end: the exit code, and whether the final stop pass has begun.
-    let mut stopping: Option<ExitCode> = None;
-    let mut final_pass = false;
-    let mut width = opts.width;
-    let mut running: Option<tokio::task::JoinHandle<PassOutcome>> = None;
-    let mut first_pass = true;
-    // Exits heard while a pass runs: that pass may have caused (or settled) them.
-    let mut exits_during_pass: Vec<(String, i32)> = Vec::new();
-    // "Every service has ended" was said (once per time it happens).
-    let mut announced_down = false;
-
-    loop {
-        if running.is_none() {
-            let next = match stopping {
-                Some(_) if final_pass => break,
-                Some(_) => {
-                    final_pass = true;
-                    // Ctrl-C, SIGTERM or --abort-on-exit: stop everything, keep the records.
-                    let job = queue.pop_front().unwrap_or((
-                        Work::Shutdown {
-                            timeout: None,
-                            forget: false,
-                        },
-                        None,
-                    ));
-                    Some(job)
-                }
-                None => queue.pop_front().or_else(|| {
-                    std::mem::take(&mut dirty).then_some((Work::Reconcile { explicit: None }, None))
-                }),
-            };
-            if let Some((work, client)) = next {
-                if let Work::Reconcile { explicit: Some(e) } = &work {
-                    dirty = false; // this pass reads everything afresh anyway
-                    widen_selection(&mut settings, e);
-                }
-                let ctx = ctx.clone();
-                let settings = settings.clone();
-                let foreground = opts.foreground;
-                running = Some(tokio::task::spawn_blocking(move || {
-                    let mut reporter = SupervisorReporter {
-                        foreground,
-                        color,
-                        width,
-                        client,
-                        journal: ctx.store().ok().map(crate::events::Journal::new),
-                    };
-                    let out = pass::run_pass(&ctx, &settings, &work, &mut reporter);
-                    reporter.finish(&out);
-                    // Give back what the pass allocated: the supervisor then idles small.
-                    // SAFETY: malloc_trim only releases free heap memory.
-                    unsafe {
-                        nix::libc::malloc_trim(0);
-                    }
-                    out
-                }));
-            }
-        }
-        tokio::select! {
-            Some(ev) = rx.recv() => match ev {
-                Event::FileChanged => debounce = Some(Instant::now() + DEBOUNCE),
-                Event::Reload => dirty = true,
-                Event::ServiceExited(name, pid) => {
-                    if running.is_some() {
-                        exits_during_pass.push((name, pid));
-                    } else {
-                        dirty = true;
-                    }
-                }
-                Event::ChildExited => process::reap_children(),
-                Event::Terminate => {
-                    if stopping.is_some() {
-                        process::kill_now();
-                    } else {
-                        process::interrupt();
-                        stopping = Some(ExitCode::from(130));
-                    }
-                }
-                Event::Control(work, client) => {
-                    if stopping.is_some() {
-                        refuse(client, "the supervisor is shutting down");
-                    } else if matches!(work, Work::Shutdown { .. }) {
-                        // `down`: this client gets the final pass's answer, then the loop ends.
-                        process::interrupt();
-                        stopping = Some(ExitCode::SUCCESS);
-                        for (_, waiting) in queue.drain(..) {
-                            if let Some(c) = waiting {
-                                refuse(c, "the supervisor is shutting down");
-                            }
-                        }
-                        queue.push_back((work, Some(client)));
-                    } else {
-                        queue.push_back((work, Some(client)));
-                    }
-                }
-                Event::ControlRefused(client, why) => refuse(client, &why),
+    let mut machine = Machine::new(opts.foreground);
+    let mut shell = Shell {
+        ctx,
+        foreground: opts.foreground,
+        color: opts.foreground && ctx.stderr_color(),
+        width: opts.width,
+        settings: opts.settings,
+        tx: tx.clone(),
+        clients: BTreeMap::new(),
+        next_client: 0,
+        timers: BTreeMap::new(),
+        pass: None,
+        deferred: Vec::new(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        exit: None,
+    };
+    let first = shell.client(opts.first_client);
+    let fx = machine.handle(
+        Event::Request {
+            client: first,
+            work: Work::Reconcile {
+                explicit: Some(opts.first),
             },
-            _ = sleep_until(debounce), if debounce.is_some() => {
-                debounce = None;
-                dirty = true;
-            }
-            _ = sleep_until(backoff_due), if backoff_due.is_some() => {
-                backoff_due = None;
-                dirty = true;
-            }
-            done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
-                running = None;
-                let out = done.context("a reconcile pass panicked")?;
-                if let Some(files) = &out.watched_files {
-                    // Files newly watched may have changed before the watch began.
-                    dirty |= watcher.watch(files);
+        },
+        Instant::now(),
+    );
+    shell.carry_out(fx);
+
+    while shell.exit.is_none() {
+        let next_timer = shell
+            .timers
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(t, at)| (*t, *at));
+        let event = tokio::select! {
+            Some(input) = rx.recv() => match input {
+                Input::Event(e) => e,
+                Input::ChildExited => {
+                    process::reap_children();
+                    continue;
                 }
-                width = width.max(out.logs.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0));
+                Input::Control(work, client) => {
+                    let client = shell.client(Some(client));
+                    Event::Request { client, work }
+                }
+                Input::ControlRefused(client, why) => {
+                    refuse(client, &why);
+                    continue;
+                }
+            },
+            _ = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
+                let (timer, _) = next_timer.expect("guarded");
+                shell.timers.remove(&timer);
+                Event::Timer(timer)
+            }
+            done = async { shell.pass.as_mut().expect("guarded").await }, if shell.pass.is_some() => {
+                shell.pass = None;
+                let (out, clients) = done.context("a reconcile pass panicked")?;
+                shell.clients.extend(clients);
+                for (client, ok, message) in std::mem::take(&mut shell.deferred) {
+                    shell.carry_out(vec![Effect::Answer { client, ok, message }]);
+                }
+                let files_changed = out
+                    .watched_files
+                    .as_ref()
+                    .is_some_and(|files| watcher.watch(files));
+                shell.width = shell
+                    .width
+                    .max(out.logs.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0));
                 if let Some(t) = &tail {
                     t.follow(&out.logs);
                 }
-                backoff_due = out.next_due_ms.map(|t| {
-                    Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
-                });
                 watch_exits(&tx, &mut exit_watch, &out.running);
-                dirty |= out.unsettled;
-                // An exit the pass did not see (the PID is still the one it left running).
-                dirty |= exits_during_pass
-                    .drain(..)
-                    .any(|(n, pid)| out.running.iter().any(|(r, id)| *r == n && id.pid == pid));
-                // A first pass that failed and left nothing to look after ends the supervisor
-                // (its client already has the error).
-                if std::mem::take(&mut first_pass)
-                    && matches!(out.result, Some(Err(_)))
-                    && out.running.is_empty()
-                    && out.next_due_ms.is_none()
-                {
-                    stopping = Some(ExitCode::from(1));
-                    final_pass = true;
-                }
-                if let (Some(code), None) = (out.abort, stopping) {
-                    stopping = Some(ExitCode::from(code.clamp(0, 255) as u8));
-                }
-                // Every service ended and no restart policy brings one back. In the
-                // foreground that is the end, as for real `mirrord up` (and compose): non-zero
-                // if any failed. A background supervisor stays: a save of the file (or an
-                // `up -d`) may fix what failed; it says so once.
-                let settled = queue.is_empty() && !dirty && debounce.is_none();
-                match (&out.all_down, stopping) {
-                    (Some(failed), None) if settled => {
-                        if !announced_down {
-                            let mut note = SupervisorReporter {
-                                foreground: opts.foreground,
-                                color,
-                                width,
-                                client: None,
-                                journal: ctx.store().ok().map(crate::events::Journal::new),
-                            };
-                            note.event("mirrord-up", &all_down_message(failed, opts.foreground));
-                        }
-                        announced_down = true;
-                        if opts.foreground {
-                            stopping = Some(ExitCode::from(u8::from(!failed.is_empty())));
-                            final_pass = true;
-                        }
-                    }
-                    (None, _) => announced_down = false,
-                    _ => {}
-                }
+                Event::PassDone(PassDone {
+                    result: out.result.unwrap_or_else(|| Err("no result".into())),
+                    running: out.running.iter().map(|(n, id)| (n.clone(), id.pid)).collect(),
+                    next_due: out
+                        .next_due_ms
+                        .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),
+                    unsettled: out.unsettled,
+                    files_changed,
+                    abort: out.abort,
+                    all_down: out.all_down,
+                    probes: out.probes,
+                    waiting: out.waiting,
+                    failed: out.failed,
+                })
             }
-        }
+        };
+        let fx = machine.handle(event, Instant::now());
+        shell.carry_out(fx);
     }
+    shell.cancel.store(true, Ordering::SeqCst);
     if let Some(t) = &tail {
         t.flush();
     }
-    Ok(stopping.unwrap_or(ExitCode::SUCCESS))
+    Ok(ExitCode::from(shell.exit.unwrap_or(0)))
 }
 
-/// What the supervisor says when every service has ended.
-fn all_down_message(failed: &[String], foreground: bool) -> String {
-    let what = if failed.is_empty() {
-        "every service has ended".to_owned()
-    } else {
-        format!("every service has ended; failed: {}", failed.join(", "))
-    };
-    if foreground {
-        format!("{what}; nothing is left to run, exiting")
-    } else {
-        format!("{what}; waiting for a change to the file (or `mirrord-up up -d`)")
-    }
+/// Probes one service's readiness on a thread of its own (a TCP connect or an HTTP request
+/// may take a while): until it passes, the process ends, the timeout, or the loop ends.
+fn spawn_probe(tx: &UnboundedSender<Input>, order: ProbeOrder, cancel: Arc<AtomicBool>) {
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        let outcome = loop {
+            if cancel.load(Ordering::SeqCst) {
+                return;
+            }
+            if order.probe.check(&order.log, order.offset) {
+                break ProbeOutcome::Ready;
+            }
+            if order.identity.liveness() != Liveness::Alive {
+                break ProbeOutcome::Ended;
+            }
+            if started.elapsed() >= order.timeout {
+                break ProbeOutcome::TimedOut(order.timeout);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        };
+        let _ = tx.send(Input::Event(Event::Probed {
+            service: order.service,
+            pid: order.identity.pid,
+            outcome,
+        }));
+    });
 }
 
 /// `up -d api` to a supervisor of `web` runs both; `up -d` alone runs everything.
@@ -429,7 +469,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn listen_signals(tx: &UnboundedSender<Event>) -> Result<()> {
+fn listen_signals(tx: &UnboundedSender<Input>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     for (kind, event) in [
         (SignalKind::hangup(), 0),
@@ -442,9 +482,9 @@ fn listen_signals(tx: &UnboundedSender<Event>) -> Result<()> {
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
                 let ev = match event {
-                    0 => Event::Reload,
-                    1 => Event::Terminate,
-                    _ => Event::ChildExited,
+                    0 => Input::Event(Event::Hangup),
+                    1 => Input::Event(Event::Interrupt),
+                    _ => Input::ChildExited,
                 };
                 if tx.send(ev).is_err() {
                     return;
@@ -458,15 +498,15 @@ fn listen_signals(tx: &UnboundedSender<Event>) -> Result<()> {
 /// Accepts control connections (`control::serve`: bounded, timed out, checked) and hands each
 /// request to the loop with the connection as the client that will receive the replies.
 fn listen_control(
-    tx: &UnboundedSender<Event>,
+    tx: &UnboundedSender<Input>,
     listener: std::os::unix::net::UnixListener,
     files: Vec<PathBuf>,
 ) -> Result<()> {
     let tx = tx.clone();
     control::serve(listener, move |req, client| {
         let _ = tx.send(match work_of(req, &files) {
-            Ok(work) => Event::Control(work, client),
-            Err(why) => Event::ControlRefused(client, why),
+            Ok(work) => Input::Control(work, client),
+            Err(why) => Input::ControlRefused(client, why),
         });
     })
 }
@@ -548,7 +588,7 @@ fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
 
 /// One task per running service, waiting on its pidfd; replaced when the PID changes.
 fn watch_exits(
-    tx: &UnboundedSender<Event>,
+    tx: &UnboundedSender<Input>,
     watching: &mut BTreeMap<String, (i32, tokio::task::JoinHandle<()>)>,
     running: &[(String, ProcessIdentity)],
 ) {
@@ -570,7 +610,7 @@ fn watch_exits(
         let service = name.clone();
         let task = tokio::spawn(async move {
             wait_for_exit(&identity).await;
-            let _ = tx.send(Event::ServiceExited(service, pid));
+            let _ = tx.send(Input::Event(Event::ServiceExited { name: service, pid }));
         });
         watching.insert(name.clone(), (pid, task));
     }
@@ -598,14 +638,14 @@ async fn wait_for_exit(identity: &ProcessIdentity) {
 /// Watches the directories of the YAML and its side files; only events naming one of those
 /// files count (editors also write swap and backup files next to them).
 struct FileWatcher {
-    tx: UnboundedSender<Event>,
+    tx: UnboundedSender<Input>,
     enabled: bool,
     inner: Option<notify::RecommendedWatcher>,
     files: Vec<PathBuf>,
 }
 
 impl FileWatcher {
-    fn new(tx: &UnboundedSender<Event>, enabled: bool) -> FileWatcher {
+    fn new(tx: &UnboundedSender<Input>, enabled: bool) -> FileWatcher {
         FileWatcher {
             tx: tx.clone(),
             enabled,
@@ -628,7 +668,7 @@ impl FileWatcher {
                 return;
             }
             if ev.paths.iter().any(|p| names.iter().any(|n| n == p)) {
-                let _ = tx.send(Event::FileChanged);
+                let _ = tx.send(Input::Event(Event::FileChanged));
             }
         };
         let Ok(mut w) = notify::recommended_watcher(handler) else {
@@ -654,9 +694,13 @@ struct SupervisorReporter {
     foreground: bool,
     color: bool,
     width: usize,
-    client: Option<Client>,
+    /// The clients that hear this pass's events: the one that asked, and those whose request
+    /// waits for a service this pass may start.
+    clients: Vec<(ClientId, Client)>,
     /// The project's events file, read by `logs`.
     journal: Option<crate::events::Journal>,
+    /// The final stop: the foreground shows each stop as it begins.
+    shutting_down: bool,
 }
 
 impl Reporter for SupervisorReporter {
@@ -677,7 +721,7 @@ impl Reporter for SupervisorReporter {
                 humantime::format_rfc3339_millis(std::time::SystemTime::now())
             ));
         }
-        if let Some(c) = &mut self.client {
+        for (_, c) in &mut self.clients {
             control::send(
                 c,
                 &Reply::Event {
@@ -689,7 +733,18 @@ impl Reporter for SupervisorReporter {
     }
 
     fn waiting(&mut self, service: &str, what: &str, limit: Option<Duration>) {
-        if let Some(c) = &mut self.client {
+        if self.foreground && self.shutting_down {
+            let name = crate::output::paint(
+                &format!("{service:<w$}", w = self.width),
+                crate::output::color_of(service),
+                self.color,
+            );
+            let within = limit
+                .map(|l| format!(" (grace period {})", humantime::format_duration(l)))
+                .unwrap_or_default();
+            line_to_stderr(&format!("{name}  {what}…{within}"));
+        }
+        for (_, c) in &mut self.clients {
             control::send(
                 c,
                 &Reply::Waiting {
@@ -713,9 +768,9 @@ pub fn line_to_stderr(line: &str) {
 }
 
 impl SupervisorReporter {
-    /// The client's final line; the supervisor's own output gets failures only (the events
-    /// already told the rest).
-    fn finish(&mut self, out: &PassOutcome) {
+    /// The supervisor's own output gets failures only (the events already told the rest);
+    /// the client's answer is the machine's (`Effect::Answer`).
+    fn print_failure(&mut self, out: &PassOutcome) {
         let (ok, message) = match &out.result {
             Some(Ok(summary)) => (true, summary.clone()),
             Some(Err(e)) => (false, e.clone()),
@@ -725,9 +780,6 @@ impl SupervisorReporter {
         if !ok && !told {
             let label = crate::output::paint("error:", 31, self.color);
             eprintln!("{label} {message}");
-        }
-        if let Some(mut c) = self.client.take() {
-            control::send(&mut c, &Reply::Done { ok, message });
         }
     }
 }
@@ -745,7 +797,7 @@ enum TailMsg {
 }
 
 impl LogPrinter {
-    fn start(ctx: &Context) -> LogPrinter {
+    fn start(ctx: &dyn Project) -> LogPrinter {
         let (tx, rx) = std::sync::mpsc::channel::<TailMsg>();
         let (done_tx, done) = std::sync::mpsc::channel();
         let color = ctx.stdout_color();

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::commands::Context;
 use crate::config::Mode;
 use crate::desired::Desired;
 use crate::engine::{
@@ -17,6 +16,7 @@ use crate::engine::{
 use crate::plan::{Action, Cause, PlanOptions};
 use crate::policy::{self, Decision};
 use crate::process::{Liveness, ProcessIdentity};
+use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
 
 /// What a pass is asked to do. Every kind also settles exits first.
@@ -72,7 +72,31 @@ pub struct PassSettings {
     pub mode: Option<Mode>,
     pub abort_on_exit: bool,
     /// Run by the supervisor (its reaper collects exits; it is recorded in the state).
+    /// Implies that readiness is not waited for in the pass: the loop probes.
     pub supervised: bool,
+    /// What the loop's readiness probes found since (`supervised` only).
+    pub probed: Probed,
+}
+
+/// What the loop's readiness probes found: handed to each pass, which records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// `(service, pid)` whose probe passed since the last pass.
+    pub ready: Vec<(String, i32)>,
+    /// Services whose probe of the process `pid` timed out, and the message
+    /// (`dependency db not ready after 60s`); kept as long as that process runs.
+    pub not_ready: BTreeMap<String, (i32, String)>,
+}
+
+/// A readiness probe the loop is to run: on `identity`, until `timeout`.
+#[derive(Debug, Clone)]
+pub struct ProbeOrder {
+    pub service: String,
+    pub identity: ProcessIdentity,
+    pub log: PathBuf,
+    pub offset: u64,
+    pub probe: crate::readiness::Probe,
+    pub timeout: Duration,
 }
 
 /// What the loop needs to know after a pass.
@@ -97,6 +121,12 @@ pub struct PassOutcome {
     pub reload_error_told: bool,
     /// A service exited that this pass has not settled yet: run another pass.
     pub unsettled: bool,
+    /// Readiness probes that services waiting for a dependency need.
+    pub probes: Vec<ProbeOrder>,
+    /// Services waiting for a dependency.
+    pub waiting: BTreeSet<String>,
+    /// Services this pass failed to start, and why.
+    pub failed: Vec<(String, String)>,
     /// Every service has ended (exited or failed; none runs, starts or waits out a back-off)
     /// and at least one of them did not stop on request: nothing will run again unless the
     /// file or a command says so. The names of those that failed (possibly none).
@@ -104,7 +134,7 @@ pub struct PassOutcome {
 }
 
 pub fn run_pass(
-    ctx: &Context,
+    ctx: &dyn Project,
     settings: &PassSettings,
     work: &Work,
     reporter: &mut dyn Reporter,
@@ -116,7 +146,7 @@ pub fn run_pass(
 }
 
 fn pass(
-    ctx: &Context,
+    ctx: &dyn Project,
     settings: &PassSettings,
     work: &Work,
     reporter: &mut dyn Reporter,
@@ -126,10 +156,7 @@ fn pass(
     let lock = store.lock(ctx.lock_timeout())?;
     let state = store.load(&lock)?;
     // Finish what a crashed run left (adopt by spawn nonce) before anything is planned.
-    let no_launch = LaunchSettings {
-        mirrord_bin: None,
-        stop_timeout: None,
-    };
+    let no_launch = LaunchSettings::default();
     let mut state = {
         let mut engine = Engine::new(&store, &lock, state, no_launch, reporter);
         engine.recover()?;
@@ -139,6 +166,7 @@ fn pass(
     let now = now_ms();
     tracing::debug!(?work, "pass: state loaded");
     let due = settle_exits(&mut state, settings, reporter, now, out, &BTreeSet::new());
+    record_probed(&mut state, &settings.probed, reporter);
 
     let desired = match work {
         Work::Reconcile { explicit } => {
@@ -148,14 +176,14 @@ fn pass(
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
     let mut observed = observe(&state);
-    for name in &due {
+    for name in due.iter().chain(&policy_changed(&state, &desired)) {
         if let Some(o) = observed.get_mut(name) {
             o.restart_due = true;
         }
     }
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
-        crate::commands::ensure_known(names, &known, &store.project, "no service named")?;
+        crate::project::ensure_known(names, &known, &store.project, "no service named")?;
         Ok(names.iter().cloned().collect())
     };
 
@@ -227,6 +255,8 @@ fn pass(
     let launch = LaunchSettings {
         mirrord_bin: if starts { ctx.launcher_bin()? } else { None },
         stop_timeout,
+        defer_waits: settings.supervised,
+        not_ready: settings.probed.not_ready.clone(),
     };
     let fresh = state.services.is_empty();
     let mut engine = Engine::new(&store, &lock, state, launch, reporter);
@@ -276,6 +306,7 @@ fn pass(
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
     describe(&engine.state, out);
+    out.failed.clone_from(&report.failed);
     if let Some(msg) = report.error_message() {
         bail!("{msg}");
     }
@@ -410,10 +441,38 @@ fn settle_exits(
     due
 }
 
+/// Services that gave up (`failed` after `max_restarts`) and whose restart policy in the file
+/// now asks for a restart (a raised `max_restarts`, another `restart`): the policy is a
+/// level, read again on every pass.
+fn policy_changed(state: &State, desired: &Desired) -> BTreeSet<String> {
+    desired
+        .services
+        .iter()
+        .filter(|spec| {
+            state.services.get(&spec.name).is_some_and(|rec| {
+                rec.status == Status::Failed
+                    && rec.last_exit.as_ref().is_some_and(|exit| {
+                        matches!(
+                            policy::on_exit(
+                                spec.restart,
+                                spec.max_restarts,
+                                exit.failed(),
+                                Duration::ZERO,
+                                rec.crash_streak,
+                            ),
+                            Decision::Backoff { .. }
+                        )
+                    })
+            })
+        })
+        .map(|spec| spec.name.clone())
+        .collect()
+}
+
 /// The file's services; if the file does not load, the recorded ones (nothing changes, the
 /// error is recorded and shown).
 fn load_desired(
-    ctx: &Context,
+    ctx: &dyn Project,
     settings: &PassSettings,
     state: &mut State,
     reporter: &mut dyn Reporter,
@@ -518,10 +577,17 @@ fn stop(
         why,
     } = *order;
     let launch = LaunchSettings {
-        mirrord_bin: None,
         stop_timeout: timeout,
+        ..Default::default()
     };
     let loaded = state.clone();
+    // Only what runs (or would run again) becomes `stopped`; a service that had exited or
+    // failed keeps its status and last exit.
+    let was_up: BTreeSet<String> = state
+        .records(RecordKind::Service)
+        .filter(|(_, r)| !matches!(r.status, Status::Exited | Status::Failed | Status::Stopped))
+        .map(|(n, _)| n.clone())
+        .collect();
     let mut engine = Engine::new(store, lock, state, launch, reporter);
     let list: Vec<(String, String)> = names.iter().map(|n| (n.clone(), why.to_owned())).collect();
     let removed = if forget {
@@ -534,6 +600,7 @@ fn stop(
     for n in names {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)
+            && was_up.contains(n)
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
@@ -552,7 +619,13 @@ fn stop(
 fn describe(state: &State, out: &mut PassOutcome) {
     let mut logs = BTreeMap::new();
     for (name, rec) in state.records(RecordKind::Service) {
-        logs.insert(name.clone(), (rec.log_path.clone(), rec.log_offset));
+        // A service that waits has not started in this run: what its file holds is older.
+        let offset = if rec.status == Status::Waiting && rec.process.is_none() {
+            std::fs::metadata(&rec.log_path).map_or(0, |m| m.len())
+        } else {
+            rec.log_offset
+        };
+        logs.insert(name.clone(), (rec.log_path.clone(), offset));
         if let Some(p) = &rec.process
             && matches!(
                 rec.status,
@@ -568,7 +641,67 @@ fn describe(state: &State, out: &mut PassOutcome) {
         }
     }
     out.logs = logs.into_iter().map(|(n, (p, o))| (n, p, o)).collect();
+    out.waiting = state
+        .records(RecordKind::Service)
+        .filter(|(_, r)| r.status == Status::Waiting)
+        .map(|(n, _)| n.clone())
+        .collect();
+    out.probes = probes_needed(state);
     out.all_down = all_down(state).filter(|_| !out.unsettled);
+}
+
+/// Readiness probes for the dependencies that waiting services wait on (`condition: ready`)
+/// and that run, not ready yet.
+fn probes_needed(state: &State) -> Vec<ProbeOrder> {
+    let mut wanted = BTreeSet::new();
+    for (_, rec) in state.records(RecordKind::Service) {
+        if rec.status != Status::Waiting {
+            continue;
+        }
+        for (dep, how) in &rec.spec.depends_on.0 {
+            if how.condition == crate::config::Condition::Ready {
+                wanted.insert(dep.clone());
+            }
+        }
+    }
+    let mut orders = Vec::new();
+    for dep in wanted {
+        let Some(rec) = state.services.get(&dep) else {
+            continue;
+        };
+        let Some(identity) = &rec.process else {
+            continue;
+        };
+        if rec.status != Status::Running || identity.liveness() != Liveness::Alive {
+            continue;
+        }
+        orders.push(ProbeOrder {
+            service: dep.clone(),
+            identity: identity.clone(),
+            log: rec.log_path.clone(),
+            offset: rec.log_offset,
+            probe: crate::readiness::Probe::of(&rec.spec),
+            timeout: crate::engine::ready_timeout(&rec.spec),
+        });
+    }
+    orders
+}
+
+/// Records what the loop's probes found: a process that passed its probe is `ready`, if it is
+/// still the one probed and alive.
+fn record_probed(state: &mut State, probed: &Probed, reporter: &mut dyn Reporter) {
+    for (name, pid) in &probed.ready {
+        if let Some(rec) = state.services.get_mut(name)
+            && rec.status == Status::Running
+            && rec
+                .process
+                .as_ref()
+                .is_some_and(|p| p.pid == *pid && p.liveness() == Liveness::Alive)
+        {
+            rec.status = Status::Ready;
+            reporter.event(name, "ready");
+        }
+    }
 }
 
 /// See [`PassOutcome::all_down`].
@@ -584,6 +717,12 @@ pub fn all_down(state: &State) -> Option<Vec<String>> {
                 {
                     failed.push(name.clone());
                 }
+            }
+            // Nothing else runs or comes back by itself: what it waits for will not happen
+            // without a change to the file.
+            Status::Waiting => {
+                ended = true;
+                failed.push(name.clone());
             }
             Status::Stopped => {}
             Status::Running

@@ -138,6 +138,11 @@ impl Session {
         }
     }
 
+    /// The program's PID (to signal it as a terminal would).
+    pub fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
     /// Waits until `needle` appears after everything matched so far.
     #[track_caller]
     pub fn expect(&mut self, needle: &str) {

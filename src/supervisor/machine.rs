@@ -1,0 +1,1028 @@
+//! The loop's rules as a pure state machine: [`Machine::handle`] takes one [`Event`] and the
+//! time, and returns the [`Effect`]s to carry out. No I/O, no clock, no processes: the shell
+//! in `supervisor/mod.rs` gathers the events (file watch, signals, pidfd exits, timers,
+//! readiness probes, control requests) and carries the effects out (a reconcile pass on the
+//! blocking thread, a probe on its own thread, a timer, an answer to a client).
+//!
+//! The rules (each one has a unit test below):
+//! * one pass at a time; what arrives during a pass is folded into the next one;
+//! * file events are debounced on the trailing edge ([`DEBOUNCE`]);
+//! * a back-off ends with a timer for the earliest due restart;
+//! * waiting is the loop's job: a pass never waits for readiness; it names the probes its
+//!   waiting services need, each probe runs once per process, and its result wakes a pass;
+//! * a request is answered when its pass is done and none of its services still waits for a
+//!   dependency (or at once if it failed);
+//! * the first Ctrl-C stops everything gracefully (the pass in flight is interrupted at its
+//!   next wait), a second one kills at once; `down` is answered by the final pass;
+//! * foreground, SIGHUP is the terminal going away: stop everything; detached, it re-applies;
+//! * a first pass that failed and left nothing to look after ends the supervisor;
+//! * every service ended: the foreground supervisor ends, the detached one says so once.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::pass::{ProbeOrder, Probed, Work};
+
+/// Trailing-edge debounce of file events: editors write a file in several steps.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the foreground says on the first Ctrl-C (or SIGHUP, SIGTERM).
+pub const GRACEFULLY: &str = "Gracefully stopping… (press Ctrl-C again to force)";
+
+/// A connection waiting for its answer (the shell keeps the connection itself).
+pub type ClientId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    Debounce,
+    Backoff,
+}
+
+/// What a readiness probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Ready,
+    /// Not ready within its timeout.
+    TimedOut(Duration),
+    /// The process ended first (its exit arrives as [`Event::ServiceExited`]).
+    Ended,
+}
+
+/// What a pass reports back, as far as the loop's rules need it.
+#[derive(Debug, Clone)]
+pub struct PassDone {
+    /// The summary, or what went wrong.
+    pub result: Result<String, String>,
+    /// `(service, pid)` of every running service.
+    pub running: Vec<(String, i32)>,
+    /// The next back-off ends after this long.
+    pub next_due: Option<Duration>,
+    /// A service died during the pass, before a watch could be set on it.
+    pub unsettled: bool,
+    /// The files to watch changed: they may have changed before the watch began.
+    pub files_changed: bool,
+    /// `--abort-on-exit` and a service exited: the exit code.
+    pub abort: Option<i32>,
+    /// Every service has ended; the names of those that failed.
+    pub all_down: Option<Vec<String>>,
+    /// Probes that waiting services need.
+    pub probes: Vec<ProbeOrder>,
+    /// Services waiting for a dependency.
+    pub waiting: BTreeSet<String>,
+    /// Services that failed to start in this pass, and why.
+    pub failed: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// The YAML (or a side file) changed.
+    FileChanged,
+    /// SIGHUP.
+    Hangup,
+    /// SIGINT or SIGTERM.
+    Interrupt,
+    /// The process `pid` of a service ended (its pidfd).
+    ServiceExited { name: String, pid: i32 },
+    /// A front-end asks for work (the control socket, or the first `up`).
+    Request {
+        client: Option<ClientId>,
+        work: Work,
+    },
+    /// The pass in flight is done.
+    PassDone(PassDone),
+    /// A timer armed with [`Effect::Arm`] fired.
+    Timer(Timer),
+    /// A probe started with [`Effect::Probe`] ended.
+    Probed {
+        service: String,
+        pid: i32,
+        outcome: ProbeOutcome,
+    },
+}
+
+#[derive(Debug)]
+pub enum Effect {
+    /// Run one reconcile pass (on the blocking thread); its end is [`Event::PassDone`].
+    /// `clients` hear its events; `client` is the one that asked.
+    RunPass {
+        work: Work,
+        client: Option<ClientId>,
+        listeners: Vec<ClientId>,
+        probed: Probed,
+    },
+    /// Send [`Event::Timer`] at `at` (replacing the timer of that kind).
+    Arm { timer: Timer, at: Instant },
+    /// Probe a service's readiness until it passes, the process ends, or the timeout.
+    Probe(ProbeOrder),
+    /// The final answer to a client.
+    Answer {
+        client: ClientId,
+        ok: bool,
+        message: String,
+    },
+    /// Make the pass in flight give up its waits (a stop in progress escalates nothing).
+    InterruptPass,
+    /// Kill every stop in flight at once (a second Ctrl-C).
+    KillNow,
+    /// Say something as the supervisor (`every service has ended…`).
+    Say(String),
+    /// A line for the user at the terminal (foreground only).
+    Notice(String),
+    /// The loop ends with this exit code.
+    Exit(u8),
+}
+
+/// An answered-later request: its pass is done, some of its services still wait.
+#[derive(Debug)]
+struct Held {
+    client: ClientId,
+    /// The services it asked for (empty: all).
+    services: Vec<String>,
+    result: Result<String, String>,
+}
+
+/// The loop's state. See the module documentation for the rules.
+#[derive(Debug)]
+pub struct Machine {
+    foreground: bool,
+    queue: VecDeque<(Work, Option<ClientId>)>,
+    dirty: bool,
+    debounce: Option<Instant>,
+    backoff: Option<Instant>,
+    /// The pass in flight: the client that asked, and the services it named.
+    in_flight: Option<(Option<ClientId>, Option<Vec<String>>)>,
+    first_pass: bool,
+    /// Exits heard during a pass: that pass may have caused (or settled) them.
+    exits_during_pass: Vec<(String, i32)>,
+    /// Set once the loop is to end: the exit code.
+    stopping: Option<u8>,
+    /// The final stop pass has been started.
+    final_pass: bool,
+    announced_down: bool,
+    held: Vec<Held>,
+    /// Probes started, by `(service, pid)`: each process is probed once.
+    probes: BTreeSet<(String, i32)>,
+    /// What probes found, for the next pass.
+    probed: Probed,
+    ended: bool,
+}
+
+impl Machine {
+    /// A loop whose first event will be the first `up` (a [`Event::Request`]).
+    pub fn new(foreground: bool) -> Machine {
+        Machine {
+            foreground,
+            queue: VecDeque::new(),
+            dirty: false,
+            debounce: None,
+            backoff: None,
+            in_flight: None,
+            first_pass: true,
+            exits_during_pass: Vec::new(),
+            stopping: None,
+            final_pass: false,
+            announced_down: false,
+            held: Vec::new(),
+            probes: BTreeSet::new(),
+            probed: Probed::default(),
+            ended: false,
+        }
+    }
+
+    /// The loop has ended ([`Effect::Exit`] was returned).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// A pass is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if self.ended {
+            return fx;
+        }
+        match event {
+            Event::FileChanged => {
+                let at = now + DEBOUNCE;
+                self.debounce = Some(at);
+                fx.push(Effect::Arm {
+                    timer: Timer::Debounce,
+                    at,
+                });
+            }
+            Event::Hangup if self.foreground => self.terminate(129, &mut fx),
+            Event::Hangup => self.dirty = true,
+            Event::Interrupt => self.terminate(130, &mut fx),
+            Event::ServiceExited { name, pid } => {
+                if self.busy() {
+                    self.exits_during_pass.push((name, pid));
+                } else {
+                    self.dirty = true;
+                }
+            }
+            Event::Request { client, work } => self.request(client, work, &mut fx),
+            Event::Timer(timer) => {
+                let slot = match timer {
+                    Timer::Debounce => &mut self.debounce,
+                    Timer::Backoff => &mut self.backoff,
+                };
+                // A timer re-armed since is not due yet.
+                if slot.is_some_and(|at| at <= now) {
+                    *slot = None;
+                    self.dirty = true;
+                }
+            }
+            Event::Probed {
+                service,
+                pid,
+                outcome,
+            } => {
+                match outcome {
+                    ProbeOutcome::Ready => self.probed.ready.push((service, pid)),
+                    ProbeOutcome::TimedOut(after) => {
+                        let why = format!(
+                            "dependency {service} not ready after {}",
+                            humantime::format_duration(after)
+                        );
+                        self.probed.not_ready.insert(service, (pid, why));
+                    }
+                    // The exit wakes a pass of its own.
+                    ProbeOutcome::Ended => return fx,
+                }
+                self.dirty = true;
+            }
+            Event::PassDone(done) => self.pass_done(done, now, &mut fx),
+        }
+        self.next(&mut fx);
+        fx
+    }
+
+    fn terminate(&mut self, code: u8, fx: &mut Vec<Effect>) {
+        if self.stopping.is_some() {
+            fx.push(Effect::KillNow);
+        } else {
+            self.stopping = Some(code);
+            fx.push(Effect::InterruptPass);
+            if self.foreground {
+                fx.push(Effect::Notice(GRACEFULLY.into()));
+            }
+            self.refuse_held(fx);
+        }
+    }
+
+    /// The loop ends: requests still waiting for their services will not see them start.
+    fn refuse_held(&mut self, fx: &mut Vec<Effect>) {
+        for h in self.held.drain(..) {
+            fx.push(Effect::Answer {
+                client: h.client,
+                ok: false,
+                message: "the supervisor is shutting down".into(),
+            });
+        }
+    }
+
+    fn request(&mut self, client: Option<ClientId>, work: Work, fx: &mut Vec<Effect>) {
+        if self.stopping.is_some() {
+            if let Some(client) = client {
+                fx.push(Effect::Answer {
+                    client,
+                    ok: false,
+                    message: "the supervisor is shutting down".into(),
+                });
+            }
+            return;
+        }
+        if matches!(work, Work::Shutdown { .. }) {
+            // `down`: this client gets the final pass's answer, then the loop ends.
+            self.stopping = Some(0);
+            fx.push(Effect::InterruptPass);
+            self.refuse_held(fx);
+            for (_, waiting) in self.queue.drain(..) {
+                if let Some(c) = waiting {
+                    fx.push(Effect::Answer {
+                        client: c,
+                        ok: false,
+                        message: "the supervisor is shutting down".into(),
+                    });
+                }
+            }
+        }
+        self.queue.push_back((work, client));
+    }
+
+    fn pass_done(&mut self, done: PassDone, now: Instant, fx: &mut Vec<Effect>) {
+        let Some((client, services)) = self.in_flight.take() else {
+            return;
+        };
+        self.dirty |= done.files_changed || done.unsettled;
+        prune_not_ready(&mut self.probed.not_ready, &done.running);
+        self.probes.retain(|key| done.running.contains(key));
+        self.backoff = done.next_due.map(|d| now + d);
+        if let Some(at) = self.backoff {
+            fx.push(Effect::Arm {
+                timer: Timer::Backoff,
+                at,
+            });
+        }
+        // An exit the pass did not see (the PID is still the one it left running).
+        self.dirty |= self
+            .exits_during_pass
+            .drain(..)
+            .any(|e| done.running.contains(&e));
+        for order in &done.probes {
+            let key = (order.service.clone(), order.identity.pid);
+            if self.probes.insert(key) {
+                fx.push(Effect::Probe(order.clone()));
+            }
+        }
+        // The answer: now, or once none of the request's services waits any more.
+        match (client, services) {
+            // An `up`: held while a service it asked for waits.
+            (Some(c), Some(services)) => self.held.push(Held {
+                client: c,
+                services,
+                result: done.result.clone(),
+            }),
+            (Some(c), None) => fx.push(Effect::Answer {
+                client: c,
+                ok: done.result.is_ok(),
+                message: match &done.result {
+                    Ok(m) | Err(m) => m.clone(),
+                },
+            }),
+            (None, _) => {}
+        }
+        for h in &mut self.held {
+            for (name, why) in &done.failed {
+                if h.services.is_empty() || h.services.contains(name) {
+                    let line = format!("{name} failed to start: {why}");
+                    h.result = match std::mem::replace(&mut h.result, Ok(String::new())) {
+                        Ok(_) => Err(line),
+                        Err(e) if e.contains(&line) => Err(e),
+                        Err(e) => Err(format!("{e}; {line}")),
+                    };
+                }
+            }
+        }
+        let (answered, held): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| {
+                h.result.is_err()
+                    || self.stopping.is_some()
+                    || !done
+                        .waiting
+                        .iter()
+                        .any(|w| h.services.is_empty() || h.services.contains(w))
+            });
+        self.held = held;
+        for h in answered {
+            let (ok, message) = match h.result {
+                Ok(m) => (true, m),
+                Err(e) => (false, e),
+            };
+            fx.push(Effect::Answer {
+                client: h.client,
+                ok,
+                message,
+            });
+        }
+        // A first pass that failed and left nothing to look after ends the supervisor (its
+        // client already has the error).
+        if std::mem::take(&mut self.first_pass)
+            && done.result.is_err()
+            && done.running.is_empty()
+            && done.next_due.is_none()
+            && done.waiting.is_empty()
+        {
+            self.stopping = Some(1);
+            self.final_pass = true;
+        }
+        if let (Some(code), None) = (done.abort, self.stopping) {
+            self.stopping = Some(code.clamp(0, 255) as u8);
+        }
+        // Every service ended and no restart policy brings one back. In the foreground that
+        // is the end (non-zero if any failed); a background supervisor stays, says so once.
+        let settled = self.queue.is_empty() && !self.dirty && self.debounce.is_none();
+        match (&done.all_down, self.stopping) {
+            (Some(failed), None) if settled => {
+                if !self.announced_down {
+                    fx.push(Effect::Say(all_down_message(failed, self.foreground)));
+                }
+                self.announced_down = true;
+                if self.foreground {
+                    self.stopping = Some(u8::from(!failed.is_empty()));
+                    self.final_pass = true;
+                }
+            }
+            (None, _) => self.announced_down = false,
+            _ => {}
+        }
+    }
+
+    /// Starts the next pass if none is in flight, or ends the loop.
+    fn next(&mut self, fx: &mut Vec<Effect>) {
+        if self.busy() {
+            return;
+        }
+        let job = match self.stopping {
+            Some(code) if self.final_pass => {
+                self.refuse_held(fx);
+                self.ended = true;
+                fx.push(Effect::Exit(code));
+                return;
+            }
+            Some(_) => {
+                self.final_pass = true;
+                // Ctrl-C, SIGTERM or --abort-on-exit: stop everything, keep the records.
+                Some(self.queue.pop_front().unwrap_or((
+                    Work::Shutdown {
+                        timeout: None,
+                        forget: false,
+                    },
+                    None,
+                )))
+            }
+            None => self.queue.pop_front().or_else(|| {
+                std::mem::take(&mut self.dirty)
+                    .then_some((Work::Reconcile { explicit: None }, None))
+            }),
+        };
+        let Some((work, client)) = job else {
+            return;
+        };
+        let services = match &work {
+            Work::Reconcile { explicit: Some(e) } => {
+                self.dirty = false; // this pass reads everything afresh anyway
+                Some(e.services.clone())
+            }
+            _ => None,
+        };
+        let probed = std::mem::take(&mut self.probed.ready);
+        let probed = Probed {
+            ready: probed,
+            not_ready: self.probed.not_ready.clone(),
+        };
+        self.in_flight = Some((client, services));
+        fx.push(Effect::RunPass {
+            work,
+            client,
+            listeners: self.held.iter().map(|h| h.client).collect(),
+            probed,
+        });
+    }
+}
+
+/// What the supervisor says when every service has ended.
+pub fn all_down_message(failed: &[String], foreground: bool) -> String {
+    let what = if failed.is_empty() {
+        "every service has ended".to_owned()
+    } else {
+        format!("every service has ended; failed: {}", failed.join(", "))
+    };
+    if foreground {
+        format!("{what}; nothing is left to run, exiting")
+    } else {
+        format!("{what}; waiting for a change to the file (or `mirrord-up up -d`)")
+    }
+}
+
+/// Keeps `not_ready` to processes that still run.
+pub fn prune_not_ready(not_ready: &mut BTreeMap<String, (i32, String)>, running: &[(String, i32)]) {
+    not_ready.retain(|name, (pid, _)| running.iter().any(|(n, p)| n == name && p == pid));
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's rules, one test each, with explicit times: no process, no file, no clock.
+
+    use super::*;
+    use crate::process::ProcessIdentity;
+    use crate::supervisor::pass::ApplyOptions;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn up(services: &[&str]) -> Work {
+        Work::Reconcile {
+            explicit: Some(ApplyOptions {
+                services: services.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn done(result: Result<&str, &str>) -> PassDone {
+        PassDone {
+            result: result.map(str::to_owned).map_err(str::to_owned),
+            running: vec![("db".into(), 10)],
+            next_due: None,
+            unsettled: false,
+            files_changed: false,
+            abort: None,
+            all_down: None,
+            probes: Vec::new(),
+            waiting: BTreeSet::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn probe_of(service: &str, pid: i32) -> ProbeOrder {
+        ProbeOrder {
+            service: service.into(),
+            identity: ProcessIdentity {
+                pid,
+                pgid: pid,
+                start_time: 1,
+                boot_id: "b".into(),
+                nonce: None,
+            },
+            log: "/nonexistent".into(),
+            offset: 0,
+            probe: crate::readiness::Probe::Started,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn passes(fx: &[Effect]) -> Vec<&Work> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::RunPass { work, .. } => Some(work),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answers(fx: &[Effect]) -> Vec<(ClientId, bool, String)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Answer {
+                    client,
+                    ok,
+                    message,
+                } => Some((*client, *ok, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn is_watcher_pass(w: &Work) -> bool {
+        matches!(w, Work::Reconcile { explicit: None })
+    }
+
+    fn is_shutdown(w: &Work) -> bool {
+        matches!(w, Work::Shutdown { forget: false, .. })
+    }
+
+    /// A detached machine whose first pass (client 1) is done: idle.
+    fn idle(now: Instant) -> Machine {
+        let mut m = Machine::new(false);
+        let fx = m.handle(
+            Event::Request {
+                client: Some(1),
+                work: up(&[]),
+            },
+            now,
+        );
+        assert_eq!(passes(&fx).len(), 1);
+        let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now);
+        assert_eq!(answers(&fx), [(1, true, "1 started".into())]);
+        assert!(!m.busy());
+        m
+    }
+
+    #[test]
+    fn file_events_are_debounced_on_the_trailing_edge() {
+        let now = t0();
+        let mut m = idle(now);
+        let fx = m.handle(Event::FileChanged, now);
+        assert!(passes(&fx).is_empty(), "no pass before the burst ends");
+        let fx = m.handle(Event::FileChanged, now + 30 * MS);
+        assert!(
+            matches!(fx[..], [Effect::Arm { timer: Timer::Debounce, at }] if at == now + 30 * MS + DEBOUNCE)
+        );
+        // The first timer fires: the burst is not over.
+        let fx = m.handle(Event::Timer(Timer::Debounce), now + DEBOUNCE);
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        let fx = m.handle(Event::Timer(Timer::Debounce), now + 30 * MS + DEBOUNCE);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_watcher_pass(p[0]), "{fx:?}");
+    }
+
+    #[test]
+    fn a_back_off_ends_with_a_timer_and_a_later_pass_without_one_disarms_it() {
+        let now = t0();
+        let mut m = idle(now);
+        let fx = m.handle(
+            Event::ServiceExited {
+                name: "db".into(),
+                pid: 10,
+            },
+            now,
+        );
+        assert_eq!(passes(&fx).len(), 1, "an exit wakes a pass at once");
+        let mut d = done(Ok("nothing to do"));
+        d.running.clear();
+        d.next_due = Some(Duration::from_secs(1));
+        let fx = m.handle(Event::PassDone(d), now + 5 * MS);
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Arm { timer: Timer::Backoff, at } if *at == now + 5 * MS + Duration::from_secs(1))),
+            "{fx:?}"
+        );
+        assert!(passes(&fx).is_empty());
+        let fx = m.handle(
+            Event::Timer(Timer::Backoff),
+            now + 5 * MS + Duration::from_secs(1),
+        );
+        assert_eq!(passes(&fx).len(), 1, "the restart is due");
+        // That pass restarted it: no back-off left; the old timer, if it fires, does nothing.
+        let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now + 1100 * MS);
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Arm { .. })));
+        let fx = m.handle(
+            Event::Timer(Timer::Backoff),
+            now + 5 * Duration::from_secs(1),
+        );
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+    }
+
+    #[test]
+    fn a_first_ctrl_c_stops_gracefully_a_second_kills_at_once() {
+        let now = t0();
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up(&[]),
+            },
+            now,
+        );
+        // Ctrl-C during the first pass: its waits are interrupted, the stop comes after it.
+        let fx = m.handle(Event::Interrupt, now + MS);
+        assert!(
+            matches!(&fx[..], [Effect::InterruptPass, Effect::Notice(n)] if n == GRACEFULLY),
+            "{fx:?}"
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now + 2 * MS);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_shutdown(p[0]), "{fx:?}");
+        // A second Ctrl-C during the graceful stop: kill now.
+        let fx = m.handle(Event::Interrupt, now + 3 * MS);
+        assert!(matches!(fx[..], [Effect::KillNow]), "{fx:?}");
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 4 * MS);
+        assert!(matches!(fx[..], [Effect::Exit(130)]), "{fx:?}");
+        assert!(m.ended());
+    }
+
+    #[test]
+    fn a_first_pass_that_fails_and_leaves_nothing_ends_the_supervisor() {
+        let now = t0();
+        let mut m = Machine::new(false);
+        m.handle(
+            Event::Request {
+                client: Some(7),
+                work: up(&[]),
+            },
+            now,
+        );
+        let mut d = done(Err("api failed to start: command `x` not found"));
+        d.running.clear();
+        let fx = m.handle(Event::PassDone(d), now);
+        assert_eq!(
+            answers(&fx),
+            [(
+                7,
+                false,
+                "api failed to start: command `x` not found".into()
+            )]
+        );
+        assert!(passes(&fx).is_empty(), "nothing to stop: no shutdown pass");
+        assert!(matches!(fx.last(), Some(Effect::Exit(1))), "{fx:?}");
+    }
+
+    #[test]
+    fn a_first_pass_that_fails_but_leaves_a_waiting_service_keeps_the_supervisor() {
+        let now = t0();
+        let mut m = Machine::new(false);
+        m.handle(
+            Event::Request {
+                client: Some(7),
+                work: up(&[]),
+            },
+            now,
+        );
+        let mut d = done(Err("db failed to start: …"));
+        d.running.clear();
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d), now);
+        assert!(!m.ended(), "{fx:?}");
+    }
+
+    #[test]
+    fn readiness_is_probed_once_per_process_and_a_timeout_reaches_the_next_pass() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(Event::Hangup, now);
+        let mut d = done(Ok("nothing to do"));
+        d.probes = vec![probe_of("db", 10)];
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d.clone()), now);
+        assert!(
+            matches!(&fx[..], [Effect::Probe(o)] if o.service == "db"),
+            "{fx:?}"
+        );
+        // The next pass asks for the same probe: it runs already.
+        m.handle(Event::Hangup, now);
+        let fx = m.handle(Event::PassDone(d), now);
+        assert!(fx.is_empty(), "{fx:?}");
+        let fx = m.handle(
+            Event::Probed {
+                service: "db".into(),
+                pid: 10,
+                outcome: ProbeOutcome::TimedOut(Duration::from_secs(60)),
+            },
+            now + Duration::from_secs(60),
+        );
+        match &fx[..] {
+            [Effect::RunPass { probed, .. }] => assert_eq!(
+                probed.not_ready.get("db"),
+                Some(&(10, "dependency db not ready after 1m".to_owned()))
+            ),
+            _ => panic!("{fx:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dependency_ready_late_wakes_a_pass_and_the_request_is_answered_once_nothing_waits() {
+        let now = t0();
+        let mut m = Machine::new(false);
+        m.handle(
+            Event::Request {
+                client: Some(1),
+                work: up(&[]),
+            },
+            now,
+        );
+        let mut d = done(Ok("2 started"));
+        d.probes = vec![probe_of("db", 10)];
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d), now);
+        assert!(answers(&fx).is_empty(), "api still waits for db: {fx:?}");
+        // Meanwhile another request for another service is served and answered at once.
+        let fx = m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up(&["web"]),
+            },
+            now + MS,
+        );
+        match &fx[..] {
+            [Effect::RunPass { listeners, .. }] => assert_eq!(listeners, &[1]),
+            _ => panic!("{fx:?}"),
+        }
+        let mut d = done(Ok("1 started"));
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d), now + 2 * MS);
+        assert_eq!(answers(&fx), [(2, true, "1 started".into())]);
+        // db passes its probe late: a pass records it, api starts, the first `up` is answered.
+        let fx = m.handle(
+            Event::Probed {
+                service: "db".into(),
+                pid: 10,
+                outcome: ProbeOutcome::Ready,
+            },
+            now + Duration::from_secs(30),
+        );
+        match &fx[..] {
+            [Effect::RunPass { probed, .. }] => assert_eq!(probed.ready, [("db".into(), 10)]),
+            _ => panic!("{fx:?}"),
+        }
+        let fx = m.handle(
+            Event::PassDone(done(Ok("1 started"))),
+            now + Duration::from_secs(30),
+        );
+        assert_eq!(answers(&fx), [(1, true, "2 started".into())]);
+    }
+
+    #[test]
+    fn a_held_request_gets_the_failure_of_its_waiting_service() {
+        let now = t0();
+        let mut m = Machine::new(false);
+        m.handle(
+            Event::Request {
+                client: Some(1),
+                work: up(&[]),
+            },
+            now,
+        );
+        let mut d = done(Ok("2 started"));
+        d.waiting.insert("api".into());
+        m.handle(Event::PassDone(d), now);
+        m.handle(Event::Hangup, now);
+        let mut d = done(Ok("nothing to do"));
+        d.waiting.insert("api".into());
+        d.failed = vec![("api".into(), "dependency db not ready after 1m".into())];
+        let fx = m.handle(Event::PassDone(d), now);
+        assert_eq!(
+            answers(&fx),
+            [(
+                1,
+                false,
+                "api failed to start: dependency db not ready after 1m".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_request_arriving_mid_stop_waits_for_it_and_down_ends_the_loop() {
+        let now = t0();
+        let mut m = idle(now);
+        let stop = Work::Stop {
+            names: vec!["db".into()],
+            timeout: None,
+        };
+        let fx = m.handle(
+            Event::Request {
+                client: Some(2),
+                work: stop,
+            },
+            now,
+        );
+        assert_eq!(passes(&fx).len(), 1);
+        // `up -d` while the stop runs: queued, served after it.
+        let fx = m.handle(
+            Event::Request {
+                client: Some(3),
+                work: up(&["web"]),
+            },
+            now + MS,
+        );
+        assert!(fx.is_empty(), "{fx:?}");
+        // `down` too: it cancels what is queued and ends the loop with its own pass.
+        let down = Work::Shutdown {
+            timeout: None,
+            forget: true,
+        };
+        let fx = m.handle(
+            Event::Request {
+                client: Some(4),
+                work: down,
+            },
+            now + 2 * MS,
+        );
+        assert!(matches!(fx[0], Effect::InterruptPass), "{fx:?}");
+        assert_eq!(
+            answers(&fx),
+            [(3, false, "the supervisor is shutting down".into())]
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 3 * MS);
+        assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
+        let p = passes(&fx);
+        assert!(
+            matches!(p[..], [Work::Shutdown { forget: true, .. }]),
+            "{fx:?}"
+        );
+        // Anything after `down` is refused.
+        let fx = m.handle(
+            Event::Request {
+                client: Some(5),
+                work: up(&[]),
+            },
+            now + 4 * MS,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(5, false, "the supervisor is shutting down".into())]
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("2 stopped"))), now + 5 * MS);
+        assert_eq!(answers(&fx), [(4, true, "2 stopped".into())]);
+        assert!(matches!(fx.last(), Some(Effect::Exit(0))), "{fx:?}");
+    }
+
+    #[test]
+    fn sighup_reapplies_in_the_background_and_stops_in_the_foreground() {
+        let now = t0();
+        let mut m = idle(now);
+        let fx = m.handle(Event::Hangup, now);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_watcher_pass(p[0]), "{fx:?}");
+
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up(&[]),
+            },
+            now,
+        );
+        m.handle(Event::PassDone(done(Ok("1 started"))), now);
+        let fx = m.handle(Event::Hangup, now);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_shutdown(p[0]), "{fx:?}");
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now);
+        assert!(matches!(fx[..], [Effect::Exit(129)]), "{fx:?}");
+    }
+
+    #[test]
+    fn an_exit_during_a_pass_wakes_another_pass_only_if_that_pass_left_the_pid_running() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(Event::Hangup, now);
+        m.handle(
+            Event::ServiceExited {
+                name: "db".into(),
+                pid: 9,
+            },
+            now,
+        );
+        // The pass replaced pid 9 with 10: the exit was its own doing.
+        let fx = m.handle(Event::PassDone(done(Ok("1 restarted"))), now);
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        m.handle(Event::Hangup, now);
+        m.handle(
+            Event::ServiceExited {
+                name: "db".into(),
+                pid: 10,
+            },
+            now,
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("nothing to do"))), now);
+        assert_eq!(passes(&fx).len(), 1, "{fx:?}");
+    }
+
+    #[test]
+    fn every_service_ended_ends_the_foreground_and_is_said_once_in_the_background() {
+        let now = t0();
+        let mut m = idle(now);
+        let mut d = done(Ok("nothing to do"));
+        d.running.clear();
+        d.all_down = Some(vec!["db".into()]);
+        m.handle(Event::Hangup, now);
+        let fx = m.handle(Event::PassDone(d.clone()), now);
+        assert!(
+            matches!(&fx[..], [Effect::Say(s)] if s.contains("failed: db; waiting for a change")),
+            "{fx:?}"
+        );
+        m.handle(Event::Hangup, now);
+        let fx = m.handle(Event::PassDone(d.clone()), now);
+        assert!(fx.is_empty(), "said once: {fx:?}");
+
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up(&[]),
+            },
+            now,
+        );
+        let fx = m.handle(Event::PassDone(d), now);
+        assert!(matches!(fx.last(), Some(Effect::Exit(1))), "{fx:?}");
+    }
+
+    #[test]
+    fn only_an_up_waits_for_its_waiting_services_a_stop_is_answered_with_its_pass() {
+        let now = t0();
+        let mut m = idle(now);
+        let stop = Work::Stop {
+            names: vec!["web".into()],
+            timeout: None,
+        };
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: stop,
+            },
+            now,
+        );
+        let mut d = done(Ok("1 stopped"));
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d), now);
+        assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
+    }
+
+    #[test]
+    fn ctrl_c_answers_a_request_still_waiting_for_its_services() {
+        let now = t0();
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: Some(1),
+                work: up(&["api"]),
+            },
+            now,
+        );
+        let mut d = done(Ok("1 started"));
+        d.waiting.insert("api".into());
+        m.handle(Event::PassDone(d), now);
+        let fx = m.handle(Event::Interrupt, now);
+        assert_eq!(
+            answers(&fx),
+            [(1, false, "the supervisor is shutting down".into())]
+        );
+    }
+}
