@@ -169,6 +169,8 @@ async fn run_loop(ctx: Context, mut opts: Options) -> Result<ExitCode> {
     };
     let result = supervise(&ctx, opts, &reg).await;
     unregister(&ctx, &reg.socket);
+    // Hook (session, issue 13): `events` clients end with the supervisor.
+    crate::event_hub::close("the supervisor ended");
     result
 }
 
@@ -176,6 +178,12 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     let (tx, mut rx) = unbounded_channel::<Event>();
     listen_signals(&tx)?;
     listen_control(&tx, reg.listener.try_clone()?, ctx.files())?;
+    // Hook (session, issue 13): the event stream and one session watcher per exec service.
+    crate::event_hub::enable();
+    let mut sessions = crate::session::Watchers::default();
+    let publish = session_publisher(ctx);
+    let mut reload_pending = false;
+    let mut reload_in_pass = false;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
@@ -226,6 +234,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                 }),
             };
             if let Some((work, client)) = next {
+                reload_in_pass = std::mem::take(&mut reload_pending); // hook (session)
                 if let Work::Reconcile { explicit: Some(e) } = &work {
                     dirty = false; // this pass reads everything afresh anyway
                     widen_selection(&mut settings, e);
@@ -255,7 +264,10 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
         tokio::select! {
             Some(ev) = rx.recv() => match ev {
                 Event::FileChanged => debounce = Some(Instant::now() + DEBOUNCE),
-                Event::Reload => dirty = true,
+                Event::Reload => {
+                    dirty = true;
+                    reload_pending = true; // hook (session)
+                }
                 Event::ServiceExited(name, pid) => {
                     if running.is_some() {
                         exits_during_pass.push((name, pid));
@@ -294,6 +306,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
             _ = sleep_until(debounce), if debounce.is_some() => {
                 debounce = None;
                 dirty = true;
+                reload_pending = true; // hook (session)
             }
             _ = sleep_until(backoff_due), if backoff_due.is_some() => {
                 backoff_due = None;
@@ -314,6 +327,14 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                     Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
                 });
                 watch_exits(&tx, &mut exit_watch, &out.running);
+                // Hook (session, issue 13): follow the sessions of what runs now; say that a
+                // reload (file change, SIGHUP) was applied.
+                if let Ok(store) = ctx.store() {
+                    sessions.sync(&store, &out.running, &publish);
+                }
+                if std::mem::take(&mut reload_in_pass) && out.reload_error.is_none() {
+                    publish("mirrord-up", "reload applied");
+                }
                 dirty |= out.unsettled;
                 // An exit the pass did not see (the PID is still the one it left running).
                 dirty |= exits_during_pass
@@ -361,10 +382,23 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
             }
         }
     }
+    sessions.stop_all(); // hook (session)
     if let Some(t) = &tail {
         t.flush();
     }
     Ok(stopping.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there
+/// to `events`); incoming requests and `reload applied` only to `events`.
+fn session_publisher(ctx: &Context) -> crate::session::Publish {
+    let journal = ctx.store().ok().map(crate::events::Journal::new);
+    std::sync::Arc::new(move |service: &str, what: &str| {
+        match (&journal, what.starts_with("session ")) {
+            (Some(j), true) => j.clone().record(service, what),
+            _ => crate::event_hub::publish(service, what),
+        }
+    })
 }
 
 /// What the supervisor says when every service has ended.
@@ -459,6 +493,11 @@ fn listen_control(
 ) -> Result<()> {
     let tx = tx.clone();
     control::serve(listener, move |req, client| {
+        // Hook (session, issue 13): `events` streams on its connection, outside the loop.
+        if let Request::Events { services, since_ms } = req {
+            crate::event_hub::subscribe(client, services, since_ms);
+            return;
+        }
         let _ = tx.send(match work_of(req, &files) {
             Ok(work) => Event::Control(work, client),
             Err(why) => Event::ControlRefused(client, why),
@@ -538,6 +577,7 @@ fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
             timeout: secs(timeout_s),
             forget: true,
         },
+        Request::Events { .. } => return Err("`events` is not a pass".to_owned()),
     })
 }
 
