@@ -431,3 +431,29 @@ fn events_json_streams_an_edit_a_crash_a_broken_and_a_fixed_save_and_ends_with_d
         e["type"] == "stopped" && e["service"] == "api"
     });
 }
+
+#[test]
+fn a_container_service_says_why_no_session_is_shown() {
+    let s = Sessions::new("sesscontainer");
+    s.p.write_yaml(
+        "services:\n  web:\n    target: none\n    run: {type: container, command: [\"sleep\", \"1000\"]}\n",
+    );
+    s.up();
+    let row = session_of(&s, "web");
+    assert_eq!(row["status"], "running", "{row:#}");
+    assert_eq!(row["session"], "–", "{row:#}");
+    assert!(
+        row["session_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("sidecar")),
+        "{row:#}"
+    );
+    // No socket on this host for it, and `up -d` names no route for it.
+    assert!(
+        !s.sessions_dir().exists()
+            || std::fs::read_dir(s.sessions_dir())
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
