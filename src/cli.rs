@@ -247,6 +247,40 @@ pub enum Command {
         after_help = "Examples:\n  mirrord-up completions bash > ~/.local/share/bash-completion/completions/mirrord-up\n  mirrord-up completions zsh > \"${fpath[1]}/_mirrord-up\"\n  mirrord-up completions fish > ~/.config/fish/completions/mirrord-up.fish"
     )]
     Completions { shell: clap_complete::Shell },
+    /// Run a command with a service's mirrord context (target, env, context, key), attached
+    /// to this terminal; incoming traffic off unless --service-ports. Exits with its status.
+    #[command(
+        after_help = "Examples:\n  mirrord-up run api -- psql\n  mirrord-up run api -e LOG_LEVEL=debug -- go test ./...\n  mirrord-up run --service-ports api -- ./server   # takes the service's incoming traffic too"
+    )]
+    Run {
+        /// The service whose mirrord configuration is used.
+        service: String,
+        /// Keep the service's incoming traffic configuration (steal/mirror, HTTP filter).
+        #[arg(long)]
+        service_ports: bool,
+        /// An environment variable for the command (over the service's `env.override`).
+        #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Follow the running supervisor's events live: started, ready, exited, restart
+    /// scheduled, failed, stopped, reloads, session connected/lost, incoming requests.
+    #[command(
+        after_help = "Examples:\n  mirrord-up events\n  mirrord-up events api --json | jq -c 'select(.type == \"exited\")'\n  mirrord-up events --since 10m"
+    )]
+    Events {
+        /// Only these services (and project-wide events); default: every one.
+        services: Vec<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// First the recent events the supervisor kept since then: a duration back from now
+        /// (`10m`) or an RFC 3339 time.
+        #[arg(long, value_name = "DURATION|TIME", value_parser = crate::events::parse_since)]
+        since: Option<std::time::SystemTime>,
+    },
     /// The background supervisor of `up --detach` (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise(UpArgs),

@@ -75,6 +75,8 @@ impl Journal {
             pos = Some((inode, rec.log_offset));
         }
         let _ = self.try_record(service, what, pos);
+        // Hook (session, issue 13): the supervisor's live event stream.
+        crate::event_hub::publish(service, what);
     }
 
     fn try_record(

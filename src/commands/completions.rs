@@ -31,6 +31,8 @@ const SERVICE_ARGS: &[(&str, &str)] = &[
     ("plan", "services"),
     ("config", "service"),
     ("run", "services"),
+    ("run", "service"),
+    ("events", "services"),
 ];
 
 /// Answers a completion request (or prints the registration) and exits, when the shell's

@@ -7,12 +7,14 @@ mod completions;
 mod config;
 pub mod discover;
 mod down;
+mod events;
 mod init;
 mod line_keys;
 mod logs;
 mod ls;
 mod plan;
 mod ps;
+mod run;
 mod schema;
 mod service;
 mod up;
@@ -162,6 +164,25 @@ fn run(ctx: &Context, command: Command) -> Result<ExitCode> {
         Command::Stop(args) => service::run(ctx, service::Op::Stop, &args),
         Command::Start(args) => service::run(ctx, service::Op::Start, &args),
         Command::Supervise(args) => up::supervise(ctx, &args),
+        Command::Run {
+            service,
+            service_ports,
+            env,
+            command,
+        } => run::run(
+            ctx,
+            &run::Options {
+                service: &service,
+                service_ports,
+                env: &env,
+                command: &command,
+            },
+        ),
+        Command::Events {
+            services,
+            json,
+            since,
+        } => events::run(ctx, &services, json, since),
     }
 }
 

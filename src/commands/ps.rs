@@ -64,6 +64,21 @@ pub fn row(name: &str, rec: &ServiceRecord) -> Value {
     })
 }
 
+/// Issue 13: the session fields (`session`, `session_id`, `incoming_requests`, …) merged in.
+fn with_session(
+    mut row: Value,
+    store: Option<&crate::state::StateStore>,
+    rec: &ServiceRecord,
+) -> Value {
+    let running = liveness(rec) == Liveness::Alive;
+    if let (Value::Object(r), Value::Object(s)) =
+        (&mut row, crate::session::ps_fields(store, rec, running))
+    {
+        r.extend(s);
+    }
+    row
+}
+
 /// The statuses `--status` accepts: the words `ps` shows (`backoff` matches `backoff (restart
 /// in 2.0s)`, `exited` matches `exited(1)`).
 pub const STATUSES: &[&str] = &[
@@ -141,11 +156,12 @@ pub fn run(ctx: &Context, format: TableFormat, opts: &Options) -> Result<ExitCod
         );
     }
     let state = ctx.read_state()?;
+    let store = state.as_ref().and_then(|_| ctx.store().ok());
     let rows: Vec<Value> = state
         .iter()
         .flat_map(|s| s.services.iter())
         .filter(|(_, r)| opts.all || r.kind == RecordKind::Service)
-        .map(|(n, r)| row(n, r))
+        .map(|(n, r)| with_session(row(n, r), store.as_ref(), r))
         .filter(|r| {
             opts.status.is_empty()
                 || opts
@@ -224,9 +240,12 @@ pub const WIDTH: usize = 80;
 
 /// The header and cells of the table (cells plain, escaped).
 fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
-    let mut header = vec!["NAME", "STATUS", "PID", "UPTIME", "RESTARTS", "TARGET"];
+    let mut header = vec![
+        "NAME", "STATUS", "PID", "UPTIME", "RESTARTS", "TARGET", "SESSION",
+    ];
     if wide {
         header.extend(["HASH", "LAUNCHER", "LAST EXIT", "LAST REASON"]);
+        header.extend(crate::session::WIDE_HEADER);
     }
     let mut out = vec![header.into_iter().map(str::to_owned).collect::<Vec<_>>()];
     for r in rows {
@@ -242,6 +261,7 @@ fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
             r["uptime_s"].as_u64().map_or_else(|| "-".into(), uptime),
             s("policy_restarts"),
             s("target"),
+            s("session"),
         ];
         if wide {
             cells.extend([
@@ -255,6 +275,11 @@ fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
                 s("last_exit_text"),
                 s("last_reason"),
             ]);
+            cells.extend(
+                crate::session::wide_cells(r)
+                    .into_iter()
+                    .map(|c| crate::config::escape(&c).into_owned()),
+            );
         }
         out.push(cells);
     }

@@ -128,6 +128,13 @@ fn finish(ctx: &Context, ok: bool, message: String) -> Result<ExitCode> {
     }
     if !ctx.global.quiet {
         println!("{message}");
+        // Hook (session, issue 13): how to reach each split-mode service (on stderr: stdout
+        // keeps the one summary line scripts read).
+        if let Ok(Some(state)) = ctx.read_state() {
+            for line in crate::session::route_lines(&state) {
+                eprintln!("{line}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

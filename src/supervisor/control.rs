@@ -66,6 +66,15 @@ pub enum Request {
     Shutdown {
         timeout_s: Option<f64>,
     },
+    /// `events` (issue 13): keep the connection and stream every event (`Reply::Stream`) of
+    /// these services (all when empty), first the kept ones since `since_ms`, until the
+    /// supervisor ends (`crate::event_hub`).
+    Events {
+        #[serde(default)]
+        services: Vec<String>,
+        #[serde(default)]
+        since_ms: Option<u64>,
+    },
 }
 
 /// The longest request line the supervisor reads (a real one is a few hundred bytes).
@@ -102,7 +111,7 @@ impl Request {
             Request::Stop { timeout_s, .. }
             | Request::Restart { timeout_s, .. }
             | Request::Shutdown { timeout_s } => vec![("timeout_s", *timeout_s)],
-            Request::Start { .. } => vec![],
+            Request::Start { .. } | Request::Events { .. } => vec![],
         };
         for (field, value) in seconds {
             if let Some(v) = value
@@ -134,6 +143,8 @@ pub enum Reply {
     AlreadyRunning { pid: i32, socket: PathBuf },
     /// The end: a summary, or why it failed.
     Done { ok: bool, message: String },
+    /// One event of the stream asked for with `Request::Events`.
+    Stream(crate::event_hub::StreamEvent),
 }
 
 /// Writes one reply line; a client that went away is not an error of the supervisor.
@@ -142,6 +153,15 @@ pub fn send(sink: &mut dyn Write, reply: &Reply) {
         line.push(b'\n');
         let _ = sink.write_all(&line).and_then(|()| sink.flush());
     }
+}
+
+/// Writes one reply line; false when the client went away (or does not read).
+pub fn send_checked(sink: &mut dyn Write, reply: &Reply) -> bool {
+    let Ok(mut line) = serde_json::to_vec(reply) else {
+        return true;
+    };
+    line.push(b'\n');
+    sink.write_all(&line).and_then(|()| sink.flush()).is_ok()
 }
 
 /// How a conversation ended.
@@ -163,7 +183,7 @@ fn follow(reader: &mut dyn BufRead, reporter: &mut dyn Reporter) -> Result<Optio
     for line in reader.lines() {
         let line = line?;
         match serde_json::from_str::<Reply>(&line) {
-            Ok(Reply::Accepted) => {}
+            Ok(Reply::Accepted | Reply::Stream(_)) => {}
             Ok(Reply::Event { service, what }) => reporter.event(&service, &what),
             Ok(Reply::Waiting {
                 service,

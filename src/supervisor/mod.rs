@@ -159,6 +159,8 @@ async fn run_loop(ctx: Arc<dyn Project>, mut opts: Options) -> Result<ExitCode> 
     };
     let result = supervise(&ctx, opts, &reg).await;
     unregister(ctx.as_ref(), &reg.socket);
+    // Hook (session, issue 13): `events` clients end with the supervisor.
+    crate::event_hub::close("the supervisor ended");
     result
 }
 
@@ -286,6 +288,12 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     let (tx, mut rx) = unbounded_channel::<Input>();
     listen_signals(&tx)?;
     listen_control(&tx, reg.listener.try_clone()?, ctx.files())?;
+    // Hook (session, issue 13): the event stream and one session watcher per exec service.
+    crate::event_hub::enable();
+    let mut sessions = crate::session::Watchers::default();
+    let publish = session_publisher(ctx);
+    let mut reload_pending = false;
+    let mut reload_in_pass = false;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
@@ -332,7 +340,11 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             .map(|(t, at)| (*t, *at));
         let event = tokio::select! {
             Some(input) = rx.recv() => match input {
-                Input::Event(e) => e,
+                Input::Event(e) => {
+                    // Hook (session): a SIGHUP re-apply is a reload `events` reports.
+                    reload_pending |= matches!(e, Event::Hangup) && !opts.foreground;
+                    e
+                }
                 Input::ChildExited => {
                     process::reap_children();
                     continue;
@@ -349,6 +361,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             _ = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
                 let (timer, _) = next_timer.expect("guarded");
                 shell.timers.remove(&timer);
+                reload_pending |= matches!(timer, Timer::Debounce); // hook (session)
                 Event::Timer(timer)
             }
             done = async { shell.pass.as_mut().expect("guarded").await }, if shell.pass.is_some() => {
@@ -369,6 +382,14 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     t.follow(&out.logs);
                 }
                 watch_exits(&tx, &mut exit_watch, &out.running);
+                // Hook (session, issue 13): follow the sessions of what runs now; say that a
+                // reload (file change, SIGHUP) was applied.
+                if let Ok(store) = ctx.store() {
+                    sessions.sync(&store, &out.running, &publish);
+                }
+                if std::mem::take(&mut reload_in_pass) && out.reload_error.is_none() {
+                    publish("mirrord-up", "reload applied");
+                }
                 Event::PassDone(PassDone {
                     result: out.result.unwrap_or_else(|| Err("no result".into())),
                     running: out.running.iter().map(|(n, id)| (n.clone(), id.pid)).collect(),
@@ -386,13 +407,30 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             }
         };
         let fx = machine.handle(event, Instant::now());
+        let idle = shell.pass.is_none();
         shell.carry_out(fx);
+        if idle && shell.pass.is_some() {
+            reload_in_pass = std::mem::take(&mut reload_pending); // hook (session)
+        }
     }
+    sessions.stop_all(); // hook (session)
     shell.cancel.store(true, Ordering::SeqCst);
     if let Some(t) = &tail {
         t.flush();
     }
     Ok(ExitCode::from(shell.exit.unwrap_or(0)))
+}
+
+/// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there
+/// to `events`); incoming requests and `reload applied` only to `events`.
+fn session_publisher(ctx: &Arc<dyn Project>) -> crate::session::Publish {
+    let journal = ctx.store().ok().map(crate::events::Journal::new);
+    Arc::new(
+        move |service: &str, what: &str| match (&journal, what.starts_with("session ")) {
+            (Some(j), true) => j.clone().record(service, what),
+            _ => crate::event_hub::publish(service, what),
+        },
+    )
 }
 
 /// Probes one service's readiness on a thread of its own (a TCP connect or an HTTP request
@@ -504,6 +542,11 @@ fn listen_control(
 ) -> Result<()> {
     let tx = tx.clone();
     control::serve(listener, move |req, client| {
+        // Hook (session, issue 13): `events` streams on its connection, outside the loop.
+        if let Request::Events { services, since_ms } = req {
+            crate::event_hub::subscribe(client, services, since_ms);
+            return;
+        }
         let _ = tx.send(match work_of(req, &files) {
             Ok(work) => Input::Control(work, client),
             Err(why) => Input::ControlRefused(client, why),
@@ -583,6 +626,7 @@ fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
             timeout: secs(timeout_s),
             forget: true,
         },
+        Request::Events { .. } => return Err("`events` is not a pass".to_owned()),
     })
 }
 

@@ -47,6 +47,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "FAKE_MIRRORD_INTPROXY",
     "FAKE_MIRRORD_INTPROXY_LINGER_MS",
     "FAKE_MIRRORD_VERSION",
+    "FAKE_MIRRORD_STEAL_PORT",
+    "FAKE_MIRRORD_SESSION_ID",
+    "FAKE_MIRRORD_AGENT_LOSS_AFTER_MS",
     "XDG_STATE_HOME",
 ];
 
@@ -376,8 +379,18 @@ impl Project {
             .args(["-k", "tester"])
             .args(&self.globals)
             .args(args)
-            .env("FAKE_MIRRORD_LOG", &self.fake_log);
+            .env("FAKE_MIRRORD_LOG", &self.fake_log)
+            // The fake's intproxy serves its session API under $HOME/.mirrord/sessions, as
+            // the real one does: never the user's home.
+            .env("HOME", self.home());
         cmd
+    }
+
+    /// The HOME every command of this project gets (created on first use).
+    pub fn home(&self) -> PathBuf {
+        let home = self.fake_log.with_file_name("home");
+        let _ = std::fs::create_dir_all(&home);
+        home
     }
 
     pub fn start(&self, args: &[&str]) -> Running {
