@@ -207,6 +207,10 @@ fn spec_of(
             .map(|s| s.0)
             .unwrap_or(DEFAULT_STOP_TIMEOUT)
             .as_millis() as u64,
+        watch: svc
+            .watch
+            .as_ref()
+            .map(|w| crate::watch::WatchSpec::new(&doc.dir, w)),
     }
 }
 

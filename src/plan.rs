@@ -316,6 +316,7 @@ mod tests {
             ready: None,
             stop_signal: "SIGTERM".into(),
             stop_timeout_ms: 10_000,
+            watch: None,
         }
     }
 

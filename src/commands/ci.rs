@@ -230,6 +230,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
         ready: None,
         stop_signal: "SIGTERM".into(),
         stop_timeout_ms: crate::spec::DEFAULT_STOP_TIMEOUT.as_millis() as u64,
+        watch: None,
     };
     let mut rec = ServiceRecord {
         kind: RecordKind::Ci,

@@ -140,7 +140,7 @@ pub fn run(ctx: &Context, format: TableFormat, opts: &Options) -> Result<ExitCod
         );
     }
     let state = ctx.read_state()?;
-    let rows: Vec<Value> = state
+    let mut rows: Vec<Value> = state
         .iter()
         .flat_map(|s| s.services.iter())
         .filter(|(_, r)| opts.all || r.kind == RecordKind::Service)
@@ -153,6 +153,7 @@ pub fn run(ctx: &Context, format: TableFormat, opts: &Options) -> Result<ExitCod
                     .any(|s| r["status"].as_str().map(status_word) == Some(s.as_str()))
         })
         .collect();
+    crate::watch::annotate_ps_rows(ctx.store().ok().as_ref(), &mut rows); // watch (issue #16)
     if opts.quiet {
         for r in &rows {
             if let Some(pid) = r["pid"].as_i64() {
@@ -239,7 +240,7 @@ fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
             s("status"),
             s("pid"),
             r["uptime_s"].as_u64().map_or_else(|| "-".into(), uptime),
-            s("policy_restarts"),
+            crate::watch::restarts_cell(r, s("policy_restarts")), // watch (issue #16)
             s("target"),
         ];
         if wide {
@@ -252,7 +253,7 @@ fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
                     .unwrap_or_default(),
                 s("launcher"),
                 s("last_exit_text"),
-                s("last_reason"),
+                crate::watch::reason_cell(r, s("last_reason")), // watch (issue #16)
             ]);
         }
         out.push(cells);

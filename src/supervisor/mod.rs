@@ -180,6 +180,21 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
     let tail = opts.foreground.then(|| LogPrinter::start(ctx));
+    // watch (issue #16): source watch of services with `watch:`; `restart-session` and the
+    // dependents of an in-session restart come back as a normal restart request.
+    let mut source_watch = {
+        let tx = tx.clone();
+        crate::watch::SourceWatch::start(
+            ctx.store().ok(),
+            Box::new(move |names| {
+                let work = Work::Restart {
+                    names,
+                    timeout: None,
+                };
+                let _ = tx.send(Event::Control(work, Box::new(std::io::sink())));
+            }),
+        )
+    };
     let color = opts.foreground && ctx.stderr_color();
 
     let mut settings = opts.settings;
@@ -314,6 +329,7 @@ async fn supervise(ctx: &Context, opts: Options, reg: &Registration) -> Result<E
                     Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
                 });
                 watch_exits(&tx, &mut exit_watch, &out.running);
+                source_watch.update(out.watches.clone(), &out.running); // watch (issue #16)
                 dirty |= out.unsettled;
                 // An exit the pass did not see (the PID is still the one it left running).
                 dirty |= exits_during_pass

@@ -86,6 +86,8 @@ pub struct PassOutcome {
     pub logs: Vec<(String, PathBuf, u64)>,
     /// The files whose changes matter (the YAML and its side files), when the file loaded.
     pub watched_files: Option<Vec<PathBuf>>,
+    /// watch (issue #16): the services with `watch:`, when the file loaded.
+    pub watches: Option<Vec<crate::watch::Watched>>,
     /// When the next back-off ends (unix ms).
     pub next_due_ms: Option<u64>,
     /// `--abort-on-exit` and a service exited: the exit code to end with.
@@ -438,6 +440,7 @@ fn load_desired(
             };
             files.extend(doc.side_files());
             out.watched_files = Some(files);
+            out.watches = Some(crate::watch::watched(&desired.services));
             state.target_cache = cache;
             state.file = Some(doc.path);
             desired
