@@ -579,3 +579,31 @@ fn editing_the_watch_settings_does_not_restart_the_app() {
         assert_eq!(files.pids().len(), 2, "{w}: the app was not restarted");
     }
 }
+
+/// `depends_on.<x>.restart: true`: a dependent follows each restart by watch of `x` (through
+/// the normal restart), while `x` keeps its session.
+#[test]
+fn restart_dependents_follow_a_restart_by_watch() {
+    let p = Project::new("follow");
+    let files = Files::new(&p);
+    let cmd = app(&files, false);
+    p.write_yaml(&format!(
+        "services:\n  api:\n    target: none\n    stop_timeout: 20\n    watch: {{paths: [\"*.go\"], debounce: 50ms}}\n    run: {{command: {}}}\n  web:\n    target: none\n    depends_on: {{api: {{restart: true}}}}\n    run: {{command: [sleep, \"1000\"]}}\n  other:\n    target: none\n    depends_on: [api]\n    run: {{command: [sleep, \"1000\"]}}\n",
+        serde_json::to_string(&cmd).unwrap()
+    ));
+    up(&p, &files);
+    files.wait_apps(1);
+    let before = p.pids();
+    save(&p, "main.go", "x");
+    files.wait_apps(2);
+    let mut after = before.clone();
+    wait_until("web runs under a new PID", WAIT, || {
+        after = p.pids();
+        after
+            .get("web")
+            .is_some_and(|w| *w != before["web"] && alive(*w))
+    });
+    assert_eq!(after["api"], before["api"], "api kept its session");
+    assert_eq!(after["other"], before["other"], "a plain dependent stays");
+    assert_eq!(files.execs().len(), 4, "one more exec: web's");
+}
