@@ -168,7 +168,7 @@ impl Matcher {
                 return None;
             }
             let mut budget = 10_000usize;
-            return self.first_file_in(path, &mut budget);
+            return self.first_file_in(path, &mut budget, None);
         }
         self.relevant(path).map(|r| r.display().to_string())
     }
@@ -189,7 +189,13 @@ impl Matcher {
         (!ignored).then_some(rel)
     }
 
-    fn first_file_in(&self, dir: &Path, budget: &mut usize) -> Option<String> {
+    /// The first file under `dir` that counts (and, with `newer`, was modified since then).
+    fn first_file_in(
+        &self,
+        dir: &Path,
+        budget: &mut usize,
+        newer: Option<std::time::SystemTime>,
+    ) -> Option<String> {
         let entries = std::fs::read_dir(dir).ok()?;
         for e in entries.flatten() {
             if *budget == 0 {
@@ -200,7 +206,11 @@ impl Matcher {
             let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
             let found = if is_dir {
                 self.relevant_dir(&path)
-                    .and_then(|_| self.first_file_in(&path, budget))
+                    .and_then(|_| self.first_file_in(&path, budget, newer))
+            } else if newer
+                .is_some_and(|t| e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < t))
+            {
+                None
             } else {
                 self.relevant(&path).map(|r| r.display().to_string())
             };
@@ -209,6 +219,16 @@ impl Matcher {
             }
         }
         None
+    }
+
+    /// A file that counts and was modified at or after `since` (unix ms), if any: a save
+    /// made after the service started but before its watch began.
+    pub fn changed_since(&self, spec: &WatchSpec, since_ms: u64) -> Option<String> {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(since_ms);
+        let mut budget = 10_000usize;
+        self.roots(spec)
+            .iter()
+            .find_map(|(dir, _)| self.first_file_in(dir, &mut budget, Some(t)))
     }
 
     /// The directories to watch: the literal prefix of each glob (recursive when the rest
@@ -337,6 +357,9 @@ pub struct Watched {
     pub spec: WatchSpec,
     /// Services with `depends_on.<name>.restart: true`.
     pub dependents: Vec<String>,
+    /// When the pass that resolved it began (unix ms): changes since then count even if they
+    /// came before the watch was installed (a save right after `up -d` returns).
+    pub since_ms: u64,
 }
 
 /// The watched services of a desired state.
@@ -354,6 +377,7 @@ pub fn watched(services: &[ServiceSpec]) -> Vec<Watched> {
                 name: s.name.clone(),
                 spec,
                 dependents,
+                since_ms: crate::state::now_ms(),
             })
         })
         .collect()
@@ -457,7 +481,14 @@ fn watch_thread(
                     match services.get_mut(&w.name) {
                         Some(s) => s.watched = w,
                         None => {
-                            let svc = start_service(w, state_dir.as_deref(), &tx);
+                            let mut svc = start_service(w, state_dir.as_deref(), &tx);
+                            let w = &svc.watched;
+                            if running.contains_key(&w.name)
+                                && let Some(path) = svc.matcher.changed_since(&w.spec, w.since_ms)
+                            {
+                                let at = Instant::now() + w.spec.debounce();
+                                svc.due = Some((at, path));
+                            }
                             services.insert(svc.watched.name.clone(), svc);
                         }
                     }
@@ -657,6 +688,30 @@ mod tests {
         std::fs::create_dir_all(base.join("vendor/m")).unwrap();
         std::fs::write(base.join("vendor/m/x.go"), "").unwrap();
         assert_eq!(m.changed(&base.join("vendor"), true), None, "ignored dir");
+    }
+
+    #[test]
+    fn changes_before_the_watch_began_are_found_by_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let s = spec(&["src/**/*.go"], &[], base);
+        let m = Matcher::new(&s, None);
+        std::fs::create_dir_all(base.join("src/a")).unwrap();
+        let at = |path: &Path, ms: u64| {
+            let f = std::fs::File::options().append(true).open(path).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .unwrap();
+        };
+        for f in ["src/a/old.go", "src/a/new.txt", "src/a/new.go"] {
+            std::fs::write(base.join(f), "").unwrap();
+        }
+        let since = 1_700_000_000_000;
+        at(&base.join("src/a/old.go"), since - 1);
+        at(&base.join("src/a/new.txt"), since + 1);
+        at(&base.join("src/a/new.go"), since - 1);
+        assert_eq!(m.changed_since(&s, since), None);
+        at(&base.join("src/a/new.go"), since + 1);
+        assert_eq!(m.changed_since(&s, since).as_deref(), Some("src/a/new.go"));
     }
 
     #[test]

@@ -153,7 +153,10 @@ pub fn run(ctx: &Context, format: TableFormat, opts: &Options) -> Result<ExitCod
                     .any(|s| r["status"].as_str().map(status_word) == Some(s.as_str()))
         })
         .collect();
-    crate::watch::annotate_ps_rows(ctx.store().ok().as_ref(), &mut rows); // watch (issue #16)
+    if !rows.is_empty() {
+        // watch (issue #16); only with rows: opening the store would create its directory.
+        crate::watch::annotate_ps_rows(ctx.store().ok().as_ref(), &mut rows);
+    }
     if opts.quiet {
         for r in &rows {
             if let Some(pid) = r["pid"].as_i64() {
