@@ -208,6 +208,10 @@ fn spec_of(
             .unwrap_or(DEFAULT_STOP_TIMEOUT)
             .as_millis() as u64,
         logging: svc.logging.as_ref().map(|l| l.limits()).unwrap_or_default(),
+        watch: svc
+            .watch
+            .as_ref()
+            .map(|w| crate::watch::WatchSpec::new(&doc.dir, w)),
     }
 }
 

@@ -831,10 +831,12 @@ impl<'a> Engine<'a> {
             ));
         }
         let log = self.store.log_path(&spec.name);
+        // watch (issue #16): the app under our in-session runner when `watch.action: restart`.
+        let command = crate::watch::launch_command(spec)?;
         let (program, args) = match spec.launcher {
             LauncherKind::Local => {
                 env.extend(spec.env_overrides());
-                (PathBuf::from(&spec.command[0]), spec.command[1..].to_vec())
+                (PathBuf::from(&command[0]), command[1..].to_vec())
             }
             LauncherKind::Mirrord => {
                 let bin = self
@@ -869,7 +871,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 args.push("--".to_owned());
-                args.extend(spec.command.iter().cloned());
+                args.extend(command.iter().cloned());
                 (bin, args)
             }
         };

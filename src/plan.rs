@@ -334,6 +334,7 @@ mod tests {
             stop_signal: "SIGTERM".into(),
             stop_timeout_ms: 10_000,
             logging: Default::default(),
+            watch: None,
         }
     }
 

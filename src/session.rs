@@ -697,7 +697,7 @@ pub fn wide_cells(row: &Value) -> Vec<String> {
     ) {
         (Some(n), Some(age)) => format!(
             "{n} (last {} ago)",
-            humantime::format_duration(Duration::from_secs(age))
+            crate::output::duration(Duration::from_secs(age))
         ),
         (Some(n), None) => n.to_string(),
         _ => dash(),

@@ -76,6 +76,10 @@ pub struct ServiceSpec {
     /// Size limit and rotated files of the service's log (`logging`).
     #[serde(default)]
     pub logging: crate::logrotate::Limits,
+    /// `watch:` (issue #16). Outside the hash but for `runner_canonical`: editing the globs
+    /// or the debounce restarts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::watch::WatchSpec>,
 }
 
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,12 +88,17 @@ impl ServiceSpec {
     /// The hashed part: generated mirrord config (which holds `env_file` and `config` contents),
     /// the command, its working directory and the launcher.
     pub fn canonical(&self) -> Value {
-        json!({
+        let mut v = json!({
             "launcher": self.launcher.as_str(),
             "mirrord": self.mirrord_config,
             "run": { "type": self.run_type.as_str(), "command": self.command },
             "working_dir": self.working_dir,
-        })
+        });
+        // A service whose app runs under the in-session runner is a different process tree.
+        if let Some(runner) = crate::watch::runner_canonical(self) {
+            v["runner"] = runner;
+        }
+        v
     }
 
     pub fn hash(&self) -> ConfigHash {

@@ -231,6 +231,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
         stop_signal: "SIGTERM".into(),
         stop_timeout_ms: crate::spec::DEFAULT_STOP_TIMEOUT.as_millis() as u64,
         logging: Default::default(),
+        watch: None,
     };
     let mut rec = ServiceRecord {
         kind: RecordKind::Ci,

@@ -31,6 +31,11 @@ use crate::spec::LauncherKind;
 use crate::state::StateStore;
 
 pub fn main() -> ExitCode {
+    // watch (issue #16): the in-session runner, before anything else (it inherits SIGPIPE's
+    // disposition for the app, and must open nothing that mirrord's layer would redirect).
+    if crate::runner::asked() {
+        return crate::runner::main();
+    }
     // `mirrord-up config | head` must end quietly, like any Unix filter, not panic on EPIPE.
     // SAFETY: restoring the default disposition before any thread exists.
     unsafe {

@@ -157,7 +157,7 @@ pub fn run(ctx: &Context, format: TableFormat, opts: &Options) -> Result<ExitCod
     }
     let state = ctx.read_state()?;
     let store = state.as_ref().and_then(|_| ctx.store().ok());
-    let rows: Vec<Value> = state
+    let mut rows: Vec<Value> = state
         .iter()
         .flat_map(|s| s.services.iter())
         .filter(|(_, r)| opts.all || r.kind == RecordKind::Service)
@@ -170,6 +170,10 @@ pub fn run(ctx: &Context, format: TableFormat, opts: &Options) -> Result<ExitCod
                     .any(|s| r["status"].as_str().map(status_word) == Some(s.as_str()))
         })
         .collect();
+    if !rows.is_empty() {
+        // watch (issue #16); only with rows: opening the store would create its directory.
+        crate::watch::annotate_ps_rows(ctx.store().ok().as_ref(), &mut rows);
+    }
     if opts.quiet {
         for r in &rows {
             if let Some(pid) = r["pid"].as_i64() {
@@ -259,7 +263,7 @@ fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
             s("status"),
             s("pid"),
             r["uptime_s"].as_u64().map_or_else(|| "-".into(), uptime),
-            s("policy_restarts"),
+            crate::watch::restarts_cell(r, s("policy_restarts")), // watch (issue #16)
             s("target"),
             s("session"),
         ];
@@ -273,7 +277,7 @@ fn table(rows: &[Value], wide: bool) -> Vec<Vec<String>> {
                     .unwrap_or_default(),
                 s("launcher"),
                 s("last_exit_text"),
-                s("last_reason"),
+                crate::watch::reason_cell(r, s("last_reason")), // watch (issue #16)
             ]);
             cells.extend(
                 crate::session::wide_cells(r)

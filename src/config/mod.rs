@@ -559,6 +559,20 @@ impl UpDocument {
                     ));
                 }
             }
+            if let Some(w) = &svc.watch {
+                if w.paths.is_empty() {
+                    return Err(self.invalid(
+                        &["services", name, "watch", "paths"],
+                        "give at least one glob of files to watch (e.g. `src/**/*.go`)",
+                    ));
+                }
+                if w.action == WatchAction::Restart && svc.run.kind == RunType::Container {
+                    return Err(self.invalid(
+                        &["services", name, "watch", "action"],
+                        "`action: restart` keeps the session and restarts the app inside it, which `run.type: container` cannot do; use `action: restart-session`",
+                    ));
+                }
+            }
             if let Some(r) = &svc.ready {
                 let probes = [r.log.is_some(), r.tcp.is_some(), r.http.is_some()];
                 if probes.iter().filter(|p| **p).count() > 1 {

@@ -193,6 +193,11 @@ pub struct ServiceConfig {
     #[serde(default)]
     #[schemars(transform = no_default)]
     pub logging: Option<LoggingConfig>,
+    /// mirrord-up extension: restart the app when its source files change, keeping its
+    /// mirrord session warm (`action: restart`) or starting a new one (`restart-session`).
+    #[serde(default)]
+    #[schemars(transform = no_default)]
+    pub watch: Option<WatchConfig>,
 }
 
 /// compose's `logging`: mirrord-up writes each service's log file itself, so only the
@@ -366,6 +371,7 @@ pub const EXTENSION_KEYS: &[&str] = &[
     "env_file",
     "config",
     "logging",
+    "watch",
 ];
 
 impl ServiceConfig {
@@ -387,6 +393,7 @@ impl ServiceConfig {
             self.env_file.is_some(),
             self.config.is_some(),
             self.logging.is_some(),
+            self.watch.is_some(),
         ];
         EXTENSION_KEYS
             .iter()
@@ -967,6 +974,83 @@ fn http_url_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
         }
     })
     .map(Some)
+}
+
+/// `watch`: which files restart the service, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Globs of the files to watch, relative to this file's directory (`src/**/*.go`); at
+    /// least one.
+    #[schemars(extend("minItems" = 1))]
+    pub paths: Vec<WatchGlob>,
+    /// Globs of files whose changes restart nothing, relative to this file's directory.
+    /// `.gitignore`d files and the state directory are always ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("default" = []))]
+    pub ignore: Vec<WatchGlob>,
+    /// How long the files must be quiet before the restart (default 300 ms): a `git checkout`
+    /// of many files is one restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "300ms"))]
+    pub debounce: Option<Seconds>,
+    /// `restart`: restart the app inside its warm mirrord session; `restart-session`: a
+    /// whole new `mirrord exec`.
+    #[serde(default)]
+    pub action: WatchAction,
+}
+
+/// The default `watch.debounce`.
+pub const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+impl WatchConfig {
+    pub fn debounce(&self) -> Duration {
+        self.debounce.map_or(DEFAULT_WATCH_DEBOUNCE, |d| d.0)
+    }
+}
+
+/// What a change of a watched file does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchAction {
+    /// Restart the app only; its mirrord session (agent, intproxy) stays.
+    #[default]
+    Restart,
+    /// Restart the whole service: a new `mirrord exec`, a new session.
+    RestartSession,
+}
+
+/// A glob (`**`, `*`, `?`, `[...]`, `{a,b}`), checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WatchGlob(pub String);
+
+impl<'de> Deserialize<'de> for WatchGlob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_string(deserializer, "a glob such as `src/**/*.go`", |s| {
+            if s.trim().is_empty() {
+                return Err("a glob must not be empty".to_owned());
+            }
+            globset::Glob::new(s)
+                .map(drop)
+                .map_err(|e| format!("invalid glob {s:?}: {}", e.kind()))
+        })
+        .map(WatchGlob)
+    }
+}
+
+impl JsonSchema for WatchGlob {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Glob".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "minLength": 1 })
+    }
 }
 
 /// A signal by name (`SIGTERM` or `TERM`).

@@ -45,7 +45,8 @@ pub enum Timer {
 pub enum ProbeOutcome {
     Ready,
     /// Not ready within its timeout.
-    TimedOut(Duration),
+    /// Not ready in time; the note says who answered its port instead, if anyone did.
+    TimedOut(Duration, Option<String>),
     /// The process ended first (its exit arrives as [`Event::ServiceExited`]).
     Ended,
 }
@@ -244,11 +245,13 @@ impl Machine {
             } => {
                 match outcome {
                     ProbeOutcome::Ready => self.probed.ready.push((service, pid)),
-                    ProbeOutcome::TimedOut(after) => {
-                        let why = format!(
-                            "dependency {service} not ready after {}",
-                            humantime::format_duration(after)
-                        );
+                    ProbeOutcome::TimedOut(after, note) => {
+                        let why = crate::readiness::NotReady::new(
+                            &service,
+                            crate::readiness::NotReadyWhy::Timeout { after, note },
+                        )
+                        .as_dependency()
+                        .to_string();
                         self.probed.not_ready.insert(service, (pid, why));
                     }
                     // The exit wakes a pass of its own.
@@ -545,6 +548,7 @@ mod tests {
             },
             log: "/nonexistent".into(),
             offset: 0,
+            owner_check: true,
             probe: crate::readiness::Probe::Started,
             timeout: Duration::from_secs(60),
         }
@@ -744,7 +748,7 @@ mod tests {
             Event::Probed {
                 service: "db".into(),
                 pid: 10,
-                outcome: ProbeOutcome::TimedOut(Duration::from_secs(60)),
+                outcome: ProbeOutcome::TimedOut(Duration::from_secs(60), None),
             },
             now + Duration::from_secs(60),
         );

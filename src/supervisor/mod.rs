@@ -303,6 +303,21 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         .store()
         .ok()
         .map(|s| crate::logrotate::Rotator::start(&s.dir.join("logs")));
+    // watch (issue #16): source watch of services with `watch:`; `restart-session` and the
+    // dependents of an in-session restart come back as a normal restart request.
+    let mut source_watch = {
+        let tx = tx.clone();
+        crate::watch::SourceWatch::start(
+            ctx.store().ok(),
+            Box::new(move |names| {
+                let work = Work::Restart {
+                    names,
+                    timeout: None,
+                };
+                let _ = tx.send(Input::Control(work, Box::new(std::io::sink())));
+            }),
+        )
+    };
     let mut exit_watch: BTreeMap<String, (i32, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
@@ -382,6 +397,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     t.follow(&out.logs);
                 }
                 watch_exits(&tx, &mut exit_watch, &out.running);
+                source_watch.update(out.watches.clone(), &out.running); // watch (issue #16)
                 // Hook (session, issue 13): follow the sessions of what runs now; say that a
                 // reload (file change, SIGHUP) was applied.
                 if let Ok(store) = ctx.store() {
@@ -440,18 +456,28 @@ fn spawn_probe(tx: &UnboundedSender<Input>, order: ProbeOrder, cancel: Arc<Atomi
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(2);
+        // Who answered the probe's port instead of the service, when someone did.
+        let mut foreign: Option<String>;
         let outcome = loop {
             if cancel.load(Ordering::SeqCst) {
                 return;
             }
-            if order.probe.check(&order.log, order.offset) {
-                break ProbeOutcome::Ready;
+            // Honest: the service's own process passed, and still runs.
+            match order.probe.check_service(
+                &order.log,
+                order.offset,
+                Some(&order.identity),
+                order.owner_check,
+            ) {
+                crate::readiness::Check::Ready => break ProbeOutcome::Ready,
+                crate::readiness::Check::NotYet => foreign = None,
+                other => foreign = other.note(),
             }
             if order.identity.liveness() != Liveness::Alive {
                 break ProbeOutcome::Ended;
             }
             if started.elapsed() >= order.timeout {
-                break ProbeOutcome::TimedOut(order.timeout);
+                break ProbeOutcome::TimedOut(order.timeout, foreign);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -784,7 +810,7 @@ impl Reporter for SupervisorReporter {
                 self.color,
             );
             let within = limit
-                .map(|l| format!(" (grace period {})", humantime::format_duration(l)))
+                .map(|l| format!(" (grace period {})", crate::output::duration(l)))
                 .unwrap_or_default();
             line_to_stderr(&format!("{name}  {what}…{within}"));
         }

@@ -97,6 +97,8 @@ pub struct ProbeOrder {
     pub offset: u64,
     pub probe: crate::readiness::Probe,
     pub timeout: Duration,
+    /// Whether the probe's port must belong to the service's group (not for containers).
+    pub owner_check: bool,
 }
 
 /// What the loop needs to know after a pass.
@@ -110,6 +112,8 @@ pub struct PassOutcome {
     pub logs: Vec<(String, PathBuf, u64)>,
     /// The files whose changes matter (the YAML and its side files), when the file loaded.
     pub watched_files: Option<Vec<PathBuf>>,
+    /// watch (issue #16): the services with `watch:`, when the file loaded.
+    pub watches: Option<Vec<crate::watch::Watched>>,
     /// When the next back-off ends (unix ms).
     pub next_due_ms: Option<u64>,
     /// `--abort-on-exit` and a service exited: the exit code to end with.
@@ -280,6 +284,12 @@ fn pass(
         // settled now (recorded, restart policy), so that what the loop decides next (and
         // what `ps` shows) is already true.
         let reported: BTreeSet<String> = report.failed.iter().map(|(n, _)| n.clone()).collect();
+        let alive_before: BTreeSet<String> = engine
+            .state
+            .records(RecordKind::Service)
+            .filter(|(_, r)| r.process.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
         settle_exits(
             &mut engine.state,
             settings,
@@ -288,6 +298,19 @@ fn pass(
             out,
             &reported,
         );
+        // An exit settled only now was not seen by the services that wait on it in this
+        // pass: look again (a dependent of what just ended fails, and says why, in the next).
+        let ended_now = engine
+            .state
+            .records(RecordKind::Service)
+            .any(|(n, r)| r.process.is_none() && alive_before.contains(n));
+        let someone_waits = engine
+            .state
+            .records(RecordKind::Service)
+            .any(|(_, r)| r.status == Status::Waiting);
+        if ended_now && someone_waits {
+            out.unsettled = true;
+        }
         for (name, why) in &mut report.failed {
             // The settled reason adds the exit status (`… before Ready! (exit code 1): …`).
             if let Some(reason) = engine
@@ -499,6 +522,7 @@ fn load_desired(
             };
             files.extend(doc.side_files());
             out.watched_files = Some(files);
+            out.watches = Some(crate::watch::watched(&desired.services));
             state.target_cache = cache;
             state.file = Some(doc.path);
             desired
@@ -682,6 +706,7 @@ fn probes_needed(state: &State) -> Vec<ProbeOrder> {
             offset: rec.log_offset,
             probe: crate::readiness::Probe::of(&rec.spec),
             timeout: crate::engine::ready_timeout(&rec.spec),
+            owner_check: crate::readiness::owner_checked(&rec.spec),
         });
     }
     orders
