@@ -104,6 +104,24 @@ fn writer(total: &str, rate: &str) {
     out.flush().expect("flush");
 }
 
+/// Appends `lines` numbered lines of `LINE` bytes (`0000000001 xxx…`) to `path`.
+fn append_numbered(path: &Path, lines: usize) {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open");
+    let mut f = std::io::BufWriter::new(file);
+    let mut line = Vec::with_capacity(LINE);
+    for n in 1..=lines {
+        line.clear();
+        line.extend_from_slice(format!("{n:010} ").as_bytes());
+        line.resize(LINE - 1, b'x');
+        line.push(b'\n');
+        f.write_all(&line).expect("write");
+    }
+}
+
 struct Figures {
     cpu: f64,
     rss_mib: f64,
@@ -122,17 +140,7 @@ fn children_cpu() -> f64 {
 
 fn cat_floor(dir: &Path, lines: usize) -> Figures {
     let file = dir.join("floor.log");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).expect("create"));
-        let mut line = Vec::with_capacity(LINE);
-        for n in 1..=lines {
-            line.clear();
-            line.extend_from_slice(format!("{n:010} ").as_bytes());
-            line.resize(LINE - 1, b'x');
-            line.push(b'\n');
-            f.write_all(&line).expect("write");
-        }
-    }
+    append_numbered(&file, lines);
     let before = children_cpu();
     let mut cat = Command::new("cat")
         .arg(&file)
@@ -420,23 +428,7 @@ fn tail_run(work: &Path, lines: usize, rounds: usize) {
     let _ = up_cmd(&dir, &state, &["down"]).output();
     common::reap_any();
     let log = state.join("tail").join("logs").join("w.log");
-    {
-        let mut f = std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&log)
-                .expect("log"),
-        );
-        let mut line = Vec::with_capacity(LINE);
-        for n in 1..=lines {
-            line.clear();
-            line.extend_from_slice(format!("{n:010} ").as_bytes());
-            line.resize(LINE - 1, b'x');
-            line.push(b'\n');
-            f.write_all(&line).expect("write");
-        }
-    }
+    append_numbered(&log, lines);
     let size_mb = std::fs::metadata(&log).map_or(0, |m| m.len()) / 1_000_000;
     let time = |mut cmd: Command| {
         let mut times = Vec::new();

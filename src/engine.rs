@@ -422,23 +422,14 @@ impl<'a> Engine<'a> {
         failed: Option<String>,
         report: &mut ApplyReport,
     ) -> bool {
-        let log_path = self.store.log_path(&spec.name);
-        let rec = self
-            .state
-            .services
-            .entry(spec.name.clone())
-            .or_insert_with(|| new_record(spec, log_path));
         let reason = match &failed {
             Some(why) => format!("{reason}: {why}"),
             None => reason,
         };
-        let new = rec.status != Status::Waiting || rec.last_reason.as_ref() != Some(&reason);
-        rec.spec = spec.clone();
-        rec.config_hash = spec.hash();
-        rec.status = Status::Waiting;
-        rec.process = None;
-        rec.spawn_nonce = None;
-        rec.last_reason = Some(reason.clone());
+        let new = self.state.services.get(&spec.name).is_none_or(|rec| {
+            rec.status != Status::Waiting || rec.last_reason.as_ref() != Some(&reason)
+        });
+        self.record_without_process(spec, Status::Waiting, &reason);
         report.waiting.push(spec.name.clone());
         if !new {
             return false;
@@ -453,9 +444,9 @@ impl<'a> Engine<'a> {
         true
     }
 
-    fn fail(&mut self, spec: &ServiceSpec, why: &str, report: &mut ApplyReport) {
-        self.reporter.event(&spec.name, &format!("failed: {why}"));
-        report.failed.push((spec.name.clone(), why.to_owned()));
+    /// Records `spec` with `status` and `reason` and no process (waiting, or failed before it
+    /// could start).
+    fn record_without_process(&mut self, spec: &ServiceSpec, status: Status, reason: &str) {
         let log_path = self.store.log_path(&spec.name);
         let rec = self
             .state
@@ -464,10 +455,16 @@ impl<'a> Engine<'a> {
             .or_insert_with(|| new_record(spec, log_path));
         rec.spec = spec.clone();
         rec.config_hash = spec.hash();
-        rec.status = Status::Failed;
+        rec.status = status;
         rec.process = None;
         rec.spawn_nonce = None;
-        rec.last_reason = Some(why.to_owned());
+        rec.last_reason = Some(reason.to_owned());
+    }
+
+    fn fail(&mut self, spec: &ServiceSpec, why: &str, report: &mut ApplyReport) {
+        self.reporter.event(&spec.name, &format!("failed: {why}"));
+        report.failed.push((spec.name.clone(), why.to_owned()));
+        self.record_without_process(spec, Status::Failed, why);
     }
 
     /// Stops the named services (reverse level order, each level in parallel), removing the
