@@ -515,9 +515,6 @@ pub struct SpawnRequest {
     pub keep_mirrord_env: bool,
 }
 
-/// Logs larger than this are rotated (to `<name>.log.1`) when the service (re)starts.
-pub const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
-
 /// A child spawned by this process; its exit status is collected by `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spawned {
@@ -579,20 +576,6 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         path,
         crate::fsutil::Access::Append,
     )?)
-}
-
-/// Renames a log past `LOG_ROTATE_BYTES` to `<file>.1`; returns the size left (0 after rotation).
-pub fn rotate_log(path: &Path) -> u64 {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > LOG_ROTATE_BYTES => {
-            let mut rotated = path.as_os_str().to_owned();
-            rotated.push(".1");
-            let _ = std::fs::rename(path, rotated);
-            0
-        }
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
 }
 
 /// A fresh spawn nonce: unique per spawn (a random seed read once per process, the PID, and
