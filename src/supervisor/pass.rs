@@ -284,12 +284,6 @@ fn pass(
         // settled now (recorded, restart policy), so that what the loop decides next (and
         // what `ps` shows) is already true.
         let reported: BTreeSet<String> = report.failed.iter().map(|(n, _)| n.clone()).collect();
-        let alive_before: BTreeSet<String> = engine
-            .state
-            .records(RecordKind::Service)
-            .filter(|(_, r)| r.process.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
         settle_exits(
             &mut engine.state,
             settings,
@@ -298,17 +292,10 @@ fn pass(
             out,
             &reported,
         );
-        // An exit settled only now was not seen by the services that wait on it in this
-        // pass: look again (a dependent of what just ended fails, and says why, in the next).
-        let ended_now = engine
-            .state
-            .records(RecordKind::Service)
-            .any(|(n, r)| r.process.is_none() && alive_before.contains(n));
-        let someone_waits = engine
-            .state
-            .records(RecordKind::Service)
-            .any(|(_, r)| r.status == Status::Waiting);
-        if ended_now && someone_waits {
+        // A dependency that ended during this pass, after its dependents were looked at: they
+        // still wait without having said why they cannot start. Look again (the next pass
+        // says it, once: their reason then carries the failure).
+        if waits_on_an_ended_dependency(&engine.state, &report.waiting) {
             out.unsettled = true;
         }
         for (name, why) in &mut report.failed {
@@ -637,6 +624,30 @@ fn stop(
         bail!("{msg}");
     }
     Ok(format!("{} stopped", names.len()))
+}
+
+/// Whether a service this pass left waiting (`looked_at`) still shows the plain `waiting for
+/// db (ready)` while `db` has ended (exited, failed or stopped, no live process). Only those
+/// looked at: the next pass looks at them again, and then says why.
+fn waits_on_an_ended_dependency(state: &State, looked_at: &[String]) -> bool {
+    state
+        .records(RecordKind::Service)
+        .filter(|(n, r)| r.status == Status::Waiting && looked_at.contains(n))
+        .filter(|(_, r)| {
+            r.last_reason
+                .as_ref()
+                .is_some_and(|why| !why.contains("): "))
+        })
+        .any(|(_, r)| {
+            r.spec.depends_on.0.keys().any(|dep| {
+                state.services.get(dep).is_some_and(|d| {
+                    matches!(d.status, Status::Exited | Status::Failed | Status::Stopped)
+                        && d.process
+                            .as_ref()
+                            .is_none_or(|p| p.liveness() != Liveness::Alive)
+                })
+            })
+        })
 }
 
 /// Fills in what the loop watches next.
