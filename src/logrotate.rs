@@ -222,9 +222,11 @@ pub fn trim(path: &Path, limits: Limits) -> std::io::Result<Option<Rotated>> {
     if before <= start {
         return Ok(None);
     }
-    let Some(cut) = last_newline_end(&file, start, before)? else {
+    // Just after the last newline before `before` (`start` itself when there is none).
+    let cut = crate::tail::line_start_back(&file, start, before, 0)?;
+    if cut <= start {
         return Ok(None);
-    };
+    }
     if limits.max_files <= 1 {
         // No rotated files: the old lines are dropped.
         return release(&file, start, cut, None).map(Some);
@@ -291,23 +293,6 @@ fn copy_range(src: &File, from: u64, to: u64, out: &File) -> std::io::Result<()>
         }
     }
     Ok(())
-}
-
-/// The offset just after the last `\n` in `[start, before)`, read backwards in blocks.
-fn last_newline_end(file: &File, start: u64, before: u64) -> std::io::Result<Option<u64>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut end = before;
-    while end > start {
-        let from = end.saturating_sub(buf.len() as u64).max(start);
-        let n = (end - from) as usize;
-        file.read_exact_at(&mut buf[..n], from)?;
-        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
-            return Ok(Some(from + i as u64 + 1));
-        }
-        end = from;
-    }
-    Ok(None)
 }
 
 /// At a (re)start, with no writer: a log past its limit moves whole to `.1`. Returns the size

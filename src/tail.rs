@@ -168,10 +168,36 @@ fn read_turn(
 }
 
 /// The zeroes a released block left before the first line kept in it are not output.
-fn skip_zeros(line: &[u8]) -> &[u8] {
+pub fn skip_zeros(line: &[u8]) -> &[u8] {
     match line.iter().position(|b| *b != 0) {
         Some(i) => &line[i..],
         None if line.is_empty() => line,
         None => &[],
     }
+}
+
+/// Reading backwards from `end` (not before `floor`): the offset just after the `n + 1`-th
+/// newline before `end`, or `floor` when there are fewer. With `end` just after a newline,
+/// that is where the last `n` lines begin; with `n == 0`, where the last complete line ends.
+/// Reads only the blocks those lines span.
+pub fn line_start_back(f: &File, floor: u64, end: u64, n: usize) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut need = n + 1;
+    let mut hi = end;
+    while hi > floor {
+        let lo = hi.saturating_sub(buf.len() as u64).max(floor);
+        let len = (hi - lo) as usize;
+        f.read_exact_at(&mut buf[..len], lo)?;
+        for i in (0..len).rev() {
+            if buf[i] == b'\n' {
+                need -= 1;
+                if need == 0 {
+                    return Ok(lo + i as u64 + 1);
+                }
+            }
+        }
+        hi = lo;
+    }
+    Ok(floor)
 }

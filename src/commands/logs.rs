@@ -225,7 +225,7 @@ fn dump_service<W: Write>(
     let (data, complete) = match &file {
         Some(f) => {
             let data = crate::logrotate::data_start(f, 0, len);
-            let complete = line_start_back(f, data, len, 0)?;
+            let complete = crate::tail::line_start_back(f, data, len, 0)?;
             (data, complete)
         }
         None => (0, 0),
@@ -241,7 +241,7 @@ fn dump_service<W: Write>(
         from = if n == 0 {
             complete
         } else {
-            line_start_back(f, data, complete, n)?
+            crate::tail::line_start_back(f, data, complete, n)?
         };
     }
     if let Some(since) = opts.since {
@@ -295,44 +295,13 @@ fn dump_service<W: Write>(
             }
             at += n as u64;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            // A block the rotation released in part begins with zeroes.
-            let text = match text.iter().position(|b| *b != 0) {
-                Some(i) => &text[i..],
-                None => &[][..],
-            };
-            p.line(name, text, None)?;
+            p.line(name, crate::tail::skip_zeros(text), None)?;
         }
     }
     for e in placed {
         p.event(e)?;
     }
     Ok(complete)
-}
-
-/// Reading backwards from `end` (not before `floor`): the offset just after the `n + 1`-th
-/// newline before `end`, or `floor` when there are fewer. With `end` just after a newline,
-/// that is where the last `n` lines begin; with `n == 0`, where the last complete line ends.
-/// Reads only the blocks those lines span.
-fn line_start_back(f: &File, floor: u64, end: u64, n: usize) -> std::io::Result<u64> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut need = n + 1;
-    let mut hi = end;
-    while hi > floor {
-        let lo = hi.saturating_sub(buf.len() as u64).max(floor);
-        let len = (hi - lo) as usize;
-        f.read_exact_at(&mut buf[..len], lo)?;
-        for i in (0..len).rev() {
-            if buf[i] == b'\n' {
-                need -= 1;
-                if need == 0 {
-                    return Ok(lo + i as u64 + 1);
-                }
-            }
-        }
-        hi = lo;
-    }
-    Ok(floor)
 }
 
 enum Wake {
