@@ -683,26 +683,21 @@ static REAPED: Mutex<BTreeMap<i32, ExitKind>> = Mutex::new(BTreeMap::new());
 /// zombie stays behind; the statuses are kept for `take_exit`.
 pub fn reap_children() {
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                remember_exit(pid.as_raw(), ExitKind::Code(code));
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                remember_exit(pid.as_raw(), ExitKind::Signal(sig));
-            }
+        // The lock is held across the wait and the record: a `take_exit` that finds the
+        // zombie gone finds its status kept (never the moment between the two).
+        let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+        let (pid, kind) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitKind::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitKind::Signal(sig)),
             Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
+            Ok(_) => continue,
+        };
+        // Orphans nobody asks about must not pile up forever.
+        if map.len() > 4096 {
+            map.clear();
         }
+        map.insert(pid.as_raw(), kind);
     }
-}
-
-fn remember_exit(pid: i32, kind: ExitKind) {
-    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
-    // Orphans nobody asks about must not pile up forever.
-    if map.len() > 4096 {
-        map.clear();
-    }
-    map.insert(pid, kind);
 }
 
 /// Waits for `child`, a helper process of ours (the template renderer, `git`), not a service.
@@ -734,6 +729,9 @@ pub fn wait_helper(child: &mut std::process::Child) -> std::io::Result<std::proc
 
 /// The exit status of `pid`, if this process reaped it (or can reap it now).
 pub fn take_exit(pid: i32) -> Option<ExitKind> {
+    // Under the reaper's lock: either the zombie is still ours to collect, or the reaper has
+    // collected it and kept its status.
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
     if let Ok(status) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
         match status {
             WaitStatus::Exited(_, code) => return Some(ExitKind::Code(code)),
@@ -741,10 +739,7 @@ pub fn take_exit(pid: i32) -> Option<ExitKind> {
             _ => {}
         }
     }
-    REAPED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&pid)
+    map.remove(&pid)
 }
 
 /// Orphaned grandchildren of our services are re-parented to us (not to init), so that we can
