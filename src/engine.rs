@@ -5,17 +5,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::config::{Condition, RunType};
 use crate::desired::Desired;
-use crate::plan::{Action, Observed, ObservedService, ObservedState, Plan};
+use crate::plan::{
+    Action, DepFacts, ExitFacts, Gate, Observed, ObservedService, ObservedState, Plan, Step,
+    StopHow, Verdict,
+};
 use crate::process::{
     self, ENV_INSTANCE, ENV_PROJECT, ENV_SERVICE, ENV_STATE, Liveness, ProcessIdentity,
     SpawnRequest, StopRequest,
 };
+use crate::seams::{Clock, Launcher, ProcessTable};
 use crate::spec::{LauncherKind, ServiceSpec};
 use crate::state::{
     ExitInfo, RecordKind, ServiceRecord, State, StateError, StateLock, StateStore, Status, now_ms,
@@ -49,26 +54,57 @@ pub fn liveness(rec: &ServiceRecord) -> Liveness {
         .unwrap_or(Liveness::Exited)
 }
 
-/// Observed = state ∩ reality: a dead process or a recycled PID is "not running".
+/// Observed = state ∩ reality: a dead process or a recycled PID is "not running"; a process
+/// that was up and ended is an exit the restart policy has not decided about yet; a back-off
+/// or a failure carries what the policy needs to look at it again.
 pub fn observe(state: &State) -> Observed {
     state
         .records(RecordKind::Service)
         .map(|(name, rec)| {
             let alive = liveness(rec);
+            let detail = || match alive {
+                Liveness::Recycled => "its PID now belongs to another process".to_owned(),
+                _ => rec
+                    .last_exit
+                    .as_ref()
+                    .map(ExitInfo::describe)
+                    .unwrap_or_default(),
+            };
+            let up = matches!(
+                rec.status,
+                Status::Running | Status::Ready | Status::Starting
+            );
             let st = match (rec.status, alive) {
                 (Status::Stopping, _) if rec.process.is_some() => ObservedState::Stopping,
                 (Status::Waiting, _) if rec.process.is_none() => ObservedState::Waiting,
                 (_, Liveness::Alive) => ObservedState::Running,
-                (_, Liveness::Recycled) => ObservedState::NotRunning {
-                    detail: "its PID now belongs to another process".into(),
+                _ if up && rec.process.is_some() => ObservedState::Exited {
+                    detail: detail(),
+                    exit: ExitFacts {
+                        failed: rec.last_exit.as_ref().is_none_or(ExitInfo::failed),
+                        uptime: Duration::from_millis(
+                            rec.last_exit
+                                .as_ref()
+                                .zip(rec.started_at_ms)
+                                .map_or(0, |(e, s)| e.at_ms.saturating_sub(s)),
+                        ),
+                        streak: rec.crash_streak,
+                        restart: rec.spec.restart,
+                        max_restarts: rec.spec.max_restarts,
+                        before_ready: rec.status == Status::Starting,
+                    },
                 },
-                (_, Liveness::Exited) => ObservedState::NotRunning {
-                    detail: rec
-                        .last_exit
-                        .as_ref()
-                        .map(ExitInfo::describe)
-                        .unwrap_or_default(),
+                (Status::Backoff, _) => ObservedState::Backoff {
+                    detail: detail(),
+                    until_ms: rec.backoff_until_ms,
+                    streak: rec.crash_streak,
                 },
+                (Status::Failed, _) => ObservedState::Failed {
+                    detail: detail(),
+                    last_failed: rec.last_exit.as_ref().map(ExitInfo::failed),
+                    streak: rec.crash_streak,
+                },
+                _ => ObservedState::NotRunning { detail: detail() },
             };
             (
                 name.clone(),
@@ -77,7 +113,7 @@ pub fn observe(state: &State) -> Observed {
                     spec: rec.spec.canonical(),
                     state: st,
                     level: rec.spec.level,
-                    restart_due: false,
+                    recorded: Arc::new(rec.spec.clone()),
                 },
             )
         })
@@ -163,6 +199,12 @@ pub struct Engine<'a> {
     /// What the last `save` wrote (so that a caller's final save is skipped when it would
     /// write the same again).
     last_saved: Option<State>,
+    /// Spawns services (the real one, or a fake in unit tests).
+    pub launcher: &'a dyn Launcher,
+    /// Looks at and stops processes.
+    pub processes: &'a dyn ProcessTable,
+    /// The time.
+    pub clock: &'a dyn Clock,
 }
 
 impl<'a> Engine<'a> {
@@ -181,7 +223,23 @@ impl<'a> Engine<'a> {
             reporter,
             children: BTreeMap::new(),
             last_saved: None,
+            launcher: &crate::seams::REAL,
+            processes: &crate::seams::REAL,
+            clock: &crate::seams::REAL,
         }
+    }
+
+    /// The same executor on other seams (fakes in unit tests).
+    pub fn with_seams(
+        mut self,
+        launcher: &'a dyn Launcher,
+        processes: &'a dyn ProcessTable,
+        clock: &'a dyn Clock,
+    ) -> Engine<'a> {
+        self.launcher = launcher;
+        self.processes = processes;
+        self.clock = clock;
+        self
     }
 
     /// Lets go of the child handles: under the supervisor, its reaper collects every exit.
@@ -216,7 +274,7 @@ impl<'a> Engine<'a> {
         if pending.is_empty() {
             return Ok(());
         }
-        let marked = process::find_marked(&self.store.dir);
+        let marked = self.processes.find_marked(&self.store.dir);
         for name in pending {
             let rec = self.state.services.get_mut(&name).expect("listed");
             let found = marked
@@ -248,7 +306,9 @@ impl<'a> Engine<'a> {
             .values()
             .filter_map(|r| r.process.as_ref().map(|p| p.pgid))
             .collect();
-        let stray: Vec<_> = process::find_marked(&self.store.dir)
+        let stray: Vec<_> = self
+            .processes
+            .find_marked(&self.store.dir)
             .into_iter()
             .filter(|g| !known.contains(&g.pgid))
             .collect();
@@ -266,53 +326,62 @@ impl<'a> Engine<'a> {
         )
     }
 
-    /// Carries out `plan` for `desired`.
-    pub fn apply(&mut self, plan: &Plan, desired: &Desired) -> Result<ApplyReport, StateError> {
-        let mut report = ApplyReport::default();
-        // 1. Everything that goes away or is replaced stops first, deepest level first.
-        let to_stop: Vec<(String, String)> = plan
-            .changes()
-            .filter(|s| matches!(s.action, Action::Stop | Action::Restart))
-            .map(|s| (s.service.clone(), s.cause.to_string()))
-            .collect();
-        let removed: BTreeSet<String> = plan
-            .changes()
-            .filter(|s| s.action == Action::Stop)
-            .map(|s| s.service.clone())
-            .collect();
-        self.stop_services(&to_stop, &removed, &mut report)?;
+    /// Carries out `plan`. `_desired` is not needed any more (the steps carry their specs);
+    /// kept for the callers that still pass it.
+    pub fn apply(&mut self, plan: &Plan, _desired: &Desired) -> Result<ApplyReport, StateError> {
+        self.apply_plan(plan)
+    }
 
-        // 2. Starts, level by level; within a level all at once.
-        let starts: BTreeMap<&str, String> = plan
-            .changes()
-            .filter(|s| matches!(s.action, Action::Start | Action::Restart))
-            .map(|s| (s.service.as_str(), s.cause.to_string()))
-            .collect();
-        let mut by_level: BTreeMap<usize, Vec<&ServiceSpec>> = BTreeMap::new();
-        for spec in &desired.services {
-            if starts.contains_key(spec.name.as_str()) {
-                by_level.entry(spec.level).or_default().push(spec);
+    /// Carries out `plan`: settles the exits it decided about, stops what goes away or is
+    /// replaced (deepest level first), then starts level by level, each level at once, every
+    /// start gated on what its step says it waits for.
+    pub fn apply_plan(&mut self, plan: &Plan) -> Result<ApplyReport, StateError> {
+        let mut report = ApplyReport::default();
+        self.settle(plan, &BTreeSet::new());
+        // A start for any other reason than the policy starts a new streak.
+        for step in plan.changes().filter(|s| s.new_streak) {
+            if let Some(rec) = self.state.services.get_mut(&step.service) {
+                rec.crash_streak = 0;
+                rec.backoff_until_ms = None;
             }
         }
+        // 1. Everything that goes away or is replaced stops first, deepest level first.
+        let to_stop: Vec<&Step> = plan
+            .changes()
+            .filter(|s| matches!(s.action, Action::Stop | Action::Restart))
+            .collect();
+        self.stop_steps(&to_stop, &mut report)?;
+
+        // 2. Starts, level by level (the plan's order within a level); within a level all at
+        // once.
+        let mut by_level: BTreeMap<usize, Vec<&Step>> = BTreeMap::new();
+        for step in plan
+            .changes()
+            .filter(|s| matches!(s.action, Action::Start | Action::Restart) && s.spec.is_some())
+        {
+            by_level.entry(step.level).or_default().push(step);
+        }
         let mut unavailable: BTreeSet<String> = BTreeSet::new();
-        for (_, specs) in by_level {
+        for (_, steps) in by_level {
             let mut ready_to_spawn = Vec::new();
-            for spec in specs {
+            for step in steps {
+                let spec = step.spec.as_deref().expect("filtered");
                 if self.settings.defer_waits {
-                    match self.dependencies_met(spec, desired) {
-                        DepCheck::Met => ready_to_spawn.push(spec),
-                        DepCheck::Wait { reason, failed } => {
+                    let facts = |dep: &str| self.dep_facts(dep);
+                    match crate::plan::gate(&step.wait, &facts, &self.settings.not_ready) {
+                        Gate::Met => ready_to_spawn.push(step),
+                        Gate::Wait { reason, failed } => {
                             self.wait_on(spec, reason, failed, &mut report);
                             unavailable.insert(spec.name.clone());
                         }
-                        DepCheck::Probe { dep, reason } => {
+                        Gate::Probe { dep, reason } => {
                             if self.wait_on(spec, reason, None, &mut report)
-                                && let Some(d) = desired.get(&dep)
+                                && let Some(d) = step.wait.iter().find(|w| w.on == dep)
                             {
                                 self.reporter.waiting(
                                     &dep,
                                     "waiting for readiness",
-                                    Some(ready_timeout(d)),
+                                    Some(ready_timeout(&d.spec)),
                                 );
                             }
                             unavailable.insert(spec.name.clone());
@@ -320,97 +389,35 @@ impl<'a> Engine<'a> {
                     }
                     continue;
                 }
-                match self.wait_for_dependencies(spec, desired, &unavailable) {
-                    Ok(()) => ready_to_spawn.push(spec),
+                match self.wait_for_dependencies(step, &unavailable) {
+                    Ok(()) => ready_to_spawn.push(step),
                     Err(why) => {
                         self.fail(spec, &why, &mut report);
                         unavailable.insert(spec.name.clone());
                     }
                 }
             }
-            let failed = self.start_level(&ready_to_spawn, &starts, &mut report)?;
+            let failed = self.start_level(&ready_to_spawn, &mut report)?;
             unavailable.extend(failed);
         }
         // Each level saved as it went; the caller saves once more after its own checks.
         Ok(report)
     }
 
-    /// Without waiting: has every dependency of `spec` reached its condition? The recorded
-    /// state says (the loop records `ready` when a probe passes, exits when a pidfd fires).
-    fn dependencies_met(&self, spec: &ServiceSpec, desired: &Desired) -> DepCheck {
-        for (dep, how) in &spec.depends_on.0 {
-            if desired.get(dep).is_none() {
-                continue; // skipped: provided elsewhere
-            }
-            let cond = match how.condition {
-                Condition::Started => "started",
-                Condition::Ready => "ready",
-                Condition::CompletedSuccessfully => "completed",
-            };
-            let reason = format!("waiting for {dep} ({cond})");
-            let Some(rec) = self.state.services.get(dep) else {
-                return DepCheck::Wait {
-                    reason,
-                    failed: None,
-                };
-            };
-            let alive = liveness(rec) == Liveness::Alive;
-            // A dependency that will not come back by itself (exited, failed, stopped): the
-            // dependent fails now, and still starts once the dependency does (after a fix).
-            let gone = !alive
-                && matches!(
-                    rec.status,
-                    Status::Exited | Status::Failed | Status::Stopped | Status::Running
-                );
-            let met = match how.condition {
-                Condition::Started => {
-                    alive && matches!(rec.status, Status::Running | Status::Ready)
-                }
-                Condition::Ready => alive && rec.status == Status::Ready,
-                Condition::CompletedSuccessfully => {
-                    !alive
-                        && rec.status == Status::Exited
-                        && rec.last_exit.as_ref().is_none_or(|e| !e.failed())
-                }
-            };
-            if met {
-                continue;
-            }
-            if how.condition == Condition::Ready && alive {
-                let pid = rec.process.as_ref().map(|p| p.pid);
-                match self.settings.not_ready.get(dep) {
-                    Some((p, why)) if Some(*p) == pid => {
-                        return DepCheck::Wait {
-                            reason,
-                            failed: Some(why.clone()),
-                        };
-                    }
-                    _ => {
-                        return DepCheck::Probe {
-                            dep: dep.clone(),
-                            reason,
-                        };
-                    }
-                }
-            }
-            let failed = match how.condition {
-                Condition::CompletedSuccessfully if gone => Some(match &rec.last_exit {
-                    Some(e) => format!(
-                        "dependency {dep} did not complete successfully ({})",
-                        e.describe()
-                    ),
-                    None => format!("dependency {dep} did not complete successfully"),
-                }),
-                Condition::CompletedSuccessfully => None,
-                Condition::Ready if gone => {
-                    Some(format!("dependency {dep} exited before it was ready"))
-                }
-                _ if gone => Some(format!("dependency {dep} did not start")),
-                _ => None,
-            };
-            return DepCheck::Wait { reason, failed };
-        }
-        DepCheck::Met
+    /// Applies what the restart policy decided about exits (see [`apply_verdicts`]).
+    pub fn settle(&mut self, plan: &Plan, told: &BTreeSet<String>) {
+        apply_verdicts(&mut self.state, plan, told, self.reporter);
+    }
+
+    /// What the recorded state knows about `dep` now, for [`crate::plan::gate`].
+    fn dep_facts(&self, dep: &str) -> Option<DepFacts> {
+        let rec = self.state.services.get(dep)?;
+        Some(DepFacts {
+            status: rec.status,
+            alive: self.processes.liveness(rec.process.as_ref()) == Liveness::Alive,
+            pid: rec.process.as_ref().map(|p| p.pid),
+            last_exit: rec.last_exit.as_ref().map(|e| (e.failed(), e.describe())),
+        })
     }
 
     /// Records `spec` as waiting (`reason`: `waiting for db (ready)`); `failed` is said once,
@@ -468,27 +475,63 @@ impl<'a> Engine<'a> {
     }
 
     /// Stops the named services (reverse level order, each level in parallel), removing the
-    /// records of `removed` and of every other stopped one being replaced by a start.
+    /// records of `removed`, each with its recorded signal and grace period (or the command
+    /// line's, `down -t`).
     pub fn stop_services(
         &mut self,
         names: &[(String, String)],
         removed: &BTreeSet<String>,
         report: &mut ApplyReport,
     ) -> Result<(), StateError> {
-        let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<(String, String)>> =
-            BTreeMap::new();
-        for (n, why) in names {
-            if let Some(rec) = self.state.services.get(n) {
+        let items: Vec<StopItem> = names
+            .iter()
+            .filter_map(|(n, why)| {
+                let rec = self.state.services.get(n)?;
+                Some(StopItem {
+                    name: n.clone(),
+                    why: why.clone(),
+                    how: StopHow::of(&rec.spec, self.settings.stop_timeout),
+                    remove: removed.contains(n),
+                })
+            })
+            .collect();
+        self.stop_each(items, report)
+    }
+
+    /// Stops what `steps` stop (Stop: the record goes; Restart: it stays for the start).
+    fn stop_steps(&mut self, steps: &[&Step], report: &mut ApplyReport) -> Result<(), StateError> {
+        let items: Vec<StopItem> = steps
+            .iter()
+            .filter_map(|s| {
+                Some(StopItem {
+                    name: s.service.clone(),
+                    why: s.cause.to_string(),
+                    how: s.stop?,
+                    remove: s.action == Action::Stop,
+                })
+            })
+            .collect();
+        self.stop_each(items, report)
+    }
+
+    fn stop_each(
+        &mut self,
+        items: Vec<StopItem>,
+        report: &mut ApplyReport,
+    ) -> Result<(), StateError> {
+        let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<StopItem>> = BTreeMap::new();
+        for item in items {
+            if let Some(rec) = self.state.services.get(&item.name) {
                 by_level
                     .entry(std::cmp::Reverse(rec.spec.level))
                     .or_default()
-                    .push((n.clone(), why.clone()));
+                    .push(item);
             }
         }
         for (_, level) in by_level {
             let mut requests = Vec::new();
-            for (n, _) in &level {
-                let rec = self.state.services.get_mut(n).expect("present");
+            for item in &level {
+                let rec = self.state.services.get_mut(&item.name).expect("present");
                 // A process that already ended and was settled (exited, failed, in back-off)
                 // is not signalled, and its last exit stays what it was.
                 let settled = matches!(
@@ -498,14 +541,10 @@ impl<'a> Engine<'a> {
                 if let Some(id) = rec.process.as_ref().filter(|_| !settled) {
                     rec.status = Status::Stopping;
                     requests.push(StopRequest {
-                        name: n.clone(),
+                        name: item.name.clone(),
                         identity: id.clone(),
-                        signal: crate::config::parse_signal(&rec.spec.stop_signal)
-                            .unwrap_or(Signal::SIGTERM),
-                        timeout: self
-                            .settings
-                            .stop_timeout
-                            .unwrap_or(rec.spec.stop_timeout()),
+                        signal: item.how.signal,
+                        timeout: item.how.grace,
                     });
                 }
             }
@@ -515,9 +554,10 @@ impl<'a> Engine<'a> {
             for r in &requests {
                 self.reporter.waiting(&r.name, "stopping", Some(r.timeout));
             }
-            let reasons: BTreeMap<&String, &String> = level.iter().map(|(n, w)| (n, w)).collect();
+            let reasons: BTreeMap<&String, &String> =
+                level.iter().map(|i| (&i.name, &i.why)).collect();
             let reporter = &mut *self.reporter;
-            let outcomes = process::stop_groups_with(&requests, &mut |o| {
+            let outcomes = self.processes.stop(&requests, &mut |o| {
                 let what = if let Some(why) = &o.refused {
                     format!("not signalled: {why}")
                 } else if o.survivors.is_empty() {
@@ -547,16 +587,17 @@ impl<'a> Engine<'a> {
                     report.survivors.push((o.name.clone(), o.survivors.clone()));
                 }
             }
-            for (n, why) in &level {
+            for item in &level {
+                let n = &item.name;
                 let survived = outcomes
                     .iter()
                     .any(|o| &o.name == n && !o.survivors.is_empty());
                 if survived {
                     continue;
                 }
-                if removed.contains(n) {
+                if item.remove {
                     if !requests.iter().any(|r| &r.name == n) {
-                        reporter_note(self.reporter, n, why);
+                        reporter_note(self.reporter, n, &item.why);
                     }
                     self.state.services.remove(n);
                 } else if let Some(rec) = self.state.services.get_mut(n)
@@ -568,8 +609,10 @@ impl<'a> Engine<'a> {
                     // Not an interrupted start: nothing to adopt by this nonce any more.
                     rec.spawn_nonce = None;
                     // How it really ended when the reaper knows; else the signal that ended it.
+                    let at_ms = self.clock.now_ms();
                     rec.last_exit = Some(
-                        process::take_exit(r.identity.pid)
+                        self.processes
+                            .take_exit(r.identity.pid)
                             .map(ExitInfo::from_kind)
                             .unwrap_or_else(|| ExitInfo {
                                 code: None,
@@ -578,7 +621,7 @@ impl<'a> Engine<'a> {
                                 } else {
                                     rec.spec.stop_signal.clone()
                                 }),
-                                at_ms: now_ms(),
+                                at_ms,
                             }),
                     );
                 }
@@ -591,13 +634,13 @@ impl<'a> Engine<'a> {
     /// Spawns the services of one level. Returns the names that failed.
     fn start_level(
         &mut self,
-        specs: &[&ServiceSpec],
-        causes: &BTreeMap<&str, String>,
+        steps: &[&Step],
         report: &mut ApplyReport,
     ) -> Result<Vec<String>, StateError> {
         let mut failed = Vec::new();
         let mut launches = Vec::new();
-        for spec in specs {
+        for step in steps {
+            let spec: &ServiceSpec = step.spec.as_deref().expect("a start carries its spec");
             // Leftovers of an earlier process of this service (e.g. a grandchild that outlived
             // its leader) go first, so that nothing runs twice.
             if let Some(old) = self
@@ -606,12 +649,15 @@ impl<'a> Engine<'a> {
                 .get(&spec.name)
                 .and_then(|r| r.process.clone())
             {
-                process::stop_groups(&[StopRequest {
-                    name: spec.name.clone(),
-                    identity: old,
-                    signal: Signal::SIGKILL,
-                    timeout: Duration::ZERO,
-                }]);
+                self.processes.stop(
+                    &[StopRequest {
+                        name: spec.name.clone(),
+                        identity: old,
+                        signal: Signal::SIGKILL,
+                        timeout: Duration::ZERO,
+                    }],
+                    &mut |_| {},
+                );
             }
             let mut notices = Vec::new();
             let prepared = self.prepare_launch(spec, &mut notices);
@@ -619,7 +665,7 @@ impl<'a> Engine<'a> {
                 self.reporter.event(&spec.name, &notice);
             }
             match prepared {
-                Ok(req) => launches.push((*spec, req)),
+                Ok(req) => launches.push((*step, spec, req)),
                 Err(why) => {
                     self.fail(spec, &why, report);
                     failed.push(spec.name.clone());
@@ -630,14 +676,12 @@ impl<'a> Engine<'a> {
             return Ok(failed);
         }
         // Intent first: records with their spawn nonce, no process yet.
-        for (spec, req) in &launches {
+        for (step, spec, req) in &launches {
             let log_path = self.store.log_path(&spec.name);
             crate::logrotate::set_limits(&log_path, spec.logging);
             let offset = crate::logrotate::rotate_at_restart(&log_path, spec.logging);
             let fresh = new_record(spec, log_path);
-            let by_policy = causes
-                .get(spec.name.as_str())
-                .is_some_and(|c| c.starts_with("restart policy"));
+            let by_policy = step.by_policy();
             let rec = self
                 .state
                 .services
@@ -666,14 +710,14 @@ impl<'a> Engine<'a> {
         self.save()?;
         tracing::debug!(count = launches.len(), "spawning a level");
         let mut sessions = Vec::new();
-        for (spec, req) in &launches {
-            let cause = causes.get(spec.name.as_str()).cloned().unwrap_or_default();
-            match process::spawn(req) {
+        for (step, spec, req) in &launches {
+            let cause = step.cause.to_string();
+            match self.launcher.spawn(req) {
                 Ok((child, identity)) => {
                     // Test hook: die between spawn and the state write.
                     process::test_crash_after_spawn();
                     let rec = self.state.services.get_mut(&spec.name).expect("recorded");
-                    rec.started_at_ms = Some(now_ms());
+                    rec.started_at_ms = Some(self.clock.now_ms());
                     rec.last_reason = Some(cause.clone());
                     if spec.launcher == LauncherKind::Mirrord {
                         // Started once its session says `Ready!` (or failed, if it dies first).
@@ -884,24 +928,21 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Blocks until every dependency of `spec` meets its condition (or says why not).
+    /// Blocks until every dependency `step` waits for meets its condition (or says why not).
     fn wait_for_dependencies(
         &mut self,
-        spec: &ServiceSpec,
-        desired: &Desired,
+        step: &Step,
         unavailable: &BTreeSet<String>,
     ) -> Result<(), String> {
-        for (dep, how) in &spec.depends_on.0 {
-            let Some(dep_spec) = desired.get(dep) else {
-                continue; // skipped: provided elsewhere
-            };
+        for w in &step.wait {
+            let dep = &w.on;
             if unavailable.contains(dep) {
                 return Err(format!("dependency {dep} did not start"));
             }
-            match how.condition {
+            match w.until {
                 Condition::Started => {}
                 Condition::Ready => self
-                    .wait_ready(dep_spec)
+                    .wait_ready(&w.spec)
                     .map_err(|e| e.as_dependency().to_string())?,
                 Condition::CompletedSuccessfully => self.wait_completed(dep)?,
             }
@@ -1044,7 +1085,7 @@ impl<'a> Engine<'a> {
     /// its `Ready!` is not reported twice: its entry gains the exit status.
     pub fn reap_early_exits(&mut self, report: &mut ApplyReport) {
         for (name, child) in &self.children {
-            if let Some(kind) = child.try_wait()
+            if let Some(kind) = self.processes.take_exit(child.pid)
                 && let Some(rec) = self.state.services.get_mut(name)
                 && rec.process.as_ref().is_some_and(|p| p.pid == child.pid)
             {
@@ -1053,7 +1094,7 @@ impl<'a> Engine<'a> {
                 rec.status = Status::Exited;
                 // What it left behind (mirrord's intproxy outlives a failed start).
                 if let Some(id) = &rec.process {
-                    process::stop_leftovers(
+                    self.processes.stop_leftovers(
                         name,
                         id,
                         stop_signal(&rec.spec),
@@ -1061,13 +1102,10 @@ impl<'a> Engine<'a> {
                     );
                 }
                 if let Some(entry) = report.failed.iter_mut().find(|(n, _)| n == name) {
-                    entry.1 = reason.clone();
-                    rec.last_reason = Some(reason);
+                    entry.1 = reason.to_string();
+                    rec.last_reason = Some(reason.to_string());
                 } else if exit.failed() {
-                    let why = match reason.strip_prefix("exited ") {
-                        Some(rest) => format!("exited right after start {rest}"),
-                        None => reason.clone(),
-                    };
+                    let why = reason.right_after_start();
                     self.reporter.event(name, &why);
                     report.failed.push((name.clone(), why.clone()));
                     rec.last_reason = Some(why);
@@ -1078,39 +1116,121 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Applies what the restart policy decided about exits (`plan`'s verdicts): the status,
+/// streak and back-off it records, and what the user is told. The exit itself and its reason
+/// (`last_reason`) were recorded when it was collected. Services in `told` had their failure
+/// said already: only what the policy does about it is said.
+pub fn apply_verdicts(
+    state: &mut State,
+    plan: &Plan,
+    told: &BTreeSet<String>,
+    reporter: &mut dyn Reporter,
+) {
+    for step in &plan.steps {
+        let Some(verdict) = step.exit else { continue };
+        let Some(rec) = state.services.get_mut(&step.service) else {
+            continue;
+        };
+        let name = &step.service;
+        let told = told.contains(name);
+        let reason = rec.last_reason.clone().unwrap_or_default();
+        match verdict {
+            Verdict::Stay { failed } => {
+                rec.status = if failed {
+                    Status::Failed
+                } else {
+                    Status::Exited
+                };
+                if !told {
+                    reporter.event(name, &reason);
+                }
+            }
+            Verdict::Backoff {
+                after,
+                until_ms,
+                streak,
+            } => {
+                rec.status = Status::Backoff;
+                rec.crash_streak = streak;
+                rec.backoff_until_ms = Some(until_ms);
+                let restart = format!(
+                    "restarting in {} (restart {streak} in a row)",
+                    crate::output::duration(after)
+                );
+                reporter.event(
+                    name,
+                    &if told {
+                        restart
+                    } else {
+                        format!("{reason}; {restart}")
+                    },
+                );
+            }
+            Verdict::GiveUp { restarts } => {
+                rec.status = Status::Failed;
+                rec.backoff_until_ms = None;
+                let why = format!(
+                    "{reason}; giving up after {restarts} restarts in a row (max_restarts)"
+                );
+                reporter.event(name, &format!("failed: {why}"));
+                rec.last_reason = Some(why);
+            }
+        }
+    }
+}
+
 /// How a service's process ended, for its `last_reason` and the events: `exited (exit code
 /// 3)`; for a mirrord session that died before its `Ready!`, `mirrord exited before Ready!
 /// (exit code 1): <the cause of mirrord's report>`; after it, a report of mirrord's own
 /// (an `execve` failure) is the cause, never the application's lines.
-pub fn exit_reason(rec: &ServiceRecord, exit: &ExitInfo) -> String {
-    let how = exit.describe();
+pub fn exit_reason(rec: &ServiceRecord, exit: &ExitInfo) -> ExitReason {
     let mirrord = rec.spec.launcher == LauncherKind::Mirrord;
-    let head = if mirrord && rec.status == Status::Starting {
-        format!("mirrord exited before Ready! ({how})")
-    } else {
-        format!("exited ({how})")
-    };
-    let cause = (mirrord && exit.failed())
-        .then(|| crate::readiness::session_cause(&rec.log_path, rec.log_offset))
-        .flatten();
-    match cause {
-        Some(c) => format!("{head}: {c}"),
-        None => head,
+    ExitReason {
+        before_ready: mirrord && rec.status == Status::Starting,
+        how: exit.describe(),
+        cause: (mirrord && exit.failed())
+            .then(|| crate::readiness::session_cause(&rec.log_path, rec.log_offset))
+            .flatten(),
     }
 }
 
-/// What [`Engine::dependencies_met`] found.
-enum DepCheck {
-    Met,
-    Wait {
-        reason: String,
-        failed: Option<String>,
-    },
-    /// Waits for `dep`'s readiness, which the loop probes.
-    Probe {
-        dep: String,
-        reason: String,
-    },
+/// How a process ended, as [`exit_reason`] finds it; `Display` is its `last_reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitReason {
+    /// A mirrord session that ended before its `Ready!`.
+    pub before_ready: bool,
+    /// `exit code 3`, `killed by SIGKILL`.
+    pub how: String,
+    /// The cause from mirrord's report, if any.
+    pub cause: Option<String>,
+}
+
+impl ExitReason {
+    /// Said of a process that died right after its start (`exited right after start (exit
+    /// code 3)`); a session that did not start says so as it is.
+    pub fn right_after_start(&self) -> String {
+        if self.before_ready {
+            return self.to_string();
+        }
+        let head = format!("exited right after start ({})", self.how);
+        match &self.cause {
+            Some(c) => format!("{head}: {c}"),
+            None => head,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.before_ready {
+            true => write!(f, "mirrord exited before Ready! ({})", self.how)?,
+            false => write!(f, "exited ({})", self.how)?,
+        }
+        match &self.cause {
+            Some(c) => write!(f, ": {c}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How long a dependent waits for `dep`'s readiness (`ready.timeout`, 60 s by default).
@@ -1133,7 +1253,17 @@ struct Session {
 
 /// The signal that stops `spec` (its `stop_signal`, SIGTERM if unreadable).
 pub fn stop_signal(spec: &ServiceSpec) -> Signal {
-    crate::config::parse_signal(&spec.stop_signal).unwrap_or(Signal::SIGTERM)
+    StopHow::of(spec, None).signal
+}
+
+/// One service to stop, as the plan (or a by-name stop) says.
+struct StopItem {
+    name: String,
+    /// The cause, said with the outcome (`stopped: removed from file`).
+    why: String,
+    how: StopHow,
+    /// Remove its record once it stopped.
+    remove: bool,
 }
 
 fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {

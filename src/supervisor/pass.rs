@@ -13,8 +13,7 @@ use crate::desired::Desired;
 use crate::engine::{
     ApplyReport, Engine, LaunchSettings, Reporter, exit_reason, liveness, observe,
 };
-use crate::plan::{Action, Cause, PlanOptions};
-use crate::policy::{self, Decision};
+use crate::plan::{Action, PlanAt, PlanOptions};
 use crate::process::{Liveness, ProcessIdentity};
 use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
@@ -169,7 +168,12 @@ fn pass(
     let before = state.clone();
     let now = now_ms();
     tracing::debug!(?work, "pass: state loaded");
-    let due = settle_exits(&mut state, settings, reporter, now, out, &BTreeSet::new());
+    let at = PlanAt {
+        now_ms: now,
+        abort_on_exit: settings.abort_on_exit,
+        stop_timeout: None,
+    };
+    settle_exits(&mut state, settings, reporter, &at, out, &BTreeSet::new());
     record_probed(&mut state, &settings.probed, reporter);
 
     let desired = match work {
@@ -179,39 +183,40 @@ fn pass(
         _ => recorded(&state),
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
-    let mut observed = observe(&state);
-    for name in due.iter().chain(&policy_changed(&state, &desired)) {
-        if let Some(o) = observed.get_mut(name) {
-            o.restart_due = true;
-        }
-    }
+    let observed = observe(&state);
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
         crate::project::ensure_known(names, &known, &store.project, "no service named")?;
         Ok(names.iter().cloned().collect())
     };
 
-    let mut stop_timeout = None;
     let mut explicit = None;
     let plan = match work {
         Work::Reconcile { explicit: e } => {
             explicit = e.clone();
-            crate::plan::plan(
+            crate::plan::plan_at(
                 &desired,
                 &observed,
                 PlanOptions {
                     force_recreate: e.as_ref().is_some_and(|e| e.force_recreate),
                     restart_exited: e.is_some(),
                 },
+                &at,
             )
         }
         Work::Start { names } => {
-            crate::plan::plan_request(&desired, &observed, &names_of(names)?, "start")
+            crate::plan::plan_request(&desired, &observed, &names_of(names)?, "start", &at)
         }
-        Work::Restart { names, timeout } => {
-            stop_timeout = *timeout;
-            crate::plan::plan_request(&desired, &observed, &names_of(names)?, "restart")
-        }
+        Work::Restart { names, timeout } => crate::plan::plan_request(
+            &desired,
+            &observed,
+            &names_of(names)?,
+            "restart",
+            &PlanAt {
+                stop_timeout: *timeout,
+                ..at
+            },
+        ),
         Work::Stop { names, timeout } => {
             let names = names_of(names)?;
             let order = StopOrder {
@@ -244,21 +249,12 @@ fn pass(
         }
     };
 
-    // A restart for any other reason than the policy starts a new streak.
-    for step in plan.changes() {
-        if !matches!(step.cause, Cause::Crashed { .. })
-            && let Some(rec) = state.services.get_mut(&step.service)
-        {
-            rec.crash_streak = 0;
-            rec.backoff_until_ms = None;
-        }
-    }
     let starts = plan
         .changes()
         .any(|s| matches!(s.action, Action::Start | Action::Restart));
     let launch = LaunchSettings {
         mirrord_bin: if starts { ctx.launcher_bin()? } else { None },
-        stop_timeout,
+        stop_timeout: None,
         defer_waits: settings.supervised,
         not_ready: settings.probed.not_ready.clone(),
     };
@@ -273,7 +269,7 @@ fn pass(
     let mut report = if plan.is_empty() {
         ApplyReport::default()
     } else {
-        engine.apply(&plan, &desired)?
+        engine.apply_plan(&plan)?
     };
     if let Some(wait) = explicit.as_ref().and_then(|e| e.wait) {
         engine.wait_all_ready(&desired, wait, &mut report);
@@ -284,11 +280,15 @@ fn pass(
         // settled now (recorded, restart policy), so that what the loop decides next (and
         // what `ps` shows) is already true.
         let reported: BTreeSet<String> = report.failed.iter().map(|(n, _)| n.clone()).collect();
+        let at = PlanAt {
+            now_ms: now_ms(),
+            ..at
+        };
         settle_exits(
             &mut engine.state,
             settings,
             engine.reporter,
-            now_ms(),
+            &at,
             out,
             &reported,
         );
@@ -333,18 +333,20 @@ fn pass(
     })
 }
 
-/// Exited services: record how they ended (with the cause of mirrord's report) and let their
-/// restart policy decide. Returns the services whose back-off is over. Services in `reported`
-/// had their failure told already: only what the policy does about it is.
+/// Exited services: records how they ended (the exit, and its reason with the cause of
+/// mirrord's report) and stops what they left behind — the facts; what the restart policy
+/// does about them is the plan's decision ([`crate::plan::settle`]), applied here at once.
+/// Services in `reported` had their failure told already: only what the policy does about
+/// it is.
 fn settle_exits(
     state: &mut State,
     settings: &PassSettings,
     reporter: &mut dyn Reporter,
-    now: u64,
+    at: &PlanAt,
     out: &mut PassOutcome,
     reported: &BTreeSet<String>,
-) -> BTreeSet<String> {
-    let mut due = BTreeSet::new();
+) {
+    let now = at.now_ms;
     for (name, rec) in state.services.iter_mut() {
         if rec.kind != RecordKind::Service {
             continue;
@@ -374,109 +376,19 @@ fn settle_exits(
                     rec.spec.stop_timeout(),
                 );
             }
-            let reason = exit_reason(rec, &exit);
-            let told = reported.contains(name);
-            let uptime =
-                Duration::from_millis(now.saturating_sub(rec.started_at_ms.unwrap_or(now)));
             if settings.abort_on_exit && out.abort.is_none() {
                 // As real `mirrord up`: 0 after a clean exit, 1 after a crash.
                 out.abort = Some(if exit.code == Some(0) { 0 } else { 1 });
             }
-            let decision = if settings.abort_on_exit {
-                Decision::Stay
-            } else {
-                policy::on_exit(
-                    rec.spec.restart,
-                    rec.spec.max_restarts,
-                    exit.failed(),
-                    uptime,
-                    rec.crash_streak,
-                )
-            };
-            let failed = exit.failed();
+            rec.last_reason = Some(exit_reason(rec, &exit).to_string());
             rec.last_exit = Some(exit);
-            match decision {
-                Decision::Stay => {
-                    // A session that never said `Ready!` did not start: failed, not exited.
-                    rec.status = if failed && rec.status == Status::Starting {
-                        Status::Failed
-                    } else {
-                        Status::Exited
-                    };
-                    if !told {
-                        reporter.event(name, &reason);
-                    }
-                    rec.last_reason = Some(reason);
-                }
-                Decision::Backoff { delay, streak } => {
-                    rec.status = Status::Backoff;
-                    rec.crash_streak = streak;
-                    rec.backoff_until_ms = Some(now + delay.as_millis() as u64);
-                    let restart = format!(
-                        "restarting in {} (restart {streak} in a row)",
-                        crate::output::duration(delay)
-                    );
-                    reporter.event(
-                        name,
-                        &if told {
-                            restart
-                        } else {
-                            format!("{reason}; {restart}")
-                        },
-                    );
-                    rec.last_reason = Some(reason);
-                }
-                Decision::GiveUp { restarts } => {
-                    rec.status = Status::Failed;
-                    rec.backoff_until_ms = None;
-                    let why = format!(
-                        "{reason}; giving up after {restarts} restarts in a row (max_restarts)"
-                    );
-                    reporter.event(name, &format!("failed: {why}"));
-                    rec.last_reason = Some(why);
-                }
-            }
-        }
-        if rec.status == Status::Backoff {
-            match rec.backoff_until_ms {
-                Some(t) if t > now => {
-                    out.next_due_ms = Some(out.next_due_ms.map_or(t, |d| d.min(t)));
-                }
-                _ => {
-                    due.insert(name.clone());
-                }
-            }
         }
     }
-    due
-}
-
-/// Services that gave up (`failed` after `max_restarts`) and whose restart policy in the file
-/// now asks for a restart (a raised `max_restarts`, another `restart`): the policy is a
-/// level, read again on every pass.
-fn policy_changed(state: &State, desired: &Desired) -> BTreeSet<String> {
-    desired
-        .services
-        .iter()
-        .filter(|spec| {
-            state.services.get(&spec.name).is_some_and(|rec| {
-                rec.status == Status::Failed
-                    && rec.last_exit.as_ref().is_some_and(|exit| {
-                        matches!(
-                            policy::on_exit(
-                                spec.restart,
-                                spec.max_restarts,
-                                exit.failed(),
-                                Duration::ZERO,
-                                rec.crash_streak,
-                            ),
-                            Decision::Backoff { .. }
-                        )
-                    })
-            })
-        })
-        .map(|spec| spec.name.clone())
-        .collect()
+    let decided = crate::plan::settle(&observe(state), at);
+    if let Some(t) = decided.requeue_at_ms {
+        out.next_due_ms = Some(out.next_due_ms.map_or(t, |d| d.min(t)));
+    }
+    crate::engine::apply_verdicts(state, &decided, reported, reporter);
 }
 
 /// The file's services; if the file does not load, the recorded ones (nothing changes, the
