@@ -23,7 +23,7 @@ use crate::process::{
 use crate::seams::{Clock, Launcher, ProcessTable};
 use crate::spec::{LauncherKind, ServiceSpec};
 use crate::state::{
-    ExitInfo, RecordKind, ServiceRecord, State, StateError, StateLock, StateStore, Status, now_ms,
+    ExitInfo, RecordKind, ServiceRecord, State, StateError, StateLock, StateStore, Status,
 };
 
 /// Default time a dependent waits for its dependency's readiness.
@@ -58,10 +58,15 @@ pub fn liveness(rec: &ServiceRecord) -> Liveness {
 /// that was up and ended is an exit the restart policy has not decided about yet; a back-off
 /// or a failure carries what the policy needs to look at it again.
 pub fn observe(state: &State) -> Observed {
+    observe_with(state, &crate::seams::REAL)
+}
+
+/// [`observe`], asking `processes` about each recorded process.
+pub fn observe_with(state: &State, processes: &dyn ProcessTable) -> Observed {
     state
         .records(RecordKind::Service)
         .map(|(name, rec)| {
-            let alive = liveness(rec);
+            let alive = processes.liveness(rec.process.as_ref());
             let detail = || match alive {
                 Liveness::Recycled => "its PID now belongs to another process".to_owned(),
                 _ => rec
@@ -782,7 +787,7 @@ impl<'a> Engine<'a> {
                 // death still counts as a start (what follows is the application's exit).
                 let dead = if s.watch.poll() {
                     false
-                } else if s.identity.liveness() != Liveness::Alive {
+                } else if self.processes.liveness(Some(&s.identity)) != Liveness::Alive {
                     !s.watch.poll()
                 } else {
                     waiting.push(s);
@@ -991,7 +996,7 @@ impl<'a> Engine<'a> {
             }
             if identity
                 .as_ref()
-                .is_none_or(|i| i.liveness() != Liveness::Alive)
+                .is_none_or(|i| self.processes.liveness(Some(i)) != Liveness::Alive)
             {
                 return Err(NotReady::new(&dep.name, NotReadyWhy::Exited));
             }
@@ -1020,17 +1025,18 @@ impl<'a> Engine<'a> {
             .ok_or(format!("dependency {dep} is not running"))?;
         let identity = rec.process.clone();
         let mut exit = rec.last_exit.clone();
-        if let Some(id) = identity.filter(|id| id.liveness() == Liveness::Alive) {
+        let processes = self.processes;
+        if let Some(id) = identity.filter(|id| processes.liveness(Some(id)) == Liveness::Alive) {
             // Started by this run (or adopted): wait for it, collecting its status when it is
             // our child — through our own handle, or through the supervisor's reaper.
             let mut pause = Duration::from_millis(1);
             loop {
-                let status = process::take_exit(id.pid).map(ExitInfo::from_kind);
-                if status.is_some() || id.liveness() != Liveness::Alive {
+                let status = processes.take_exit(id.pid).map(ExitInfo::from_kind);
+                if status.is_some() || processes.liveness(Some(&id)) != Liveness::Alive {
                     exit = status.or(Some(ExitInfo {
                         code: None,
                         signal: None,
-                        at_ms: now_ms(),
+                        at_ms: self.clock.now_ms(),
                     }));
                     break;
                 }
@@ -1317,3 +1323,7 @@ pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
     }
     process::search_path(Path::new(program), &std::env::var_os("PATH")?)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,354 @@
+//! The executor on fake seams: a launcher and a process table that record what they are
+//! asked (and read the state file at that moment), and a clock that stands still. No process
+//! is started; `tests/engine.rs` and the other integration tests run the real ones.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use super::*;
+use crate::config::{Dependency, DependsOn, RunType};
+use crate::plan::{Observed, PlanOptions};
+use crate::process::{ExitKind, MarkedGroup, SpawnRequest, Spawned, StopOutcome};
+use crate::seams::{Clock, Launcher, ProcessTable};
+
+const NOW: u64 = 1_700_000_000_000;
+
+/// What the fake machine saw: each spawn (service, and its record on disk at that moment),
+/// each stop request (and the record on disk then).
+#[derive(Default)]
+struct World {
+    state_file: PathBuf,
+    /// Services whose spawn fails (`ENOENT`).
+    broken: BTreeSet<String>,
+    spawns: RefCell<Vec<(String, String, Option<ServiceRecord>)>>,
+    stops: RefCell<Vec<(StopRequest, Option<ServiceRecord>)>>,
+    alive: RefCell<BTreeSet<i32>>,
+    /// Processes that ignore their stop signal (SIGKILL after the grace period).
+    stubborn: bool,
+    next_pid: Cell<i32>,
+    now: Cell<u64>,
+}
+
+impl World {
+    fn new(store: &StateStore) -> World {
+        World {
+            state_file: store.state_path(),
+            next_pid: Cell::new(1000),
+            now: Cell::new(NOW),
+            ..Default::default()
+        }
+    }
+
+    /// The record of `service` in the state file as it is on disk now.
+    fn on_disk(&self, service: &str) -> Option<ServiceRecord> {
+        let bytes = std::fs::read(&self.state_file).ok()?;
+        let state: State = serde_json::from_slice(&bytes).ok()?;
+        state.services.get(service).cloned()
+    }
+
+    fn spawned(&self) -> Vec<String> {
+        self.spawns
+            .borrow()
+            .iter()
+            .map(|(n, ..)| n.clone())
+            .collect()
+    }
+}
+
+impl Launcher for World {
+    fn spawn(&self, req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> {
+        let name = req.env[ENV_SERVICE].clone();
+        self.spawns
+            .borrow_mut()
+            .push((name.clone(), req.nonce.clone(), self.on_disk(&name)));
+        if self.broken.contains(&name) {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        let pid = self.next_pid.get();
+        self.next_pid.set(pid + 1);
+        self.alive.borrow_mut().insert(pid);
+        let identity = ProcessIdentity {
+            pid,
+            pgid: pid,
+            start_time: 1,
+            boot_id: "fake".into(),
+            nonce: Some(req.nonce.clone()),
+        };
+        Ok((Spawned { pid }, identity))
+    }
+}
+
+impl ProcessTable for World {
+    fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
+        match id {
+            Some(id) if self.alive.borrow().contains(&id.pid) => Liveness::Alive,
+            _ => Liveness::Exited,
+        }
+    }
+
+    fn take_exit(&self, _pid: i32) -> Option<ExitKind> {
+        None // not our children: the status is unknown, as for an adopted process
+    }
+
+    fn stop(
+        &self,
+        requests: &[StopRequest],
+        each: &mut dyn FnMut(&StopOutcome),
+    ) -> Vec<StopOutcome> {
+        let mut out = Vec::new();
+        for r in requests {
+            self.stops
+                .borrow_mut()
+                .push((r.clone(), self.on_disk(&r.name)));
+            if self.stubborn {
+                // It ignored its signal: the grace period passed, then SIGKILL.
+                self.now.set(self.now.get() + r.timeout.as_millis() as u64);
+            }
+            self.alive.borrow_mut().remove(&r.identity.pid);
+            let o = StopOutcome {
+                name: r.name.clone(),
+                killed: self.stubborn && r.signal != Signal::SIGKILL,
+                survivors: Vec::new(),
+                refused: None,
+                escaped: Vec::new(),
+            };
+            each(&o);
+            out.push(o);
+        }
+        out
+    }
+
+    fn stop_leftovers(&self, _: &str, _: &ProcessIdentity, _: Signal, _: Duration) {}
+
+    fn find_marked(&self, _: &Path) -> Vec<MarkedGroup> {
+        Vec::new()
+    }
+}
+
+impl Clock for World {
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+}
+
+#[derive(Default)]
+struct Events(Vec<(String, String)>);
+
+impl Reporter for Events {
+    fn event(&mut self, service: &str, what: &str) {
+        self.0.push((service.to_owned(), what.to_owned()));
+    }
+}
+
+fn spec(dir: &Path, name: &str, level: usize, deps: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        launcher: LauncherKind::Local,
+        mirrord_config: json!({"feature": {"env": {"override": {"FOO": "1"}}}}),
+        run_type: RunType::Exec,
+        command: vec!["sleep".into(), "100".into()],
+        working_dir: dir.to_owned(),
+        level,
+        depends_on: DependsOn(
+            deps.iter()
+                .map(|d| (d.to_string(), Dependency::default()))
+                .collect(),
+        ),
+        restart: Default::default(),
+        max_restarts: None,
+        ready: None,
+        stop_signal: "SIGTERM".into(),
+        stop_timeout_ms: 10_000,
+        logging: Default::default(),
+        watch: None,
+    }
+}
+
+fn desired(services: Vec<ServiceSpec>) -> Desired {
+    Desired {
+        services,
+        ..Default::default()
+    }
+}
+
+struct Fixture {
+    _root: tempfile::TempDir,
+    store: StateStore,
+    lock: StateLock,
+}
+
+fn fixture() -> Fixture {
+    let root = tempfile::tempdir().unwrap();
+    let store = StateStore::open(root.path(), "p").unwrap();
+    let lock = store.lock(Duration::from_secs(1)).unwrap();
+    Fixture {
+        _root: root,
+        store,
+        lock,
+    }
+}
+
+#[test]
+fn starts_go_level_by_level_and_each_is_recorded_before_its_spawn() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let world = World::new(&f.store);
+    let d = desired(vec![
+        spec(&dir, "db", 0, &[]),
+        spec(&dir, "api", 1, &["db"]),
+        spec(&dir, "web", 1, &["db"]),
+    ]);
+    let plan = crate::plan::plan(&d, &Observed::new(), PlanOptions::default());
+    let mut events = Events::default();
+    let mut engine = Engine::new(
+        &f.store,
+        &f.lock,
+        State::new("p"),
+        LaunchSettings::default(),
+        &mut events,
+    )
+    .with_seams(&world, &world, &world);
+    let report = engine.apply_plan(&plan).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(world.spawned(), ["db", "api", "web"]);
+    for (name, nonce, on_disk) in world.spawns.borrow().iter() {
+        // Intent first: the state file held the record, with this spawn's nonce and no
+        // process yet, when the launcher was called.
+        let rec = on_disk
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} not recorded"));
+        assert_eq!(rec.spawn_nonce.as_deref(), Some(nonce.as_str()), "{name}");
+        assert_eq!(rec.process, None, "{name}");
+        assert_eq!(rec.status, Status::Starting, "{name}");
+    }
+    // The level before was spawned and recorded before its dependents' spawns.
+    let spawns = world.spawns.borrow();
+    let db_then = world.on_disk("db").unwrap();
+    assert!(db_then.process.is_some());
+    assert!(spawns[1].2.is_some() && spawns[0].0 == "db");
+    for name in ["db", "api", "web"] {
+        let rec = &engine.state.services[name];
+        assert_eq!(rec.status, Status::Running, "{name}");
+        assert_eq!(rec.started_at_ms, Some(NOW), "{name}: the clock seam");
+    }
+    drop(engine);
+    assert!(
+        events
+            .0
+            .iter()
+            .any(|(n, e)| n == "db" && e == "started (pid 1000): new service"),
+        "{:?}",
+        events.0
+    );
+}
+
+#[test]
+fn a_failed_spawn_leaves_the_state_consistent_and_its_dependents_unstarted() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let mut world = World::new(&f.store);
+    world.broken.insert("web".into());
+    let d = desired(vec![
+        spec(&dir, "api", 0, &[]),
+        spec(&dir, "web", 0, &[]),
+        spec(&dir, "worker", 1, &["web"]),
+    ]);
+    let plan = crate::plan::plan(&d, &Observed::new(), PlanOptions::default());
+    let mut events = Events::default();
+    let mut engine = Engine::new(
+        &f.store,
+        &f.lock,
+        State::new("p"),
+        LaunchSettings::default(),
+        &mut events,
+    )
+    .with_seams(&world, &world, &world);
+    let report = engine.apply_plan(&plan).unwrap();
+    assert_eq!(world.spawned(), ["api", "web"], "worker is never spawned");
+    let failed: BTreeMap<_, _> = report.failed.iter().cloned().collect();
+    assert!(failed["web"].starts_with("cannot run `"), "{failed:?}");
+    assert_eq!(failed["worker"], "dependency web did not start");
+    let web = &engine.state.services["web"];
+    assert_eq!(web.status, Status::Failed);
+    assert_eq!(web.process, None);
+    assert_eq!(web.spawn_nonce, None, "nothing left to adopt by a nonce");
+    assert_eq!(web.last_reason.as_deref(), Some(failed["web"].as_str()));
+    assert_eq!(engine.state.services["api"].status, Status::Running);
+    // What is on disk is what the engine holds.
+    assert_eq!(world.on_disk("web").as_ref(), Some(web));
+    assert_eq!(
+        world.on_disk("api").as_ref(),
+        Some(&engine.state.services["api"])
+    );
+}
+
+#[test]
+fn a_stop_uses_the_plans_signal_and_grace_and_records_the_sigkill_it_took() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let mut world = World::new(&f.store);
+    world.stubborn = true;
+    let mut old = spec(&dir, "api", 0, &[]);
+    old.stop_signal = "SIGINT".into();
+    old.stop_timeout_ms = 3_000;
+    let mut events = Events::default();
+    let mut engine = Engine::new(
+        &f.store,
+        &f.lock,
+        State::new("p"),
+        LaunchSettings::default(),
+        &mut events,
+    )
+    .with_seams(&world, &world, &world);
+    let first = crate::plan::plan(
+        &desired(vec![old.clone()]),
+        &Observed::new(),
+        PlanOptions::default(),
+    );
+    engine.apply_plan(&first).unwrap();
+    let old_pid = engine.state.services["api"].process.as_ref().unwrap().pid;
+
+    // A change: the running process stops as it was started (SIGINT, 3 s), then the new one
+    // starts.
+    let mut new = spec(&dir, "api", 0, &[]);
+    new.mirrord_config = json!({"feature": {"env": {"override": {"FOO": "2"}}}});
+    let observed = observe_with(&engine.state, &world);
+    assert_eq!(observed["api"].state, ObservedState::Running);
+    let plan = crate::plan::plan(&desired(vec![new]), &observed, PlanOptions::default());
+    assert_eq!(plan.steps[0].action, Action::Restart);
+    let report = engine.apply_plan(&plan).unwrap();
+    assert!(report.ok(), "{report:?}");
+    let stops = world.stops.borrow();
+    let (request, on_disk) = stops
+        .iter()
+        .find(|(r, _)| r.identity.pid == old_pid)
+        .expect("the old process was stopped");
+    assert_eq!(request.signal, Signal::SIGINT);
+    assert_eq!(request.timeout, Duration::from_secs(3));
+    assert_eq!(
+        on_disk.as_ref().map(|r| r.status),
+        Some(Status::Stopping),
+        "the stop is recorded before the signal"
+    );
+    assert_eq!(world.now.get(), NOW + 3_000, "the grace period passed");
+    let rec = &engine.state.services["api"];
+    assert_eq!(rec.status, Status::Running);
+    assert_ne!(rec.process.as_ref().unwrap().pid, old_pid);
+    assert_eq!(
+        rec.last_exit.as_ref().and_then(|e| e.signal.as_deref()),
+        Some("SIGKILL"),
+        "it died of SIGKILL, not of its stop signal"
+    );
+    drop(engine);
+    assert!(
+        events.0.iter().any(|(n, e)| n == "api"
+            && e == "stopped (killed after the grace period): config changed: env.override.FOO"),
+        "{:?}",
+        events.0
+    );
+}
