@@ -166,6 +166,30 @@ impl ApplyReport {
 
     /// One paragraph naming what went wrong.
     pub fn error_message(&self) -> Option<String> {
+        self.error().map(|e| e.to_string())
+    }
+
+    /// What went wrong, as a typed error (`error::fate` keeps going after it; its exit code
+    /// is 1).
+    pub fn error(&self) -> Option<ApplyFailed> {
+        (!self.ok()).then(|| ApplyFailed {
+            failed: self.failed.clone(),
+            survivors: self.survivors.clone(),
+        })
+    }
+}
+
+/// Services that could not be started, or did not stop: one paragraph naming each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ApplyFailed {
+    /// `(service, reason)`.
+    pub failed: Vec<(String, String)>,
+    /// `(service, pids still alive)`.
+    pub survivors: Vec<(String, Vec<i32>)>,
+}
+
+impl std::fmt::Display for ApplyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         for (s, why) in &self.failed {
             parts.push(format!("{s} failed to start: {why}"));
@@ -173,7 +197,7 @@ impl ApplyReport {
         for (s, pids) in &self.survivors {
             parts.push(format!("{s} did not stop (still running: pids {pids:?})"));
         }
-        (!parts.is_empty()).then(|| parts.join("; "))
+        f.write_str(&parts.join("; "))
     }
 }
 
@@ -337,12 +361,11 @@ impl<'a> Engine<'a> {
         self.apply_plan(plan)
     }
 
-    /// Carries out `plan`: settles the exits it decided about, stops what goes away or is
+    /// Carries out `plan`: stops what goes away or is
     /// replaced (deepest level first), then starts level by level, each level at once, every
     /// start gated on what its step says it waits for.
     pub fn apply_plan(&mut self, plan: &Plan) -> Result<ApplyReport, StateError> {
         let mut report = ApplyReport::default();
-        self.settle(plan, &BTreeSet::new());
         // A start for any other reason than the policy starts a new streak.
         for step in plan.changes().filter(|s| s.new_streak) {
             if let Some(rec) = self.state.services.get_mut(&step.service) {
@@ -409,7 +432,9 @@ impl<'a> Engine<'a> {
         Ok(report)
     }
 
-    /// Applies what the restart policy decided about exits (see [`apply_verdicts`]).
+    /// Applies what the restart policy decided about exits (see [`apply_verdicts`]): by the
+    /// caller that recorded them (the supervisor's pass), not by `apply_plan` — a one-shot
+    /// command records no exits and restarts what ended anyway.
     pub fn settle(&mut self, plan: &Plan, told: &BTreeSet<String>) {
         apply_verdicts(&mut self.state, plan, told, self.reporter);
     }

@@ -352,3 +352,35 @@ fn a_stop_uses_the_plans_signal_and_grace_and_records_the_sigkill_it_took() {
         events.0
     );
 }
+
+#[test]
+fn an_exit_reason_is_built_from_its_parts_not_cut_from_text() {
+    let plain = ExitReason {
+        before_ready: false,
+        how: "exit code 3".into(),
+        cause: None,
+    };
+    assert_eq!(plain.to_string(), "exited (exit code 3)");
+    assert_eq!(
+        plain.right_after_start(),
+        "exited right after start (exit code 3)"
+    );
+    let with_cause = ExitReason {
+        cause: Some("execve failed".into()),
+        ..plain
+    };
+    assert_eq!(
+        with_cause.right_after_start(),
+        "exited right after start (exit code 3): execve failed"
+    );
+    let session = ExitReason {
+        before_ready: true,
+        how: "exit code 1".into(),
+        cause: Some("no cluster".into()),
+    };
+    assert_eq!(
+        session.to_string(),
+        "mirrord exited before Ready! (exit code 1): no cluster"
+    );
+    assert_eq!(session.right_after_start(), session.to_string());
+}

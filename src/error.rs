@@ -7,9 +7,11 @@
 use std::process::ExitCode;
 
 use crate::config::{ConfigError, ReadError};
+use crate::engine::ApplyFailed;
 use crate::process::Refusal;
 use crate::readiness::{NotReady, NotReadyWhy};
-use crate::state::StateError;
+use crate::state::{ExitInfo, StateError};
+use crate::supervisor::pass::NotApplied;
 
 /// `plan --detailed-exitcode`: the plan has changes.
 pub const EXIT_CHANGES: u8 = 2;
@@ -42,6 +44,8 @@ pub fn fate(err: &anyhow::Error) -> Fate {
             };
         }
         if cause.is::<ConfigError>()
+            || cause.is::<ApplyFailed>()
+            || cause.is::<NotApplied>()
             || cause.is::<ReadError>()
             || cause.is::<NotReady>()
             || cause.is::<Refusal>()
@@ -64,6 +68,16 @@ pub fn exit_code(err: &anyhow::Error) -> ExitCode {
     } else {
         EXIT_FAILURE
     })
+}
+
+/// `--abort-on-exit`: the code `up` ends with after a service exited, as real `mirrord up`
+/// does: 0 after a clean exit, 1 after a crash (a code other than 0, a signal, unknown).
+pub fn abort_on_exit_code(exit: &ExitInfo) -> u8 {
+    if exit.code == Some(0) {
+        0
+    } else {
+        EXIT_FAILURE
+    }
 }
 
 /// Prints `error: <err and its causes>` on stderr (red when `color`) and returns its exit code.
@@ -104,6 +118,43 @@ mod tests {
         let not_ready = anyhow::Error::new(NotReady::new("db", NotReadyWhy::Exited));
         assert_eq!(fate(&not_ready), Fate::KeepGoing);
         assert_eq!(fate(&anyhow::anyhow!("something else")), Fate::Fatal);
+    }
+
+    #[test]
+    fn a_service_that_did_not_start_or_a_file_that_did_not_load_keeps_the_loop_going() {
+        let failed = ApplyFailed {
+            failed: vec![(
+                "api".into(),
+                "exited right after start (exit code 3)".into(),
+            )],
+            survivors: vec![("db".into(), vec![12])],
+        };
+        assert_eq!(
+            failed.to_string(),
+            "api failed to start: exited right after start (exit code 3); db did not stop (still running: pids [12])"
+        );
+        let err = anyhow::Error::new(failed).context("up");
+        assert_eq!(fate(&err), Fate::KeepGoing);
+        assert_eq!(exit_code(&err), ExitCode::from(1));
+        let not_applied = anyhow::Error::new(NotApplied {
+            nothing_recorded: true,
+            message: "bad".into(),
+        });
+        assert_eq!(not_applied.to_string(), "nothing was started: bad");
+        assert_eq!(fate(&not_applied), Fate::KeepGoing);
+    }
+
+    #[test]
+    fn abort_on_exit_ends_with_0_after_a_clean_exit_and_1_after_a_crash() {
+        let exit = |code, signal: Option<&str>| ExitInfo {
+            code,
+            signal: signal.map(Into::into),
+            at_ms: 0,
+        };
+        assert_eq!(abort_on_exit_code(&exit(Some(0), None)), 0);
+        assert_eq!(abort_on_exit_code(&exit(Some(3), None)), 1);
+        assert_eq!(abort_on_exit_code(&exit(None, Some("SIGKILL"))), 1);
+        assert_eq!(abort_on_exit_code(&exit(None, None)), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::config::Mode;
 use crate::desired::Desired;
@@ -317,20 +317,42 @@ fn pass(
     tracing::debug!("pass: applied");
     describe(&engine.state, out);
     out.failed.clone_from(&report.failed);
-    if let Some(msg) = report.error_message() {
-        bail!("{msg}");
+    if let Some(err) = report.error() {
+        return Err(err.into());
     }
     if let (Some(err), Work::Reconcile { explicit: Some(_) }) = (&out.reload_error, work) {
-        if engine.state.records(RecordKind::Service).next().is_none() {
-            bail!("nothing was started: {err}");
+        return Err(NotApplied {
+            nothing_recorded: engine.state.records(RecordKind::Service).next().is_none(),
+            message: err.clone(),
         }
-        bail!("the file was not applied, every service keeps running as it is: {err}");
+        .into());
     }
     Ok(if plan.is_empty() {
         format!("nothing to do ({} running)", out.running.len())
     } else {
         crate::engine::done_summary(&plan)
     })
+}
+
+/// An explicit `up` whose file did not load: nothing changed (`message` says why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct NotApplied {
+    /// No service is recorded: nothing was started (else every one keeps running as it is).
+    pub nothing_recorded: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for NotApplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.nothing_recorded {
+            true => write!(f, "nothing was started: {}", self.message),
+            false => write!(
+                f,
+                "the file was not applied, every service keeps running as it is: {}",
+                self.message
+            ),
+        }
+    }
 }
 
 /// Exited services: records how they ended (the exit, and its reason with the cause of
@@ -377,8 +399,7 @@ fn settle_exits(
                 );
             }
             if settings.abort_on_exit && out.abort.is_none() {
-                // As real `mirrord up`: 0 after a clean exit, 1 after a crash.
-                out.abort = Some(if exit.code == Some(0) { 0 } else { 1 });
+                out.abort = Some(crate::error::abort_on_exit_code(&exit).into());
             }
             rec.last_reason = Some(exit_reason(rec, &exit).to_string());
             rec.last_exit = Some(exit);
@@ -532,8 +553,8 @@ fn stop(
     }
     engine.save_if_changed(&loaded)?;
     describe(&engine.state, out);
-    if let Some(msg) = report.error_message() {
-        bail!("{msg}");
+    if let Some(err) = report.error() {
+        return Err(err.into());
     }
     Ok(format!("{} stopped", names.len()))
 }
