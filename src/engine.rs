@@ -528,8 +528,13 @@ impl<'a> Engine<'a> {
         self.stop_each(items, report)
     }
 
-    /// Stops what `steps` stop (Stop: the record goes; Restart: it stays for the start).
-    fn stop_steps(&mut self, steps: &[&Step], report: &mut ApplyReport) -> Result<(), StateError> {
+    /// Stops what `steps` stop, as each says (its signal and grace; a record to forget goes,
+    /// others stay: a restart's for its start, a stop's as stopped).
+    pub fn stop_steps(
+        &mut self,
+        steps: &[&Step],
+        report: &mut ApplyReport,
+    ) -> Result<(), StateError> {
         let items: Vec<StopItem> = steps
             .iter()
             .filter_map(|s| {
@@ -537,7 +542,7 @@ impl<'a> Engine<'a> {
                     name: s.service.clone(),
                     why: s.cause.to_string(),
                     how: s.stop?,
-                    remove: s.action == Action::Stop,
+                    remove: s.forget,
                 })
             })
             .collect();

@@ -146,6 +146,8 @@ pub enum Cause {
         dependency: String,
     },
     InterruptedStop,
+    /// mirrord-up ends (Ctrl-C, the terminal went away): everything stops.
+    Ending,
     /// It waited for its dependencies (`depends_on` conditions); they are met now.
     DependenciesMet,
     Unchanged,
@@ -170,6 +172,7 @@ impl fmt::Display for Cause {
                 write!(f, "dependency {dependency} restarted")
             }
             Cause::InterruptedStop => f.write_str("an interrupted stop"),
+            Cause::Ending => f.write_str("mirrord-up is ending"),
             Cause::DependenciesMet => f.write_str("its dependencies are met"),
             Cause::Unchanged => f.write_str("unchanged"),
         }
@@ -236,6 +239,9 @@ pub struct Step {
     /// A start for another reason than the restart policy: a new streak begins (the
     /// recorded crash streak and back-off are cleared).
     pub new_streak: bool,
+    /// Stop: its record goes once it stopped (removed from the file, `down`); otherwise it
+    /// stays, as stopped.
+    pub forget: bool,
 }
 
 impl Step {
@@ -250,6 +256,7 @@ impl Step {
             wait: Vec::new(),
             exit: None,
             new_streak: false,
+            forget: false,
         }
     }
 
@@ -366,11 +373,13 @@ pub fn settle(observed: &Observed, at: &PlanAt) -> Plan {
     plan
 }
 
-/// Stops of the named recorded services, each with its recorded signal and grace period.
+/// Stops of the named recorded services, each with its recorded signal and grace period;
+/// `forget`: their records go too (`down`).
 pub fn plan_stop(
     observed: &Observed,
     names: &BTreeSet<String>,
     cause: &Cause,
+    forget: bool,
     at: &PlanAt,
 ) -> Plan {
     let steps = names
@@ -379,6 +388,7 @@ pub fn plan_stop(
         .map(|(n, o)| {
             let mut step = Step::new(n, Action::Stop, cause.clone(), o.level);
             step.stop = Some(StopHow::of(&o.recorded, at.stop_timeout));
+            step.forget = forget;
             step
         })
         .collect();
@@ -489,6 +499,7 @@ pub fn plan_at(desired: &Desired, observed: &Observed, opts: PlanOptions, at: &P
         .map(|(name, o)| {
             let mut step = Step::new(name, Action::Stop, Cause::RemovedFromFile, o.level);
             step.stop = Some(StopHow::of(&o.recorded, at.stop_timeout));
+            step.forget = true;
             step
         })
         .collect();

@@ -13,7 +13,7 @@ use crate::desired::Desired;
 use crate::engine::{
     ApplyReport, Engine, LaunchSettings, Reporter, exit_reason, liveness, observe,
 };
-use crate::plan::{Action, PlanAt, PlanOptions};
+use crate::plan::{Action, Cause, PlanAt, PlanOptions};
 use crate::process::{Liveness, ProcessIdentity};
 use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
@@ -223,7 +223,7 @@ fn pass(
                 names: &names,
                 timeout: *timeout,
                 forget: false,
-                why: "stop requested",
+                why: Cause::Requested { what: "stop" },
             };
             return stop(&store, &lock, state, &order, reporter, out);
         }
@@ -240,9 +240,9 @@ fn pass(
                 timeout: *timeout,
                 forget: *forget,
                 why: if *forget {
-                    "down requested"
+                    Cause::Requested { what: "down" }
                 } else {
-                    "mirrord-up is ending"
+                    Cause::Ending
                 },
             };
             return stop(&store, &lock, state, &order, reporter, out);
@@ -503,7 +503,7 @@ struct StopOrder<'a> {
     timeout: Option<Duration>,
     /// Remove the records (`down`) instead of keeping them as stopped.
     forget: bool,
-    why: &'static str,
+    why: Cause,
 }
 
 fn stop(
@@ -518,12 +518,18 @@ fn stop(
         names,
         timeout,
         forget,
-        why,
+        ref why,
     } = *order;
-    let launch = LaunchSettings {
-        stop_timeout: timeout,
-        ..Default::default()
-    };
+    let plan = crate::plan::plan_stop(
+        &observe(&state),
+        names,
+        why,
+        forget,
+        &PlanAt {
+            stop_timeout: timeout,
+            ..Default::default()
+        },
+    );
     let loaded = state.clone();
     // Only what runs (or would run again) becomes `stopped`; a service that had exited or
     // failed keeps its status and last exit.
@@ -532,15 +538,9 @@ fn stop(
         .filter(|(_, r)| !matches!(r.status, Status::Exited | Status::Failed | Status::Stopped))
         .map(|(n, _)| n.clone())
         .collect();
-    let mut engine = Engine::new(store, lock, state, launch, reporter);
-    let list: Vec<(String, String)> = names.iter().map(|n| (n.clone(), why.to_owned())).collect();
-    let removed = if forget {
-        names.clone()
-    } else {
-        BTreeSet::new()
-    };
+    let mut engine = Engine::new(store, lock, state, LaunchSettings::default(), reporter);
     let mut report = ApplyReport::default();
-    engine.stop_services(&list, &removed, &mut report)?;
+    engine.stop_steps(&plan.steps.iter().collect::<Vec<_>>(), &mut report)?;
     for n in names {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)
