@@ -369,6 +369,7 @@ fn settle_exits(
     reported: &BTreeSet<String>,
 ) {
     let now = at.now_ms;
+    let mut recorded = BTreeSet::new();
     for (name, rec) in state.services.iter_mut() {
         if rec.kind != RecordKind::Service {
             continue;
@@ -403,9 +404,16 @@ fn settle_exits(
             }
             rec.last_reason = Some(exit_reason(rec, &exit).to_string());
             rec.last_exit = Some(exit);
+            recorded.insert(name.clone());
         }
     }
-    let decided = crate::plan::settle(&observe(state), at);
+    // Only the exits recorded just now are decided about: one that happens while this runs
+    // has no facts recorded yet (the next pass records and decides it).
+    let mut observed = observe(state);
+    observed.retain(|name, o| {
+        recorded.contains(name) || !matches!(o.state, crate::plan::ObservedState::Exited { .. })
+    });
+    let decided = crate::plan::settle(&observed, at);
     if let Some(t) = decided.requeue_at_ms {
         out.next_due_ms = Some(out.next_due_ms.map_or(t, |d| d.min(t)));
     }
