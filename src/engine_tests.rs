@@ -384,3 +384,87 @@ fn an_exit_reason_is_built_from_its_parts_not_cut_from_text() {
     );
     assert_eq!(session.right_after_start(), session.to_string());
 }
+
+#[test]
+fn a_crash_backs_off_and_the_engine_restarts_it_when_the_plan_says_it_is_due() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let world = World::new(&f.store);
+    let mut s = spec(&dir, "api", 0, &[]);
+    s.restart = crate::config::RestartPolicy::Always;
+    let d = desired(vec![s]);
+    let mut events = Events::default();
+    let mut engine = Engine::new(
+        &f.store,
+        &f.lock,
+        State::new("p"),
+        LaunchSettings::default(),
+        &mut events,
+    )
+    .with_seams(&world, &world, &world);
+    let at = |now_ms| crate::plan::PlanAt {
+        now_ms,
+        ..Default::default()
+    };
+    engine
+        .apply_plan(&crate::plan::plan_at(
+            &d,
+            &Observed::new(),
+            PlanOptions::default(),
+            &at(NOW),
+        ))
+        .unwrap();
+
+    // It crashes 2 s later; the pass records the fact (its exit and reason)…
+    world.now.set(NOW + 2_000);
+    let pid = engine.state.services["api"].process.as_ref().unwrap().pid;
+    world.alive.borrow_mut().remove(&pid);
+    let rec = engine.state.services.get_mut("api").unwrap();
+    let exit = ExitInfo {
+        code: Some(3),
+        signal: None,
+        at_ms: NOW + 2_000,
+    };
+    rec.last_reason = Some(exit_reason(rec, &exit).to_string());
+    rec.last_exit = Some(exit);
+    // …and the plan decides: back off 1 s, look again then.
+    let observed = observe_with(&engine.state, &world);
+    let decided = crate::plan::settle(&observed, &at(NOW + 2_000));
+    assert_eq!(decided.requeue_at_ms, Some(NOW + 3_000));
+    engine.settle(&decided, &BTreeSet::new());
+    let rec = &engine.state.services["api"];
+    assert_eq!(rec.status, Status::Backoff);
+    assert_eq!(rec.backoff_until_ms, Some(NOW + 3_000));
+    assert_eq!(rec.crash_streak, 1);
+
+    // Not before its end…
+    let observed = observe_with(&engine.state, &world);
+    let early = crate::plan::plan_at(&d, &observed, PlanOptions::default(), &at(NOW + 2_999));
+    assert!(early.is_empty(), "{early:?}");
+    assert_eq!(early.requeue_at_ms, Some(NOW + 3_000));
+    // …at its end: restarted by the policy, the streak kept.
+    world.now.set(NOW + 3_000);
+    let due = crate::plan::plan_at(&d, &observed, PlanOptions::default(), &at(NOW + 3_000));
+    engine.apply_plan(&due).unwrap();
+    assert_eq!(world.spawned(), ["api", "api"]);
+    let rec = &engine.state.services["api"];
+    assert_eq!(rec.status, Status::Running);
+    assert_eq!(rec.crash_streak, 1, "a policy restart continues the streak");
+    assert_eq!(rec.policy_restarts, 1);
+    assert_eq!(rec.started_at_ms, Some(NOW + 3_000));
+    drop(engine);
+    let said: Vec<&str> = events
+        .0
+        .iter()
+        .filter(|(n, _)| n == "api")
+        .map(|(_, e)| e.as_str())
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "started (pid 1000): new service",
+            "exited (exit code 3); restarting in 1s (restart 1 in a row)",
+            "started (pid 1001): restart policy (exit code 3)",
+        ]
+    );
+}
