@@ -1,7 +1,10 @@
 //! The executor: observe (state ∩ reality), recover an interrupted apply, and carry out a
-//! `Plan` on real process groups — stops in reverse dependency order, starts level by level,
-//! each level in parallel. Intent is written before acting, so that a crash at any point
-//! leaves a state from which the next run converges without duplicates or orphans.
+//! `Plan`'s steps — stops in reverse dependency order, starts level by level, each level in
+//! parallel — through the seams (`seams::Launcher`, `ProcessTable`, `Clock`: real process
+//! groups, or fakes in unit tests). It decides nothing: each step says what to start (its
+//! spec), how to stop (signal, grace period), what it waits for, and what the restart policy
+//! decided. Intent is written before acting, so that a crash at any point leaves a state from
+//! which the next run converges without duplicates or orphans.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

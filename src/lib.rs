@@ -2,8 +2,9 @@
 //!
 //! The YAML (`config`) is the desired state, resolved into `ServiceSpec`s with a `ConfigHash`
 //! each (`desired`, `generate`, `spec`); the state file (`state`) records what was started;
-//! `plan` compares the two without side effects; the executor (`engine`) carries a plan out on
-//! real process groups (`process`).
+//! `plan` compares the two without side effects and decides everything (restart policy,
+//! gating); the executor (`engine`) carries a plan out through `seams` on real process groups
+//! (`process`).
 
 // First, with its printing macros: see `output`'s documentation.
 #[macro_use]
