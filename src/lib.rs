@@ -31,6 +31,7 @@ pub mod project;
 pub mod readiness;
 pub mod report;
 pub mod runner;
+pub mod secs;
 pub mod session;
 pub mod spec;
 pub mod state;

@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<Exit
     // Supervisors the state does not record (a lost or corrupt state file) would start the
     // services again: they go first.
     for sup in process::find_supervisors(&store.dir) {
-        let mut reporter = crate::progress::reporter(ctx, width);
+        let mut reporter = ctx.reporter(width);
         let how = stop_process(&sup, timeout, force);
         reporter.event(
             "supervisor",
@@ -116,7 +116,7 @@ fn stop_supervisor(
     force: bool,
 ) {
     use crate::supervisor::control::{Request, request};
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     if force {
         let how = stop_process(&sup.process, timeout, true);
         reporter.event("supervisor", &format!("{how} (pid {})", sup.process.pid));
@@ -195,7 +195,7 @@ fn stop_inner(
     }
     let selected = |n: &String| only.is_none_or(|o| o.contains(n));
     let width = state.name_width();
-    let mut reporter = crate::events::reporter(ctx, width);
+    let mut reporter = ctx.recording_reporter(width);
 
     // A record that points at no service's group (pgid 0 or 1, our own group…) is never
     // signalled; its spawn nonce still finds the real processes below.

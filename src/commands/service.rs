@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let width = services.iter().map(String::len).max().unwrap_or(0);
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     let (ok, message) = if let Some(sup) = control::running(state.as_ref()) {
         let timeout_s = args.timeout;
         let req = match op {
@@ -70,7 +70,7 @@ pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode>
             Op::Start => Work::Start { names },
         };
         // No supervisor records these events: this command does.
-        let mut reporter = crate::events::recording(ctx, reporter);
+        let mut reporter = ctx.recording(reporter);
         let out = pass::run_pass(ctx, &PassSettings::default(), &work, reporter.as_mut());
         match out.result {
             Some(Ok(summary)) => (true, summary),

@@ -117,7 +117,7 @@ fn apply_request(ctx: &Context, args: &UpArgs) -> Request {
 
 /// Asks the running supervisor to apply the file, showing what it does.
 fn forward(ctx: &Context, socket: &Path, args: &UpArgs, width: usize) -> Result<ExitCode> {
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     let (ok, message) = control::request(socket, &apply_request(ctx, args), reporter.as_mut())?;
     finish(ctx, ok, message)
 }
@@ -165,7 +165,7 @@ fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
     }
     let mut child = cmd.spawn().context("cannot start the supervisor")?;
     let pipe = child.stdout.take().expect("piped");
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     match control::read_replies(pipe, reporter.as_mut())? {
         Some(Outcome::Done { ok, message }) => {
             // A first pass that failed and left nothing to look after ends the supervisor:
@@ -236,7 +236,7 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         .chain(state.services.keys().map(String::len))
         .max()
         .unwrap_or(0);
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     let fresh = state.services.is_empty();
     let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());
     engine.recover()?;
