@@ -30,6 +30,7 @@ pub mod progress;
 pub mod project;
 pub mod readiness;
 pub mod report;
+pub mod request;
 pub mod runner;
 pub mod secs;
 pub mod session;

@@ -22,6 +22,7 @@
 
 pub mod control;
 pub mod machine;
+pub mod oneshot;
 pub mod pass;
 
 use std::collections::BTreeMap;
@@ -406,20 +407,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if std::mem::take(&mut reload_in_pass) && out.reload_error.is_none() {
                     publish("mirrord-up", "reload applied");
                 }
-                Event::PassDone(PassDone {
-                    result: out.result.unwrap_or_else(|| Err("no result".into())),
-                    running: out.running.iter().map(|(n, id)| (n.clone(), id.pid)).collect(),
-                    next_due: out
-                        .next_due_ms
-                        .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),
-                    unsettled: out.unsettled,
-                    files_changed,
-                    abort: out.abort,
-                    all_down: out.all_down,
-                    probes: out.probes,
-                    waiting: out.waiting,
-                    failed: out.failed,
-                })
+                Event::PassDone(pass_done(out, files_changed))
             }
         };
         let fx = machine.handle(event, Instant::now());
@@ -435,6 +423,28 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         t.flush();
     }
     Ok(ExitCode::from(shell.exit.unwrap_or(0)))
+}
+
+/// What the machine needs to know of a finished pass.
+fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
+    PassDone {
+        result: out.result.unwrap_or_else(|| Err("no result".into())),
+        running: out
+            .running
+            .iter()
+            .map(|(n, id)| (n.clone(), id.pid))
+            .collect(),
+        next_due: out
+            .next_due_ms
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),
+        unsettled: out.unsettled,
+        files_changed,
+        abort: out.abort,
+        all_down: out.all_down,
+        probes: out.probes,
+        waiting: out.waiting,
+        failed: out.failed,
+    }
 }
 
 /// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there
@@ -922,6 +932,58 @@ impl LogPrinter {
     fn flush(&self) {
         if self.tx.send(TailMsg::Flush).is_ok() {
             let _ = self.done.recv_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Request as Asked, UpRequest};
+
+    /// Every request reaches the machine as the same work whether it comes over the control
+    /// socket (to a supervisor) or is served in the asking process (`oneshot`).
+    #[test]
+    fn a_request_is_the_same_work_over_the_socket_and_in_process() {
+        let file = PathBuf::from("/p/mirrord-up.yaml");
+        let secs = |s| Some(Duration::from_secs(s));
+        let names = || vec!["api".to_owned(), "db".to_owned()];
+        let asked = [
+            Asked::Up {
+                file: file.clone(),
+                up: UpRequest {
+                    services: names(),
+                    force_recreate: true,
+                    wait: secs(30),
+                    wait_timeout: Duration::from_secs(30),
+                    profiles: vec!["dev".into()],
+                    ..Default::default()
+                },
+            },
+            Asked::Up {
+                file: file.clone(),
+                up: UpRequest::default(),
+            },
+            Asked::Down { timeout: secs(3) },
+            Asked::Down { timeout: None },
+            Asked::Restart {
+                names: names(),
+                timeout: secs(2),
+            },
+            Asked::Stop {
+                names: names(),
+                timeout: None,
+            },
+            Asked::Start { names: names() },
+        ];
+        for req in asked {
+            let over_the_socket = work_of(req.control(), std::slice::from_ref(&file))
+                .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+            assert_eq!(
+                format!("{over_the_socket:?}"),
+                format!("{:?}", req.work()),
+                "{req:?}"
+            );
         }
     }
 }
