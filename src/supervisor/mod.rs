@@ -20,6 +20,7 @@
 //! state file, checking each recorded identity. The supervisor is the children's subreaper and
 //! reaps every exit, keeping the statuses for the restart policy.
 
+pub mod await_ready;
 pub mod control;
 pub mod machine;
 pub mod oneshot;
@@ -207,7 +208,44 @@ impl Shell<'_> {
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
-                Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone()),
+                Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone(), false),
+                Effect::AwaitReady {
+                    client,
+                    services,
+                    deadline,
+                    limit,
+                } => {
+                    let probed = await_ready(
+                        self.ctx.as_ref(),
+                        &self.tx,
+                        client,
+                        &services,
+                        deadline,
+                        &self.cancel,
+                    );
+                    // What the client waits for, as a pass's wait would have said it.
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        for (service, own) in probed {
+                            control::send(
+                                c,
+                                &Reply::Waiting {
+                                    service,
+                                    what: "waiting for readiness".into(),
+                                    limit_ms: Some(own.min(limit).as_millis() as u64),
+                                },
+                            );
+                        }
+                    }
+                }
+                Effect::Tell {
+                    client,
+                    service,
+                    what,
+                } => {
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        control::send(c, &Reply::Event { service, what });
+                    }
+                }
                 Effect::Answer {
                     client,
                     ok,
@@ -461,7 +499,13 @@ fn session_publisher(ctx: &Arc<dyn Project>) -> crate::session::Publish {
 
 /// Probes one service's readiness on a thread of its own (a TCP connect or an HTTP request
 /// may take a while): until it passes, the process ends, the timeout, or the loop ends.
-fn spawn_probe(tx: &UnboundedSender<Input>, order: ProbeOrder, cancel: Arc<AtomicBool>) {
+/// `for_wait`: an `up --wait`'s probe (its result is `Event::WaitProbed`).
+fn spawn_probe(
+    tx: &UnboundedSender<Input>,
+    order: ProbeOrder,
+    cancel: Arc<AtomicBool>,
+    for_wait: bool,
+) {
     let tx = tx.clone();
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
@@ -492,12 +536,54 @@ fn spawn_probe(tx: &UnboundedSender<Input>, order: ProbeOrder, cancel: Arc<Atomi
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         };
-        let _ = tx.send(Input::Event(Event::Probed {
-            service: order.service,
-            pid: order.identity.pid,
-            outcome,
+        let (service, pid) = (order.service, order.identity.pid);
+        let _ = tx.send(Input::Event(if for_wait {
+            Event::WaitProbed {
+                service,
+                pid,
+                outcome,
+            }
+        } else {
+            Event::Probed {
+                service,
+                pid,
+                outcome,
+            }
         }));
     });
+}
+
+/// `up --wait`: looks at the services waited for and probes those that run; what it found
+/// comes back as `Event::Awaiting`.
+fn await_ready(
+    ctx: &dyn Project,
+    tx: &UnboundedSender<Input>,
+    client: ClientId,
+    services: &[String],
+    deadline: Instant,
+    cancel: &Arc<AtomicBool>,
+) -> Vec<(String, Duration)> {
+    let state = ctx.store().ok().and_then(|s| s.read().ok().flatten());
+    let looked = state
+        .map(|state| await_ready::look(&state, services, deadline, Instant::now()))
+        .unwrap_or_default();
+    let probing = looked
+        .probes
+        .iter()
+        .map(|(o, _)| (o.service.clone(), o.identity.pid))
+        .collect();
+    let _ = tx.send(Input::Event(Event::Awaiting {
+        client,
+        probing,
+        ready: looked.ready,
+        ended: looked.ended,
+    }));
+    let mut probed = Vec::new();
+    for (order, own) in looked.probes {
+        probed.push((order.service.clone(), own));
+        spawn_probe(tx, order, cancel.clone(), true);
+    }
+    probed
 }
 
 /// `up -d api` to a supervisor of `web` runs both; `up -d` alone runs everything.

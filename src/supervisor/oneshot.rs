@@ -66,12 +66,14 @@ pub fn serve(
                 }
                 Effect::Probe(order) => {
                     probes += 1;
-                    spawn_probe(&tx, order, cancel.clone());
+                    spawn_probe(&tx, order, cancel.clone(), false);
                 }
                 // Timers (debounce, back-off), notices and the loop's end are the loop's
                 // business: a one-shot run ends with its answer.
                 Effect::Arm { .. }
                 | Effect::Answer { .. }
+                | Effect::AwaitReady { .. }
+                | Effect::Tell { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow
                 | Effect::Say(_)

@@ -275,7 +275,10 @@ fn pass(
     } else {
         engine.apply(&plan, &desired)?
     };
-    if let Some(wait) = explicit.as_ref().and_then(|e| e.wait) {
+    // The supervisor's loop waits for `up --wait` itself (`Effect::AwaitReady`).
+    if let Some(wait) = explicit.as_ref().and_then(|e| e.wait)
+        && !settings.supervised
+    {
         engine.wait_all_ready(&desired, wait, &mut report);
     }
     if settings.supervised {
