@@ -115,7 +115,7 @@ fn stop_supervisor(
     width: usize,
     force: bool,
 ) {
-    use crate::supervisor::control::{Request, request};
+    use crate::supervisor::control::request;
     let mut reporter = ctx.reporter(width);
     if force {
         let how = stop_process(&sup.process, timeout, true);
@@ -124,9 +124,7 @@ fn stop_supervisor(
     }
     let asked = request(
         &sup.socket,
-        &Request::Shutdown {
-            timeout_s: timeout.map(|t| t.as_secs_f64()),
-        },
+        &crate::request::Request::Down { timeout }.control(),
         reporter.as_mut(),
     );
     let grace = timeout.unwrap_or(crate::spec::DEFAULT_STOP_TIMEOUT) + Duration::from_secs(5);
