@@ -67,3 +67,56 @@ fn one_shots_without_a_supervisor_answer_as_before() {
     assert!(after.contains_key("web"), "web started again: {after:?}");
     p.ok(&["down", "-t", "1"]);
 }
+
+/// Without a supervisor, `ci start --up --wait` waits outside the state lock (the one-shot
+/// runner waits as the loop does): `down` meanwhile is not held up by it, and the waiting
+/// command then says what happened to the service it waited for.
+#[test]
+fn down_is_not_held_up_by_a_one_shot_up_wait() {
+    let p = Project::new("reqwait");
+    let mut p = p;
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p.write_yaml(&yaml(&[service(
+        "db",
+        &["sh", "-c", "echo db-first-line; exec sleep 1000"],
+        &["ready: {log: will-never-appear}"],
+    )]));
+    let waiting = common::Running::start(
+        p.command(&["ci", "start", "--up", "--wait", "--wait-timeout", "15"]),
+        "ci start --up --wait".into(),
+    );
+    let db_log = p.state_dir.join("logs").join("db.log");
+    wait_until("db writes its first line", WAIT, || {
+        std::fs::read_to_string(&db_log).is_ok_and(|l| l.contains("db-first-line"))
+    });
+    let started = std::time::Instant::now();
+    p.ok(&["down", "-t", "2"]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "down waited {took:?} for the up --wait to end"
+    );
+    let out = waiting.wait();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("db"), "names db: {out}");
+}
+
+/// The one-shot `up --wait` answers once its services are recorded ready.
+#[test]
+fn a_one_shot_up_wait_returns_once_ready() {
+    let mut p = Project::new("reqready");
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p.write_yaml(&yaml(&[
+        service(
+            "db",
+            &["sh", "-c", "sleep 0.3; echo db-is-ready; exec sleep 1000"],
+            &["ready: {log: db-is-ready}"],
+        ),
+        service("web", common::SLEEP, &[]),
+    ]));
+    let out = p.ok(&["ci", "start", "--up", "--wait", "--wait-timeout", "15"]);
+    let ps = p.ps_map();
+    assert_eq!(ps["db"]["status"], "ready", "{out}\n{ps:?}");
+    assert_eq!(ps["web"]["status"], "ready", "{out}\n{ps:?}");
+    p.ok(&["down", "-t", "1"]);
+}
