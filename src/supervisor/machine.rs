@@ -430,15 +430,27 @@ impl Machine {
         // The answer: now, or once none of the request's services waits any more.
         match (client, services) {
             // An `up`: held while a service it asked for waits.
-            (Some(c), Some(services)) => self.held.push(Held {
-                client: c,
-                services,
-                result: done.result.clone(),
-                wait: self.in_flight_wait.take().map(|(limit, since)| Wait::Due {
+            (Some(c), Some(services)) => {
+                let wait = self.in_flight_wait.take().map(|(limit, since)| Wait::Due {
                     deadline: since + limit,
                     limit,
-                }),
-            }),
+                });
+                // `--wait-timeout` bounds the whole wait, also while a service still waits
+                // for a dependency. (A probe that times out at the deadline says why, who
+                // answered its port: the timer is the backstop.)
+                if let Some(Wait::Due { deadline, .. }) = wait {
+                    fx.push(Effect::Arm {
+                        timer: Timer::Wait(c),
+                        at: deadline + WAIT_SLACK,
+                    });
+                }
+                self.held.push(Held {
+                    client: c,
+                    services,
+                    result: done.result.clone(),
+                    wait,
+                });
+            }
             (Some(c), None) => fx.push(Effect::Answer {
                 client: c,
                 ok: done.result.is_ok(),
@@ -485,12 +497,6 @@ impl Machine {
                     services: h.services.clone(),
                     deadline,
                     limit,
-                });
-                // A probe that times out at the deadline says why (who answered its port):
-                // the timer is the backstop.
-                fx.push(Effect::Arm {
-                    timer: Timer::Wait(h.client),
-                    at: deadline + WAIT_SLACK,
                 });
             }
         }
@@ -682,6 +688,24 @@ impl Machine {
                     crate::output::duration(*limit)
                 )]
             }
+            // Still waiting for a dependency.
+            Some(Wait::Due { limit, .. }) if h.services.is_empty() => vec![format!(
+                "not ready after {} (services still wait for their dependencies)",
+                crate::output::duration(*limit)
+            )],
+            Some(Wait::Due { limit, .. }) => h
+                .services
+                .iter()
+                .map(|n| {
+                    Self::not_ready(
+                        n,
+                        crate::readiness::NotReadyWhy::Timeout {
+                            after: *limit,
+                            note: None,
+                        },
+                    )
+                })
+                .collect(),
             _ => return,
         };
         self.answer_held(client, failures, fx);
@@ -1515,6 +1539,32 @@ mod tests {
                 3,
                 false,
                 "job failed to start: job exited before it was ready".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn up_wait_timeout_also_bounds_a_wait_for_a_dependency() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up_wait(&["api"], 3000 * MS),
+            },
+            now,
+        );
+        let mut d = done(Ok("1 started"));
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d), now + 10 * MS);
+        assert!(awaits(&fx).is_empty(), "api still waits for db: {fx:?}");
+        let fx = m.handle(Event::Timer(Timer::Wait(2)), now + 3000 * MS + WAIT_SLACK);
+        assert_eq!(
+            answers(&fx),
+            [(
+                2,
+                false,
+                "api failed to start: api not ready after 3s".into()
             )]
         );
     }
