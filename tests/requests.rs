@@ -120,3 +120,27 @@ fn a_one_shot_up_wait_returns_once_ready() {
     assert_eq!(ps["web"]["status"], "ready", "{out}\n{ps:?}");
     p.ok(&["down", "-t", "1"]);
 }
+
+/// A foreground `up --wait` still waits (now as the loop does): a service not ready within
+/// `--wait-timeout` is reported as an error, and the foreground keeps running until Ctrl-C
+/// (which says nothing more about the wait).
+#[test]
+fn a_foreground_up_wait_reports_who_is_not_ready_and_keeps_running() {
+    let mut p = Project::new("reqfg");
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p.write_yaml(&yaml(&[
+        service("never", common::SLEEP, &["ready: {log: will-not-happen}"]),
+        service("web", common::SLEEP, &[]),
+    ]));
+    let mut up = common::Live::start(&p, &["up", "--wait", "--wait-timeout", "1"]);
+    up.wait_for("error: never failed to start: never not ready after 1s");
+    assert!(
+        up.running(),
+        "the foreground up keeps running: {}",
+        up.text()
+    );
+    assert!(!up.text().contains("web not ready"), "{}", up.text());
+    up.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(up.wait_exit(WAIT), Some(130), "{}", up.text());
+    assert!(!up.text().contains("shutting down"), "{}", up.text());
+}

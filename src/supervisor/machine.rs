@@ -42,6 +42,9 @@ pub const GRACEFULLY: &str = "Gracefully stopping… (press Ctrl-C again to forc
 /// A connection waiting for its answer (the shell keeps the connection itself).
 pub type ClientId = u64;
 
+/// The terminal of a foreground `up --wait`: no connection; a failed wait is printed.
+pub const TERMINAL: ClientId = 0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
     Debounce,
@@ -364,7 +367,8 @@ impl Machine {
 
     /// The loop ends: requests still waiting for their services will not see them start.
     fn refuse_held(&mut self, fx: &mut Vec<Effect>) {
-        for h in self.held.drain(..) {
+        // The terminal is told by the Ctrl-C notice itself.
+        for h in self.held.drain(..).filter(|h| h.client != TERMINAL) {
             fx.push(Effect::Answer {
                 client: h.client,
                 ok: false,
@@ -429,28 +433,14 @@ impl Machine {
         }
         // The answer: now, or once none of the request's services waits any more.
         match (client, services) {
-            // An `up`: held while a service it asked for waits.
-            (Some(c), Some(services)) => {
-                let wait = self.in_flight_wait.take().map(|(limit, since)| Wait::Due {
-                    deadline: since + limit,
-                    limit,
-                });
-                // `--wait-timeout` bounds the whole wait, also while a service still waits
-                // for a dependency. (A probe that times out at the deadline says why, who
-                // answered its port: the timer is the backstop.)
-                if let Some(Wait::Due { deadline, .. }) = wait {
-                    fx.push(Effect::Arm {
-                        timer: Timer::Wait(c),
-                        at: deadline + WAIT_SLACK,
-                    });
-                }
-                self.held.push(Held {
-                    client: c,
-                    services,
-                    result: done.result.clone(),
-                    wait,
-                });
+            // A foreground `up --wait`: the terminal waits (a failed pass was printed).
+            (None, Some(services))
+                if self.foreground && self.in_flight_wait.is_some() && done.result.is_ok() =>
+            {
+                self.hold(TERMINAL, services, Ok(String::new()), fx);
             }
+            // An `up`: held while a service it asked for waits.
+            (Some(c), Some(services)) => self.hold(c, services, done.result.clone(), fx),
             (Some(c), None) => fx.push(Effect::Answer {
                 client: c,
                 ok: done.result.is_ok(),
@@ -461,6 +451,10 @@ impl Machine {
             (None, _) => {}
         }
         for h in &mut self.held {
+            // The terminal saw the pass's failures already.
+            if h.client == TERMINAL {
+                continue;
+            }
             for (name, why) in &done.failed {
                 if h.services.is_empty() || h.services.contains(name) {
                     let line = format!("{name} failed to start: {why}");
@@ -542,6 +536,35 @@ impl Machine {
             (None, _) => self.announced_down = false,
             _ => {}
         }
+    }
+
+    /// Holds `client`'s `up` until none of `services` waits (and, with `--wait`, until they
+    /// are ready: its `--wait-timeout` bounds the whole wait, also while a service still waits
+    /// for a dependency; a probe that times out at the deadline says why, who answered its
+    /// port, so the timer is the backstop).
+    fn hold(
+        &mut self,
+        client: ClientId,
+        services: Vec<String>,
+        result: Result<String, String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let wait = self.in_flight_wait.take().map(|(limit, since)| Wait::Due {
+            deadline: since + limit,
+            limit,
+        });
+        if let Some(Wait::Due { deadline, .. }) = wait {
+            fx.push(Effect::Arm {
+                timer: Timer::Wait(client),
+                at: deadline + WAIT_SLACK,
+            });
+        }
+        self.held.push(Held {
+            client,
+            services,
+            result,
+            wait,
+        });
     }
 
     /// Answers the held request of `client` now: `Err` with `failures` when there are any.
@@ -1567,5 +1590,53 @@ mod tests {
                 "api failed to start: api not ready after 3s".into()
             )]
         );
+    }
+
+    #[test]
+    fn a_foreground_up_wait_tells_the_terminal_only_a_failed_wait() {
+        let now = t0();
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up_wait(&[], 1000 * MS),
+            },
+            now,
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("2 started"))), now + 10 * MS);
+        assert_eq!(awaits(&fx).len(), 1, "{fx:?}");
+        m.handle(
+            Event::Awaiting {
+                client: TERMINAL,
+                probing: vec![("db".into(), 10)],
+                ready: vec![],
+                ended: vec![],
+            },
+            now + 11 * MS,
+        );
+        let fx = m.handle(
+            Event::Timer(Timer::Wait(TERMINAL)),
+            now + 1000 * MS + WAIT_SLACK,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(
+                TERMINAL,
+                false,
+                "db failed to start: db not ready after 1s".into()
+            )]
+        );
+        // A wait still going when Ctrl-C comes is not answered: the notice says it all.
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up_wait(&[], 1000 * MS),
+            },
+            now,
+        );
+        m.handle(Event::PassDone(done(Ok("2 started"))), now + 10 * MS);
+        let fx = m.handle(Event::Interrupt, now + 20 * MS);
+        assert!(answers(&fx).is_empty(), "{fx:?}");
     }
 }

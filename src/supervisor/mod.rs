@@ -252,6 +252,11 @@ impl Shell<'_> {
                     message,
                 } => match self.clients.remove(&client) {
                     Some(mut c) => control::send(&mut c, &Reply::Done { ok, message }),
+                    // A foreground `up --wait` that failed.
+                    None if client == machine::TERMINAL && !ok => {
+                        let label = crate::output::paint("error:", 31, self.color);
+                        line_to_stderr(&format!("{label} {message}"));
+                    }
                     // Lent to the pass in flight (it hears its events): answered when the
                     // pass gives it back.
                     None if self.pass.is_some() => self.deferred.push((client, ok, message)),
