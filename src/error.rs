@@ -80,6 +80,16 @@ pub fn abort_on_exit_code(exit: &ExitInfo) -> u8 {
     }
 }
 
+/// The exit code of a command that passes on its child's end (`run`): its exit code, or
+/// 128 + the signal that killed it, as shells report it; 1 when neither is known.
+pub fn child_exit_code(code: Option<i32>, signal: Option<i32>) -> ExitCode {
+    match (code, signal) {
+        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        _ => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
 /// Prints `error: <err and its causes>` on stderr (red when `color`) and returns its exit code.
 pub fn report(err: &anyhow::Error, color: bool) -> ExitCode {
     eprintln!("{} {err:#}", crate::output::paint("error:", 31, color));
@@ -163,5 +173,12 @@ mod tests {
             .context("waiting for db");
         assert_eq!(exit_code(&interrupted), ExitCode::from(130));
         assert_eq!(exit_code(&anyhow::anyhow!("x")), ExitCode::from(1));
+    }
+
+    #[test]
+    fn a_child_exit_passes_on_its_code_or_128_plus_its_signal() {
+        assert_eq!(child_exit_code(Some(7), None), ExitCode::from(7));
+        assert_eq!(child_exit_code(None, Some(9)), ExitCode::from(137));
+        assert_eq!(child_exit_code(None, None), ExitCode::from(1));
     }
 }

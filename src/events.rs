@@ -214,16 +214,15 @@ impl Reporter for Recording {
     }
 }
 
-/// `crate::progress::reporter`, recording into the project's journal.
-pub fn reporter(ctx: &crate::commands::Context, width: usize) -> Box<dyn Reporter> {
-    recording(ctx, crate::progress::reporter(ctx, width))
-}
-
-/// `inner`, also recording into the project's journal.
-pub fn recording(ctx: &crate::commands::Context, inner: Box<dyn Reporter>) -> Box<dyn Reporter> {
+/// `inner`, also recording into the journal of the project whose state `store` is (none: only
+/// `inner`).
+pub fn recording(
+    store: Option<crate::state::StateStore>,
+    inner: Box<dyn Reporter>,
+) -> Box<dyn Reporter> {
     Box::new(Recording {
         inner,
-        journal: ctx.store().ok().map(Journal::new),
+        journal: store.map(Journal::new),
     })
 }
 

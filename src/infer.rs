@@ -95,7 +95,7 @@ impl TargetInference {
         accept_invalid_certificates: Option<bool>,
     ) -> TargetInference {
         // Checked for range when the command starts (`commands::main`); 0 means the default.
-        let timeout = crate::cli::secs_env(TIMEOUT_ENV)
+        let timeout = crate::secs::secs_env(TIMEOUT_ENV)
             .ok()
             .flatten()
             .filter(|s| *s > 0.0)

@@ -10,25 +10,22 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-use crate::commands::Context;
 use crate::engine::{LineReporter, Reporter};
 use crate::output::{color_of, paint};
 
-/// The reporter for a command's own output (stderr).
-pub fn reporter(ctx: &Context, width: usize) -> Box<dyn Reporter> {
+/// The reporter for a command's own output (stderr): `quiet` is `-q`, `color` whether stderr
+/// takes colour (`Context::stderr_color`).
+pub fn reporter(quiet: bool, color: bool, width: usize) -> Box<dyn Reporter> {
     // The live display is made of escape sequences, so whatever rules colour out (not a
     // terminal, `--no-color`, `NO_COLOR`, `TERM` dumb or unset) rules it out too; `-q` shows
     // errors only.
-    if !ctx.global.quiet
-        && ctx.stderr_color()
+    if !quiet
+        && color
         && let Some(live) = LiveReporter::new(width)
     {
         return Box::new(live);
     }
-    Box::new(LineReporter {
-        quiet: ctx.global.quiet,
-        width,
-    })
+    Box::new(LineReporter { quiet, width })
 }
 
 /// Often enough for the tenths of a second of the waited time to move smoothly.

@@ -278,3 +278,48 @@ fn a_foreground_up_ends_when_what_a_service_waits_for_has_ended() {
         "{text}"
     );
 }
+
+/// `up -d --wait` is a wait of the loop, not of a pass: while the supervisor waits for db's
+/// readiness on behalf of a client, `stop`, `up -d` of another service and `down` are served
+/// at once, and the waiting client still gets its answer.
+#[test]
+fn while_an_up_wait_waits_stop_and_up_of_another_service_take_effect_at_once() {
+    let p = Project::new("upwaitresp");
+    p.write_yaml(&stuck_db("one"));
+    p.ok(&["up", "--detach", "web"]);
+    let waiting = Running::start(
+        p.command(&["up", "--detach", "--wait", "--wait-timeout", "8", "db"]),
+        "up -d --wait db".into(),
+    );
+    // db has started (its first line is in its log): the wait has begun, or is about to.
+    let db_log = p.state_dir.join("logs").join("db.log");
+    wait_until("db writes its first line", WAIT, || {
+        std::fs::read_to_string(&db_log).is_ok_and(|l| l.contains("db-first-line"))
+    });
+    let begun = Instant::now();
+    let stop = timed(&p, &["stop", "web"]);
+    assert!(
+        stop < AT_ONCE,
+        "stop took {stop:?} while an up --wait waited"
+    );
+    assert_eq!(status(&p, "web"), "stopped");
+    let start = timed(&p, &["up", "--detach", "web"]);
+    assert!(
+        start < AT_ONCE,
+        "up -d web took {start:?} while an up --wait waited"
+    );
+    assert_eq!(status(&p, "web"), "running");
+    // `down` too: everything stops at once, and the waiting client hears why it ends.
+    let down = timed(&p, &["down", "-t", "1"]);
+    assert!(
+        down < AT_ONCE,
+        "down took {down:?} while an up --wait waited"
+    );
+    assert!(
+        begun.elapsed() < Duration::from_secs(4),
+        "served only after the wait ended"
+    );
+    let out = waiting.wait();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("shutting down"), "{out}");
+}

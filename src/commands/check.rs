@@ -41,7 +41,7 @@ pub fn run(ctx: &Context, compat: bool) -> Result<ExitCode> {
     }
     // Valid for mirrord-up, but not a file real `mirrord up` takes: scripts can tell.
     Ok(if rejected {
-        ExitCode::from(1)
+        ExitCode::from(crate::error::EXIT_FAILURE)
     } else {
         ExitCode::SUCCESS
     })

@@ -139,7 +139,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
             wait_timeout: a.wait_timeout.unwrap_or(120.0),
             abort_on_exit: false,
         };
-        return super::up::apply_once(ctx, &args);
+        return super::up::apply(ctx, &args);
     }
     let cwd = std::env::current_dir()?;
     let program = crate::engine::find_program(&a.command[0], &cwd)

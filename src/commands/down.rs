@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<Exit
     // Supervisors the state does not record (a lost or corrupt state file) would start the
     // services again: they go first.
     for sup in process::find_supervisors(&store.dir) {
-        let mut reporter = crate::progress::reporter(ctx, width);
+        let mut reporter = ctx.reporter(width);
         let how = stop_process(&sup, timeout, force);
         reporter.event(
             "supervisor",
@@ -115,8 +115,8 @@ fn stop_supervisor(
     width: usize,
     force: bool,
 ) {
-    use crate::supervisor::control::{Request, request};
-    let mut reporter = crate::progress::reporter(ctx, width);
+    use crate::supervisor::control::request;
+    let mut reporter = ctx.reporter(width);
     if force {
         let how = stop_process(&sup.process, timeout, true);
         reporter.event("supervisor", &format!("{how} (pid {})", sup.process.pid));
@@ -124,9 +124,7 @@ fn stop_supervisor(
     }
     let asked = request(
         &sup.socket,
-        &Request::Shutdown {
-            timeout_s: timeout.map(|t| t.as_secs_f64()),
-        },
+        &crate::request::Request::Down { timeout }.control(),
         reporter.as_mut(),
     );
     let grace = timeout.unwrap_or(crate::spec::DEFAULT_STOP_TIMEOUT) + Duration::from_secs(5);
@@ -195,7 +193,7 @@ fn stop_inner(
     }
     let selected = |n: &String| only.is_none_or(|o| o.contains(n));
     let width = state.name_width();
-    let mut reporter = crate::events::reporter(ctx, width);
+    let mut reporter = ctx.recording_reporter(width);
 
     // A record that points at no service's group (pgid 0 or 1, our own group…) is never
     // signalled; its spawn nonce still finds the real processes below.

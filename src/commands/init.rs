@@ -114,11 +114,11 @@ pub fn run(ctx: &Context, output: &Path) -> Result<ExitCode> {
         // Ctrl-C in raw mode arrives as a key, not as SIGINT: exit as if it had been one.
         Err(InquireError::OperationInterrupted) => {
             eprintln!("Interrupted. No file written.");
-            Ok(ExitCode::from(130))
+            Ok(ExitCode::from(crate::error::EXIT_INTERRUPTED))
         }
         Err(InquireError::OperationCanceled) => {
             eprintln!("Cancelled. No file written.");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(crate::error::EXIT_FAILURE))
         }
         Err(e) => Err(anyhow::anyhow!("init: prompt failed: {e}")),
     }

@@ -239,6 +239,25 @@ impl Context {
         }
     }
 
+    /// The reporter for the command's own output (stderr), `crate::progress::reporter` as
+    /// `-q` and the terminal say.
+    pub fn reporter(&self, width: usize) -> Box<dyn crate::engine::Reporter> {
+        crate::progress::reporter(self.global.quiet, self.stderr_color(), width)
+    }
+
+    /// [`Context::reporter`], also recording into the project's journal.
+    pub fn recording_reporter(&self, width: usize) -> Box<dyn crate::engine::Reporter> {
+        self.recording(self.reporter(width))
+    }
+
+    /// `inner`, also recording into the project's journal.
+    pub fn recording(
+        &self,
+        inner: Box<dyn crate::engine::Reporter>,
+    ) -> Box<dyn crate::engine::Reporter> {
+        crate::events::recording(self.store().ok(), inner)
+    }
+
     pub fn stderr_color(&self) -> bool {
         use std::io::IsTerminal;
         crate::output::use_color(self.global.no_color, std::io::stderr().is_terminal())

@@ -76,7 +76,7 @@ pub fn recorded_launcher(ctx: &Context, state: Option<&crate::state::State>) -> 
 /// convention, for scripts).
 pub fn exit_code(plan: &Plan, detailed: bool) -> ExitCode {
     if detailed && !plan.is_empty() {
-        ExitCode::from(2)
+        ExitCode::from(crate::error::EXIT_CHANGES)
     } else {
         ExitCode::SUCCESS
     }

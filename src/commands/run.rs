@@ -170,11 +170,10 @@ fn wait(command: &mut std::process::Command, program: &std::path::Path) -> Resul
         }
     }
     let status = child.wait()?;
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
-        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
-        _ => ExitCode::FAILURE,
-    })
+    Ok(crate::error::child_exit_code(
+        status.code(),
+        status.signal(),
+    ))
 }
 
 #[cfg(test)]

@@ -8,15 +8,25 @@ use anyhow::{Result, bail};
 
 use super::Context;
 use crate::cli::ServiceControlArgs;
+use crate::request::Request;
 use crate::state::RecordKind;
-use crate::supervisor::control::{self, Request};
-use crate::supervisor::pass::{self, PassSettings, Work};
+use crate::supervisor::control;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
     Restart,
     Stop,
     Start,
+}
+
+/// The request of `restart|stop|start NAME…` (`-t SECS`: the stop's grace period).
+pub fn request(op: Op, names: Vec<String>, timeout_s: Option<f64>) -> Request {
+    let timeout = timeout_s.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    match op {
+        Op::Restart => Request::Restart { names, timeout },
+        Op::Stop => Request::Stop { names, timeout },
+        Op::Start => Request::Start { names },
+    }
 }
 
 pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode> {
@@ -40,44 +50,20 @@ pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let width = services.iter().map(String::len).max().unwrap_or(0);
-    let mut reporter = crate::progress::reporter(ctx, width);
-    let (ok, message) = if let Some(sup) = control::running(state.as_ref()) {
-        let timeout_s = args.timeout;
-        let req = match op {
-            Op::Restart => Request::Restart {
-                services,
-                timeout_s,
-            },
-            Op::Stop => Request::Stop {
-                services,
-                timeout_s,
-            },
-            Op::Start => Request::Start { services },
-        };
-        control::request(&sup.socket, &req, reporter.as_mut())?
-    } else {
-        if state.is_none() {
-            bail!(
-                "nothing runs in project `{}` (no state file); start it with `mirrord-up up`",
-                ctx.project()
-            );
-        }
-        let names = services;
-        let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        let work = match op {
-            Op::Restart => Work::Restart { names, timeout },
-            Op::Stop => Work::Stop { names, timeout },
-            Op::Start => Work::Start { names },
-        };
-        // No supervisor records these events: this command does.
-        let mut reporter = crate::events::recording(ctx, reporter);
-        let out = pass::run_pass(ctx, &PassSettings::default(), &work, reporter.as_mut());
-        match out.result {
-            Some(Ok(summary)) => (true, summary),
-            Some(Err(e)) => (false, e),
-            None => (false, "no result".into()),
-        }
-    };
+    let sup = control::running(state.as_ref());
+    if sup.is_none() && state.is_none() {
+        bail!(
+            "nothing runs in project `{}` (no state file); start it with `mirrord-up up`",
+            ctx.project()
+        );
+    }
+    let req = request(op, services, args.timeout);
+    let mut reporter = ctx.reporter(width);
+    // No supervisor records these events: this command does.
+    if sup.is_none() {
+        reporter = ctx.recording(reporter);
+    }
+    let (ok, message) = crate::request::submit(ctx, sup.as_ref(), &req, reporter.as_mut())?;
     if !ok {
         bail!("{message}");
     }
@@ -85,4 +71,33 @@ pub fn run(ctx: &Context, op: Op, args: &ServiceControlArgs) -> Result<ExitCode>
         println!("{message}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_stop_and_start_are_one_request_each() {
+        let names = vec!["api".to_owned()];
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(
+            request(Op::Restart, names.clone(), Some(2.0)),
+            Request::Restart {
+                names: names.clone(),
+                timeout: two
+            }
+        );
+        assert_eq!(
+            request(Op::Stop, names.clone(), None),
+            Request::Stop {
+                names: names.clone(),
+                timeout: None
+            }
+        );
+        assert_eq!(
+            request(Op::Start, names.clone(), Some(2.0)),
+            Request::Start { names }
+        );
+    }
 }

@@ -14,12 +14,12 @@ use super::Context;
 use crate::cli::{Format, UpArgs};
 use crate::engine::{Engine, LaunchSettings};
 use crate::plan::PlanOptions;
-use crate::supervisor::control::{self, Outcome, Request};
+use crate::supervisor::control::{self, Outcome};
 use crate::supervisor::pass::{ApplyOptions, PassSettings};
 
 pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     if args.dry_run {
-        return apply_once(ctx, args);
+        return dry_run(ctx, args);
     }
     let state = match ctx.read_state() {
         Ok(s) => s,
@@ -102,23 +102,28 @@ fn supervisor_options(args: &UpArgs, foreground: bool, width: usize) -> crate::s
     }
 }
 
-fn apply_request(ctx: &Context, args: &UpArgs) -> Request {
-    Request::Apply {
+/// The request of an `up` (also of `ci start --up`).
+pub fn request(ctx: &Context, args: &UpArgs) -> crate::request::Request {
+    let wait_timeout = Duration::from_secs_f64(args.wait_timeout.max(0.0));
+    crate::request::Request::Up {
         file: ctx.file(),
-        services: args.services.clone(),
-        mode: args.mode.map(Into::into),
-        force_recreate: args.force_recreate,
-        wait: args.wait,
-        wait_timeout_s: args.wait_timeout,
-        profiles: Some(ctx.global.profiles.clone()),
-        overlays: Some(ctx.files().split_off(1)),
+        up: crate::request::UpRequest {
+            services: args.services.clone(),
+            mode: args.mode.map(Into::into),
+            force_recreate: args.force_recreate,
+            wait: args.wait.then_some(wait_timeout),
+            wait_timeout,
+            profiles: ctx.global.profiles.clone(),
+            overlays: ctx.files().split_off(1),
+        },
     }
 }
 
 /// Asks the running supervisor to apply the file, showing what it does.
 fn forward(ctx: &Context, socket: &Path, args: &UpArgs, width: usize) -> Result<ExitCode> {
-    let mut reporter = crate::progress::reporter(ctx, width);
-    let (ok, message) = control::request(socket, &apply_request(ctx, args), reporter.as_mut())?;
+    let mut reporter = ctx.reporter(width);
+    let req = request(ctx, args).control();
+    let (ok, message) = control::request(socket, &req, reporter.as_mut())?;
     finish(ctx, ok, message)
 }
 
@@ -165,7 +170,7 @@ fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
     }
     let mut child = cmd.spawn().context("cannot start the supervisor")?;
     let pipe = child.stdout.take().expect("piped");
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     match control::read_replies(pipe, reporter.as_mut())? {
         Some(Outcome::Done { ok, message }) => {
             // A first pass that failed and left nothing to look after ends the supervisor:
@@ -205,30 +210,23 @@ fn nothing_left(ctx: &Context) -> bool {
     })
 }
 
-/// One reconcile: plan against the recorded state, apply, record, return. `up --detach` and
-/// `ci start --up` are this.
-pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
+/// `up --dry-run`: what `up` would do, as `plan` shows it; nothing is applied (a start that a
+/// crash interrupted is still adopted by its spawn nonce, as any pass would).
+pub fn dry_run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     // Parse and validate before taking anything: a bad file changes nothing.
     let doc = ctx.load()?;
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
     let state = store.load(&lock)?;
     // A dry run compares as `plan` does: with the launcher recorded when none is given.
-    let planning = args
-        .dry_run
-        .then(|| super::plan::recorded_launcher(ctx, Some(&state)));
-    let ctx = planning.as_ref().unwrap_or(ctx);
-    let (desired, cache) = ctx.desired(
+    let planning = super::plan::recorded_launcher(ctx, Some(&state));
+    let ctx = &planning;
+    let (desired, _) = ctx.desired(
         &doc,
         &args.services,
         args.mode.map(Into::into),
         state.target_cache.clone(),
     )?;
-    let settings = LaunchSettings {
-        mirrord_bin: ctx.launcher_bin()?,
-        stop_timeout: None,
-        ..Default::default()
-    };
     let width = desired
         .services
         .iter()
@@ -236,8 +234,12 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         .chain(state.services.keys().map(String::len))
         .max()
         .unwrap_or(0);
-    let mut reporter = crate::progress::reporter(ctx, width);
+    let mut reporter = ctx.reporter(width);
     let fresh = state.services.is_empty();
+    let settings = LaunchSettings {
+        mirrord_bin: ctx.launcher_bin()?,
+        ..Default::default()
+    };
     let mut engine = Engine::new(&store, &lock, state, settings, reporter.as_mut());
     engine.recover()?;
     if fresh {
@@ -252,42 +254,38 @@ pub fn apply_once(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
             restart_exited: true,
         },
     );
-    if args.dry_run {
-        super::plan::print_plan(&plan, Format::Text, ctx.stdout_color());
-        return Ok(super::plan::exit_code(&plan, false));
-    }
-    let recorded = (engine.state.target_cache.clone(), engine.state.file.clone());
-    engine.state.target_cache = cache;
-    engine.state.file = Some(doc.path.clone());
-    if plan.is_empty() {
-        // A no-op writes nothing unless what it records about the file changed.
-        if recorded != (engine.state.target_cache.clone(), engine.state.file.clone()) {
-            engine.save()?;
+    super::plan::print_plan(&plan, Format::Text, ctx.stdout_color());
+    Ok(super::plan::exit_code(&plan, false))
+}
+
+/// One `up` applied and answered, by the supervisor when one runs, otherwise in this process
+/// (`ci start --up`): the request path every front-end takes (`crate::request::submit`).
+pub fn apply(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
+    // Parse and validate before taking anything: a bad file changes nothing.
+    let doc = ctx.load()?;
+    let state = match ctx.read_state() {
+        Ok(s) => s,
+        // Unreadable (corrupt, too new): the locked load reports it and keeps the file aside.
+        Err(_) => {
+            let store = ctx.store()?;
+            store.load(&store.lock(ctx.lock_timeout())?)?;
+            ctx.read_state()?
         }
-        if !ctx.global.quiet {
-            println!("nothing to do ({} running)", desired.services.len());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    // edge hook: `--wait-timeout` bounds the whole apply, not only the wait after it.
-    let _bound = crate::readiness::WaitBound::set(
-        args.wait
-            .then(|| std::time::Duration::from_secs_f64(args.wait_timeout.max(0.0))),
-    );
-    let mut report = engine.apply(&plan, &desired)?;
-    if args.wait {
-        let timeout = std::time::Duration::from_secs_f64(args.wait_timeout.max(0.0));
-        engine.wait_all_ready(&desired, timeout, &mut report);
-    }
-    engine.reap_early_exits(&mut report);
-    engine.save()?;
-    match report.error_message() {
-        None => {
-            if !ctx.global.quiet {
-                println!("{}", crate::engine::done_summary(&plan));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(msg) => bail!("{msg}"),
-    }
+    };
+    let width = doc
+        .names()
+        .iter()
+        .map(String::len)
+        .chain(
+            state
+                .iter()
+                .flat_map(|s| s.services.keys().map(String::len)),
+        )
+        .max()
+        .unwrap_or(0);
+    let sup = control::running(state.as_ref());
+    let mut reporter = ctx.reporter(width);
+    let (ok, message) =
+        crate::request::submit(ctx, sup.as_ref(), &request(ctx, args), reporter.as_mut())?;
+    finish(ctx, ok, message)
 }

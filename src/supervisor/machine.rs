@@ -12,6 +12,10 @@
 //!   waiting services need, each probe runs once per process, and its result wakes a pass;
 //! * a request is answered when its pass is done and none of its services still waits for a
 //!   dependency (or at once if it failed);
+//! * `up --wait` is a wait of the loop too: once its pass is done and nothing it asked for
+//!   waits for a dependency, the shell probes its services ([`Effect::AwaitReady`]); the
+//!   request is answered after the pass that records them ready, or at once when one ends or
+//!   times out, or when its `--wait-timeout` ([`Timer::Wait`]) runs out;
 //! * the first Ctrl-C stops everything gracefully (the pass in flight is interrupted at its
 //!   next wait), a second one kills at once; `down` is answered by the final pass;
 //! * foreground, SIGHUP is the terminal going away: stop everything; detached, it re-applies;
@@ -28,16 +32,25 @@ use super::pass::{ProbeOrder, Probed, Work};
 /// Trailing-edge debounce of file events: editors write a file in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// How long after an `up --wait`'s deadline its timer fires: a probe that times out at the
+/// deadline says why first.
+pub const WAIT_SLACK: Duration = Duration::from_millis(250);
+
 /// What the foreground says on the first Ctrl-C (or SIGHUP, SIGTERM).
 pub const GRACEFULLY: &str = "Gracefully stopping… (press Ctrl-C again to force)";
 
 /// A connection waiting for its answer (the shell keeps the connection itself).
 pub type ClientId = u64;
 
+/// The terminal of a foreground `up --wait`: no connection; a failed wait is printed.
+pub const TERMINAL: ClientId = 0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
     Debounce,
     Backoff,
+    /// The `--wait-timeout` of this client's `up --wait`.
+    Wait(ClientId),
 }
 
 /// What a readiness probe found.
@@ -101,6 +114,20 @@ pub enum Event {
         pid: i32,
         outcome: ProbeOutcome,
     },
+    /// What [`Effect::AwaitReady`] found: the processes now probed, the services ready
+    /// already, and those that cannot become ready (ended, failed), with why.
+    Awaiting {
+        client: ClientId,
+        probing: Vec<(String, i32)>,
+        ready: Vec<String>,
+        ended: Vec<(String, String)>,
+    },
+    /// A probe started for [`Effect::AwaitReady`] ended.
+    WaitProbed {
+        service: String,
+        pid: i32,
+        outcome: ProbeOutcome,
+    },
 }
 
 #[derive(Debug)]
@@ -117,6 +144,21 @@ pub enum Effect {
     Arm { timer: Timer, at: Instant },
     /// Probe a service's readiness until it passes, the process ends, or the timeout.
     Probe(ProbeOrder),
+    /// `up --wait`: probe these services (all: empty) until `deadline`; the answer is
+    /// [`Event::Awaiting`], then an [`Event::WaitProbed`] per process probed.
+    AwaitReady {
+        client: ClientId,
+        services: Vec<String>,
+        deadline: Instant,
+        /// The `--wait-timeout` (what the client is told it waits against).
+        limit: Duration,
+    },
+    /// An event of a service for one client only (`db`, `ready` for its `up --wait`).
+    Tell {
+        client: ClientId,
+        service: String,
+        what: String,
+    },
     /// The final answer to a client.
     Answer {
         client: ClientId,
@@ -142,6 +184,26 @@ struct Held {
     /// The services it asked for (empty: all).
     services: Vec<String>,
     result: Result<String, String>,
+    /// `up --wait`.
+    wait: Option<Wait>,
+}
+
+/// Where an `up --wait` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wait {
+    /// Not begun: its services may still wait for a dependency.
+    Due { deadline: Instant, limit: Duration },
+    /// Asked the shell ([`Effect::AwaitReady`]).
+    Asked { limit: Duration },
+    /// These processes are being probed.
+    Probing {
+        pending: BTreeSet<(String, i32)>,
+        limit: Duration,
+    },
+    /// Every one passed; answered after a pass records it.
+    Passed,
+    /// A pass that records it has started.
+    Recorded,
 }
 
 /// The loop's state. See the module documentation for the rules.
@@ -154,6 +216,8 @@ pub struct Machine {
     backoff: Option<Instant>,
     /// The pass in flight: the client that asked, and the services it named.
     in_flight: Option<(Option<ClientId>, Option<Vec<String>>)>,
+    /// The pass in flight is an `up --wait`: its limit and when it began.
+    in_flight_wait: Option<(Duration, Instant)>,
     first_pass: bool,
     /// Exits heard during a pass: that pass may have caused (or settled) them.
     exits_during_pass: Vec<(String, i32)>,
@@ -180,6 +244,7 @@ impl Machine {
             debounce: None,
             backoff: None,
             in_flight: None,
+            in_flight_wait: None,
             first_pass: true,
             exits_during_pass: Vec::new(),
             stopping: None,
@@ -231,6 +296,10 @@ impl Machine {
                 let slot = match timer {
                     Timer::Debounce => &mut self.debounce,
                     Timer::Backoff => &mut self.backoff,
+                    Timer::Wait(client) => {
+                        self.wait_timed_out(client, &mut fx);
+                        return fx;
+                    }
                 };
                 // A timer re-armed since is not due yet.
                 if slot.is_some_and(|at| at <= now) {
@@ -260,8 +329,26 @@ impl Machine {
                 self.dirty = true;
             }
             Event::PassDone(done) => self.pass_done(done, now, &mut fx),
+            Event::Awaiting {
+                client,
+                probing,
+                ready,
+                ended,
+            } => {
+                self.awaiting(client, probing, ready, ended, &mut fx);
+                return fx;
+            }
+            Event::WaitProbed {
+                service,
+                pid,
+                outcome,
+            } => {
+                if !self.wait_probed(&service, pid, outcome, &mut fx) {
+                    return fx;
+                }
+            }
         }
-        self.next(&mut fx);
+        self.next(now, &mut fx);
         fx
     }
 
@@ -280,7 +367,8 @@ impl Machine {
 
     /// The loop ends: requests still waiting for their services will not see them start.
     fn refuse_held(&mut self, fx: &mut Vec<Effect>) {
-        for h in self.held.drain(..) {
+        // The terminal is told by the Ctrl-C notice itself.
+        for h in self.held.drain(..).filter(|h| h.client != TERMINAL) {
             fx.push(Effect::Answer {
                 client: h.client,
                 ok: false,
@@ -345,12 +433,14 @@ impl Machine {
         }
         // The answer: now, or once none of the request's services waits any more.
         match (client, services) {
+            // A foreground `up --wait`: the terminal waits (a failed pass was printed).
+            (None, Some(services))
+                if self.foreground && self.in_flight_wait.is_some() && done.result.is_ok() =>
+            {
+                self.hold(TERMINAL, services, Ok(String::new()), fx);
+            }
             // An `up`: held while a service it asked for waits.
-            (Some(c), Some(services)) => self.held.push(Held {
-                client: c,
-                services,
-                result: done.result.clone(),
-            }),
+            (Some(c), Some(services)) => self.hold(c, services, done.result.clone(), fx),
             (Some(c), None) => fx.push(Effect::Answer {
                 client: c,
                 ok: done.result.is_ok(),
@@ -361,6 +451,10 @@ impl Machine {
             (None, _) => {}
         }
         for h in &mut self.held {
+            // The terminal saw the pass's failures already.
+            if h.client == TERMINAL {
+                continue;
+            }
             for (name, why) in &done.failed {
                 if h.services.is_empty() || h.services.contains(name) {
                     let line = format!("{name} failed to start: {why}");
@@ -376,12 +470,30 @@ impl Machine {
             std::mem::take(&mut self.held).into_iter().partition(|h| {
                 h.result.is_err()
                     || self.stopping.is_some()
-                    || !done
+                    || (!done
                         .waiting
                         .iter()
                         .any(|w| h.services.is_empty() || h.services.contains(w))
+                        && h.wait.as_ref().is_none_or(|w| *w == Wait::Recorded))
             });
         self.held = held;
+        // `up --wait` whose services no longer wait for a dependency: probe them now.
+        for h in &mut self.held {
+            if let Some(Wait::Due { deadline, limit }) = h.wait
+                && !done
+                    .waiting
+                    .iter()
+                    .any(|w| h.services.is_empty() || h.services.contains(w))
+            {
+                h.wait = Some(Wait::Asked { limit });
+                fx.push(Effect::AwaitReady {
+                    client: h.client,
+                    services: h.services.clone(),
+                    deadline,
+                    limit,
+                });
+            }
+        }
         for h in answered {
             let (ok, message) = match h.result {
                 Ok(m) => (true, m),
@@ -426,8 +538,204 @@ impl Machine {
         }
     }
 
+    /// Holds `client`'s `up` until none of `services` waits (and, with `--wait`, until they
+    /// are ready: its `--wait-timeout` bounds the whole wait, also while a service still waits
+    /// for a dependency; a probe that times out at the deadline says why, who answered its
+    /// port, so the timer is the backstop).
+    fn hold(
+        &mut self,
+        client: ClientId,
+        services: Vec<String>,
+        result: Result<String, String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let wait = self.in_flight_wait.take().map(|(limit, since)| Wait::Due {
+            deadline: since + limit,
+            limit,
+        });
+        if let Some(Wait::Due { deadline, .. }) = wait {
+            fx.push(Effect::Arm {
+                timer: Timer::Wait(client),
+                at: deadline + WAIT_SLACK,
+            });
+        }
+        self.held.push(Held {
+            client,
+            services,
+            result,
+            wait,
+        });
+    }
+
+    /// Answers the held request of `client` now: `Err` with `failures` when there are any.
+    fn answer_held(&mut self, client: ClientId, failures: Vec<String>, fx: &mut Vec<Effect>) {
+        let Some(i) = self.held.iter().position(|h| h.client == client) else {
+            return;
+        };
+        let h = self.held.remove(i);
+        let (ok, message) = match (h.result, failures.is_empty()) {
+            (Ok(m), true) => (true, m),
+            (Err(e), true) => (false, e),
+            (Ok(_), false) => (false, failures.join("; ")),
+            (Err(e), false) => (false, format!("{e}; {}", failures.join("; "))),
+        };
+        fx.push(Effect::Answer {
+            client,
+            ok,
+            message,
+        });
+    }
+
+    /// `failed to start: …` of a service that did not become ready for `up --wait`.
+    fn not_ready(service: &str, why: crate::readiness::NotReadyWhy) -> String {
+        let why = crate::readiness::NotReady::new(service, why).as_service();
+        format!("{service} failed to start: {why}")
+    }
+
+    /// The shell looked at the services of `client`'s `up --wait`.
+    fn awaiting(
+        &mut self,
+        client: ClientId,
+        probing: Vec<(String, i32)>,
+        _ready: Vec<String>,
+        ended: Vec<(String, String)>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(h) = self.held.iter_mut().find(|h| h.client == client) else {
+            return;
+        };
+        let Some(Wait::Asked { limit }) = h.wait else {
+            return;
+        };
+        if !ended.is_empty() {
+            let failures = ended
+                .into_iter()
+                .map(|(n, why)| format!("{n} failed to start: {why}"))
+                .collect();
+            self.answer_held(client, failures, fx);
+            return;
+        }
+        if probing.is_empty() {
+            // Every one is ready already: a pass records nothing new, answer at once.
+            self.answer_held(client, Vec::new(), fx);
+            return;
+        }
+        h.wait = Some(Wait::Probing {
+            pending: probing.into_iter().collect(),
+            limit,
+        });
+    }
+
+    /// A probe of an `up --wait` ended; returns whether a pass may be due.
+    fn wait_probed(
+        &mut self,
+        service: &str,
+        pid: i32,
+        outcome: ProbeOutcome,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        use crate::readiness::NotReadyWhy;
+        let key = (service.to_owned(), pid);
+        let mut failed = Vec::new();
+        let mut passed = false;
+        for h in &mut self.held {
+            let Some(Wait::Probing { pending, limit }) = &mut h.wait else {
+                continue;
+            };
+            if !pending.remove(&key) {
+                continue;
+            }
+            match &outcome {
+                ProbeOutcome::Ready => {
+                    passed = true;
+                    // A waiting client hears its own services (it no longer listens to
+                    // passes: see `next`).
+                    fx.push(Effect::Tell {
+                        client: h.client,
+                        service: service.to_owned(),
+                        what: "ready".into(),
+                    });
+                    if pending.is_empty() {
+                        h.wait = Some(Wait::Passed);
+                    }
+                }
+                ProbeOutcome::TimedOut(_, note) => failed.push((
+                    h.client,
+                    Self::not_ready(
+                        service,
+                        NotReadyWhy::Timeout {
+                            after: *limit,
+                            note: note.clone(),
+                        },
+                    ),
+                )),
+                ProbeOutcome::Ended => {
+                    failed.push((h.client, Self::not_ready(service, NotReadyWhy::Exited)))
+                }
+            }
+        }
+        for (client, why) in failed {
+            self.answer_held(client, vec![why], fx);
+        }
+        if passed {
+            // The next pass records it ready (and answers the waits it completes).
+            if !self.probed.ready.contains(&key) {
+                self.probed.ready.push(key);
+            }
+            self.dirty = true;
+        }
+        passed
+    }
+
+    /// `client`'s `--wait-timeout` ran out: those still probed are not ready.
+    fn wait_timed_out(&mut self, client: ClientId, fx: &mut Vec<Effect>) {
+        let Some(h) = self.held.iter().find(|h| h.client == client) else {
+            return;
+        };
+        let failures = match &h.wait {
+            Some(Wait::Probing { pending, limit }) => pending
+                .iter()
+                .map(|(n, _)| {
+                    Self::not_ready(
+                        n,
+                        crate::readiness::NotReadyWhy::Timeout {
+                            after: *limit,
+                            note: None,
+                        },
+                    )
+                })
+                .collect(),
+            Some(Wait::Asked { limit }) => {
+                vec![format!(
+                    "not ready after {}",
+                    crate::output::duration(*limit)
+                )]
+            }
+            // Still waiting for a dependency.
+            Some(Wait::Due { limit, .. }) if h.services.is_empty() => vec![format!(
+                "not ready after {} (services still wait for their dependencies)",
+                crate::output::duration(*limit)
+            )],
+            Some(Wait::Due { limit, .. }) => h
+                .services
+                .iter()
+                .map(|n| {
+                    Self::not_ready(
+                        n,
+                        crate::readiness::NotReadyWhy::Timeout {
+                            after: *limit,
+                            note: None,
+                        },
+                    )
+                })
+                .collect(),
+            _ => return,
+        };
+        self.answer_held(client, failures, fx);
+    }
+
     /// Starts the next pass if none is in flight, or ends the loop.
-    fn next(&mut self, fx: &mut Vec<Effect>) {
+    fn next(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if self.busy() {
             return;
         }
@@ -464,6 +772,15 @@ impl Machine {
             }
             _ => None,
         };
+        self.in_flight_wait = match &work {
+            Work::Reconcile { explicit: Some(e) } => e.wait.map(|w| (w, now)),
+            _ => None,
+        };
+        for h in &mut self.held {
+            if h.wait == Some(Wait::Passed) {
+                h.wait = Some(Wait::Recorded);
+            }
+        }
         let probed = std::mem::take(&mut self.probed.ready);
         let probed = Probed {
             ready: probed,
@@ -473,7 +790,14 @@ impl Machine {
         fx.push(Effect::RunPass {
             work,
             client,
-            listeners: self.held.iter().map(|h| h.client).collect(),
+            // A client whose `up --wait` has begun hears only its wait (as when the wait was
+            // part of its pass), not what later passes do.
+            listeners: self
+                .held
+                .iter()
+                .filter(|h| matches!(h.wait, None | Some(Wait::Due { .. })))
+                .map(|h| h.client)
+                .collect(),
             probed,
         });
     }
@@ -1028,5 +1352,291 @@ mod tests {
             answers(&fx),
             [(1, false, "the supervisor is shutting down".into())]
         );
+    }
+
+    fn up_wait(services: &[&str], wait: Duration) -> Work {
+        Work::Reconcile {
+            explicit: Some(ApplyOptions {
+                services: services.iter().map(|s| s.to_string()).collect(),
+                wait: Some(wait),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn awaits(fx: &[Effect]) -> Vec<(ClientId, Vec<String>, Instant)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::AwaitReady {
+                    client,
+                    services,
+                    deadline,
+                    ..
+                } => Some((*client, services.clone(), *deadline)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An idle loop with client 2's `up --wait db` (limit 5 s, asked at `now`) probing db's
+    /// process 10.
+    fn waiting_for_db(now: Instant) -> Machine {
+        let mut m = idle(now);
+        let fx = m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up_wait(&["db"], 5000 * MS),
+            },
+            now,
+        );
+        assert_eq!(passes(&fx).len(), 1);
+        // The pass starts db and returns without waiting: the loop asks for the wait.
+        let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now + 30 * MS);
+        assert!(answers(&fx).is_empty(), "{fx:?}");
+        assert_eq!(awaits(&fx), [(2, vec!["db".to_owned()], now + 5000 * MS)]);
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Arm { timer: Timer::Wait(2), at } if *at == now + 5000 * MS + WAIT_SLACK
+        )));
+        let fx = m.handle(
+            Event::Awaiting {
+                client: 2,
+                probing: vec![("db".into(), 10)],
+                ready: vec![],
+                ended: vec![],
+            },
+            now + 31 * MS,
+        );
+        assert!(fx.is_empty(), "{fx:?}");
+        assert!(!m.busy());
+        m
+    }
+
+    #[test]
+    fn up_wait_is_answered_after_the_pass_that_records_its_services_ready() {
+        let now = t0();
+        let mut m = waiting_for_db(now);
+        let fx = m.handle(
+            Event::WaitProbed {
+                service: "db".into(),
+                pid: 10,
+                outcome: ProbeOutcome::Ready,
+            },
+            now + 2000 * MS,
+        );
+        // The client hears it; a pass records db ready; the answer comes once it is done
+        // (then `ps` says so).
+        assert!(answers(&fx).is_empty());
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Tell { client: 2, service, what } if service == "db" && what == "ready"
+        )));
+        let Some(Effect::RunPass { probed, .. }) =
+            fx.iter().find(|e| matches!(e, Effect::RunPass { .. }))
+        else {
+            panic!("no pass: {fx:?}")
+        };
+        assert_eq!(probed.ready, [("db".to_owned(), 10)]);
+        let fx = m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 2010 * MS);
+        assert_eq!(answers(&fx), [(2, true, "1 started".into())]);
+        // Its timer, firing later, finds nothing to answer.
+        let fx = m.handle(Event::Timer(Timer::Wait(2)), now + 5250 * MS);
+        assert!(answers(&fx).is_empty());
+    }
+
+    #[test]
+    fn up_wait_fails_at_its_timeout_or_at_once_when_the_service_ends() {
+        let now = t0();
+        let mut m = waiting_for_db(now);
+        let fx = m.handle(Event::Timer(Timer::Wait(2)), now + 5250 * MS);
+        assert_eq!(
+            answers(&fx),
+            [(2, false, "db failed to start: db not ready after 5s".into())]
+        );
+        let mut m = waiting_for_db(now);
+        let fx = m.handle(
+            Event::WaitProbed {
+                service: "db".into(),
+                pid: 10,
+                outcome: ProbeOutcome::Ended,
+            },
+            now + 300 * MS,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(
+                2,
+                false,
+                "db failed to start: db exited before it was ready".into()
+            )]
+        );
+        // Who answered db's port instead, when the probe found out.
+        let mut m = waiting_for_db(now);
+        let fx = m.handle(
+            Event::WaitProbed {
+                service: "db".into(),
+                pid: 10,
+                outcome: ProbeOutcome::TimedOut(
+                    5000 * MS,
+                    Some("port 1 is answered by pid 9".into()),
+                ),
+            },
+            now + 5000 * MS,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(
+                2,
+                false,
+                "db failed to start: db not ready after 5s: port 1 is answered by pid 9".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_request_during_an_up_wait_runs_at_once_and_ctrl_c_answers_the_wait() {
+        let now = t0();
+        let mut m = waiting_for_db(now);
+        let fx = m.handle(
+            Event::Request {
+                client: Some(3),
+                work: Work::Stop {
+                    names: vec!["web".into()],
+                    timeout: None,
+                },
+            },
+            now + 100 * MS,
+        );
+        assert_eq!(passes(&fx).len(), 1, "the wait holds no pass: {fx:?}");
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 120 * MS);
+        assert_eq!(answers(&fx), [(3, true, "1 stopped".into())]);
+        let fx = m.handle(Event::Interrupt, now + 200 * MS);
+        assert_eq!(
+            answers(&fx),
+            [(2, false, "the supervisor is shutting down".into())]
+        );
+    }
+
+    #[test]
+    fn up_wait_of_services_ready_already_or_ended_is_answered_at_once() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up_wait(&[], 5000 * MS),
+            },
+            now,
+        );
+        m.handle(Event::PassDone(done(Ok("nothing to do"))), now);
+        let fx = m.handle(
+            Event::Awaiting {
+                client: 2,
+                probing: vec![],
+                ready: vec!["db".into()],
+                ended: vec![],
+            },
+            now,
+        );
+        assert_eq!(answers(&fx), [(2, true, "nothing to do".into())]);
+        m.handle(
+            Event::Request {
+                client: Some(3),
+                work: up_wait(&[], 5000 * MS),
+            },
+            now,
+        );
+        m.handle(Event::PassDone(done(Ok("nothing to do"))), now);
+        let fx = m.handle(
+            Event::Awaiting {
+                client: 3,
+                probing: vec![],
+                ready: vec![],
+                ended: vec![("job".into(), "job exited before it was ready".into())],
+            },
+            now,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(
+                3,
+                false,
+                "job failed to start: job exited before it was ready".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn up_wait_timeout_also_bounds_a_wait_for_a_dependency() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up_wait(&["api"], 3000 * MS),
+            },
+            now,
+        );
+        let mut d = done(Ok("1 started"));
+        d.waiting.insert("api".into());
+        let fx = m.handle(Event::PassDone(d), now + 10 * MS);
+        assert!(awaits(&fx).is_empty(), "api still waits for db: {fx:?}");
+        let fx = m.handle(Event::Timer(Timer::Wait(2)), now + 3000 * MS + WAIT_SLACK);
+        assert_eq!(
+            answers(&fx),
+            [(
+                2,
+                false,
+                "api failed to start: api not ready after 3s".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_foreground_up_wait_tells_the_terminal_only_a_failed_wait() {
+        let now = t0();
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up_wait(&[], 1000 * MS),
+            },
+            now,
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("2 started"))), now + 10 * MS);
+        assert_eq!(awaits(&fx).len(), 1, "{fx:?}");
+        m.handle(
+            Event::Awaiting {
+                client: TERMINAL,
+                probing: vec![("db".into(), 10)],
+                ready: vec![],
+                ended: vec![],
+            },
+            now + 11 * MS,
+        );
+        let fx = m.handle(
+            Event::Timer(Timer::Wait(TERMINAL)),
+            now + 1000 * MS + WAIT_SLACK,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(
+                TERMINAL,
+                false,
+                "db failed to start: db not ready after 1s".into()
+            )]
+        );
+        // A wait still going when Ctrl-C comes is not answered: the notice says it all.
+        let mut m = Machine::new(true);
+        m.handle(
+            Event::Request {
+                client: None,
+                work: up_wait(&[], 1000 * MS),
+            },
+            now,
+        );
+        m.handle(Event::PassDone(done(Ok("2 started"))), now + 10 * MS);
+        let fx = m.handle(Event::Interrupt, now + 20 * MS);
+        assert!(answers(&fx).is_empty(), "{fx:?}");
     }
 }

@@ -20,8 +20,10 @@
 //! state file, checking each recorded identity. The supervisor is the children's subreaper and
 //! reaps every exit, keeping the statuses for the restart policy.
 
+pub mod await_ready;
 pub mod control;
 pub mod machine;
+pub mod oneshot;
 pub mod pass;
 
 use std::collections::BTreeMap;
@@ -206,13 +208,55 @@ impl Shell<'_> {
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
-                Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone()),
+                Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone(), false),
+                Effect::AwaitReady {
+                    client,
+                    services,
+                    deadline,
+                    limit,
+                } => {
+                    let probed = await_ready(
+                        self.ctx.as_ref(),
+                        &self.tx,
+                        client,
+                        &services,
+                        deadline,
+                        &self.cancel,
+                    );
+                    // What the client waits for, as a pass's wait would have said it.
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        for (service, own) in probed {
+                            control::send(
+                                c,
+                                &Reply::Waiting {
+                                    service,
+                                    what: "waiting for readiness".into(),
+                                    limit_ms: Some(own.min(limit).as_millis() as u64),
+                                },
+                            );
+                        }
+                    }
+                }
+                Effect::Tell {
+                    client,
+                    service,
+                    what,
+                } => {
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        control::send(c, &Reply::Event { service, what });
+                    }
+                }
                 Effect::Answer {
                     client,
                     ok,
                     message,
                 } => match self.clients.remove(&client) {
                     Some(mut c) => control::send(&mut c, &Reply::Done { ok, message }),
+                    // A foreground `up --wait` that failed.
+                    None if client == machine::TERMINAL && !ok => {
+                        let label = crate::output::paint("error:", 31, self.color);
+                        line_to_stderr(&format!("{label} {message}"));
+                    }
                     // Lent to the pass in flight (it hears its events): answered when the
                     // pass gives it back.
                     None if self.pass.is_some() => self.deferred.push((client, ok, message)),
@@ -406,20 +450,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if std::mem::take(&mut reload_in_pass) && out.reload_error.is_none() {
                     publish("mirrord-up", "reload applied");
                 }
-                Event::PassDone(PassDone {
-                    result: out.result.unwrap_or_else(|| Err("no result".into())),
-                    running: out.running.iter().map(|(n, id)| (n.clone(), id.pid)).collect(),
-                    next_due: out
-                        .next_due_ms
-                        .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),
-                    unsettled: out.unsettled,
-                    files_changed,
-                    abort: out.abort,
-                    all_down: out.all_down,
-                    probes: out.probes,
-                    waiting: out.waiting,
-                    failed: out.failed,
-                })
+                Event::PassDone(pass_done(out, files_changed))
             }
         };
         let fx = machine.handle(event, Instant::now());
@@ -437,6 +468,28 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     Ok(ExitCode::from(shell.exit.unwrap_or(0)))
 }
 
+/// What the machine needs to know of a finished pass.
+fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
+    PassDone {
+        result: out.result.unwrap_or_else(|| Err("no result".into())),
+        running: out
+            .running
+            .iter()
+            .map(|(n, id)| (n.clone(), id.pid))
+            .collect(),
+        next_due: out
+            .next_due_ms
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),
+        unsettled: out.unsettled,
+        files_changed,
+        abort: out.abort,
+        all_down: out.all_down,
+        probes: out.probes,
+        waiting: out.waiting,
+        failed: out.failed,
+    }
+}
+
 /// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there
 /// to `events`); incoming requests and `reload applied` only to `events`.
 fn session_publisher(ctx: &Arc<dyn Project>) -> crate::session::Publish {
@@ -451,7 +504,13 @@ fn session_publisher(ctx: &Arc<dyn Project>) -> crate::session::Publish {
 
 /// Probes one service's readiness on a thread of its own (a TCP connect or an HTTP request
 /// may take a while): until it passes, the process ends, the timeout, or the loop ends.
-fn spawn_probe(tx: &UnboundedSender<Input>, order: ProbeOrder, cancel: Arc<AtomicBool>) {
+/// `for_wait`: an `up --wait`'s probe (its result is `Event::WaitProbed`).
+fn spawn_probe(
+    tx: &UnboundedSender<Input>,
+    order: ProbeOrder,
+    cancel: Arc<AtomicBool>,
+    for_wait: bool,
+) {
     let tx = tx.clone();
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
@@ -482,12 +541,54 @@ fn spawn_probe(tx: &UnboundedSender<Input>, order: ProbeOrder, cancel: Arc<Atomi
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         };
-        let _ = tx.send(Input::Event(Event::Probed {
-            service: order.service,
-            pid: order.identity.pid,
-            outcome,
+        let (service, pid) = (order.service, order.identity.pid);
+        let _ = tx.send(Input::Event(if for_wait {
+            Event::WaitProbed {
+                service,
+                pid,
+                outcome,
+            }
+        } else {
+            Event::Probed {
+                service,
+                pid,
+                outcome,
+            }
         }));
     });
+}
+
+/// `up --wait`: looks at the services waited for and probes those that run; what it found
+/// comes back as `Event::Awaiting`.
+fn await_ready(
+    ctx: &dyn Project,
+    tx: &UnboundedSender<Input>,
+    client: ClientId,
+    services: &[String],
+    deadline: Instant,
+    cancel: &Arc<AtomicBool>,
+) -> Vec<(String, Duration)> {
+    let state = ctx.store().ok().and_then(|s| s.read().ok().flatten());
+    let looked = state
+        .map(|state| await_ready::look(&state, services, deadline, Instant::now()))
+        .unwrap_or_default();
+    let probing = looked
+        .probes
+        .iter()
+        .map(|(o, _)| (o.service.clone(), o.identity.pid))
+        .collect();
+    let _ = tx.send(Input::Event(Event::Awaiting {
+        client,
+        probing,
+        ready: looked.ready,
+        ended: looked.ended,
+    }));
+    let mut probed = Vec::new();
+    for (order, own) in looked.probes {
+        probed.push((order.service.clone(), own));
+        spawn_probe(tx, order, cancel.clone(), true);
+    }
+    probed
 }
 
 /// `up -d api` to a supervisor of `web` runs both; `up -d` alone runs everything.
@@ -922,6 +1023,58 @@ impl LogPrinter {
     fn flush(&self) {
         if self.tx.send(TailMsg::Flush).is_ok() {
             let _ = self.done.recv_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Request as Asked, UpRequest};
+
+    /// Every request reaches the machine as the same work whether it comes over the control
+    /// socket (to a supervisor) or is served in the asking process (`oneshot`).
+    #[test]
+    fn a_request_is_the_same_work_over_the_socket_and_in_process() {
+        let file = PathBuf::from("/p/mirrord-up.yaml");
+        let secs = |s| Some(Duration::from_secs(s));
+        let names = || vec!["api".to_owned(), "db".to_owned()];
+        let asked = [
+            Asked::Up {
+                file: file.clone(),
+                up: UpRequest {
+                    services: names(),
+                    force_recreate: true,
+                    wait: secs(30),
+                    wait_timeout: Duration::from_secs(30),
+                    profiles: vec!["dev".into()],
+                    ..Default::default()
+                },
+            },
+            Asked::Up {
+                file: file.clone(),
+                up: UpRequest::default(),
+            },
+            Asked::Down { timeout: secs(3) },
+            Asked::Down { timeout: None },
+            Asked::Restart {
+                names: names(),
+                timeout: secs(2),
+            },
+            Asked::Stop {
+                names: names(),
+                timeout: None,
+            },
+            Asked::Start { names: names() },
+        ];
+        for req in asked {
+            let over_the_socket = work_of(req.control(), std::slice::from_ref(&file))
+                .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+            assert_eq!(
+                format!("{over_the_socket:?}"),
+                format!("{:?}", req.work()),
+                "{req:?}"
+            );
         }
     }
 }

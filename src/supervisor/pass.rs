@@ -73,6 +73,9 @@ pub struct PassSettings {
     /// Run by the supervisor (its reaper collects exits; it is recorded in the state).
     /// Implies that readiness is not waited for in the pass: the loop probes.
     pub supervised: bool,
+    /// The machine waits for `up --wait` (`Effect::AwaitReady`), not the pass: always so
+    /// under a supervisor, and in a one-shot run (`supervisor::oneshot`).
+    pub loop_waits: bool,
     /// What the loop's readiness probes found since (`supervised` only).
     pub probed: Probed,
 }
@@ -271,7 +274,10 @@ fn pass(
     } else {
         engine.apply_plan(&plan)?
     };
-    if let Some(wait) = explicit.as_ref().and_then(|e| e.wait) {
+    // The machine waits for `up --wait` itself (`Effect::AwaitReady`).
+    if let Some(wait) = explicit.as_ref().and_then(|e| e.wait)
+        && !(settings.supervised || settings.loop_waits)
+    {
         engine.wait_all_ready(&desired, wait, &mut report);
     }
     if settings.supervised {

@@ -1,0 +1,150 @@
+//! One request type for the front-ends that change what runs (ARCHITECTURE.md, "Known
+//! weaknesses": one apply path). A command builds a [`Request`] and hands it to [`submit`]:
+//! to the project's supervisor over its control socket when one runs (its loop then knows),
+//! otherwise to the same machine and passes run in this process until the request is
+//! answered (`supervisor::oneshot`). Either way a pass takes the state lock around its own
+//! load-apply-save only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::config::Mode;
+use crate::engine::Reporter;
+use crate::project::Project;
+use crate::state::SupervisorRecord;
+use crate::supervisor::control;
+use crate::supervisor::pass::{ApplyOptions, PassSettings, Work};
+
+/// What a front-end asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `up` (and `ci start --up`): converge the services to the file.
+    Up {
+        file: PathBuf,
+        up: UpRequest,
+    },
+    /// `down`: stop every service and forget them (and end the supervisor).
+    Down {
+        timeout: Option<Duration>,
+    },
+    Restart {
+        names: Vec<String>,
+        timeout: Option<Duration>,
+    },
+    /// `stop` (and `ci stop NAME…`).
+    Stop {
+        names: Vec<String>,
+        timeout: Option<Duration>,
+    },
+    Start {
+        names: Vec<String>,
+    },
+}
+
+/// The options of an `up`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpRequest {
+    /// The services asked for (empty: all).
+    pub services: Vec<String>,
+    pub mode: Option<Mode>,
+    pub force_recreate: bool,
+    /// `--wait`: answer once every service is ready, within this time.
+    pub wait: Option<Duration>,
+    /// `--wait-timeout` as given (the wire form carries it also without `--wait`).
+    pub wait_timeout: Duration,
+    /// The active profiles of this command.
+    pub profiles: Vec<String>,
+    /// The `-f` files after the first.
+    pub overlays: Vec<PathBuf>,
+}
+
+fn secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64())
+}
+
+impl Request {
+    /// The work the loop's machine runs for it (in the supervisor or in this process).
+    pub fn work(&self) -> Work {
+        match self.clone() {
+            Request::Up { up, .. } => Work::Reconcile {
+                explicit: Some(ApplyOptions {
+                    force_recreate: up.force_recreate,
+                    wait: up.wait,
+                    services: up.services,
+                    mode: up.mode,
+                    profiles: Some(up.profiles),
+                }),
+            },
+            Request::Down { timeout } => Work::Shutdown {
+                timeout,
+                forget: true,
+            },
+            Request::Restart { names, timeout } => Work::Restart { names, timeout },
+            Request::Stop { names, timeout } => Work::Stop { names, timeout },
+            Request::Start { names } => Work::Start { names },
+        }
+    }
+
+    /// Its wire form, for the control socket.
+    pub fn control(&self) -> control::Request {
+        match self.clone() {
+            Request::Up { file, up } => control::Request::Apply {
+                file,
+                services: up.services,
+                mode: up.mode,
+                force_recreate: up.force_recreate,
+                wait: up.wait.is_some(),
+                wait_timeout_s: up.wait.unwrap_or(up.wait_timeout).as_secs_f64(),
+                profiles: Some(up.profiles),
+                overlays: Some(up.overlays),
+            },
+            Request::Down { timeout } => control::Request::Shutdown {
+                timeout_s: secs(timeout),
+            },
+            Request::Restart { names, timeout } => control::Request::Restart {
+                services: names,
+                timeout_s: secs(timeout),
+            },
+            Request::Stop { names, timeout } => control::Request::Stop {
+                services: names,
+                timeout_s: secs(timeout),
+            },
+            Request::Start { names } => control::Request::Start { services: names },
+        }
+    }
+
+    /// The standing settings of a one-shot run of it: what an `up` selects.
+    fn settings(&self) -> PassSettings {
+        match self {
+            Request::Up { up, .. } => PassSettings {
+                selection: up.services.clone(),
+                mode: up.mode,
+                profiles: Some(up.profiles.clone()),
+                ..Default::default()
+            },
+            _ => PassSettings::default(),
+        }
+    }
+}
+
+/// Hands `req` to the project's supervisor when one runs (`supervisor`, from the state),
+/// otherwise serves it in this process; returns the answer (`ok`, the summary or what went
+/// wrong). An error is a request that could not be delivered.
+pub fn submit(
+    ctx: &dyn Project,
+    supervisor: Option<&SupervisorRecord>,
+    req: &Request,
+    reporter: &mut dyn Reporter,
+) -> Result<(bool, String)> {
+    match supervisor {
+        Some(sup) => control::request(&sup.socket, &req.control(), reporter),
+        None => Ok(crate::supervisor::oneshot::serve(
+            ctx,
+            req.settings(),
+            req.work(),
+            reporter,
+        )),
+    }
+}

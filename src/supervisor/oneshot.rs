@@ -1,0 +1,158 @@
+//! The one-shot runner: a request served in this process when no supervisor runs, by the same
+//! [`Machine`] and the same passes as the supervisor's loop, ending when the request is
+//! answered. `restart|stop|start` and `ci start --up` without a supervisor are this
+//! (`crate::request::submit`).
+//!
+//! Unlike the loop it watches no file, no signal and no exit: it carries out the machine's
+//! effects until the answer — a pass (on this thread: nothing else is in flight), a readiness
+//! probe (on a thread of its own, as in the loop), the probes of an `up --wait` and its
+//! `--wait-timeout` — and leaves a back-off, an exit or a change of the file to the next
+//! command or supervisor. Each pass takes the state lock for its own load-apply-save only: an
+//! `up --wait` waits outside the lock, so `down` or `ci stop` run meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc::unbounded_channel;
+use tokio::time::Instant;
+
+use super::machine::{ClientId, Effect, Event, Machine, Timer};
+use super::pass::{self, PassSettings, Work};
+use super::{Input, await_ready, pass_done, spawn_probe};
+use crate::engine::Reporter;
+use crate::project::Project;
+
+/// The one client of a one-shot run: the command that asked.
+const ASKER: ClientId = 1;
+
+/// Serves `work` as the loop would, with `settings` as its standing settings; returns the
+/// answer (`ok`, the summary or what went wrong).
+pub fn serve(
+    ctx: &dyn Project,
+    mut settings: PassSettings,
+    work: Work,
+    reporter: &mut dyn Reporter,
+) -> (bool, String) {
+    settings.loop_waits = true;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return (false, "cannot start a timer".into());
+    };
+    let (tx, mut rx) = unbounded_channel::<Input>();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut machine = Machine::new(false);
+    let mut pending = machine.handle(
+        Event::Request {
+            client: Some(ASKER),
+            work,
+        },
+        Instant::now(),
+    );
+    let mut probes = 0usize;
+    // `--wait-timeout`s armed (the loop's other timers are not a one-shot's business).
+    let mut timers: BTreeMap<Timer, Instant> = BTreeMap::new();
+    let mut last: Option<Result<String, String>> = None;
+    let answer = loop {
+        let mut next = None;
+        for effect in std::mem::take(&mut pending) {
+            match effect {
+                Effect::Answer {
+                    client: ASKER,
+                    ok,
+                    message,
+                } => {
+                    cancel.store(true, Ordering::SeqCst);
+                    return (ok, message);
+                }
+                Effect::RunPass { work, probed, .. } => {
+                    if let Work::Reconcile { explicit: Some(e) } = &work {
+                        super::widen_selection(&mut settings, e);
+                    }
+                    let mut s = settings.clone();
+                    s.probed = probed;
+                    let out = pass::run_pass(ctx, &s, &work, reporter);
+                    let done = pass_done(out, false);
+                    last = Some(done.result.clone());
+                    next = Some(Event::PassDone(done));
+                }
+                Effect::Probe(order) => {
+                    probes += 1;
+                    spawn_probe(&tx, order, cancel.clone(), false);
+                }
+                Effect::AwaitReady {
+                    client,
+                    services,
+                    deadline,
+                    limit,
+                } => {
+                    let probed = await_ready(ctx, &tx, client, &services, deadline, &cancel);
+                    for (service, own) in probed {
+                        probes += 1;
+                        reporter.waiting(&service, "waiting for readiness", Some(own.min(limit)));
+                    }
+                }
+                Effect::Arm {
+                    timer: timer @ Timer::Wait(_),
+                    at,
+                } => {
+                    timers.insert(timer, at);
+                }
+                // The pass that records a service ready reports it to this command.
+                Effect::Tell { .. }
+                // Other timers (debounce, back-off), notices and the loop's end are the
+                // loop's business: a one-shot run ends with its answer.
+                | Effect::Arm { .. }
+                | Effect::Answer { .. }
+                | Effect::InterruptPass
+                | Effect::KillNow
+                | Effect::Say(_)
+                | Effect::Notice(_)
+                | Effect::Exit(_) => {}
+            }
+        }
+        if let Some(e) = next {
+            pending = machine.handle(e, Instant::now());
+            continue;
+        }
+        let timer = timers
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(t, at)| (*t, *at));
+        // Idle and not answered, with nothing to wake it (a service still waits).
+        if probes == 0 && timer.is_none() {
+            break last;
+        }
+        let received = rt.block_on(async {
+            match timer {
+                Some((_, at)) => tokio::time::timeout_at(at, rx.recv()).await.ok(),
+                None => Some(rx.recv().await),
+            }
+        });
+        let event = match received {
+            // A timer is due.
+            None => {
+                let (t, _) = timer.expect("a timeout needs a timer");
+                timers.remove(&t);
+                Event::Timer(t)
+            }
+            Some(Some(Input::Event(e))) => {
+                if matches!(e, Event::Probed { .. } | Event::WaitProbed { .. }) {
+                    probes = probes.saturating_sub(1);
+                }
+                e
+            }
+            Some(Some(_)) => continue,
+            Some(None) => break last,
+        };
+        pending = machine.handle(event, Instant::now());
+    };
+    cancel.store(true, Ordering::SeqCst);
+    match answer {
+        Some(Ok(m)) => (true, m),
+        Some(Err(e)) => (false, e),
+        None => (false, "no result".into()),
+    }
+}
