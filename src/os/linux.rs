@@ -275,6 +275,20 @@ pub fn holds_socket(pid: i32, inodes: &[u64]) -> Option<bool> {
     )
 }
 
+/// A long-lived process with a few threads (the supervisor): one malloc arena for all of
+/// them (glibc gives threads arenas of their own, up to 8 per core, each keeping what it
+/// freed resident), and freed memory at the top of the heap returned to the system past
+/// 128 KiB (a fixed threshold: glibc's default grows with the largest block freed).
+pub fn lean_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: plain settings of the C allocator, made before the threads that use it start.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
