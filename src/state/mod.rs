@@ -323,13 +323,16 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
-        parse(&bytes)
-            .map(Some)
-            .map_err(|reason| StateError::Corrupt {
-                kept: path.clone(),
-                path,
-                reason,
-            })
+        if let Some(state) = cache::get(&path, &bytes) {
+            return Ok(Some(state));
+        }
+        let state = parse(&bytes).map_err(|reason| StateError::Corrupt {
+            kept: path.clone(),
+            path: path.clone(),
+            reason,
+        })?;
+        cache::put(&path, &bytes, &state);
+        Ok(Some(state))
     }
 
     /// Takes `state.lock`, waiting up to `timeout`.
@@ -379,7 +382,55 @@ impl StateStore {
         let started = std::time::Instant::now();
         let written = write_private(&path, &text);
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
+        if written.is_ok() {
+            cache::put(&path, &text, state);
+        }
         written
+    }
+}
+
+/// The last version of the state file this process read or wrote, parsed: a supervisor reads
+/// the file at every pass (hundreds of KB of JSON for hundreds of services), and it is mostly
+/// the version it wrote itself. A read still reads the whole file and compares it (length and
+/// a 64-bit hash of every byte) before the parsed copy is used; any change parses it again.
+mod cache {
+    use std::hash::{Hash, Hasher};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::State;
+
+    struct Last {
+        path: PathBuf,
+        len: usize,
+        hash: u64,
+        state: State,
+    }
+
+    static LAST: Mutex<Option<Last>> = Mutex::new(None);
+
+    fn hash(bytes: &[u8]) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    }
+
+    pub(super) fn get(path: &Path, bytes: &[u8]) -> Option<State> {
+        let last = LAST.lock().ok()?;
+        let last = last.as_ref()?;
+        (last.path == path && last.len == bytes.len() && last.hash == hash(bytes))
+            .then(|| last.state.clone())
+    }
+
+    pub(super) fn put(path: &Path, bytes: &[u8], state: &State) {
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some(Last {
+                path: path.to_owned(),
+                len: bytes.len(),
+                hash: hash(bytes),
+                state: state.clone(),
+            });
+        }
     }
 }
 
@@ -450,6 +501,26 @@ mod tests {
         assert_eq!(mode, 0o600);
         let mode = std::fs::metadata(&store.dir).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_read_after_a_save_sees_a_change_made_by_another_writer() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let state = State::new("p");
+        store.save(&lock, &state).unwrap();
+        assert_eq!(store.read().unwrap(), Some(state.clone()));
+        // Another process rewrites it (same length even): the cached copy must not be used.
+        let text = std::fs::read_to_string(store.state_path()).unwrap();
+        let other = text.replacen("\"project\":\"p\"", "\"project\":\"q\"", 1);
+        assert_ne!(text, other);
+        assert_eq!(text.len(), other.len());
+        write_private(&store.state_path(), other.as_bytes()).unwrap();
+        assert_eq!(store.read().unwrap().unwrap().project, "q");
+        // Removed: absent, not the cached copy.
+        std::fs::remove_file(store.state_path()).unwrap();
+        assert_eq!(store.read().unwrap(), None);
     }
 
     #[test]
