@@ -323,16 +323,13 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
-        if let Some(state) = cache::get(&path, &bytes) {
-            return Ok(Some(state));
-        }
-        let state = parse(&bytes).map_err(|reason| StateError::Corrupt {
-            kept: path.clone(),
-            path: path.clone(),
-            reason,
-        })?;
-        cache::put(&path, &bytes, &state);
-        Ok(Some(state))
+        parse(&bytes)
+            .map(Some)
+            .map_err(|reason| StateError::Corrupt {
+                kept: path.clone(),
+                path,
+                reason,
+            })
     }
 
     /// Takes `state.lock`, waiting up to `timeout`.
@@ -382,55 +379,7 @@ impl StateStore {
         let started = std::time::Instant::now();
         let written = write_private(&path, &text);
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
-        if written.is_ok() {
-            cache::put(&path, &text, state);
-        }
         written
-    }
-}
-
-/// The last version of the state file this process read or wrote, parsed: a supervisor reads
-/// the file at every pass (hundreds of KB of JSON for hundreds of services), and it is mostly
-/// the version it wrote itself. A read still reads the whole file and compares it (length and
-/// a 64-bit hash of every byte) before the parsed copy is used; any change parses it again.
-mod cache {
-    use std::hash::{Hash, Hasher};
-    use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
-
-    use super::State;
-
-    struct Last {
-        path: PathBuf,
-        len: usize,
-        hash: u64,
-        state: State,
-    }
-
-    static LAST: Mutex<Option<Last>> = Mutex::new(None);
-
-    fn hash(bytes: &[u8]) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        h.finish()
-    }
-
-    pub(super) fn get(path: &Path, bytes: &[u8]) -> Option<State> {
-        let last = LAST.lock().ok()?;
-        let last = last.as_ref()?;
-        (last.path == path && last.len == bytes.len() && last.hash == hash(bytes))
-            .then(|| last.state.clone())
-    }
-
-    pub(super) fn put(path: &Path, bytes: &[u8], state: &State) {
-        if let Ok(mut last) = LAST.lock() {
-            *last = Some(Last {
-                path: path.to_owned(),
-                len: bytes.len(),
-                hash: hash(bytes),
-                state: state.clone(),
-            });
-        }
     }
 }
 
