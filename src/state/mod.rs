@@ -332,6 +332,25 @@ impl StateStore {
             })
     }
 
+    /// The recorded log offset of one service, read without building the whole state (it is
+    /// asked once per `started` event: a full parse each time made a cold `up` of N services
+    /// O(N²)). Fields other than each record's `log_offset` are skipped, not built.
+    pub fn log_offset(&self, service: &str) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct Offsets {
+            #[serde(default)]
+            services: BTreeMap<String, Offset>,
+        }
+        #[derive(Deserialize)]
+        struct Offset {
+            #[serde(default)]
+            log_offset: u64,
+        }
+        let bytes = std::fs::read(self.state_path()).ok()?;
+        let all: Offsets = serde_json::from_slice(&bytes).ok()?;
+        all.services.get(service).map(|o| o.log_offset)
+    }
+
     /// Takes `state.lock`, waiting up to `timeout`.
     pub fn lock(&self, timeout: Duration) -> Result<StateLock> {
         StateLock::acquire(&self.dir.join("state.lock"), timeout)
@@ -470,6 +489,18 @@ mod tests {
         // Removed: absent, not the cached copy.
         std::fs::remove_file(store.state_path()).unwrap();
         assert_eq!(store.read().unwrap(), None);
+    }
+
+    #[test]
+    fn the_log_offset_of_one_service_is_read_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        assert_eq!(store.log_offset("api"), None, "no state file");
+        let text = r#"{"format_version":1,"project":"p","services":{"api":{"log_offset":42,"other":[1,{"x":2}]},"db":{}}}"#;
+        std::fs::write(store.state_path(), text).unwrap();
+        assert_eq!(store.log_offset("api"), Some(42));
+        assert_eq!(store.log_offset("db"), Some(0));
+        assert_eq!(store.log_offset("web"), None);
     }
 
     #[test]
