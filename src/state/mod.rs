@@ -336,6 +336,11 @@ impl StateStore {
     /// asked once per `started` event: a full parse each time made a cold `up` of N services
     /// O(N²)). Fields other than each record's `log_offset` are skipped, not built.
     pub fn log_offset(&self, service: &str) -> Option<u64> {
+        // The version this process wrote last (the supervisor's own intent save, just before
+        // the spawn that this event reports) answers without reading the file.
+        if let Some(found) = offsets::get(&self.state_path(), service) {
+            return found;
+        }
         #[derive(Deserialize)]
         struct Offsets {
             #[serde(default)]
@@ -398,7 +403,50 @@ impl StateStore {
         let started = std::time::Instant::now();
         let written = write_private(&path, &text);
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
+        if written.is_ok() {
+            offsets::put(&path, state);
+        }
         written
+    }
+}
+
+/// The log offsets of the state file this process wrote last, with that file's identity
+/// (device, inode, size, mtime): used while the file is still that very version (every save
+/// replaces it by rename, so another writer's version is another inode).
+mod offsets {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::State;
+
+    type FileId = (u64, u64, u64, i64, i64);
+
+    static LAST: Mutex<Option<(PathBuf, FileId, BTreeMap<String, u64>)>> = Mutex::new(None);
+
+    fn id_of(path: &Path) -> Option<FileId> {
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+
+    pub(super) fn put(path: &Path, state: &State) {
+        let Ok(mut last) = LAST.lock() else { return };
+        *last = id_of(path).map(|id| {
+            let map = state
+                .services
+                .iter()
+                .map(|(name, rec)| (name.clone(), rec.log_offset))
+                .collect();
+            (path.to_owned(), id, map)
+        });
+    }
+
+    /// `Some(answer)` when the file is the version written last by this process.
+    pub(super) fn get(path: &Path, service: &str) -> Option<Option<u64>> {
+        let last = LAST.lock().ok()?;
+        let (p, id, map) = last.as_ref()?;
+        (p == path && id_of(path).as_ref() == Some(id)).then(|| map.get(service).copied())
     }
 }
 
@@ -501,6 +549,14 @@ mod tests {
         assert_eq!(store.log_offset("api"), Some(42));
         assert_eq!(store.log_offset("db"), Some(0));
         assert_eq!(store.log_offset("web"), None);
+        // Saved by this process: answered from what it wrote (no `api` in it); then replaced
+        // by another writer: read again.
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        store.save(&lock, &State::new("p")).unwrap();
+        assert_eq!(store.log_offset("api"), None);
+        let other = text.replace("42", "9");
+        write_private(&store.state_path(), other.as_bytes()).unwrap();
+        assert_eq!(store.log_offset("api"), Some(9));
     }
 
     #[test]
