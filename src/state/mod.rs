@@ -422,8 +422,10 @@ mod offsets {
     use super::State;
 
     type FileId = (u64, u64, u64, i64, i64);
+    /// The file, its identity when written, and each service's log offset in it.
+    type Written = (PathBuf, FileId, BTreeMap<String, u64>);
 
-    static LAST: Mutex<Option<(PathBuf, FileId, BTreeMap<String, u64>)>> = Mutex::new(None);
+    static LAST: Mutex<Option<Written>> = Mutex::new(None);
 
     fn id_of(path: &Path) -> Option<FileId> {
         let m = std::fs::symlink_metadata(path).ok()?;
