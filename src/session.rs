@@ -662,9 +662,9 @@ impl Watcher {
             if waiter.wait(&self.stop_line, None, timeout) == Woke::Ended {
                 return End::Quiet;
             }
-            if !dir_watched {
-                dir_watched = waiter.watch_dir_of(&socket);
-            }
+            // Again after every event: the directory may have been created, or removed and
+            // made anew (a new inode needs a new watch; the same one keeps its watch).
+            dir_watched = waiter.watch_dir_of(&socket);
         };
         apply_info(status, &info);
         status.state = "connected".into();
