@@ -463,18 +463,31 @@ enum Woke {
     Timeout,
 }
 
-/// What a watcher sleeps on: its stop line, its process (pidfd) and inotify.
+/// What a watcher sleeps on: its stop line, its process (pidfd) and inotify. Without either
+/// (out of descriptors, or past `fs.inotify.max_user_instances` — each watcher has its own
+/// instance), it falls back to looking every [`TICK`].
 struct Waiter {
-    pidfd: std::os::fd::OwnedFd,
-    inotify: nix::sys::inotify::Inotify,
+    pidfd: Option<std::os::fd::OwnedFd>,
+    inotify: Option<nix::sys::inotify::Inotify>,
 }
 
 impl Waiter {
-    fn new(pid: i32) -> Option<Waiter> {
+    fn new(pid: i32) -> Waiter {
         use nix::sys::inotify::{InitFlags, Inotify};
-        let pidfd = crate::os::pidfd_open(pid).ok()?;
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
-        Some(Waiter { pidfd, inotify })
+        let pidfd = crate::os::pidfd_open(pid).ok();
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
+        if pidfd.is_none() || inotify.is_none() {
+            tracing::debug!(
+                pid,
+                "session watcher without pidfd or inotify: looking every 100 ms"
+            );
+        }
+        Waiter { pidfd, inotify }
+    }
+
+    /// Something it cannot be woken by: it must look again every [`TICK`].
+    fn polling(&self) -> bool {
+        self.pidfd.is_none() || self.inotify.is_none()
     }
 
     /// Sleeps until something happens (or `timeout`); inotify events are drained.
@@ -486,15 +499,26 @@ impl Waiter {
     ) -> Woke {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         use std::os::fd::AsFd;
+        let timeout = if self.polling() {
+            Some(timeout.map_or(TICK, |t| t.min(TICK)))
+        } else {
+            timeout
+        };
         let ms = timeout.map_or(PollTimeout::NONE, |t| {
             PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::MAX)
         });
-        let mut fds = vec![
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
-        ];
+        // Slots: 0 stop line, 1 pidfd, 2 inotify, 3 stream (absent ones poll nothing).
+        let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        let none = PollFlags::empty();
+        fds.push(match &self.pidfd {
+            Some(fd) => PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(stop.as_fd(), none),
+        });
+        fds.push(match &self.inotify {
+            Some(ino) => PollFd::new(ino.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(stop.as_fd(), none),
+        });
         if let Some(fd) = stream {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
@@ -521,7 +545,9 @@ impl Waiter {
         if ready(3) {
             return Woke::Stream;
         }
-        while self.inotify.read_events().is_ok_and(|evs| !evs.is_empty()) {}
+        if let Some(ino) = &self.inotify {
+            while ino.read_events().is_ok_and(|evs| !evs.is_empty()) {}
+        }
         Woke::Files
     }
 
@@ -529,6 +555,7 @@ impl Waiter {
     fn watch_file(&self, file: &Path) -> Option<nix::sys::inotify::WatchDescriptor> {
         use nix::sys::inotify::AddWatchFlags as F;
         self.inotify
+            .as_ref()?
             .add_watch(
                 file,
                 F::IN_MODIFY | F::IN_CLOSE_WRITE | F::IN_MOVE_SELF | F::IN_DELETE_SELF,
@@ -541,7 +568,7 @@ impl Waiter {
     /// itself is watched.
     fn watch_dir_of(&self, socket: &Path) -> bool {
         use nix::sys::inotify::AddWatchFlags as F;
-        let Some(dir) = socket.parent() else {
+        let (Some(dir), Some(inotify)) = (socket.parent(), &self.inotify) else {
             return false;
         };
         let entries = F::IN_CREATE
@@ -551,12 +578,11 @@ impl Waiter {
             | F::IN_DELETE_SELF
             | F::IN_MOVE_SELF
             | F::IN_ONLYDIR;
-        if self.inotify.add_watch(dir, entries).is_ok() {
+        if inotify.add_watch(dir, entries).is_ok() {
             return true;
         }
         for up in dir.ancestors().skip(1) {
-            if self
-                .inotify
+            if inotify
                 .add_watch(up, F::IN_CREATE | F::IN_MOVED_TO | F::IN_ONLYDIR)
                 .is_ok()
             {
@@ -579,10 +605,8 @@ impl Watcher {
             ..SessionStatus::default()
         };
         write_status(&self.dir, &mut status);
-        // The pidfd pins the process; checked to be the recorded one after it was opened.
-        let Some(waiter) = Waiter::new(self.identity.pid) else {
-            return;
-        };
+        // The pidfd pins the process; `follow` checks it is the recorded one before waiting.
+        let waiter = Waiter::new(self.identity.pid);
         match self.follow(&waiter, &mut status) {
             End::Quiet => {}
             End::Lost(why) => {
@@ -618,15 +642,15 @@ impl Watcher {
                 Woke::Ended => return End::Quiet,
                 // Replaced or removed (rotation): watch the file now at that path.
                 Woke::Files => {
-                    if let Some(wd) = log_watch.take() {
-                        let _ = waiter.inotify.rm_watch(wd);
+                    if let (Some(wd), Some(ino)) = (log_watch.take(), &waiter.inotify) {
+                        let _ = ino.rm_watch(wd);
                     }
                 }
                 _ => {}
             }
         };
-        if let Some(wd) = log_watch {
-            let _ = waiter.inotify.rm_watch(wd);
+        if let (Some(wd), Some(ino)) = (log_watch, &waiter.inotify) {
+            let _ = ino.rm_watch(wd);
         }
         let Some(socket) = socket_path(&id) else {
             status.reason = Some("no home directory: mirrord serves no session API".into());

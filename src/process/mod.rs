@@ -307,9 +307,12 @@ pub fn stop_groups_with(
         pending.insert(i, false);
     }
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
-    // leader, and escaped processes, are looked at after a pause that grows to 25 ms.
+    // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
+    // `MAX_EXIT_FDS` descriptors are held (a 1024-descriptor limit must leave room for the
+    // scans and the state write); the groups beyond are looked at after each pause.
     let mut exits: BTreeMap<usize, std::os::fd::OwnedFd> = pending
         .keys()
+        .take(MAX_EXIT_FDS)
         .filter_map(|&i| {
             let id = &requests[i].identity;
             let fd = pidfd_open(id.pid).ok()?;
@@ -425,6 +428,9 @@ pub fn stop_groups_with(
     }
     outcomes
 }
+
+/// How many pidfds one `stop_groups` holds at most.
+const MAX_EXIT_FDS: usize = 256;
 
 /// Sleeps until one of `exits` (leaders' pidfds) is readable, or `pause`; the ones that are
 /// readable (their process ended) are taken out.
