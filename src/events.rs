@@ -69,10 +69,10 @@ impl Journal {
         // after what the session wrote while it was starting.
         if what.starts_with("started")
             && let Some((inode, _)) = pos
-            && let Ok(Some(state)) = self.store.read()
-            && let Some(rec) = state.services.get(service)
+            && let Some(offset) = self.store.log_offset(service)
         {
-            pos = Some((inode, rec.log_offset));
+            // perf5: the one offset, not the whole state parsed (O(N²) over a cold `up`).
+            pos = Some((inode, offset));
         }
         let _ = self.try_record(service, what, pos);
         // Hook (session, issue 13): the supervisor's live event stream.

@@ -7,11 +7,14 @@
 //! subscriptions) and `GET /events` (server-sent events, no replay: `incoming_request`,
 //! `port_subscription`, …). A supervisor runs one watcher thread per running `exec` service
 //! ([`Watchers::sync`]): it learns the id from this run's log (after the run's log offset, so
-//! a line or a socket of an earlier run is never taken), connects (a socket file nobody
+//! a line or a socket of an earlier run is never taken; inotify on the log says when to look
+//! again), connects (inotify on `$HOME/.mirrord/sessions` says when a socket appears; a socket file nobody
 //! listens on, or whose `/info` names another session, is not a session: it stays
 //! `connecting`), follows `/events`, and writes what it knows to
 //! `<state-dir>/<project>/services/<service>/session.json` (atomically, outside state.json,
-//! so `ps` reads it without the state lock). It never sends `POST /kill`.
+//! so `ps` reads it without the state lock). It never sends `POST /kill`. A watcher sleeps in
+//! `poll(2)` on its stop line, the process's pidfd, its inotify descriptor and the event stream:
+//! an idle session costs no wake-up.
 //!
 //! Loss: the socket disappearing while the process runs, or the event stream ending while it
 //! runs, is `lost` with the reason; the watcher then stops the service's process group
@@ -41,9 +44,10 @@ use crate::state::{ServiceRecord, now_ms};
 pub const FILE: &str = "session.json";
 /// How long one request to the session API may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a watcher looks again while it waits (for the id line, for the socket), and how
-/// long a read of the event stream blocks before the socket and the process are checked.
+/// A socket file that is there but does not answer (bound, not listening yet, or stale) is
+/// tried again after this long, doubling up to [`RETRY_MAX`]: nothing else says when it will.
 const TICK: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// After the stream ends: how long the process may take to end by itself (a stop in progress)
 /// before the session counts as lost.
 const GRACE: Duration = Duration::from_secs(1);
@@ -294,8 +298,17 @@ impl Chunked {
         Chunked { reader }
     }
 
+    /// Data already read from the socket waits in the buffer (`poll` would not say so).
+    fn buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
+    fn fd(&self) -> &UnixStream {
+        self.reader.get_ref()
+    }
+
     /// The next chunk; `None` at the end of the body. A read timeout comes back as an error of
-    /// kind `WouldBlock`/`TimedOut` before anything of the chunk was read.
+    /// kind `WouldBlock`/`TimedOut`.
     fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         let mut size = String::new();
         if self.reader.read_line(&mut size)? == 0 {
@@ -307,11 +320,9 @@ impl Chunked {
         if n > 1 << 20 {
             return Err(bad("chunk too large"));
         }
-        // The rest of the chunk follows its size line at once: no timeout in the middle.
-        self.reader.get_ref().set_read_timeout(Some(IO_TIMEOUT))?;
+        // The rest of the chunk follows its size line at once.
         let mut data = vec![0; n + 2];
         self.reader.read_exact(&mut data)?;
-        self.reader.get_ref().set_read_timeout(Some(TICK))?;
         data.truncate(n);
         Ok((n > 0).then_some(data))
     }
@@ -326,7 +337,15 @@ pub type Publish = Arc<dyn Fn(&str, &str) + Send + Sync>;
 /// One watcher thread per running `exec` service of the supervisor.
 #[derive(Default)]
 pub struct Watchers {
-    running: std::collections::BTreeMap<String, (i32, Arc<AtomicBool>)>,
+    /// By service: the process seen running and, when it is watched (an `exec` session), the
+    /// write end of its watcher's stop line (dropping it wakes the watcher, which then ends).
+    running: std::collections::BTreeMap<String, (i32, Option<Stopper>)>,
+}
+
+/// Tells a watcher to end: sets its flag and closes its stop line (its `poll` wakes up).
+struct Stopper {
+    flag: Arc<AtomicBool>,
+    _line: UnixStream,
 }
 
 impl Watchers {
@@ -340,11 +359,18 @@ impl Watchers {
     ) {
         self.running.retain(|name, (pid, stop)| {
             let keep = running.iter().any(|(n, id)| n == name && id.pid == *pid);
-            if !keep {
-                stop.store(true, Ordering::Relaxed);
+            if !keep && let Some(stop) = stop {
+                stop.flag.store(true, Ordering::Relaxed);
             }
             keep
         });
+        // Nothing new to watch (the usual pass): the state file is not read again.
+        if running
+            .iter()
+            .all(|(name, _)| self.running.contains_key(name))
+        {
+            return;
+        }
         let Ok(Some(state)) = store.read() else {
             return;
         };
@@ -355,9 +381,14 @@ impl Watchers {
             let Some(rec) = state.services.get(name) else {
                 continue;
             };
+            // Seen: not looked at again while this process runs.
+            self.running.insert(name.clone(), (identity.pid, None));
             if applicability(&rec.spec).is_err() {
                 continue;
             }
+            let Ok((line, stop_line)) = UnixStream::pair() else {
+                continue;
+            };
             let stop = Arc::new(AtomicBool::new(false));
             let watcher = Watcher {
                 service: name.clone(),
@@ -367,13 +398,20 @@ impl Watchers {
                 dir: store.service_dir(name),
                 route: route_header(&rec.spec.mirrord_config),
                 stop: stop.clone(),
+                stop_line,
                 publish: publish.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("session {name}"))
+                .stack_size(WATCHER_STACK)
                 .spawn(move || watcher.run());
             if spawned.is_ok() {
-                self.running.insert(name.clone(), (identity.pid, stop));
+                let stopper = Stopper {
+                    flag: stop,
+                    _line: line,
+                };
+                self.running
+                    .insert(name.clone(), (identity.pid, Some(stopper)));
             }
         }
     }
@@ -381,10 +419,15 @@ impl Watchers {
     /// Every watcher ends (the supervisor ends).
     pub fn stop_all(&mut self) {
         for (_, (_, stop)) in std::mem::take(&mut self.running) {
-            stop.store(true, Ordering::Relaxed);
+            if let Some(stop) = stop {
+                stop.flag.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
+
+/// A watcher's stack: it parses small JSON documents and formats lines, nothing deep.
+const WATCHER_STACK: usize = 256 * 1024;
 
 struct Watcher {
     service: String,
@@ -395,6 +438,8 @@ struct Watcher {
     /// Split mode: the header that routes traffic to this session.
     route: Option<String>,
     stop: Arc<AtomicBool>,
+    /// Readable (end of file) once the supervisor drops the other end: stop.
+    stop_line: UnixStream,
     publish: Publish,
 }
 
@@ -403,6 +448,149 @@ enum End {
     /// Told to stop, or the process ended: nothing to say.
     Quiet,
     Lost(String),
+}
+
+/// What woke a watcher.
+#[derive(Debug, PartialEq, Eq)]
+enum Woke {
+    /// Told to stop, or the process ended.
+    Ended,
+    /// Something happened to a watched file or directory.
+    Files,
+    /// The event stream has data (or was closed).
+    Stream,
+    /// The timeout passed.
+    Timeout,
+}
+
+/// What a watcher sleeps on: its stop line, its process (pidfd) and inotify. Without either
+/// (out of descriptors, or past `fs.inotify.max_user_instances` — each watcher has its own
+/// instance), it falls back to looking every [`TICK`].
+struct Waiter {
+    pidfd: Option<std::os::fd::OwnedFd>,
+    inotify: Option<nix::sys::inotify::Inotify>,
+}
+
+impl Waiter {
+    fn new(pid: i32) -> Waiter {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        let pidfd = crate::os::pidfd_open(pid).ok();
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
+        if pidfd.is_none() || inotify.is_none() {
+            tracing::debug!(
+                pid,
+                "session watcher without pidfd or inotify: looking every 100 ms"
+            );
+        }
+        Waiter { pidfd, inotify }
+    }
+
+    /// Something it cannot be woken by: it must look again every [`TICK`].
+    fn polling(&self) -> bool {
+        self.pidfd.is_none() || self.inotify.is_none()
+    }
+
+    /// Sleeps until something happens (or `timeout`); inotify events are drained.
+    fn wait(
+        &self,
+        stop: &UnixStream,
+        stream: Option<std::os::fd::BorrowedFd<'_>>,
+        timeout: Option<Duration>,
+    ) -> Woke {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let timeout = if self.polling() {
+            Some(timeout.map_or(TICK, |t| t.min(TICK)))
+        } else {
+            timeout
+        };
+        let ms = timeout.map_or(PollTimeout::NONE, |t| {
+            PollTimeout::try_from(t.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX)
+        });
+        // Slots: 0 stop line, 1 pidfd, 2 inotify, 3 stream (absent ones poll nothing).
+        let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        let none = PollFlags::empty();
+        fds.push(match &self.pidfd {
+            Some(fd) => PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(stop.as_fd(), none),
+        });
+        fds.push(match &self.inotify {
+            Some(ino) => PollFd::new(ino.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(stop.as_fd(), none),
+        });
+        if let Some(fd) = stream {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        loop {
+            match poll(&mut fds, ms) {
+                Ok(0) => return Woke::Timeout,
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                // Cannot sleep on them: look again in a while rather than spin.
+                Err(_) => {
+                    std::thread::sleep(TICK);
+                    return Woke::Timeout;
+                }
+            }
+        }
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
+        if ready(0) || ready(1) {
+            return Woke::Ended;
+        }
+        if ready(3) {
+            return Woke::Stream;
+        }
+        if let Some(ino) = &self.inotify {
+            while ino.read_events().is_ok_and(|evs| !evs.is_empty()) {}
+        }
+        Woke::Files
+    }
+
+    /// Watches `file` for writes (and for being replaced).
+    fn watch_file(&self, file: &Path) -> Option<nix::sys::inotify::WatchDescriptor> {
+        use nix::sys::inotify::AddWatchFlags as F;
+        self.inotify
+            .as_ref()?
+            .add_watch(
+                file,
+                F::IN_MODIFY | F::IN_CLOSE_WRITE | F::IN_MOVE_SELF | F::IN_DELETE_SELF,
+            )
+            .ok()
+    }
+
+    /// Watches the directory `socket` lives in for entries coming and going; while it does not
+    /// exist, its nearest existing ancestor for what is created in it. True once the directory
+    /// itself is watched.
+    fn watch_dir_of(&self, socket: &Path) -> bool {
+        use nix::sys::inotify::AddWatchFlags as F;
+        let (Some(dir), Some(inotify)) = (socket.parent(), &self.inotify) else {
+            return false;
+        };
+        let entries = F::IN_CREATE
+            | F::IN_MOVED_TO
+            | F::IN_DELETE
+            | F::IN_MOVED_FROM
+            | F::IN_DELETE_SELF
+            | F::IN_MOVE_SELF
+            | F::IN_ONLYDIR;
+        if inotify.add_watch(dir, entries).is_ok() {
+            return true;
+        }
+        for up in dir.ancestors().skip(1) {
+            if inotify
+                .add_watch(up, F::IN_CREATE | F::IN_MOVED_TO | F::IN_ONLYDIR)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        false
+    }
 }
 
 impl Watcher {
@@ -417,7 +605,9 @@ impl Watcher {
             ..SessionStatus::default()
         };
         write_status(&self.dir, &mut status);
-        match self.follow(&mut status) {
+        // The pidfd pins the process; `follow` checks it is the recorded one before waiting.
+        let waiter = Waiter::new(self.identity.pid);
+        match self.follow(&waiter, &mut status) {
             End::Quiet => {}
             End::Lost(why) => {
                 status.state = "lost".into();
@@ -433,17 +623,35 @@ impl Watcher {
         }
     }
 
-    fn follow(&self, status: &mut SessionStatus) -> End {
-        // 1. The id, from this run's output.
+    fn follow(&self, waiter: &Waiter, status: &mut SessionStatus) -> End {
+        // 1. The id, from this run's output: looked for again whenever the log is written.
+        let mut log_watch = None;
         let id = loop {
             if !self.alive() {
                 return End::Quiet;
             }
+            if log_watch.is_none() {
+                log_watch = waiter.watch_file(&self.log);
+            }
             if let Some(id) = session_id_in(&self.log, self.offset) {
                 break id;
             }
-            std::thread::sleep(TICK);
+            // No log to watch (yet): look again in a while.
+            let timeout = log_watch.is_none().then_some(TICK);
+            match waiter.wait(&self.stop_line, None, timeout) {
+                Woke::Ended => return End::Quiet,
+                // Replaced or removed (rotation): watch the file now at that path.
+                Woke::Files => {
+                    if let (Some(wd), Some(ino)) = (log_watch.take(), &waiter.inotify) {
+                        let _ = ino.rm_watch(wd);
+                    }
+                }
+                _ => {}
+            }
         };
+        if let (Some(wd), Some(ino)) = (log_watch, &waiter.inotify) {
+            let _ = ino.rm_watch(wd);
+        }
         let Some(socket) = socket_path(&id) else {
             status.reason = Some("no home directory: mirrord serves no session API".into());
             write_status(&self.dir, status);
@@ -453,7 +661,10 @@ impl Watcher {
         status.socket = Some(socket.clone());
         write_status(&self.dir, status);
         // 2. A live socket whose /info is this session (a stale file is not one), then the
-        // event stream, subscribed before we say `connected`.
+        // event stream, subscribed before we say `connected`. Looked for again whenever an
+        // entry of the sessions directory comes or goes.
+        let mut dir_watched = waiter.watch_dir_of(&socket);
+        let mut retry = TICK;
         let (inode, info, mut events) = loop {
             if !self.alive() {
                 return End::Quiet;
@@ -461,7 +672,23 @@ impl Watcher {
             if let Some(found) = connect(&socket, &id) {
                 break found;
             }
-            std::thread::sleep(TICK);
+            let timeout = if !dir_watched {
+                None
+            } else if std::fs::symlink_metadata(&socket).is_ok() {
+                // There, but not answering: nothing will say when it does.
+                let t = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                Some(t)
+            } else {
+                retry = TICK;
+                None
+            };
+            if waiter.wait(&self.stop_line, None, timeout) == Woke::Ended {
+                return End::Quiet;
+            }
+            // Again after every event: the directory may have been created, or removed and
+            // made anew (a new inode needs a new watch; the same one keeps its watch).
+            dir_watched = waiter.watch_dir_of(&socket);
         };
         apply_info(status, &info);
         status.state = "connected".into();
@@ -483,55 +710,77 @@ impl Watcher {
                     .unwrap_or_default()
             ),
         );
-        // 3. Follow it while the process runs.
+        // 3. Follow it while the process runs: woken by the stream, the process's end, a
+        // stop, or the sessions directory (its socket removed).
         let mut pending = Vec::new();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return End::Quiet;
             }
-            match events.next_chunk() {
-                Ok(Some(data)) => {
-                    pending.extend_from_slice(&data);
-                    self.take_frames(&mut pending, status);
-                    continue;
-                }
-                Ok(None) => {
-                    return self.lost_unless_ending("the session API closed its event stream");
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => {
-                    return self
-                        .lost_unless_ending(&format!("the session API event stream failed: {e}"));
-                }
+            let woke = if events.buffered() {
+                Woke::Stream
+            } else {
+                use std::os::fd::AsFd;
+                waiter.wait(&self.stop_line, Some(events.fd().as_fd()), None)
+            };
+            match woke {
+                Woke::Ended => return End::Quiet,
+                Woke::Stream => match events.next_chunk() {
+                    Ok(Some(data)) => {
+                        pending.extend_from_slice(&data);
+                        self.take_frames(&mut pending, status);
+                        continue;
+                    }
+                    Ok(None) => {
+                        return self
+                            .lost_unless_ending(waiter, "the session API closed its event stream");
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => {
+                        return self.lost_unless_ending(
+                            waiter,
+                            &format!("the session API event stream failed: {e}"),
+                        );
+                    }
+                },
+                Woke::Files | Woke::Timeout => {}
             }
             if self.identity.liveness() != Liveness::Alive {
                 return End::Quiet;
             }
             let same = std::fs::symlink_metadata(&socket).is_ok_and(|m| m.ino() == inode);
             if !same {
-                return self.lost_unless_ending(&format!(
-                    "the session API socket {} disappeared while the process runs",
-                    socket.display()
-                ));
+                return self.lost_unless_ending(
+                    waiter,
+                    &format!(
+                        "the session API socket {} disappeared while the process runs",
+                        socket.display()
+                    ),
+                );
             }
         }
     }
 
     /// The process may be ending anyway (a stop by the supervisor takes the intproxy too):
-    /// wait a moment before calling it a loss.
-    fn lost_unless_ending(&self, why: &str) -> End {
+    /// wait a moment (for its end or a stop) before calling it a loss.
+    fn lost_unless_ending(&self, waiter: &Waiter, why: &str) -> End {
         let until = Instant::now() + GRACE;
-        while Instant::now() < until {
+        loop {
             if !self.alive() {
                 return End::Quiet;
             }
-            std::thread::sleep(TICK);
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return End::Lost(why.to_owned());
+            }
+            if waiter.wait(&self.stop_line, None, Some(left)) == Woke::Ended {
+                return End::Quiet;
+            }
         }
-        End::Lost(why.to_owned())
     }
 
     /// Handles the complete SSE frames in `pending` (the rest stays for the next chunk).
@@ -592,7 +841,8 @@ fn connect(socket: &Path, id: &str) -> Option<(u64, Value, Chunked)> {
     {
         return None;
     }
-    reader.get_ref().set_read_timeout(Some(TICK)).ok()?;
+    // Read only when `poll` says there is something; a chunk cut in the middle waits this long.
+    reader.get_ref().set_read_timeout(Some(IO_TIMEOUT)).ok()?;
     Some((inode, info, Chunked::new(reader)))
 }
 

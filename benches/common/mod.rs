@@ -26,3 +26,19 @@ pub fn reap_any() {
 pub fn service_name(i: usize) -> String {
     format!("svc-{i:03}")
 }
+
+/// A comma-separated list of positive sizes from the environment (`100,500`), or `default`.
+#[allow(dead_code)] // not every bench takes a list
+pub fn env_list(name: &str, default: Vec<usize>) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a list of sizes like 100,500"))
+            })
+            .collect(),
+        Err(_) => default,
+    }
+}

@@ -16,30 +16,64 @@ pub struct ProcInfo {
     pub zombie: bool,
 }
 
-fn info_of(stat: &procfs::process::Stat) -> ProcInfo {
-    ProcInfo {
-        pid: stat.pid,
-        pgid: stat.pgrp,
-        session: stat.session,
-        start_time: stat.starttime,
-        zombie: matches!(stat.state, 'Z' | 'X'),
-    }
+/// Parses `/proc/<pid>/stat`: `pid (comm) state ppid pgrp session … starttime …` (proc(5));
+/// `comm` may hold spaces and parentheses, so the fields are counted after the last `)`.
+fn parse_stat(pid: i32, text: &[u8]) -> Option<ProcInfo> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
+    let mut f = rest.split_ascii_whitespace();
+    let state = f.next()?;
+    let _ppid = f.next()?;
+    let pgid = f.next()?.parse().ok()?;
+    let session = f.next()?.parse().ok()?;
+    // tty_nr … itrealvalue (15 fields), then starttime.
+    let start_time = f.nth(15)?.parse().ok()?;
+    Some(ProcInfo {
+        pid,
+        pgid,
+        session,
+        start_time,
+        zombie: matches!(state, "Z" | "X"),
+    })
 }
 
+/// Reads one process's stat: one `open`+`read` into a stack buffer (this runs for every
+/// recorded service in every pass, and for every process in a scan).
 pub fn proc_info(pid: i32) -> std::io::Result<ProcInfo> {
-    let stat = procfs::process::Process::new(pid)
-        .and_then(|p| p.stat())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(info_of(&stat))
+    use std::io::Read;
+    let mut path = [0u8; 32];
+    let len = {
+        use std::io::Write;
+        let mut w = &mut path[..];
+        write!(w, "/proc/{pid}/stat")?;
+        32 - w.len()
+    };
+    let path = std::str::from_utf8(&path[..len]).map_err(std::io::Error::other)?;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    parse_stat(pid, &buf[..n])
+        .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat: unexpected format")))
 }
 
 /// Every process visible in `/proc`.
 pub fn scan() -> Vec<ProcInfo> {
-    let Ok(all) = procfs::process::all_processes() else {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    all.filter_map(|p| p.ok()?.stat().ok().map(|s| info_of(&s)))
-        .collect()
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        proc_info(pid).ok()
+    })
+    .collect()
 }
 
 /// The environment of a process we may read (our own user's), or `None`.
@@ -275,8 +309,40 @@ pub fn holds_socket(pid: i32, inodes: &[u64]) -> Option<bool> {
     )
 }
 
+/// A long-lived process with a few threads (the supervisor): one malloc arena for all of
+/// them (glibc gives threads arenas of their own, up to 8 per core, each keeping what it
+/// freed resident), and freed memory at the top of the heap returned to the system past
+/// 128 KiB (a fixed threshold: glibc's default grows with the largest block freed).
+pub fn lean_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: plain settings of the C allocator, made before the threads that use it start.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        let line = b"42 (a) b (c)) S 1 40 39 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 2000 300 18446744073709551615\n";
+        let info = super::parse_stat(42, line).unwrap();
+        assert_eq!(
+            (info.pgid, info.session, info.start_time, info.zombie),
+            (40, 39, 123456, false)
+        );
+        let me = super::proc_info(std::process::id() as i32).unwrap();
+        assert_eq!(me.pgid, nix::unistd::getpgrp().as_raw());
+        assert!(super::proc_info(-5).is_err());
+        assert!(
+            super::scan()
+                .iter()
+                .any(|p| p.pid == std::process::id() as i32)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -306,11 +306,32 @@ pub fn stop_groups_with(
         }
         pending.insert(i, false);
     }
+    // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
+    // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
+    // `MAX_EXIT_FDS` descriptors are held (a 1024-descriptor limit must leave room for the
+    // scans and the state write); the groups beyond are looked at after each pause.
+    let mut exits: BTreeMap<usize, std::os::fd::OwnedFd> = pending
+        .keys()
+        .take(MAX_EXIT_FDS)
+        .filter_map(|&i| {
+            let id = &requests[i].identity;
+            let fd = pidfd_open(id.pid).ok()?;
+            // Opened on the recorded process, not on a PID reused since.
+            id.leads_group().then_some((i, fd))
+        })
+        .collect();
     // Then, as each group is found empty, what left it: signal, grace, SIGKILL.
     let mut phase2: BTreeMap<usize, (Instant, Vec<sweep::Target>)> = BTreeMap::new();
     let mut pause = Duration::from_millis(1);
     while !pending.is_empty() || !phase2.is_empty() {
         let mut table: Option<ProcessTable> = None;
+        // Leaders that ended: collected now (their status kept for `take_exit`), so that an
+        // empty group reads as gone without a scan of `/proc`.
+        for i in pending.keys() {
+            if !exits.contains_key(i) {
+                collect(requests[*i].identity.pid);
+            }
+        }
         let elapsed = start.elapsed();
         let mut done: Vec<usize> = Vec::new();
         pending.retain(|&i, killed| {
@@ -377,7 +398,8 @@ pub fn stop_groups_with(
         if pending.is_empty() && phase2.is_empty() {
             break;
         }
-        std::thread::sleep(pause);
+        exits.retain(|i, _| pending.contains_key(i));
+        wait_exits(&mut exits, pause);
         pause = (pause * 2).min(Duration::from_millis(25));
     }
     for (i, o) in outcomes.iter().enumerate() {
@@ -405,6 +427,63 @@ pub fn stop_groups_with(
         }
     }
     outcomes
+}
+
+/// How many pidfds one `stop_groups` holds at most.
+const MAX_EXIT_FDS: usize = 256;
+
+/// Sleeps until one of `exits` (leaders' pidfds) is readable, or `pause`; the ones that are
+/// readable (their process ended) are taken out.
+fn wait_exits(exits: &mut BTreeMap<usize, std::os::fd::OwnedFd>, pause: Duration) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    if exits.is_empty() {
+        std::thread::sleep(pause);
+        return;
+    }
+    let keys: Vec<usize> = exits.keys().copied().collect();
+    let ready: Vec<usize> = {
+        let mut fds: Vec<PollFd<'_>> = exits
+            .values()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms =
+            PollTimeout::try_from(pause.as_millis().min(1000) as i32).unwrap_or(PollTimeout::ZERO);
+        match poll(&mut fds, ms) {
+            Ok(n) if n > 0 => keys
+                .iter()
+                .zip(&fds)
+                .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(k, _)| *k)
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(_) => {
+                std::thread::sleep(pause);
+                Vec::new()
+            }
+        }
+    };
+    for k in ready {
+        exits.remove(&k);
+    }
+}
+
+/// Collects `pid` if it is a child of ours that ended, keeping its status for `take_exit`
+/// (as `reap_children` does for all).
+fn collect(pid: i32) {
+    if pid <= 1 {
+        return;
+    }
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+    let kind = match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => ExitKind::Code(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => ExitKind::Signal(sig),
+        _ => return,
+    };
+    if map.len() > 4096 {
+        map.clear();
+    }
+    map.insert(pid, kind);
 }
 
 /// The live processes carrying a request's spawn nonce outside its recorded group (not in

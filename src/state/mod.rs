@@ -332,6 +332,30 @@ impl StateStore {
             })
     }
 
+    /// The recorded log offset of one service, read without building the whole state (it is
+    /// asked once per `started` event: a full parse each time made a cold `up` of N services
+    /// O(N²)). Fields other than each record's `log_offset` are skipped, not built.
+    pub fn log_offset(&self, service: &str) -> Option<u64> {
+        // The version this process wrote last (the supervisor's own intent save, just before
+        // the spawn that this event reports) answers without reading the file.
+        if let Some(found) = offsets::get(&self.state_path(), service) {
+            return found;
+        }
+        #[derive(Deserialize)]
+        struct Offsets {
+            #[serde(default)]
+            services: BTreeMap<String, Offset>,
+        }
+        #[derive(Deserialize)]
+        struct Offset {
+            #[serde(default)]
+            log_offset: u64,
+        }
+        let bytes = std::fs::read(self.state_path()).ok()?;
+        let all: Offsets = serde_json::from_slice(&bytes).ok()?;
+        all.services.get(service).map(|o| o.log_offset)
+    }
+
     /// Takes `state.lock`, waiting up to `timeout`.
     pub fn lock(&self, timeout: Duration) -> Result<StateLock> {
         StateLock::acquire(&self.dir.join("state.lock"), timeout)
@@ -379,7 +403,52 @@ impl StateStore {
         let started = std::time::Instant::now();
         let written = write_private(&path, &text);
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
+        if written.is_ok() {
+            offsets::put(&path, state);
+        }
         written
+    }
+}
+
+/// The log offsets of the state file this process wrote last, with that file's identity
+/// (device, inode, size, mtime): used while the file is still that very version (every save
+/// replaces it by rename, so another writer's version is another inode).
+mod offsets {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::State;
+
+    type FileId = (u64, u64, u64, i64, i64);
+    /// The file, its identity when written, and each service's log offset in it.
+    type Written = (PathBuf, FileId, BTreeMap<String, u64>);
+
+    static LAST: Mutex<Option<Written>> = Mutex::new(None);
+
+    fn id_of(path: &Path) -> Option<FileId> {
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+
+    pub(super) fn put(path: &Path, state: &State) {
+        let Ok(mut last) = LAST.lock() else { return };
+        *last = id_of(path).map(|id| {
+            let map = state
+                .services
+                .iter()
+                .map(|(name, rec)| (name.clone(), rec.log_offset))
+                .collect();
+            (path.to_owned(), id, map)
+        });
+    }
+
+    /// `Some(answer)` when the file is the version written last by this process.
+    pub(super) fn get(path: &Path, service: &str) -> Option<Option<u64>> {
+        let last = LAST.lock().ok()?;
+        let (p, id, map) = last.as_ref()?;
+        (p == path && id_of(path).as_ref() == Some(id)).then(|| map.get(service).copied())
     }
 }
 
@@ -450,6 +519,46 @@ mod tests {
         assert_eq!(mode, 0o600);
         let mode = std::fs::metadata(&store.dir).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_read_after_a_save_sees_a_change_made_by_another_writer() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let state = State::new("p");
+        store.save(&lock, &state).unwrap();
+        assert_eq!(store.read().unwrap(), Some(state.clone()));
+        // Another process rewrites it (same length even): the cached copy must not be used.
+        let text = std::fs::read_to_string(store.state_path()).unwrap();
+        let other = text.replacen("\"project\":\"p\"", "\"project\":\"q\"", 1);
+        assert_ne!(text, other);
+        assert_eq!(text.len(), other.len());
+        write_private(&store.state_path(), other.as_bytes()).unwrap();
+        assert_eq!(store.read().unwrap().unwrap().project, "q");
+        // Removed: absent, not the cached copy.
+        std::fs::remove_file(store.state_path()).unwrap();
+        assert_eq!(store.read().unwrap(), None);
+    }
+
+    #[test]
+    fn the_log_offset_of_one_service_is_read_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        assert_eq!(store.log_offset("api"), None, "no state file");
+        let text = r#"{"format_version":1,"project":"p","services":{"api":{"log_offset":42,"other":[1,{"x":2}]},"db":{}}}"#;
+        std::fs::write(store.state_path(), text).unwrap();
+        assert_eq!(store.log_offset("api"), Some(42));
+        assert_eq!(store.log_offset("db"), Some(0));
+        assert_eq!(store.log_offset("web"), None);
+        // Saved by this process: answered from what it wrote (no `api` in it); then replaced
+        // by another writer: read again.
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        store.save(&lock, &State::new("p")).unwrap();
+        assert_eq!(store.log_offset("api"), None);
+        let other = text.replace("42", "9");
+        write_private(&store.state_path(), other.as_bytes()).unwrap();
+        assert_eq!(store.log_offset("api"), Some(9));
     }
 
     #[test]

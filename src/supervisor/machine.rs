@@ -6,7 +6,8 @@
 //!
 //! The rules (each one has a unit test below):
 //! * one pass at a time; what arrives during a pass is folded into the next one;
-//! * file events are debounced on the trailing edge ([`DEBOUNCE`]);
+//! * file events are debounced on the trailing edge ([`DEBOUNCE`]); a complete write (the
+//!   file closed after writing, or renamed over) is applied at once;
 //! * a back-off ends with a timer for the earliest due restart;
 //! * waiting is the loop's job: a pass never waits for readiness; it names the probes its
 //!   waiting services need, each probe runs once per process, and its result wakes a pass;
@@ -93,6 +94,9 @@ pub struct PassDone {
 pub enum Event {
     /// The YAML (or a side file) changed.
     FileChanged,
+    /// The YAML (or a side file) was written completely: closed after a write, or another
+    /// file renamed over it. Applied at once (a partial in-place write is only `FileChanged`).
+    FileWritten,
     /// SIGHUP.
     Hangup,
     /// SIGINT or SIGTERM.
@@ -280,6 +284,10 @@ impl Machine {
                     timer: Timer::Debounce,
                     at,
                 });
+            }
+            Event::FileWritten => {
+                self.debounce = None;
+                self.dirty = true;
             }
             Event::Hangup if self.foreground => self.terminate(129, &mut fx),
             Event::Hangup => self.dirty = true,
@@ -941,6 +949,20 @@ mod tests {
         let fx = m.handle(Event::Timer(Timer::Debounce), now + 30 * MS + DEBOUNCE);
         let p = passes(&fx);
         assert!(p.len() == 1 && is_watcher_pass(p[0]), "{fx:?}");
+    }
+
+    #[test]
+    fn a_complete_write_is_applied_at_once_and_disarms_the_debounce() {
+        let now = t0();
+        let mut m = idle(now);
+        let fx = m.handle(Event::FileChanged, now);
+        assert!(passes(&fx).is_empty(), "a partial write waits: {fx:?}");
+        let fx = m.handle(Event::FileWritten, now + MS);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_watcher_pass(p[0]), "{fx:?}");
+        // The debounce armed by the partial write is void now.
+        let fx = m.handle(Event::Timer(Timer::Debounce), now + DEBOUNCE);
+        assert!(passes(&fx).is_empty(), "{fx:?}");
     }
 
     #[test]
