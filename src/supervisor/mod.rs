@@ -204,7 +204,12 @@ impl Shell<'_> {
                     client,
                     listeners,
                     probed,
-                } => self.run_pass(work, client, listeners, probed),
+                    stopping,
+                } => {
+                    self.settings.stopping = stopping;
+                    self.run_pass(work, client, listeners, probed)
+                }
+                Effect::Stop { id, stops } => spawn_stop(&self.tx, id, stops),
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
@@ -369,7 +374,11 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         foreground: opts.foreground,
         color: opts.foreground && ctx.stderr_color(),
         width: opts.width,
-        settings: opts.settings,
+        // The loop watches stops (`Effect::Stop`): a pass never waits out a grace period.
+        settings: PassSettings {
+            defer_stops: true,
+            ..opts.settings
+        },
         tx: tx.clone(),
         clients: BTreeMap::new(),
         next_client: 0,
@@ -487,7 +496,30 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
         probes: out.probes,
         waiting: out.waiting,
         failed: out.failed,
+        stops: out.stops,
     }
+}
+
+/// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own: deepest level
+/// first, each level at once (its signal, SIGKILL after its grace period or at once after a
+/// second Ctrl-C); their outcomes come back as `Event::StopDone`.
+fn spawn_stop(tx: &UnboundedSender<Input>, id: u64, stops: Vec<crate::engine::PendingStop>) {
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
+            BTreeMap::new();
+        for p in stops {
+            by_level
+                .entry(std::cmp::Reverse(p.level))
+                .or_default()
+                .push(p.request);
+        }
+        let mut outcomes = Vec::new();
+        for (_, requests) in by_level {
+            outcomes.extend(process::stop_groups(&requests));
+        }
+        let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
+    });
 }
 
 /// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there

@@ -11,10 +11,10 @@ use anyhow::Result;
 use crate::config::Mode;
 use crate::desired::Desired;
 use crate::engine::{
-    ApplyReport, Engine, LaunchSettings, Reporter, exit_reason, liveness, observe,
+    ApplyReport, Engine, LaunchSettings, PendingStop, Reporter, exit_reason, liveness, observe,
 };
-use crate::plan::{Action, Cause, PlanAt, PlanOptions};
-use crate::process::{Liveness, ProcessIdentity};
+use crate::plan::{Action, Cause, Plan, PlanAt, PlanOptions, Step};
+use crate::process::{Liveness, ProcessIdentity, StopOutcome};
 use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
 
@@ -44,6 +44,37 @@ pub enum Work {
         timeout: Option<Duration>,
         forget: bool,
     },
+    /// The stops of an earlier pass ended (the loop watched them): record them, then carry
+    /// out what waited for them (`StopJob::resume`). `services` and `wait` are those of the
+    /// request that caused them, for its answer.
+    Finish {
+        job: StopJob,
+        outcomes: Vec<StopOutcome>,
+        services: Option<Vec<String>>,
+        wait: Option<Duration>,
+    },
+}
+
+/// Stops a pass signalled and left to the loop (`PassSettings::defer_stops`), and what waits
+/// for them.
+#[derive(Debug, Clone, Default)]
+pub struct StopJob {
+    pub stops: Vec<PendingStop>,
+    /// The starts of the plan that caused them (a restart's start, a new process after a
+    /// changed file), carried out once they are recorded.
+    pub resume: Vec<Step>,
+    /// A `stop`: these become `stopped` with this cause once their stop is recorded.
+    pub mark_stopped: Vec<String>,
+    pub why: String,
+    /// The answer to the request, once done.
+    pub message: String,
+}
+
+impl StopJob {
+    /// The services being stopped.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.stops.iter().map(|p| &p.name)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +109,12 @@ pub struct PassSettings {
     pub loop_waits: bool,
     /// What the loop's readiness probes found since (`supervised` only).
     pub probed: Probed,
+    /// The loop watches stops (the supervisor): a pass signals, records `stopping` and
+    /// returns them (`PassOutcome::stops`) instead of waiting out their grace periods. Not
+    /// for `Work::Shutdown` (the loop is ending: its final pass waits).
+    pub defer_stops: bool,
+    /// Services whose stop the loop is watching: no pass plans them until it is recorded.
+    pub stopping: BTreeSet<String>,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -137,6 +174,9 @@ pub struct PassOutcome {
     /// and at least one of them did not stop on request: nothing will run again unless the
     /// file or a command says so. The names of those that failed (possibly none).
     pub all_down: Option<Vec<String>>,
+    /// Stops signalled and left to the loop (`PassSettings::defer_stops`): the request is
+    /// answered by the pass that records them (`Work::Finish`).
+    pub stops: Option<StopJob>,
 }
 
 pub fn run_pass(
@@ -179,14 +219,20 @@ fn pass(
     settle_exits(&mut state, settings, reporter, &at, out, &BTreeSet::new());
     record_probed(&mut state, &settings.probed, reporter);
 
-    let desired = match work {
+    let defer = settings.defer_stops && !matches!(work, Work::Shutdown { .. });
+    let mut desired = match work {
         Work::Reconcile { explicit } => {
             load_desired(ctx, settings, &mut state, reporter, out, explicit.is_some())
         }
         _ => recorded(&state),
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
-    let observed = observe(&state);
+    let mut observed = observe(&state);
+    // What the loop is stopping is left alone until its stop is recorded.
+    desired
+        .services
+        .retain(|s| !settings.stopping.contains(&s.name));
+    observed.retain(|n, _| !settings.stopping.contains(n));
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
         crate::project::ensure_known(names, &known, &store.project, "no service named")?;
@@ -228,7 +274,7 @@ fn pass(
                 forget: false,
                 why: Cause::Requested { what: "stop" },
             };
-            return stop(&store, &lock, state, &order, reporter, out);
+            return stop(&store, &lock, state, &order, defer, settings, reporter, out);
         }
         Work::Shutdown { timeout, forget } => {
             let names: BTreeSet<String> = state
@@ -248,8 +294,9 @@ fn pass(
                     Cause::Ending
                 },
             };
-            return stop(&store, &lock, state, &order, reporter, out);
+            return stop(&store, &lock, state, &order, false, settings, reporter, out);
         }
+        Work::Finish { job, outcomes, .. } => resume_plan(&state, settings, job, outcomes),
     };
 
     let starts = plan
@@ -260,6 +307,7 @@ fn pass(
         stop_timeout: None,
         defer_waits: settings.supervised,
         not_ready: settings.probed.not_ready.clone(),
+        defer_stops: defer,
     };
     let fresh = state.services.is_empty();
     let mut engine = Engine::new(&store, &lock, state, launch, reporter);
@@ -269,11 +317,28 @@ fn pass(
     tracing::debug!(changes = plan.changes().count(), "pass: planned");
     // edge hook: `--wait-timeout` bounds the whole pass, not only the wait after it.
     let _bound = crate::readiness::WaitBound::set(explicit.as_ref().and_then(|e| e.wait));
+    let mut finished = ApplyReport::default();
+    if let Work::Finish { job, outcomes, .. } = work {
+        finish_job(&mut engine, job, outcomes, &mut finished)?;
+    }
     let mut report = if plan.is_empty() {
         ApplyReport::default()
     } else {
         engine.apply_plan(&plan)?
     };
+    report.survivors.extend(finished.survivors);
+    if !report.deferred.is_empty() {
+        out.stops = Some(StopJob {
+            stops: std::mem::take(&mut report.deferred),
+            resume: plan
+                .changes()
+                .filter(|s| matches!(s.action, Action::Start | Action::Restart))
+                .cloned()
+                .collect(),
+            message: crate::engine::done_summary(&plan),
+            ..Default::default()
+        });
+    }
     // The machine waits for `up --wait` itself (`Effect::AwaitReady`).
     if let Some(wait) = explicit.as_ref().and_then(|e| e.wait)
         && !(settings.supervised || settings.loop_waits)
@@ -332,6 +397,9 @@ fn pass(
             message: err.clone(),
         }
         .into());
+    }
+    if let Work::Finish { job, .. } = work {
+        return Ok(job.message.clone());
     }
     Ok(if plan.is_empty() {
         format!("nothing to do ({} running)", out.running.len())
@@ -497,6 +565,69 @@ fn load_desired(
 }
 
 /// The recorded services as a desired state (for `restart|start`, and while the file is bad).
+/// What waited for the stops of `job`: its starts, less those that run already (started by
+/// a pass since), whose stop did not end (survivors), or that the loop stops again.
+fn resume_plan(
+    state: &State,
+    settings: &PassSettings,
+    job: &StopJob,
+    outcomes: &[StopOutcome],
+) -> Plan {
+    let steps = job
+        .resume
+        .iter()
+        .filter(|s| !settings.stopping.contains(&s.service))
+        .filter(|s| {
+            outcomes
+                .iter()
+                .all(|o| o.name != s.service || o.survivors.is_empty())
+        })
+        .filter(|s| {
+            state.services.get(&s.service).is_none_or(|r| {
+                r.status == Status::Stopping
+                    || !(matches!(r.status, Status::Running | Status::Ready | Status::Starting)
+                        && liveness(r) == Liveness::Alive)
+            })
+        })
+        .cloned()
+        .collect();
+    Plan {
+        steps,
+        requeue_at_ms: None,
+    }
+}
+
+/// Records the outcomes of `job`'s stops (`Work::Finish`); a `stop`'s services become
+/// `stopped`.
+fn finish_job(
+    engine: &mut Engine<'_>,
+    job: &StopJob,
+    outcomes: &[StopOutcome],
+    report: &mut ApplyReport,
+) -> Result<(), crate::state::StateError> {
+    let done: Vec<(PendingStop, StopOutcome)> = job
+        .stops
+        .iter()
+        .filter_map(|p| {
+            let o = outcomes.iter().find(|o| o.name == p.name)?;
+            Some((p.clone(), o.clone()))
+        })
+        .collect();
+    engine.finish_stops(&done, report)?;
+    for n in &job.mark_stopped {
+        if let Some(rec) = engine.state.services.get_mut(n)
+            && report.survivors.iter().all(|(s, _)| s != n)
+            && rec.status == Status::Exited
+            && rec.process.is_none()
+        {
+            rec.status = Status::Stopped;
+            rec.backoff_until_ms = None;
+            rec.last_reason = Some(format!("stopped: {}", job.why));
+        }
+    }
+    Ok(())
+}
+
 fn recorded(state: &State) -> Desired {
     let mut services: Vec<_> = state
         .records(RecordKind::Service)
@@ -520,11 +651,14 @@ struct StopOrder<'a> {
     why: Cause,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stop(
     store: &crate::state::StateStore,
     lock: &crate::state::StateLock,
     state: State,
     order: &StopOrder<'_>,
+    defer: bool,
+    settings: &PassSettings,
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
 ) -> Result<String> {
@@ -534,8 +668,12 @@ fn stop(
         forget,
         ref why,
     } = *order;
+    let mut observed = observe(&state);
+    if defer {
+        observed.retain(|n, _| !settings.stopping.contains(n));
+    }
     let plan = crate::plan::plan_stop(
-        &observe(&state),
+        &observed,
         names,
         why,
         forget,
@@ -552,13 +690,32 @@ fn stop(
         .filter(|(_, r)| !matches!(r.status, Status::Exited | Status::Failed | Status::Stopped))
         .map(|(n, _)| n.clone())
         .collect();
-    let mut engine = Engine::new(store, lock, state, LaunchSettings::default(), reporter);
+    let launch = LaunchSettings {
+        defer_stops: defer,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(store, lock, state, launch, reporter);
     let mut report = ApplyReport::default();
     engine.stop_steps(&plan.steps.iter().collect::<Vec<_>>(), &mut report)?;
+    let deferred: BTreeSet<String> = report.deferred.iter().map(|p| p.name.clone()).collect();
+    if !deferred.is_empty() {
+        out.stops = Some(StopJob {
+            stops: std::mem::take(&mut report.deferred),
+            resume: Vec::new(),
+            mark_stopped: names
+                .iter()
+                .filter(|n| deferred.contains(*n) && was_up.contains(*n))
+                .cloned()
+                .collect(),
+            why: why.to_string(),
+            message: format!("{} stopped", names.len()),
+        });
+    }
     for n in names {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)
             && was_up.contains(n)
+            && !deferred.contains(n)
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
