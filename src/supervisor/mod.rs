@@ -183,6 +183,8 @@ struct Shell<'a> {
     pass: Option<tokio::task::JoinHandle<PassResult>>,
     /// Answers to clients lent to the pass in flight.
     deferred: Vec<(ClientId, bool, String)>,
+    /// The pass in flight records stops the loop watched (`Work::Finish`).
+    finishing: bool,
     /// Set when the loop ends: probe threads give up.
     cancel: Arc<AtomicBool>,
     exit: Option<u8>,
@@ -308,6 +310,7 @@ impl Shell<'_> {
         }
         let mut reporter = self.reporter(clients);
         reporter.shutting_down = matches!(work, Work::Shutdown { .. });
+        self.finishing = matches!(work, Work::Finish { .. });
         let ctx = self.ctx.clone();
         let mut settings = self.settings.clone();
         settings.probed = probed;
@@ -343,6 +346,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     let publish = session_publisher(ctx);
     let mut reload_pending = false;
     let mut reload_in_pass = false;
+    // A reload whose stops the loop watches is applied once the pass that records them is done.
+    let mut reload_after_stops = false;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
@@ -385,6 +390,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         timers: BTreeMap::new(),
         pass: None,
         deferred: Vec::new(),
+        finishing: false,
         cancel: Arc::new(AtomicBool::new(false)),
         exit: None,
     };
@@ -456,7 +462,10 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if let Ok(store) = ctx.store() {
                     sessions.sync(&store, &out.running, &publish);
                 }
-                if std::mem::take(&mut reload_in_pass) && out.reload_error.is_none() {
+                let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
+                if out.stops.is_some() {
+                    reload_after_stops |= reloaded;
+                } else if reloaded || (shell.finishing && std::mem::take(&mut reload_after_stops)) {
                     publish("mirrord-up", "reload applied");
                 }
                 Event::PassDone(pass_done(out, files_changed))

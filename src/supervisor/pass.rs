@@ -716,6 +716,8 @@ fn stop(
             && report.survivors.iter().all(|(s, _)| s != n)
             && was_up.contains(n)
             && !deferred.contains(n)
+            // Its stop is the loop's already: the pass that records it says `stopped`.
+            && !(defer && settings.stopping.contains(n))
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
