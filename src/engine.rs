@@ -162,6 +162,8 @@ pub struct ApplyReport {
     pub waiting: Vec<String>,
     /// Stops signalled, not waited for (`defer_stops`).
     pub deferred: Vec<PendingStop>,
+    /// Sessions spawned and left `starting` (`defer_sessions`).
+    pub sessions: Vec<SessionOrder>,
 }
 
 impl ApplyReport {
@@ -223,6 +225,9 @@ pub struct LaunchSettings {
     /// returns them in `ApplyReport::deferred`; a plan with such stops starts nothing (its
     /// starts wait for the stops, see `Engine::apply_plan`).
     pub defer_stops: bool,
+    /// The loop watches sessions: a mirrord session is left `starting` after its spawn (its
+    /// `Ready!` is the loop's wait, `ApplyReport::sessions`), not awaited in the pass.
+    pub defer_sessions: bool,
 }
 
 /// The executor, holding the state lock for its whole life.
@@ -839,7 +844,21 @@ impl<'a> Engine<'a> {
         }
         tracing::debug!("level spawned");
         self.save()?;
-        if !sessions.is_empty() {
+        if !sessions.is_empty() && self.settings.defer_sessions {
+            // The loop waits for their `Ready!` (`SessionOrder`).
+            report.sessions.extend(sessions.into_iter().map(|s| {
+                SessionOrder {
+                    log: self
+                        .state
+                        .services
+                        .get(&s.name)
+                        .map(|r| (r.log_path.clone(), r.log_offset))
+                        .unwrap_or_default(),
+                    name: s.name,
+                    identity: s.identity,
+                }
+            }));
+        } else if !sessions.is_empty() {
             // What this changes (starting → running) is saved with the next level's intent or
             // by the caller: nothing a crash recovery needs.
             failed.extend(self.await_sessions(sessions, report));
@@ -911,11 +930,7 @@ impl<'a> Engine<'a> {
                             },
                         )
                         .to_string(),
-                        None => format!(
-                            "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {}`)",
-                            crate::output::duration(START_TIMEOUT),
-                            s.name
-                        ),
+                        None => no_ready_message(&s.name),
                     };
                     self.reporter.event(&s.name, &format!("failed: {why}"));
                     if let Some(rec) = self.state.services.get_mut(&s.name) {
@@ -1379,6 +1394,65 @@ fn stop_event(o: &StopOutcome, why: &str) -> String {
     } else {
         format!("{what}: {why}")
     }
+}
+
+/// A mirrord session the loop waits for (`defer_sessions`): its `Ready!` in its log (from
+/// `log.1`), its death, or `START_TIMEOUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOrder {
+    pub name: String,
+    pub identity: ProcessIdentity,
+    pub log: (PathBuf, u64),
+}
+
+/// What the loop's watch of a session found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// It said `Ready!`.
+    Started,
+    /// No `Ready!` within `START_TIMEOUT` (it keeps running).
+    TimedOut,
+    /// It ended first (its exit is settled as every exit is).
+    Ended,
+}
+
+/// Watches `order` until its `Ready!`, its end, `START_TIMEOUT` or `cancel` (`None`).
+pub fn watch_session(
+    order: &SessionOrder,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Option<SessionOutcome> {
+    let mut watch = crate::readiness::ReadyWatch::new(&order.log.0, order.log.1);
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if watch.poll() {
+            return Some(SessionOutcome::Started);
+        }
+        if order.identity.liveness() != Liveness::Alive {
+            // A `Ready!` written right before a quick death still counts as a start.
+            return Some(if watch.poll() {
+                SessionOutcome::Started
+            } else {
+                SessionOutcome::Ended
+            });
+        }
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(SessionOutcome::TimedOut);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// What a pass says of a session the loop found not started within `START_TIMEOUT`.
+pub fn no_ready_message(name: &str) -> String {
+    format!(
+        "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {name}`)",
+        crate::output::duration(START_TIMEOUT),
+    )
 }
 
 /// A stop signalled by the loop rather than waited for in the pass (`defer_stops`): the

@@ -390,3 +390,44 @@ fn while_a_service_is_in_a_slow_stop_up_stop_and_ps_are_served_at_once() {
     assert_ne!(new, old);
     assert_eq!(status(&p, "slow"), "running", "{:?}", p.ps_map());
 }
+
+#[test]
+fn while_a_session_waits_for_its_ready_stop_and_up_of_others_are_served_at_once() {
+    let p = Project::new("slowready");
+    p.write_yaml(&yaml(&[
+        service("slow", common::SLEEP, &[]),
+        service("b", common::SLEEP, &[]),
+        service("c", common::SLEEP, &[]),
+    ]));
+    // The supervisor (and so every session) gets the knob: only `slow` says `Ready!` late.
+    let first = p
+        .command(&["up", "--detach", "c"])
+        .env("FAKE_MIRRORD_READY_DELAY_MS", "5000")
+        .env("FAKE_MIRRORD_READY_DELAY_ONLY", "slow")
+        .output()
+        .expect("up -d c");
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let c = pid(&p, "c").expect("c runs");
+    // `up -d slow` waits for slow's `Ready!` (as it always did).
+    let slow = Running::start(p.command(&["up", "--detach", "slow"]), "up -d slow".into());
+    wait_until("slow is starting", WAIT, || {
+        status(&p, "slow") == "starting"
+    });
+
+    let ps = timed(&p, &["ps"]);
+    assert!(ps < AT_ONCE, "ps took {ps:?}");
+    let stop = timed(&p, &["stop", "c"]);
+    assert!(stop < AT_ONCE, "stop c took {stop:?}");
+    assert_eq!(status(&p, "c"), "stopped");
+    assert!(group_empty(c));
+    let up = timed(&p, &["up", "--detach", "b"]);
+    assert!(up < AT_ONCE, "up -d b took {up:?}");
+    assert_eq!(status(&p, "b"), "running");
+    // `slow` still waits for its `Ready!`.
+    assert_eq!(status(&p, "slow"), "starting", "{:?}", p.ps_map());
+
+    let out = slow.wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("slow  started (pid"), "{out}");
+    assert_eq!(status(&p, "slow"), "running", "{:?}", p.ps_map());
+}

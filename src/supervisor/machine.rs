@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::pass::{ProbeOrder, Probed, StopJob, Work};
-use crate::engine::PendingStop;
+use crate::engine::{PendingStop, SessionOrder, SessionOutcome};
 use crate::process::StopOutcome;
 
 /// Trailing-edge debounce of file events: editors write a file in several steps.
@@ -97,6 +97,8 @@ pub struct PassDone {
     pub failed: Vec<(String, String)>,
     /// Stops the pass signalled and left to the loop.
     pub stops: Option<StopJob>,
+    /// Sessions still `starting` (their `Ready!` is waited for by the loop).
+    pub sessions: Vec<SessionOrder>,
 }
 
 #[derive(Debug)]
@@ -138,6 +140,12 @@ pub enum Event {
         pid: i32,
         outcome: ProbeOutcome,
     },
+    /// A session watch ([`Effect::WatchSession`]) ended.
+    SessionWatched {
+        service: String,
+        pid: i32,
+        outcome: SessionOutcome,
+    },
     /// The stops of [`Effect::Stop`] `id` ended: every group is empty (or survivors named).
     StopDone { id: u64, outcomes: Vec<StopOutcome> },
 }
@@ -157,6 +165,9 @@ pub enum Effect {
     /// Stop these groups, deepest level first, each level at once: its signal, SIGKILL after
     /// its grace period (at once after [`Effect::KillNow`]); then [`Event::StopDone`].
     Stop { id: u64, stops: Vec<PendingStop> },
+    /// Watch a starting session until its `Ready!`, its end or `START_TIMEOUT`; then
+    /// [`Event::SessionWatched`].
+    WatchSession(SessionOrder),
     /// Send [`Event::Timer`] at `at` (replacing the timer of that kind).
     Arm { timer: Timer, at: Instant },
     /// Probe a service's readiness until it passes, the process ends, or the timeout.
@@ -245,6 +256,8 @@ pub struct Machine {
     /// The pass in flight is an `up --wait`: its limit and when it began.
     in_flight_wait: Option<(Duration, Instant)>,
     first_pass: bool,
+    /// The client of the first request (once it arrived), whose failure may end the loop.
+    first_client: Option<Option<ClientId>>,
     /// Exits heard during a pass: that pass may have caused (or settled) them.
     exits_during_pass: Vec<(String, i32)>,
     /// Set once the loop is to end: the exit code.
@@ -258,6 +271,10 @@ pub struct Machine {
     /// What probes found, for the next pass.
     probed: Probed,
     ended: bool,
+    /// The sessions still starting after the last pass.
+    starting: BTreeSet<String>,
+    /// Session watches started, by `(service, pid)`: each session is watched once.
+    sessions: BTreeSet<(String, i32)>,
     /// Stops in flight, by id.
     flights: BTreeMap<u64, Flight>,
     next_flight: u64,
@@ -275,6 +292,7 @@ impl Machine {
             in_flight: None,
             in_flight_wait: None,
             first_pass: true,
+            first_client: None,
             exits_during_pass: Vec::new(),
             stopping: None,
             final_pass: false,
@@ -283,6 +301,8 @@ impl Machine {
             probes: BTreeSet::new(),
             probed: Probed::default(),
             ended: false,
+            sessions: BTreeSet::new(),
+            starting: BTreeSet::new(),
             flights: BTreeMap::new(),
             next_flight: 0,
         }
@@ -369,6 +389,18 @@ impl Machine {
             }
             Event::PassDone(done) => self.pass_done(done, now, &mut fx),
             Event::StopDone { id, outcomes } => self.stop_done(id, outcomes, &mut fx),
+            Event::SessionWatched {
+                service,
+                pid,
+                outcome,
+            } => {
+                // An end wakes a pass of its own (the exit).
+                if outcome == SessionOutcome::Ended {
+                    return fx;
+                }
+                self.probed.sessions.push((service, pid, outcome));
+                self.dirty = true;
+            }
             Event::Awaiting {
                 client,
                 probing,
@@ -418,6 +450,9 @@ impl Machine {
     }
 
     fn request(&mut self, client: Option<ClientId>, work: Work, fx: &mut Vec<Effect>) {
+        if self.first_client.is_none() {
+            self.first_client = Some(client);
+        }
         if self.stopping.is_some() {
             if let Some(client) = client {
                 fx.push(Effect::Answer {
@@ -508,6 +543,14 @@ impl Machine {
         self.dirty |= done.files_changed || done.unsettled;
         prune_not_ready(&mut self.probed.not_ready, &done.running);
         self.probes.retain(|key| done.running.contains(key));
+        self.sessions.retain(|key| done.running.contains(key));
+        self.starting = done.sessions.iter().map(|o| o.name.clone()).collect();
+        for order in &done.sessions {
+            let key = (order.name.clone(), order.identity.pid);
+            if self.sessions.insert(key) {
+                fx.push(Effect::WatchSession(order.clone()));
+            }
+        }
         self.backoff = done.next_due.map(|d| now + d);
         if let Some(at) = self.backoff {
             fx.push(Effect::Arm {
@@ -566,7 +609,12 @@ impl Machine {
         }
         let (answered, held): (Vec<Held>, Vec<Held>) =
             std::mem::take(&mut self.held).into_iter().partition(|h| {
-                h.result.is_err()
+                // A failure is answered at once, with those of its sessions still starting.
+                (h.result.is_err()
+                    && !done
+                        .sessions
+                        .iter()
+                        .any(|o| h.services.is_empty() || h.services.contains(&o.name)))
                     || self.stopping.is_some()
                     || (!done
                         .waiting
@@ -605,8 +653,21 @@ impl Machine {
         }
         // A first pass that failed and left nothing to look after ends the supervisor (its
         // client already has the error).
-        if std::mem::take(&mut self.first_pass)
-            && done.result.is_err()
+        // The first request may be held (its sessions start): decided when it is answered.
+        let first_failed = match self.first_client.flatten() {
+            _ if !self.first_pass => None,
+            Some(c) if self.held.iter().any(|h| h.client == c) => None,
+            Some(c) if self.flights.values().any(|f| f.client == Some(c)) => None,
+            Some(c) => Some(
+                fx.iter()
+                    .any(|e| matches!(e, Effect::Answer { client, ok: false, .. } if *client == c)),
+            ),
+            None => Some(done.result.is_err()),
+        };
+        if first_failed.is_some() {
+            self.first_pass = false;
+        }
+        if first_failed == Some(true)
             && done.running.is_empty()
             && done.next_due.is_none()
             && done.waiting.is_empty()
@@ -809,6 +870,28 @@ impl Machine {
                     crate::output::duration(*limit)
                 )]
             }
+            // Sessions still waiting for their `Ready!`.
+            Some(Wait::Due { limit, .. })
+                if self
+                    .starting
+                    .iter()
+                    .any(|n| h.services.is_empty() || h.services.contains(n)) =>
+            {
+                self.starting
+                    .iter()
+                    .filter(|n| h.services.is_empty() || h.services.contains(*n))
+                    .map(|n| {
+                        crate::readiness::NotReady::new(
+                            n,
+                            crate::readiness::NotReadyWhy::Timeout {
+                                after: *limit,
+                                note: None,
+                            },
+                        )
+                        .to_string()
+                    })
+                    .collect()
+            }
             // Still waiting for a dependency.
             Some(Wait::Due { limit, .. }) if h.services.is_empty() => vec![format!(
                 "not ready after {} (services still wait for their dependencies)",
@@ -909,6 +992,7 @@ impl Machine {
         let probed = Probed {
             ready: probed,
             not_ready: self.probed.not_ready.clone(),
+            sessions: std::mem::take(&mut self.probed.sessions),
         };
         self.in_flight = Some((client, services));
         fx.push(Effect::RunPass {
@@ -983,6 +1067,7 @@ mod tests {
             waiting: BTreeSet::new(),
             failed: Vec::new(),
             stops: None,
+            sessions: Vec::new(),
         }
     }
 
@@ -1532,6 +1617,72 @@ mod tests {
         assert!(passes(&fx).is_empty(), "{fx:?}");
         let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 5 * MS);
         assert!(matches!(fx.last(), Some(Effect::Exit(130))), "{fx:?}");
+    }
+
+    #[test]
+    fn a_starting_session_holds_its_up_and_its_ready_is_recorded_by_the_next_pass() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up(&["api"]),
+            },
+            now,
+        );
+        // The pass spawned api's session and left it starting: the loop watches it.
+        let mut d = done(Ok("1 started"));
+        d.running.push(("api".into(), 20));
+        d.waiting.insert("api".into());
+        d.sessions = vec![SessionOrder {
+            name: "api".into(),
+            identity: probe_of("api", 20).identity,
+            log: ("/nonexistent".into(), 0),
+        }];
+        let fx = m.handle(Event::PassDone(d.clone()), now + MS);
+        assert!(
+            matches!(&fx[..], [Effect::WatchSession(o)] if o.name == "api"),
+            "{fx:?}"
+        );
+        // Meanwhile a `stop` runs a pass at once and is answered; api is watched once.
+        m.handle(
+            Event::Request {
+                client: Some(3),
+                work: Work::Stop {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            now + 2 * MS,
+        );
+        let fx = m.handle(Event::PassDone(d), now + 3 * MS);
+        assert_eq!(answers(&fx), [(3, true, "1 started".into())]);
+        assert!(
+            !fx.iter().any(|e| matches!(e, Effect::WatchSession(_))),
+            "{fx:?}"
+        );
+        // `Ready!`: the next pass records it, and its end answers the `up`.
+        let fx = m.handle(
+            Event::SessionWatched {
+                service: "api".into(),
+                pid: 20,
+                outcome: SessionOutcome::Started,
+            },
+            now + 4 * MS,
+        );
+        let handed: Vec<_> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RunPass { probed, .. } => Some(probed.sessions.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            handed,
+            [vec![("api".to_owned(), 20, SessionOutcome::Started)]]
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 5 * MS);
+        assert_eq!(answers(&fx), [(2, true, "1 started".into())]);
     }
 
     #[test]

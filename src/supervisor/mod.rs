@@ -183,8 +183,6 @@ struct Shell<'a> {
     pass: Option<tokio::task::JoinHandle<PassResult>>,
     /// Answers to clients lent to the pass in flight.
     deferred: Vec<(ClientId, bool, String)>,
-    /// The pass in flight records stops the loop watched (`Work::Finish`).
-    finishing: bool,
     /// Set when the loop ends: probe threads give up.
     cancel: Arc<AtomicBool>,
     exit: Option<u8>,
@@ -212,6 +210,19 @@ impl Shell<'_> {
                     self.run_pass(work, client, listeners, probed)
                 }
                 Effect::Stop { id, stops } => spawn_stop(&self.tx, id, stops),
+                Effect::WatchSession(order) => {
+                    let tx = self.tx.clone();
+                    let cancel = self.cancel.clone();
+                    std::thread::spawn(move || {
+                        if let Some(outcome) = crate::engine::watch_session(&order, &cancel) {
+                            let _ = tx.send(Input::Event(Event::SessionWatched {
+                                service: order.name,
+                                pid: order.identity.pid,
+                                outcome,
+                            }));
+                        }
+                    });
+                }
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
@@ -310,7 +321,6 @@ impl Shell<'_> {
         }
         let mut reporter = self.reporter(clients);
         reporter.shutting_down = matches!(work, Work::Shutdown { .. });
-        self.finishing = matches!(work, Work::Finish { .. });
         let ctx = self.ctx.clone();
         let mut settings = self.settings.clone();
         settings.probed = probed;
@@ -346,8 +356,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     let publish = session_publisher(ctx);
     let mut reload_pending = false;
     let mut reload_in_pass = false;
-    // A reload whose stops the loop watches is applied once the pass that records them is done.
-    let mut reload_after_stops = false;
+    // A reload whose stops or session starts the loop watches is applied once a pass leaves
+    // none of them.
+    let mut reload_after_waits = false;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
@@ -390,7 +401,6 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         timers: BTreeMap::new(),
         pass: None,
         deferred: Vec::new(),
-        finishing: false,
         cancel: Arc::new(AtomicBool::new(false)),
         exit: None,
     };
@@ -463,9 +473,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     sessions.sync(&store, &out.running, &publish);
                 }
                 let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
-                if out.stops.is_some() {
-                    reload_after_stops |= reloaded;
-                } else if reloaded || (shell.finishing && std::mem::take(&mut reload_after_stops)) {
+                let pending = reload_after_waits || reloaded;
+                reload_after_waits = pending && (out.stops.is_some() || !out.sessions.is_empty());
+                if pending && !reload_after_waits {
                     publish("mirrord-up", "reload applied");
                 }
                 Event::PassDone(pass_done(out, files_changed))
@@ -506,6 +516,7 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
         waiting: out.waiting,
         failed: out.failed,
         stops: out.stops,
+        sessions: out.sessions,
     }
 }
 
@@ -989,9 +1000,19 @@ impl SupervisorReporter {
             None => (false, "no result".to_owned()),
         };
         let told = out.reload_error_told && out.reload_error.as_deref() == Some(message.as_str());
+        // Sessions that died before their `Ready!` (settled in this pass, started in another).
+        let more: Vec<String> = out
+            .failed
+            .iter()
+            .map(|(n, why)| format!("{n} failed to start: {why}"))
+            .filter(|line| ok || !message.contains(line.as_str()))
+            .collect();
+        let label = crate::output::paint("error:", 31, self.color);
         if !ok && !told {
-            let label = crate::output::paint("error:", 31, self.color);
             eprintln!("{label} {message}");
+        }
+        if !more.is_empty() {
+            eprintln!("{label} {}", more.join("; "));
         }
     }
 }

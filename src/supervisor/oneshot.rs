@@ -111,6 +111,8 @@ pub fn serve(
                 // Other timers (debounce, back-off), notices and the loop's end are the
                 // loop's business: a one-shot run ends with its answer.
                 | Effect::Arm { .. }
+                // Sessions are awaited in a one-shot's pass.
+                | Effect::WatchSession(_)
                 | Effect::Answer { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow

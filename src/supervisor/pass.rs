@@ -11,7 +11,8 @@ use anyhow::Result;
 use crate::config::Mode;
 use crate::desired::Desired;
 use crate::engine::{
-    ApplyReport, Engine, LaunchSettings, PendingStop, Reporter, exit_reason, liveness, observe,
+    ApplyReport, Engine, LaunchSettings, PendingStop, Reporter, SessionOrder, SessionOutcome,
+    exit_reason, liveness, observe,
 };
 use crate::plan::{Action, Cause, Plan, PlanAt, PlanOptions, Step};
 use crate::process::{Liveness, ProcessIdentity, StopOutcome};
@@ -125,6 +126,9 @@ pub struct Probed {
     /// Services whose probe of the process `pid` timed out, and the message
     /// (`dependency db not ready after 60s`); kept as long as that process runs.
     pub not_ready: BTreeMap<String, (i32, String)>,
+    /// `(service, pid)` of sessions the loop watched, and what it found (`Ended` is not
+    /// handed on: the exit is settled as every exit is).
+    pub sessions: Vec<(String, i32, SessionOutcome)>,
 }
 
 /// A readiness probe the loop is to run: on `identity`, until `timeout`.
@@ -177,6 +181,8 @@ pub struct PassOutcome {
     /// Stops signalled and left to the loop (`PassSettings::defer_stops`): the request is
     /// answered by the pass that records them (`Work::Finish`).
     pub stops: Option<StopJob>,
+    /// Sessions `starting` (their `Ready!` is the loop's wait, `supervised` only).
+    pub sessions: Vec<SessionOrder>,
 }
 
 pub fn run_pass(
@@ -218,6 +224,7 @@ fn pass(
     };
     settle_exits(&mut state, settings, reporter, &at, out, &BTreeSet::new());
     record_probed(&mut state, &settings.probed, reporter);
+    record_sessions(&mut state, &settings.probed, reporter, out);
 
     let defer = settings.defer_stops && !matches!(work, Work::Shutdown { .. });
     let mut desired = match work {
@@ -308,6 +315,7 @@ fn pass(
         defer_waits: settings.supervised,
         not_ready: settings.probed.not_ready.clone(),
         defer_stops: defer,
+        defer_sessions: settings.supervised,
     };
     let fresh = state.services.is_empty();
     let mut engine = Engine::new(&store, &lock, state, launch, reporter);
@@ -387,7 +395,7 @@ fn pass(
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
     describe(&engine.state, out);
-    out.failed.clone_from(&report.failed);
+    out.failed.extend(report.failed.iter().cloned());
     if let Some(err) = report.error() {
         return Err(err.into());
     }
@@ -444,6 +452,7 @@ fn settle_exits(
 ) {
     let now = at.now_ms;
     let mut recorded = BTreeSet::new();
+    let mut told = reported.clone();
     for (name, rec) in state.services.iter_mut() {
         if rec.kind != RecordKind::Service {
             continue;
@@ -453,6 +462,13 @@ fn settle_exits(
             Status::Running | Status::Ready | Status::Starting
         );
         if was_up && rec.process.is_some() && liveness(rec) != Liveness::Alive {
+            // A session that said `Ready!` right before a quick death had started (what
+            // follows is the application's exit).
+            if rec.status == Status::Starting
+                && crate::readiness::ReadyWatch::new(&rec.log_path, rec.log_offset).poll()
+            {
+                rec.status = Status::Running;
+            }
             let exit = rec
                 .process
                 .as_ref()
@@ -476,7 +492,18 @@ fn settle_exits(
             if settings.abort_on_exit && out.abort.is_none() {
                 out.abort = Some(crate::error::abort_on_exit_code(&exit).into());
             }
-            rec.last_reason = Some(exit_reason(rec, &exit).to_string());
+            let why = exit_reason(rec, &exit);
+            // A session that died before its `Ready!` failed to start (said once).
+            if settings.supervised && why.before_ready && !reported.contains(name) {
+                let said = match crate::readiness::session_cause(&rec.log_path, rec.log_offset) {
+                    Some(c) => format!("mirrord exited before Ready!: {c}"),
+                    None => "mirrord exited before Ready!".to_owned(),
+                };
+                reporter.event(name, &format!("failed: {said}"));
+                told.insert(name.clone());
+                out.failed.push((name.clone(), why.to_string()));
+            }
+            rec.last_reason = Some(why.to_string());
             rec.last_exit = Some(exit);
             recorded.insert(name.clone());
         }
@@ -491,7 +518,7 @@ fn settle_exits(
     if let Some(t) = decided.requeue_at_ms {
         out.next_due_ms = Some(out.next_due_ms.map_or(t, |d| d.min(t)));
     }
-    crate::engine::apply_verdicts(state, &decided, reported, reporter);
+    crate::engine::apply_verdicts(state, &decided, &told, reporter);
 }
 
 /// The file's services; if the file does not load, the recorded ones (nothing changes, the
@@ -788,6 +815,21 @@ fn describe(state: &State, out: &mut PassOutcome) {
         .map(|(n, _)| n.clone())
         .collect();
     out.probes = probes_needed(state);
+    // A session that has not said `Ready!` yet: the loop watches it, a request waits for it.
+    for (name, rec) in state.records(RecordKind::Service) {
+        if rec.status == Status::Starting
+            && rec.spec.launcher == crate::spec::LauncherKind::Mirrord
+            && let Some(p) = &rec.process
+            && p.liveness() == Liveness::Alive
+        {
+            out.waiting.insert(name.clone());
+            out.sessions.push(SessionOrder {
+                name: name.clone(),
+                identity: p.clone(),
+                log: (rec.log_path.clone(), rec.log_offset),
+            });
+        }
+    }
     out.all_down = all_down(state).filter(|_| !out.unsettled);
 }
 
@@ -827,6 +869,40 @@ fn probes_needed(state: &State) -> Vec<ProbeOrder> {
         });
     }
     orders
+}
+
+/// Records what the loop's session watches found: a session that said `Ready!` is `running`
+/// (`started (pid 12): new service`); one that did not within `START_TIMEOUT` failed to start
+/// (it keeps running). Only the process watched, still `starting`.
+fn record_sessions(
+    state: &mut State,
+    probed: &Probed,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+) {
+    for (name, pid, outcome) in &probed.sessions {
+        let Some(rec) = state.services.get_mut(name) else {
+            continue;
+        };
+        if rec.status != Status::Starting || rec.process.as_ref().map(|p| p.pid) != Some(*pid) {
+            continue;
+        }
+        match outcome {
+            SessionOutcome::Started => {
+                rec.status = Status::Running;
+                let cause = rec.last_reason.clone().unwrap_or_default();
+                reporter.event(name, &format!("started (pid {pid}): {cause}"));
+            }
+            SessionOutcome::TimedOut => {
+                let why = crate::engine::no_ready_message(name);
+                rec.status = Status::Running;
+                rec.last_reason = Some(why.clone());
+                reporter.event(name, &format!("failed: {why}"));
+                out.failed.push((name.clone(), why));
+            }
+            SessionOutcome::Ended => {}
+        }
+    }
 }
 
 /// Records what the loop's probes found: a process that passed its probe is `ready`, if it is
