@@ -1416,31 +1416,41 @@ pub enum SessionOutcome {
     Ended,
 }
 
-/// Watches `order` until its `Ready!`, its end, `START_TIMEOUT` or `cancel` (`None`).
-pub fn watch_session(
-    order: &SessionOrder,
+/// Watches `orders` until each has said `Ready!`, ended or passed `START_TIMEOUT` (from now),
+/// calling `each` as each one does; gives up when `cancel` is set.
+pub fn watch_sessions(
+    orders: &[SessionOrder],
     cancel: &std::sync::atomic::AtomicBool,
-) -> Option<SessionOutcome> {
-    let mut watch = crate::readiness::ReadyWatch::new(&order.log.0, order.log.1);
+    each: &mut dyn FnMut(&SessionOrder, SessionOutcome),
+) {
+    let mut watches: Vec<(&SessionOrder, crate::readiness::ReadyWatch)> = orders
+        .iter()
+        .map(|o| (o, crate::readiness::ReadyWatch::new(&o.log.0, o.log.1)))
+        .collect();
     let deadline = Instant::now() + START_TIMEOUT;
     let mut pause = Duration::from_millis(1);
-    loop {
-        if watch.poll() {
-            return Some(SessionOutcome::Started);
-        }
-        if order.identity.liveness() != Liveness::Alive {
-            // A `Ready!` written right before a quick death still counts as a start.
-            return Some(if watch.poll() {
+    while !watches.is_empty() {
+        let late = Instant::now() >= deadline;
+        watches.retain_mut(|(order, watch)| {
+            let outcome = if watch.poll() {
                 SessionOutcome::Started
+            } else if order.identity.liveness() != Liveness::Alive {
+                // A `Ready!` written right before a quick death still counts as a start.
+                if watch.poll() {
+                    SessionOutcome::Started
+                } else {
+                    SessionOutcome::Ended
+                }
+            } else if late {
+                SessionOutcome::TimedOut
             } else {
-                SessionOutcome::Ended
-            });
-        }
+                return true;
+            };
+            each(order, outcome);
+            false
+        });
         if cancel.load(std::sync::atomic::Ordering::SeqCst) {
-            return None;
-        }
-        if Instant::now() >= deadline {
-            return Some(SessionOutcome::TimedOut);
+            return;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));

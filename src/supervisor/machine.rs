@@ -165,9 +165,9 @@ pub enum Effect {
     /// Stop these groups, deepest level first, each level at once: its signal, SIGKILL after
     /// its grace period (at once after [`Effect::KillNow`]); then [`Event::StopDone`].
     Stop { id: u64, stops: Vec<PendingStop> },
-    /// Watch a starting session until its `Ready!`, its end or `START_TIMEOUT`; then
-    /// [`Event::SessionWatched`].
-    WatchSession(SessionOrder),
+    /// Watch starting sessions until each one's `Ready!`, end or `START_TIMEOUT`; an
+    /// [`Event::SessionWatched`] for each.
+    WatchSessions(Vec<SessionOrder>),
     /// Send [`Event::Timer`] at `at` (replacing the timer of that kind).
     Arm { timer: Timer, at: Instant },
     /// Probe a service's readiness until it passes, the process ends, or the timeout.
@@ -545,11 +545,14 @@ impl Machine {
         self.probes.retain(|key| done.running.contains(key));
         self.sessions.retain(|key| done.running.contains(key));
         self.starting = done.sessions.iter().map(|o| o.name.clone()).collect();
-        for order in &done.sessions {
-            let key = (order.name.clone(), order.identity.pid);
-            if self.sessions.insert(key) {
-                fx.push(Effect::WatchSession(order.clone()));
-            }
+        let new: Vec<SessionOrder> = done
+            .sessions
+            .iter()
+            .filter(|o| self.sessions.insert((o.name.clone(), o.identity.pid)))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            fx.push(Effect::WatchSessions(new));
         }
         self.backoff = done.next_due.map(|d| now + d);
         if let Some(at) = self.backoff {
@@ -1641,7 +1644,7 @@ mod tests {
         }];
         let fx = m.handle(Event::PassDone(d.clone()), now + MS);
         assert!(
-            matches!(&fx[..], [Effect::WatchSession(o)] if o.name == "api"),
+            matches!(&fx[..], [Effect::WatchSessions(o)] if o[0].name == "api"),
             "{fx:?}"
         );
         // Meanwhile a `stop` runs a pass at once and is answered; api is watched once.
@@ -1658,7 +1661,7 @@ mod tests {
         let fx = m.handle(Event::PassDone(d), now + 3 * MS);
         assert_eq!(answers(&fx), [(3, true, "1 started".into())]);
         assert!(
-            !fx.iter().any(|e| matches!(e, Effect::WatchSession(_))),
+            !fx.iter().any(|e| matches!(e, Effect::WatchSessions(_))),
             "{fx:?}"
         );
         // `Ready!`: the next pass records it, and its end answers the `up`.

@@ -210,17 +210,18 @@ impl Shell<'_> {
                     self.run_pass(work, client, listeners, probed)
                 }
                 Effect::Stop { id, stops } => spawn_stop(&self.tx, id, stops),
-                Effect::WatchSession(order) => {
+                // One thread per pass's sessions (a cold `up -d` of many is one watch).
+                Effect::WatchSessions(orders) => {
                     let tx = self.tx.clone();
                     let cancel = self.cancel.clone();
                     std::thread::spawn(move || {
-                        if let Some(outcome) = crate::engine::watch_session(&order, &cancel) {
+                        crate::engine::watch_sessions(&orders, &cancel, &mut |order, outcome| {
                             let _ = tx.send(Input::Event(Event::SessionWatched {
-                                service: order.name,
+                                service: order.name.clone(),
                                 pid: order.identity.pid,
                                 outcome,
                             }));
-                        }
+                        });
                     });
                 }
                 Effect::Arm { timer, at } => {

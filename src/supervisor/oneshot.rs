@@ -112,7 +112,7 @@ pub fn serve(
                 // loop's business: a one-shot run ends with its answer.
                 | Effect::Arm { .. }
                 // Sessions are awaited in a one-shot's pass.
-                | Effect::WatchSession(_)
+                | Effect::WatchSessions(_)
                 | Effect::Answer { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow
