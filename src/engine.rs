@@ -21,7 +21,7 @@ use crate::plan::{
 };
 use crate::process::{
     self, ENV_INSTANCE, ENV_PROJECT, ENV_SERVICE, ENV_STATE, Liveness, ProcessIdentity,
-    SpawnRequest, StopRequest,
+    SpawnRequest, StopOutcome, StopRequest,
 };
 use crate::seams::{Clock, Launcher, ProcessTable};
 use crate::spec::{LauncherKind, ServiceSpec};
@@ -160,6 +160,10 @@ pub struct ApplyReport {
     pub survivors: Vec<(String, Vec<i32>)>,
     /// Services left waiting for a dependency (`defer_waits`).
     pub waiting: Vec<String>,
+    /// Stops signalled, not waited for (`defer_stops`).
+    pub deferred: Vec<PendingStop>,
+    /// Sessions spawned and left `starting` (`defer_sessions`).
+    pub sessions: Vec<SessionOrder>,
 }
 
 impl ApplyReport {
@@ -217,6 +221,13 @@ pub struct LaunchSettings {
     /// With `defer_waits`: dependencies whose readiness probe timed out, with the PID it
     /// probed and why (`dependency db not ready after 60s`).
     pub not_ready: BTreeMap<String, (i32, String)>,
+    /// The loop watches stops: a stop signals its groups, records them `stopping` and
+    /// returns them in `ApplyReport::deferred`; a plan with such stops starts nothing (its
+    /// starts wait for the stops, see `Engine::apply_plan`).
+    pub defer_stops: bool,
+    /// The loop watches sessions: a mirrord session is left `starting` after its spawn (its
+    /// `Ready!` is the loop's wait, `ApplyReport::sessions`), not awaited in the pass.
+    pub defer_sessions: bool,
 }
 
 /// The executor, holding the state lock for its whole life.
@@ -382,6 +393,11 @@ impl<'a> Engine<'a> {
             .filter(|s| matches!(s.action, Action::Stop | Action::Restart))
             .collect();
         self.stop_steps(&to_stop, &mut report)?;
+        // Stops the loop watches (`defer_stops`): the starts wait for them, the caller hands
+        // them back once the stops are recorded (`Plan::resume_after_stops`).
+        if !report.deferred.is_empty() {
+            return Ok(report);
+        }
 
         // 2. Starts, level by level (the plan's order within a level); within a level all at
         // once.
@@ -566,7 +582,7 @@ impl<'a> Engine<'a> {
                     .push(item);
             }
         }
-        for (_, level) in by_level {
+        for (std::cmp::Reverse(level_no), level) in by_level {
             let mut requests = Vec::new();
             for item in &level {
                 let rec = self.state.services.get_mut(&item.name).expect("present");
@@ -592,81 +608,119 @@ impl<'a> Engine<'a> {
             for r in &requests {
                 self.reporter.waiting(&r.name, "stopping", Some(r.timeout));
             }
+            if self.settings.defer_stops {
+                // The loop watches the stop (`PendingStop`); what needs no wait is done now.
+                for item in level {
+                    match requests.iter().find(|r| r.name == item.name) {
+                        Some(r) => report.deferred.push(PendingStop {
+                            name: item.name,
+                            why: item.why,
+                            remove: item.remove,
+                            level: level_no,
+                            request: r.clone(),
+                        }),
+                        None if item.remove => {
+                            reporter_note(self.reporter, &item.name, &item.why);
+                            self.state.services.remove(&item.name);
+                        }
+                        None => {}
+                    }
+                }
+                self.save()?;
+                continue;
+            }
             let reasons: BTreeMap<&String, &String> =
                 level.iter().map(|i| (&i.name, &i.why)).collect();
             let reporter = &mut *self.reporter;
             let outcomes = self.processes.stop(&requests, &mut |o| {
-                let what = if let Some(why) = &o.refused {
-                    format!("not signalled: {why}")
-                } else if o.survivors.is_empty() {
-                    if o.killed && process::kill_now_requested() {
-                        "killed (forced by a second Ctrl-C)".to_owned()
-                    } else if o.killed {
-                        "stopped (killed after the grace period)".to_owned()
-                    } else {
-                        "stopped".to_owned()
-                    }
-                } else {
-                    format!("did not stop: pids {:?} survive", o.survivors)
-                };
-                let what = if o.escaped.is_empty() {
-                    what
-                } else {
-                    format!("{what}, with pids {:?} that had left its group", o.escaped)
-                };
-                let why = reasons
-                    .get(&o.name)
-                    .map(|w| format!(": {w}"))
-                    .unwrap_or_default();
-                reporter.event(&o.name, &format!("{what}{why}"));
+                let why = reasons.get(&o.name).map_or("", |w| w.as_str());
+                reporter.event(&o.name, &stop_event(o, why));
             });
-            for o in &outcomes {
-                if !o.survivors.is_empty() {
-                    report.survivors.push((o.name.clone(), o.survivors.clone()));
-                }
-            }
             for item in &level {
-                let n = &item.name;
-                let survived = outcomes
-                    .iter()
-                    .any(|o| &o.name == n && !o.survivors.is_empty());
-                if survived {
-                    continue;
-                }
-                if item.remove {
-                    if !requests.iter().any(|r| &r.name == n) {
-                        reporter_note(self.reporter, n, &item.why);
-                    }
-                    self.state.services.remove(n);
-                } else if let Some(rec) = self.state.services.get_mut(n)
-                    && let Some(r) = requests.iter().find(|r| &r.name == n)
-                {
-                    let killed = outcomes.iter().any(|o| &o.name == n && o.killed);
-                    rec.status = Status::Exited;
-                    rec.process = None;
-                    // Not an interrupted start: nothing to adopt by this nonce any more.
-                    rec.spawn_nonce = None;
-                    // How it really ended when the reaper knows; else the signal that ended it.
-                    let at_ms = self.clock.now_ms();
-                    rec.last_exit = Some(
-                        self.processes
-                            .take_exit(r.identity.pid)
-                            .map(ExitInfo::from_kind)
-                            .unwrap_or_else(|| ExitInfo {
-                                code: None,
-                                signal: Some(if killed {
-                                    "SIGKILL".to_owned()
-                                } else {
-                                    rec.spec.stop_signal.clone()
-                                }),
-                                at_ms,
-                            }),
-                    );
-                }
+                let outcome = outcomes.iter().find(|o| o.name == item.name);
+                let request = requests.iter().find(|r| r.name == item.name);
+                self.record_stop(item, request, outcome, report);
             }
             self.save()?;
         }
         Ok(())
+    }
+
+    /// Records how `item`'s stop ended (`request` is its signalled group, if it had one): its
+    /// record goes (`remove`) or stays as exited, unless processes survived.
+    fn record_stop(
+        &mut self,
+        item: &StopItem,
+        request: Option<&StopRequest>,
+        outcome: Option<&StopOutcome>,
+        report: &mut ApplyReport,
+    ) {
+        let n = &item.name;
+        if let Some(o) = outcome.filter(|o| !o.survivors.is_empty()) {
+            report.survivors.push((n.clone(), o.survivors.clone()));
+            return;
+        }
+        if item.remove {
+            if request.is_none() {
+                reporter_note(self.reporter, n, &item.why);
+            }
+            self.state.services.remove(n);
+        } else if let Some(rec) = self.state.services.get_mut(n)
+            && let Some(r) = request
+        {
+            let killed = outcome.is_some_and(|o| o.killed);
+            rec.status = Status::Exited;
+            rec.process = None;
+            // Not an interrupted start: nothing to adopt by this nonce any more.
+            rec.spawn_nonce = None;
+            // How it really ended when the reaper knows; else the signal that ended it.
+            let at_ms = self.clock.now_ms();
+            rec.last_exit = Some(
+                self.processes
+                    .take_exit(r.identity.pid)
+                    .map(ExitInfo::from_kind)
+                    .unwrap_or_else(|| ExitInfo {
+                        code: None,
+                        signal: Some(if killed {
+                            "SIGKILL".to_owned()
+                        } else {
+                            rec.spec.stop_signal.clone()
+                        }),
+                        at_ms,
+                    }),
+            );
+        }
+    }
+
+    /// Records stops the loop watched (`defer_stops`): each outcome is said and recorded as
+    /// a stop in the pass would have. A record that is no longer the one signalled (another
+    /// process since, or gone) is left alone.
+    pub fn finish_stops(
+        &mut self,
+        done: &[(PendingStop, StopOutcome)],
+        report: &mut ApplyReport,
+    ) -> Result<(), StateError> {
+        for (p, o) in done {
+            let current = self.state.services.get(&p.name).is_some_and(|r| {
+                r.status == Status::Stopping
+                    && r.process.as_ref().map(|id| id.pid) == Some(p.request.identity.pid)
+            });
+            self.reporter.event(&p.name, &stop_event(o, &p.why));
+            if !current {
+                continue;
+            }
+            let item = StopItem {
+                name: p.name.clone(),
+                why: p.why.clone(),
+                how: StopHow {
+                    signal: p.request.signal,
+                    grace: p.request.timeout,
+                },
+                remove: p.remove,
+            };
+            self.record_stop(&item, Some(&p.request), Some(o), report);
+        }
+        self.save()
     }
 
     /// Spawns the services of one level. Returns the names that failed.
@@ -790,7 +844,21 @@ impl<'a> Engine<'a> {
         }
         tracing::debug!("level spawned");
         self.save()?;
-        if !sessions.is_empty() {
+        if !sessions.is_empty() && self.settings.defer_sessions {
+            // The loop waits for their `Ready!` (`SessionOrder`).
+            report.sessions.extend(sessions.into_iter().map(|s| {
+                SessionOrder {
+                    log: self
+                        .state
+                        .services
+                        .get(&s.name)
+                        .map(|r| (r.log_path.clone(), r.log_offset))
+                        .unwrap_or_default(),
+                    name: s.name,
+                    identity: s.identity,
+                }
+            }));
+        } else if !sessions.is_empty() {
             // What this changes (starting → running) is saved with the next level's intent or
             // by the caller: nothing a crash recovery needs.
             failed.extend(self.await_sessions(sessions, report));
@@ -862,11 +930,7 @@ impl<'a> Engine<'a> {
                             },
                         )
                         .to_string(),
-                        None => format!(
-                            "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {}`)",
-                            crate::output::duration(START_TIMEOUT),
-                            s.name
-                        ),
+                        None => no_ready_message(&s.name),
                     };
                     self.reporter.event(&s.name, &format!("failed: {why}"));
                     if let Some(rec) = self.state.services.get_mut(&s.name) {
@@ -1303,6 +1367,117 @@ struct StopItem {
     how: StopHow,
     /// Remove its record once it stopped.
     remove: bool,
+}
+
+/// What a stop's outcome is said as (`stopped: removed from file`).
+fn stop_event(o: &StopOutcome, why: &str) -> String {
+    let what = if let Some(refused) = &o.refused {
+        format!("not signalled: {refused}")
+    } else if o.survivors.is_empty() {
+        if o.killed && process::kill_now_requested() {
+            "killed (forced by a second Ctrl-C)".to_owned()
+        } else if o.killed {
+            "stopped (killed after the grace period)".to_owned()
+        } else {
+            "stopped".to_owned()
+        }
+    } else {
+        format!("did not stop: pids {:?} survive", o.survivors)
+    };
+    let what = if o.escaped.is_empty() {
+        what
+    } else {
+        format!("{what}, with pids {:?} that had left its group", o.escaped)
+    };
+    if why.is_empty() {
+        what
+    } else {
+        format!("{what}: {why}")
+    }
+}
+
+/// A mirrord session the loop waits for (`defer_sessions`): its `Ready!` in its log (from
+/// `log.1`), its death, or `START_TIMEOUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOrder {
+    pub name: String,
+    pub identity: ProcessIdentity,
+    pub log: (PathBuf, u64),
+}
+
+/// What the loop's watch of a session found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// It said `Ready!`.
+    Started,
+    /// No `Ready!` within `START_TIMEOUT` (it keeps running).
+    TimedOut,
+    /// It ended first (its exit is settled as every exit is).
+    Ended,
+}
+
+/// Watches `orders` until each has said `Ready!`, ended or passed `START_TIMEOUT` (from now),
+/// calling `each` as each one does; gives up when `cancel` is set.
+pub fn watch_sessions(
+    orders: &[SessionOrder],
+    cancel: &std::sync::atomic::AtomicBool,
+    each: &mut dyn FnMut(&SessionOrder, SessionOutcome),
+) {
+    let mut watches: Vec<(&SessionOrder, crate::readiness::ReadyWatch)> = orders
+        .iter()
+        .map(|o| (o, crate::readiness::ReadyWatch::new(&o.log.0, o.log.1)))
+        .collect();
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    while !watches.is_empty() {
+        let late = Instant::now() >= deadline;
+        watches.retain_mut(|(order, watch)| {
+            let outcome = if watch.poll() {
+                SessionOutcome::Started
+            } else if order.identity.liveness() != Liveness::Alive {
+                // A `Ready!` written right before a quick death still counts as a start.
+                if watch.poll() {
+                    SessionOutcome::Started
+                } else {
+                    SessionOutcome::Ended
+                }
+            } else if late {
+                SessionOutcome::TimedOut
+            } else {
+                return true;
+            };
+            each(order, outcome);
+            false
+        });
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// What a pass says of a session the loop found not started within `START_TIMEOUT`.
+pub fn no_ready_message(name: &str) -> String {
+    format!(
+        "no Ready! from mirrord after {} (it keeps running; see `mirrord-up logs {name}`)",
+        crate::output::duration(START_TIMEOUT),
+    )
+}
+
+/// A stop signalled by the loop rather than waited for in the pass (`defer_stops`): the
+/// record is `stopping` until the pass that is handed its outcome (`Engine::finish_stops`).
+#[derive(Debug, Clone)]
+pub struct PendingStop {
+    pub name: String,
+    /// The cause, said with the outcome.
+    pub why: String,
+    /// Remove its record once it stopped.
+    pub remove: bool,
+    /// Its dependency level: deeper levels stop first.
+    pub level: usize,
+    /// The group, its signal and grace period.
+    pub request: StopRequest,
 }
 
 fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {

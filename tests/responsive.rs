@@ -323,3 +323,111 @@ fn while_an_up_wait_waits_stop_and_up_of_another_service_take_effect_at_once() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("shutting down"), "{out}");
 }
+
+/// `slow` ignores SIGTERM (its grace period: 10 s); `b` and `c` stop at once.
+fn slow_stop() -> String {
+    yaml(&[
+        service(
+            "slow",
+            &[
+                "sh",
+                "-c",
+                "trap '' TERM; echo armed; while :; do sleep 1; done",
+            ],
+            &["stop_timeout: 10"],
+        ),
+        service("b", common::SLEEP, &[]),
+        service("c", common::SLEEP, &[]),
+    ])
+}
+
+#[test]
+fn while_a_service_is_in_a_slow_stop_up_stop_and_ps_are_served_at_once() {
+    let p = Project::new("slowstop");
+    p.write_yaml(&slow_stop());
+    p.ok(&["up", "--detach", "slow", "c"]);
+    let old = pid(&p, "slow").expect("slow runs");
+    let c = pid(&p, "c").expect("c runs");
+    wait_until("slow has set its trap", WAIT, || {
+        p.ok(&["logs", "slow"]).stdout.contains("armed")
+    });
+    // A restart of `slow`: its stop takes the whole grace period.
+    let restart = Running::start(p.command(&["restart", "slow"]), "restart slow".into());
+    wait_until("slow is stopping", WAIT, || {
+        status(&p, "slow") == "stopping"
+    });
+
+    let ps = timed(&p, &["ps"]);
+    assert!(ps < AT_ONCE, "ps took {ps:?}");
+    let up = timed(&p, &["up", "--detach", "b"]);
+    assert!(up < AT_ONCE, "up -d b took {up:?}");
+    assert_eq!(status(&p, "b"), "running");
+    let stop = timed(&p, &["stop", "c"]);
+    assert!(stop < AT_ONCE, "stop c took {stop:?}");
+    assert_eq!(status(&p, "c"), "stopped");
+    assert!(group_empty(c));
+    // `slow` is still in its grace period, and nothing started it again meanwhile.
+    assert_eq!(status(&p, "slow"), "stopping", "{:?}", p.ps_map());
+    assert!(!group_empty(old));
+
+    // Its grace period ends: it is killed, and the restart's start follows.
+    let out = restart.wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr.contains("killed after the grace period")
+            || out.stdout.contains("killed after the grace period"),
+        "{out}"
+    );
+    assert!(group_empty(old));
+    let new = pid(&p, "slow").unwrap_or_else(|| {
+        panic!(
+            "slow runs again: {out} {:?}",
+            p.ps_map()
+                .get("slow")
+                .map(|r| (r["status"].clone(), r["last_reason"].clone()))
+        )
+    });
+    assert_ne!(new, old);
+    assert_eq!(status(&p, "slow"), "running", "{:?}", p.ps_map());
+}
+
+#[test]
+fn while_a_session_waits_for_its_ready_stop_and_up_of_others_are_served_at_once() {
+    let p = Project::new("slowready");
+    p.write_yaml(&yaml(&[
+        service("slow", common::SLEEP, &[]),
+        service("b", common::SLEEP, &[]),
+        service("c", common::SLEEP, &[]),
+    ]));
+    // The supervisor (and so every session) gets the knob: only `slow` says `Ready!` late.
+    let first = p
+        .command(&["up", "--detach", "c"])
+        .env("FAKE_MIRRORD_READY_DELAY_MS", "5000")
+        .env("FAKE_MIRRORD_READY_DELAY_ONLY", "slow")
+        .output()
+        .expect("up -d c");
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let c = pid(&p, "c").expect("c runs");
+    // `up -d slow` waits for slow's `Ready!` (as it always did).
+    let slow = Running::start(p.command(&["up", "--detach", "slow"]), "up -d slow".into());
+    wait_until("slow is starting", WAIT, || {
+        status(&p, "slow") == "starting"
+    });
+
+    let ps = timed(&p, &["ps"]);
+    assert!(ps < AT_ONCE, "ps took {ps:?}");
+    let stop = timed(&p, &["stop", "c"]);
+    assert!(stop < AT_ONCE, "stop c took {stop:?}");
+    assert_eq!(status(&p, "c"), "stopped");
+    assert!(group_empty(c));
+    let up = timed(&p, &["up", "--detach", "b"]);
+    assert!(up < AT_ONCE, "up -d b took {up:?}");
+    assert_eq!(status(&p, "b"), "running");
+    // `slow` still waits for its `Ready!`.
+    assert_eq!(status(&p, "slow"), "starting", "{:?}", p.ps_map());
+
+    let out = slow.wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("slow  started (pid"), "{out}");
+    assert_eq!(status(&p, "slow"), "running", "{:?}", p.ps_map());
+}

@@ -17,6 +17,12 @@
 //!   waits for a dependency, the shell probes its services ([`Effect::AwaitReady`]); the
 //!   request is answered after the pass that records them ready, or at once when one ends or
 //!   times out, or when its `--wait-timeout` ([`Timer::Wait`]) runs out;
+//! * a stop is a wait of the loop too: a pass signals and records `stopping`, and returns the
+//!   stops ([`PassDone::stops`]); the shell watches each group until it is empty (SIGKILL
+//!   after its grace period, [`Effect::Stop`]) and says so ([`Event::StopDone`]); the next
+//!   pass records the stops and carries out what waited for them (a restart's start), and
+//!   answers the request; meanwhile other requests are served and no pass plans what is
+//!   being stopped;
 //! * the first Ctrl-C stops everything gracefully (the pass in flight is interrupted at its
 //!   next wait), a second one kills at once; `down` is answered by the final pass;
 //! * foreground, SIGHUP is the terminal going away: stop everything; detached, it re-applies;
@@ -28,7 +34,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::pass::{ProbeOrder, Probed, Work};
+use super::pass::{ProbeOrder, Probed, StopJob, Work};
+use crate::engine::{PendingStop, SessionOrder, SessionOutcome};
+use crate::process::StopOutcome;
 
 /// Trailing-edge debounce of file events: editors write a file in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -88,6 +96,10 @@ pub struct PassDone {
     pub waiting: BTreeSet<String>,
     /// Services that failed to start in this pass, and why.
     pub failed: Vec<(String, String)>,
+    /// Stops the pass signalled and left to the loop.
+    pub stops: Option<StopJob>,
+    /// Sessions still `starting` (their `Ready!` is waited for by the loop).
+    pub sessions: Vec<SessionOrder>,
 }
 
 #[derive(Debug)]
@@ -132,6 +144,14 @@ pub enum Event {
         pid: i32,
         outcome: ProbeOutcome,
     },
+    /// A session watch ([`Effect::WatchSession`]) ended.
+    SessionWatched {
+        service: String,
+        pid: i32,
+        outcome: SessionOutcome,
+    },
+    /// The stops of [`Effect::Stop`] `id` ended: every group is empty (or survivors named).
+    StopDone { id: u64, outcomes: Vec<StopOutcome> },
 }
 
 #[derive(Debug)]
@@ -143,7 +163,15 @@ pub enum Effect {
         client: Option<ClientId>,
         listeners: Vec<ClientId>,
         probed: Probed,
+        /// Services whose stop is in flight: the pass leaves them alone.
+        stopping: BTreeSet<String>,
     },
+    /// Stop these groups, deepest level first, each level at once: its signal, SIGKILL after
+    /// its grace period (at once after [`Effect::KillNow`]); then [`Event::StopDone`].
+    Stop { id: u64, stops: Vec<PendingStop> },
+    /// Watch starting sessions until each one's `Ready!`, end or `START_TIMEOUT`; an
+    /// [`Event::SessionWatched`] for each.
+    WatchSessions(Vec<SessionOrder>),
     /// Send [`Event::Timer`] at `at` (replacing the timer of that kind).
     Arm { timer: Timer, at: Instant },
     /// Probe a service's readiness until it passes, the process ends, or the timeout.
@@ -210,6 +238,15 @@ enum Wait {
     Recorded,
 }
 
+/// Stops in flight ([`Effect::Stop`]) and the request that caused them.
+#[derive(Debug)]
+struct Flight {
+    client: Option<ClientId>,
+    services: Option<Vec<String>>,
+    wait: Option<Duration>,
+    job: StopJob,
+}
+
 /// The loop's state. See the module documentation for the rules.
 #[derive(Debug)]
 pub struct Machine {
@@ -223,6 +260,8 @@ pub struct Machine {
     /// The pass in flight is an `up --wait`: its limit and when it began.
     in_flight_wait: Option<(Duration, Instant)>,
     first_pass: bool,
+    /// The client of the first request (once it arrived), whose failure may end the loop.
+    first_client: Option<Option<ClientId>>,
     /// Exits heard during a pass: that pass may have caused (or settled) them.
     exits_during_pass: Vec<(String, i32)>,
     /// Set once the loop is to end: the exit code.
@@ -236,6 +275,13 @@ pub struct Machine {
     /// What probes found, for the next pass.
     probed: Probed,
     ended: bool,
+    /// The sessions still starting after the last pass.
+    starting: BTreeSet<String>,
+    /// Session watches started, by `(service, pid)`: each session is watched once.
+    sessions: BTreeSet<(String, i32)>,
+    /// Stops in flight, by id.
+    flights: BTreeMap<u64, Flight>,
+    next_flight: u64,
 }
 
 impl Machine {
@@ -250,6 +296,7 @@ impl Machine {
             in_flight: None,
             in_flight_wait: None,
             first_pass: true,
+            first_client: None,
             exits_during_pass: Vec::new(),
             stopping: None,
             final_pass: false,
@@ -258,6 +305,10 @@ impl Machine {
             probes: BTreeSet::new(),
             probed: Probed::default(),
             ended: false,
+            sessions: BTreeSet::new(),
+            starting: BTreeSet::new(),
+            flights: BTreeMap::new(),
+            next_flight: 0,
         }
     }
 
@@ -269,6 +320,14 @@ impl Machine {
     /// A pass is in flight.
     pub fn busy(&self) -> bool {
         self.in_flight.is_some()
+    }
+
+    /// Services whose stop is in flight.
+    pub fn stopping(&self) -> BTreeSet<String> {
+        self.flights
+            .values()
+            .flat_map(|f| f.job.names().cloned())
+            .collect()
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
@@ -337,6 +396,19 @@ impl Machine {
                 self.dirty = true;
             }
             Event::PassDone(done) => self.pass_done(done, now, &mut fx),
+            Event::StopDone { id, outcomes } => self.stop_done(id, outcomes, &mut fx),
+            Event::SessionWatched {
+                service,
+                pid,
+                outcome,
+            } => {
+                // An end wakes a pass of its own (the exit).
+                if outcome == SessionOutcome::Ended {
+                    return fx;
+                }
+                self.probed.sessions.push((service, pid, outcome));
+                self.dirty = true;
+            }
             Event::Awaiting {
                 client,
                 probing,
@@ -386,6 +458,9 @@ impl Machine {
     }
 
     fn request(&mut self, client: Option<ClientId>, work: Work, fx: &mut Vec<Effect>) {
+        if self.first_client.is_none() {
+            self.first_client = Some(client);
+        }
         if self.stopping.is_some() {
             if let Some(client) = client {
                 fx.push(Effect::Answer {
@@ -414,13 +489,79 @@ impl Machine {
         self.queue.push_back((work, client));
     }
 
-    fn pass_done(&mut self, done: PassDone, now: Instant, fx: &mut Vec<Effect>) {
-        let Some((client, services)) = self.in_flight.take() else {
+    /// The stops of flight `id` ended: the next pass records them and answers its request
+    /// (the loop is ending: the final pass records them; the request is answered now).
+    fn stop_done(&mut self, id: u64, outcomes: Vec<StopOutcome>, fx: &mut Vec<Effect>) {
+        let Some(f) = self.flights.remove(&id) else {
             return;
         };
+        if self.stopping.is_some() {
+            if let Some(client) = f.client {
+                fx.push(Self::flight_answer(client, &f.job));
+            }
+            return;
+        }
+        let work = Work::Finish {
+            job: f.job,
+            outcomes,
+            services: f.services,
+            wait: f.wait,
+        };
+        self.queue.push_front((work, f.client));
+    }
+
+    /// The answer to a request whose stops the loop's end overtook: a stop is done (the final
+    /// pass stops what is left), a restart is not.
+    fn flight_answer(client: ClientId, job: &StopJob) -> Effect {
+        let done = job.resume.is_empty();
+        Effect::Answer {
+            client,
+            ok: done,
+            message: if done {
+                job.message.clone()
+            } else {
+                "the supervisor is shutting down".into()
+            },
+        }
+    }
+
+    fn pass_done(&mut self, mut done: PassDone, now: Instant, fx: &mut Vec<Effect>) {
+        let Some((mut client, services)) = self.in_flight.take() else {
+            return;
+        };
+        // Stops left to the loop: the request is answered by the pass that records them.
+        if let Some(job) = done.stops.take() {
+            self.next_flight += 1;
+            let id = self.next_flight;
+            fx.push(Effect::Stop {
+                id,
+                stops: job.stops.clone(),
+            });
+            let wait = self.in_flight_wait.take().map(|(limit, _)| limit);
+            self.flights.insert(
+                id,
+                Flight {
+                    client: client.take(),
+                    services: services.clone(),
+                    wait,
+                    job,
+                },
+            );
+        }
         self.dirty |= done.files_changed || done.unsettled;
         prune_not_ready(&mut self.probed.not_ready, &done.running);
         self.probes.retain(|key| done.running.contains(key));
+        self.sessions.retain(|key| done.running.contains(key));
+        self.starting = done.sessions.iter().map(|o| o.name.clone()).collect();
+        let new: Vec<SessionOrder> = done
+            .sessions
+            .iter()
+            .filter(|o| self.sessions.insert((o.name.clone(), o.identity.pid)))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            fx.push(Effect::WatchSessions(new));
+        }
         self.backoff = done.next_due.map(|d| now + d);
         if let Some(at) = self.backoff {
             fx.push(Effect::Arm {
@@ -443,7 +584,10 @@ impl Machine {
         match (client, services) {
             // A foreground `up --wait`: the terminal waits (a failed pass was printed).
             (None, Some(services))
-                if self.foreground && self.in_flight_wait.is_some() && done.result.is_ok() =>
+                if self.foreground
+                    && self.in_flight_wait.is_some()
+                    && done.result.is_ok()
+                    && done.stops.is_none() =>
             {
                 self.hold(TERMINAL, services, Ok(String::new()), fx);
             }
@@ -476,7 +620,12 @@ impl Machine {
         }
         let (answered, held): (Vec<Held>, Vec<Held>) =
             std::mem::take(&mut self.held).into_iter().partition(|h| {
-                h.result.is_err()
+                // A failure is answered at once, with those of its sessions still starting.
+                (h.result.is_err()
+                    && !done
+                        .sessions
+                        .iter()
+                        .any(|o| h.services.is_empty() || h.services.contains(&o.name)))
                     || self.stopping.is_some()
                     || (!done
                         .waiting
@@ -515,8 +664,21 @@ impl Machine {
         }
         // A first pass that failed and left nothing to look after ends the supervisor (its
         // client already has the error).
-        if std::mem::take(&mut self.first_pass)
-            && done.result.is_err()
+        // The first request may be held (its sessions start): decided when it is answered.
+        let first_failed = match self.first_client.flatten() {
+            _ if !self.first_pass => None,
+            Some(c) if self.held.iter().any(|h| h.client == c) => None,
+            Some(c) if self.flights.values().any(|f| f.client == Some(c)) => None,
+            Some(c) => Some(
+                fx.iter()
+                    .any(|e| matches!(e, Effect::Answer { client, ok: false, .. } if *client == c)),
+            ),
+            None => Some(done.result.is_err()),
+        };
+        if first_failed.is_some() {
+            self.first_pass = false;
+        }
+        if first_failed == Some(true)
             && done.running.is_empty()
             && done.next_due.is_none()
             && done.waiting.is_empty()
@@ -719,6 +881,28 @@ impl Machine {
                     crate::output::duration(*limit)
                 )]
             }
+            // Sessions still waiting for their `Ready!`.
+            Some(Wait::Due { limit, .. })
+                if self
+                    .starting
+                    .iter()
+                    .any(|n| h.services.is_empty() || h.services.contains(n)) =>
+            {
+                self.starting
+                    .iter()
+                    .filter(|n| h.services.is_empty() || h.services.contains(*n))
+                    .map(|n| {
+                        crate::readiness::NotReady::new(
+                            n,
+                            crate::readiness::NotReadyWhy::Timeout {
+                                after: *limit,
+                                note: None,
+                            },
+                        )
+                        .to_string()
+                    })
+                    .collect()
+            }
             // Still waiting for a dependency.
             Some(Wait::Due { limit, .. }) if h.services.is_empty() => vec![format!(
                 "not ready after {} (services still wait for their dependencies)",
@@ -750,6 +934,11 @@ impl Machine {
         let job = match self.stopping {
             Some(code) if self.final_pass => {
                 self.refuse_held(fx);
+                for f in std::mem::take(&mut self.flights).into_values() {
+                    if let Some(client) = f.client {
+                        fx.push(Self::flight_answer(client, &f.job));
+                    }
+                }
                 self.ended = true;
                 fx.push(Effect::Exit(code));
                 return;
@@ -757,7 +946,21 @@ impl Machine {
             Some(_) => {
                 self.final_pass = true;
                 // Ctrl-C, SIGTERM or --abort-on-exit: stop everything, keep the records.
-                Some(self.queue.pop_front().unwrap_or((
+                // Stops recorded by a pass of their own are recorded by this one now.
+                let mut first = None;
+                while let Some((work, client)) = self.queue.pop_front() {
+                    match (work, client) {
+                        (Work::Finish { job, .. }, Some(c)) => {
+                            fx.push(Self::flight_answer(c, &job))
+                        }
+                        (Work::Finish { .. }, None) => {}
+                        other => {
+                            first = Some(other);
+                            break;
+                        }
+                    }
+                }
+                Some(first.unwrap_or((
                     Work::Shutdown {
                         timeout: None,
                         forget: false,
@@ -778,11 +981,18 @@ impl Machine {
                 self.dirty = false; // this pass reads everything afresh anyway
                 Some(e.services.clone())
             }
+            Work::Finish { services, .. } => services.clone(),
             _ => None,
         };
         self.in_flight_wait = match &work {
             Work::Reconcile { explicit: Some(e) } => e.wait.map(|w| (w, now)),
+            Work::Finish { wait, .. } => wait.map(|w| (w, now)),
             _ => None,
+        };
+        // The final pass stops everything, also what the loop is stopping.
+        let stopping = match &work {
+            Work::Shutdown { .. } => BTreeSet::new(),
+            _ => self.stopping(),
         };
         for h in &mut self.held {
             if h.wait == Some(Wait::Passed) {
@@ -793,6 +1003,7 @@ impl Machine {
         let probed = Probed {
             ready: probed,
             not_ready: self.probed.not_ready.clone(),
+            sessions: std::mem::take(&mut self.probed.sessions),
         };
         self.in_flight = Some((client, services));
         fx.push(Effect::RunPass {
@@ -807,6 +1018,7 @@ impl Machine {
                 .map(|h| h.client)
                 .collect(),
             probed,
+            stopping,
         });
     }
 }
@@ -865,6 +1077,8 @@ mod tests {
             probes: Vec::new(),
             waiting: BTreeSet::new(),
             failed: Vec::new(),
+            stops: None,
+            sessions: Vec::new(),
         }
     }
 
@@ -1252,6 +1466,248 @@ mod tests {
         let fx = m.handle(Event::PassDone(done(Ok("2 stopped"))), now + 5 * MS);
         assert_eq!(answers(&fx), [(4, true, "2 stopped".into())]);
         assert!(matches!(fx.last(), Some(Effect::Exit(0))), "{fx:?}");
+    }
+
+    /// A pass that signalled `db` and left its stop to the loop (`message`: its answer).
+    fn done_stopping(message: &str) -> PassDone {
+        let identity = probe_of("db", 10).identity;
+        let mut d = done(Ok(message));
+        d.running.clear();
+        d.stops = Some(StopJob {
+            stops: vec![PendingStop {
+                name: "db".into(),
+                why: "stop requested".into(),
+                remove: false,
+                level: 0,
+                request: crate::process::StopRequest {
+                    name: "db".into(),
+                    identity,
+                    signal: nix::sys::signal::Signal::SIGTERM,
+                    timeout: Duration::from_secs(10),
+                },
+            }],
+            message: message.into(),
+            ..Default::default()
+        });
+        d
+    }
+
+    fn stop_of(fx: &[Effect]) -> Option<u64> {
+        fx.iter().find_map(|e| match e {
+            Effect::Stop { id, .. } => Some(*id),
+            _ => None,
+        })
+    }
+
+    fn stopping_of(fx: &[Effect]) -> Vec<BTreeSet<String>> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::RunPass { stopping, .. } => Some(stopping.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn db_stopped() -> Vec<StopOutcome> {
+        vec![StopOutcome {
+            name: "db".into(),
+            killed: true,
+            survivors: vec![],
+            refused: None,
+            escaped: vec![],
+        }]
+    }
+
+    #[test]
+    fn a_stop_is_a_wait_of_the_loop_and_requests_are_served_meanwhile() {
+        let now = t0();
+        let mut m = idle(now);
+        let stop = Work::Stop {
+            names: vec!["db".into()],
+            timeout: None,
+        };
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: stop,
+            },
+            now,
+        );
+        // The pass signalled db and returned: the shell watches the stop, nobody is answered.
+        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + MS);
+        let id = stop_of(&fx).expect("the stop is watched");
+        assert!(answers(&fx).is_empty(), "{fx:?}");
+        assert!(!m.busy());
+        // Mid-stop (db ignores SIGTERM for 10 s): `up -d web` runs a pass at once, which
+        // leaves db alone, and is answered by it.
+        let fx = m.handle(
+            Event::Request {
+                client: Some(3),
+                work: up(&["web"]),
+            },
+            now + 2 * MS,
+        );
+        assert_eq!(stopping_of(&fx), [BTreeSet::from(["db".to_owned()])]);
+        let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now + 3 * MS);
+        assert_eq!(answers(&fx), [(3, true, "1 started".into())]);
+        // So is a `stop` of another service.
+        let fx = m.handle(
+            Event::Request {
+                client: Some(4),
+                work: Work::Stop {
+                    names: vec!["web".into()],
+                    timeout: None,
+                },
+            },
+            now + 4 * MS,
+        );
+        assert_eq!(passes(&fx).len(), 1);
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 5 * MS);
+        assert_eq!(answers(&fx), [(4, true, "1 stopped".into())]);
+        // The grace period ran out (the shell killed db): the next pass records it and
+        // answers the `stop`.
+        let fx = m.handle(
+            Event::StopDone {
+                id,
+                outcomes: db_stopped(),
+            },
+            now + Duration::from_secs(10),
+        );
+        let p = passes(&fx);
+        assert!(
+            matches!(p[..], [Work::Finish { outcomes, .. }] if outcomes[0].killed),
+            "{fx:?}"
+        );
+        assert_eq!(stopping_of(&fx), [BTreeSet::new()]);
+        assert!(answers(&fx).is_empty(), "{fx:?}");
+        let fx = m.handle(
+            Event::PassDone(done(Ok("1 stopped"))),
+            now + Duration::from_secs(10) + MS,
+        );
+        assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
+        assert!(!m.busy());
+    }
+
+    #[test]
+    fn ctrl_c_during_a_stop_stops_everything_and_a_second_one_kills_at_once() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: Work::Restart {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            now,
+        );
+        let mut restart = done_stopping("1 restarted");
+        if let Some(job) = &mut restart.stops {
+            job.resume = vec![crate::plan::Step {
+                service: "db".into(),
+                action: crate::plan::Action::Restart,
+                cause: crate::plan::Cause::Requested { what: "restart" },
+                level: 0,
+                spec: None,
+                stop: None,
+                wait: Vec::new(),
+                exit: None,
+                new_streak: true,
+                forget: false,
+            }];
+        }
+        let fx = m.handle(Event::PassDone(restart), now + MS);
+        let id = stop_of(&fx).expect("watched");
+        // Ctrl-C mid-stop: the final pass stops everything, db included (not left alone).
+        let fx = m.handle(Event::Interrupt, now + 2 * MS);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_shutdown(p[0]), "{fx:?}");
+        assert_eq!(stopping_of(&fx), [BTreeSet::new()]);
+        // A second Ctrl-C kills every stop at once, the loop's own too.
+        let fx = m.handle(Event::Interrupt, now + 3 * MS);
+        assert!(matches!(fx[..], [Effect::KillNow]), "{fx:?}");
+        // The restart will not start db again: its client is told so.
+        let fx = m.handle(
+            Event::StopDone {
+                id,
+                outcomes: db_stopped(),
+            },
+            now + 4 * MS,
+        );
+        assert_eq!(
+            answers(&fx),
+            [(2, false, "the supervisor is shutting down".into())]
+        );
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 5 * MS);
+        assert!(matches!(fx.last(), Some(Effect::Exit(130))), "{fx:?}");
+    }
+
+    #[test]
+    fn a_starting_session_holds_its_up_and_its_ready_is_recorded_by_the_next_pass() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: up(&["api"]),
+            },
+            now,
+        );
+        // The pass spawned api's session and left it starting: the loop watches it.
+        let mut d = done(Ok("1 started"));
+        d.running.push(("api".into(), 20));
+        d.waiting.insert("api".into());
+        d.sessions = vec![SessionOrder {
+            name: "api".into(),
+            identity: probe_of("api", 20).identity,
+            log: ("/nonexistent".into(), 0),
+        }];
+        let fx = m.handle(Event::PassDone(d.clone()), now + MS);
+        assert!(
+            matches!(&fx[..], [Effect::WatchSessions(o)] if o[0].name == "api"),
+            "{fx:?}"
+        );
+        // Meanwhile a `stop` runs a pass at once and is answered; api is watched once.
+        m.handle(
+            Event::Request {
+                client: Some(3),
+                work: Work::Stop {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            now + 2 * MS,
+        );
+        let fx = m.handle(Event::PassDone(d), now + 3 * MS);
+        assert_eq!(answers(&fx), [(3, true, "1 started".into())]);
+        assert!(
+            !fx.iter().any(|e| matches!(e, Effect::WatchSessions(_))),
+            "{fx:?}"
+        );
+        // `Ready!`: the next pass records it, and its end answers the `up`.
+        let fx = m.handle(
+            Event::SessionWatched {
+                service: "api".into(),
+                pid: 20,
+                outcome: SessionOutcome::Started,
+            },
+            now + 4 * MS,
+        );
+        let handed: Vec<_> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RunPass { probed, .. } => Some(probed.sessions.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            handed,
+            [vec![("api".to_owned(), 20, SessionOutcome::Started)]]
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 5 * MS);
+        assert_eq!(answers(&fx), [(2, true, "1 started".into())]);
     }
 
     #[test]

@@ -205,7 +205,26 @@ impl Shell<'_> {
                     client,
                     listeners,
                     probed,
-                } => self.run_pass(work, client, listeners, probed),
+                    stopping,
+                } => {
+                    self.settings.stopping = stopping;
+                    self.run_pass(work, client, listeners, probed)
+                }
+                Effect::Stop { id, stops } => spawn_stop(&self.tx, id, stops),
+                // One thread per pass's sessions (a cold `up -d` of many is one watch).
+                Effect::WatchSessions(orders) => {
+                    let tx = self.tx.clone();
+                    let cancel = self.cancel.clone();
+                    std::thread::spawn(move || {
+                        crate::engine::watch_sessions(&orders, &cancel, &mut |order, outcome| {
+                            let _ = tx.send(Input::Event(Event::SessionWatched {
+                                service: order.name.clone(),
+                                pid: order.identity.pid,
+                                outcome,
+                            }));
+                        });
+                    });
+                }
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
@@ -339,6 +358,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     let publish = session_publisher(ctx);
     let mut reload_pending = false;
     let mut reload_in_pass = false;
+    // A reload whose stops or session starts the loop watches is applied once a pass leaves
+    // none of them.
+    let mut reload_after_waits = false;
     let mut watcher = FileWatcher::new(&tx, opts.watch);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
@@ -370,7 +392,11 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         foreground: opts.foreground,
         color: opts.foreground && ctx.stderr_color(),
         width: opts.width,
-        settings: opts.settings,
+        // The loop watches stops (`Effect::Stop`): a pass never waits out a grace period.
+        settings: PassSettings {
+            defer_stops: true,
+            ..opts.settings
+        },
         tx: tx.clone(),
         clients: BTreeMap::new(),
         next_client: 0,
@@ -449,7 +475,10 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if let Ok(store) = ctx.store() {
                     sessions.sync(&store, &out.running, &publish);
                 }
-                if std::mem::take(&mut reload_in_pass) && out.reload_error.is_none() {
+                let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
+                let pending = reload_after_waits || reloaded;
+                reload_after_waits = pending && (out.stops.is_some() || !out.sessions.is_empty());
+                if pending && !reload_after_waits {
                     publish("mirrord-up", "reload applied");
                 }
                 Event::PassDone(pass_done(out, files_changed))
@@ -489,7 +518,31 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
         probes: out.probes,
         waiting: out.waiting,
         failed: out.failed,
+        stops: out.stops,
+        sessions: out.sessions,
     }
+}
+
+/// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own: deepest level
+/// first, each level at once (its signal, SIGKILL after its grace period or at once after a
+/// second Ctrl-C); their outcomes come back as `Event::StopDone`.
+fn spawn_stop(tx: &UnboundedSender<Input>, id: u64, stops: Vec<crate::engine::PendingStop>) {
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
+            BTreeMap::new();
+        for p in stops {
+            by_level
+                .entry(std::cmp::Reverse(p.level))
+                .or_default()
+                .push(p.request);
+        }
+        let mut outcomes = Vec::new();
+        for (_, requests) in by_level {
+            outcomes.extend(process::stop_groups(&requests));
+        }
+        let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
+    });
 }
 
 /// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there
@@ -957,9 +1010,19 @@ impl SupervisorReporter {
             None => (false, "no result".to_owned()),
         };
         let told = out.reload_error_told && out.reload_error.as_deref() == Some(message.as_str());
+        // Sessions that died before their `Ready!` (settled in this pass, started in another).
+        let more: Vec<String> = out
+            .failed
+            .iter()
+            .map(|(n, why)| format!("{n} failed to start: {why}"))
+            .filter(|line| ok || !message.contains(line.as_str()))
+            .collect();
+        let label = crate::output::paint("error:", 31, self.color);
         if !ok && !told {
-            let label = crate::output::paint("error:", 31, self.color);
             eprintln!("{label} {message}");
+        }
+        if !more.is_empty() {
+            eprintln!("{label} {}", more.join("; "));
         }
     }
 }

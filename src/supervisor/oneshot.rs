@@ -78,6 +78,12 @@ pub fn serve(
                     last = Some(done.result.clone());
                     next = Some(Event::PassDone(done));
                 }
+                // Not asked for (`defer_stops` is the supervisor's); carried out in place.
+                Effect::Stop { id, stops } => {
+                    let requests: Vec<_> = stops.into_iter().map(|p| p.request).collect();
+                    let outcomes = crate::process::stop_groups(&requests);
+                    next = Some(Event::StopDone { id, outcomes });
+                }
                 Effect::Probe(order) => {
                     probes += 1;
                     spawn_probe(&tx, order, cancel.clone(), false);
@@ -105,6 +111,8 @@ pub fn serve(
                 // Other timers (debounce, back-off), notices and the loop's end are the
                 // loop's business: a one-shot run ends with its answer.
                 | Effect::Arm { .. }
+                // Sessions are awaited in a one-shot's pass.
+                | Effect::WatchSessions(_)
                 | Effect::Answer { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow

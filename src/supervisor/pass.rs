@@ -11,10 +11,11 @@ use anyhow::Result;
 use crate::config::Mode;
 use crate::desired::Desired;
 use crate::engine::{
-    ApplyReport, Engine, LaunchSettings, Reporter, exit_reason, liveness, observe,
+    ApplyReport, Engine, LaunchSettings, PendingStop, Reporter, SessionOrder, SessionOutcome,
+    exit_reason, liveness, observe,
 };
-use crate::plan::{Action, Cause, PlanAt, PlanOptions};
-use crate::process::{Liveness, ProcessIdentity};
+use crate::plan::{Action, Cause, Plan, PlanAt, PlanOptions, Step};
+use crate::process::{Liveness, ProcessIdentity, StopOutcome};
 use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
 
@@ -44,6 +45,37 @@ pub enum Work {
         timeout: Option<Duration>,
         forget: bool,
     },
+    /// The stops of an earlier pass ended (the loop watched them): record them, then carry
+    /// out what waited for them (`StopJob::resume`). `services` and `wait` are those of the
+    /// request that caused them, for its answer.
+    Finish {
+        job: StopJob,
+        outcomes: Vec<StopOutcome>,
+        services: Option<Vec<String>>,
+        wait: Option<Duration>,
+    },
+}
+
+/// Stops a pass signalled and left to the loop (`PassSettings::defer_stops`), and what waits
+/// for them.
+#[derive(Debug, Clone, Default)]
+pub struct StopJob {
+    pub stops: Vec<PendingStop>,
+    /// The starts of the plan that caused them (a restart's start, a new process after a
+    /// changed file), carried out once they are recorded.
+    pub resume: Vec<Step>,
+    /// A `stop`: these become `stopped` with this cause once their stop is recorded.
+    pub mark_stopped: Vec<String>,
+    pub why: String,
+    /// The answer to the request, once done.
+    pub message: String,
+}
+
+impl StopJob {
+    /// The services being stopped.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.stops.iter().map(|p| &p.name)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +110,12 @@ pub struct PassSettings {
     pub loop_waits: bool,
     /// What the loop's readiness probes found since (`supervised` only).
     pub probed: Probed,
+    /// The loop watches stops (the supervisor): a pass signals, records `stopping` and
+    /// returns them (`PassOutcome::stops`) instead of waiting out their grace periods. Not
+    /// for `Work::Shutdown` (the loop is ending: its final pass waits).
+    pub defer_stops: bool,
+    /// Services whose stop the loop is watching: no pass plans them until it is recorded.
+    pub stopping: BTreeSet<String>,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -88,6 +126,9 @@ pub struct Probed {
     /// Services whose probe of the process `pid` timed out, and the message
     /// (`dependency db not ready after 60s`); kept as long as that process runs.
     pub not_ready: BTreeMap<String, (i32, String)>,
+    /// `(service, pid)` of sessions the loop watched, and what it found (`Ended` is not
+    /// handed on: the exit is settled as every exit is).
+    pub sessions: Vec<(String, i32, SessionOutcome)>,
 }
 
 /// A readiness probe the loop is to run: on `identity`, until `timeout`.
@@ -137,6 +178,11 @@ pub struct PassOutcome {
     /// and at least one of them did not stop on request: nothing will run again unless the
     /// file or a command says so. The names of those that failed (possibly none).
     pub all_down: Option<Vec<String>>,
+    /// Stops signalled and left to the loop (`PassSettings::defer_stops`): the request is
+    /// answered by the pass that records them (`Work::Finish`).
+    pub stops: Option<StopJob>,
+    /// Sessions `starting` (their `Ready!` is the loop's wait, `supervised` only).
+    pub sessions: Vec<SessionOrder>,
 }
 
 pub fn run_pass(
@@ -178,15 +224,22 @@ fn pass(
     };
     settle_exits(&mut state, settings, reporter, &at, out, &BTreeSet::new());
     record_probed(&mut state, &settings.probed, reporter);
+    record_sessions(&mut state, &settings.probed, reporter, out);
 
-    let desired = match work {
+    let defer = settings.defer_stops && !matches!(work, Work::Shutdown { .. });
+    let mut desired = match work {
         Work::Reconcile { explicit } => {
             load_desired(ctx, settings, &mut state, reporter, out, explicit.is_some())
         }
         _ => recorded(&state),
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
-    let observed = observe(&state);
+    let mut observed = observe(&state);
+    // What the loop is stopping is left alone until its stop is recorded.
+    desired
+        .services
+        .retain(|s| !settings.stopping.contains(&s.name));
+    observed.retain(|n, _| !settings.stopping.contains(n));
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
         crate::project::ensure_known(names, &known, &store.project, "no service named")?;
@@ -228,7 +281,7 @@ fn pass(
                 forget: false,
                 why: Cause::Requested { what: "stop" },
             };
-            return stop(&store, &lock, state, &order, reporter, out);
+            return stop(&store, &lock, state, &order, defer, settings, reporter, out);
         }
         Work::Shutdown { timeout, forget } => {
             let names: BTreeSet<String> = state
@@ -248,8 +301,9 @@ fn pass(
                     Cause::Ending
                 },
             };
-            return stop(&store, &lock, state, &order, reporter, out);
+            return stop(&store, &lock, state, &order, false, settings, reporter, out);
         }
+        Work::Finish { job, outcomes, .. } => resume_plan(&state, settings, job, outcomes),
     };
 
     let starts = plan
@@ -260,6 +314,8 @@ fn pass(
         stop_timeout: None,
         defer_waits: settings.supervised,
         not_ready: settings.probed.not_ready.clone(),
+        defer_stops: defer,
+        defer_sessions: settings.supervised,
     };
     let fresh = state.services.is_empty();
     let mut engine = Engine::new(&store, &lock, state, launch, reporter);
@@ -269,11 +325,28 @@ fn pass(
     tracing::debug!(changes = plan.changes().count(), "pass: planned");
     // edge hook: `--wait-timeout` bounds the whole pass, not only the wait after it.
     let _bound = crate::readiness::WaitBound::set(explicit.as_ref().and_then(|e| e.wait));
+    let mut finished = ApplyReport::default();
+    if let Work::Finish { job, outcomes, .. } = work {
+        finish_job(&mut engine, job, outcomes, &mut finished)?;
+    }
     let mut report = if plan.is_empty() {
         ApplyReport::default()
     } else {
         engine.apply_plan(&plan)?
     };
+    report.survivors.extend(finished.survivors);
+    if !report.deferred.is_empty() {
+        out.stops = Some(StopJob {
+            stops: std::mem::take(&mut report.deferred),
+            resume: plan
+                .changes()
+                .filter(|s| matches!(s.action, Action::Start | Action::Restart))
+                .cloned()
+                .collect(),
+            message: crate::engine::done_summary(&plan),
+            ..Default::default()
+        });
+    }
     // The machine waits for `up --wait` itself (`Effect::AwaitReady`).
     if let Some(wait) = explicit.as_ref().and_then(|e| e.wait)
         && !(settings.supervised || settings.loop_waits)
@@ -322,7 +395,7 @@ fn pass(
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
     describe(&engine.state, out);
-    out.failed.clone_from(&report.failed);
+    out.failed.extend(report.failed.iter().cloned());
     if let Some(err) = report.error() {
         return Err(err.into());
     }
@@ -332,6 +405,9 @@ fn pass(
             message: err.clone(),
         }
         .into());
+    }
+    if let Work::Finish { job, .. } = work {
+        return Ok(job.message.clone());
     }
     Ok(if plan.is_empty() {
         format!("nothing to do ({} running)", out.running.len())
@@ -376,6 +452,7 @@ fn settle_exits(
 ) {
     let now = at.now_ms;
     let mut recorded = BTreeSet::new();
+    let mut told = reported.clone();
     for (name, rec) in state.services.iter_mut() {
         if rec.kind != RecordKind::Service {
             continue;
@@ -385,6 +462,13 @@ fn settle_exits(
             Status::Running | Status::Ready | Status::Starting
         );
         if was_up && rec.process.is_some() && liveness(rec) != Liveness::Alive {
+            // A session that said `Ready!` right before a quick death had started (what
+            // follows is the application's exit).
+            if rec.status == Status::Starting
+                && crate::readiness::ReadyWatch::new(&rec.log_path, rec.log_offset).poll()
+            {
+                rec.status = Status::Running;
+            }
             let exit = rec
                 .process
                 .as_ref()
@@ -408,7 +492,18 @@ fn settle_exits(
             if settings.abort_on_exit && out.abort.is_none() {
                 out.abort = Some(crate::error::abort_on_exit_code(&exit).into());
             }
-            rec.last_reason = Some(exit_reason(rec, &exit).to_string());
+            let why = exit_reason(rec, &exit);
+            // A session that died before its `Ready!` failed to start (said once).
+            if settings.supervised && why.before_ready && !reported.contains(name) {
+                let said = match crate::readiness::session_cause(&rec.log_path, rec.log_offset) {
+                    Some(c) => format!("mirrord exited before Ready!: {c}"),
+                    None => "mirrord exited before Ready!".to_owned(),
+                };
+                reporter.event(name, &format!("failed: {said}"));
+                told.insert(name.clone());
+                out.failed.push((name.clone(), why.to_string()));
+            }
+            rec.last_reason = Some(why.to_string());
             rec.last_exit = Some(exit);
             recorded.insert(name.clone());
         }
@@ -423,7 +518,7 @@ fn settle_exits(
     if let Some(t) = decided.requeue_at_ms {
         out.next_due_ms = Some(out.next_due_ms.map_or(t, |d| d.min(t)));
     }
-    crate::engine::apply_verdicts(state, &decided, reported, reporter);
+    crate::engine::apply_verdicts(state, &decided, &told, reporter);
 }
 
 /// The file's services; if the file does not load, the recorded ones (nothing changes, the
@@ -497,6 +592,69 @@ fn load_desired(
 }
 
 /// The recorded services as a desired state (for `restart|start`, and while the file is bad).
+/// What waited for the stops of `job`: its starts, less those that run already (started by
+/// a pass since), whose stop did not end (survivors), or that the loop stops again.
+fn resume_plan(
+    state: &State,
+    settings: &PassSettings,
+    job: &StopJob,
+    outcomes: &[StopOutcome],
+) -> Plan {
+    let steps = job
+        .resume
+        .iter()
+        .filter(|s| !settings.stopping.contains(&s.service))
+        .filter(|s| {
+            outcomes
+                .iter()
+                .all(|o| o.name != s.service || o.survivors.is_empty())
+        })
+        .filter(|s| {
+            state.services.get(&s.service).is_none_or(|r| {
+                r.status == Status::Stopping
+                    || !(matches!(r.status, Status::Running | Status::Ready | Status::Starting)
+                        && liveness(r) == Liveness::Alive)
+            })
+        })
+        .cloned()
+        .collect();
+    Plan {
+        steps,
+        requeue_at_ms: None,
+    }
+}
+
+/// Records the outcomes of `job`'s stops (`Work::Finish`); a `stop`'s services become
+/// `stopped`.
+fn finish_job(
+    engine: &mut Engine<'_>,
+    job: &StopJob,
+    outcomes: &[StopOutcome],
+    report: &mut ApplyReport,
+) -> Result<(), crate::state::StateError> {
+    let done: Vec<(PendingStop, StopOutcome)> = job
+        .stops
+        .iter()
+        .filter_map(|p| {
+            let o = outcomes.iter().find(|o| o.name == p.name)?;
+            Some((p.clone(), o.clone()))
+        })
+        .collect();
+    engine.finish_stops(&done, report)?;
+    for n in &job.mark_stopped {
+        if let Some(rec) = engine.state.services.get_mut(n)
+            && report.survivors.iter().all(|(s, _)| s != n)
+            && rec.status == Status::Exited
+            && rec.process.is_none()
+        {
+            rec.status = Status::Stopped;
+            rec.backoff_until_ms = None;
+            rec.last_reason = Some(format!("stopped: {}", job.why));
+        }
+    }
+    Ok(())
+}
+
 fn recorded(state: &State) -> Desired {
     let mut services: Vec<_> = state
         .records(RecordKind::Service)
@@ -520,11 +678,14 @@ struct StopOrder<'a> {
     why: Cause,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stop(
     store: &crate::state::StateStore,
     lock: &crate::state::StateLock,
     state: State,
     order: &StopOrder<'_>,
+    defer: bool,
+    settings: &PassSettings,
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
 ) -> Result<String> {
@@ -534,8 +695,12 @@ fn stop(
         forget,
         ref why,
     } = *order;
+    let mut observed = observe(&state);
+    if defer {
+        observed.retain(|n, _| !settings.stopping.contains(n));
+    }
     let plan = crate::plan::plan_stop(
-        &observe(&state),
+        &observed,
         names,
         why,
         forget,
@@ -552,13 +717,34 @@ fn stop(
         .filter(|(_, r)| !matches!(r.status, Status::Exited | Status::Failed | Status::Stopped))
         .map(|(n, _)| n.clone())
         .collect();
-    let mut engine = Engine::new(store, lock, state, LaunchSettings::default(), reporter);
+    let launch = LaunchSettings {
+        defer_stops: defer,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(store, lock, state, launch, reporter);
     let mut report = ApplyReport::default();
     engine.stop_steps(&plan.steps.iter().collect::<Vec<_>>(), &mut report)?;
+    let deferred: BTreeSet<String> = report.deferred.iter().map(|p| p.name.clone()).collect();
+    if !deferred.is_empty() {
+        out.stops = Some(StopJob {
+            stops: std::mem::take(&mut report.deferred),
+            resume: Vec::new(),
+            mark_stopped: names
+                .iter()
+                .filter(|n| deferred.contains(*n) && was_up.contains(*n))
+                .cloned()
+                .collect(),
+            why: why.to_string(),
+            message: format!("{} stopped", names.len()),
+        });
+    }
     for n in names {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)
             && was_up.contains(n)
+            && !deferred.contains(n)
+            // Its stop is the loop's already: the pass that records it says `stopped`.
+            && !(defer && settings.stopping.contains(n))
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
@@ -629,6 +815,21 @@ fn describe(state: &State, out: &mut PassOutcome) {
         .map(|(n, _)| n.clone())
         .collect();
     out.probes = probes_needed(state);
+    // A session that has not said `Ready!` yet: the loop watches it, a request waits for it.
+    for (name, rec) in state.records(RecordKind::Service) {
+        if rec.status == Status::Starting
+            && rec.spec.launcher == crate::spec::LauncherKind::Mirrord
+            && let Some(p) = &rec.process
+            && p.liveness() == Liveness::Alive
+        {
+            out.waiting.insert(name.clone());
+            out.sessions.push(SessionOrder {
+                name: name.clone(),
+                identity: p.clone(),
+                log: (rec.log_path.clone(), rec.log_offset),
+            });
+        }
+    }
     out.all_down = all_down(state).filter(|_| !out.unsettled);
 }
 
@@ -668,6 +869,40 @@ fn probes_needed(state: &State) -> Vec<ProbeOrder> {
         });
     }
     orders
+}
+
+/// Records what the loop's session watches found: a session that said `Ready!` is `running`
+/// (`started (pid 12): new service`); one that did not within `START_TIMEOUT` failed to start
+/// (it keeps running). Only the process watched, still `starting`.
+fn record_sessions(
+    state: &mut State,
+    probed: &Probed,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+) {
+    for (name, pid, outcome) in &probed.sessions {
+        let Some(rec) = state.services.get_mut(name) else {
+            continue;
+        };
+        if rec.status != Status::Starting || rec.process.as_ref().map(|p| p.pid) != Some(*pid) {
+            continue;
+        }
+        match outcome {
+            SessionOutcome::Started => {
+                rec.status = Status::Running;
+                let cause = rec.last_reason.clone().unwrap_or_default();
+                reporter.event(name, &format!("started (pid {pid}): {cause}"));
+            }
+            SessionOutcome::TimedOut => {
+                let why = crate::engine::no_ready_message(name);
+                rec.status = Status::Running;
+                rec.last_reason = Some(why.clone());
+                reporter.event(name, &format!("failed: {why}"));
+                out.failed.push((name.clone(), why));
+            }
+            SessionOutcome::Ended => {}
+        }
+    }
 }
 
 /// Records what the loop's probes found: a process that passed its probe is `ready`, if it is
