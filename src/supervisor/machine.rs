@@ -254,6 +254,8 @@ pub struct Machine {
     queue: VecDeque<(Work, Option<ClientId>)>,
     dirty: bool,
     debounce: Option<Instant>,
+    /// When the file was last completely written (`FileWritten`).
+    last_written: Option<Instant>,
     backoff: Option<Instant>,
     /// The pass in flight: the client that asked, and the services it named.
     in_flight: Option<(Option<ClientId>, Option<Vec<String>>)>,
@@ -292,6 +294,7 @@ impl Machine {
             queue: VecDeque::new(),
             dirty: false,
             debounce: None,
+            last_written: None,
             backoff: None,
             in_flight: None,
             in_flight_wait: None,
@@ -345,8 +348,24 @@ impl Machine {
                 });
             }
             Event::FileWritten => {
-                self.debounce = None;
-                self.dirty = true;
+                // At once, unless it follows another complete write by less than the
+                // debounce: a burst of saves (a script, a checkout) is then coalesced on the
+                // trailing edge, so it is applied at most twice — its first save and its last.
+                if self
+                    .last_written
+                    .is_some_and(|t| now.saturating_duration_since(t) < DEBOUNCE)
+                {
+                    let at = now + DEBOUNCE;
+                    self.debounce = Some(at);
+                    fx.push(Effect::Arm {
+                        timer: Timer::Debounce,
+                        at,
+                    });
+                } else {
+                    self.debounce = None;
+                    self.dirty = true;
+                }
+                self.last_written = Some(now);
             }
             Event::Hangup if self.foreground => self.terminate(129, &mut fx),
             Event::Hangup => self.dirty = true,
@@ -1177,6 +1196,38 @@ mod tests {
         // The debounce armed by the partial write is void now.
         let fx = m.handle(Event::Timer(Timer::Debounce), now + DEBOUNCE);
         assert!(passes(&fx).is_empty(), "{fx:?}");
+    }
+
+    #[test]
+    fn a_burst_of_complete_writes_is_applied_at_once_and_then_once_with_the_last() {
+        let now = t0();
+        let mut m = idle(now);
+        let fx = m.handle(Event::FileWritten, now);
+        let p = passes(&fx);
+        assert!(
+            p.len() == 1 && is_watcher_pass(p[0]),
+            "the first save at once: {fx:?}"
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("applied"))), now + MS);
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        // The rest of the burst, each save a millisecond after the last: debounced.
+        for i in 2..6 {
+            let fx = m.handle(Event::FileWritten, now + i * MS);
+            assert!(passes(&fx).is_empty(), "save {i} waits: {fx:?}");
+        }
+        let fx = m.handle(Event::Timer(Timer::Debounce), now + 2 * MS + DEBOUNCE);
+        assert!(passes(&fx).is_empty(), "the burst is not over: {fx:?}");
+        let fx = m.handle(Event::Timer(Timer::Debounce), now + 5 * MS + DEBOUNCE);
+        let p = passes(&fx);
+        assert!(p.len() == 1 && is_watcher_pass(p[0]), "{fx:?}");
+        // A save after a quiet debounce is applied at once again.
+        let fx = m.handle(
+            Event::PassDone(done(Ok("applied"))),
+            now + 6 * MS + DEBOUNCE,
+        );
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        let fx = m.handle(Event::FileWritten, now + 6 * MS + 3 * DEBOUNCE);
+        assert_eq!(passes(&fx).len(), 1, "{fx:?}");
     }
 
     #[test]
