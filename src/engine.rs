@@ -772,6 +772,10 @@ impl<'a> Engine<'a> {
             let log_path = self.store.log_path(&spec.name);
             crate::logrotate::set_limits(&log_path, spec.logging);
             let offset = crate::logrotate::rotate_at_restart(&log_path, spec.logging);
+            if spec.launcher == LauncherKind::Mirrord {
+                // Its `Ready!` is looked for from here: the rotation keeps it until it is.
+                crate::logrotate::hold(&log_path, offset);
+            }
             let fresh = new_record(spec, log_path);
             let by_policy = step.by_policy();
             let rec = self
@@ -1446,6 +1450,9 @@ pub fn watch_sessions(
             } else {
                 return true;
             };
+            if outcome != SessionOutcome::Started {
+                crate::logrotate::unhold(&order.log.0);
+            }
             each(order, outcome);
             false
         });

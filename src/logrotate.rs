@@ -70,8 +70,33 @@ pub fn read_up_to(path: &Path, offset: u64) {
     }
 }
 
+/// Where a mirrord session's `Ready!` is still being looked for, by log path: set before the
+/// session is spawned, released once the watch is over (`Ready!`, its end, its timeout).
+static HOLDS: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
+
+/// Keeps the rotation from releasing `path` from `offset` on (within `LAG_ALLOWANCE`) until
+/// [`unhold`]: a watch for `Ready!` reads it.
+pub fn hold(path: &Path, offset: u64) {
+    if let Ok(mut map) = HOLDS.lock() {
+        map.insert(path.to_owned(), offset);
+    }
+}
+
+/// Ends a [`hold`].
+pub fn unhold(path: &Path) {
+    if let Ok(mut map) = HOLDS.lock() {
+        map.remove(path);
+    }
+}
+
+/// The lowest offset a reader in this process still needs (the printer, a `Ready!` watch).
 fn reader_at(path: &Path) -> Option<u64> {
-    READ_UP_TO.lock().ok().and_then(|m| m.get(path).copied())
+    let read = READ_UP_TO.lock().ok().and_then(|m| m.get(path).copied());
+    let held = HOLDS.lock().ok().and_then(|m| m.get(path).copied());
+    match (read, held) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Records the limits of the log at `path` (called when its service is started).

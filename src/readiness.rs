@@ -48,7 +48,11 @@ impl ReadyWatch {
         }
     }
 
-    /// Has `Ready!` been written (as a complete line) by now?
+    /// Has `Ready!` been written (as a complete line) by now? Reads what was appended since
+    /// the last call in bounded chunks, each line looked at once (a burst of output before the
+    /// watch starts costs its size, not its size squared); ranges the rotation released are
+    /// skipped. Once it is found, the rotation's hold on the log ([`crate::logrotate::hold`])
+    /// is released.
     pub fn poll(&mut self) -> bool {
         if self.ready {
             return true;
@@ -56,24 +60,44 @@ impl ReadyWatch {
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return false;
         };
+        let len = f.metadata().map_or(0, |m| m.len());
+        if self.offset < len {
+            let data = crate::logrotate::data_start(&f, self.offset, len);
+            if data > self.offset {
+                self.offset = data;
+                self.partial.clear();
+            }
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return false;
         }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return false;
-        }
-        self.offset += buf.len() as u64;
-        self.partial.extend_from_slice(&buf);
-        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            if is_ready_line(&String::from_utf8_lossy(&line)) {
-                self.ready = true;
-                self.partial.clear();
-                return true;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match f.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            self.offset += n as u64;
+            self.partial.extend_from_slice(&chunk[..n]);
+            let mut start = 0;
+            while let Some(i) = self.partial[start..].iter().position(|b| *b == b'\n') {
+                let line = &self.partial[start..start + i + 1];
+                start += i + 1;
+                if is_ready_line(&String::from_utf8_lossy(line)) {
+                    self.ready = true;
+                    self.partial.clear();
+                    crate::logrotate::unhold(&self.path);
+                    return true;
+                }
+            }
+            self.partial.drain(..start);
+            // A line without an end longer than any `Ready!` line: keep only its tail.
+            if self.partial.len() > 64 * 1024 {
+                let cut = self.partial.len() - 4096;
+                self.partial.drain(..cut);
             }
         }
-        false
     }
 }
 
@@ -452,6 +476,44 @@ mod tests {
         f.write_all(b"\n").unwrap();
         assert!(w.poll());
         assert!(w.poll());
+    }
+
+    #[test]
+    fn a_watch_skips_released_ranges_and_finds_ready_after_a_burst_and_a_long_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        // What the rotation released reads as zeroes; then a burst of lines, a line far longer
+        // than a read, and `Ready!` split across two reads.
+        let mut bytes = vec![0u8; 100_000];
+        for n in 0..20_000 {
+            bytes.extend_from_slice(format!("line {n}\n").as_bytes());
+        }
+        bytes.extend(std::iter::repeat_n(b'x', 200_000));
+        bytes.push(b'\n');
+        let at = 64 * 1024 * ((bytes.len() / (64 * 1024)) + 1) - 3;
+        bytes.resize(at, b'y');
+        bytes.extend_from_slice(b"\nReady!\n");
+        std::fs::write(&log, &bytes).unwrap();
+        let mut w = ReadyWatch::new(&log, 10);
+        assert!(w.poll());
+        assert!(w.partial.is_empty());
+    }
+
+    #[test]
+    fn a_held_log_is_not_released_past_the_hold_and_is_after_unhold() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        let line = "0123456789012345678901234567890\n";
+        // Three times the limit: within the lag a reader here is allowed.
+        std::fs::write(&log, line.repeat(1536)).unwrap();
+        let limits = crate::logrotate::Limits {
+            max_size: crate::logrotate::MIN_MAX_SIZE,
+            ..Default::default()
+        };
+        crate::logrotate::hold(&log, 0);
+        assert!(crate::logrotate::trim(&log, limits).unwrap().is_none());
+        crate::logrotate::unhold(&log);
+        assert!(crate::logrotate::trim(&log, limits).unwrap().is_some());
     }
 
     #[test]
