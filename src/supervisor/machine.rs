@@ -333,6 +333,12 @@ impl Machine {
             .collect()
     }
 
+    /// Whether the debounce timer firing at `now` is the one armed last (not one a complete
+    /// write or a later change made stale): its pass applies a change of the file.
+    pub fn debounce_due(&self, now: Instant) -> bool {
+        self.debounce.is_some_and(|at| at <= now)
+    }
+
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.ended {

@@ -448,7 +448,10 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             _ = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
                 let (timer, _) = next_timer.expect("guarded");
                 shell.timers.remove(&timer);
-                reload_pending |= matches!(timer, Timer::Debounce); // hook (session)
+                // Hook (session): a debounce made stale (by a complete write applied at once)
+                // applies nothing: the next pass, for whatever reason, is no reload.
+                reload_pending |=
+                    matches!(timer, Timer::Debounce) && machine.debounce_due(Instant::now());
                 Event::Timer(timer)
             }
             done = async { shell.pass.as_mut().expect("guarded").await }, if shell.pass.is_some() => {
