@@ -964,6 +964,8 @@ impl Machine {
                     Work::Shutdown {
                         timeout: None,
                         forget: false,
+                        only: None,
+                        sweep: false,
                     },
                     None,
                 )))
@@ -1431,6 +1433,8 @@ mod tests {
         let down = Work::Shutdown {
             timeout: None,
             forget: true,
+            only: None,
+            sweep: false,
         };
         let fx = m.handle(
             Event::Request {
