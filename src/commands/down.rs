@@ -6,6 +6,11 @@
 //! spawn nonce, and afterwards every process still carrying the project's markers (an intproxy
 //! that left its group, a daemonised child, anything a corrupt or lost state forgot) is
 //! stopped too. A corrupt state file is kept aside and reported; `down` still stops all of it.
+//!
+//! This command stops the supervisor (the front-end's part); the rest is one request served
+//! in this process like every other (`request::submit` → the one-shot runner → the pass
+//! `Work::Shutdown { sweep: true }`, whose steps are in `supervisor::shutdown`); `ci stop`
+//! is the same request for some or all records (`Request::CiStop`).
 
 use std::process::ExitCode;
 use std::time::Duration;
