@@ -41,6 +41,13 @@ pub enum Request {
     Start {
         names: Vec<String>,
     },
+    /// `ci stop [NAME…]`: stop these records (services or CI sessions; empty: all), forget
+    /// them and stop what still carries their markers. Always served in this process (CI
+    /// sessions are no supervisor's), never sent.
+    CiStop {
+        names: Vec<String>,
+        timeout: Option<Duration>,
+    },
 }
 
 /// The options of an `up`.
@@ -77,9 +84,19 @@ impl Request {
                     profiles: Some(up.profiles),
                 }),
             },
+            // Served in this process (no supervisor runs, or it has ended): the sweep of
+            // everything the project's markers still find is part of it.
             Request::Down { timeout } => Work::Shutdown {
                 timeout,
                 forget: true,
+                only: None,
+                sweep: true,
+            },
+            Request::CiStop { names, timeout } => Work::Shutdown {
+                timeout,
+                forget: true,
+                only: (!names.is_empty()).then_some(names),
+                sweep: true,
             },
             Request::Restart { names, timeout } => Work::Restart { names, timeout },
             Request::Stop { names, timeout } => Work::Stop { names, timeout },
@@ -112,6 +129,11 @@ impl Request {
                 timeout_s: secs(timeout),
             },
             Request::Start { names } => control::Request::Start { services: names },
+            // Never sent (see the variant); the nearest wire form, which forgets nothing.
+            Request::CiStop { names, timeout } => control::Request::Stop {
+                services: names,
+                timeout_s: secs(timeout),
+            },
         }
     }
 
@@ -146,5 +168,53 @@ pub fn submit(
             req.work(),
             reporter,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `down` and `ci stop` served in this process are the shutdown work with its marker
+    /// sweep; sent to a supervisor, `down` is its plain shutdown (the CLI sweeps after it).
+    #[test]
+    fn down_and_ci_stop_are_sweeping_shutdowns() {
+        let t = Some(Duration::from_secs(3));
+        let sweeping = |w: Work| match w {
+            Work::Shutdown {
+                timeout,
+                forget: true,
+                only,
+                sweep: true,
+            } if timeout == t => Some(only),
+            _ => None,
+        };
+        assert_eq!(sweeping(Request::Down { timeout: t }.work()), Some(None));
+        assert_eq!(
+            sweeping(
+                Request::CiStop {
+                    names: vec![],
+                    timeout: t
+                }
+                .work()
+            ),
+            Some(None)
+        );
+        assert_eq!(
+            sweeping(
+                Request::CiStop {
+                    names: vec!["s".into()],
+                    timeout: t
+                }
+                .work()
+            ),
+            Some(Some(vec!["s".to_owned()]))
+        );
+        assert_eq!(
+            Request::Down { timeout: t }.control(),
+            control::Request::Shutdown {
+                timeout_s: Some(3.0)
+            }
+        );
     }
 }

@@ -60,3 +60,61 @@ fn the_check_sees_an_import() {
         ["use crate::commands::Context;"]
     );
 }
+
+/// The lines of `text` (comments aside) that apply on their own: an engine, a stop or a
+/// marker sweep outside the one request path (`request::submit`, ARCHITECTURE.md "One
+/// request type").
+fn own_applies(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//"))
+        .filter(|l| {
+            [
+                "Engine::new",
+                "stop_services",
+                "stop_steps",
+                "sweep::",
+                "apply_plan",
+            ]
+            .iter()
+            .any(|p| l.contains(p))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `down`, `ci stop`, `restart|stop|start`, `up` go through `request::submit`: no command
+/// builds an engine, stops or sweeps itself. The one exception: `up --dry-run` plans on an
+/// engine (it applies nothing).
+#[test]
+fn front_ends_apply_only_through_the_request_path() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/commands"), &mut files);
+    files.sort();
+    let mut offenders = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let mut uses = own_applies(&text);
+        if file.ends_with("up.rs") {
+            // `dry_run` only: its engine recovers and plans, it applies nothing.
+            uses.retain(|l| !l.contains("Engine::new(&store, &lock, state, settings"));
+        }
+        if !uses.is_empty() {
+            offenders.push(format!("{}: {}", file.display(), uses.join(" | ")));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "these commands apply on their own (build a `request::Request` and `submit` it):\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_apply_check_sees_an_engine() {
+    assert_eq!(
+        own_applies("let e = Engine::new(&s);\n// engine.stop_services in a comment\n"),
+        ["let e = Engine::new(&s);"]
+    );
+}

@@ -391,6 +391,36 @@ fn while_a_service_is_in_a_slow_stop_up_stop_and_ps_are_served_at_once() {
     assert_eq!(status(&p, "slow"), "running", "{:?}", p.ps_map());
 }
 
+/// The supervisor's grace period is a timer of its loop (`Timer::Grace`): the SIGKILL comes
+/// when the grace period ends, not at the stop thread's own backstop (2 s later).
+#[test]
+fn a_supervised_stop_is_killed_when_its_grace_period_ends() {
+    let p = Project::new("gracetimer");
+    p.write_yaml(&yaml(&[service(
+        "slow",
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo armed; while :; do sleep 1; done",
+        ],
+        &["stop_timeout: 1"],
+    )]));
+    p.ok(&["up", "--detach", "slow"]);
+    let old = pid(&p, "slow").expect("slow runs");
+    wait_until("slow has set its trap", WAIT, || {
+        p.ok(&["logs", "slow"]).stdout.contains("armed")
+    });
+    let begun = Instant::now();
+    let out = p.ok(&["stop", "slow"]);
+    let took = begun.elapsed();
+    assert!(group_empty(old), "{out}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2800),
+        "stop took {took:?}: not killed at the end of its 1 s grace period ({out})"
+    );
+    assert_eq!(status(&p, "slow"), "stopped");
+}
+
 #[test]
 fn while_a_session_waits_for_its_ready_stop_and_up_of_others_are_served_at_once() {
     let p = Project::new("slowready");

@@ -25,8 +25,6 @@ pub fn run(ctx: &Context, command: CiCommand) -> Result<ExitCode> {
             ctx,
             (!names.is_empty()).then_some(names.as_slice()),
             Some(timeout.map_or(crate::spec::DEFAULT_STOP_TIMEOUT, Duration::from_secs_f64)),
-            false,
-            false,
         ),
         CiCommand::Ps { format } => super::ps::run(
             ctx,

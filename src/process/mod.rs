@@ -280,6 +280,16 @@ pub fn stop_groups_with(
     requests: &[StopRequest],
     progress: &mut dyn FnMut(&StopOutcome),
 ) -> Vec<StopOutcome> {
+    stop_groups_killable(requests, progress, &|| false)
+}
+
+/// As `stop_groups_with`; `kill()` true escalates every request still in progress to SIGKILL
+/// now (the supervisor's per-stop kill switch: its machine's grace timer fired).
+pub fn stop_groups_killable(
+    requests: &[StopRequest],
+    progress: &mut dyn FnMut(&StopOutcome),
+    kill: &dyn Fn() -> bool,
+) -> Vec<StopOutcome> {
     let start = Instant::now();
     let mut table: Option<ProcessTable> = None;
     let mut outcomes: Vec<StopOutcome> = requests
@@ -353,7 +363,7 @@ pub fn stop_groups_with(
                 }
                 return false;
             }
-            if !*killed && (elapsed >= r.timeout || KILL_NOW.load(Ordering::SeqCst)) {
+            if !*killed && (elapsed >= r.timeout || KILL_NOW.load(Ordering::SeqCst) || kill()) {
                 signal_group_fast(&r.identity, Signal::SIGKILL, &mut table);
                 *killed = true;
             } else if *killed && elapsed >= r.timeout + KILL_WAIT {
@@ -381,7 +391,7 @@ pub fn stop_groups_with(
                     o.survivors.push(pid);
                     return false;
                 }
-                if waited >= t.timeout || KILL_NOW.load(Ordering::SeqCst) {
+                if waited >= t.timeout || KILL_NOW.load(Ordering::SeqCst) || kill() {
                     o.killed |= sweep::send(&t.proc, Signal::SIGKILL);
                 }
                 true

@@ -60,6 +60,9 @@ pub enum Timer {
     Backoff,
     /// The `--wait-timeout` of this client's `up --wait`.
     Wait(ClientId),
+    /// The grace period of level `.1` (0: the first signalled) of the stops of
+    /// [`Effect::Stop`] `.0`: when due, [`Effect::KillStop`].
+    Grace(u64, usize),
 }
 
 /// What a readiness probe found.
@@ -152,6 +155,13 @@ pub enum Event {
     },
     /// The stops of [`Effect::Stop`] `id` ended: every group is empty (or survivors named).
     StopDone { id: u64, outcomes: Vec<StopOutcome> },
+    /// Level `level` of the stops of [`Effect::Stop`] `id` was signalled; the longest grace
+    /// period among them is `grace` ([`Timer::Grace`]).
+    StopSignalled {
+        id: u64,
+        level: usize,
+        grace: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -166,9 +176,13 @@ pub enum Effect {
         /// Services whose stop is in flight: the pass leaves them alone.
         stopping: BTreeSet<String>,
     },
-    /// Stop these groups, deepest level first, each level at once: its signal, SIGKILL after
-    /// its grace period (at once after [`Effect::KillNow`]); then [`Event::StopDone`].
+    /// Stop these groups, deepest level first, each level at once: its signal
+    /// ([`Event::StopSignalled`]), SIGKILL on [`Effect::KillStop`] (its grace timer) or at once
+    /// after [`Effect::KillNow`]; then [`Event::StopDone`].
     Stop { id: u64, stops: Vec<PendingStop> },
+    /// The grace period of level `level` of the stops of [`Effect::Stop`] `id` is over:
+    /// SIGKILL what is left of that level (its kill switch).
+    KillStop { id: u64, level: usize },
     /// Watch starting sessions until each one's `Ready!`, end or `START_TIMEOUT`; an
     /// [`Event::SessionWatched`] for each.
     WatchSessions(Vec<SessionOrder>),
@@ -392,6 +406,14 @@ impl Machine {
                         self.wait_timed_out(client, &mut fx);
                         return fx;
                     }
+                    // A stop's grace period is over: kill what is left of that level (a flight
+                    // that has ended is not killed).
+                    Timer::Grace(id, level) => {
+                        if self.flights.contains_key(&id) {
+                            fx.push(Effect::KillStop { id, level });
+                        }
+                        return fx;
+                    }
                 };
                 // A timer re-armed since is not due yet.
                 if slot.is_some_and(|at| at <= now) {
@@ -422,6 +444,15 @@ impl Machine {
             }
             Event::PassDone(done) => self.pass_done(done, now, &mut fx),
             Event::StopDone { id, outcomes } => self.stop_done(id, outcomes, &mut fx),
+            Event::StopSignalled { id, level, grace } => {
+                if self.flights.contains_key(&id) {
+                    fx.push(Effect::Arm {
+                        timer: Timer::Grace(id, level),
+                        at: now + grace,
+                    });
+                }
+                return fx;
+            }
             Event::SessionWatched {
                 service,
                 pid,
@@ -989,6 +1020,8 @@ impl Machine {
                     Work::Shutdown {
                         timeout: None,
                         forget: false,
+                        only: None,
+                        sweep: false,
                     },
                     None,
                 )))
@@ -1488,6 +1521,8 @@ mod tests {
         let down = Work::Shutdown {
             timeout: None,
             forget: true,
+            only: None,
+            sweep: false,
         };
         let fx = m.handle(
             Event::Request {
@@ -1643,6 +1678,101 @@ mod tests {
         );
         assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
         assert!(!m.busy());
+    }
+
+    /// A stop's SIGKILL is a timer of the loop: each level signalled arms its grace timer,
+    /// which escalates that level of that stop only; a timer of a stop already over kills
+    /// nothing; a second Ctrl-C kills at once, without waiting for any timer.
+    #[test]
+    fn a_stops_grace_timer_escalates_and_a_second_ctrl_c_kills_at_once() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: Work::Stop {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            now,
+        );
+        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + MS);
+        let id = stop_of(&fx).expect("the stop is watched");
+        // The shell signalled db's level: its grace period (10 s) is the loop's timer.
+        let grace = Duration::from_secs(10);
+        let fx = m.handle(
+            Event::StopSignalled {
+                id,
+                level: 0,
+                grace,
+            },
+            now + 2 * MS,
+        );
+        assert!(
+            matches!(fx[..], [Effect::Arm { timer: Timer::Grace(i, 0), at }]
+                if i == id && at == now + 2 * MS + grace),
+            "{fx:?}"
+        );
+        // Due: db's stop (that level, that flight) is escalated to SIGKILL, nothing else.
+        let fx = m.handle(Event::Timer(Timer::Grace(id, 0)), now + 2 * MS + grace);
+        assert!(
+            matches!(fx[..], [Effect::KillStop { id: i, level: 0 }] if i == id),
+            "{fx:?}"
+        );
+        let fx = m.handle(
+            Event::StopDone {
+                id,
+                outcomes: db_stopped(),
+            },
+            now + grace + 3 * MS,
+        );
+        assert!(matches!(passes(&fx)[..], [Work::Finish { .. }]), "{fx:?}");
+        m.handle(Event::PassDone(done(Ok("1 stopped"))), now + grace + 4 * MS);
+        // A late timer of a stop that is over, or a signal report of it, does nothing.
+        let later = now + grace + 5 * MS;
+        assert!(
+            m.handle(Event::Timer(Timer::Grace(id, 0)), later)
+                .is_empty()
+        );
+        let fx = m.handle(
+            Event::StopSignalled {
+                id,
+                level: 1,
+                grace,
+            },
+            later,
+        );
+        assert!(fx.is_empty(), "{fx:?}");
+
+        // Another stop, then Ctrl-C twice: the second kills at once, long before its timer.
+        m.handle(
+            Event::Request {
+                client: Some(3),
+                work: Work::Stop {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            later,
+        );
+        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), later + MS);
+        let id = stop_of(&fx).expect("watched");
+        m.handle(
+            Event::StopSignalled {
+                id,
+                level: 0,
+                grace,
+            },
+            later + 2 * MS,
+        );
+        let fx = m.handle(Event::Interrupt, later + 3 * MS);
+        assert!(
+            !fx.iter()
+                .any(|e| matches!(e, Effect::KillNow | Effect::KillStop { .. }))
+        );
+        let fx = m.handle(Event::Interrupt, later + 4 * MS);
+        assert!(matches!(fx[..], [Effect::KillNow]), "{fx:?}");
     }
 
     #[test]

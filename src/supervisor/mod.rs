@@ -25,13 +25,14 @@ pub mod control;
 pub mod machine;
 pub mod oneshot;
 pub mod pass;
+pub mod shutdown;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -186,6 +187,9 @@ struct Shell<'a> {
     deferred: Vec<(ClientId, bool, String)>,
     /// Set when the loop ends: probe threads give up.
     cancel: Arc<AtomicBool>,
+    /// The kill switch of each stop in flight ([`Effect::KillStop`]): its thread kills the
+    /// levels below the value.
+    kill_switches: BTreeMap<u64, Arc<AtomicUsize>>,
     exit: Option<u8>,
 }
 
@@ -210,7 +214,16 @@ impl Shell<'_> {
                     self.settings.stopping = stopping;
                     self.run_pass(work, client, listeners, probed)
                 }
-                Effect::Stop { id, stops } => spawn_stop(&self.tx, id, stops),
+                Effect::Stop { id, stops } => {
+                    let switch = Arc::new(AtomicUsize::new(0));
+                    self.kill_switches.insert(id, switch.clone());
+                    spawn_stop(&self.tx, id, stops, switch);
+                }
+                Effect::KillStop { id, level } => {
+                    if let Some(switch) = self.kill_switches.get(&id) {
+                        switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+                    }
+                }
                 // One thread per pass's sessions (a cold `up -d` of many is one watch).
                 Effect::WatchSessions(orders) => {
                     let tx = self.tx.clone();
@@ -401,6 +414,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         clients: BTreeMap::new(),
         next_client: 0,
         timers: BTreeMap::new(),
+        kill_switches: BTreeMap::new(),
         pass: None,
         deferred: Vec::new(),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -430,6 +444,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     // Hook (session): a SIGHUP re-apply is a reload `events` reports.
                     reload_pending |= matches!(e, Event::Hangup) && !opts.foreground;
                     reload_pending |= matches!(e, Event::FileWritten); // perf5: applied at once
+                    if let Event::StopDone { id, .. } = &e {
+                        shell.kill_switches.remove(id);
+                    }
                     e
                 }
                 Input::ChildExited => {
@@ -529,7 +546,12 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
 /// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own: deepest level
 /// first, each level at once (its signal, SIGKILL after its grace period or at once after a
 /// second Ctrl-C); their outcomes come back as `Event::StopDone`.
-fn spawn_stop(tx: &UnboundedSender<Input>, id: u64, stops: Vec<crate::engine::PendingStop>) {
+fn spawn_stop(
+    tx: &UnboundedSender<Input>,
+    id: u64,
+    stops: Vec<crate::engine::PendingStop>,
+    switch: Arc<AtomicUsize>,
+) {
     let tx = tx.clone();
     std::thread::spawn(move || {
         let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
@@ -541,12 +563,24 @@ fn spawn_stop(tx: &UnboundedSender<Input>, id: u64, stops: Vec<crate::engine::Pe
                 .push(p.request);
         }
         let mut outcomes = Vec::new();
-        for (_, requests) in by_level {
-            outcomes.extend(process::stop_groups(&requests));
+        for (level, (_, mut requests)) in by_level.into_iter().enumerate() {
+            let grace = requests.iter().map(|r| r.timeout).max().unwrap_or_default();
+            let _ = tx.send(Input::Event(Event::StopSignalled { id, level, grace }));
+            // The machine's grace timer kills (the switch); the thread's own deadline is a
+            // backstop, should the loop not answer.
+            for r in &mut requests {
+                r.timeout = r.timeout.saturating_add(GRACE_BACKSTOP);
+            }
+            let kill = || switch.load(Ordering::SeqCst) > level;
+            outcomes.extend(process::stop_groups_killable(&requests, &mut |_| {}, &kill));
         }
         let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
     });
 }
+
+/// How long after its grace period a stop's thread kills by itself when the loop's grace
+/// timer ([`Timer::Grace`]) has not fired.
+const GRACE_BACKSTOP: Duration = Duration::from_secs(2);
 
 /// Hook (session, issue 13): session connected/lost go to the journal (`logs`, and from there
 /// to `events`); incoming requests and `reload applied` only to `events`.
@@ -810,6 +844,8 @@ fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
         Request::Shutdown { timeout_s } => Work::Shutdown {
             timeout: secs(timeout_s),
             forget: true,
+            only: None,
+            sweep: false,
         },
         Request::Events { .. } => return Err("`events` is not a pass".to_owned()),
     })
@@ -1145,11 +1181,14 @@ mod tests {
         for req in asked {
             let over_the_socket = work_of(req.control(), std::slice::from_ref(&file))
                 .unwrap_or_else(|e| panic!("{req:?}: {e}"));
-            assert_eq!(
-                format!("{over_the_socket:?}"),
-                format!("{:?}", req.work()),
-                "{req:?}"
-            );
+            // Served in process, `down` also sweeps the markers (after a supervisor's `down`
+            // the CLI sweeps itself: `commands::down`); the work is otherwise the same.
+            let in_process = format!("{:?}", req.work());
+            let in_process = match req {
+                Asked::Down { .. } => in_process.replace("sweep: true", "sweep: false"),
+                _ => in_process,
+            };
+            assert_eq!(format!("{over_the_socket:?}"), in_process, "{req:?}");
         }
     }
 }

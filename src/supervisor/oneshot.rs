@@ -116,6 +116,8 @@ pub fn serve(
                 | Effect::Answer { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow
+                // A stop carried out in place escalates by its own grace period.
+                | Effect::KillStop { .. }
                 | Effect::Say(_)
                 | Effect::Notice(_)
                 | Effect::Exit(_) => {}

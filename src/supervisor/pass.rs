@@ -19,6 +19,8 @@ use crate::process::{Liveness, ProcessIdentity, StopOutcome};
 use crate::project::Project;
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
 
+use super::shutdown::{Sweep, load_or_set_aside, refuse_records, sweep_markers};
+
 /// What a pass is asked to do. Every kind also settles exits first.
 #[derive(Debug, Clone)]
 pub enum Work {
@@ -44,6 +46,13 @@ pub enum Work {
     Shutdown {
         timeout: Option<Duration>,
         forget: bool,
+        /// Only these records (services or CI sessions; `ci stop NAME…`). `None`: all.
+        only: Option<Vec<String>>,
+        /// A one-shot `down` / `ci stop` (no supervisor, or after it ended): also CI sessions,
+        /// a corrupt state kept aside instead of failing, records that must not be signalled
+        /// refused (their nonce still finds their processes), and afterwards every process
+        /// still carrying the project's markers is stopped ([`sweep_markers`]).
+        sweep: bool,
     },
     /// The stops of an earlier pass ended (the loop watched them): record them, then carry
     /// out what waited for them (`StopJob::resume`). `services` and `wait` are those of the
@@ -206,7 +215,21 @@ fn pass(
 ) -> Result<String> {
     let store = ctx.store()?;
     let lock = store.lock(ctx.lock_timeout())?;
-    let state = store.load(&lock)?;
+    let sweep = match work {
+        Work::Shutdown {
+            sweep: true, only, ..
+        } => Some(only.as_deref()),
+        _ => None,
+    };
+    let (state, loaded, refused) = match sweep {
+        Some(only) => {
+            let (mut state, corrupt) = load_or_set_aside(&store, &lock)?;
+            let loaded = state.clone();
+            let refused = refuse_records(&mut state, only, corrupt, &store.project, reporter)?;
+            (state, Some(loaded), refused)
+        }
+        None => (store.load(&lock)?, None, Vec::new()),
+    };
     // Finish what a crashed run left (adopt by spawn nonce) before anything is planned.
     let no_launch = LaunchSettings::default();
     let mut state = {
@@ -283,7 +306,23 @@ fn pass(
             };
             return stop(&store, &lock, state, &order, defer, settings, reporter, out);
         }
-        Work::Shutdown { timeout, forget } => {
+        Work::Shutdown {
+            timeout,
+            only,
+            sweep: true,
+            ..
+        } => {
+            let order = Sweep {
+                only: only.as_deref(),
+                timeout: *timeout,
+                refused,
+                loaded: loaded.unwrap_or_else(|| before.clone()),
+            };
+            return sweep_markers(&store, &lock, state, order, reporter);
+        }
+        Work::Shutdown {
+            timeout, forget, ..
+        } => {
             let names: BTreeSet<String> = state
                 .records(RecordKind::Service)
                 .map(|(n, _)| n.clone())
