@@ -189,7 +189,7 @@ fn spec_of(
     ServiceSpec {
         name: name.to_owned(),
         launcher,
-        mirrord_config,
+        mirrord_config: mirrord_config.into(),
         run_type: svc.run.kind,
         command: svc.run.command.clone(),
         working_dir,

@@ -118,7 +118,6 @@ pub fn observe_with(state: &State, processes: &dyn ProcessTable) -> Observed {
                 name.clone(),
                 ObservedService {
                     hash: rec.config_hash.clone(),
-                    spec: rec.spec.canonical(),
                     state: st,
                     level: rec.spec.level,
                     recorded: Arc::new(rec.spec.clone()),

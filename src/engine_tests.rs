@@ -149,7 +149,7 @@ fn spec(dir: &Path, name: &str, level: usize, deps: &[&str]) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         launcher: LauncherKind::Local,
-        mirrord_config: json!({"feature": {"env": {"override": {"FOO": "1"}}}}),
+        mirrord_config: json!({"feature": {"env": {"override": {"FOO": "1"}}}}).into(),
         run_type: RunType::Exec,
         command: vec!["sleep".into(), "100".into()],
         working_dir: dir.to_owned(),
@@ -316,7 +316,7 @@ fn a_stop_uses_the_plans_signal_and_grace_and_records_the_sigkill_it_took() {
     // A change: the running process stops as it was started (SIGINT, 3 s), then the new one
     // starts.
     let mut new = spec(&dir, "api", 0, &[]);
-    new.mirrord_config = json!({"feature": {"env": {"override": {"FOO": "2"}}}});
+    new.mirrord_config = json!({"feature": {"env": {"override": {"FOO": "2"}}}}).into();
     let observed = observe_with(&engine.state, &world);
     assert_eq!(observed["api"].state, ObservedState::Running);
     let plan = crate::plan::plan(&desired(vec![new]), &observed, PlanOptions::default());

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::config::{Condition, RestartPolicy};
 use crate::desired::Desired;
@@ -24,8 +23,6 @@ use crate::state::Status;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedService {
     pub hash: ConfigHash,
-    /// The canonical spec it was started with (for field-level causes).
-    pub spec: Value,
     pub state: ObservedState,
     pub level: usize,
     /// The spec it was started with: how its process is stopped (signal, grace period).
@@ -516,7 +513,7 @@ pub fn plan_at(desired: &Desired, observed: &Observed, opts: PlanOptions, at: &P
             Some(o) => {
                 let new_hash = spec.hash();
                 let changed = || Cause::ConfigChanged {
-                    fields: changed_fields(&o.spec, &spec.canonical()),
+                    fields: changed_fields(&o.recorded.canonical(), &spec.canonical()),
                 };
                 if let ObservedState::Exited { exit, .. } = &o.state {
                     let v = decide_exit(exit, at);
@@ -729,7 +726,7 @@ mod tests {
         ServiceSpec {
             name: name.into(),
             launcher: LauncherKind::Local,
-            mirrord_config: json!({"feature": {"env": {"override": {"FOO": env}}}}),
+            mirrord_config: json!({"feature": {"env": {"override": {"FOO": env}}}}).into(),
             run_type: RunType::Exec,
             command: vec!["sleep".into(), "100".into()],
             working_dir: "/w".into(),
@@ -748,7 +745,6 @@ mod tests {
     fn running(s: &ServiceSpec) -> ObservedService {
         ObservedService {
             hash: s.hash(),
-            spec: s.canonical(),
             state: ObservedState::Running,
             level: s.level,
             recorded: Arc::new(s.clone()),

@@ -39,7 +39,10 @@ pub struct ConfigHash(pub String);
 impl ConfigHash {
     pub fn of(canonical: &Value) -> ConfigHash {
         // serde_json maps are sorted (no `preserve_order`), so this text is canonical.
-        let text = serde_json::to_string(canonical).expect("JSON values serialize");
+        ConfigHash::of_text(&serde_json::to_string(canonical).expect("JSON values serialize"))
+    }
+
+    fn of_text(text: &str) -> ConfigHash {
         let digest = Sha256::digest(text.as_bytes());
         ConfigHash(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
@@ -60,7 +63,10 @@ impl fmt::Display for ConfigHash {
 pub struct ServiceSpec {
     pub name: String,
     pub launcher: LauncherKind,
-    pub mirrord_config: Value,
+    /// Shared, not copied: a record, the pass's `before` and the plan's steps all clone specs,
+    /// and this tree is most of a spec's size.
+    #[serde(with = "shared_value")]
+    pub mirrord_config: std::sync::Arc<Value>,
     pub run_type: RunType,
     pub command: Vec<String>,
     pub working_dir: PathBuf,
@@ -82,6 +88,21 @@ pub struct ServiceSpec {
     pub watch: Option<crate::watch::WatchSpec>,
 }
 
+/// (De)serializes an `Arc<Value>` as the value itself.
+mod shared_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(v: &Arc<Value>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Value>, D::Error> {
+        Value::deserialize(d).map(Arc::new)
+    }
+}
+
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ServiceSpec {
@@ -90,7 +111,7 @@ impl ServiceSpec {
     pub fn canonical(&self) -> Value {
         let mut v = json!({
             "launcher": self.launcher.as_str(),
-            "mirrord": self.mirrord_config,
+            "mirrord": &*self.mirrord_config,
             "run": { "type": self.run_type.as_str(), "command": self.command },
             "working_dir": self.working_dir,
         });
@@ -101,8 +122,37 @@ impl ServiceSpec {
         v
     }
 
+    /// The hash of [`Self::canonical`], written out without building that tree (no copy of
+    /// the mirrord config): the same text, since these fields are in the sorted order a
+    /// `Value` map has.
     pub fn hash(&self) -> ConfigHash {
-        ConfigHash::of(&self.canonical())
+        #[derive(Serialize)]
+        struct Run<'a> {
+            command: &'a [String],
+            #[serde(rename = "type")]
+            kind: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            launcher: &'a str,
+            mirrord: &'a Value,
+            run: Run<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            runner: Option<Value>,
+            working_dir: &'a std::path::Path,
+        }
+        let text = serde_json::to_string(&Canonical {
+            launcher: self.launcher.as_str(),
+            mirrord: &self.mirrord_config,
+            run: Run {
+                command: &self.command,
+                kind: self.run_type.as_str(),
+            },
+            runner: crate::watch::runner_canonical(self),
+            working_dir: &self.working_dir,
+        })
+        .expect("specs serialize");
+        ConfigHash::of_text(&text)
     }
 
     /// Environment overrides the `local` launcher applies (`feature.env.override`).
@@ -181,6 +231,50 @@ mod tests {
                 "ignore_ports",
                 "run.command"
             ]
+        );
+    }
+
+    /// `hash` writes the canonical text itself: it must be the text of `canonical()` (the
+    /// hashes recorded in state files stay valid), with and without the watch runner.
+    #[test]
+    fn hash_is_the_hash_of_the_canonical_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = r#"
+services:
+  a:
+    target: {path: deployment/a, namespace: ns}
+    env: {override: {FOO: "1", BAR: "x y"}}
+    run: {command: ["./a", "--flag", "é"]}
+  b:
+    run: {command: ["sleep", "5"]}
+    working_dir: sub
+    stop_signal: SIGINT
+    watch: {paths: ["src/**"], action: restart}
+  c:
+    run: {type: container, command: ["docker", "run", "x"]}
+    watch: {paths: ["src/**"], action: restart-session}
+"#;
+        let file = dir.path().join("mirrord-up.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let doc = crate::config::UpDocument::load(&file, Some("alice")).unwrap();
+        let opts = crate::desired::ResolveOptions {
+            selection: &[],
+            mode: None,
+            context: None,
+            launcher: LauncherKind::Local,
+            inference: None,
+        };
+        let desired = crate::desired::resolve(&doc, opts).unwrap();
+        assert_eq!(desired.services.len(), 3);
+        for s in &desired.services {
+            assert_eq!(s.hash(), ConfigHash::of(&s.canonical()), "{}", s.name);
+        }
+        assert!(
+            desired
+                .services
+                .iter()
+                .any(|s| s.canonical().get("runner").is_some()),
+            "one service runs under the watch runner"
         );
     }
 

@@ -120,6 +120,13 @@ fn ps_shows_the_connected_session_and_counts_requests_to_the_stolen_port() {
     wait_until("api's session is connected", WAIT, || {
         session_of(&s, "api")["session"] == "connected"
     });
+    // A no-op `up -d` to the running supervisor says it too (from the state it read before
+    // asking: `nothing to do` changed nothing).
+    let again = s.up();
+    assert!(
+        again.contains("to reach api: requests with `baggage: mirrord-session=tester`"),
+        "a no-op up -d did not say how to reach api:\n{again}"
+    );
     let row = session_of(&s, "api");
     assert_eq!(
         row["route_header"], "baggage: mirrord-session=tester",

@@ -217,7 +217,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     let spec = ServiceSpec {
         name: name.clone(),
         launcher: ctx.global.launcher,
-        mirrord_config: serde_json::Value::Null,
+        mirrord_config: serde_json::Value::Null.into(),
         run_type: RunType::Exec,
         command: a.command.clone(),
         working_dir: cwd,

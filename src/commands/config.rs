@@ -31,11 +31,11 @@ pub fn run(ctx: &Context, service: Option<&str>, hash: bool, yaml: bool) -> Resu
             println!("{} {}", s.name, s.hash());
         }
     } else if let (Some(_), [one]) = (service, specs.as_slice()) {
-        println!("{}", serde_json::to_string_pretty(&one.mirrord_config)?);
+        println!("{}", serde_json::to_string_pretty(&*one.mirrord_config)?);
     } else {
         let all: Map<String, Value> = specs
             .into_iter()
-            .map(|s| (s.name.clone(), s.mirrord_config.clone()))
+            .map(|s| (s.name.clone(), (*s.mirrord_config).clone()))
             .collect();
         println!("{}", serde_json::to_string_pretty(&Value::Object(all))?);
     }

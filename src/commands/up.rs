@@ -46,7 +46,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
         }
         // The supervisor reads the file itself (and answers with its error if it is bad).
         let width = state.as_ref().map_or(0, crate::state::State::name_width);
-        return forward(ctx, &sup.socket, args, width);
+        return forward(ctx, &sup.socket, args, width, state.as_ref());
     }
     // A bad file is refused before anything starts.
     let doc = ctx.load()?;
@@ -119,15 +119,30 @@ pub fn request(ctx: &Context, args: &UpArgs) -> crate::request::Request {
     }
 }
 
-/// Asks the running supervisor to apply the file, showing what it does.
-fn forward(ctx: &Context, socket: &Path, args: &UpArgs, width: usize) -> Result<ExitCode> {
+/// Asks the running supervisor to apply the file, showing what it does. `read` is the state
+/// read before asking, if any.
+fn forward(
+    ctx: &Context,
+    socket: &Path,
+    args: &UpArgs,
+    width: usize,
+    read: Option<&crate::state::State>,
+) -> Result<ExitCode> {
     let mut reporter = ctx.reporter(width);
     let req = request(ctx, args).control();
     let (ok, message) = control::request(socket, &req, reporter.as_mut())?;
-    finish(ctx, ok, message)
+    finish(ctx, ok, message, read)
 }
 
-fn finish(ctx: &Context, ok: bool, message: String) -> Result<ExitCode> {
+/// Says how the pass ended, then the route of each split-mode service. `read` (the state
+/// read before the request) serves for those when the pass had nothing to do: no spec and no
+/// process changed (liveness is looked at now either way), so the state is not parsed again.
+fn finish(
+    ctx: &Context,
+    ok: bool,
+    message: String,
+    read: Option<&crate::state::State>,
+) -> Result<ExitCode> {
     if !ok {
         bail!("{message}");
     }
@@ -135,10 +150,15 @@ fn finish(ctx: &Context, ok: bool, message: String) -> Result<ExitCode> {
         println!("{message}");
         // Hook (session, issue 13): how to reach each split-mode service (on stderr: stdout
         // keeps the one summary line scripts read).
-        if let Ok(Some(state)) = ctx.read_state() {
-            for line in crate::session::route_lines(&state) {
-                eprintln!("{line}");
-            }
+        let lines = match read.filter(|_| message.starts_with("nothing to do")) {
+            Some(state) => crate::session::route_lines(state),
+            None => match ctx.read_state() {
+                Ok(Some(state)) => crate::session::route_lines(&state),
+                _ => Vec::new(),
+            },
+        };
+        for line in lines {
+            eprintln!("{line}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -181,12 +201,12 @@ fn detach(ctx: &Context, args: &UpArgs, width: usize) -> Result<ExitCode> {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
-            finish(ctx, ok, message)
+            finish(ctx, ok, message, None)
         }
         // Another `up --detach` won the race: that supervisor applies the file.
         Some(Outcome::AlreadyRunning { socket, .. }) => {
             let _ = child.wait();
-            forward(ctx, &socket, args, width)
+            forward(ctx, &socket, args, width, None)
         }
         None => {
             let _ = child.wait();
@@ -287,5 +307,5 @@ pub fn apply(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     let mut reporter = ctx.reporter(width);
     let (ok, message) =
         crate::request::submit(ctx, sup.as_ref(), &request(ctx, args), reporter.as_mut())?;
-    finish(ctx, ok, message)
+    finish(ctx, ok, message, state.as_ref())
 }
