@@ -687,6 +687,14 @@ impl Machine {
                         .waiting
                         .iter()
                         .any(|w| h.services.is_empty() || h.services.contains(w))
+                        // A stop in flight (a restart the watcher began, a `stop`) of one of
+                        // its services: answered once that is recorded and what follows it
+                        // started, so that `up` returns on what runs.
+                        && !self.flights.values().any(|f| {
+                            f.job.stops.iter().any(|p| {
+                                h.services.is_empty() || h.services.contains(&p.name)
+                            })
+                        })
                         && h.wait.as_ref().is_none_or(|w| *w == Wait::Recorded))
             });
         self.held = held;
@@ -1678,6 +1686,50 @@ mod tests {
         );
         assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
         assert!(!m.busy());
+    }
+
+    /// An `up` that arrives while a restart begun by the watcher is stopping one of its
+    /// services is answered once that restart is carried out, not before.
+    #[test]
+    fn an_up_during_a_restart_in_flight_is_answered_once_it_is_carried_out() {
+        let now = t0();
+        let mut m = idle(now);
+        m.handle(Event::FileWritten, now);
+        let fx = m.handle(Event::PassDone(done_stopping("1 restarted")), now + MS);
+        let id = stop_of(&fx).expect("the stop is watched");
+        // `up -d` (all services), then `up -d web`: passes at once; web is not in flight.
+        m.handle(
+            Event::Request {
+                client: Some(3),
+                work: up(&[]),
+            },
+            now + 2 * MS,
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 3 * MS);
+        assert!(
+            answers(&fx).is_empty(),
+            "db is still being restarted: {fx:?}"
+        );
+        m.handle(
+            Event::Request {
+                client: Some(4),
+                work: up(&["web"]),
+            },
+            now + 4 * MS,
+        );
+        let fx = m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 5 * MS);
+        assert_eq!(answers(&fx), [(4, true, "nothing to do".into())]);
+        // db stopped: the next pass records it and starts it again; then `up` is answered.
+        let fx = m.handle(
+            Event::StopDone {
+                id,
+                outcomes: db_stopped(),
+            },
+            now + 6 * MS,
+        );
+        assert!(answers(&fx).is_empty(), "{fx:?}");
+        let fx = m.handle(Event::PassDone(done(Ok("1 started"))), now + 7 * MS);
+        assert_eq!(answers(&fx), [(3, true, "nothing to do".into())]);
     }
 
     /// A stop's SIGKILL is a timer of the loop: each level signalled arms its grace timer,
