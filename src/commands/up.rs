@@ -21,15 +21,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     if args.dry_run {
         return dry_run(ctx, args);
     }
-    let state = match ctx.read_state() {
-        Ok(s) => s,
-        // Unreadable (corrupt, too new): the locked load reports it and keeps the file aside.
-        Err(_) => {
-            let store = ctx.store()?;
-            store.load(&store.lock(ctx.lock_timeout())?)?;
-            ctx.read_state()?
-        }
-    };
+    let state = read_state(ctx)?;
     if let Some(sup) = control::running(state.as_ref()) {
         // Named services are checked against the file here: the supervisor would widen its
         // selection with known names only and apply the whole file.
@@ -116,6 +108,19 @@ pub fn request(ctx: &Context, args: &UpArgs) -> crate::request::Request {
             profiles: ctx.global.profiles.clone(),
             overlays: ctx.files().split_off(1),
         },
+    }
+}
+
+/// The recorded state; an unreadable one (corrupt, too new) is reported by the locked load,
+/// which keeps the file aside, and read again.
+fn read_state(ctx: &Context) -> Result<Option<crate::state::State>> {
+    match ctx.read_state() {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let store = ctx.store()?;
+            store.load(&store.lock(ctx.lock_timeout())?)?;
+            Ok(ctx.read_state()?)
+        }
     }
 }
 
@@ -283,15 +288,7 @@ pub fn dry_run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
 pub fn apply(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     // Parse and validate before taking anything: a bad file changes nothing.
     let doc = ctx.load()?;
-    let state = match ctx.read_state() {
-        Ok(s) => s,
-        // Unreadable (corrupt, too new): the locked load reports it and keeps the file aside.
-        Err(_) => {
-            let store = ctx.store()?;
-            store.load(&store.lock(ctx.lock_timeout())?)?;
-            ctx.read_state()?
-        }
-    };
+    let state = read_state(ctx)?;
     let width = doc
         .names()
         .iter()
