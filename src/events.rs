@@ -104,22 +104,32 @@ impl Journal {
 }
 
 /// Every recorded event, oldest first (the rotated generation, then the current one).
-pub fn read_all(dir: &Path) -> Vec<Event> {
+/// Every event recorded (the rotated file's, then the current one's), and where the current
+/// file's last complete line ends: a follower goes on from there, so that an event written
+/// after this read and before it starts following is not lost.
+pub fn read_all(dir: &Path) -> (Vec<Event>, u64) {
     let Ok(safe) = SafeDir::open(dir, false) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let mut out = Vec::new();
+    let mut end = 0;
     for name in [ROTATED, FILE] {
         let mut text = Vec::new();
         if let Ok(mut f) = safe.open_file(name, Access::Read) {
             let _ = f.read_to_end(&mut text);
+        }
+        if name == FILE {
+            end = text
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i as u64 + 1);
         }
         out.extend(
             text.split(|b| *b == b'\n')
                 .filter_map(|l| parse_line(&String::from_utf8_lossy(l))),
         );
     }
-    out
+    (out, end)
 }
 
 /// The journal's path in a project's state directory.
@@ -250,6 +260,28 @@ pub fn parse_since(s: &str) -> Result<SystemTime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_all_says_where_the_last_complete_line_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = |what: &str| Event {
+            at: humantime::parse_rfc3339("2026-01-02T03:04:05.678Z").unwrap(),
+            service: "api".into(),
+            pos: None,
+            what: what.into(),
+        };
+        let complete = format!(
+            "{}{}",
+            format_line(&e("started")),
+            format_line(&e("stopped"))
+        );
+        std::fs::write(dir.path().join(FILE), format!("{complete}2026-01-02T03:04")).unwrap();
+        let (events, end) = read_all(dir.path());
+        assert_eq!(events.len(), 2);
+        // A follower goes on from here: the line being written is read once it is complete.
+        assert_eq!(end, complete.len() as u64);
+        assert_eq!(read_all(&dir.path().join("none")), (Vec::new(), 0));
+    }
 
     #[test]
     fn a_line_round_trips_with_newlines_tabs_and_backslashes() {

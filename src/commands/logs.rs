@@ -157,7 +157,7 @@ pub fn run(ctx: &Context, services: &[String], opts: &Options) -> Result<ExitCod
     };
     let names: Option<BTreeSet<String>> =
         (!services.is_empty()).then(|| services.iter().cloned().collect());
-    let all_events = events::read_all(&store.dir);
+    let (all_events, journal_end) = events::read_all(&store.dir);
     let since_ok = |e: &Event| opts.since.is_none_or(|s| e.at >= s);
     let mut project_events: Vec<&Event> = all_events
         .iter()
@@ -197,7 +197,7 @@ pub fn run(ctx: &Context, services: &[String], opts: &Options) -> Result<ExitCod
     if !opts.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&store, state, names, tail_set, &mut p, opts)
+    follow(&store, state, names, tail_set, journal_end, &mut p, opts)
 }
 
 /// Prints one service's old lines with its events among them; returns the offset up to which
@@ -355,6 +355,7 @@ fn follow<W: Write>(
     mut state: Option<State>,
     names: Option<BTreeSet<String>>,
     mut tail_set: crate::tail::LogTail,
+    journal_end: u64,
     p: &mut Printer<W>,
     opts: &Options,
 ) -> Result<ExitCode> {
@@ -378,11 +379,10 @@ fn follow<W: Write>(
     let mut logs_watched = watcher
         .watch(&logs_dir, notify::RecursiveMode::NonRecursive)
         .is_ok();
-    // The events file, from its current end.
+    // The events file, from where the lines shown above ended (not its end now: an event
+    // written in between would be lost).
     let mut journal = crate::tail::LogTail::default();
-    let journal_path = events::path(&store.dir);
-    let journal_len = std::fs::symlink_metadata(&journal_path).map_or(0, |m| m.len());
-    journal.follow("", &journal_path, journal_len);
+    journal.follow("", &events::path(&store.dir), journal_end);
 
     let mut watched: BTreeSet<(i32, u64)> = BTreeSet::new();
     let mut recheck = true;
