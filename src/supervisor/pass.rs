@@ -855,11 +855,12 @@ fn describe(state: &State, out: &mut PassOutcome) {
         .collect();
     out.probes = probes_needed(state);
     // A session that has not said `Ready!` yet: the loop watches it, a request waits for it.
+    // Also one that died during this pass, before its exit was settled: the next pass settles
+    // it (`unsettled`), and a request must not be answered without its failure.
     for (name, rec) in state.records(RecordKind::Service) {
         if rec.status == Status::Starting
             && rec.spec.launcher == crate::spec::LauncherKind::Mirrord
             && let Some(p) = &rec.process
-            && p.liveness() == Liveness::Alive
         {
             out.waiting.insert(name.clone());
             out.sessions.push(SessionOrder {
