@@ -1456,6 +1456,10 @@ pub fn watch_sessions(
             false
         });
         if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            // No one reads these logs for `Ready!` any more: the rotation may release them.
+            for (order, _) in &watches {
+                crate::logrotate::unhold(&order.log.0);
+            }
             return;
         }
         std::thread::sleep(pause);

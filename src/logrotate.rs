@@ -74,8 +74,10 @@ pub fn read_up_to(path: &Path, offset: u64) {
 /// session is spawned, released once the watch is over (`Ready!`, its end, its timeout).
 static HOLDS: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
 
-/// Keeps the rotation from releasing `path` from `offset` on (within `LAG_ALLOWANCE`) until
-/// [`unhold`]: a watch for `Ready!` reads it.
+/// Keeps the rotation from releasing `path` from `offset` on until [`unhold`]: a watch for
+/// `Ready!` reads it. Unlike a printer's position, a hold is kept however far the log grows
+/// past it (a loud service can write megabytes before a watch started after the pass reads
+/// its first lines); it is short-lived, as every watch ends by the session's start timeout.
 pub fn hold(path: &Path, offset: u64) {
     if let Ok(mut map) = HOLDS.lock() {
         map.insert(path.to_owned(), offset);
@@ -89,14 +91,14 @@ pub fn unhold(path: &Path) {
     }
 }
 
-/// The lowest offset a reader in this process still needs (the printer, a `Ready!` watch).
+/// How far the printer of this process has read `path`.
 fn reader_at(path: &Path) -> Option<u64> {
-    let read = READ_UP_TO.lock().ok().and_then(|m| m.get(path).copied());
-    let held = HOLDS.lock().ok().and_then(|m| m.get(path).copied());
-    match (read, held) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    READ_UP_TO.lock().ok().and_then(|m| m.get(path).copied())
+}
+
+/// Where a `Ready!` watch of this process still reads `path`.
+fn held_at(path: &Path) -> Option<u64> {
+    HOLDS.lock().ok().and_then(|m| m.get(path).copied())
 }
 
 /// Records the limits of the log at `path` (called when its service is started).
@@ -243,6 +245,9 @@ pub fn trim(path: &Path, limits: Limits) -> std::io::Result<Option<Rotated>> {
         && len - start <= limits.max_size.saturating_mul(LAG_ALLOWANCE)
     {
         before = before.min(read);
+    }
+    if let Some(held) = held_at(path) {
+        before = before.min(held);
     }
     if before <= start {
         return Ok(None);

@@ -132,8 +132,29 @@ pub fn write_stdout(bytes: &[u8]) -> bool {
 }
 
 /// Writes `bytes` to stderr in one `write_all`; a failure is counted, not raised.
+///
+/// When stderr is the file stdout is (a terminal, `2>&1 | tee`), it first waits for what is
+/// being written to stdout: the foreground `up` prints a batch of service lines in writes of up
+/// to 64 KiB, which a pipe does not keep whole against another writer, so an event line could
+/// otherwise land inside a service's line.
 pub fn write_stderr(bytes: &[u8]) -> bool {
+    let _stdout = stderr_is_stdout().then(|| std::io::stdout().lock());
     record(std::io::stderr().lock().write_all(bytes))
+}
+
+/// Whether fds 1 and 2 are the same file (asked once).
+fn stderr_is_stdout() -> bool {
+    static SAME: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SAME.get_or_init(|| {
+        let id = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
+        match (
+            nix::sys::stat::fstat(std::io::stdout()),
+            nix::sys::stat::fstat(std::io::stderr()),
+        ) {
+            (Ok(out), Ok(err)) => id(out) == id(err),
+            _ => false,
+        }
+    })
 }
 
 /// One line (`args` and a newline) to stderr (`err`) or stdout, in one write.

@@ -504,8 +504,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("api.log");
         let line = "0123456789012345678901234567890\n";
-        // Three times the limit: within the lag a reader here is allowed.
-        std::fs::write(&log, line.repeat(1536)).unwrap();
+        // Ten times the limit: far past the lag a printer here is allowed (a loud service
+        // writes megabytes before a watch started after the pass reads its first line).
+        std::fs::write(&log, line.repeat(5120)).unwrap();
         let limits = crate::logrotate::Limits {
             max_size: crate::logrotate::MIN_MAX_SIZE,
             ..Default::default()

@@ -103,15 +103,34 @@ fn foreground_up_shows_every_line_of_a_loud_service_in_order() {
     )]));
     let mut live = Live::start(&p, &["up"]);
     live.wait_for(&format!("api | {LINES}\n"));
-    let text = live.text();
+    // Stdout alone: events go to stderr, and the test merges the two pipes where reads end.
+    let text = live.stdout();
     let seen: Vec<u64> = text
         .lines()
         .filter_map(|l| l.strip_prefix("api | "))
         .filter_map(|l| l.parse().ok())
         .collect();
-    assert_eq!(seen, (1..=LINES).collect::<Vec<_>>());
+    if let Some(at) = (0..LINES as usize).find(|&i| seen.get(i) != Some(&(i as u64 + 1))) {
+        let from = at.saturating_sub(3);
+        panic!(
+            "{} lines shown; the first out of place is at {at}: {:?}; output near it:\n{}",
+            seen.len(),
+            &seen[from..(at + 3).min(seen.len())],
+            near(&text, &format!("api | {at}\n"))
+        );
+    }
+    assert_eq!(seen.len() as u64, LINES, "lines after the last");
     live.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(live.wait_exit(WAIT), Some(130));
+}
+
+/// A few lines of `text` around the first `needle`, for a failure message.
+fn near(text: &str, needle: &str) -> String {
+    let at = text.find(needle).unwrap_or(0);
+    let start = text[..at]
+        .rfind('\n')
+        .map_or(0, |i| text[..i].rfind('\n').map_or(0, |j| j + 1));
+    text[start..].lines().take(8).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
@@ -126,4 +145,77 @@ fn a_bad_logging_option_names_file_line_and_column() {
     assert_ne!(out.code, Some(0), "{out}");
     assert!(out.stderr.contains("at least 16k"), "{out}");
     assert!(out.stderr.contains("mirrord-up.yaml:4:"), "{out}");
+}
+
+/// With stdout and stderr the same pipe (`up 2>&1 | less`), an event line (stderr) never
+/// lands inside a service's line (stdout, written in batches larger than a pipe keeps whole).
+#[test]
+fn events_never_cut_a_service_line_when_stderr_is_stdout() {
+    use std::io::Read;
+    const LINES: u64 = 40_000;
+    let p = Project::new("sameout");
+    let loud = |name: &str| {
+        service(
+            name,
+            &["sh", "-c", &format!("seq 1 {LINES}; exec sleep 1000")],
+            &[],
+        )
+    };
+    p.write_yaml(&yaml(&[loud("api"), loud("web"), loud("job")]));
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    let mut cmd = p.command(&["up"]);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(write.try_clone().expect("dup"))
+        .stderr(write);
+    let mut child = cmd.spawn().expect("spawn mirrord-up");
+    drop(cmd);
+    // Read slowly enough that the pipe fills: that is when a large write is split.
+    let mut pipe = std::fs::File::from(read);
+    let mut text = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut last_lines: Vec<String> = ["api", "web", "job"]
+        .iter()
+        .map(|n| format!("{n} | {LINES}\n"))
+        .collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !last_lines.is_empty() && std::time::Instant::now() < deadline {
+        match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                // Only the new bytes (and a line's length before them) are searched.
+                let from = text.len().saturating_sub(32);
+                text.extend_from_slice(&buf[..n]);
+                let new = String::from_utf8_lossy(&text[from..]).into_owned();
+                last_lines.retain(|l| !new.contains(l.as_str()));
+            }
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    // Drain to the end so that the exit is not held by a full pipe.
+    let _ = pipe.read_to_end(&mut text);
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&text);
+    assert!(last_lines.is_empty(), "not shown: {last_lines:?}");
+    for name in ["api", "web", "job"] {
+        let prefix = format!("{name} | ");
+        let seen: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            // The fake mirrord's own lines are not numbers; a line cut by an event starts
+            // with digits and goes on with something else.
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|l| {
+                l.parse()
+                    .unwrap_or_else(|_| panic!("a cut line of {name}: {l:?}"))
+            })
+            .collect();
+        assert_eq!(seen.len() as u64, LINES, "{name}");
+        assert!(
+            seen.iter().zip(1..).all(|(a, b)| *a == b),
+            "{name} out of order"
+        );
+    }
 }

@@ -1029,14 +1029,15 @@ impl Reporter for SupervisorReporter {
     }
 }
 
-/// One line on stderr in one `write`: stderr is unbuffered, and `eprintln!` writes each piece
-/// of its format on its own, so that, in the foreground, a service's log line on stdout (the
-/// same terminal or pipe) could land in the middle of an event line.
+/// One line on stderr in one `write` (stderr is unbuffered, and `eprintln!` writes each
+/// piece of its format on its own), through `output::write_stderr`, which also waits for a
+/// batch of service lines being written to the same terminal or pipe: in the foreground, an
+/// event line never lands in the middle of a service's line, nor one of those in it.
 pub fn line_to_stderr(line: &str) {
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
-    let _ = std::io::stderr().lock().write_all(&bytes);
+    crate::output::write_stderr(&bytes);
 }
 
 impl SupervisorReporter {

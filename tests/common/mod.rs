@@ -631,6 +631,9 @@ pub const LIVE_WAIT: Duration = Duration::from_secs(20);
 pub struct Live {
     child: Child,
     output: Arc<(Mutex<String>, Condvar)>,
+    /// Stdout alone: the two pipes are merged above at whatever points each read ends, so a
+    /// line of one can be cut by a chunk of the other there (not in the program's output).
+    stdout: Arc<Mutex<Vec<u8>>>,
     what: String,
 }
 
@@ -642,9 +645,13 @@ impl Live {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn mirrord-up");
         let output = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        for pipe in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, alone) in [
+            (
+                Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+                Some(stdout.clone()),
+            ),
+            (Box::new(child.stderr.take().expect("piped")), None),
         ] {
             let output = output.clone();
             std::thread::spawn(move || {
@@ -655,9 +662,12 @@ impl Live {
                         break;
                     }
                     let (text, cv) = &*output;
-                    text.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let mut text = text.lock().unwrap();
+                    if let Some(alone) = &alone {
+                        alone.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    drop(text);
                     cv.notify_all();
                 }
             });
@@ -665,12 +675,18 @@ impl Live {
         Live {
             child,
             output,
+            stdout,
             what: format!("mirrord-up {}", args.join(" ")),
         }
     }
 
     pub fn text(&self) -> String {
         self.output.0.lock().unwrap().clone()
+    }
+
+    /// What was written to stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
     /// Waits until the output holds `needle` `times` times.
