@@ -48,7 +48,20 @@ pub enum Request {
         names: Vec<String>,
         timeout: Option<Duration>,
     },
+    /// `ci start -- CMD…`: record an ad-hoc session and spawn it; the answer is its name.
+    /// Always served in this process: the session runs with the environment of the pipeline
+    /// step that asked, not the supervisor's.
+    CiStart(Box<CiSession>),
+    /// The exit of a CI session seen by the `ci start` that waits for it (its own child:
+    /// only that process knows the exit code), with the cause it read from mirrord's output.
+    CiExited {
+        name: String,
+        code: Option<i32>,
+        reason: String,
+    },
 }
+
+pub use crate::supervisor::ci_pass::CiSession;
 
 /// The options of an `up`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -101,12 +114,15 @@ impl Request {
             Request::Restart { names, timeout } => Work::Restart { names, timeout },
             Request::Stop { names, timeout } => Work::Stop { names, timeout },
             Request::Start { names } => Work::Start { names },
+            Request::CiStart(session) => Work::CiStart(session),
+            Request::CiExited { name, code, reason } => Work::RecordExit { name, code, reason },
         }
     }
 
-    /// Its wire form, for the control socket.
-    pub fn control(&self) -> control::Request {
-        match self.clone() {
+    /// Its wire form, for the control socket; `None` for what is always served in this
+    /// process (`ci start` and `ci stop`: CI sessions are no supervisor's).
+    pub fn control(&self) -> Option<control::Request> {
+        Some(match self.clone() {
             Request::Up { file, up } => control::Request::Apply {
                 file,
                 services: up.services,
@@ -129,12 +145,10 @@ impl Request {
                 timeout_s: secs(timeout),
             },
             Request::Start { names } => control::Request::Start { services: names },
-            // Never sent (see the variant); the nearest wire form, which forgets nothing.
-            Request::CiStop { names, timeout } => control::Request::Stop {
-                services: names,
-                timeout_s: secs(timeout),
-            },
-        }
+            Request::CiStop { .. } | Request::CiStart(_) | Request::CiExited { .. } => {
+                return None;
+            }
+        })
     }
 
     /// The standing settings of a one-shot run of it: what an `up` selects.
@@ -160,9 +174,9 @@ pub fn submit(
     req: &Request,
     reporter: &mut dyn Reporter,
 ) -> Result<(bool, String)> {
-    match supervisor {
-        Some(sup) => control::request(&sup.socket, &req.control(), reporter),
-        None => Ok(crate::supervisor::oneshot::serve(
+    match (supervisor, req.control()) {
+        (Some(sup), Some(wire)) => control::request(&sup.socket, &wire, reporter),
+        _ => Ok(crate::supervisor::oneshot::serve(
             ctx,
             req.settings(),
             req.work(),
@@ -174,6 +188,58 @@ pub fn submit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ci start` is two requests, both served by a pass in this process (never sent: the
+    /// session runs with the asking step's environment): record-and-spawn, then the exit the
+    /// command saw.
+    #[test]
+    fn ci_start_and_the_exit_it_saw_are_passes_served_here() {
+        let session = CiSession {
+            name: Some("e2e".into()),
+            binary: "node".into(),
+            spawn: crate::process::SpawnRequest {
+                program: "/bin/true".into(),
+                args: vec![],
+                env: Default::default(),
+                cwd: "/".into(),
+                stdout: "/o/stdout".into(),
+                stderr: "/o/stderr".into(),
+                nonce: "n".into(),
+                keep_mirrord_env: true,
+            },
+            spec: crate::spec::ServiceSpec {
+                name: String::new(),
+                launcher: crate::spec::LauncherKind::Local,
+                mirrord_config: serde_json::Value::Null.into(),
+                run_type: crate::config::RunType::Exec,
+                command: vec!["node".into()],
+                working_dir: "/".into(),
+                level: 0,
+                depends_on: Default::default(),
+                restart: Default::default(),
+                max_restarts: None,
+                ready: None,
+                stop_signal: "SIGTERM".into(),
+                stop_timeout_ms: 10_000,
+                logging: Default::default(),
+                watch: None,
+            },
+            out_dir: "/o".into(),
+        };
+        let start = Request::CiStart(Box::new(session.clone()));
+        assert_eq!(start.control(), None);
+        assert!(matches!(start.work(), Work::CiStart(s) if *s == session));
+        let exited = Request::CiExited {
+            name: "e2e".into(),
+            code: Some(3),
+            reason: "exited right away (exit code 3)".into(),
+        };
+        assert_eq!(exited.control(), None);
+        assert!(matches!(
+            exited.work(),
+            Work::RecordExit { name, code: Some(3), .. } if name == "e2e"
+        ));
+    }
 
     /// `down` and `ci stop` served in this process are the shutdown work with its marker
     /// sweep; sent to a supervisor, `down` is its plain shutdown (the CLI sweeps after it).
@@ -212,9 +278,18 @@ mod tests {
         );
         assert_eq!(
             Request::Down { timeout: t }.control(),
-            control::Request::Shutdown {
+            Some(control::Request::Shutdown {
                 timeout_s: Some(3.0)
+            })
+        );
+        assert_eq!(
+            Request::CiStop {
+                names: vec![],
+                timeout: t
             }
+            .control(),
+            None,
+            "CI sessions are no supervisor's"
         );
     }
 }

@@ -15,8 +15,9 @@ use crate::cli::{CiCommand, UpArgs};
 use crate::config::RunType;
 use crate::process::{self, ENV_INSTANCE, ENV_PROJECT, ENV_SERVICE, ENV_STATE, SpawnRequest};
 use crate::readiness::READY_LINE;
-use crate::spec::{ConfigHash, LauncherKind, ServiceSpec};
-use crate::state::{RecordKind, ServiceRecord, Status, now_ms};
+use crate::request::Request;
+use crate::spec::{LauncherKind, ServiceSpec};
+use crate::state::now_ms;
 
 pub fn run(ctx: &Context, command: CiCommand) -> Result<ExitCode> {
     match command {
@@ -183,90 +184,61 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
     }
 
     let out_dir = output_dir(a.config_file.as_deref(), &binary)?;
-    let lock = store.lock(ctx.lock_timeout())?;
-    let mut state = store.load(&lock)?;
-    let name = match &a.name {
-        Some(n) => {
-            if let Some(rec) = state.services.get(n)
-                && crate::engine::liveness(rec) == process::Liveness::Alive
-            {
-                bail!(
-                    "a session named `{n}` is already running in project `{}` (pid {}); stop it with `mirrord-up ci stop {n}`",
-                    store.project,
-                    rec.process.as_ref().map_or(0, |p| p.pid)
-                );
-            }
-            n.clone()
-        }
-        None => (1..)
-            .map(|i| format!("{binary}-{i}"))
-            .find(|n| !state.services.contains_key(n))
-            .expect("unbounded"),
+    let session = crate::request::CiSession {
+        name: a.name.clone(),
+        binary,
+        spawn: SpawnRequest {
+            program: launcher_program,
+            args: launcher_args,
+            env,
+            cwd: cwd.clone(),
+            stdout: out_dir.join("stdout"),
+            stderr: out_dir.join("stderr"),
+            nonce,
+            keep_mirrord_env: true,
+        },
+        spec: ServiceSpec {
+            name: String::new(),
+            launcher: ctx.global.launcher,
+            mirrord_config: serde_json::Value::Null.into(),
+            run_type: RunType::Exec,
+            command: a.command.clone(),
+            working_dir: cwd,
+            level: 0,
+            depends_on: Default::default(),
+            restart: Default::default(),
+            max_restarts: None,
+            ready: None,
+            stop_signal: "SIGTERM".into(),
+            stop_timeout_ms: crate::spec::DEFAULT_STOP_TIMEOUT.as_millis() as u64,
+            logging: Default::default(),
+            watch: None,
+        },
+        out_dir: out_dir.clone(),
     };
-    env.insert(ENV_SERVICE.to_owned(), name.clone());
-    let req = SpawnRequest {
-        program: launcher_program.clone(),
-        args: launcher_args.clone(),
-        env,
-        cwd: cwd.clone(),
-        stdout: out_dir.join("stdout"),
-        stderr: out_dir.join("stderr"),
-        nonce: nonce.clone(),
-        keep_mirrord_env: true,
+    // Recorded and spawned by a pass (the one apply path); always in this process, whether a
+    // supervisor runs or not: the session gets this step's environment.
+    let mut reporter = ctx.reporter(0);
+    let (ok, answer) = crate::request::submit(
+        ctx,
+        None,
+        &Request::CiStart(Box::new(session)),
+        reporter.as_mut(),
+    )?;
+    if !ok {
+        bail!("{answer}");
+    }
+    let name = answer;
+    let Some(session) = ctx
+        .read_state()?
+        .and_then(|s| s.services.get(&name).and_then(|r| r.process.clone()))
+    else {
+        bail!("session `{name}` was recorded without its process");
     };
-    let spec = ServiceSpec {
-        name: name.clone(),
-        launcher: ctx.global.launcher,
-        mirrord_config: serde_json::Value::Null.into(),
-        run_type: RunType::Exec,
-        command: a.command.clone(),
-        working_dir: cwd,
-        level: 0,
-        depends_on: Default::default(),
-        restart: Default::default(),
-        max_restarts: None,
-        ready: None,
-        stop_signal: "SIGTERM".into(),
-        stop_timeout_ms: crate::spec::DEFAULT_STOP_TIMEOUT.as_millis() as u64,
-        logging: Default::default(),
-        watch: None,
-    };
-    let mut rec = ServiceRecord {
-        kind: RecordKind::Ci,
-        config_hash: ConfigHash::of(&serde_json::json!(req.args)),
-        spec: spec.clone(),
-        argv: std::iter::once(req.program.display().to_string())
-            .chain(req.args.iter().cloned())
-            .collect(),
-        status: Status::Starting,
-        process: None,
-        spawn_nonce: Some(nonce),
-        started_at_ms: None,
-        restarts: 0,
-        policy_restarts: 0,
-        last_exit: None,
-        last_reason: Some("ci start".into()),
-        log_path: out_dir.join("stdout"),
-        log_offset: 0,
-        output_dir: Some(out_dir.clone()),
-        backoff_until_ms: None,
-        crash_streak: 0,
-    };
-    // Intent first, then spawn, then the identity: a crash in between is recovered by nonce.
-    state.services.insert(name.clone(), rec.clone());
-    store.save(&lock, &state)?;
-    let (child, identity) =
-        process::spawn(&req).with_context(|| format!("cannot run `{}`", req.program.display()))?;
-    process::test_crash_after_spawn();
-    let session = identity.clone();
+    // This process spawned it: its exit is ours to collect.
+    let child = process::Spawned { pid: session.pid };
     println!("mirrord ci files will be stored in {}", out_dir.display());
-    println!("child pid: {}", identity.pid);
-    rec.process = Some(identity);
-    rec.status = Status::Running;
-    rec.started_at_ms = Some(now_ms());
-    state.services.insert(name.clone(), rec);
-    store.save(&lock, &state)?;
-    drop(lock);
+    println!("child pid: {}", session.pid);
 
     // Return once the session is up: mirrord's `Ready!` (or, locally, at once), then a short
     // settling time in which an application that dies at start is still caught.
@@ -357,20 +329,18 @@ pub fn progress_mode(user: Option<&str>) -> &'static str {
     }
 }
 
+/// Records the exit `ci start` saw (a pass of its own: the one apply path).
 fn record_exit(ctx: &Context, name: &str, code: Option<i32>, reason: &str) -> Result<()> {
-    let store = ctx.store()?;
-    let lock = store.lock(ctx.lock_timeout())?;
-    let mut state = store.load(&lock)?;
-    if let Some(rec) = state.services.get_mut(name) {
-        rec.status = Status::Exited;
-        rec.last_reason = Some(reason.to_owned());
-        rec.last_exit = Some(crate::state::ExitInfo {
-            code,
-            signal: None,
-            at_ms: now_ms(),
-        });
+    let req = Request::CiExited {
+        name: name.to_owned(),
+        code,
+        reason: reason.to_owned(),
+    };
+    let mut reporter = ctx.reporter(0);
+    let (ok, answer) = crate::request::submit(ctx, None, &req, reporter.as_mut())?;
+    if !ok {
+        bail!("{answer}");
     }
-    store.save(&lock, &state)?;
     Ok(())
 }
 

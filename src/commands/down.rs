@@ -101,7 +101,9 @@ fn stop_supervisor(
     }
     let asked = request(
         &sup.socket,
-        &crate::request::Request::Down { timeout }.control(),
+        &crate::supervisor::control::Request::Shutdown {
+            timeout_s: timeout.map(|t| t.as_secs_f64()),
+        },
         reporter.as_mut(),
     );
     let grace = timeout.unwrap_or(crate::spec::DEFAULT_STOP_TIMEOUT) + Duration::from_secs(5);

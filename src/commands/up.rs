@@ -134,7 +134,9 @@ fn forward(
     read: Option<&crate::state::State>,
 ) -> Result<ExitCode> {
     let mut reporter = ctx.reporter(width);
-    let req = request(ctx, args).control();
+    let req = request(ctx, args)
+        .control()
+        .context("an `up` has a wire form")?;
     let (ok, message) = control::request(socket, &req, reporter.as_mut())?;
     finish(ctx, ok, message, read)
 }

@@ -588,7 +588,7 @@ fn group_gone(id: &ProcessIdentity, table: &mut Option<ProcessTable>) -> bool {
 }
 
 /// What to run, and where its output goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpawnRequest {
     pub program: PathBuf,
     pub args: Vec<String>,

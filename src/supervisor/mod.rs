@@ -21,6 +21,7 @@
 //! reaps every exit, keeping the statuses for the restart policy.
 
 pub mod await_ready;
+pub mod ci_pass;
 pub mod control;
 pub mod machine;
 pub mod oneshot;
@@ -1180,7 +1181,8 @@ mod tests {
             Asked::Start { names: names() },
         ];
         for req in asked {
-            let over_the_socket = work_of(req.control(), std::slice::from_ref(&file))
+            let wire = req.control().expect("these have a wire form");
+            let over_the_socket = work_of(wire, std::slice::from_ref(&file))
                 .unwrap_or_else(|e| panic!("{req:?}: {e}"));
             // Served in process, `down` also sweeps the markers (after a supervisor's `down`
             // the CLI sweeps itself: `commands::down`); the work is otherwise the same.

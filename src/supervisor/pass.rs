@@ -54,6 +54,14 @@ pub enum Work {
         /// still carrying the project's markers is stopped ([`sweep_markers`]).
         sweep: bool,
     },
+    /// `ci start -- CMD…`: record and spawn an ad-hoc session (`ci_pass::start`).
+    CiStart(Box<super::ci_pass::CiSession>),
+    /// A CI session's exit, seen by its `ci start` (`ci_pass::record_exit`).
+    RecordExit {
+        name: String,
+        code: Option<i32>,
+        reason: String,
+    },
     /// The stops of an earlier pass ended (the loop watched them): record them, then carry
     /// out what waited for them (`StopJob::resume`). `services` and `wait` are those of the
     /// request that caused them, for its answer.
@@ -237,6 +245,15 @@ fn pass(
         engine.recover()?;
         engine.state
     };
+    match work {
+        Work::CiStart(session) => {
+            return super::ci_pass::start(&store, &lock, &mut state, session, &crate::seams::Real);
+        }
+        Work::RecordExit { name, code, reason } => {
+            return super::ci_pass::record_exit(&store, &lock, &mut state, name, *code, reason);
+        }
+        _ => {}
+    }
     let before = state.clone();
     let now = now_ms();
     tracing::debug!(?work, "pass: state loaded");
@@ -319,6 +336,10 @@ fn pass(
                 loaded: loaded.unwrap_or_else(|| before.clone()),
             };
             return sweep_markers(&store, &lock, state, order, reporter);
+        }
+        // Served before anything is settled or planned (above).
+        Work::CiStart(_) | Work::RecordExit { .. } => {
+            anyhow::bail!("a CI session's work is not planned")
         }
         Work::Shutdown {
             timeout, forget, ..
