@@ -445,3 +445,4 @@ pub fn probed(service: &str, pid: i32, outcome: ProbeOutcome) -> Event {
 }
 
 mod rules;
+mod world;

@@ -536,3 +536,42 @@ async fn a_request_arriving_mid_stop_is_served_at_once_and_the_stop_goes_on() {
         [(kill + 10 * MS, true, "1 stopped".into())]
     );
 }
+
+/// The same rule through the real plan and executor ([`super::world::World`]): the engine's
+/// clock is the paused clock, so what it records (the start, the exit, the back-off's end)
+/// and when the loop's timer fires are one time line.
+#[tokio::test(start_paused = true)]
+async fn the_restart_comes_when_the_back_off_the_engine_recorded_ends() {
+    let world = super::world::World::always("api");
+    let mut sim = Sim::new(false);
+    sim.request(Some(1), up(&[]));
+    sim.run_for(20 * MS).await;
+    sim.pass_done(world.pass());
+    assert_eq!(
+        world.record("api").started_at_ms,
+        Some(world.ms_at(20 * MS))
+    );
+    let mut backoffs = Vec::new();
+    for uptime in [ms(500), ms(500), secs(60)] {
+        sim.run_for(uptime).await;
+        let pid = world.kill("api");
+        sim.exited("api", pid);
+        let crashed = sim.now();
+        sim.pass_done(world.pass());
+        let rec = world.record("api");
+        assert_eq!(rec.status, crate::state::Status::Backoff);
+        let restarted = sim.run_until("the restart", is_pass).await;
+        assert_eq!(
+            rec.backoff_until_ms,
+            Some(world.ms_at(restarted)),
+            "the loop restarts it when the recorded back-off ends"
+        );
+        sim.pass_done(world.pass());
+        let rec = world.record("api");
+        assert_eq!(rec.status, crate::state::Status::Running);
+        assert_eq!(rec.started_at_ms, Some(world.ms_at(restarted)));
+        backoffs.push(restarted - crashed);
+    }
+    assert_eq!(backoffs, [secs(1), secs(2), secs(1)]);
+    assert_eq!(world.record("api").policy_restarts, 3);
+}
