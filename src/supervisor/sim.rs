@@ -363,6 +363,8 @@ pub trait Outcome {
     fn due_in(self, d: Duration) -> Self;
     /// These failed to start, and why.
     fn failing(self, name: &str, why: &str) -> Self;
+    /// These mirrord sessions `(service, pid)` were spawned and have not said `Ready!`.
+    fn starting(self, sessions: &[(&str, i32)]) -> Self;
     /// The pass signalled `(service, pid, grace period)` with SIGTERM and left the stops to
     /// the loop; `restart`: they start again once stopped.
     fn signalled(self, stops: &[(&str, i32, Duration)], restart: bool) -> Self;
@@ -391,6 +393,18 @@ impl Outcome for PassDone {
 
     fn failing(mut self, name: &str, why: &str) -> Self {
         self.failed.push((name.into(), why.into()));
+        self
+    }
+
+    fn starting(mut self, sessions: &[(&str, i32)]) -> Self {
+        self.sessions = sessions
+            .iter()
+            .map(|(n, pid)| crate::engine::SessionOrder {
+                name: (*n).into(),
+                identity: identity(*pid),
+                log: ("/nonexistent".into(), 0),
+            })
+            .collect();
         self
     }
 

@@ -537,6 +537,185 @@ async fn a_request_arriving_mid_stop_is_served_at_once_and_the_stop_goes_on() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn down_mid_stop_begins_the_final_pass_at_once_and_is_answered_by_it() {
+    let mut sim = detached().await;
+    sim.run_to(S).await;
+    sim.request(Some(2), stop(&["db"]));
+    sim.pass_done(
+        ok("1 stopped")
+            .running(&[("web", 11)])
+            .signalled(&[("db", 10, secs(10))], false),
+    );
+    let id = sim.stop_id();
+    sim.send(Event::StopSignalled {
+        id,
+        level: 0,
+        grace: secs(10),
+    });
+    // `down` at 2 s: its pass at once, stopping everything (db too).
+    sim.run_to(2 * S).await;
+    sim.request(
+        Some(3),
+        Work::Shutdown {
+            timeout: None,
+            forget: true,
+            only: None,
+            sweep: false,
+        },
+    );
+    assert!(matches!(
+        sim.last_pass(),
+        Effect::RunPass { work: Work::Shutdown { forget: true, .. }, stopping, .. }
+            if stopping.is_empty()
+    ));
+    assert_eq!(sim.passes_since(2 * S), [2 * S]);
+    // Requests after it are refused at once.
+    sim.run_to(ms(2500)).await;
+    sim.request(Some(4), up(&[]));
+    assert_eq!(
+        sim.answers_to(4),
+        [(ms(2500), false, "the supervisor is shutting down".into())]
+    );
+    // The final pass waited for everything to stop (db took its grace period).
+    sim.run_to(secs(11)).await;
+    sim.send(Event::StopDone {
+        id,
+        outcomes: killed(&["db"]),
+    });
+    assert_eq!(
+        sim.answers_to(2),
+        [(secs(11), true, "1 stopped".into())],
+        "the stop is done"
+    );
+    sim.pass_done(ok("2 stopped"));
+    assert_eq!(sim.answers_to(3), [(secs(11), true, "2 stopped".into())]);
+    assert_eq!(sim.when(|e| matches!(e, Effect::Exit(0))), [secs(11)]);
+}
+
+// Sessions.
+
+#[tokio::test(start_paused = true)]
+async fn a_session_holds_its_up_until_its_ready_and_a_pass_records_it_at_once() {
+    let mut sim = detached().await;
+    sim.run_to(S).await;
+    sim.request(Some(2), up(&["api"]));
+    sim.pass_done(
+        ok("1 started")
+            .running(&[("db", 10), ("web", 11), ("api", 20)])
+            .waiting(&["api"])
+            .starting(&[("api", 20)]),
+    );
+    assert_eq!(
+        sim.when(|e| matches!(e, Effect::WatchSessions(o) if o[0].name == "api")),
+        [S]
+    );
+    assert!(sim.answers_to(2).is_empty(), "api has not said Ready!");
+    // mirrord says `Ready!` at 4 s: a pass at once records it; its end answers the `up`.
+    sim.run_to(4 * S).await;
+    sim.send(Event::SessionWatched {
+        service: "api".into(),
+        pid: 20,
+        outcome: crate::engine::SessionOutcome::Started,
+    });
+    assert_eq!(sim.passes_since(4 * S), [4 * S]);
+    assert!(matches!(
+        sim.last_pass(),
+        Effect::RunPass { probed, .. } if probed.sessions.len() == 1
+    ));
+    sim.run_for(10 * MS).await;
+    sim.pass_done(ok("nothing to do").running(&[("db", 10), ("web", 11), ("api", 20)]));
+    assert_eq!(
+        sim.answers_to(2),
+        [(4 * S + 10 * MS, true, "1 started".into())]
+    );
+}
+
+// The end.
+
+#[tokio::test(start_paused = true)]
+async fn sighup_stops_the_foreground_and_reapplies_the_file_in_the_background() {
+    let mut fg = Sim::new(true);
+    fg.request(None, up(&[]));
+    fg.pass_done(ok("1 started").running(&[("db", 10)]));
+    fg.run_to(S).await;
+    fg.send(Event::Hangup);
+    assert!(matches!(
+        fg.last_pass(),
+        Effect::RunPass {
+            work: Work::Shutdown { .. },
+            ..
+        }
+    ));
+    fg.pass_done(ok("1 stopped"));
+    assert_eq!(fg.when(|e| matches!(e, Effect::Exit(129))), [S]);
+
+    let mut bg = detached().await;
+    bg.run_to(S).await;
+    bg.send(Event::Hangup);
+    assert_eq!(bg.passes_since(S), [S]);
+    assert!(is_watcher_pass(bg.last_pass()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_service_has_ended_the_foreground_exits_and_the_background_says_so_once() {
+    let all_down = |failed: &[&str]| PassDone {
+        all_down: Some(failed.iter().map(|n| (*n).into()).collect()),
+        ..ok("nothing to do")
+    };
+    let mut fg = Sim::new(true);
+    fg.request(None, up(&[]));
+    fg.pass_done(ok("1 started").running(&[("job", 10)]));
+    fg.run_to(S).await;
+    fg.exited("job", 10);
+    fg.pass_done(all_down(&[]));
+    assert_eq!(
+        fg.when(|e| matches!(e, Effect::Exit(0))),
+        [S],
+        "no final pass"
+    );
+    assert_eq!(fg.passes().len(), 2);
+
+    let mut bg = detached().await;
+    for at in [S, 2 * S] {
+        bg.run_to(at).await;
+        bg.send(Event::Hangup);
+        bg.pass_done(all_down(&["db"]));
+    }
+    assert_eq!(
+        bg.when(
+            |e| matches!(e, Effect::Say(s) if s.starts_with("every service has ended; failed: db"))
+        ),
+        [S],
+        "said once"
+    );
+    assert!(!bg.ended());
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_on_exit_stops_everything_at_once_and_exits_with_the_services_code() {
+    let mut sim = Sim::new(true);
+    sim.request(None, up(&[]));
+    sim.pass_done(ok("2 started").running(&[("db", 10), ("job", 11)]));
+    sim.run_to(S).await;
+    sim.exited("job", 11);
+    sim.pass_done(PassDone {
+        abort: Some(3),
+        ..ok("nothing to do").running(&[("db", 10)])
+    });
+    assert!(matches!(
+        sim.last_pass(),
+        Effect::RunPass {
+            work: Work::Shutdown { .. },
+            ..
+        }
+    ));
+    assert_eq!(sim.passes_since(S), [S, S]);
+    sim.run_for(20 * MS).await;
+    sim.pass_done(ok("1 stopped"));
+    assert_eq!(sim.when(|e| matches!(e, Effect::Exit(3))), [S + 20 * MS]);
+}
+
 /// The same rule through the real plan and executor ([`super::world::World`]): the engine's
 /// clock is the paused clock, so what it records (the start, the exit, the back-off's end)
 /// and when the loop's timer fires are one time line.
