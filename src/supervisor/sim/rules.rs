@@ -52,6 +52,11 @@ async fn a_save_is_applied_once_the_file_is_quiet_for_the_debounce() {
         sim.run_to(ms(at)).await;
         sim.save_partly();
     }
+    sim.run_to(ms(1089)).await;
+    assert!(
+        sim.passes_since(S).is_empty(),
+        "nothing is applied before the file is quiet for the debounce"
+    );
     let applied = sim.run_until("a pass", is_pass).await;
     assert_eq!(
         applied,
