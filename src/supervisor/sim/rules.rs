@@ -543,6 +543,39 @@ async fn a_request_arriving_mid_stop_is_served_at_once_and_the_stop_goes_on() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_level_of_a_stop_is_killed_at_the_end_of_its_own_grace_period() {
+    let mut sim = detached().await;
+    sim.run_to(S).await;
+    sim.request(Some(2), stop(&["db", "web"]));
+    sim.pass_done(ok("2 stopped").signalled(&[("web", 11, secs(3)), ("db", 10, secs(10))], false));
+    let id = sim.stop_id();
+    // web (the dependent, level 1) is signalled first; db once web is gone.
+    sim.send(Event::StopSignalled {
+        id,
+        level: 1,
+        grace: secs(3),
+    });
+    let kill = |level: usize| move |e: &Effect| matches!(e, Effect::KillStop { level: l, .. } if *l == level);
+    let web_killed = sim.run_until("web's SIGKILL", kill(1)).await;
+    assert_eq!(web_killed, S + secs(3));
+    sim.run_for(5 * MS).await;
+    sim.send(Event::StopSignalled {
+        id,
+        level: 0,
+        grace: secs(10),
+    });
+    let db_killed = sim.run_until("db's SIGKILL", kill(0)).await;
+    assert_eq!(db_killed, web_killed + 5 * MS + secs(10));
+    sim.send(Event::StopDone {
+        id,
+        outcomes: killed(&["web", "db"]),
+    });
+    sim.pass_done(ok("2 stopped"));
+    assert_eq!(sim.answers_to(2), [(db_killed, true, "2 stopped".into())]);
+    assert_eq!(sim.when(kill(1)), [web_killed], "each level is killed once");
+}
+
+#[tokio::test(start_paused = true)]
 async fn down_mid_stop_begins_the_final_pass_at_once_and_is_answered_by_it() {
     let mut sim = detached().await;
     sim.run_to(S).await;
