@@ -377,6 +377,35 @@ async fn up_wait_fails_at_its_timeout_naming_who_is_not_ready() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn up_wait_fails_at_once_when_a_service_it_waits_for_exits() {
+    let mut sim = detached().await;
+    sim.run_to(S).await;
+    sim.request(Some(2), up_wait(&["api"], secs(60)));
+    sim.pass_done(ok("1 started").running(&[("db", 10), ("web", 11), ("api", 20)]));
+    sim.send(Event::Awaiting {
+        client: 2,
+        probing: vec![("api".into(), 20)],
+        ready: Vec::new(),
+        ended: Vec::new(),
+    });
+    // api dies at 3 s, long before the 60 s: its probe ends, the wait is answered then.
+    sim.run_to(3 * S).await;
+    sim.send(Event::WaitProbed {
+        service: "api".into(),
+        pid: 20,
+        outcome: ProbeOutcome::Ended,
+    });
+    assert_eq!(
+        sim.answers_to(2),
+        [(
+            3 * S,
+            false,
+            "api failed to start: api exited before it was ready".into()
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dependent_starts_when_its_dependency_becomes_ready_late() {
     let mut sim = Sim::new(false);
     sim.request(Some(1), up(&[]));
