@@ -27,6 +27,8 @@ pub mod machine;
 pub mod oneshot;
 pub mod pass;
 pub mod shutdown;
+#[cfg(test)]
+mod sim;
 
 use std::collections::BTreeMap;
 use std::io::Write;
