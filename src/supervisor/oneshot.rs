@@ -12,7 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::Instant;
@@ -35,6 +36,10 @@ pub fn serve(
     reporter: &mut dyn Reporter,
 ) -> (bool, String) {
     settings.loop_waits = true;
+    // stop7: a stop is a wait of this loop as of the supervisor's: the pass signals, records
+    // `stopping` (owned by this process, `crate::stop_owner`) and returns; the grace period is
+    // waited here, outside the state lock. (`Work::Shutdown` still waits in its pass.)
+    settings.defer_stops = true;
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -54,6 +59,8 @@ pub fn serve(
     let mut probes = 0usize;
     // `--wait-timeout`s armed (the loop's other timers are not a one-shot's business).
     let mut timers: BTreeMap<Timer, Instant> = BTreeMap::new();
+    // The kill switch of each stop in flight (as the supervisor's shell keeps them).
+    let mut kill_switches: BTreeMap<u64, Arc<AtomicUsize>> = BTreeMap::new();
     let mut last: Option<Result<String, String>> = None;
     let answer = loop {
         let mut next = None;
@@ -67,22 +74,40 @@ pub fn serve(
                     cancel.store(true, Ordering::SeqCst);
                     return (ok, message);
                 }
-                Effect::RunPass { work, probed, .. } => {
+                Effect::RunPass {
+                    work,
+                    probed,
+                    stopping,
+                    ..
+                } => {
                     if let Work::Reconcile { explicit: Some(e) } = &work {
                         super::widen_selection(&mut settings, e);
                     }
                     let mut s = settings.clone();
                     s.probed = probed;
-                    let out = pass::run_pass(ctx, &s, &work, reporter);
+                    s.stopping = stopping;
+                    let out = run_pass_after_stops(ctx, &s, &work, reporter);
                     let done = pass_done(out, false);
                     last = Some(done.result.clone());
                     next = Some(Event::PassDone(done));
                 }
-                // Not asked for (`defer_stops` is the supervisor's); carried out in place.
+                // Watched on a thread (`Event::StopSignalled`, `Event::StopDone`), killed by
+                // its grace timer (`Effect::KillStop`).
                 Effect::Stop { id, stops } => {
-                    let requests: Vec<_> = stops.into_iter().map(|p| p.request).collect();
-                    let outcomes = crate::process::stop_groups(&requests);
-                    next = Some(Event::StopDone { id, outcomes });
+                    let switch = Arc::new(AtomicUsize::new(0));
+                    kill_switches.insert(id, switch.clone());
+                    super::spawn_stop(&tx, id, stops, switch);
+                }
+                Effect::KillStop { id, level } => {
+                    if let Some(switch) = kill_switches.get(&id) {
+                        switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+                    }
+                }
+                Effect::Arm {
+                    timer: timer @ Timer::Grace(..),
+                    at,
+                } => {
+                    timers.insert(timer, at);
                 }
                 Effect::Probe(order) => {
                     probes += 1;
@@ -116,8 +141,6 @@ pub fn serve(
                 | Effect::Answer { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow
-                // A stop carried out in place escalates by its own grace period.
-                | Effect::KillStop { .. }
                 | Effect::Say(_)
                 | Effect::Notice(_)
                 | Effect::Exit(_) => {}
@@ -132,7 +155,7 @@ pub fn serve(
             .min_by_key(|(_, at)| **at)
             .map(|(t, at)| (*t, *at));
         // Idle and not answered, with nothing to wake it (a service still waits).
-        if probes == 0 && timer.is_none() {
+        if probes == 0 && timer.is_none() && kill_switches.is_empty() {
             break last;
         }
         let received = rt.block_on(async {
@@ -152,6 +175,9 @@ pub fn serve(
                 if matches!(e, Event::Probed { .. } | Event::WaitProbed { .. }) {
                     probes = probes.saturating_sub(1);
                 }
+                if let Event::StopDone { id, .. } = &e {
+                    kill_switches.remove(id);
+                }
                 e
             }
             Some(Some(_)) => continue,
@@ -164,5 +190,60 @@ pub fn serve(
         Some(Ok(m)) => (true, m),
         Some(Err(e)) => (false, e),
         None => (false, "no result".into()),
+    }
+}
+
+/// How long past a foreign stop's grace period a command waits for it before answering that
+/// it is still in flight.
+const FOREIGN_STOP_SLACK: Duration = Duration::from_secs(10);
+
+/// Runs a pass; when the services it needs are being stopped by another live process
+/// (`PassOutcome::owned_elsewhere`), waits for those stops to end — a blocking `flock` on
+/// their stop locks, outside the state lock (`crate::stop_owner`) — and runs it again. A stop
+/// that outlasts its grace period (plus [`FOREIGN_STOP_SLACK`]) is answered as such.
+pub(super) fn run_pass_after_stops(
+    ctx: &dyn Project,
+    settings: &PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+) -> pass::PassOutcome {
+    loop {
+        let out = pass::run_pass(ctx, settings, work, reporter);
+        if out.owned_elsewhere.is_empty() {
+            return out;
+        }
+        let store = match ctx.store() {
+            Ok(s) => s,
+            Err(e) => {
+                return pass::PassOutcome {
+                    result: Some(Err(format!("{e:#}"))),
+                    ..Default::default()
+                };
+            }
+        };
+        let mut limit = Duration::ZERO;
+        for o in &out.owned_elsewhere {
+            let what = format!("waits for its stop by {} to end", o.holder);
+            reporter.event(&o.service, &what);
+            limit = limit.max(o.grace);
+        }
+        let names: Vec<String> = out
+            .owned_elsewhere
+            .iter()
+            .map(|o| o.service.clone())
+            .collect();
+        let held = crate::stop_owner::wait_released(&store, &names, limit + FOREIGN_STOP_SLACK);
+        if !held.is_empty() {
+            let said: Vec<String> = out
+                .owned_elsewhere
+                .iter()
+                .filter(|o| held.contains(&o.service))
+                .map(|o| format!("{} is still being stopped by {}", o.service, o.holder))
+                .collect();
+            return pass::PassOutcome {
+                result: Some(Err(format!("{}; try again once it ends", said.join("; ")))),
+                ..Default::default()
+            };
+        }
     }
 }
