@@ -209,3 +209,36 @@ fn a_stopper_killed_mid_wait_leaves_an_interrupted_stop_the_next_command_finishe
     assert_ne!(leaders[0], pid);
     assert_eq!(row(&p, "slow")["status"], "running");
 }
+
+/// While `stop slow` is in flight without a supervisor, `up -d` starts the supervisor, which
+/// leaves that stop to its owner: no second `slow` runs while it stops; once the stop is
+/// recorded, the `up` starts one (an explicit `up` starts what is stopped).
+#[test]
+fn up_d_during_a_one_shot_stop_waits_for_it_then_runs_one() {
+    let p = project("osupd");
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut stop, pid) = stop_slow_in_flight(&p, tmp.path());
+
+    let mut up = Background::start(&p, &["up", "-d"], &tmp.path().join("up.err"));
+    wait_until("the supervisor says it waits for slow's stop", WAIT, || {
+        up.stderr().contains("waits for its stop by pid")
+            || std::fs::read_to_string(p.state_dir.join("supervisor.log"))
+                .unwrap_or_default()
+                .contains("waits for its stop by pid")
+    });
+    assert_eq!(
+        p.leaders_of("slow"),
+        vec![pid],
+        "no second slow while it stops"
+    );
+    assert_eq!(row(&p, "slow")["status"], "stopping");
+
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    assert_eq!(up.finish(), Some(0), "{}", up.stderr());
+    let leaders = p.leaders_of("slow");
+    assert_eq!(leaders.len(), 1, "exactly one slow: {leaders:?}");
+    assert_ne!(leaders[0], pid);
+    assert!(p.pids().contains_key("other"), "{:?}", p.ps());
+    p.ok(&["down", "-t", "1"]);
+}
