@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use crate::fsutil::{Access, open_in_checked_dir};
 use crate::state::StateStore;
 
+/// How often [`wait_released`] looks whether this process was interrupted.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
+
 /// The stop locks this process holds, by path.
 static HELD: Mutex<BTreeMap<PathBuf, File>> = Mutex::new(BTreeMap::new());
 
@@ -123,8 +126,9 @@ fn open_existing(path: &Path) -> Option<File> {
 }
 
 /// Waits, without any other lock, until none of `services`' stop locks is held by another
-/// process, within `limit`. Each wait is a blocking `flock` on a thread of its own. Returns
-/// the services still held at the deadline.
+/// process, within `limit` (or until this process is interrupted, `process::interrupt`: a
+/// Ctrl-C of the supervisor). Each wait is a blocking `flock` on a thread of its own.
+/// Returns the services still held when it gave up.
 pub fn wait_released(store: &StateStore, services: &[String], limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -145,11 +149,16 @@ pub fn wait_released(store: &StateStore, services: &[String], limit: Duration) -
         });
     }
     drop(tx);
-    while !pending.is_empty() {
+    while !pending.is_empty() && !crate::process::interrupted() {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        if left.is_zero() {
+            break;
+        }
+        // Slices, to notice an interruption.
+        match rx.recv_timeout(left.min(INTERRUPT_CHECK)) {
             Ok(name) => pending.retain(|n| *n != name),
-            Err(_) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     pending

@@ -233,6 +233,12 @@ pub(super) fn run_pass_after_stops(
             .map(|o| o.service.clone())
             .collect();
         let held = crate::stop_owner::wait_released(&store, &names, limit + FOREIGN_STOP_SLACK);
+        if crate::process::interrupted() {
+            return pass::PassOutcome {
+                result: Some(Err("interrupted".into())),
+                ..Default::default()
+            };
+        }
         if !held.is_empty() {
             let said: Vec<String> = out
                 .owned_elsewhere
