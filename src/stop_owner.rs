@@ -61,10 +61,13 @@ pub fn take(store: &StateStore, service: &str) -> bool {
 }
 
 /// This command as the user would name it: from its subcommand on (global options such as
-/// `-f FILE` left out), at most four words.
+/// `-f FILE` left out), at most four words; the detached supervisor is `supervisor`.
 fn command_line() -> String {
-    const COMMANDS: &[&str] = &["up", "down", "stop", "restart", "start", "ci", "supervise"];
+    const COMMANDS: &[&str] = &["up", "down", "stop", "restart", "start", "ci"];
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "__supervise") {
+        return "supervisor".to_owned();
+    }
     let from = args
         .iter()
         .position(|a| COMMANDS.contains(&a.as_str()))

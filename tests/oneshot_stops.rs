@@ -242,3 +242,37 @@ fn up_d_during_a_one_shot_stop_waits_for_it_then_runs_one() {
     assert!(p.pids().contains_key("other"), "{:?}", p.ps());
     p.ok(&["down", "-t", "1"]);
 }
+
+/// The supervisor's own stops are owned the same way (so that a one-shot, or a second
+/// process, sees them as a live stopper's): while its `stop slow` waits, slow's stop lock is
+/// held by the supervisor and names it; once the stop is recorded the lock is free.
+#[test]
+fn a_supervised_stop_is_owned_by_the_supervisor() {
+    use std::fs::{File, TryLockError};
+    let p = project("ossup");
+    p.ok(&["up", "-d"]);
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stop = Background::start(&p, &["stop", "slow"], &tmp.path().join("stop.err"));
+    wait_until("slow is recorded stopping", WAIT, || {
+        row(&p, "slow")["status"] == "stopping"
+    });
+    let lock = p.state_dir.join("services/slow/stop.lock");
+    let file = File::open(&lock).expect("slow's stop lock exists");
+    assert!(
+        matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock)),
+        "held while slow stops"
+    );
+    let note = std::fs::read_to_string(&lock).unwrap();
+    assert!(note.contains("(mirrord-up supervisor)"), "{note}");
+
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    assert_eq!(row(&p, "slow")["status"], "stopped");
+    assert!(
+        file.try_lock_shared().is_ok(),
+        "free once the stop is recorded"
+    );
+    p.ok(&["down", "-t", "1"]);
+}
