@@ -276,3 +276,77 @@ fn a_supervised_stop_is_owned_by_the_supervisor() {
     );
     p.ok(&["down", "-t", "1"]);
 }
+
+/// Without a supervisor, `ci stop slow` (a sweeping shutdown of one record) waits out slow's
+/// grace period outside the state lock: `start other` answers at once meanwhile and `ps`
+/// shows slow stopping; then slow is forgotten and nothing of it is left.
+#[test]
+fn a_one_shot_ci_stop_waits_out_its_grace_period_outside_the_state_lock() {
+    let p = project("oscistop");
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stop = Background::start(&p, &["ci", "stop", "slow"], &tmp.path().join("ci.err"));
+    wait_until("slow is recorded stopping", WAIT, || {
+        row(&p, "slow")["status"] == "stopping"
+    });
+    let t = Instant::now();
+    let start = p.run(&["start", "other"]);
+    let took = t.elapsed();
+    assert_eq!(start.code, Some(0), "{start}");
+    assert!(took < QUICK, "`start other` took {took:?} during ci stop");
+    assert!(stop.running(), "{}", stop.stderr());
+
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    let rows = p.ps_map();
+    assert!(!rows.contains_key("slow"), "slow is forgotten: {rows:?}");
+    assert!(rows["other"]["pid"].as_i64().is_some(), "{rows:?}");
+    assert!(p.leaders_of("slow").is_empty());
+}
+
+/// Without a supervisor, `down` waits out grace periods outside the state lock too (another
+/// command that takes it answers at once; `ps` shows slow stopping), and still forgets
+/// everything and leaves no process of the project.
+#[test]
+fn a_one_shot_down_waits_out_its_grace_period_outside_the_state_lock() {
+    let p = project("osdown");
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut down = Background::start(&p, &["down"], &tmp.path().join("down.err"));
+    wait_until("slow is recorded stopping", WAIT, || {
+        row(&p, "slow")["status"] == "stopping"
+    });
+    // `start` takes the state lock (its answer: other is forgotten already).
+    let t = Instant::now();
+    let start = p.run(&["start", "other"]);
+    let took = t.elapsed();
+    assert!(
+        took < QUICK,
+        "`start other` took {took:?} during down: {start}"
+    );
+    assert!(down.running(), "{}", down.stderr());
+
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(down.finish(), Some(0), "{}", down.stderr());
+    assert!(p.ps().is_empty(), "{:?}", p.ps());
+    assert!(p.marked().is_empty(), "nothing of the project runs");
+}
+
+/// A one-shot `down -t 1` kills what ignores SIGTERM when its grace period ends (the
+/// one-shot's own grace timer, not the stop thread's later backstop), and says so.
+#[test]
+fn a_one_shot_down_kills_at_the_end_of_the_grace_period() {
+    let p = project("osdownkill");
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    let t = Instant::now();
+    let out = p.ok(&["down", "-t", "1"]);
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(2900), "took {took:?}: {out}");
+    assert!(group_empty(pid), "{out}");
+    assert!(out.stderr.contains("slow"), "{out}");
+    assert!(out.stderr.contains("grace period"), "{out}");
+    assert!(p.ps().is_empty());
+}

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::machine::{ClientId, Effect, Event, Machine, Timer};
 use super::pass::{self, PassSettings, Work};
+use super::shutdown::SweepStops;
 use super::{Input, await_ready, pass_done, spawn_probe};
 use crate::engine::Reporter;
 use crate::project::Project;
@@ -46,6 +47,9 @@ pub fn serve(
     else {
         return (false, "cannot start a timer".into());
     };
+    if let Work::Shutdown { sweep: true, .. } = &work {
+        return serve_shutdown(ctx, settings, &work, reporter, &rt);
+    }
     let (tx, mut rx) = unbounded_channel::<Input>();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut machine = Machine::new(false);
@@ -250,6 +254,73 @@ pub(super) fn run_pass_after_stops(
                 result: Some(Err(format!("{}; try again once it ends", said.join("; ")))),
                 ..Default::default()
             };
+        }
+    }
+}
+
+/// stop7: a one-shot `down` / `ci stop` (`Work::Shutdown { sweep: true }`) in two passes,
+/// its grace periods waited between them, outside the state lock: the first signals and
+/// records `stopping` (this process owns those stops, `crate::stop_owner`), the second
+/// records the outcomes, forgets the records and sweeps the markers. With nothing to wait
+/// for (or a refusal to report) the first pass does it all, as before.
+fn serve_shutdown(
+    ctx: &dyn Project,
+    settings: PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+    rt: &tokio::runtime::Runtime,
+) -> (bool, String) {
+    let mut s = settings;
+    s.sweep_stops = SweepStops::Defer;
+    let mut out = pass::run_pass(ctx, &s, work, reporter);
+    if let Some(job) = out.stops.take() {
+        let outcomes = watch_stops(rt, job.stops.clone());
+        s.sweep_stops = SweepStops::Finished { job, outcomes };
+        out = pass::run_pass(ctx, &s, work, reporter);
+    }
+    match out.result {
+        Some(Ok(m)) => (true, m),
+        Some(Err(e)) => (false, e),
+        None => (false, "no result".into()),
+    }
+}
+
+/// Watches `stops` as the loop does (`spawn_stop`: deepest level first), killing each level
+/// when its grace period ends; their outcomes.
+fn watch_stops(
+    rt: &tokio::runtime::Runtime,
+    stops: Vec<crate::engine::PendingStop>,
+) -> Vec<crate::process::StopOutcome> {
+    let (tx, mut rx) = unbounded_channel::<Input>();
+    let switch = Arc::new(AtomicUsize::new(0));
+    super::spawn_stop(&tx, 0, stops, switch.clone());
+    drop(tx);
+    // When each signalled level's grace period ends.
+    let mut graces: BTreeMap<usize, Instant> = BTreeMap::new();
+    loop {
+        let due = graces
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(l, at)| (*l, *at));
+        let received = rt.block_on(async {
+            match due {
+                Some((_, at)) => tokio::time::timeout_at(at, rx.recv()).await.ok(),
+                None => Some(rx.recv().await),
+            }
+        });
+        match received {
+            None => {
+                let (level, _) = due.expect("a timeout needs a grace period");
+                graces.remove(&level);
+                switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+            }
+            Some(Some(Input::Event(Event::StopSignalled { level, grace, .. }))) => {
+                graces.insert(level, Instant::now() + grace);
+            }
+            Some(Some(Input::Event(Event::StopDone { outcomes, .. }))) => return outcomes,
+            Some(Some(_)) => {}
+            // The watch ended without outcomes: the second pass stops what is left.
+            Some(None) => return Vec::new(),
         }
     }
 }

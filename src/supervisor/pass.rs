@@ -125,6 +125,9 @@ pub struct PassSettings {
     pub defer_stops: bool,
     /// Services whose stop the loop is watching: no pass plans them until it is recorded.
     pub stopping: BTreeSet<String>,
+    /// stop7: how a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
+    /// (`oneshot::serve_shutdown`).
+    pub sweep_stops: super::shutdown::SweepStops,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -338,8 +341,11 @@ fn pass(
                 timeout: *timeout,
                 refused,
                 loaded: loaded.unwrap_or_else(|| before.clone()),
+                phase: &settings.sweep_stops,
             };
-            return sweep_markers(&store, &lock, state, order, reporter);
+            let (message, job) = sweep_markers(&store, &lock, state, order, reporter)?;
+            out.stops = job;
+            return Ok(message);
         }
         Work::Shutdown {
             timeout, forget, ..
