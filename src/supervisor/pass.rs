@@ -242,7 +242,14 @@ fn pass(
         Some(only) => {
             let (mut state, corrupt) = load_or_set_aside(&store, &lock)?;
             let loaded = state.clone();
-            let refused = refuse_records(&mut state, only, corrupt, &store.project, reporter)?;
+            // The second pass of a one-shot shutdown does not check the names again: they
+            // were checked by its first, and may be gone since (another `down`).
+            let checked = corrupt
+                || matches!(
+                    settings.sweep_stops,
+                    super::shutdown::SweepStops::Finished { .. }
+                );
+            let refused = refuse_records(&mut state, only, checked, &store.project, reporter)?;
             (state, Some(loaded), refused)
         }
         None => (store.load(&lock)?, None, Vec::new()),

@@ -46,6 +46,7 @@ pub(super) fn load_or_set_aside(store: &StateStore, lock: &StateLock) -> Result<
 pub(super) fn refuse_records(
     state: &mut State,
     only: Option<&[String]>,
+    // The state was corrupt (it knows no names), or the names were checked already.
     corrupt: bool,
     project: &str,
     reporter: &mut dyn Reporter,
