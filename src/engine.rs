@@ -593,6 +593,8 @@ impl<'a> Engine<'a> {
                 );
                 if let Some(id) = rec.process.as_ref().filter(|_| !settled) {
                     rec.status = Status::Stopping;
+                    // This process owns the stop until its outcome is saved (`stop_owner`).
+                    crate::stop_owner::take(self.store, &item.name);
                     requests.push(StopRequest {
                         name: item.name.clone(),
                         identity: id.clone(),
@@ -640,7 +642,11 @@ impl<'a> Engine<'a> {
                 let request = requests.iter().find(|r| r.name == item.name);
                 self.record_stop(item, request, outcome, report);
             }
-            self.save()?;
+            let saved = self.save();
+            for r in &requests {
+                crate::stop_owner::release(self.store, &r.name);
+            }
+            saved?;
         }
         Ok(())
     }
@@ -719,7 +725,12 @@ impl<'a> Engine<'a> {
             };
             self.record_stop(&item, Some(&p.request), Some(o), report);
         }
-        self.save()
+        let saved = self.save();
+        // Recorded: the stop is nobody's any more (`stop_owner`).
+        for (p, _) in done {
+            crate::stop_owner::release(self.store, &p.name);
+        }
+        saved
     }
 
     /// Spawns the services of one level. Returns the names that failed.

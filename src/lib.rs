@@ -38,6 +38,7 @@ pub mod secs;
 pub mod session;
 pub mod spec;
 pub mod state;
+pub mod stop_owner;
 pub mod supervisor;
 pub mod tail;
 pub mod watch;

@@ -343,7 +343,7 @@ impl Shell<'_> {
         let mut settings = self.settings.clone();
         settings.probed = probed;
         self.pass = Some(tokio::task::spawn_blocking(move || {
-            let out = pass::run_pass(ctx.as_ref(), &settings, &work, &mut reporter);
+            let out = oneshot::run_pass_after_stops(ctx.as_ref(), &settings, &work, &mut reporter);
             reporter.print_failure(&out);
             // Give back what the pass allocated: the supervisor then idles small.
             // SAFETY: malloc_trim only releases free heap memory.

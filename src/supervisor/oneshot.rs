@@ -12,13 +12,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::Instant;
 
 use super::machine::{ClientId, Effect, Event, Machine, Timer};
 use super::pass::{self, PassSettings, Work};
+use super::shutdown::SweepStops;
 use super::{Input, await_ready, pass_done, spawn_probe};
 use crate::engine::Reporter;
 use crate::project::Project;
@@ -35,12 +37,19 @@ pub fn serve(
     reporter: &mut dyn Reporter,
 ) -> (bool, String) {
     settings.loop_waits = true;
+    // stop7: a stop is a wait of this loop as of the supervisor's: the pass signals, records
+    // `stopping` (owned by this process, `crate::stop_owner`) and returns; the grace period is
+    // waited here, outside the state lock. (`Work::Shutdown` still waits in its pass.)
+    settings.defer_stops = true;
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
     else {
         return (false, "cannot start a timer".into());
     };
+    if let Work::Shutdown { sweep: true, .. } = &work {
+        return serve_shutdown(ctx, settings, &work, reporter, &rt);
+    }
     let (tx, mut rx) = unbounded_channel::<Input>();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut machine = Machine::new(false);
@@ -54,6 +63,8 @@ pub fn serve(
     let mut probes = 0usize;
     // `--wait-timeout`s armed (the loop's other timers are not a one-shot's business).
     let mut timers: BTreeMap<Timer, Instant> = BTreeMap::new();
+    // The kill switch of each stop in flight (as the supervisor's shell keeps them).
+    let mut kill_switches: BTreeMap<u64, Arc<AtomicUsize>> = BTreeMap::new();
     let mut last: Option<Result<String, String>> = None;
     let answer = loop {
         let mut next = None;
@@ -67,22 +78,40 @@ pub fn serve(
                     cancel.store(true, Ordering::SeqCst);
                     return (ok, message);
                 }
-                Effect::RunPass { work, probed, .. } => {
+                Effect::RunPass {
+                    work,
+                    probed,
+                    stopping,
+                    ..
+                } => {
                     if let Work::Reconcile { explicit: Some(e) } = &work {
                         super::widen_selection(&mut settings, e);
                     }
                     let mut s = settings.clone();
                     s.probed = probed;
-                    let out = pass::run_pass(ctx, &s, &work, reporter);
+                    s.stopping = stopping;
+                    let out = run_pass_after_stops(ctx, &s, &work, reporter);
                     let done = pass_done(out, false);
                     last = Some(done.result.clone());
                     next = Some(Event::PassDone(done));
                 }
-                // Not asked for (`defer_stops` is the supervisor's); carried out in place.
+                // Watched on a thread (`Event::StopSignalled`, `Event::StopDone`), killed by
+                // its grace timer (`Effect::KillStop`).
                 Effect::Stop { id, stops } => {
-                    let requests: Vec<_> = stops.into_iter().map(|p| p.request).collect();
-                    let outcomes = crate::process::stop_groups(&requests);
-                    next = Some(Event::StopDone { id, outcomes });
+                    let switch = Arc::new(AtomicUsize::new(0));
+                    kill_switches.insert(id, switch.clone());
+                    super::spawn_stop(&tx, id, stops, switch);
+                }
+                Effect::KillStop { id, level } => {
+                    if let Some(switch) = kill_switches.get(&id) {
+                        switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+                    }
+                }
+                Effect::Arm {
+                    timer: timer @ Timer::Grace(..),
+                    at,
+                } => {
+                    timers.insert(timer, at);
                 }
                 Effect::Probe(order) => {
                     probes += 1;
@@ -116,8 +145,6 @@ pub fn serve(
                 | Effect::Answer { .. }
                 | Effect::InterruptPass
                 | Effect::KillNow
-                // A stop carried out in place escalates by its own grace period.
-                | Effect::KillStop { .. }
                 | Effect::Say(_)
                 | Effect::Notice(_)
                 | Effect::Exit(_) => {}
@@ -132,7 +159,7 @@ pub fn serve(
             .min_by_key(|(_, at)| **at)
             .map(|(t, at)| (*t, *at));
         // Idle and not answered, with nothing to wake it (a service still waits).
-        if probes == 0 && timer.is_none() {
+        if probes == 0 && timer.is_none() && kill_switches.is_empty() {
             break last;
         }
         let received = rt.block_on(async {
@@ -152,6 +179,9 @@ pub fn serve(
                 if matches!(e, Event::Probed { .. } | Event::WaitProbed { .. }) {
                     probes = probes.saturating_sub(1);
                 }
+                if let Event::StopDone { id, .. } = &e {
+                    kill_switches.remove(id);
+                }
                 e
             }
             Some(Some(_)) => continue,
@@ -164,5 +194,133 @@ pub fn serve(
         Some(Ok(m)) => (true, m),
         Some(Err(e)) => (false, e),
         None => (false, "no result".into()),
+    }
+}
+
+/// How long past a foreign stop's grace period a command waits for it before answering that
+/// it is still in flight.
+const FOREIGN_STOP_SLACK: Duration = Duration::from_secs(10);
+
+/// Runs a pass; when the services it needs are being stopped by another live process
+/// (`PassOutcome::owned_elsewhere`), waits for those stops to end — a blocking `flock` on
+/// their stop locks, outside the state lock (`crate::stop_owner`) — and runs it again. A stop
+/// that outlasts its grace period (plus [`FOREIGN_STOP_SLACK`]) is answered as such.
+pub(super) fn run_pass_after_stops(
+    ctx: &dyn Project,
+    settings: &PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+) -> pass::PassOutcome {
+    loop {
+        let out = pass::run_pass(ctx, settings, work, reporter);
+        if out.owned_elsewhere.is_empty() {
+            return out;
+        }
+        let store = match ctx.store() {
+            Ok(s) => s,
+            Err(e) => {
+                return pass::PassOutcome {
+                    result: Some(Err(format!("{e:#}"))),
+                    ..Default::default()
+                };
+            }
+        };
+        let mut limit = Duration::ZERO;
+        for o in &out.owned_elsewhere {
+            let what = format!("waits for its stop by {} to end", o.holder);
+            reporter.event(&o.service, &what);
+            limit = limit.max(o.grace);
+        }
+        let names: Vec<String> = out
+            .owned_elsewhere
+            .iter()
+            .map(|o| o.service.clone())
+            .collect();
+        let held = crate::stop_owner::wait_released(&store, &names, limit + FOREIGN_STOP_SLACK);
+        if crate::process::interrupted() {
+            return pass::PassOutcome {
+                result: Some(Err("interrupted".into())),
+                ..Default::default()
+            };
+        }
+        if !held.is_empty() {
+            let said: Vec<String> = out
+                .owned_elsewhere
+                .iter()
+                .filter(|o| held.contains(&o.service))
+                .map(|o| format!("{} is still being stopped by {}", o.service, o.holder))
+                .collect();
+            return pass::PassOutcome {
+                result: Some(Err(format!("{}; try again once it ends", said.join("; ")))),
+                ..Default::default()
+            };
+        }
+    }
+}
+
+/// stop7: a one-shot `down` / `ci stop` (`Work::Shutdown { sweep: true }`) in two passes,
+/// its grace periods waited between them, outside the state lock: the first signals and
+/// records `stopping` (this process owns those stops, `crate::stop_owner`), the second
+/// records the outcomes, forgets the records and sweeps the markers. With nothing to wait
+/// for (or a refusal to report) the first pass does it all, as before.
+fn serve_shutdown(
+    ctx: &dyn Project,
+    settings: PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+    rt: &tokio::runtime::Runtime,
+) -> (bool, String) {
+    let mut s = settings;
+    s.sweep_stops = SweepStops::Defer;
+    let mut out = pass::run_pass(ctx, &s, work, reporter);
+    if let Some(job) = out.stops.take() {
+        let outcomes = watch_stops(rt, job.stops.clone());
+        s.sweep_stops = SweepStops::Finished { job, outcomes };
+        out = pass::run_pass(ctx, &s, work, reporter);
+    }
+    match out.result {
+        Some(Ok(m)) => (true, m),
+        Some(Err(e)) => (false, e),
+        None => (false, "no result".into()),
+    }
+}
+
+/// Watches `stops` as the loop does (`spawn_stop`: deepest level first), killing each level
+/// when its grace period ends; their outcomes.
+fn watch_stops(
+    rt: &tokio::runtime::Runtime,
+    stops: Vec<crate::engine::PendingStop>,
+) -> Vec<crate::process::StopOutcome> {
+    let (tx, mut rx) = unbounded_channel::<Input>();
+    let switch = Arc::new(AtomicUsize::new(0));
+    super::spawn_stop(&tx, 0, stops, switch.clone());
+    drop(tx);
+    // When each signalled level's grace period ends.
+    let mut graces: BTreeMap<usize, Instant> = BTreeMap::new();
+    loop {
+        let due = graces
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(l, at)| (*l, *at));
+        let received = rt.block_on(async {
+            match due {
+                Some((_, at)) => tokio::time::timeout_at(at, rx.recv()).await.ok(),
+                None => Some(rx.recv().await),
+            }
+        });
+        match received {
+            None => {
+                let (level, _) = due.expect("a timeout needs a grace period");
+                graces.remove(&level);
+                switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+            }
+            Some(Some(Input::Event(Event::StopSignalled { level, grace, .. }))) => {
+                graces.insert(level, Instant::now() + grace);
+            }
+            Some(Some(Input::Event(Event::StopDone { outcomes, .. }))) => return outcomes,
+            Some(Some(_)) => {}
+            // The watch ended without outcomes: the second pass stops what is left.
+            Some(None) => return Vec::new(),
+        }
     }
 }

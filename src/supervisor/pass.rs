@@ -133,6 +133,9 @@ pub struct PassSettings {
     pub defer_stops: bool,
     /// Services whose stop the loop is watching: no pass plans them until it is recorded.
     pub stopping: BTreeSet<String>,
+    /// stop7: how a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
+    /// (`oneshot::serve_shutdown`).
+    pub sweep_stops: super::shutdown::SweepStops,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -200,6 +203,20 @@ pub struct PassOutcome {
     pub stops: Option<StopJob>,
     /// Sessions `starting` (their `Ready!` is the loop's wait, `supervised` only).
     pub sessions: Vec<SessionOrder>,
+    /// stop7: services the work needs that another live process is stopping
+    /// (`crate::stop_owner`): the pass did nothing; the caller waits for those stops, outside
+    /// the state lock, and runs it again (`oneshot::run_pass_after_stops`).
+    pub owned_elsewhere: Vec<OwnedStop>,
+}
+
+/// A stop in flight that another live process owns (its stop lock is held).
+#[derive(Debug, Clone)]
+pub struct OwnedStop {
+    pub service: String,
+    /// Who (`pid 12 (mirrord-up stop slow)`).
+    pub holder: String,
+    /// How long it may take: its grace period.
+    pub grace: Duration,
 }
 
 pub fn run_pass(
@@ -233,7 +250,14 @@ fn pass(
         Some(only) => {
             let (mut state, corrupt) = load_or_set_aside(&store, &lock)?;
             let loaded = state.clone();
-            let refused = refuse_records(&mut state, only, corrupt, &store.project, reporter)?;
+            // The second pass of a one-shot shutdown does not check the names again: they
+            // were checked by its first, and may be gone since (another `down`).
+            let checked = corrupt
+                || matches!(
+                    settings.sweep_stops,
+                    super::shutdown::SweepStops::Finished { .. }
+                );
+            let refused = refuse_records(&mut state, only, checked, &store.project, reporter)?;
             (state, Some(loaded), refused)
         }
         None => (store.load(&lock)?, None, Vec::new()),
@@ -274,12 +298,19 @@ fn pass(
         _ => recorded(&state),
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
+    // stop7: stops another live process owns are left alone as the loop's own are; a work
+    // that needs one of them waits for it (the caller, outside the lock) and runs again.
+    let owned = owned_elsewhere(&store, &state, settings, work);
+    let needed = needed_of(work, &desired, &owned);
+    if !needed.is_empty() {
+        out.owned_elsewhere = needed;
+        return Ok(String::new());
+    }
     let mut observed = observe(&state);
     // What the loop is stopping is left alone until its stop is recorded.
-    desired
-        .services
-        .retain(|s| !settings.stopping.contains(&s.name));
-    observed.retain(|n, _| !settings.stopping.contains(n));
+    let left_alone = |n: &String| settings.stopping.contains(n) || owned.contains_key(n);
+    desired.services.retain(|s| !left_alone(&s.name));
+    observed.retain(|n, _| !left_alone(n));
     let names_of = |names: &[String]| -> Result<BTreeSet<String>> {
         let known: Vec<&String> = state.records(RecordKind::Service).map(|(n, _)| n).collect();
         crate::project::ensure_known(names, &known, &store.project, "no service named")?;
@@ -334,8 +365,11 @@ fn pass(
                 timeout: *timeout,
                 refused,
                 loaded: loaded.unwrap_or_else(|| before.clone()),
+                phase: &settings.sweep_stops,
             };
-            return sweep_markers(&store, &lock, state, order, reporter);
+            let (message, job) = sweep_markers(&store, &lock, state, order, reporter)?;
+            out.stops = job;
+            return Ok(message);
         }
         // Served before anything is settled or planned (above).
         Work::CiStart(_) | Work::RecordExit { .. } => {
@@ -726,6 +760,61 @@ fn recorded(state: &State) -> Desired {
         warnings: Vec::new(),
         partial: true,
     }
+}
+
+/// stop7: the `stopping` records whose stop another live process owns (its stop lock is
+/// held; `crate::stop_owner`), not the loop's own (`PassSettings::stopping`). None for a
+/// shutdown: `down` stops them too.
+fn owned_elsewhere(
+    store: &crate::state::StateStore,
+    state: &State,
+    settings: &PassSettings,
+    work: &Work,
+) -> BTreeMap<String, OwnedStop> {
+    if matches!(work, Work::Shutdown { .. }) {
+        return BTreeMap::new();
+    }
+    state
+        .records(RecordKind::Service)
+        .filter(|(n, r)| {
+            r.status == Status::Stopping && r.process.is_some() && !settings.stopping.contains(*n)
+        })
+        .filter_map(|(n, r)| {
+            let holder = crate::stop_owner::owner_elsewhere(store, n)?;
+            Some((
+                n.clone(),
+                OwnedStop {
+                    service: n.clone(),
+                    holder,
+                    grace: r.spec.stop_timeout(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Of the stops another process owns, those `work` needs: the services it starts, restarts
+/// or stops (an `up`: those of the file it would run).
+fn needed_of(
+    work: &Work,
+    desired: &Desired,
+    owned: &BTreeMap<String, OwnedStop>,
+) -> Vec<OwnedStop> {
+    if owned.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<&String> = match work {
+        Work::Reconcile { .. } => desired.services.iter().map(|s| &s.name).collect(),
+        Work::Start { names } | Work::Stop { names, .. } | Work::Restart { names, .. } => {
+            names.iter().collect()
+        }
+        Work::Finish { job, .. } => job.resume.iter().map(|s| &s.service).collect(),
+        Work::Shutdown { .. } => Vec::new(),
+    };
+    names
+        .into_iter()
+        .filter_map(|n| owned.get(n).cloned())
+        .collect()
 }
 
 /// Which services a stop pass stops, and how.

@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
 
+use super::pass::StopJob;
 use crate::engine::{ApplyReport, Engine, LaunchSettings, Reporter};
-use crate::process::{self, ProcessIdentity, sweep};
+use crate::process::{self, ProcessIdentity, StopOutcome, sweep};
 use crate::state::{State, StateError, StateLock, StateStore};
 
 /// The answer of a sweep that found nothing at all.
@@ -45,6 +46,7 @@ pub(super) fn load_or_set_aside(store: &StateStore, lock: &StateLock) -> Result<
 pub(super) fn refuse_records(
     state: &mut State,
     only: Option<&[String]>,
+    // The state was corrupt (it knows no names), or the names were checked already.
     corrupt: bool,
     project: &str,
     reporter: &mut dyn Reporter,
@@ -77,6 +79,24 @@ pub(super) fn refuse_records(
     Ok(refused)
 }
 
+/// stop7: how a sweeping shutdown waits for the stops of its records.
+#[derive(Debug, Clone, Default)]
+pub enum SweepStops {
+    /// In its pass, holding the state lock (the supervisor's final pass; a refusal).
+    #[default]
+    InPass,
+    /// The one-shot's first pass: signal, record `stopping` (owned by this process,
+    /// `crate::stop_owner`) and return the stops (`PassOutcome::stops`); the one-shot waits
+    /// for them outside the state lock.
+    Defer,
+    /// The one-shot's second pass: record these outcomes (the records go), then the rest
+    /// as in one pass (what is left, the marker sweep, the answer).
+    Finished {
+        job: StopJob,
+        outcomes: Vec<StopOutcome>,
+    },
+}
+
 /// What a sweeping shutdown is asked for.
 pub(super) struct Sweep<'a> {
     pub only: Option<&'a [String]>,
@@ -85,24 +105,27 @@ pub(super) struct Sweep<'a> {
     pub refused: Vec<String>,
     /// The state as loaded: saved only if the pass changed it.
     pub loaded: State,
+    pub phase: &'a SweepStops,
 }
 
 /// Stops the selected records (deepest level first), forgets them, then stops whatever
 /// still carries their markers; drops a supervisor record that is gone or no mirrord-up.
 /// Answers [`NOTHING_TO_STOP`] when there was nothing, `""` otherwise; an error names every
-/// survivor and refusal.
+/// survivor and refusal. With [`SweepStops::Defer`] and stops to wait for, returns them
+/// instead (the marker sweep is the second pass's, [`SweepStops::Finished`]).
 pub(super) fn sweep_markers(
     store: &StateStore,
     lock: &StateLock,
     state: State,
     order: Sweep<'_>,
     reporter: &mut dyn Reporter,
-) -> Result<String> {
+) -> Result<(String, Option<StopJob>)> {
     let Sweep {
         only,
         timeout,
         refused,
         loaded,
+        phase,
     } = order;
     let selected = |n: &String| only.is_none_or(|o| o.contains(n));
     // How each selected record is stopped, and the spawn nonces its processes carry.
@@ -117,12 +140,34 @@ pub(super) fn sweep_markers(
             (signal, timeout.unwrap_or(rec.spec.stop_timeout())),
         );
     }
+    // Defer only what can be answered later as now: no refusals to carry.
+    let defer = matches!(phase, SweepStops::Defer) && refused.is_empty();
     let settings = LaunchSettings {
         mirrord_bin: None,
         stop_timeout: timeout,
+        defer_stops: defer,
         ..Default::default()
     };
     let mut engine = Engine::new(store, lock, state, settings, reporter);
+    let mut report = ApplyReport::default();
+    let mut had_any = false;
+    if let SweepStops::Finished { job, outcomes } = phase {
+        // What the first pass stopped: its records go now; its markers are swept below.
+        for p in &job.stops {
+            nonces.extend(p.request.identity.nonce.clone());
+            how.insert(p.name.clone(), (p.request.signal, p.request.timeout));
+        }
+        let done: Vec<_> = job
+            .stops
+            .iter()
+            .filter_map(|p| {
+                let o = outcomes.iter().find(|o| o.name == p.name)?;
+                Some((p.clone(), o.clone()))
+            })
+            .collect();
+        engine.finish_stops(&done, &mut report)?;
+        had_any = !job.stops.is_empty();
+    }
     let names: Vec<(String, String)> = engine
         .state
         .services
@@ -131,9 +176,16 @@ pub(super) fn sweep_markers(
         .map(|n| (n.clone(), "stop requested".to_owned()))
         .collect();
     let all: BTreeSet<String> = names.iter().map(|(n, _)| n.clone()).collect();
-    let had_any = !names.is_empty();
-    let mut report = ApplyReport::default();
+    had_any |= !names.is_empty();
     engine.stop_services(&names, &all, &mut report)?;
+    if !report.deferred.is_empty() {
+        let job = StopJob {
+            stops: std::mem::take(&mut report.deferred),
+            why: "stop requested".into(),
+            ..Default::default()
+        };
+        return Ok((String::new(), Some(job)));
+    }
 
     let services: Option<BTreeSet<String>> = only.map(|o| o.iter().cloned().collect());
     let found = sweep::find(&sweep::Selector {
@@ -192,11 +244,12 @@ pub(super) fn sweep_markers(
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
-    Ok(if !had_any && swept == 0 {
+    let message = if !had_any && swept == 0 {
         NOTHING_TO_STOP.to_owned()
     } else {
         String::new()
-    })
+    };
+    Ok((message, None))
 }
 
 /// Why a recorded supervisor must not be signalled: it is no process of ours to stop unless it

@@ -1,0 +1,238 @@
+//! Who owns a stop in flight (issue #11: the lock is taken around each state change, not
+//! across waits). A pass that signals a service records it `stopping` and takes its stop lock,
+//! `<state>/<project>/services/<name>/stop.lock` (an exclusive `flock`), for the whole stop:
+//! until the pass that records its outcome has saved it. The lock is held by this process
+//! (the one-shot command that stops, or the supervisor watching the stop), outside the state
+//! lock; the kernel releases it when that process dies, so a `stopping` record whose stop lock
+//! is free is an interrupted stop (finished and reconciled by the next pass), while one whose
+//! lock is held elsewhere is a live stopper's: other processes leave it alone and, when they
+//! need the service, wait for the lock outside the state lock, then reconcile.
+//!
+//! Only passes (under the state lock) take or test a stop lock, so a test is never overtaken
+//! by a stop that begins meanwhile.
+
+use std::collections::BTreeMap;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::fsutil::{Access, open_in_checked_dir};
+use crate::state::StateStore;
+
+/// How often [`wait_released`] looks whether this process was interrupted.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
+
+/// The stop locks this process holds, by path.
+static HELD: Mutex<BTreeMap<PathBuf, File>> = Mutex::new(BTreeMap::new());
+
+fn held() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, File>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The stop lock of `service`.
+pub fn lock_path(store: &StateStore, service: &str) -> PathBuf {
+    store.service_dir(service).join("stop.lock")
+}
+
+/// Takes the stop lock of `service` for this process (kept until [`release`]). `true` when this
+/// process owns the stop now (taken, or held already); `false` when another process holds it
+/// or the file cannot be used (the stop goes ahead unowned, as before stop locks existed).
+pub fn take(store: &StateStore, service: &str) -> bool {
+    let path = lock_path(store, service);
+    let mut held = held();
+    if held.contains_key(&path) {
+        return true;
+    }
+    let Ok(mut file) = open_in_checked_dir(&path, Access::ReadWrite) else {
+        return false;
+    };
+    if file.try_lock().is_err() {
+        return false;
+    }
+    // Who stops it, for the message of a command that waits for it.
+    let note = format!("pid {} (mirrord-up {})", std::process::id(), command_line());
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = file.write_all(note.as_bytes());
+    held.insert(path, file);
+    true
+}
+
+/// This command as the user would name it: from its subcommand on (global options such as
+/// `-f FILE` left out), at most four words; the detached supervisor is `supervisor`.
+fn command_line() -> String {
+    const COMMANDS: &[&str] = &["up", "down", "stop", "restart", "start", "ci"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "__supervise") {
+        return "supervisor".to_owned();
+    }
+    let from = args
+        .iter()
+        .position(|a| COMMANDS.contains(&a.as_str()))
+        .unwrap_or(0);
+    args[from..]
+        .iter()
+        .take(4)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Releases the stop lock of `service`, if this process holds it. Called once its outcome is
+/// saved.
+pub fn release(store: &StateStore, service: &str) {
+    if let Some(file) = held().remove(&lock_path(store, service)) {
+        let _ = file.set_len(0);
+        let _ = file.unlock();
+    }
+}
+
+/// Whether this process holds the stop lock of `service`.
+pub fn ours(store: &StateStore, service: &str) -> bool {
+    held().contains_key(&lock_path(store, service))
+}
+
+/// Who holds the stop lock of `service`, when a live process other than this one does
+/// (`pid 12 (mirrord-up stop slow)`); `None` when it is free or ours.
+pub fn owner_elsewhere(store: &StateStore, service: &str) -> Option<String> {
+    let path = lock_path(store, service);
+    if held().contains_key(&path) {
+        return None;
+    }
+    let mut file = open_existing(&path)?;
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut note = String::new();
+            let _ = file.read_to_string(&mut note);
+            let note = note.trim();
+            Some(if note.is_empty() {
+                "another mirrord-up".to_owned()
+            } else {
+                note.to_owned()
+            })
+        }
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
+fn open_existing(path: &Path) -> Option<File> {
+    if !path.exists() {
+        return None;
+    }
+    open_in_checked_dir(path, Access::Read).ok()
+}
+
+/// Waits, without any other lock, until none of `services`' stop locks is held by another
+/// process, within `limit` (or until this process is interrupted, `process::interrupt`: a
+/// Ctrl-C of the supervisor). Each wait is a blocking `flock` on a thread of its own.
+/// Returns the services still held when it gave up.
+pub fn wait_released(store: &StateStore, services: &[String], limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pending = Vec::new();
+    for name in services {
+        let Some(file) = open_existing(&lock_path(store, name)) else {
+            continue;
+        };
+        pending.push(name.clone());
+        let tx = tx.clone();
+        let name = name.clone();
+        std::thread::spawn(move || {
+            // A shared lock: several waiters do not hold each other up. Released at once.
+            if file.lock_shared().is_ok() {
+                let _ = file.unlock();
+            }
+            let _ = tx.send(name);
+        });
+    }
+    drop(tx);
+    while !pending.is_empty() && !crate::process::interrupted() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // Slices, to notice an interruption.
+        match rx.recv_timeout(left.min(INTERRUPT_CHECK)) {
+            Ok(name) => pending.retain(|n| *n != name),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), "p").unwrap();
+        (dir, store)
+    }
+
+    /// A stop lock taken here is ours, not someone else's; released, it is nobody's. (Another
+    /// process's hold is seen through a second open file, which is what a fresh open here is.)
+    #[test]
+    fn a_held_stop_lock_is_ours_then_free() {
+        let (_d, store) = store();
+        assert!(owner_elsewhere(&store, "slow").is_none());
+        assert!(take(&store, "slow"));
+        assert!(ours(&store, "slow"));
+        assert!(owner_elsewhere(&store, "slow").is_none());
+        // As another process sees it: an open file description of its own.
+        let mut other = File::open(lock_path(&store, "slow")).unwrap();
+        assert!(matches!(
+            other.try_lock_shared(),
+            Err(TryLockError::WouldBlock)
+        ));
+        let mut note = String::new();
+        other.read_to_string(&mut note).unwrap();
+        assert!(
+            note.contains(&format!("pid {}", std::process::id())),
+            "{note}"
+        );
+        release(&store, "slow");
+        assert!(!ours(&store, "slow"));
+        assert!(other.try_lock_shared().is_ok());
+    }
+
+    /// Held by another open file (another process), the lock is someone else's: not taken,
+    /// named, waited for until it is released.
+    #[test]
+    fn a_lock_held_elsewhere_is_named_and_waited_for() {
+        let (_d, store) = store();
+        let path = lock_path(&store, "slow");
+        let f = open_in_checked_dir(&path, Access::ReadWrite).unwrap();
+        f.lock().unwrap();
+        (&f).write_all(b"pid 1 (mirrord-up stop slow)").unwrap();
+        assert!(!take(&store, "slow"));
+        assert_eq!(
+            owner_elsewhere(&store, "slow").as_deref(),
+            Some("pid 1 (mirrord-up stop slow)")
+        );
+        let names = vec!["slow".to_owned()];
+        assert_eq!(
+            wait_released(&store, &names, Duration::from_millis(20)),
+            names
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let store = StateStore::open(store.dir.parent().unwrap(), "p").unwrap();
+            let names = names.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(());
+                wait_released(&store, &names, Duration::from_secs(30))
+            })
+        };
+        rx.recv().unwrap();
+        f.unlock().unwrap();
+        assert!(waiter.join().unwrap().is_empty());
+    }
+}
