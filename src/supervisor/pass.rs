@@ -809,7 +809,8 @@ fn needed_of(
             names.iter().collect()
         }
         Work::Finish { job, .. } => job.resume.iter().map(|s| &s.service).collect(),
-        Work::Shutdown { .. } => Vec::new(),
+        // A CI session's works are served before this (and name no file's service).
+        Work::Shutdown { .. } | Work::CiStart(_) | Work::RecordExit { .. } => Vec::new(),
     };
     names
         .into_iter()
