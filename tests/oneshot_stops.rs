@@ -350,3 +350,71 @@ fn a_one_shot_down_kills_at_the_end_of_the_grace_period() {
     assert!(out.stderr.contains("grace period"), "{out}");
     assert!(p.ps().is_empty());
 }
+
+/// A `down` sent to the supervisor is the loop's final shutdown: it too waits out slow's grace
+/// period outside the state lock (a command that takes the lock answers at once; `ps` shows
+/// slow stopping), then forgets everything and leaves no process of the project.
+#[test]
+fn a_supervised_down_waits_out_its_grace_period_outside_the_state_lock() {
+    let p = project("ossupdown");
+    p.ok(&["up", "-d"]);
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut down = Background::start(&p, &["down"], &tmp.path().join("down.err"));
+    wait_until("slow is recorded stopping", WAIT, || {
+        row(&p, "slow")["status"] == "stopping"
+    });
+    // `up --dry-run` takes the state lock (and needs no service, unlike `start other`,
+    // which rightly waits for other's stop to be recorded).
+    let t = Instant::now();
+    let dry = p.run(&["up", "--dry-run"]);
+    let took = t.elapsed();
+    assert_eq!(dry.code, Some(0), "{dry}");
+    assert!(
+        took < QUICK,
+        "`up --dry-run` took {took:?} during the supervisor's down: {dry}"
+    );
+    assert!(down.running(), "{}", down.stderr());
+
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(down.finish(), Some(0), "{}", down.stderr());
+    assert!(p.ps().is_empty(), "{:?}", p.ps());
+    assert!(p.marked().is_empty(), "nothing of the project runs");
+}
+
+/// Ctrl-C of a foreground `up` is the loop's final shutdown too: while slow's grace period
+/// runs, a command that takes the state lock answers at once; a second Ctrl-C kills slow at
+/// once, reported as forced; the records stay, as stopped.
+#[test]
+fn a_foreground_ctrl_c_waits_out_its_grace_period_outside_the_state_lock() {
+    let p = project("osfgctrlc");
+    // The foreground `up` starts them again.
+    p.ok(&["down", "-t", "0"]);
+    let mut up = common::Live::start(&p, &["up"]);
+    wait_until("slow runs", WAIT, || row(&p, "slow")["status"] == "running");
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    up.signal(Signal::SIGINT);
+    wait_until("slow is recorded stopping", WAIT, || {
+        row(&p, "slow")["status"] == "stopping"
+    });
+    // `up --dry-run` takes the state lock (and needs no service, unlike `start other`,
+    // which rightly waits for other's stop to be recorded).
+    let t = Instant::now();
+    let dry = p.run(&["up", "--dry-run"]);
+    let took = t.elapsed();
+    assert_eq!(dry.code, Some(0), "{dry}");
+    assert!(
+        took < QUICK,
+        "`up --dry-run` took {took:?} during the Ctrl-C stop: {dry}"
+    );
+    assert!(up.running(), "{}", up.text());
+    let t = Instant::now();
+    up.signal(Signal::SIGINT);
+    assert_eq!(up.wait_exit(WAIT), Some(130), "{}", up.text());
+    assert!(t.elapsed() < Duration::from_secs(5), "{}", up.text());
+    assert!(group_empty(pid), "{}", up.text());
+    assert!(up.text().contains("forced"), "{}", up.text());
+    assert_eq!(row(&p, "slow")["status"], "stopped", "{:?}", p.ps_map());
+}

@@ -342,8 +342,13 @@ impl Shell<'_> {
         let ctx = self.ctx.clone();
         let mut settings = self.settings.clone();
         settings.probed = probed;
+        let rt = tokio::runtime::Handle::current();
         self.pass = Some(tokio::task::spawn_blocking(move || {
-            let out = oneshot::run_pass_after_stops(ctx.as_ref(), &settings, &work, &mut reporter);
+            let out = if let Work::Shutdown { sweep: false, .. } = &work {
+                oneshot::serve_loop_shutdown(ctx.as_ref(), &settings, &work, &mut reporter, &rt)
+            } else {
+                oneshot::run_pass_after_stops(ctx.as_ref(), &settings, &work, &mut reporter)
+            };
             reporter.print_failure(&out);
             // Give back what the pass allocated: the supervisor then idles small.
             // SAFETY: malloc_trim only releases free heap memory.

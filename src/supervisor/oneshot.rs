@@ -274,7 +274,7 @@ fn serve_shutdown(
     s.sweep_stops = SweepStops::Defer;
     let mut out = pass::run_pass(ctx, &s, work, reporter);
     if let Some(job) = out.stops.take() {
-        let outcomes = watch_stops(rt, job.stops.clone());
+        let outcomes = watch_stops(Driver::Own(rt), job.stops.clone());
         s.sweep_stops = SweepStops::Finished { job, outcomes };
         out = pass::run_pass(ctx, &s, work, reporter);
     }
@@ -285,10 +285,71 @@ fn serve_shutdown(
     }
 }
 
+/// Who drives the timers of [`watch_stops`]: the one-shot's own runtime (its `block_on`
+/// drives them), or the supervisor's, from its pass thread (its main thread drives them; a
+/// `Handle::block_on` on a current-thread runtime does not).
+pub(super) enum Driver<'a> {
+    Own(&'a tokio::runtime::Runtime),
+    Shared(&'a tokio::runtime::Handle),
+}
+
+impl Driver<'_> {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match self {
+            Driver::Own(rt) => rt.block_on(f),
+            Driver::Shared(h) => h.block_on(f),
+        }
+    }
+}
+
+/// The loop's final shutdown (`Work::Shutdown` without the sweep: `down` sent to the
+/// supervisor, Ctrl-C), served on the pass thread of the supervisor's shell without holding
+/// the state lock across the grace periods: a first pass signals and records `stopping`
+/// (`PassSettings::defer_shutdown`), the stops are watched here (SIGKILL at the end of each
+/// grace period, or at once after a second Ctrl-C: `process::kill_now`), and a
+/// `Work::Finish` pass records them (their records go for a `down`). Nothing to wait for:
+/// the first pass is the answer.
+pub(super) fn serve_loop_shutdown(
+    ctx: &dyn Project,
+    settings: &PassSettings,
+    work: &Work,
+    reporter: &mut dyn Reporter,
+    rt: &tokio::runtime::Handle,
+) -> pass::PassOutcome {
+    let rt = Driver::Shared(rt);
+    let mut first = settings.clone();
+    first.defer_shutdown = true;
+    let mut out = pass::run_pass(ctx, &first, work, reporter);
+    let Some(job) = out.stops.take() else {
+        return out;
+    };
+    let outcomes = watch_stops(rt, job.stops.clone());
+    let finish = Work::Finish {
+        job,
+        outcomes,
+        services: None,
+        wait: None,
+    };
+    let mut last = settings.clone();
+    // The records being stopped are this pass's own to record, not another stop's.
+    last.stopping.clear();
+    let mut done = pass::run_pass(ctx, &last, &finish, reporter);
+    // What the first pass settled (`--abort-on-exit`: the service that ended, and its code)
+    // stays the answer's.
+    if let Some(Err(e)) = out.result {
+        done.result = Some(Err(e));
+    }
+    done.abort = out.abort.or(done.abort);
+    out.failed.append(&mut done.failed);
+    done.failed = out.failed;
+    done.all_down = out.all_down.or(done.all_down);
+    done
+}
+
 /// Watches `stops` as the loop does (`spawn_stop`: deepest level first), killing each level
 /// when its grace period ends; their outcomes.
 fn watch_stops(
-    rt: &tokio::runtime::Runtime,
+    rt: Driver<'_>,
     stops: Vec<crate::engine::PendingStop>,
 ) -> Vec<crate::process::StopOutcome> {
     let (tx, mut rx) = unbounded_channel::<Input>();
@@ -310,9 +371,11 @@ fn watch_stops(
         });
         match received {
             None => {
-                let (level, _) = due.expect("a timeout needs a grace period");
-                graces.remove(&level);
-                switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+                // A timeout: the grace period of `due` ended.
+                if let Some((level, _)) = due {
+                    graces.remove(&level);
+                    switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
+                }
             }
             Some(Some(Input::Event(Event::StopSignalled { level, grace, .. }))) => {
                 graces.insert(level, Instant::now() + grace);

@@ -129,8 +129,12 @@ pub struct PassSettings {
     pub probed: Probed,
     /// The loop watches stops (the supervisor): a pass signals, records `stopping` and
     /// returns them (`PassOutcome::stops`) instead of waiting out their grace periods. Not
-    /// for `Work::Shutdown` (the loop is ending: its final pass waits).
+    /// for `Work::Shutdown`: see `defer_shutdown`.
     pub defer_stops: bool,
+    /// The loop's final shutdown (`down` sent to the supervisor, Ctrl-C): signal, record
+    /// `stopping` and return the stops; the shell waits for them outside the state lock and
+    /// a `Work::Finish` pass records them (`oneshot::serve_loop_shutdown`).
+    pub defer_shutdown: bool,
     /// Services whose stop the loop is watching: no pass plans them until it is recorded.
     pub stopping: BTreeSet<String>,
     /// stop7: how a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
@@ -395,7 +399,8 @@ fn pass(
                     Cause::Ending
                 },
             };
-            return stop(&store, &lock, state, &order, false, settings, reporter, out);
+            let defer = settings.defer_shutdown;
+            return stop(&store, &lock, state, &order, defer, settings, reporter, out);
         }
         Work::Finish { job, outcomes, .. } => resume_plan(&state, settings, job, outcomes),
     };
@@ -846,7 +851,10 @@ fn stop(
         ref why,
     } = *order;
     let mut observed = observe(&state);
-    if defer {
+    // A `stop` leaves what the loop is already stopping to that stop; the loop's final
+    // shutdown takes every service (the loop ends: no other stop will be recorded).
+    let leave_in_flight = defer && !settings.defer_shutdown;
+    if leave_in_flight {
         observed.retain(|n, _| !settings.stopping.contains(n));
     }
     let plan = crate::plan::plan_stop(
@@ -894,7 +902,7 @@ fn stop(
             && was_up.contains(n)
             && !deferred.contains(n)
             // Its stop is the loop's already: the pass that records it says `stopped`.
-            && !(defer && settings.stopping.contains(n))
+            && !(leave_in_flight && settings.stopping.contains(n))
         {
             rec.status = Status::Stopped;
             rec.backoff_until_ms = None;
