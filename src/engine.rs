@@ -1384,7 +1384,7 @@ struct StopItem {
 }
 
 /// What a stop's outcome is said as (`stopped: removed from file`).
-fn stop_event(o: &StopOutcome, why: &str) -> String {
+pub(crate) fn stop_event(o: &StopOutcome, why: &str) -> String {
     let what = if let Some(refused) = &o.refused {
         format!("not signalled: {refused}")
     } else if o.survivors.is_empty() {

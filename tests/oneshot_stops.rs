@@ -418,3 +418,42 @@ fn a_foreground_ctrl_c_waits_out_its_grace_period_outside_the_state_lock() {
     assert!(up.text().contains("forced"), "{}", up.text());
     assert_eq!(row(&p, "slow")["status"], "stopped", "{:?}", p.ps_map());
 }
+
+/// With a supervisor running, `ci stop slow` (always served in its own process) owns slow's
+/// stop. A save of the file wakes the supervisor's watcher pass, which leaves that stop alone
+/// (no wait in the pass, no lock held): an `up -d other` sent to it meanwhile is answered at
+/// once (it used to queue behind a wait for the whole grace period). Once the stop is over,
+/// the loop passes again by itself and runs slow (it is in the file) — once.
+#[test]
+fn a_supervisor_leaves_another_process_stop_alone_and_reconciles_after_it() {
+    let p = project("ossupforeign");
+    p.ok(&["up", "-d"]);
+    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
+    p.remember_pgid(pid);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stop = Background::start(&p, &["ci", "stop", "slow"], &tmp.path().join("ci.err"));
+    wait_until("slow is recorded stopping", WAIT, || {
+        row(&p, "slow")["status"] == "stopping"
+    });
+    // A save: the watcher's pass meets slow (in the file), whose stop is ci stop's.
+    let yaml = std::fs::read_to_string(&p.yaml).unwrap();
+    std::fs::write(&p.yaml, format!("{yaml}\n# saved again\n")).unwrap();
+    let t = Instant::now();
+    let up = p.run(&["up", "-d", "other"]);
+    let took = t.elapsed();
+    assert_eq!(up.code, Some(0), "{up}");
+    assert!(
+        took < Duration::from_secs(2),
+        "`up -d other` took {took:?} while another process stops slow: {up}"
+    );
+    assert!(stop.running(), "{}", stop.stderr());
+    assert_eq!(p.leaders_of("slow"), vec![pid], "slow left to its stopper");
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    // No further input: the end of that stop wakes a pass, which runs slow again, once.
+    wait_until("slow runs again", WAIT, || {
+        row(&p, "slow")["status"] == "running" && p.leaders_of("slow").len() == 1
+    });
+    assert_ne!(p.leaders_of("slow"), vec![pid]);
+    p.ok(&["down", "-t", "0"]);
+}

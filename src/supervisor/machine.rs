@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::pass::{ProbeOrder, Probed, StopJob, Work};
+use super::pass::{OwnedStop, ProbeOrder, Probed, StopJob, Work};
 use crate::engine::{PendingStop, SessionOrder, SessionOutcome};
 use crate::process::StopOutcome;
 
@@ -103,10 +103,19 @@ pub struct PassDone {
     pub stops: Option<StopJob>,
     /// Sessions still `starting` (their `Ready!` is waited for by the loop).
     pub sessions: Vec<SessionOrder>,
+    /// Services the work needs whose stop another live process owns: the pass changed
+    /// nothing; the loop waits for those stops ([`Effect::AwaitStops`]) and runs it again.
+    pub foreign: Vec<OwnedStop>,
+    /// Stops another live process owns that the pass left alone: the loop passes again once
+    /// they are over.
+    pub left: Vec<OwnedStop>,
 }
 
 #[derive(Debug)]
 pub enum Event {
+    /// The stops of [`Effect::AwaitStops`] `id` are over; `held`: those still in flight when
+    /// its limit passed.
+    StopsReleased { id: u64, held: Vec<String> },
     /// The YAML (or a side file) changed.
     FileChanged,
     /// The YAML (or a side file) was written completely: closed after a write, or another
@@ -188,6 +197,13 @@ pub enum Effect {
     WatchSessions(Vec<SessionOrder>),
     /// Send [`Event::Timer`] at `at` (replacing the timer of that kind).
     Arm { timer: Timer, at: Instant },
+    /// Wait (outside the state lock) until no other process owns the stop of these
+    /// services, within `limit`; then [`Event::StopsReleased`].
+    AwaitStops {
+        id: u64,
+        services: Vec<String>,
+        limit: Duration,
+    },
     /// Probe a service's readiness until it passes, the process ends, or the timeout.
     Probe(ProbeOrder),
     /// `up --wait`: probe these services (all: empty) until `deadline`; the answer is
@@ -222,6 +238,11 @@ pub enum Effect {
     /// The loop ends with this exit code.
     Exit(u8),
 }
+
+/// A wait for stops another process owns ([`Effect::AwaitStops`]): the work that needed
+/// them and who asked (`None`: stops a pass left alone, whose end wakes a pass), and the
+/// stops.
+type ForeignWait = (Option<Work>, Option<ClientId>, Vec<OwnedStop>);
 
 /// An answered-later request: its pass is done, some of its services still wait.
 #[derive(Debug)]
@@ -298,6 +319,11 @@ pub struct Machine {
     /// Stops in flight, by id.
     flights: BTreeMap<u64, Flight>,
     next_flight: u64,
+    /// Works that need a service another process is stopping, by their
+    /// [`Effect::AwaitStops`]: run again once those stops are over.
+    foreign: BTreeMap<u64, ForeignWait>,
+    /// The work of the pass in flight.
+    in_flight_work: Option<Work>,
 }
 
 impl Machine {
@@ -326,6 +352,8 @@ impl Machine {
             starting: BTreeSet::new(),
             flights: BTreeMap::new(),
             next_flight: 0,
+            foreign: BTreeMap::new(),
+            in_flight_work: None,
         }
     }
 
@@ -443,6 +471,35 @@ impl Machine {
                 self.dirty = true;
             }
             Event::PassDone(done) => self.pass_done(done, now, &mut fx),
+            Event::StopsReleased { id, held } => {
+                let Some((work, client, owned)) = self.foreign.remove(&id) else {
+                    return fx;
+                };
+                match (work, client) {
+                    // The stops are over: the work that needed them runs again.
+                    (Some(work), client) if held.is_empty() => {
+                        self.queue.push_front((work, client));
+                    }
+                    // Still in flight past its limit: said to the one who asked.
+                    (Some(_), Some(client)) => {
+                        let said: Vec<String> = owned
+                            .iter()
+                            .filter(|o| held.contains(&o.service))
+                            .map(|o| {
+                                format!("{} is still being stopped by {}", o.service, o.holder)
+                            })
+                            .collect();
+                        fx.push(Effect::Answer {
+                            client,
+                            ok: false,
+                            message: format!("{}; try again once it ends", said.join("; ")),
+                        });
+                    }
+                    // A watcher's pass, or stops a pass left alone: a pass now reconciles
+                    // what they held back (and meets them again if they still run).
+                    _ => self.dirty = true,
+                }
+            }
             Event::StopDone { id, outcomes } => self.stop_done(id, outcomes, &mut fx),
             Event::StopSignalled { id, level, grace } => {
                 if self.flights.contains_key(&id) {
@@ -585,6 +642,57 @@ impl Machine {
         let Some((mut client, services)) = self.in_flight.take() else {
             return;
         };
+        let work = self.in_flight_work.take();
+        // It needs what another process is stopping: it changed nothing; wait for those stops
+        // as a wait of the loop (requests are served meanwhile), then run it again.
+        if !done.foreign.is_empty()
+            && let Some(work) = work
+        {
+            self.in_flight_wait = None;
+            self.next_flight += 1;
+            let id = self.next_flight;
+            let limit = done
+                .foreign
+                .iter()
+                .map(|o| o.grace)
+                .max()
+                .unwrap_or_default()
+                .saturating_add(FOREIGN_STOP_SLACK);
+            fx.push(Effect::AwaitStops {
+                id,
+                services: done.foreign.iter().map(|o| o.service.clone()).collect(),
+                limit,
+            });
+            self.foreign.insert(id, (Some(work), client, done.foreign));
+            return;
+        }
+        // Stops of others the pass left alone (not awaited yet): their end wakes a pass.
+        let awaited: BTreeSet<&String> = self
+            .foreign
+            .values()
+            .flat_map(|(_, _, owned)| owned.iter().map(|o| &o.service))
+            .collect();
+        let left: Vec<OwnedStop> = done
+            .left
+            .iter()
+            .filter(|o| !awaited.contains(&o.service))
+            .cloned()
+            .collect();
+        if !left.is_empty() {
+            self.next_flight += 1;
+            let id = self.next_flight;
+            fx.push(Effect::AwaitStops {
+                id,
+                services: left.iter().map(|o| o.service.clone()).collect(),
+                limit: left
+                    .iter()
+                    .map(|o| o.grace)
+                    .max()
+                    .unwrap_or_default()
+                    .saturating_add(FOREIGN_STOP_SLACK),
+            });
+            self.foreign.insert(id, (None, None, left));
+        }
         // Stops left to the loop: the request is answered by the pass that records them.
         if let Some(job) = done.stops.take() {
             self.next_flight += 1;
@@ -1009,6 +1117,16 @@ impl Machine {
             }
             Some(_) => {
                 self.final_pass = true;
+                // What waited for another process's stop: the loop ends first.
+                for (_, (_, client, _)) in std::mem::take(&mut self.foreign) {
+                    if let Some(client) = client {
+                        fx.push(Effect::Answer {
+                            client,
+                            ok: false,
+                            message: "the supervisor is shutting down".into(),
+                        });
+                    }
+                }
                 // Ctrl-C, SIGTERM or --abort-on-exit: stop everything, keep the records.
                 // Stops recorded by a pass of their own are recorded by this one now.
                 let mut first = None;
@@ -1072,6 +1190,7 @@ impl Machine {
             sessions: std::mem::take(&mut self.probed.sessions),
         };
         self.in_flight = Some((client, services));
+        self.in_flight_work = Some(work.clone());
         fx.push(Effect::RunPass {
             work,
             client,
@@ -1088,6 +1207,10 @@ impl Machine {
         });
     }
 }
+
+/// How long past a foreign stop's grace period the loop waits for it before answering that
+/// it is still in flight.
+pub const FOREIGN_STOP_SLACK: Duration = Duration::from_secs(10);
 
 /// What the supervisor says when every service has ended.
 pub fn all_down_message(failed: &[String], foreground: bool) -> String {
@@ -1145,6 +1268,8 @@ mod tests {
             failed: Vec::new(),
             stops: None,
             sessions: Vec::new(),
+            foreign: Vec::new(),
+            left: Vec::new(),
         }
     }
 

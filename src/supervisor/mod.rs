@@ -244,6 +244,22 @@ impl Shell<'_> {
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
+                // Another process's stops: a blocking `flock` per service on a thread.
+                Effect::AwaitStops {
+                    id,
+                    services,
+                    limit,
+                } => {
+                    let tx = self.tx.clone();
+                    let store = self.ctx.store();
+                    std::thread::spawn(move || {
+                        let held = store.map_or_else(
+                            |_| Vec::new(),
+                            |s| crate::stop_owner::wait_released(&s, &services, limit),
+                        );
+                        let _ = tx.send(Input::Event(Event::StopsReleased { id, held }));
+                    });
+                }
                 Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone(), false),
                 Effect::AwaitReady {
                     client,
@@ -347,7 +363,7 @@ impl Shell<'_> {
             let out = if let Work::Shutdown { sweep: false, .. } = &work {
                 oneshot::serve_loop_shutdown(ctx.as_ref(), &settings, &work, &mut reporter, &rt)
             } else {
-                oneshot::run_pass_after_stops(ctx.as_ref(), &settings, &work, &mut reporter)
+                pass::run_pass(ctx.as_ref(), &settings, &work, &mut reporter)
             };
             reporter.print_failure(&out);
             // Give back what the pass allocated: the supervisor then idles small.
@@ -363,6 +379,9 @@ impl Shell<'_> {
 /// What reaches the shell.
 enum Input {
     Event(Event),
+    /// One group of a stop watch ended (before the watch's `Event::StopDone`): what a
+    /// shutdown says as it happens (`oneshot::watch_stops`); the loop has no use for it.
+    StopEnded(process::StopOutcome),
     /// SIGCHLD: reap, keep the statuses.
     ChildExited,
     Control(Work, Client),
@@ -461,6 +480,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     process::reap_children();
                     continue;
                 }
+                Input::StopEnded(_) => continue,
                 Input::Control(work, client) => {
                     let client = shell.client(Some(client));
                     Event::Request { client, work }
@@ -548,6 +568,8 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
         failed: out.failed,
         stops: out.stops,
         sessions: out.sessions,
+        foreign: out.owned_elsewhere,
+        left: out.left_to_others,
     }
 }
 
@@ -580,7 +602,10 @@ fn spawn_stop(
                 r.timeout = r.timeout.saturating_add(GRACE_BACKSTOP);
             }
             let kill = || switch.load(Ordering::SeqCst) > level;
-            outcomes.extend(process::stop_groups_killable(&requests, &mut |_| {}, &kill));
+            let mut ended = |o: &process::StopOutcome| {
+                let _ = tx.send(Input::StopEnded(o.clone()));
+            };
+            outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));
         }
         let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
     });

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::Instant;
@@ -61,6 +60,8 @@ pub fn serve(
         Instant::now(),
     );
     let mut probes = 0usize;
+    // Waits for other processes' stops in flight (`Effect::AwaitStops`).
+    let mut awaiting = 0usize;
     // `--wait-timeout`s armed (the loop's other timers are not a one-shot's business).
     let mut timers: BTreeMap<Timer, Instant> = BTreeMap::new();
     // The kill switch of each stop in flight (as the supervisor's shell keeps them).
@@ -90,7 +91,7 @@ pub fn serve(
                     let mut s = settings.clone();
                     s.probed = probed;
                     s.stopping = stopping;
-                    let out = run_pass_after_stops(ctx, &s, &work, reporter);
+                    let out = pass::run_pass(ctx, &s, &work, reporter);
                     let done = pass_done(out, false);
                     last = Some(done.result.clone());
                     next = Some(Event::PassDone(done));
@@ -106,6 +107,24 @@ pub fn serve(
                     if let Some(switch) = kill_switches.get(&id) {
                         switch.fetch_max(level.saturating_add(1), Ordering::SeqCst);
                     }
+                }
+                // Another process's stops, waited for on a thread (as the supervisor's shell
+                // does): a wait the answer does not need ends with this process.
+                Effect::AwaitStops {
+                    id,
+                    services,
+                    limit,
+                } => {
+                    awaiting += 1;
+                    let tx = tx.clone();
+                    let store = ctx.store();
+                    std::thread::spawn(move || {
+                        let held = store.map_or_else(
+                            |_| Vec::new(),
+                            |s| crate::stop_owner::wait_released(&s, &services, limit),
+                        );
+                        let _ = tx.send(Input::Event(Event::StopsReleased { id, held }));
+                    });
                 }
                 Effect::Arm {
                     timer: timer @ Timer::Grace(..),
@@ -159,7 +178,7 @@ pub fn serve(
             .min_by_key(|(_, at)| **at)
             .map(|(t, at)| (*t, *at));
         // Idle and not answered, with nothing to wake it (a service still waits).
-        if probes == 0 && timer.is_none() && kill_switches.is_empty() {
+        if probes == 0 && timer.is_none() && kill_switches.is_empty() && awaiting == 0 {
             break last;
         }
         let received = rt.block_on(async {
@@ -182,6 +201,9 @@ pub fn serve(
                 if let Event::StopDone { id, .. } = &e {
                     kill_switches.remove(id);
                 }
+                if matches!(e, Event::StopsReleased { .. }) {
+                    awaiting = awaiting.saturating_sub(1);
+                }
                 e
             }
             Some(Some(_)) => continue,
@@ -194,67 +216,6 @@ pub fn serve(
         Some(Ok(m)) => (true, m),
         Some(Err(e)) => (false, e),
         None => (false, "no result".into()),
-    }
-}
-
-/// How long past a foreign stop's grace period a command waits for it before answering that
-/// it is still in flight.
-const FOREIGN_STOP_SLACK: Duration = Duration::from_secs(10);
-
-/// Runs a pass; when the services it needs are being stopped by another live process
-/// (`PassOutcome::owned_elsewhere`), waits for those stops to end — a blocking `flock` on
-/// their stop locks, outside the state lock (`crate::stop_owner`) — and runs it again. A stop
-/// that outlasts its grace period (plus [`FOREIGN_STOP_SLACK`]) is answered as such.
-pub(super) fn run_pass_after_stops(
-    ctx: &dyn Project,
-    settings: &PassSettings,
-    work: &Work,
-    reporter: &mut dyn Reporter,
-) -> pass::PassOutcome {
-    loop {
-        let out = pass::run_pass(ctx, settings, work, reporter);
-        if out.owned_elsewhere.is_empty() {
-            return out;
-        }
-        let store = match ctx.store() {
-            Ok(s) => s,
-            Err(e) => {
-                return pass::PassOutcome {
-                    result: Some(Err(format!("{e:#}"))),
-                    ..Default::default()
-                };
-            }
-        };
-        let mut limit = Duration::ZERO;
-        for o in &out.owned_elsewhere {
-            let what = format!("waits for its stop by {} to end", o.holder);
-            reporter.event(&o.service, &what);
-            limit = limit.max(o.grace);
-        }
-        let names: Vec<String> = out
-            .owned_elsewhere
-            .iter()
-            .map(|o| o.service.clone())
-            .collect();
-        let held = crate::stop_owner::wait_released(&store, &names, limit + FOREIGN_STOP_SLACK);
-        if crate::process::interrupted() {
-            return pass::PassOutcome {
-                result: Some(Err("interrupted".into())),
-                ..Default::default()
-            };
-        }
-        if !held.is_empty() {
-            let said: Vec<String> = out
-                .owned_elsewhere
-                .iter()
-                .filter(|o| held.contains(&o.service))
-                .map(|o| format!("{} is still being stopped by {}", o.service, o.holder))
-                .collect();
-            return pass::PassOutcome {
-                result: Some(Err(format!("{}; try again once it ends", said.join("; ")))),
-                ..Default::default()
-            };
-        }
     }
 }
 
@@ -274,9 +235,14 @@ fn serve_shutdown(
     s.sweep_stops = SweepStops::Defer;
     let mut out = pass::run_pass(ctx, &s, work, reporter);
     if let Some(job) = out.stops.take() {
-        let outcomes = watch_stops(Driver::Own(rt), job.stops.clone());
+        let mut said = SaidOnce::new(reporter);
+        let outcomes = watch_stops(
+            Driver::Own(rt),
+            job.stops.clone(),
+            &mut said.as_they_end(&job),
+        );
         s.sweep_stops = SweepStops::Finished { job, outcomes };
-        out = pass::run_pass(ctx, &s, work, reporter);
+        out = pass::run_pass(ctx, &s, work, &mut said);
     }
     match out.result {
         Some(Ok(m)) => (true, m),
@@ -323,7 +289,8 @@ pub(super) fn serve_loop_shutdown(
     let Some(job) = out.stops.take() else {
         return out;
     };
-    let outcomes = watch_stops(rt, job.stops.clone());
+    let mut said = SaidOnce::new(reporter);
+    let outcomes = watch_stops(rt, job.stops.clone(), &mut said.as_they_end(&job));
     let finish = Work::Finish {
         job,
         outcomes,
@@ -333,7 +300,7 @@ pub(super) fn serve_loop_shutdown(
     let mut last = settings.clone();
     // The records being stopped are this pass's own to record, not another stop's.
     last.stopping.clear();
-    let mut done = pass::run_pass(ctx, &last, &finish, reporter);
+    let mut done = pass::run_pass(ctx, &last, &finish, &mut said);
     // What the first pass settled (`--abort-on-exit`: the service that ended, and its code)
     // stays the answer's.
     if let Some(Err(e)) = out.result {
@@ -346,11 +313,66 @@ pub(super) fn serve_loop_shutdown(
     done
 }
 
+/// A shutdown's reporter: each stop is said as it ends (`as_they_end`), not all at once when
+/// the last one is recorded, and the pass that records them does not say them again.
+struct SaidOnce<'a> {
+    inner: &'a mut dyn Reporter,
+    said: Vec<(String, String)>,
+}
+
+impl<'a> SaidOnce<'a> {
+    fn new(inner: &'a mut dyn Reporter) -> SaidOnce<'a> {
+        SaidOnce {
+            inner,
+            said: Vec::new(),
+        }
+    }
+
+    /// What hears each outcome of `job`'s stops as it comes, and says it.
+    fn as_they_end<'b>(
+        &'b mut self,
+        job: &pass::StopJob,
+    ) -> impl FnMut(&crate::process::StopOutcome) + use<'a, 'b> {
+        let why: BTreeMap<String, String> = job
+            .stops
+            .iter()
+            .map(|p| (p.name.clone(), p.why.clone()))
+            .collect();
+        move |o| {
+            let Some(why) = why.get(&o.name) else {
+                return;
+            };
+            let line = crate::engine::stop_event(o, why);
+            self.inner.event(&o.name, &line);
+            self.said.push((o.name.clone(), line));
+        }
+    }
+}
+
+impl Reporter for SaidOnce<'_> {
+    fn event(&mut self, service: &str, what: &str) {
+        if let Some(i) = self
+            .said
+            .iter()
+            .position(|(s, w)| s == service && w == what)
+        {
+            self.said.remove(i);
+            return;
+        }
+        self.inner.event(service, what);
+    }
+
+    fn waiting(&mut self, service: &str, what: &str, limit: Option<std::time::Duration>) {
+        self.inner.waiting(service, what, limit);
+    }
+}
+
 /// Watches `stops` as the loop does (`spawn_stop`: deepest level first), killing each level
-/// when its grace period ends; their outcomes.
+/// when its grace period ends; `each` hears each group's outcome as it ends; their outcomes.
 fn watch_stops(
     rt: Driver<'_>,
     stops: Vec<crate::engine::PendingStop>,
+    each: &mut dyn FnMut(&crate::process::StopOutcome),
 ) -> Vec<crate::process::StopOutcome> {
     let (tx, mut rx) = unbounded_channel::<Input>();
     let switch = Arc::new(AtomicUsize::new(0));
@@ -381,6 +403,7 @@ fn watch_stops(
                 graces.insert(level, Instant::now() + grace);
             }
             Some(Some(Input::Event(Event::StopDone { outcomes, .. }))) => return outcomes,
+            Some(Some(Input::StopEnded(o))) => each(&o),
             Some(Some(_)) => {}
             // The watch ended without outcomes: the second pass stops what is left.
             Some(None) => return Vec::new(),

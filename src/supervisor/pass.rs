@@ -211,6 +211,9 @@ pub struct PassOutcome {
     /// (`crate::stop_owner`): the pass did nothing; the caller waits for those stops, outside
     /// the state lock, and runs it again (`oneshot::run_pass_after_stops`).
     pub owned_elsewhere: Vec<OwnedStop>,
+    /// Stops another live process owns that this pass left alone (it did not need them):
+    /// the loop passes again once they are over.
+    pub left_to_others: Vec<OwnedStop>,
 }
 
 /// A stop in flight that another live process owns (its stop lock is held).
@@ -302,14 +305,22 @@ fn pass(
         _ => recorded(&state),
     };
     tracing::debug!(services = desired.services.len(), "pass: desired resolved");
-    // stop7: stops another live process owns are left alone as the loop's own are; a work
-    // that needs one of them waits for it (the caller, outside the lock) and runs again.
+    // Stops another live process owns are left alone as the loop's own are; a work that
+    // needs one of them changes nothing: the loop waits for those stops, outside the lock
+    // (`Effect::AwaitStops`), and runs it again.
     let owned = owned_elsewhere(&store, &state, settings, work);
     let needed = needed_of(work, &desired, &owned);
     if !needed.is_empty() {
+        for o in &needed {
+            reporter.event(
+                &o.service,
+                &format!("waits for its stop by {} to end", o.holder),
+            );
+        }
         out.owned_elsewhere = needed;
         return Ok(String::new());
     }
+    out.left_to_others = owned.values().cloned().collect();
     let mut observed = observe(&state);
     // What the loop is stopping is left alone until its stop is recorded.
     let left_alone = |n: &String| settings.stopping.contains(n) || owned.contains_key(n);
@@ -799,7 +810,9 @@ fn owned_elsewhere(
 }
 
 /// Of the stops another process owns, those `work` needs: the services it starts, restarts
-/// or stops (an `up`: those of the file it would run).
+/// or stops (an `up`: those it names, or all of the file's it would run). The watcher's
+/// pass needs none: it goes on without them, and the loop runs another once their stops are
+/// over (`PassOutcome::left_to_others`).
 fn needed_of(
     work: &Work,
     desired: &Desired,
@@ -809,6 +822,10 @@ fn needed_of(
         return Vec::new();
     }
     let names: Vec<&String> = match work {
+        Work::Reconcile { explicit: None } => Vec::new(),
+        Work::Reconcile { explicit: Some(e) } if !e.services.is_empty() => {
+            e.services.iter().collect()
+        }
         Work::Reconcile { .. } => desired.services.iter().map(|s| &s.name).collect(),
         Work::Start { names } | Work::Stop { names, .. } | Work::Restart { names, .. } => {
             names.iter().collect()

@@ -303,6 +303,8 @@ pub fn ok(summary: &str) -> PassDone {
         failed: Vec::new(),
         stops: None,
         sessions: Vec::new(),
+        foreign: Vec::new(),
+        left: Vec::new(),
     }
 }
 

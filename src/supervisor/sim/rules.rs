@@ -821,3 +821,111 @@ async fn the_restart_comes_when_the_back_off_the_engine_recorded_ends() {
     assert_eq!(backoffs, [secs(1), secs(2), secs(1)]);
     assert_eq!(world.record("api").policy_restarts, 3);
 }
+
+// Another process's stop.
+
+/// A request that needs a service another process is stopping (a `ci stop api` run beside
+/// the supervisor) changes nothing and waits for that stop as a wait of the loop: requests are
+/// served meanwhile; once the stop is over the request's work runs again and is answered; a
+/// stop that outlasts its grace period (plus the slack) is answered as still in flight.
+#[tokio::test(start_paused = true)]
+async fn a_request_needing_another_process_stop_waits_for_it_and_requests_are_served_meanwhile() {
+    use crate::supervisor::machine::FOREIGN_STOP_SLACK;
+    use crate::supervisor::pass::OwnedStop;
+    let owned = |grace| OwnedStop {
+        service: "db".into(),
+        holder: "pid 77 (mirrord-up ci stop db)".into(),
+        grace,
+    };
+    let mut sim = detached().await;
+    sim.run_to(S).await;
+    sim.request(Some(2), restart(&["db"]));
+    sim.run_for(10 * MS).await;
+    sim.pass_done(PassDone {
+        foreign: vec![owned(secs(10))],
+        ..ok("")
+    });
+    let awaited: Vec<_> = sim
+        .effects()
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Effect::AwaitStops {
+                id,
+                services,
+                limit,
+            } => Some((*t, *id, services.clone(), *limit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(awaited.len(), 1, "{:?}", sim.effects());
+    let (at, id, services, limit) = awaited[0].clone();
+    assert_eq!(
+        (at, services, limit),
+        (
+            S + 10 * MS,
+            vec!["db".to_owned()],
+            secs(10) + FOREIGN_STOP_SLACK
+        )
+    );
+    assert!(
+        sim.answers_to(2).is_empty(),
+        "answered once the stop is over"
+    );
+    // Meanwhile `up -d web` is served at once.
+    sim.run_to(2 * S).await;
+    sim.request(Some(3), up(&["web"]));
+    assert_eq!(sim.passes_since(2 * S), [2 * S]);
+    sim.run_for(10 * MS).await;
+    sim.pass_done(ok("nothing to do").running(&[("web", 11)]));
+    assert_eq!(
+        sim.answers_to(3),
+        [(2 * S + 10 * MS, true, "nothing to do".into())]
+    );
+    // The other process's stop ends at 4 s: the restart runs again at once, then is answered.
+    sim.run_to(4 * S).await;
+    sim.send(Event::StopsReleased { id, held: vec![] });
+    assert_eq!(sim.passes_since(4 * S), [4 * S]);
+    assert!(matches!(
+        sim.last_pass(),
+        Effect::RunPass {
+            work: Work::Restart { .. },
+            ..
+        }
+    ));
+    sim.run_for(10 * MS).await;
+    sim.pass_done(ok("1 restarted").running(&[("db", 12), ("web", 11)]));
+    assert_eq!(
+        sim.answers_to(2),
+        [(4 * S + 10 * MS, true, "1 restarted".into())]
+    );
+
+    // A stop that never ends within its limit: the request is answered as still in flight.
+    sim.request(Some(4), restart(&["db"]));
+    sim.run_for(10 * MS).await;
+    sim.pass_done(PassDone {
+        foreign: vec![owned(secs(1))],
+        ..ok("")
+    });
+    let id = sim
+        .effects()
+        .iter()
+        .rev()
+        .find_map(|(_, e)| match e {
+            Effect::AwaitStops { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("a second wait");
+    sim.send(Event::StopsReleased {
+        id,
+        held: vec!["db".into()],
+    });
+    let answer = sim.answers_to(4);
+    assert_eq!(answer.len(), 1);
+    assert!(!answer[0].1);
+    assert!(
+        answer[0]
+            .2
+            .contains("db is still being stopped by pid 77 (mirrord-up ci stop db)"),
+        "{answer:?}"
+    );
+}
