@@ -395,8 +395,10 @@ fn round(cfg: &Config, n: usize, root: &Path, idx: usize, s: &mut Samples) {
         subreaper: cfg.subreaper,
     };
 
-    // Cold up.
-    let (t_cold, _) = project.run(&["up", "--detach"]);
+    // Cold up. Without the file watcher: the one-change `up -d` below is what is measured;
+    // a watcher would start its own reload on the rewrite, and the explicit `up -d` then
+    // leaves the service it is stopping alone and answers before it runs again.
+    let (t_cold, _) = project.run(&["up", "--detach", "--no-watch"]);
     let ps1 = project.ps();
     assert_eq!(
         ps1.len(),

@@ -312,6 +312,31 @@ pub struct UpDocument {
     pub sources: Vec<(PathBuf, String)>,
 }
 
+/// The last plain (tag-free) single file this process loaded: path, key, text, and what it
+/// loaded to.
+mod last_plain {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::UpDocument;
+
+    type Loaded = (PathBuf, String, String, UpDocument);
+
+    static LAST: Mutex<Option<Loaded>> = Mutex::new(None);
+
+    pub(super) fn get(path: &Path, key: &str, source: &str) -> Option<UpDocument> {
+        let last = LAST.lock().ok()?;
+        let (p, k, s, doc) = last.as_ref()?;
+        (p == path && k == key && s == source).then(|| doc.clone())
+    }
+
+    pub(super) fn put(path: PathBuf, key: String, source: String, doc: &UpDocument) {
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some((path, key, source, doc.clone()));
+        }
+    }
+}
+
 /// The session key: `--key`, else the OS user name (as real mirrord).
 pub fn session_key(explicit: Option<&str>) -> Result<String, ConfigError> {
     if let Some(k) = explicit {
@@ -346,7 +371,19 @@ impl UpDocument {
         let source = read_source(&path)?;
         let dir = path.parent().map(Path::to_owned).unwrap_or_default();
         let key = session_key(key)?;
-        Self::from_source(path, dir, &source, key)
+        // A file without template tags is used as is: what it parses to depends on its text
+        // (and the key) alone, so the text loaded last in this process is not parsed again
+        // (the supervisor loads the file in every pass). Its side files are read each time.
+        let plain = !template::has_tags(&source);
+        if plain && let Some(mut doc) = last_plain::get(&path, &key, &source) {
+            doc.read_side_files()?;
+            return Ok(doc);
+        }
+        let doc = Self::from_source(path.clone(), dir, &source, key.clone())?;
+        if plain {
+            last_plain::put(path, key, source, &doc);
+        }
+        Ok(doc)
     }
 
     /// Reads, renders and parses each of `paths`, merges them in order (compose's rules:
@@ -765,6 +802,39 @@ mod tests {
             text,
             "alice".into(),
         )
+    }
+
+    #[test]
+    fn a_plain_file_loaded_again_sees_every_change_to_it_and_to_its_side_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("mirrord-up.yaml");
+        let env = dir.path().join("a.env");
+        let text = |cmd: &str| {
+            format!("services:\n  a:\n    env_file: a.env\n    run: {{command: [{cmd}]}}\n")
+        };
+        std::fs::write(&yaml, text("x")).unwrap();
+        std::fs::write(&env, "V=1\n").unwrap();
+        let vars = |d: &UpDocument| d.env_files["a"]["V"].clone();
+        let first = UpDocument::load(&yaml, Some("k")).unwrap();
+        assert_eq!(vars(&first), "1");
+        // The same text again (parsed once): the side file is read again.
+        std::fs::write(&env, "V=2\n").unwrap();
+        let again = UpDocument::load(&yaml, Some("k")).unwrap();
+        assert_eq!(vars(&again), "2");
+        assert_eq!(again.rendered, first.rendered);
+        // A broken side file fails the load, as it does on a first load.
+        std::fs::write(&env, "not a line\n").unwrap();
+        assert!(UpDocument::load(&yaml, Some("k")).is_err());
+        std::fs::write(&env, "V=3\n").unwrap();
+        // Another text, another key: parsed anew.
+        std::fs::write(&yaml, text("y")).unwrap();
+        let changed = UpDocument::load(&yaml, Some("k")).unwrap();
+        assert_eq!(changed.file.services.0["a"].run.command, ["y"]);
+        assert_eq!(vars(&changed), "3");
+        assert_eq!(UpDocument::load(&yaml, Some("other")).unwrap().key, "other");
+        // Broken text is an error, not the last good document.
+        std::fs::write(&yaml, "services: [").unwrap();
+        assert!(UpDocument::load(&yaml, Some("k")).is_err());
     }
 
     #[test]

@@ -145,13 +145,23 @@ pub fn markers_of(raw: &[u8]) -> Option<[Option<String>; 4]> {
 /// members of its own process group and session (never ours to signal). Environments of other
 /// users' processes are unreadable and so never match.
 pub fn scan_marked() -> Vec<MarkedProc> {
+    scan_marked_skipping(&HashMap::new())
+}
+
+/// As [`scan_marked`], leaving out the group leaders of `skip` (PID → start time: leaders a
+/// stop already knows): their `stat` is read (cheap) and, when it is that very process and
+/// it still leads its own group, their environment is not (the costly read of another
+/// process's memory).
+pub fn scan_marked_skipping(skip: &HashMap<i32, u64>) -> Vec<MarkedProc> {
     let me = own_ids();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    // A user process in the middle of an `exec` shows an empty environment for that instant
-    // (kernel threads always do, but have no `exe`): those are read once more after the scan.
+    // A user process in the middle of an `exec` shows an empty environment and an empty
+    // command line for that instant (kernel threads always do, but have no `exe`; a process
+    // started with `env -i` has a command line): those are read once more after the scan —
+    // the rest of the scan is the wait — and only one still in its `exec` then costs a pause.
     let mut mid_exec = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
@@ -164,25 +174,41 @@ pub fn scan_marked() -> Vec<MarkedProc> {
         if pid == me.pid {
             continue;
         }
+        if let Some(start) = skip.get(&pid)
+            && proc_info(pid).is_ok_and(|i| i.start_time == *start && i.pgid == pid)
+        {
+            continue;
+        }
         // The environment first: most processes carry no marker, and then `stat` is not read.
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if raw.is_empty() && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
+        if raw.is_empty() && in_exec(pid) {
             mid_exec.push(pid);
             continue;
         }
         out.extend(marked_proc(pid, &raw, &me));
     }
-    if !mid_exec.is_empty() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        for pid in mid_exec {
-            if let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) {
-                out.extend(marked_proc(pid, &raw, &me));
-            }
+    let mut paused = false;
+    for pid in mid_exec {
+        let Ok(mut raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if raw.is_empty() && !paused && in_exec(pid) {
+            paused = true;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         }
+        out.extend(marked_proc(pid, &raw, &me));
     }
     out
+}
+
+/// A process whose environment reads empty: whether it is in the middle of an `exec` (no
+/// command line yet either, and an `exe`: not a kernel thread).
+fn in_exec(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
+        && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok()
 }
 
 /// The process `pid` with the environment `raw`, if it carries our markers and is not us.
@@ -355,6 +381,71 @@ mod tests {
         assert_eq!(supervisor, None);
         assert_eq!(markers_of(b"PATH=/bin\0HOME=/h\0"), None);
         assert_eq!(markers_of(b"MIRRORD_UP_OTHER=1\0"), None);
+    }
+
+    #[test]
+    fn a_known_leader_is_skipped_and_an_empty_environment_is_not_an_exec() {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let nonce = format!("skiptest{}", std::process::id());
+        let mut marked = Command::new("sleep");
+        marked
+            .arg("30")
+            .env("MIRRORD_UP_INSTANCE", &nonce)
+            .stdout(Stdio::null());
+        // Outside our session, as a service is (a scan leaves our own session out).
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            marked.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let mut marked = marked.spawn().expect("sleep");
+        let mut bare = Command::new("sleep")
+            .arg("30")
+            .env_clear()
+            .process_group(0)
+            .spawn()
+            .expect("sleep without an environment");
+        let (pid, bare_pid) = (marked.id() as i32, bare.id() as i32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = |skip: &HashMap<i32, u64>| {
+            scan_marked_skipping(skip)
+                .iter()
+                .any(|p| p.instance.as_deref() == Some(&*nonce))
+        };
+        // Wait until it runs `sleep` with its marker (an event: its environment as read).
+        while !found(&HashMap::new()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "marked child never seen"
+            );
+            std::thread::yield_now();
+        }
+        while std::fs::read(format!("/proc/{bare_pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+            assert!(std::time::Instant::now() < deadline, "bare child never ran");
+            std::thread::yield_now();
+        }
+        let start = proc_info(pid).expect("stat").start_time;
+        assert!(
+            !found(&HashMap::from([(pid, start)])),
+            "a known leader is skipped"
+        );
+        assert!(
+            found(&HashMap::from([(pid, start + 1)])),
+            "another process under that PID is not"
+        );
+        assert!(
+            std::fs::read(format!("/proc/{bare_pid}/environ")).is_ok_and(|e| e.is_empty()),
+            "the bare child has no environment"
+        );
+        assert!(
+            !in_exec(bare_pid),
+            "no environment, but a command line: not in an exec"
+        );
+        assert!(!in_exec(2), "a kernel thread is not in an exec");
+        for c in [&mut marked, &mut bare] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     #[test]

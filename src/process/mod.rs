@@ -514,10 +514,18 @@ fn escaped_of(
         return out;
     }
     let wanted: BTreeSet<String> = nonces.keys().map(|n| (*n).to_owned()).collect();
-    for proc in sweep::find(&sweep::Selector {
+    let selector = sweep::Selector {
         instances: Some(&wanted),
         ..Default::default()
-    }) {
+    };
+    // The recorded leaders are members of their groups: their environments are not read.
+    let leaders: std::collections::HashMap<i32, u64> = requests
+        .iter()
+        .filter(|r| r.identity.pid == r.identity.pgid)
+        .map(|r| (r.identity.pid, r.identity.start_time))
+        .collect();
+    let found = crate::os::scan_marked_skipping(&leaders);
+    for proc in found.into_iter().filter(|p| selector.matches(p)) {
         let i = nonces[proc.instance.as_deref().expect("selected by nonce")];
         let r = &requests[i];
         if proc.info.pgid == r.identity.pgid || seen.contains(&proc.info.pid) {

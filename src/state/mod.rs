@@ -315,7 +315,8 @@ impl StateStore {
     }
 
     /// Reads without locking (for `ps`, `plan`, `logs`): the file is only ever replaced by
-    /// rename, so a reader sees one whole version. Absent → `None`.
+    /// rename, so a reader sees one whole version. Absent → `None`. The version this process
+    /// saved last is not parsed again: its bytes are hashed and compared ([`last`]).
     pub fn read(&self) -> Result<Option<State>> {
         let path = self.state_path();
         let bytes = match std::fs::read(&path) {
@@ -323,6 +324,9 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
+        if let Some(state) = last::state_if_written(&path, &bytes) {
+            return Ok(Some(state));
+        }
         parse(&bytes)
             .map(Some)
             .map_err(|reason| StateError::Corrupt {
@@ -338,7 +342,7 @@ impl StateStore {
     pub fn log_offset(&self, service: &str) -> Option<u64> {
         // The version this process wrote last (the supervisor's own intent save, just before
         // the spawn that this event reports) answers without reading the file.
-        if let Some(found) = offsets::get(&self.state_path(), service) {
+        if let Some(found) = last::log_offset(&self.state_path(), service) {
             return found;
         }
         #[derive(Deserialize)]
@@ -384,9 +388,15 @@ impl StateStore {
     }
 
     /// Replaces the file atomically (temp, fsync, rename, fsync dir), mode 0600. Refuses to
-    /// overwrite a file of a newer format.
+    /// overwrite a file of a newer format. A state equal to the one this process saved last,
+    /// while the file is still that very version, is not written again (nothing would change
+    /// on disk: it is as durable as it was).
     pub fn save(&self, lock: &StateLock, state: &State) -> Result<()> {
         let path = self.state_path();
+        if last::is_on_disk(&path, state) {
+            tracing::debug!("state unchanged, not saved again");
+            return Ok(());
+        }
         if !lock
             .version_checked
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -401,20 +411,38 @@ impl StateStore {
         let mut text = serde_json::to_vec(state).expect("state serializes");
         text.push(b'\n');
         let started = std::time::Instant::now();
-        let written = write_private(&path, &text);
-        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
-        if written.is_ok() {
-            offsets::put(&path, state);
+        // An intent (a record about to be spawned: its nonce, no process yet) is on disk
+        // before the spawn: synced. Other versions are replaced by rename without syncing
+        // (each is whole, old or new, for any reader; after a system crash no recorded
+        // process runs any more, and ext4 — `auto_da_alloc` — and its peers flush a file
+        // renamed over another before the rename is committed).
+        let intent = state
+            .services
+            .values()
+            .any(|r| r.spawn_nonce.is_some() && r.process.is_none());
+        let written = if intent {
+            write_private(&path, &text)
+        } else {
+            write_private_unsynced(&path, &text)
+        };
+        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), synced = intent, "state saved");
+        match written {
+            Ok(()) => last::put(&path, &text, state),
+            Err(_) => last::forget(&path),
         }
         written
     }
 }
 
-/// The log offsets of the state file this process wrote last, with that file's identity
-/// (device, inode, size, mtime): used while the file is still that very version (every save
-/// replaces it by rename, so another writer's version is another inode).
-mod offsets {
+/// The state this process saved last, with the identity of the file it wrote (device,
+/// inode, size, mtime) and a hash of its bytes. Every save replaces the file by rename, so
+/// another writer's version is another inode; the hash also catches an in-place rewrite.
+/// A read of that very version is a copy of the state, not a parse (the supervisor reads
+/// the state at the start of every pass, and it is what it saved at the end of the last
+/// one); a save of an equal state while the file is that version writes nothing.
+mod last {
     use std::collections::BTreeMap;
+    use std::hash::Hasher;
     use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
@@ -422,33 +450,75 @@ mod offsets {
     use super::State;
 
     type FileId = (u64, u64, u64, i64, i64);
-    /// The file, its identity when written, and each service's log offset in it.
-    type Written = (PathBuf, FileId, BTreeMap<String, u64>);
 
-    static LAST: Mutex<Option<Written>> = Mutex::new(None);
+    struct Written {
+        id: FileId,
+        hash: u64,
+        state: State,
+    }
+
+    /// By state file: one in the supervisor; a few in a test binary, whose tests run side
+    /// by side in one process.
+    static LAST: Mutex<BTreeMap<PathBuf, Written>> = Mutex::new(BTreeMap::new());
+    const KEPT: usize = 8;
 
     fn id_of(path: &Path) -> Option<FileId> {
         let m = std::fs::symlink_metadata(path).ok()?;
         Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
     }
 
-    pub(super) fn put(path: &Path, state: &State) {
+    fn hash_of(bytes: &[u8]) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(bytes);
+        h.finish()
+    }
+
+    pub(super) fn put(path: &Path, bytes: &[u8], state: &State) {
         let Ok(mut last) = LAST.lock() else { return };
-        *last = id_of(path).map(|id| {
-            let map = state
-                .services
-                .iter()
-                .map(|(name, rec)| (name.clone(), rec.log_offset))
-                .collect();
-            (path.to_owned(), id, map)
-        });
+        last.remove(path);
+        if last.len() >= KEPT {
+            last.clear();
+        }
+        if let Some(id) = id_of(path) {
+            let written = Written {
+                id,
+                hash: hash_of(bytes),
+                state: state.clone(),
+            };
+            last.insert(path.to_owned(), written);
+        }
+    }
+
+    pub(super) fn forget(path: &Path) {
+        if let Ok(mut last) = LAST.lock() {
+            last.remove(path);
+        }
+    }
+
+    /// The file at `path` is still the version written last (its identity).
+    fn current<'a>(last: &'a BTreeMap<PathBuf, Written>, path: &Path) -> Option<&'a Written> {
+        last.get(path)
+            .filter(|w| id_of(path).as_ref() == Some(&w.id))
+    }
+
+    /// The state saved last, when `bytes` (just read from `path`) are what it wrote.
+    pub(super) fn state_if_written(path: &Path, bytes: &[u8]) -> Option<State> {
+        let last = LAST.lock().ok()?;
+        let w = current(&last, path)?;
+        (w.id.2 == bytes.len() as u64 && w.hash == hash_of(bytes)).then(|| w.state.clone())
+    }
+
+    /// `state` is what the file at `path` holds: saved last by this process, unchanged since.
+    pub(super) fn is_on_disk(path: &Path, state: &State) -> bool {
+        let Ok(last) = LAST.lock() else { return false };
+        current(&last, path).is_some_and(|w| w.state == *state)
     }
 
     /// `Some(answer)` when the file is the version written last by this process.
-    pub(super) fn get(path: &Path, service: &str) -> Option<Option<u64>> {
+    pub(super) fn log_offset(path: &Path, service: &str) -> Option<Option<u64>> {
         let last = LAST.lock().ok()?;
-        let (p, id, map) = last.as_ref()?;
-        (p == path && id_of(path).as_ref() == Some(id)).then(|| map.get(service).copied())
+        let w = current(&last, path)?;
+        Some(w.state.services.get(service).map(|r| r.log_offset))
     }
 }
 
@@ -465,6 +535,48 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;
     f.commit().map_err(io(path))
+}
+
+/// As [`write_private`] without `fsync`: a temp file next to `path` (created exclusively,
+/// mode 0600, never through a link), written, then renamed over `path`.
+fn write_private_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent() {
+        crate::fsutil::check_dir(dir, true)?;
+    }
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut attempts = 0;
+    let (tmp, mut file) = loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(".{base}.{}.{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            // A leftover of an earlier process with this PID: another name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(io(path)(e)),
+        }
+    };
+    let done = file
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.map_err(io(path))
 }
 
 /// A newer format reads as far as its fields overlap (for display); `save` refuses to write it.
@@ -519,6 +631,19 @@ mod tests {
         assert_eq!(mode, 0o600);
         let mode = std::fs::metadata(&store.dir).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        // Replaced again, by rename of a temp file: nothing else is left in the directory.
+        let mut other = State::new("p");
+        other.file = Some("/x.yaml".into());
+        store.save(&lock, &other).unwrap();
+        assert_eq!(store.read().unwrap(), Some(other));
+        let mode = std::fs::metadata(store.state_path()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut names: Vec<String> = std::fs::read_dir(&store.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["logs", "services", "state.json", "state.lock"]);
     }
 
     #[test]
@@ -539,6 +664,49 @@ mod tests {
         // Removed: absent, not the cached copy.
         std::fs::remove_file(store.state_path()).unwrap();
         assert_eq!(store.read().unwrap(), None);
+    }
+
+    #[test]
+    fn an_unchanged_state_is_not_written_again_unless_another_writer_replaced_it() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let mut state = State::new("p");
+        state.file = Some("/a.yaml".into());
+        store.save(&lock, &state).unwrap();
+        let ino = || std::fs::metadata(store.state_path()).unwrap().ino();
+        let first = ino();
+        // The same state again: nothing is written (the file is still the same inode).
+        store.save(&lock, &state).unwrap();
+        assert_eq!(ino(), first, "an equal state was written again");
+        // A read of our own version is that state.
+        assert_eq!(store.load(&lock).unwrap(), state);
+        // A change is written.
+        state.file = Some("/b.yaml".into());
+        store.save(&lock, &state).unwrap();
+        assert_ne!(ino(), first);
+        assert_eq!(store.read().unwrap(), Some(state.clone()));
+        // Another writer replaces it: saving the state we saved last writes it back.
+        let text = std::fs::read_to_string(store.state_path()).unwrap();
+        let other = text.replace("/b.yaml", "/c.yaml");
+        write_private(&store.state_path(), other.as_bytes()).unwrap();
+        assert_eq!(
+            store.read().unwrap().unwrap().file,
+            Some("/c.yaml".into()),
+            "the other writer's version is read, not our last one"
+        );
+        store.save(&lock, &state).unwrap();
+        assert_eq!(store.read().unwrap(), Some(state));
+        assert!(
+            std::fs::read_to_string(store.state_path())
+                .unwrap()
+                .contains("/b.yaml")
+        );
+        // Rewritten in place with the same length by something else: read, not remembered.
+        let text = std::fs::read_to_string(store.state_path()).unwrap();
+        std::fs::write(store.state_path(), text.replace("/b.yaml", "/d.yaml")).unwrap();
+        assert_eq!(store.read().unwrap().unwrap().file, Some("/d.yaml".into()));
     }
 
     #[test]
