@@ -197,6 +197,8 @@ pub enum Effect {
     WatchSessions(Vec<SessionOrder>),
     /// Send [`Event::Timer`] at `at` (replacing the timer of that kind).
     Arm { timer: Timer, at: Instant },
+    /// Forget that timer (nothing is left for it to do).
+    Disarm(Timer),
     /// Wait (outside the state lock) until no other process owns the stop of these
     /// services, within `limit`; then [`Event::StopsReleased`].
     AwaitStops {
@@ -608,6 +610,11 @@ impl Machine {
         let Some(f) = self.flights.remove(&id) else {
             return;
         };
+        // Its grace timers have nothing left to kill: an idle loop must not wake for them.
+        let levels: BTreeSet<usize> = f.job.stops.iter().map(|p| p.level).collect();
+        for level in 0..levels.len() {
+            fx.push(Effect::Disarm(Timer::Grace(id, level)));
+        }
         if self.stopping.is_some() {
             if let Some(client) = f.client {
                 fx.push(Self::flight_answer(client, &f.job));

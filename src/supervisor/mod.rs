@@ -244,6 +244,9 @@ impl Shell<'_> {
                 Effect::Arm { timer, at } => {
                     self.timers.insert(timer, at);
                 }
+                Effect::Disarm(timer) => {
+                    self.timers.remove(&timer);
+                }
                 // Another process's stops: a blocking `flock` per service on a thread.
                 Effect::AwaitStops {
                     id,

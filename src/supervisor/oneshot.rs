@@ -132,6 +132,9 @@ pub fn serve(
                 } => {
                     timers.insert(timer, at);
                 }
+                Effect::Disarm(timer) => {
+                    timers.remove(&timer);
+                }
                 Effect::Probe(order) => {
                     probes += 1;
                     spawn_probe(&tx, order, cancel.clone(), false);

@@ -62,11 +62,19 @@ impl Sim {
                 Effect::Arm { timer, at } => {
                     self.timers.insert(*timer, *at);
                 }
+                Effect::Disarm(timer) => {
+                    self.timers.remove(timer);
+                }
                 Effect::Exit(_) => self.timers.clear(),
                 _ => {}
             }
             self.log.push((now - self.start, effect));
         }
+    }
+
+    /// The timers armed now (what would wake an idle loop).
+    pub fn armed(&self) -> Vec<Timer> {
+        self.timers.keys().copied().collect()
     }
 
     /// The earliest timer armed.

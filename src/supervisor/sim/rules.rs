@@ -929,3 +929,49 @@ async fn a_request_needing_another_process_stop_waits_for_it_and_requests_are_se
         "{answer:?}"
     );
 }
+
+/// An idle loop wakes for nothing: a stop that ends before its grace period leaves no grace
+/// timer behind (ten quick restarts used to leave ten timers, waking an idle supervisor every
+/// few hundred milliseconds for a grace period after the last).
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_ends_early_leaves_no_timer_to_wake_the_loop() {
+    let mut sim = detached().await;
+    for i in 0..3u32 {
+        sim.run_to(S + S * i).await;
+        sim.request(Some(10 + i as ClientId), restart(&["db"]));
+        sim.run_for(10 * MS).await;
+        sim.pass_done(
+            ok("1 restarted")
+                .running(&[("web", 11)])
+                .signalled(&[("db", 10 + i as i32, secs(10))], true),
+        );
+        let id = sim.stop_id();
+        sim.send(Event::StopSignalled {
+            id,
+            level: 0,
+            grace: secs(10),
+        });
+        assert!(sim.armed().contains(&Timer::Grace(id, 0)));
+        // db stops at once.
+        sim.run_for(5 * MS).await;
+        sim.send(Event::StopDone {
+            id,
+            outcomes: vec![StopOutcome {
+                killed: false,
+                ..killed(&["db"]).remove(0)
+            }],
+        });
+        assert!(
+            !sim.armed().contains(&Timer::Grace(id, 0)),
+            "{:?}",
+            sim.armed()
+        );
+        sim.run_for(10 * MS).await;
+        sim.pass_done(ok("1 restarted").running(&[("db", 20 + i as i32), ("web", 11)]));
+    }
+    assert!(
+        sim.armed().is_empty(),
+        "an idle loop has no timer: {:?}",
+        sim.armed()
+    );
+}
