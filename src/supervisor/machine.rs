@@ -4,7 +4,8 @@
 //! readiness probes, control requests) and carries the effects out (a reconcile pass on the
 //! blocking thread, a probe on its own thread, a timer, an answer to a client).
 //!
-//! The rules (each one has a unit test below):
+//! The rules (each one has a unit test below, and a test on tokio's paused clock that asserts
+//! when each effect comes out: `supervisor/sim/rules.rs`):
 //! * one pass at a time; what arrives during a pass is folded into the next one;
 //! * file events are debounced on the trailing edge ([`DEBOUNCE`]); a complete write (the
 //!   file closed after writing, or renamed over) is applied at once;
@@ -27,7 +28,10 @@
 //!   next wait), a second one kills at once; `down` is answered by the final pass;
 //! * foreground, SIGHUP is the terminal going away: stop everything; detached, it re-applies;
 //! * a first pass that failed and left nothing to look after ends the supervisor;
-//! * every service ended: the foreground supervisor ends, the detached one says so once.
+//! * every service ended: the foreground supervisor ends, the detached one says so once;
+//! * a work that needs a service another process is stopping waits for that stop
+//!   ([`Effect::AwaitStops`]) while other requests are served, then runs again;
+//! * a stop that ended disarms its grace timers: an idle loop has no timer armed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
