@@ -27,10 +27,9 @@ struct World {
     broken: BTreeSet<String>,
     spawns: RefCell<Vec<(String, String, Option<ServiceRecord>)>>,
     stops: RefCell<Vec<(StopRequest, Option<ServiceRecord>)>>,
-    alive: RefCell<BTreeSet<i32>>,
+    pids: crate::seams::FakePids,
     /// Processes that ignore their stop signal (SIGKILL after the grace period).
     stubborn: bool,
-    next_pid: Cell<i32>,
     now: Cell<u64>,
 }
 
@@ -38,7 +37,7 @@ impl World {
     fn new(store: &StateStore) -> World {
         World {
             state_file: store.state_path(),
-            next_pid: Cell::new(1000),
+            pids: crate::seams::FakePids::from(1000),
             now: Cell::new(NOW),
             ..Default::default()
         }
@@ -69,26 +68,13 @@ impl Launcher for World {
         if self.broken.contains(&name) {
             return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
         }
-        let pid = self.next_pid.get();
-        self.next_pid.set(pid + 1);
-        self.alive.borrow_mut().insert(pid);
-        let identity = ProcessIdentity {
-            pid,
-            pgid: pid,
-            start_time: 1,
-            boot_id: "fake".into(),
-            nonce: Some(req.nonce.clone()),
-        };
-        Ok((Spawned { pid }, identity))
+        Ok(self.pids.spawn(&req.nonce, "fake"))
     }
 }
 
 impl ProcessTable for World {
     fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
-        match id {
-            Some(id) if self.alive.borrow().contains(&id.pid) => Liveness::Alive,
-            _ => Liveness::Exited,
-        }
+        self.pids.liveness(id)
     }
 
     fn take_exit(&self, _pid: i32) -> Option<ExitKind> {
@@ -109,7 +95,7 @@ impl ProcessTable for World {
                 // It ignored its signal: the grace period passed, then SIGKILL.
                 self.now.set(self.now.get() + r.timeout.as_millis() as u64);
             }
-            self.alive.borrow_mut().remove(&r.identity.pid);
+            self.pids.end(r.identity.pid);
             let o = StopOutcome {
                 name: r.name.clone(),
                 killed: self.stubborn && r.signal != Signal::SIGKILL,
@@ -418,7 +404,7 @@ fn a_crash_backs_off_and_the_engine_restarts_it_when_the_plan_says_it_is_due() {
     // It crashes 2 s later; the pass records the fact (its exit and reason)…
     world.now.set(NOW + 2_000);
     let pid = engine.state.services["api"].process.as_ref().unwrap().pid;
-    world.alive.borrow_mut().remove(&pid);
+    world.pids.end(pid);
     let rec = engine.state.services.get_mut("api").unwrap();
     let exit = ExitInfo {
         code: Some(3),

@@ -88,3 +88,53 @@ impl Clock for Real {
 
 /// The real machine, for `Engine::new`.
 pub static REAL: Real = Real;
+
+/// Fake processes for the executor's and the loop's unit tests: PIDs handed out in order,
+/// each alive until it is ended.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct FakePids {
+    alive: std::cell::RefCell<std::collections::BTreeSet<i32>>,
+    next: std::cell::Cell<i32>,
+}
+
+#[cfg(test)]
+impl FakePids {
+    /// PIDs from `first` on.
+    pub(crate) fn from(first: i32) -> FakePids {
+        FakePids {
+            alive: Default::default(),
+            next: std::cell::Cell::new(first),
+        }
+    }
+
+    /// A new live process (its identity carries `nonce`).
+    pub(crate) fn spawn(&self, nonce: &str, boot_id: &str) -> (Spawned, ProcessIdentity) {
+        let pid = self.next.get();
+        self.next.set(pid + 1);
+        self.alive.borrow_mut().insert(pid);
+        let identity = ProcessIdentity {
+            pid,
+            pgid: pid,
+            start_time: 1,
+            boot_id: boot_id.into(),
+            nonce: Some(nonce.to_owned()),
+        };
+        (Spawned { pid }, identity)
+    }
+
+    pub(crate) fn is_alive(&self, pid: i32) -> bool {
+        self.alive.borrow().contains(&pid)
+    }
+
+    pub(crate) fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
+        match id {
+            Some(id) if self.is_alive(id.pid) => Liveness::Alive,
+            _ => Liveness::Exited,
+        }
+    }
+
+    pub(crate) fn end(&self, pid: i32) {
+        self.alive.borrow_mut().remove(&pid);
+    }
+}

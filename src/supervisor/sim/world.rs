@@ -7,7 +7,7 @@
 //! (`plan::settle`, applied by the engine), plan against the file (`plan::plan_at`) and apply
 //! it; then say what runs and when the next back-off ends, as the shell does.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -39,8 +39,7 @@ pub struct World {
     start: Instant,
     desired: Desired,
     state: RefCell<State>,
-    alive: RefCell<BTreeSet<i32>>,
-    next_pid: Cell<i32>,
+    pids: crate::seams::FakePids,
 }
 
 struct Quiet;
@@ -80,8 +79,7 @@ impl World {
                 ..Default::default()
             },
             state: RefCell::new(State::new("p")),
-            alive: RefCell::new(BTreeSet::new()),
-            next_pid: Cell::new(100),
+            pids: crate::seams::FakePids::from(100),
         }
     }
 
@@ -98,7 +96,7 @@ impl World {
     /// The process of `name` dies (its exit is the loop's to hear: [`super::Sim::exited`]).
     pub fn kill(&self, name: &str) -> i32 {
         let pid = self.record(name).process.expect("a process").pid;
-        self.alive.borrow_mut().remove(&pid);
+        self.pids.end(pid);
         pid
     }
 
@@ -154,7 +152,7 @@ impl World {
             .services
             .iter()
             .filter_map(|(n, r)| Some((n.clone(), r.process.as_ref()?.pid)))
-            .filter(|(_, pid)| self.alive.borrow().contains(pid))
+            .filter(|(_, pid)| self.pids.is_alive(*pid))
             .collect();
         *self.state.borrow_mut() = engine.state;
         let running: Vec<(&str, i32)> = running.iter().map(|(n, p)| (n.as_str(), *p)).collect();
@@ -175,26 +173,13 @@ impl Clock for World {
 
 impl Launcher for World {
     fn spawn(&self, req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> {
-        let pid = self.next_pid.get();
-        self.next_pid.set(pid + 1);
-        self.alive.borrow_mut().insert(pid);
-        let identity = ProcessIdentity {
-            pid,
-            pgid: pid,
-            start_time: 1,
-            boot_id: "sim".into(),
-            nonce: Some(req.nonce.clone()),
-        };
-        Ok((Spawned { pid }, identity))
+        Ok(self.pids.spawn(&req.nonce, "sim"))
     }
 }
 
 impl ProcessTable for World {
     fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
-        match id {
-            Some(id) if self.alive.borrow().contains(&id.pid) => Liveness::Alive,
-            _ => Liveness::Exited,
-        }
+        self.pids.liveness(id)
     }
 
     fn take_exit(&self, _: i32) -> Option<ExitKind> {
@@ -209,7 +194,7 @@ impl ProcessTable for World {
         let out: Vec<StopOutcome> = requests
             .iter()
             .map(|r| {
-                self.alive.borrow_mut().remove(&r.identity.pid);
+                self.pids.end(r.identity.pid);
                 StopOutcome {
                     name: r.name.clone(),
                     killed: false,
