@@ -21,9 +21,6 @@ use std::time::{Duration, Instant};
 use crate::fsutil::{Access, open_in_checked_dir};
 use crate::state::StateStore;
 
-/// How often [`wait_released`] looks whether this process was interrupted.
-const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
-
 /// The stop locks this process holds, by path.
 static HELD: Mutex<BTreeMap<PathBuf, File>> = Mutex::new(BTreeMap::new());
 
@@ -90,6 +87,7 @@ pub fn release(store: &StateStore, service: &str) {
 }
 
 /// Whether this process holds the stop lock of `service`.
+#[cfg(test)]
 pub fn ours(store: &StateStore, service: &str) -> bool {
     held().contains_key(&lock_path(store, service))
 }
@@ -129,9 +127,10 @@ fn open_existing(path: &Path) -> Option<File> {
 }
 
 /// Waits, without any other lock, until none of `services`' stop locks is held by another
-/// process, within `limit` (or until this process is interrupted, `process::interrupt`: a
-/// Ctrl-C of the supervisor). Each wait is a blocking `flock` on a thread of its own.
-/// Returns the services still held when it gave up.
+/// process, within `limit`. Each wait is a blocking `flock` on a thread of its own; the
+/// caller is itself a thread the loop does not wait for (`Effect::AwaitStops`), so an
+/// ending loop needs no way to cut it short. Returns the services still held when it gave
+/// up.
 pub fn wait_released(store: &StateStore, services: &[String], limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -152,16 +151,11 @@ pub fn wait_released(store: &StateStore, services: &[String], limit: Duration) -
         });
     }
     drop(tx);
-    while !pending.is_empty() && !crate::process::interrupted() {
+    while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        // Slices, to notice an interruption.
-        match rx.recv_timeout(left.min(INTERRUPT_CHECK)) {
+        match rx.recv_timeout(left) {
             Ok(name) => pending.retain(|n| *n != name),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(_) => break,
         }
     }
     pending

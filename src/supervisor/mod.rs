@@ -247,22 +247,11 @@ impl Shell<'_> {
                 Effect::Disarm(timer) => {
                     self.timers.remove(&timer);
                 }
-                // Another process's stops: a blocking `flock` per service on a thread.
                 Effect::AwaitStops {
                     id,
                     services,
                     limit,
-                } => {
-                    let tx = self.tx.clone();
-                    let store = self.ctx.store();
-                    std::thread::spawn(move || {
-                        let held = store.map_or_else(
-                            |_| Vec::new(),
-                            |s| crate::stop_owner::wait_released(&s, &services, limit),
-                        );
-                        let _ = tx.send(Input::Event(Event::StopsReleased { id, held }));
-                    });
-                }
+                } => spawn_await_stops(&self.tx, self.ctx.as_ref(), id, services, limit),
                 Effect::Probe(order) => spawn_probe(&self.tx, order, self.cancel.clone(), false),
                 Effect::AwaitReady {
                     client,
@@ -611,6 +600,27 @@ fn spawn_stop(
             outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));
         }
         let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
+    });
+}
+
+/// Waits on a thread of its own for other processes' stops of `services` to end (a blocking
+/// `flock` per service, `stop_owner::wait_released`), within `limit`; then
+/// `Event::StopsReleased`.
+fn spawn_await_stops(
+    tx: &UnboundedSender<Input>,
+    ctx: &dyn Project,
+    id: u64,
+    services: Vec<String>,
+    limit: Duration,
+) {
+    let tx = tx.clone();
+    let store = ctx.store();
+    std::thread::spawn(move || {
+        let held = store.map_or_else(
+            |_| Vec::new(),
+            |s| crate::stop_owner::wait_released(&s, &services, limit),
+        );
+        let _ = tx.send(Input::Event(Event::StopsReleased { id, held }));
     });
 }
 
@@ -1070,10 +1080,7 @@ impl Reporter for SupervisorReporter {
 /// batch of service lines being written to the same terminal or pipe: in the foreground, an
 /// event line never lands in the middle of a service's line, nor one of those in it.
 pub fn line_to_stderr(line: &str) {
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    crate::output::write_stderr(&bytes);
+    crate::output::line_to(true, format_args!("{line}"));
 }
 
 impl SupervisorReporter {

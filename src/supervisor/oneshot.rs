@@ -36,9 +36,9 @@ pub fn serve(
     reporter: &mut dyn Reporter,
 ) -> (bool, String) {
     settings.loop_waits = true;
-    // stop7: a stop is a wait of this loop as of the supervisor's: the pass signals, records
+    // A stop is a wait of this loop as of the supervisor's: the pass signals, records
     // `stopping` (owned by this process, `crate::stop_owner`) and returns; the grace period is
-    // waited here, outside the state lock. (`Work::Shutdown` still waits in its pass.)
+    // waited here, outside the state lock (a shutdown: `serve_shutdown`).
     settings.defer_stops = true;
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -116,15 +116,7 @@ pub fn serve(
                     limit,
                 } => {
                     awaiting += 1;
-                    let tx = tx.clone();
-                    let store = ctx.store();
-                    std::thread::spawn(move || {
-                        let held = store.map_or_else(
-                            |_| Vec::new(),
-                            |s| crate::stop_owner::wait_released(&s, &services, limit),
-                        );
-                        let _ = tx.send(Input::Event(Event::StopsReleased { id, held }));
-                    });
+                    super::spawn_await_stops(&tx, ctx, id, services, limit);
                 }
                 Effect::Arm {
                     timer: timer @ Timer::Grace(..),
@@ -222,7 +214,7 @@ pub fn serve(
     }
 }
 
-/// stop7: a one-shot `down` / `ci stop` (`Work::Shutdown { sweep: true }`) in two passes,
+/// A one-shot `down` / `ci stop` (`Work::Shutdown { sweep: true }`) in two passes,
 /// its grace periods waited between them, outside the state lock: the first signals and
 /// records `stopping` (this process owns those stops, `crate::stop_owner`), the second
 /// records the outcomes, forgets the records and sweeps the markers. With nothing to wait

@@ -137,7 +137,7 @@ pub struct PassSettings {
     pub defer_shutdown: bool,
     /// Services whose stop the loop is watching: no pass plans them until it is recorded.
     pub stopping: BTreeSet<String>,
-    /// stop7: how a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
+    /// How a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
     /// (`oneshot::serve_shutdown`).
     pub sweep_stops: super::shutdown::SweepStops,
 }
@@ -207,9 +207,9 @@ pub struct PassOutcome {
     pub stops: Option<StopJob>,
     /// Sessions `starting` (their `Ready!` is the loop's wait, `supervised` only).
     pub sessions: Vec<SessionOrder>,
-    /// stop7: services the work needs that another live process is stopping
-    /// (`crate::stop_owner`): the pass did nothing; the caller waits for those stops, outside
-    /// the state lock, and runs it again (`oneshot::run_pass_after_stops`).
+    /// Services the work needs that another live process is stopping (`crate::stop_owner`):
+    /// the pass did nothing; the loop waits for those stops outside the state lock
+    /// (`Effect::AwaitStops`) and runs it again.
     pub owned_elsewhere: Vec<OwnedStop>,
     /// Stops another live process owns that this pass left alone (it did not need them):
     /// the loop passes again once they are over.
@@ -778,7 +778,7 @@ fn recorded(state: &State) -> Desired {
     }
 }
 
-/// stop7: the `stopping` records whose stop another live process owns (its stop lock is
+/// The `stopping` records whose stop another live process owns (its stop lock is
 /// held; `crate::stop_owner`), not the loop's own (`PassSettings::stopping`). None for a
 /// shutdown: `down` stops them too.
 fn owned_elsewhere(

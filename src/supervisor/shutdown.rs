@@ -79,10 +79,11 @@ pub(super) fn refuse_records(
     Ok(refused)
 }
 
-/// stop7: how a sweeping shutdown waits for the stops of its records.
+/// How a sweeping shutdown waits for the stops of its records.
 #[derive(Debug, Clone, Default)]
 pub enum SweepStops {
-    /// In its pass, holding the state lock (the supervisor's final pass; a refusal).
+    /// In its pass, holding the state lock: the default; `Defer` falls back to it when a
+    /// refused record must be reported (one pass, as before stops had owners).
     #[default]
     InPass,
     /// The one-shot's first pass: signal, record `stopping` (owned by this process,
