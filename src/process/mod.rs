@@ -5,6 +5,7 @@
 //! identity is checked again; a mismatch means "gone".
 
 mod error;
+pub mod pidfds;
 pub mod sweep;
 
 pub use crate::os::spawn::{is_executable, search_path};
@@ -100,7 +101,14 @@ impl ProcessIdentity {
         })
     }
 
+    /// Whether the recorded process is alive: from its held pidfd when this process holds one
+    /// ([`pidfds`]: no `/proc` read), else from `/proc/<pid>/stat`.
     pub fn liveness(&self) -> Liveness {
+        pidfds::liveness(self).unwrap_or_else(|| self.read_liveness())
+    }
+
+    /// [`Self::liveness`] as `/proc/<pid>/stat` tells it.
+    pub fn read_liveness(&self) -> Liveness {
         if self.boot_id != boot_id() {
             return Liveness::Recycled;
         }
@@ -140,10 +148,15 @@ impl ProcessIdentity {
     /// The recorded process is alive, the very one (start time), and still leads the recorded
     /// group: only then may the group be signalled as a whole.
     pub fn leads_group(&self) -> bool {
-        self.refusal().is_none()
-            && self.boot_id == boot_id()
-            && proc_info(self.pid)
-                .is_ok_and(|i| i.start_time == self.start_time && !i.zombie && i.pgid == self.pgid)
+        if self.refusal().is_some() || self.boot_id != boot_id() {
+            return false;
+        }
+        // A held session leader that runs leads its group (no `/proc` read).
+        if let Some(leads) = pidfds::leads_group(self) {
+            return leads;
+        }
+        proc_info(self.pid)
+            .is_ok_and(|i| i.start_time == self.start_time && !i.zombie && i.pgid == self.pgid)
     }
 
     /// Live members of this process's group that are provably ours: while the leader lives
@@ -518,13 +531,7 @@ fn escaped_of(
         instances: Some(&wanted),
         ..Default::default()
     };
-    // The recorded leaders are members of their groups: their environments are not read.
-    let leaders: std::collections::HashMap<i32, u64> = requests
-        .iter()
-        .filter(|r| r.identity.pid == r.identity.pgid)
-        .map(|r| (r.identity.pid, r.identity.start_time))
-        .collect();
-    let found = crate::os::scan_marked_skipping(&leaders);
+    let found = scan_escaped(requests);
     for proc in found.into_iter().filter(|p| selector.matches(p)) {
         let i = nonces[proc.instance.as_deref().expect("selected by nonce")];
         let r = &requests[i];
@@ -538,6 +545,27 @@ fn escaped_of(
         });
     }
     out
+}
+
+/// The marked processes outside every known service group, from one `/proc` scan: the
+/// groups of the services whose pidfds this process holds and that run (nothing of them is
+/// read), and those of `requests` (their leaders' `stat` is read, not their environments).
+/// A held leader that ended during the scan is looked at again: its PID may have been
+/// reused by then.
+fn scan_escaped(requests: &[StopRequest]) -> Vec<MarkedProc> {
+    let alive = pidfds::held_alive();
+    let recorded = requests
+        .iter()
+        .filter(|r| r.identity.pid == r.identity.pgid && !alive.contains_key(&r.identity.pid))
+        .map(|r| (r.identity.pid, r.identity.start_time))
+        .collect();
+    let known = crate::os::KnownGroups { alive, recorded };
+    let mut found = crate::os::scan_marked_outside(&known);
+    let still = pidfds::held_alive();
+    for pid in known.alive.keys().filter(|p| !still.contains_key(p)) {
+        found.extend(crate::os::marked_of(*pid));
+    }
+    found
 }
 
 /// After an instance ended on its own (its leader exited): stops what it left behind, in its
@@ -889,6 +917,96 @@ mod tests {
             boot_id: boot_id().to_owned(),
             nonce: None,
         }
+    }
+
+    /// Kills its process groups (and collects the leader) on drop.
+    struct Groups(std::process::Child, Vec<i32>);
+
+    impl Drop for Groups {
+        fn drop(&mut self) {
+            for g in &self.1 {
+                let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_marked_process_in_a_running_service_group_is_not_read_an_escaped_one_is_found() {
+        use crate::os::reads::{self, Kind};
+        use std::os::unix::process::CommandExt;
+        let nonce = format!("scanskip{}", std::process::id());
+        // A service (its own session) with a child in its group and one that left it.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 30 & setsid sleep 30 & wait"])
+            .env(ENV_INSTANCE, &nonce);
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sh");
+        let leader = child.id() as i32;
+        let mut groups = Groups(child, vec![leader]);
+        let mine = || -> Vec<ProcInfo> {
+            scan_marked()
+                .into_iter()
+                .filter(|p| p.instance.as_deref() == Some(&*nonce))
+                .map(|p| p.info)
+                .collect()
+        };
+        // Until the three run with their marker (their environments as read).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen = loop {
+            let seen = mine();
+            let sleeping = |p: &&ProcInfo| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .is_ok_and(|c| c.starts_with(b"sleep\0"))
+            };
+            if seen.len() == 3
+                && seen.iter().filter(|p| p.pgid != leader).count() == 1
+                && seen.iter().filter(sleeping).count() == 2
+            {
+                break seen;
+            }
+            assert!(Instant::now() < deadline, "never saw the three: {seen:?}");
+            std::thread::yield_now();
+        };
+        let member = seen
+            .iter()
+            .find(|p| p.pgid == leader && p.pid != leader)
+            .expect("member")
+            .pid;
+        let escaped = seen.iter().find(|p| p.pgid != leader).expect("escaped").pid;
+        groups.1.push(escaped);
+        let id = ProcessIdentity::of(leader, Some(nonce.clone())).expect("stat");
+        assert!(pidfds::hold(&id).is_some());
+        let request = StopRequest {
+            name: "svc".into(),
+            identity: id.clone(),
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        };
+        let outcome = StopOutcome {
+            name: "svc".into(),
+            killed: false,
+            survivors: vec![],
+            refused: None,
+            escaped: vec![],
+        };
+        reads::take();
+        let found = escaped_of(std::slice::from_ref(&request), &[outcome], &BTreeSet::new());
+        let read = reads::take();
+        pidfds::release(leader);
+        let pids: Vec<i32> = found.values().flatten().map(|t| t.proc.info.pid).collect();
+        assert_eq!(pids, vec![escaped], "only the one outside the group");
+        for pid in [leader, member] {
+            assert!(
+                !read.contains(&(Kind::Environ, pid)),
+                "the environment of {pid} (in the running group) was read: {read:?}"
+            );
+        }
+        assert!(read.contains(&(Kind::Environ, escaped)));
     }
 
     #[test]
