@@ -424,6 +424,8 @@ fn pass(
                 },
             };
             let defer = settings.defer_shutdown;
+            // One stop lock for every service (`stop_owner::take_all`), not one each.
+            crate::stop_owner::take_all(&store);
             return stop(
                 &store, &lock, state, &order, defer, settings, reporter, out, &looks,
             );
