@@ -317,6 +317,7 @@ pub fn stop_groups_killable(
         .collect();
     // What already runs outside each group under its nonce (one scan for all requests).
     let mut outside = escaped_of(requests, &outcomes, &BTreeSet::new());
+    tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: escaped looked for");
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
         if let Some(why) = &outcomes[i].refused {
@@ -331,20 +332,29 @@ pub fn stop_groups_killable(
     }
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
     // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
-    // `MAX_EXIT_FDS` descriptors are held (a 1024-descriptor limit must leave room for the
-    // scans and the state write); the groups beyond are looked at after each pause.
-    let mut exits: BTreeMap<usize, std::os::fd::OwnedFd> = pending
+    // `MAX_EXIT_FDS` descriptors are opened (a 1024-descriptor limit must leave room for the
+    // scans and the state write); the groups beyond are looked at after each pause. The
+    // pidfds the supervisor holds on its services ([`pidfds`]) cost no new descriptor.
+    let mut opened = 0;
+    let mut exits: BTreeMap<usize, std::sync::Arc<std::os::fd::OwnedFd>> = pending
         .keys()
-        .take(MAX_EXIT_FDS)
         .filter_map(|&i| {
             let id = &requests[i].identity;
+            if let Some(fd) = pidfds::held_fd(id) {
+                return Some((i, fd));
+            }
+            if opened >= MAX_EXIT_FDS {
+                return None;
+            }
             let fd = pidfd_open(id.pid).ok()?;
+            opened += 1;
             // Opened on the recorded process, not on a PID reused since.
-            id.leads_group().then_some((i, fd))
+            id.leads_group().then(|| (i, std::sync::Arc::new(fd)))
         })
         .collect();
     // Then, as each group is found empty, what left it: signal, grace, SIGKILL.
     let mut phase2: BTreeMap<usize, (Instant, Vec<sweep::Target>)> = BTreeMap::new();
+    tracing::debug!(took = ?start.elapsed(), "stop: signalled");
     let mut pause = Duration::from_millis(1);
     while !pending.is_empty() || !phase2.is_empty() {
         let mut table: Option<ProcessTable> = None;
@@ -430,6 +440,7 @@ pub fn stop_groups_killable(
             progress(&outcomes[i]);
         }
     }
+    tracing::debug!(took = ?start.elapsed(), "stop: every group empty");
     // Whatever escaped while the groups were being stopped (one more scan).
     let seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
     let late = escaped_of(requests, &outcomes, &seen);
@@ -449,6 +460,7 @@ pub fn stop_groups_killable(
             o.survivors.push(t.proc.info.pid);
         }
     }
+    tracing::debug!(took = ?start.elapsed(), "stop: done");
     outcomes
 }
 
@@ -457,7 +469,7 @@ const MAX_EXIT_FDS: usize = 256;
 
 /// Sleeps until one of `exits` (leaders' pidfds) is readable, or `pause`; the ones that are
 /// readable (their process ended) are taken out.
-fn wait_exits(exits: &mut BTreeMap<usize, std::os::fd::OwnedFd>, pause: Duration) {
+fn wait_exits(exits: &mut BTreeMap<usize, std::sync::Arc<std::os::fd::OwnedFd>>, pause: Duration) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     if exits.is_empty() {

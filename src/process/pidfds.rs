@@ -65,6 +65,15 @@ pub fn hold(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
     Some(fd)
 }
 
+/// The pidfd held on that very process `id`, if any (no new descriptor is opened).
+pub fn held_fd(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
+    held()
+        .as_ref()?
+        .get(&id.pid)
+        .filter(|h| h.start_time == id.start_time && id.boot_id == super::boot_id())
+        .map(|h| h.fd.clone())
+}
+
 /// Lets go of the pidfd held on `pid` (its watch ended or was replaced).
 pub fn release(pid: i32) {
     if let Some(m) = held().as_mut() {
