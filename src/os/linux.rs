@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
     pub pid: i32,
+    pub ppid: i32,
     pub pgid: i32,
     pub session: i32,
     pub start_time: u64,
@@ -23,13 +24,14 @@ fn parse_stat(pid: i32, text: &[u8]) -> Option<ProcInfo> {
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
     let mut f = rest.split_ascii_whitespace();
     let state = f.next()?;
-    let _ppid = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
     let pgid = f.next()?.parse().ok()?;
     let session = f.next()?.parse().ok()?;
     // tty_nr … itrealvalue (15 fields), then starttime.
     let start_time = f.nth(15)?.parse().ok()?;
     Some(ProcInfo {
         pid,
+        ppid,
         pgid,
         session,
         start_time,
@@ -232,7 +234,13 @@ pub fn scan_marked_outside(known: &KnownGroups) -> Vec<MarkedProc> {
 /// The process `pid`, if it carries markers (and is not this process, its group or its
 /// session).
 pub fn marked_of(pid: i32) -> Option<MarkedProc> {
-    marked_proc(pid, &read_environ(pid).ok()?, &own_ids())
+    let mut raw = read_environ(pid).ok()?;
+    // In the middle of an `exec` (see `scan_marked_outside`): read once more after a pause.
+    if raw.is_empty() && in_exec(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        raw = read_environ(pid).ok()?;
+    }
+    marked_proc(pid, &raw, &own_ids())
 }
 
 /// Reads `/proc/<pid>/environ`.
@@ -367,6 +375,25 @@ pub fn signal_if_same(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) 
 /// Whether the process that started at `start_time` still runs as `pid` (zombies are gone).
 pub fn same_alive(pid: i32, start_time: u64) -> bool {
     proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
+}
+
+/// The children of this process (of every thread of it: `/proc/self/task/*/children`), or
+/// `None` when the kernel does not list them (`CONFIG_PROC_CHILDREN`).
+pub fn own_children() -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Whether this process is a child subreaper (orphaned descendants come back to it).
+pub fn is_child_subreaper() -> bool {
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
 }
 
 /// Orphaned grandchildren of our services are re-parented to us (`PR_SET_CHILD_SUBREAPER`).

@@ -315,6 +315,21 @@ pub fn stop_groups_killable(
             escaped: vec![],
         })
         .collect();
+    // After the stop, what left the groups meanwhile is looked for among this process's own
+    // children only when every group is its own child's and it is a subreaper: then whatever a
+    // group leaves behind comes back to it as its parent ends (`Some`); else in all of `/proc`.
+    let children_only = crate::os::is_child_subreaper()
+        .then(|| {
+            let me = std::process::id() as i32;
+            requests.iter().zip(&outcomes).all(|(r, o)| {
+                o.refused.is_some()
+                    || pidfds::own_child(&r.identity).unwrap_or_else(|| {
+                        proc_info(r.identity.pid)
+                            .is_ok_and(|i| i.ppid == me && i.start_time == r.identity.start_time)
+                    })
+            })
+        })
+        .filter(|all| *all);
     // What already runs outside each group under its nonce (one scan for all requests).
     let mut outside = escaped_of(requests, &outcomes, &BTreeSet::new());
     tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: escaped looked for");
@@ -441,27 +456,69 @@ pub fn stop_groups_killable(
         }
     }
     tracing::debug!(took = ?start.elapsed(), "stop: every group empty");
-    // Whatever escaped while the groups were being stopped (one more scan).
-    let seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
-    let late = escaped_of(requests, &outcomes, &seen);
-    let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
-        .into_iter()
-        .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
-        .unzip();
-    for ((t, i), r) in targets
-        .iter()
-        .zip(owners)
-        .zip(sweep::stop_targets(&targets))
-    {
-        let o = &mut outcomes[i];
-        o.escaped.push(t.proc.info.pid);
-        o.killed |= r.killed;
-        if r.survived {
-            o.survivors.push(t.proc.info.pid);
+    // Whatever escaped while the groups were being stopped.
+    let mut seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
+    let mut rounds = 0;
+    loop {
+        let late = match &children_only {
+            // Our own children only: each was re-parented to us when its parent ended.
+            Some(_) if rounds < MAX_CHILD_ROUNDS => {
+                match late_among_children(requests, &outcomes, &seen) {
+                    Some(late) => late,
+                    None => escaped_of(requests, &outcomes, &seen),
+                }
+            }
+            _ => escaped_of(requests, &outcomes, &seen),
+        };
+        let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
+            .into_iter()
+            .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
+            .unzip();
+        if targets.is_empty() {
+            break;
         }
+        for ((t, i), r) in targets
+            .iter()
+            .zip(owners)
+            .zip(sweep::stop_targets(&targets))
+        {
+            let o = &mut outcomes[i];
+            o.escaped.push(t.proc.info.pid);
+            seen.insert(t.proc.info.pid);
+            o.killed |= r.killed;
+            if r.survived {
+                o.survivors.push(t.proc.info.pid);
+            }
+        }
+        // A full scan found every one at once; among our children, what those left behind
+        // comes back to us now that they have ended: look again.
+        if children_only.is_none() || rounds >= MAX_CHILD_ROUNDS {
+            break;
+        }
+        rounds += 1;
     }
     tracing::debug!(took = ?start.elapsed(), "stop: done");
     outcomes
+}
+
+/// How many times a stop looks again among its own children for what the processes it
+/// stopped left behind, before it scans all of `/proc` instead.
+const MAX_CHILD_ROUNDS: usize = 16;
+
+/// The marked processes carrying a request's nonce among this process's own children (not in
+/// `seen`, not in the request's group), by request; `None` when the children cannot be listed.
+fn late_among_children(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+    seen: &BTreeSet<i32>,
+) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
+    let alive = pidfds::held_alive();
+    let found = crate::os::own_children()?
+        .into_iter()
+        .filter(|pid| !alive.contains_key(pid) && !seen.contains(pid))
+        .filter_map(crate::os::marked_of)
+        .collect();
+    Some(escaped_in(requests, outcomes, found))
 }
 
 /// How many pidfds one `stop_groups` holds at most.
@@ -528,6 +585,27 @@ fn escaped_of(
     outcomes: &[StopOutcome],
     seen: &BTreeSet<i32>,
 ) -> BTreeMap<usize, Vec<sweep::Target>> {
+    if !requests
+        .iter()
+        .zip(outcomes)
+        .any(|(r, o)| o.refused.is_none() && r.identity.nonce.is_some())
+    {
+        return BTreeMap::new();
+    }
+    let found = scan_escaped(requests)
+        .into_iter()
+        .filter(|p| !seen.contains(&p.info.pid))
+        .collect();
+    escaped_in(requests, outcomes, found)
+}
+
+/// Of the marked processes `found`, those carrying a request's spawn nonce outside its
+/// recorded group, by request (with its signal and grace period).
+fn escaped_in(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+    found: Vec<MarkedProc>,
+) -> BTreeMap<usize, Vec<sweep::Target>> {
     let nonces: BTreeMap<&str, usize> = requests
         .iter()
         .enumerate()
@@ -543,11 +621,10 @@ fn escaped_of(
         instances: Some(&wanted),
         ..Default::default()
     };
-    let found = scan_escaped(requests);
     for proc in found.into_iter().filter(|p| selector.matches(p)) {
         let i = nonces[proc.instance.as_deref().expect("selected by nonce")];
         let r = &requests[i];
-        if proc.info.pgid == r.identity.pgid || seen.contains(&proc.info.pid) {
+        if proc.info.pgid == r.identity.pgid {
             continue; // a member of the group: stopped with it
         }
         out.entry(i).or_default().push(sweep::Target {

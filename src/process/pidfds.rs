@@ -24,6 +24,9 @@ use super::{Liveness, ProcessIdentity};
 struct Held {
     start_time: u64,
     session_leader: bool,
+    /// This process's own child when it was held (so, with this process a subreaper, every
+    /// descendant it leaves behind comes back to this process).
+    own_child: bool,
     fd: Arc<OwnedFd>,
 }
 
@@ -59,6 +62,7 @@ pub fn hold(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
         Held {
             start_time: id.start_time,
             session_leader: info.session == id.pid && info.pgid == id.pid,
+            own_child: info.ppid == std::process::id() as i32,
             fd: fd.clone(),
         },
     );
@@ -72,6 +76,15 @@ pub fn held_fd(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
         .get(&id.pid)
         .filter(|h| h.start_time == id.start_time && id.boot_id == super::boot_id())
         .map(|h| h.fd.clone())
+}
+
+/// Whether the held process `id` is this process's own child; `None` when not held.
+pub fn own_child(id: &ProcessIdentity) -> Option<bool> {
+    held()
+        .as_ref()?
+        .get(&id.pid)
+        .filter(|h| h.start_time == id.start_time && id.boot_id == super::boot_id())
+        .map(|h| h.own_child)
 }
 
 /// Lets go of the pidfd held on `pid` (its watch ended or was replaced).
