@@ -391,6 +391,23 @@ pub fn own_children() -> Option<Vec<i32>> {
     Some(out)
 }
 
+/// The children of `pid` (of every thread of it); none when it is gone (or a thread ended
+/// while it was read). Whether the kernel lists children at all is [`own_children`]'s to say.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Whether this process is a child subreaper (orphaned descendants come back to it).
 pub fn is_child_subreaper() -> bool {
     nix::sys::prctl::get_child_subreaper().unwrap_or(false)

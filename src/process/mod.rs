@@ -330,8 +330,13 @@ pub fn stop_groups_killable(
             })
         })
         .filter(|all| *all);
-    // What already runs outside each group under its nonce (one scan for all requests).
-    let mut outside = escaped_of(requests, &outcomes, &BTreeSet::new());
+    // What already runs outside each group under its nonce (one scan for all requests; among
+    // this process's descendants only, when `children_only`).
+    let mut outside = match children_only {
+        Some(_) => escaped_among_descendants(requests, &outcomes)
+            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
+        None => escaped_of(requests, &outcomes, &BTreeSet::new()),
+    };
     tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: escaped looked for");
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
@@ -518,6 +523,47 @@ fn late_among_children(
         .filter(|pid| !alive.contains_key(pid) && !seen.contains(pid))
         .filter_map(crate::os::marked_of)
         .collect();
+    Some(escaped_in(requests, outcomes, found))
+}
+
+/// Before a stop (`children_only`: every group is this process's own child and it is a
+/// subreaper), what left the groups is among this process's descendants: in a group's tree,
+/// or, once its parent ended, in the tree of a child this process adopted (mirrord's intproxy,
+/// a daemon). Those trees are walked (`/proc/<pid>/task/*/children`); the running services'
+/// trees other than the requests' are not, and members of a request's group are not read.
+/// `None` when the kernel does not list children.
+fn escaped_among_descendants(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
+    let alive = pidfds::held_alive();
+    let groups: BTreeSet<i32> = requests.iter().map(|r| r.identity.pgid).collect();
+    // Adopted children (not a running service), and the requests' leaders.
+    let mut stack: Vec<i32> = crate::os::own_children()?
+        .into_iter()
+        .filter(|pid| !alive.contains_key(pid))
+        .chain(
+            requests
+                .iter()
+                .zip(outcomes)
+                .filter(|(_, o)| o.refused.is_none())
+                .map(|(r, _)| r.identity.pid),
+        )
+        .collect();
+    let mut visited = BTreeSet::new();
+    let mut found = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if !visited.insert(pid) {
+            continue;
+        }
+        stack.extend(crate::os::children_of(pid));
+        // A member of a stopped group is stopped with it: its environment is not read.
+        let in_group = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .is_ok_and(|g| groups.contains(&g.as_raw()));
+        if !in_group {
+            found.extend(crate::os::marked_of(pid));
+        }
+    }
     Some(escaped_in(requests, outcomes, found))
 }
 
