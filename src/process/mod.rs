@@ -753,6 +753,12 @@ fn group_gone(id: &ProcessIdentity, table: &mut Option<ProcessTable>) -> bool {
     if id.leads_group() {
         return false;
     }
+    // The leader ended: a zombie child of ours keeps the group from reading empty. Collected
+    // now (its status kept for `take_exit`), the group is looked at again before `/proc` is.
+    collect(id.pid);
+    if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
+        return true;
+    }
     // Only zombies, or members left behind by the leader: look closer.
     id.live_members(table.get_or_insert_with(ProcessTable::snapshot))
         .is_empty()
