@@ -738,6 +738,10 @@ fn signal_group_fast(id: &ProcessIdentity, sig: Signal, table: &mut Option<Proce
     if id.leads_group() {
         return killpg(Pid::from_raw(id.pgid), sig).is_ok();
     }
+    // The leader ended: an empty group (its leader collected) needs no look at `/proc`.
+    if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
+        return false;
+    }
     id.signal_group(sig, table.get_or_insert_with(ProcessTable::snapshot)) > 0
 }
 
