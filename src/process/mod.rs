@@ -738,7 +738,9 @@ fn signal_group_fast(id: &ProcessIdentity, sig: Signal, table: &mut Option<Proce
     if id.leads_group() {
         return killpg(Pid::from_raw(id.pgid), sig).is_ok();
     }
-    // The leader ended: an empty group (its leader collected) needs no look at `/proc`.
+    // The leader ended: an empty group (its leader collected, if it was our child) needs no
+    // look at `/proc`.
+    collect(id.pid);
     if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
         return false;
     }
@@ -1152,6 +1154,54 @@ mod tests {
             );
         }
         assert!(read.contains(&(Kind::Environ, escaped)));
+    }
+
+    /// A group whose leader has ended (a zombie child until collected, as when it ends at
+    /// its signal before the reaper runs) is stopped without a snapshot of `/proc`: no `stat`
+    /// of a process that carries no marker is read (a snapshot reads every process's, kernel
+    /// threads included).
+    #[test]
+    fn a_group_whose_leader_ended_is_stopped_without_a_proc_snapshot() {
+        use crate::os::reads::{self, Kind};
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sleep");
+        let pid = child.id() as i32;
+        let _groups = Groups(child, vec![pid]);
+        let id = ProcessIdentity::of(pid, Some(format!("snap{pid}"))).expect("stat");
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !proc_info(pid).is_ok_and(|i| i.zombie) {
+            assert!(Instant::now() < deadline, "never a zombie");
+            std::thread::yield_now();
+        }
+        reads::take();
+        let out = stop_groups(&[StopRequest {
+            name: "s".into(),
+            identity: id,
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        }]);
+        let read = reads::take();
+        assert!(out[0].survivors.is_empty(), "{out:?}");
+        let unmarked: Vec<i32> = read
+            .iter()
+            .filter(|(k, p)| *k == Kind::Stat && *p != pid)
+            .map(|(_, p)| *p)
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|e| !e.windows(11).any(|w| w == b"MIRRORD_UP_"))
+            })
+            .collect();
+        assert!(
+            unmarked.is_empty(),
+            "read the stat of unmarked processes (a snapshot): {unmarked:?}"
+        );
     }
 
     #[test]
