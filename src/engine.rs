@@ -1541,7 +1541,9 @@ fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), StateErro
     }
     let mut text = serde_json::to_vec_pretty(config).expect("JSON");
     text.push(b'\n');
-    crate::state::write_private(path, &text)
+    // Read by the session about to be spawned (the rename makes it visible); a machine crash
+    // that loses it also ends that session, and the next start writes it again.
+    crate::state::write_private_unsynced(path, &text)
 }
 
 /// `which`, relative to the service's working directory for paths with a slash.

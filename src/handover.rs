@@ -300,7 +300,7 @@ pub fn prepare(bin: &Path, config_path: &Path, config: &Value) -> Result<Handove
     let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
     let cache = json!({"bin": identity, "input": input, "encoded": encoded});
     // A cache that cannot be written only costs time on the next start.
-    let _ = crate::state::write_private(
+    let _ = crate::state::write_private_unsynced(
         &cache_path,
         serde_json::to_string(&cache).expect("JSON").as_bytes(),
     );
@@ -382,7 +382,7 @@ fn prepare_input(config: &Value) -> Prepared {
 fn resolve(bin: &Path, dir: &Path, config: &Value) -> Result<(Value, Undo), String> {
     let prepared = prepare_input(config);
     let input_path = dir.join("mirrord.verify.json");
-    crate::state::write_private(
+    crate::state::write_private_unsynced(
         &input_path,
         serde_json::to_string_pretty(&prepared.input)
             .expect("JSON")

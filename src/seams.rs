@@ -24,6 +24,11 @@ pub trait ProcessTable {
     /// Whether the recorded process is alive, exited, or its PID belongs to someone else now
     /// (`None`: no process recorded, exited).
     fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness;
+    /// [`Self::liveness`] of each of `ids` (the real table answers those it holds a pidfd on
+    /// with one `poll`).
+    fn liveness_all(&self, ids: &[&ProcessIdentity]) -> Vec<Liveness> {
+        ids.iter().map(|id| self.liveness(Some(id))).collect()
+    }
     /// The exit status of a child, once it has ended (collected by us or by the reaper).
     fn take_exit(&self, pid: i32) -> Option<ExitKind>;
     /// Stops each group: its signal, SIGKILL after its grace period (`StopRequest::timeout`),
@@ -37,6 +42,78 @@ pub trait ProcessTable {
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration);
     /// The groups carrying this state directory's markers.
     fn find_marked(&self, state_dir: &Path) -> Vec<MarkedGroup>;
+}
+
+/// One look at each recorded process for a stretch of a pass that acts on none of them
+/// (settling exits, then observing for the plan): every question about an identity looked
+/// at already gets the same answer again, so that the stretch sees one consistent picture
+/// and costs one look per record — one `poll` for all those whose pidfd is held, a `/proc`
+/// read for the others. A process that ends meanwhile is the next pass's (its exit wakes
+/// the loop). The rest of the table is `source`'s.
+pub struct Looks<'a> {
+    source: &'a dyn ProcessTable,
+    seen: std::cell::RefCell<std::collections::HashMap<LookKey, Liveness>>,
+}
+
+/// What names one recorded process: its PID, start time and boot.
+type LookKey = (i32, u64, String);
+
+fn look_key(id: &ProcessIdentity) -> LookKey {
+    (id.pid, id.start_time, id.boot_id.clone())
+}
+
+impl<'a> Looks<'a> {
+    /// Looks at every process of `ids` now (at once).
+    pub fn new<'i>(
+        source: &'a dyn ProcessTable,
+        ids: impl IntoIterator<Item = &'i ProcessIdentity>,
+    ) -> Looks<'a> {
+        let ids: Vec<&ProcessIdentity> = ids.into_iter().collect();
+        let seen = ids
+            .iter()
+            .map(|id| look_key(id))
+            .zip(source.liveness_all(&ids))
+            .collect();
+        Looks {
+            source,
+            seen: std::cell::RefCell::new(seen),
+        }
+    }
+}
+
+impl ProcessTable for Looks<'_> {
+    fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
+        let Some(id) = id else {
+            return Liveness::Exited;
+        };
+        let key = look_key(id);
+        if let Some(l) = self.seen.borrow().get(&key) {
+            return *l;
+        }
+        let l = self.source.liveness(Some(id));
+        self.seen.borrow_mut().insert(key, l);
+        l
+    }
+
+    fn take_exit(&self, pid: i32) -> Option<ExitKind> {
+        self.source.take_exit(pid)
+    }
+
+    fn stop(
+        &self,
+        requests: &[StopRequest],
+        each: &mut dyn FnMut(&StopOutcome),
+    ) -> Vec<StopOutcome> {
+        self.source.stop(requests, each)
+    }
+
+    fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration) {
+        self.source.stop_leftovers(name, id, signal, grace);
+    }
+
+    fn find_marked(&self, state_dir: &Path) -> Vec<MarkedGroup> {
+        self.source.find_marked(state_dir)
+    }
 }
 
 /// The time, in unix milliseconds.
@@ -57,6 +134,14 @@ impl Launcher for Real {
 impl ProcessTable for Real {
     fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
         id.map_or(Liveness::Exited, ProcessIdentity::liveness)
+    }
+
+    fn liveness_all(&self, ids: &[&ProcessIdentity]) -> Vec<Liveness> {
+        process::pidfds::liveness_all(ids)
+            .into_iter()
+            .zip(ids)
+            .map(|(held, id)| held.unwrap_or_else(|| id.read_liveness()))
+            .collect()
     }
 
     fn take_exit(&self, pid: i32) -> Option<ExitKind> {
@@ -136,5 +221,62 @@ impl FakePids {
 
     pub(crate) fn end(&self, pid: i32) {
         self.alive.borrow_mut().remove(&pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fake processes that count the questions asked of them.
+    struct Counting {
+        pids: FakePids,
+        asked: std::cell::Cell<usize>,
+    }
+
+    impl ProcessTable for Counting {
+        fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
+            self.asked.set(self.asked.get() + 1);
+            self.pids.liveness(id)
+        }
+        fn take_exit(&self, _: i32) -> Option<ExitKind> {
+            None
+        }
+        fn stop(&self, _: &[StopRequest], _: &mut dyn FnMut(&StopOutcome)) -> Vec<StopOutcome> {
+            Vec::new()
+        }
+        fn stop_leftovers(&self, _: &str, _: &ProcessIdentity, _: Signal, _: Duration) {}
+        fn find_marked(&self, _: &Path) -> Vec<MarkedGroup> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn looks_ask_once_per_recorded_process() {
+        let table = Counting {
+            pids: FakePids::from(100),
+            asked: Default::default(),
+        };
+        let (_, a) = table.pids.spawn("a", "boot");
+        let (_, b) = table.pids.spawn("b", "boot");
+        let looks = Looks::new(&table, [&a, &b]);
+        assert_eq!(table.asked.get(), 2, "one look each, at once");
+        // An exit after the look is the next look's: the stretch sees one picture.
+        table.pids.end(b.pid);
+        for _ in 0..3 {
+            assert_eq!(looks.liveness(Some(&a)), Liveness::Alive);
+            assert_eq!(looks.liveness(Some(&b)), Liveness::Alive);
+        }
+        assert_eq!(looks.liveness(None), Liveness::Exited);
+        assert_eq!(table.asked.get(), 2, "asked again: {}", table.asked.get());
+        // One not looked at yet is asked about once.
+        let (_, c) = table.pids.spawn("c", "boot");
+        assert_eq!(looks.liveness(Some(&c)), Liveness::Alive);
+        assert_eq!(looks.liveness(Some(&c)), Liveness::Alive);
+        assert_eq!(table.asked.get(), 3);
+        assert_eq!(
+            Looks::new(&table, [&b]).liveness(Some(&b)),
+            Liveness::Exited
+        );
     }
 }

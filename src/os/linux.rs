@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
     pub pid: i32,
+    pub ppid: i32,
     pub pgid: i32,
     pub session: i32,
     pub start_time: u64,
@@ -23,13 +24,14 @@ fn parse_stat(pid: i32, text: &[u8]) -> Option<ProcInfo> {
     let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
     let mut f = rest.split_ascii_whitespace();
     let state = f.next()?;
-    let _ppid = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
     let pgid = f.next()?.parse().ok()?;
     let session = f.next()?.parse().ok()?;
     // tty_nr … itrealvalue (15 fields), then starttime.
     let start_time = f.nth(15)?.parse().ok()?;
     Some(ProcInfo {
         pid,
+        ppid,
         pgid,
         session,
         start_time,
@@ -41,6 +43,8 @@ fn parse_stat(pid: i32, text: &[u8]) -> Option<ProcInfo> {
 /// recorded service in every pass, and for every process in a scan).
 pub fn proc_info(pid: i32) -> std::io::Result<ProcInfo> {
     use std::io::Read;
+    #[cfg(test)]
+    reads::count(reads::Kind::Stat, pid);
     let mut path = [0u8; 32];
     let len = {
         use std::io::Write;
@@ -145,42 +149,63 @@ pub fn markers_of(raw: &[u8]) -> Option<[Option<String>; 4]> {
 /// members of its own process group and session (never ours to signal). Environments of other
 /// users' processes are unreadable and so never match.
 pub fn scan_marked() -> Vec<MarkedProc> {
-    scan_marked_skipping(&HashMap::new())
+    scan_marked_outside(&KnownGroups::default())
 }
 
-/// As [`scan_marked`], leaving out the group leaders of `skip` (PID → start time: leaders a
-/// stop already knows): their `stat` is read (cheap) and, when it is that very process and
-/// it still leads its own group, their environment is not (the costly read of another
-/// process's memory).
-pub fn scan_marked_skipping(skip: &HashMap<i32, u64>) -> Vec<MarkedProc> {
+/// Service groups a scan for escaped processes leaves out: a service leads its own session,
+/// so the members of its group are its descendants, never escaped.
+#[derive(Debug, Default, Clone)]
+pub struct KnownGroups {
+    /// Leaders known to run now without reading anything (their pidfds are held and not
+    /// readable): PID → start time. Not read at all.
+    pub alive: HashMap<i32, u64>,
+    /// Recorded leaders (PID → start time): their `stat` is read (cheap) and, when it is that
+    /// very process leading its own group, their environment is not (the costly read of
+    /// another process's memory).
+    pub recorded: HashMap<i32, u64>,
+}
+
+/// As [`scan_marked`], leaving out the known groups whose leader runs: their leaders (held:
+/// nothing read; recorded: their `stat`) and their members (`getpgid`, one system call, no
+/// file). Only the processes outside every such group have their environment read (the
+/// costly read of another process's memory).
+pub fn scan_marked_outside(known: &KnownGroups) -> Vec<MarkedProc> {
     let me = own_ids();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let pids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me.pid && !known.alive.contains_key(pid))
+        .collect();
+    // The known groups whose leader runs: those held, and the recorded ones found running.
+    let mut live: std::collections::HashSet<i32> = known.alive.keys().copied().collect();
+    for (pid, start) in &known.recorded {
+        if proc_info(*pid).is_ok_and(|i| i.start_time == *start && i.pgid == *pid && !i.zombie) {
+            live.insert(*pid);
+        }
+    }
     let mut out = Vec::new();
     // A user process in the middle of an `exec` shows an empty environment and an empty
     // command line for that instant (kernel threads always do, but have no `exe`; a process
     // started with `env -i` has a command line): those are read once more after the scan —
     // the rest of the scan is the wait — and only one still in its `exec` then costs a pause.
     let mut mid_exec = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me.pid {
+    for pid in pids {
+        if live.contains(&pid) {
             continue;
         }
-        if let Some(start) = skip.get(&pid)
-            && proc_info(pid).is_ok_and(|i| i.start_time == *start && i.pgid == pid)
+        // A member of a known group that runs: that service's descendant (a service leads
+        // its session; no process joins a group of another session).
+        if !live.is_empty()
+            && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+                .is_ok_and(|g| live.contains(&g.as_raw()))
         {
             continue;
         }
         // The environment first: most processes carry no marker, and then `stat` is not read.
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        let Ok(raw) = read_environ(pid) else {
             continue;
         };
         if raw.is_empty() && in_exec(pid) {
@@ -191,17 +216,63 @@ pub fn scan_marked_skipping(skip: &HashMap<i32, u64>) -> Vec<MarkedProc> {
     }
     let mut paused = false;
     for pid in mid_exec {
-        let Ok(mut raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        let Ok(mut raw) = read_environ(pid) else {
             continue;
         };
         if raw.is_empty() && !paused && in_exec(pid) {
             paused = true;
             std::thread::sleep(std::time::Duration::from_millis(5));
-            raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            raw = read_environ(pid).unwrap_or_default();
         }
         out.extend(marked_proc(pid, &raw, &me));
     }
+    // What `getpgid` did not tell (a process read after its `exec`).
+    out.retain(|p| !live.contains(&p.info.pgid));
     out
+}
+
+/// The process `pid`, if it carries markers (and is not this process, its group or its
+/// session).
+pub fn marked_of(pid: i32) -> Option<MarkedProc> {
+    let mut raw = read_environ(pid).ok()?;
+    // In the middle of an `exec` (see `scan_marked_outside`): read once more after a pause.
+    if raw.is_empty() && in_exec(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        raw = read_environ(pid).ok()?;
+    }
+    marked_proc(pid, &raw, &own_ids())
+}
+
+/// Reads `/proc/<pid>/environ`.
+fn read_environ(pid: i32) -> std::io::Result<Vec<u8>> {
+    #[cfg(test)]
+    reads::count(reads::Kind::Environ, pid);
+    std::fs::read(format!("/proc/{pid}/environ"))
+}
+
+/// What this thread read of `/proc`, for the tests that check what a look costs.
+#[cfg(test)]
+pub mod reads {
+    use std::cell::RefCell;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        Stat,
+        Environ,
+    }
+
+    thread_local! {
+        static READS: RefCell<Vec<(Kind, i32)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn count(kind: Kind, pid: i32) {
+        READS.with(|r| r.borrow_mut().push((kind, pid)));
+    }
+
+    /// The reads of this thread since the last call (and forgets them).
+    pub fn take() -> Vec<(Kind, i32)> {
+        READS.with(|r| std::mem::take(&mut *r.borrow_mut()))
+    }
 }
 
 /// A process whose environment reads empty: whether it is in the middle of an `exec` (no
@@ -306,6 +377,42 @@ pub fn same_alive(pid: i32, start_time: u64) -> bool {
     proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
 }
 
+/// The children of this process (of every thread of it: `/proc/self/task/*/children`), or
+/// `None` when the kernel does not list them (`CONFIG_PROC_CHILDREN`).
+pub fn own_children() -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// The children of `pid` (of every thread of it); none when it is gone (or a thread ended
+/// while it was read). Whether the kernel lists children at all is [`own_children`]'s to say.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether this process is a child subreaper (orphaned descendants come back to it).
+pub fn is_child_subreaper() -> bool {
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
+}
+
 /// Orphaned grandchildren of our services are re-parented to us (`PR_SET_CHILD_SUBREAPER`).
 pub fn set_child_subreaper() {
     let _ = nix::sys::prctl::set_child_subreaper(true);
@@ -408,9 +515,12 @@ mod tests {
         let (pid, bare_pid) = (marked.id() as i32, bare.id() as i32);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let found = |skip: &HashMap<i32, u64>| {
-            scan_marked_skipping(skip)
-                .iter()
-                .any(|p| p.instance.as_deref() == Some(&*nonce))
+            scan_marked_outside(&KnownGroups {
+                recorded: skip.clone(),
+                ..Default::default()
+            })
+            .iter()
+            .any(|p| p.instance.as_deref() == Some(&*nonce))
         };
         // Wait until it runs `sleep` with its marker (an event: its environment as read).
         while !found(&HashMap::new()) {

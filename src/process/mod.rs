@@ -5,6 +5,7 @@
 //! identity is checked again; a mismatch means "gone".
 
 mod error;
+pub mod pidfds;
 pub mod sweep;
 
 pub use crate::os::spawn::{is_executable, search_path};
@@ -100,7 +101,14 @@ impl ProcessIdentity {
         })
     }
 
+    /// Whether the recorded process is alive: from its held pidfd when this process holds one
+    /// ([`pidfds`]: no `/proc` read), else from `/proc/<pid>/stat`.
     pub fn liveness(&self) -> Liveness {
+        pidfds::liveness(self).unwrap_or_else(|| self.read_liveness())
+    }
+
+    /// [`Self::liveness`] as `/proc/<pid>/stat` tells it.
+    pub fn read_liveness(&self) -> Liveness {
         if self.boot_id != boot_id() {
             return Liveness::Recycled;
         }
@@ -140,10 +148,15 @@ impl ProcessIdentity {
     /// The recorded process is alive, the very one (start time), and still leads the recorded
     /// group: only then may the group be signalled as a whole.
     pub fn leads_group(&self) -> bool {
-        self.refusal().is_none()
-            && self.boot_id == boot_id()
-            && proc_info(self.pid)
-                .is_ok_and(|i| i.start_time == self.start_time && !i.zombie && i.pgid == self.pgid)
+        if self.refusal().is_some() || self.boot_id != boot_id() {
+            return false;
+        }
+        // A held session leader that runs leads its group (no `/proc` read).
+        if let Some(leads) = pidfds::leads_group(self) {
+            return leads;
+        }
+        proc_info(self.pid)
+            .is_ok_and(|i| i.start_time == self.start_time && !i.zombie && i.pgid == self.pgid)
     }
 
     /// Live members of this process's group that are provably ours: while the leader lives
@@ -302,8 +315,29 @@ pub fn stop_groups_killable(
             escaped: vec![],
         })
         .collect();
-    // What already runs outside each group under its nonce (one scan for all requests).
-    let mut outside = escaped_of(requests, &outcomes, &BTreeSet::new());
+    // After the stop, what left the groups meanwhile is looked for among this process's own
+    // children only when every group is its own child's and it is a subreaper: then whatever a
+    // group leaves behind comes back to it as its parent ends (`Some`); else in all of `/proc`.
+    let children_only = crate::os::is_child_subreaper()
+        .then(|| {
+            let me = std::process::id() as i32;
+            requests.iter().zip(&outcomes).all(|(r, o)| {
+                o.refused.is_some()
+                    || pidfds::own_child(&r.identity).unwrap_or_else(|| {
+                        proc_info(r.identity.pid)
+                            .is_ok_and(|i| i.ppid == me && i.start_time == r.identity.start_time)
+                    })
+            })
+        })
+        .filter(|all| *all);
+    // What already runs outside each group under its nonce (one scan for all requests; among
+    // this process's descendants only, when `children_only`).
+    let mut outside = match children_only {
+        Some(_) => escaped_among_descendants(requests, &outcomes)
+            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
+        None => escaped_of(requests, &outcomes, &BTreeSet::new()),
+    };
+    tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: escaped looked for");
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
         if let Some(why) = &outcomes[i].refused {
@@ -318,20 +352,29 @@ pub fn stop_groups_killable(
     }
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
     // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
-    // `MAX_EXIT_FDS` descriptors are held (a 1024-descriptor limit must leave room for the
-    // scans and the state write); the groups beyond are looked at after each pause.
-    let mut exits: BTreeMap<usize, std::os::fd::OwnedFd> = pending
+    // `MAX_EXIT_FDS` descriptors are opened (a 1024-descriptor limit must leave room for the
+    // scans and the state write); the groups beyond are looked at after each pause. The
+    // pidfds the supervisor holds on its services ([`pidfds`]) cost no new descriptor.
+    let mut opened = 0;
+    let mut exits: BTreeMap<usize, std::sync::Arc<std::os::fd::OwnedFd>> = pending
         .keys()
-        .take(MAX_EXIT_FDS)
         .filter_map(|&i| {
             let id = &requests[i].identity;
+            if let Some(fd) = pidfds::held_fd(id) {
+                return Some((i, fd));
+            }
+            if opened >= MAX_EXIT_FDS {
+                return None;
+            }
             let fd = pidfd_open(id.pid).ok()?;
+            opened += 1;
             // Opened on the recorded process, not on a PID reused since.
-            id.leads_group().then_some((i, fd))
+            id.leads_group().then(|| (i, std::sync::Arc::new(fd)))
         })
         .collect();
     // Then, as each group is found empty, what left it: signal, grace, SIGKILL.
     let mut phase2: BTreeMap<usize, (Instant, Vec<sweep::Target>)> = BTreeMap::new();
+    tracing::debug!(took = ?start.elapsed(), "stop: signalled");
     let mut pause = Duration::from_millis(1);
     while !pending.is_empty() || !phase2.is_empty() {
         let mut table: Option<ProcessTable> = None;
@@ -417,26 +460,111 @@ pub fn stop_groups_killable(
             progress(&outcomes[i]);
         }
     }
-    // Whatever escaped while the groups were being stopped (one more scan).
-    let seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
-    let late = escaped_of(requests, &outcomes, &seen);
-    let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
+    tracing::debug!(took = ?start.elapsed(), "stop: every group empty");
+    // Whatever escaped while the groups were being stopped.
+    let mut seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
+    let mut rounds = 0;
+    loop {
+        let late = match &children_only {
+            // Our own children only: each was re-parented to us when its parent ended.
+            Some(_) if rounds < MAX_CHILD_ROUNDS => {
+                match late_among_children(requests, &outcomes, &seen) {
+                    Some(late) => late,
+                    None => escaped_of(requests, &outcomes, &seen),
+                }
+            }
+            _ => escaped_of(requests, &outcomes, &seen),
+        };
+        let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
+            .into_iter()
+            .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
+            .unzip();
+        if targets.is_empty() {
+            break;
+        }
+        for ((t, i), r) in targets
+            .iter()
+            .zip(owners)
+            .zip(sweep::stop_targets(&targets))
+        {
+            let o = &mut outcomes[i];
+            o.escaped.push(t.proc.info.pid);
+            seen.insert(t.proc.info.pid);
+            o.killed |= r.killed;
+            if r.survived {
+                o.survivors.push(t.proc.info.pid);
+            }
+        }
+        // A full scan found every one at once; among our children, what those left behind
+        // comes back to us now that they have ended: look again.
+        if children_only.is_none() || rounds >= MAX_CHILD_ROUNDS {
+            break;
+        }
+        rounds += 1;
+    }
+    tracing::debug!(took = ?start.elapsed(), "stop: done");
+    outcomes
+}
+
+/// How many times a stop looks again among its own children for what the processes it
+/// stopped left behind, before it scans all of `/proc` instead.
+const MAX_CHILD_ROUNDS: usize = 16;
+
+/// The marked processes carrying a request's nonce among this process's own children (not in
+/// `seen`, not in the request's group), by request; `None` when the children cannot be listed.
+fn late_among_children(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+    seen: &BTreeSet<i32>,
+) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
+    let alive = pidfds::held_alive();
+    let found = crate::os::own_children()?
         .into_iter()
-        .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
-        .unzip();
-    for ((t, i), r) in targets
-        .iter()
-        .zip(owners)
-        .zip(sweep::stop_targets(&targets))
-    {
-        let o = &mut outcomes[i];
-        o.escaped.push(t.proc.info.pid);
-        o.killed |= r.killed;
-        if r.survived {
-            o.survivors.push(t.proc.info.pid);
+        .filter(|pid| !alive.contains_key(pid) && !seen.contains(pid))
+        .filter_map(crate::os::marked_of)
+        .collect();
+    Some(escaped_in(requests, outcomes, found))
+}
+
+/// Before a stop (`children_only`: every group is this process's own child and it is a
+/// subreaper), what left the groups is among this process's descendants: in a group's tree,
+/// or, once its parent ended, in the tree of a child this process adopted (mirrord's intproxy,
+/// a daemon). Those trees are walked (`/proc/<pid>/task/*/children`); the running services'
+/// trees other than the requests' are not, and members of a request's group are not read.
+/// `None` when the kernel does not list children.
+fn escaped_among_descendants(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
+    let alive = pidfds::held_alive();
+    let groups: BTreeSet<i32> = requests.iter().map(|r| r.identity.pgid).collect();
+    // Adopted children (not a running service), and the requests' leaders.
+    let mut stack: Vec<i32> = crate::os::own_children()?
+        .into_iter()
+        .filter(|pid| !alive.contains_key(pid))
+        .chain(
+            requests
+                .iter()
+                .zip(outcomes)
+                .filter(|(_, o)| o.refused.is_none())
+                .map(|(r, _)| r.identity.pid),
+        )
+        .collect();
+    let mut visited = BTreeSet::new();
+    let mut found = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if !visited.insert(pid) {
+            continue;
+        }
+        stack.extend(crate::os::children_of(pid));
+        // A member of a stopped group is stopped with it: its environment is not read.
+        let in_group = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .is_ok_and(|g| groups.contains(&g.as_raw()));
+        if !in_group {
+            found.extend(crate::os::marked_of(pid));
         }
     }
-    outcomes
+    Some(escaped_in(requests, outcomes, found))
 }
 
 /// How many pidfds one `stop_groups` holds at most.
@@ -444,7 +572,7 @@ const MAX_EXIT_FDS: usize = 256;
 
 /// Sleeps until one of `exits` (leaders' pidfds) is readable, or `pause`; the ones that are
 /// readable (their process ended) are taken out.
-fn wait_exits(exits: &mut BTreeMap<usize, std::os::fd::OwnedFd>, pause: Duration) {
+fn wait_exits(exits: &mut BTreeMap<usize, std::sync::Arc<std::os::fd::OwnedFd>>, pause: Duration) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     if exits.is_empty() {
@@ -503,6 +631,27 @@ fn escaped_of(
     outcomes: &[StopOutcome],
     seen: &BTreeSet<i32>,
 ) -> BTreeMap<usize, Vec<sweep::Target>> {
+    if !requests
+        .iter()
+        .zip(outcomes)
+        .any(|(r, o)| o.refused.is_none() && r.identity.nonce.is_some())
+    {
+        return BTreeMap::new();
+    }
+    let found = scan_escaped(requests)
+        .into_iter()
+        .filter(|p| !seen.contains(&p.info.pid))
+        .collect();
+    escaped_in(requests, outcomes, found)
+}
+
+/// Of the marked processes `found`, those carrying a request's spawn nonce outside its
+/// recorded group, by request (with its signal and grace period).
+fn escaped_in(
+    requests: &[StopRequest],
+    outcomes: &[StopOutcome],
+    found: Vec<MarkedProc>,
+) -> BTreeMap<usize, Vec<sweep::Target>> {
     let nonces: BTreeMap<&str, usize> = requests
         .iter()
         .enumerate()
@@ -518,17 +667,10 @@ fn escaped_of(
         instances: Some(&wanted),
         ..Default::default()
     };
-    // The recorded leaders are members of their groups: their environments are not read.
-    let leaders: std::collections::HashMap<i32, u64> = requests
-        .iter()
-        .filter(|r| r.identity.pid == r.identity.pgid)
-        .map(|r| (r.identity.pid, r.identity.start_time))
-        .collect();
-    let found = crate::os::scan_marked_skipping(&leaders);
     for proc in found.into_iter().filter(|p| selector.matches(p)) {
         let i = nonces[proc.instance.as_deref().expect("selected by nonce")];
         let r = &requests[i];
-        if proc.info.pgid == r.identity.pgid || seen.contains(&proc.info.pid) {
+        if proc.info.pgid == r.identity.pgid {
             continue; // a member of the group: stopped with it
         }
         out.entry(i).or_default().push(sweep::Target {
@@ -538,6 +680,27 @@ fn escaped_of(
         });
     }
     out
+}
+
+/// The marked processes outside every known service group, from one `/proc` scan: the
+/// groups of the services whose pidfds this process holds and that run (nothing of them is
+/// read), and those of `requests` (their leaders' `stat` is read, not their environments).
+/// A held leader that ended during the scan is looked at again: its PID may have been
+/// reused by then.
+fn scan_escaped(requests: &[StopRequest]) -> Vec<MarkedProc> {
+    let alive = pidfds::held_alive();
+    let recorded = requests
+        .iter()
+        .filter(|r| r.identity.pid == r.identity.pgid && !alive.contains_key(&r.identity.pid))
+        .map(|r| (r.identity.pid, r.identity.start_time))
+        .collect();
+    let known = crate::os::KnownGroups { alive, recorded };
+    let mut found = crate::os::scan_marked_outside(&known);
+    let still = pidfds::held_alive();
+    for pid in known.alive.keys().filter(|p| !still.contains_key(p)) {
+        found.extend(crate::os::marked_of(*pid));
+    }
+    found
 }
 
 /// After an instance ended on its own (its leader exited): stops what it left behind, in its
@@ -575,6 +738,12 @@ fn signal_group_fast(id: &ProcessIdentity, sig: Signal, table: &mut Option<Proce
     if id.leads_group() {
         return killpg(Pid::from_raw(id.pgid), sig).is_ok();
     }
+    // The leader ended: an empty group (its leader collected, if it was our child) needs no
+    // look at `/proc`.
+    collect(id.pid);
+    if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
+        return false;
+    }
     id.signal_group(sig, table.get_or_insert_with(ProcessTable::snapshot)) > 0
 }
 
@@ -589,6 +758,12 @@ fn group_gone(id: &ProcessIdentity, table: &mut Option<ProcessTable>) -> bool {
     }
     if id.leads_group() {
         return false;
+    }
+    // The leader ended: a zombie child of ours keeps the group from reading empty. Collected
+    // now (its status kept for `take_exit`), the group is looked at again before `/proc` is.
+    collect(id.pid);
+    if killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH) {
+        return true;
     }
     // Only zombies, or members left behind by the leader: look closer.
     id.live_members(table.get_or_insert_with(ProcessTable::snapshot))
@@ -889,6 +1064,144 @@ mod tests {
             boot_id: boot_id().to_owned(),
             nonce: None,
         }
+    }
+
+    /// Kills its process groups (and collects the leader) on drop.
+    struct Groups(std::process::Child, Vec<i32>);
+
+    impl Drop for Groups {
+        fn drop(&mut self) {
+            for g in &self.1 {
+                let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_marked_process_in_a_running_service_group_is_not_read_an_escaped_one_is_found() {
+        use crate::os::reads::{self, Kind};
+        use std::os::unix::process::CommandExt;
+        let nonce = format!("scanskip{}", std::process::id());
+        // A service (its own session) with a child in its group and one that left it.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 30 & setsid sleep 30 & wait"])
+            .env(ENV_INSTANCE, &nonce);
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sh");
+        let leader = child.id() as i32;
+        let mut groups = Groups(child, vec![leader]);
+        let mine = || -> Vec<ProcInfo> {
+            scan_marked()
+                .into_iter()
+                .filter(|p| p.instance.as_deref() == Some(&*nonce))
+                .map(|p| p.info)
+                .collect()
+        };
+        // Until the three run with their marker (their environments as read).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen = loop {
+            let seen = mine();
+            let sleeping = |p: &&ProcInfo| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .is_ok_and(|c| c.starts_with(b"sleep\0"))
+            };
+            if seen.len() == 3
+                && seen.iter().filter(|p| p.pgid != leader).count() == 1
+                && seen.iter().filter(sleeping).count() == 2
+            {
+                break seen;
+            }
+            assert!(Instant::now() < deadline, "never saw the three: {seen:?}");
+            std::thread::yield_now();
+        };
+        let member = seen
+            .iter()
+            .find(|p| p.pgid == leader && p.pid != leader)
+            .expect("member")
+            .pid;
+        let escaped = seen.iter().find(|p| p.pgid != leader).expect("escaped").pid;
+        groups.1.push(escaped);
+        let id = ProcessIdentity::of(leader, Some(nonce.clone())).expect("stat");
+        assert!(pidfds::hold(&id).is_some());
+        let request = StopRequest {
+            name: "svc".into(),
+            identity: id.clone(),
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        };
+        let outcome = StopOutcome {
+            name: "svc".into(),
+            killed: false,
+            survivors: vec![],
+            refused: None,
+            escaped: vec![],
+        };
+        reads::take();
+        let found = escaped_of(std::slice::from_ref(&request), &[outcome], &BTreeSet::new());
+        let read = reads::take();
+        pidfds::release(leader);
+        let pids: Vec<i32> = found.values().flatten().map(|t| t.proc.info.pid).collect();
+        assert_eq!(pids, vec![escaped], "only the one outside the group");
+        for pid in [leader, member] {
+            assert!(
+                !read.contains(&(Kind::Environ, pid)),
+                "the environment of {pid} (in the running group) was read: {read:?}"
+            );
+        }
+        assert!(read.contains(&(Kind::Environ, escaped)));
+    }
+
+    /// A group whose leader has ended (a zombie child until collected, as when it ends at
+    /// its signal before the reaper runs) is stopped without a snapshot of `/proc`: no `stat`
+    /// of a process that carries no marker is read (a snapshot reads every process's, kernel
+    /// threads included).
+    #[test]
+    fn a_group_whose_leader_ended_is_stopped_without_a_proc_snapshot() {
+        use crate::os::reads::{self, Kind};
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sleep");
+        let pid = child.id() as i32;
+        let _groups = Groups(child, vec![pid]);
+        let id = ProcessIdentity::of(pid, Some(format!("snap{pid}"))).expect("stat");
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !proc_info(pid).is_ok_and(|i| i.zombie) {
+            assert!(Instant::now() < deadline, "never a zombie");
+            std::thread::yield_now();
+        }
+        reads::take();
+        let out = stop_groups(&[StopRequest {
+            name: "s".into(),
+            identity: id,
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        }]);
+        let read = reads::take();
+        assert!(out[0].survivors.is_empty(), "{out:?}");
+        let unmarked: Vec<i32> = read
+            .iter()
+            .filter(|(k, p)| *k == Kind::Stat && *p != pid)
+            .map(|(_, p)| *p)
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|e| !e.windows(11).any(|w| w == b"MIRRORD_UP_"))
+            })
+            .collect();
+        assert!(
+            unmarked.is_empty(),
+            "read the stat of unmarked processes (a snapshot): {unmarked:?}"
+        );
     }
 
     #[test]

@@ -387,7 +387,7 @@ impl StateStore {
         }
     }
 
-    /// Replaces the file atomically (temp, fsync, rename, fsync dir), mode 0600. Refuses to
+    /// Replaces the file atomically (a private temp file renamed over it), mode 0600. Refuses to
     /// overwrite a file of a newer format. A state equal to the one this process saved last,
     /// while the file is still that very version, is not written again (nothing would change
     /// on disk: it is as durable as it was).
@@ -411,21 +411,14 @@ impl StateStore {
         let mut text = serde_json::to_vec(state).expect("state serializes");
         text.push(b'\n');
         let started = std::time::Instant::now();
-        // An intent (a record about to be spawned: its nonce, no process yet) is on disk
-        // before the spawn: synced. Other versions are replaced by rename without syncing
-        // (each is whole, old or new, for any reader; after a system crash no recorded
-        // process runs any more, and ext4 — `auto_da_alloc` — and its peers flush a file
-        // renamed over another before the rename is committed).
-        let intent = state
-            .services
-            .values()
-            .any(|r| r.spawn_nonce.is_some() && r.process.is_none());
-        let written = if intent {
-            write_private(&path, &text)
-        } else {
-            write_private_unsynced(&path, &text)
-        };
-        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), synced = intent, "state saved");
+        // Replaced by rename, not synced: each version is whole, old or new, for any reader,
+        // and an intent (a record about to be spawned: its nonce, no process yet) reaches every
+        // other process before the spawn (the rename). A machine crash can lose the last
+        // versions, intents included, but it also ends every process they record: after it
+        // nothing recorded runs (another boot), and ext4 (`auto_da_alloc`) and its peers flush
+        // a file renamed over another before the rename is committed.
+        let written = write_private_unsynced(&path, &text);
+        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
         match written {
             Ok(()) => last::put(&path, &text, state),
             Err(_) => last::forget(&path),
@@ -539,7 +532,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// As [`write_private`] without `fsync`: a temp file next to `path` (created exclusively,
 /// mode 0600, never through a link), written, then renamed over `path`.
-fn write_private_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_private_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};

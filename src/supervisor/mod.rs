@@ -897,7 +897,9 @@ fn work_of(req: Request, files: &[PathBuf]) -> Result<Work, String> {
     })
 }
 
-/// One task per running service, waiting on its pidfd; replaced when the PID changes.
+/// One task per running service, waiting on its pidfd; replaced when the PID changes. The
+/// pidfds are held in [`process::pidfds`] for as long as their watch lasts: the passes ask
+/// them whether a service runs, instead of reading `/proc`.
 fn watch_exits(
     tx: &UnboundedSender<Input>,
     watching: &mut BTreeMap<String, (i32, tokio::task::JoinHandle<()>)>,
@@ -911,32 +913,37 @@ fn watch_exits(
         }
         keep
     });
+    // A pidfd is held while its service is watched (an exited one until the pass that
+    // settles it: it answers `exited` without a `/proc` read).
+    let watched: std::collections::HashSet<i32> = watching
+        .values()
+        .map(|(pid, _)| *pid)
+        .chain(running.iter().map(|(_, p)| p.pid))
+        .collect();
+    process::pidfds::retain(|pid| watched.contains(&pid));
     for (name, identity) in wanted {
         if watching.contains_key(name) {
             continue;
         }
         let tx = tx.clone();
         let pid = identity.pid;
-        let identity = identity.clone();
+        // Held now (the pass that follows answers from it); `None`: gone already.
+        let fd = process::pidfds::hold(identity);
         let service = name.clone();
         let task = tokio::spawn(async move {
-            wait_for_exit(&identity).await;
+            if let Some(fd) = fd {
+                wait_for_exit(fd).await;
+            }
             let _ = tx.send(Input::Event(Event::ServiceExited { name: service, pid }));
         });
         watching.insert(name.clone(), (pid, task));
     }
 }
 
-async fn wait_for_exit(identity: &ProcessIdentity) {
-    let Ok(fd) = process::pidfd_open(identity.pid) else {
-        return; // already gone
-    };
-    // The PID might have been reused between the pass and `pidfd_open`.
-    if identity.liveness() != Liveness::Alive {
-        return;
-    }
-    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which owns it until dropped; nothing
-    // else closes or replaces that descriptor.
+/// Waits until the pidfd `fd` is readable: its process exited.
+async fn wait_for_exit(fd: Arc<std::os::fd::OwnedFd>) {
+    // SAFETY: the AsyncFd owns a reference to the descriptor (`Arc<OwnedFd>`), which keeps it
+    // open until the AsyncFd is dropped; nothing closes or replaces it meanwhile.
     let registered = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
     };

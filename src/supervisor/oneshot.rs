@@ -239,6 +239,7 @@ fn serve_shutdown(
         s.sweep_stops = SweepStops::Finished { job, outcomes };
         out = pass::run_pass(ctx, &s, work, &mut said);
     }
+    release_all(ctx);
     match out.result {
         Some(Ok(m)) => (true, m),
         Some(Err(e)) => (false, e),
@@ -282,6 +283,7 @@ pub(super) fn serve_loop_shutdown(
     first.defer_shutdown = true;
     let mut out = pass::run_pass(ctx, &first, work, reporter);
     let Some(job) = out.stops.take() else {
+        release_all(ctx);
         return out;
     };
     let mut said = SaidOnce::new(reporter);
@@ -296,6 +298,7 @@ pub(super) fn serve_loop_shutdown(
     // The records being stopped are this pass's own to record, not another stop's.
     last.stopping.clear();
     let mut done = pass::run_pass(ctx, &last, &finish, &mut said);
+    release_all(ctx);
     // What the first pass settled (`--abort-on-exit`: the service that ended, and its code)
     // stays the answer's.
     if let Some(Err(e)) = out.result {
@@ -306,6 +309,13 @@ pub(super) fn serve_loop_shutdown(
     done.failed = out.failed;
     done.all_down = out.all_down.or(done.all_down);
     done
+}
+
+/// The shutdown is recorded: its stop lock of every service is nobody's any more.
+fn release_all(ctx: &dyn Project) {
+    if let Ok(store) = ctx.store() {
+        crate::stop_owner::release_all(&store);
+    }
 }
 
 /// A shutdown's reporter: each stop is said as it ends (`as_they_end`), not all at once when

@@ -12,11 +12,12 @@ use crate::config::Mode;
 use crate::desired::Desired;
 use crate::engine::{
     ApplyReport, Engine, LaunchSettings, PendingStop, Reporter, SessionOrder, SessionOutcome,
-    exit_reason, liveness, observe,
+    exit_reason, liveness, observe_with,
 };
 use crate::plan::{Action, Cause, Plan, PlanAt, PlanOptions, Step};
 use crate::process::{Liveness, ProcessIdentity, StopOutcome};
 use crate::project::Project;
+use crate::seams::{Looks, ProcessTable, REAL};
 use crate::state::{ExitInfo, RecordKind, ReloadError, State, Status, now_ms};
 
 use super::shutdown::{Sweep, load_or_set_aside, refuse_records, sweep_markers};
@@ -293,7 +294,17 @@ fn pass(
         abort_on_exit: settings.abort_on_exit,
         stop_timeout: None,
     };
-    settle_exits(&mut state, settings, reporter, &at, out, &BTreeSet::new());
+    // One look at each recorded process for settling and planning (`seams::Looks`).
+    let looks = Looks::new(&REAL, recorded_ids(&state));
+    settle_exits(
+        &mut state,
+        settings,
+        reporter,
+        &at,
+        out,
+        &BTreeSet::new(),
+        &looks,
+    );
     record_probed(&mut state, &settings.probed, reporter);
     record_sessions(&mut state, &settings.probed, reporter, out);
 
@@ -321,7 +332,7 @@ fn pass(
         return Ok(String::new());
     }
     out.left_to_others = owned.values().cloned().collect();
-    let mut observed = observe(&state);
+    let mut observed = observe_with(&state, &looks);
     // What the loop is stopping is left alone until its stop is recorded.
     let left_alone = |n: &String| settings.stopping.contains(n) || owned.contains_key(n);
     desired.services.retain(|s| !left_alone(&s.name));
@@ -367,7 +378,9 @@ fn pass(
                 forget: false,
                 why: Cause::Requested { what: "stop" },
             };
-            return stop(&store, &lock, state, &order, defer, settings, reporter, out);
+            return stop(
+                &store, &lock, state, &order, defer, settings, reporter, out, &looks,
+            );
         }
         Work::Shutdown {
             timeout,
@@ -411,7 +424,11 @@ fn pass(
                 },
             };
             let defer = settings.defer_shutdown;
-            return stop(&store, &lock, state, &order, defer, settings, reporter, out);
+            // One stop lock for every service (`stop_owner::take_all`), not one each.
+            crate::stop_owner::take_all(&store);
+            return stop(
+                &store, &lock, state, &order, defer, settings, reporter, out, &looks,
+            );
         }
         Work::Finish { job, outcomes, .. } => resume_plan(&state, settings, job, outcomes),
     };
@@ -463,6 +480,8 @@ fn pass(
     {
         engine.wait_all_ready(&desired, wait, &mut report);
     }
+    // What ran through the apply is looked at again, once (what it started is new).
+    let looks = Looks::new(&REAL, recorded_ids(&engine.state));
     if settings.supervised {
         engine.release_children();
         // Sessions that died while they started were reported by the apply; their exits are
@@ -480,6 +499,7 @@ fn pass(
             &at,
             out,
             &reported,
+            &looks,
         );
         // A dependency that ended during this pass, after its dependents were looked at: they
         // still wait without having said why they cannot start. Look again (the next pass
@@ -504,7 +524,7 @@ fn pass(
     }
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
-    describe(&engine.state, out);
+    describe(&engine.state, out, &looks);
     out.failed.extend(report.failed.iter().cloned());
     if let Some(err) = report.error() {
         return Err(err.into());
@@ -559,6 +579,7 @@ fn settle_exits(
     at: &PlanAt,
     out: &mut PassOutcome,
     reported: &BTreeSet<String>,
+    looks: &Looks<'_>,
 ) {
     let now = at.now_ms;
     let mut recorded = BTreeSet::new();
@@ -571,7 +592,10 @@ fn settle_exits(
             rec.status,
             Status::Running | Status::Ready | Status::Starting
         );
-        if was_up && rec.process.is_some() && liveness(rec) != Liveness::Alive {
+        if was_up
+            && rec.process.is_some()
+            && looks.liveness(rec.process.as_ref()) != Liveness::Alive
+        {
             // A session that said `Ready!` right before a quick death had started (what
             // follows is the application's exit).
             if rec.status == Status::Starting
@@ -620,7 +644,7 @@ fn settle_exits(
     }
     // Only the exits recorded just now are decided about: one that happens while this runs
     // has no facts recorded yet (the next pass records and decides it).
-    let mut observed = observe(state);
+    let mut observed = observe_with(state, looks);
     observed.retain(|name, o| {
         recorded.contains(name) || !matches!(o.state, crate::plan::ObservedState::Exited { .. })
     });
@@ -860,6 +884,7 @@ fn stop(
     settings: &PassSettings,
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
+    looks: &Looks<'_>,
 ) -> Result<String> {
     let StopOrder {
         names,
@@ -867,7 +892,7 @@ fn stop(
         forget,
         ref why,
     } = *order;
-    let mut observed = observe(&state);
+    let mut observed = observe_with(&state, looks);
     // A `stop` leaves what the loop is already stopping to that stop; the loop's final
     // shutdown takes every service (the loop ends: no other stop will be recorded).
     let leave_in_flight = defer && !settings.defer_shutdown;
@@ -927,7 +952,7 @@ fn stop(
         }
     }
     engine.save_if_changed(&loaded)?;
-    describe(&engine.state, out);
+    describe(&engine.state, out, &REAL);
     if let Some(err) = report.error() {
         return Err(err.into());
     }
@@ -958,8 +983,13 @@ fn waits_on_an_ended_dependency(state: &State, looked_at: &[String]) -> bool {
         })
 }
 
+/// The recorded processes of `state`, to look at.
+fn recorded_ids(state: &State) -> impl Iterator<Item = &ProcessIdentity> {
+    state.services.values().filter_map(|r| r.process.as_ref())
+}
+
 /// Fills in what the loop watches next.
-fn describe(state: &State, out: &mut PassOutcome) {
+fn describe(state: &State, out: &mut PassOutcome, live: &dyn ProcessTable) {
     let mut logs = BTreeMap::new();
     for (name, rec) in state.records(RecordKind::Service) {
         // A service that waits has not started in this run: what its file holds is older.
@@ -975,7 +1005,7 @@ fn describe(state: &State, out: &mut PassOutcome) {
                 Status::Running | Status::Ready | Status::Starting
             )
         {
-            if p.liveness() == Liveness::Alive {
+            if live.liveness(Some(p)) == Liveness::Alive {
                 out.running.push((name.clone(), p.clone()));
             } else {
                 // Died during the pass, before a watch could be set on it: settle it next.

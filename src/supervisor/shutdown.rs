@@ -149,6 +149,10 @@ pub(super) fn sweep_markers(
         defer_stops: defer,
         ..Default::default()
     };
+    if only.is_none() {
+        // One stop lock for every service (`stop_owner::take_all`), not one each.
+        crate::stop_owner::take_all(store);
+    }
     let mut engine = Engine::new(store, lock, state, settings, reporter);
     let mut report = ApplyReport::default();
     let mut had_any = false;

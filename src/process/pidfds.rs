@@ -1,0 +1,286 @@
+//! The pidfds this process holds on the services it watches (the supervisor: one per running
+//! service, `supervisor::watch_exits`), as a liveness source that reads no `/proc`.
+//!
+//! A pidfd names one process for as long as it is open, whatever becomes of its PID: while it
+//! is not readable that very process runs; once readable it has exited (a zombie included).
+//! So a recorded identity whose pidfd is held is answered by a `poll` with no timeout — one
+//! `poll` for all of them at once ([`liveness_all`]) — and only identities not held (a
+//! one-shot command's, a process someone else spawned, one started since the last watch)
+//! cost a read of `/proc/<pid>/stat`. A held pidfd also tells that the process still leads
+//! its group (a session leader cannot leave its group), and it is what the escaped-process
+//! scans skip without reading anything ([`held_alive`]).
+//!
+//! The table is the process's own (as the reaper's statuses are): holding is the watcher's
+//! business, answering is anyone's.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Liveness, ProcessIdentity};
+
+/// A held pidfd: the start time of the process it was opened on (checked when it was), and
+/// whether that process leads its own session (so, while it lives, its own group).
+struct Held {
+    start_time: u64,
+    session_leader: bool,
+    /// This process's own child when it was held (so, with this process a subreaper, every
+    /// descendant it leaves behind comes back to this process).
+    own_child: bool,
+    fd: Arc<OwnedFd>,
+}
+
+static HELD: Mutex<Option<HashMap<i32, Held>>> = Mutex::new(None);
+
+fn held() -> MutexGuard<'static, Option<HashMap<i32, Held>>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Holds a pidfd on `id` (or keeps the one held already) and returns it, for a watch to wait
+/// on; `None` when `id` is not that very process alive now (gone, recycled, another boot).
+/// The pidfd is opened first and the identity checked after (one `stat` read): a PID reused
+/// in between is caught by the check.
+pub fn hold(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
+    if let Some(fd) = held()
+        .as_ref()
+        .and_then(|m| m.get(&id.pid))
+        .filter(|h| h.start_time == id.start_time)
+        .map(|h| h.fd.clone())
+    {
+        return Some(fd);
+    }
+    if id.boot_id != super::boot_id() {
+        return None;
+    }
+    let fd = Arc::new(super::pidfd_open(id.pid).ok()?);
+    let info = super::proc_info(id.pid).ok()?;
+    if info.start_time != id.start_time || info.zombie {
+        return None;
+    }
+    held().get_or_insert_with(HashMap::new).insert(
+        id.pid,
+        Held {
+            start_time: id.start_time,
+            session_leader: info.session == id.pid && info.pgid == id.pid,
+            own_child: info.ppid == std::process::id() as i32,
+            fd: fd.clone(),
+        },
+    );
+    Some(fd)
+}
+
+/// The pidfd held on that very process `id`, if any (no new descriptor is opened).
+pub fn held_fd(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
+    held()
+        .as_ref()?
+        .get(&id.pid)
+        .filter(|h| h.start_time == id.start_time && id.boot_id == super::boot_id())
+        .map(|h| h.fd.clone())
+}
+
+/// Whether the held process `id` is this process's own child; `None` when not held.
+pub fn own_child(id: &ProcessIdentity) -> Option<bool> {
+    held()
+        .as_ref()?
+        .get(&id.pid)
+        .filter(|h| h.start_time == id.start_time && id.boot_id == super::boot_id())
+        .map(|h| h.own_child)
+}
+
+/// Lets go of the pidfd held on `pid` (its watch ended or was replaced).
+pub fn release(pid: i32) {
+    if let Some(m) = held().as_mut() {
+        m.remove(&pid);
+    }
+}
+
+/// Lets go of every pidfd whose PID `keep` refuses.
+pub fn retain(keep: impl Fn(i32) -> bool) {
+    if let Some(m) = held().as_mut() {
+        m.retain(|pid, _| keep(*pid));
+    }
+}
+
+/// How many pidfds are held.
+pub fn count() -> usize {
+    held().as_ref().map_or(0, HashMap::len)
+}
+
+/// The liveness of `id` from its held pidfd, without reading `/proc`; `None` when no pidfd
+/// is held on that very process (then the caller reads `/proc`).
+pub fn liveness(id: &ProcessIdentity) -> Option<Liveness> {
+    liveness_all(&[id])[0]
+}
+
+/// [`liveness`] of each of `ids`, with one `poll` for all those held.
+pub fn liveness_all(ids: &[&ProcessIdentity]) -> Vec<Option<Liveness>> {
+    let mut out = vec![None; ids.len()];
+    let fds: Vec<(usize, Arc<OwnedFd>)> = {
+        let guard = held();
+        let Some(m) = guard.as_ref() else {
+            return out;
+        };
+        ids.iter()
+            .enumerate()
+            .filter_map(|(i, id)| {
+                let h = m.get(&id.pid)?;
+                // Another process under that PID is not this one; another boot's neither.
+                (h.start_time == id.start_time && id.boot_id == super::boot_id())
+                    .then(|| (i, h.fd.clone()))
+            })
+            .collect()
+    };
+    if fds.is_empty() {
+        return out;
+    }
+    for (i, exited) in fds.iter().map(|(i, _)| *i).zip(readable(&fds)) {
+        out[i] = exited.map(|e| if e { Liveness::Exited } else { Liveness::Alive });
+    }
+    out
+}
+
+/// Whether `id` is held, alive, and leads its own session (so its own group: a session
+/// leader cannot leave its group); `None` when no pidfd is held on that very process.
+pub fn leads_group(id: &ProcessIdentity) -> Option<bool> {
+    let leader = held()
+        .as_ref()?
+        .get(&id.pid)
+        .filter(|h| h.start_time == id.start_time)?
+        .session_leader;
+    // Not known to lead its session: `/proc` says whether it leads its group.
+    leader.then_some(())?;
+    Some(liveness(id)? == Liveness::Alive)
+}
+
+/// Group leaders (PID → start time) among the held processes that run now, from one `poll`:
+/// each is alive and leads its own session, so every member of its group is its descendant.
+pub fn held_alive() -> HashMap<i32, u64> {
+    let fds: Vec<((i32, u64), Arc<OwnedFd>)> = match held().as_ref() {
+        Some(m) => m
+            .iter()
+            .filter(|(_, h)| h.session_leader)
+            .map(|(pid, h)| ((*pid, h.start_time), h.fd.clone()))
+            .collect(),
+        None => return HashMap::new(),
+    };
+    fds.iter()
+        .map(|(k, _)| *k)
+        .zip(readable(&fds))
+        .filter(|(_, exited)| *exited == Some(false))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// For each pidfd, whether it is readable (its process exited); `None` when `poll` failed.
+fn readable<K>(fds: &[(K, Arc<OwnedFd>)]) -> Vec<Option<bool>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+        .collect();
+    loop {
+        match poll(&mut polled, PollTimeout::ZERO) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return vec![None; fds.len()],
+        }
+    }
+    polled
+        .iter()
+        .map(|p| p.revents().map(|r| !r.is_empty()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::reads::{self, Kind};
+    use std::os::unix::process::CommandExt;
+
+    /// `sleep 30` leading its own session, as a service does; killed and collected on drop.
+    struct Service(std::process::Child);
+
+    impl Service {
+        fn start() -> Service {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30");
+            // SAFETY: `setsid` is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+            }
+            Service(cmd.spawn().expect("sleep"))
+        }
+
+        fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+
+        fn end(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for Service {
+        fn drop(&mut self) {
+            self.end();
+        }
+    }
+
+    #[test]
+    fn a_held_process_is_alive_then_exited_without_a_proc_read() {
+        let mut child = Service::start();
+        let pid = child.pid();
+        let id = ProcessIdentity::of(pid, None).expect("stat");
+        assert!(hold(&id).is_some(), "a live child is held");
+        reads::take();
+        assert_eq!(id.liveness(), Liveness::Alive);
+        assert!(id.leads_group(), "a held session leader leads its group");
+        assert_eq!(reads::take(), vec![], "answered from the pidfd");
+        // Another process under that PID (another start time) is not answered by it.
+        let other = ProcessIdentity {
+            start_time: id.start_time + 1,
+            ..id.clone()
+        };
+        assert_eq!(liveness(&other), None);
+        child.end();
+        assert_eq!(id.liveness(), Liveness::Exited);
+        assert!(!id.leads_group());
+        assert_eq!(reads::take(), vec![], "its exit is the pidfd's too");
+        assert!(!held_alive().contains_key(&pid));
+        release(pid);
+        assert_eq!(liveness(&id), None, "released");
+        assert_ne!(id.liveness(), Liveness::Alive);
+        assert_eq!(reads::take(), vec![(Kind::Stat, pid)], "not held: /proc");
+    }
+
+    #[test]
+    fn many_held_processes_are_looked_at_with_one_poll() {
+        let mut children: Vec<Service> = (0..3).map(|_| Service::start()).collect();
+        let ids: Vec<ProcessIdentity> = children
+            .iter()
+            .map(|c| ProcessIdentity::of(c.pid(), None).expect("stat"))
+            .collect();
+        for id in &ids {
+            assert!(hold(id).is_some());
+        }
+        let refs: Vec<&ProcessIdentity> = ids.iter().collect();
+        children[1].end();
+        reads::take();
+        assert_eq!(
+            liveness_all(&refs),
+            vec![
+                Some(Liveness::Alive),
+                Some(Liveness::Exited),
+                Some(Liveness::Alive)
+            ]
+        );
+        assert_eq!(reads::take(), vec![]);
+        let alive = held_alive();
+        assert!(alive.contains_key(&ids[0].pid) && alive.contains_key(&ids[2].pid));
+        assert!(!alive.contains_key(&ids[1].pid));
+        for id in &ids {
+            release(id.pid);
+        }
+    }
+}
