@@ -555,7 +555,10 @@ fn encode(state: &State, prev: Option<(&State, &Encoded)>) -> Encoded {
         target_cache: state.target_cache.clone(),
         services: BTreeMap::new(),
     };
-    let mut text = serde_json::to_vec(&head).expect("state serializes");
+    // About the size of the last text: grown once, not doubled up to it.
+    let size = prev.map_or(0, |(_, e)| e.text.len() + e.text.len() / 8);
+    let mut text = Vec::with_capacity(size);
+    serde_json::to_writer(&mut text, &head).expect("state serializes");
     if !text.ends_with(NO_RECORDS) {
         // Another layout (a field after the records): serialized whole, nothing to reuse.
         debug_assert!(false, "the records are not the state's last field");
