@@ -175,7 +175,10 @@ pub struct ServiceRecord {
     #[serde(default)]
     pub kind: RecordKind,
     pub config_hash: ConfigHash,
-    pub spec: ServiceSpec,
+    /// Shared, not copied: the state is copied several times a pass (the pass's `before`,
+    /// the copy this process keeps of what it saved), and the spec is most of a record.
+    #[serde(with = "shared_spec")]
+    pub spec: std::sync::Arc<ServiceSpec>,
     /// What was actually executed (program first).
     #[serde(default)]
     pub argv: Vec<String>,
@@ -213,6 +216,23 @@ pub struct ServiceRecord {
     /// Restarts in a row by the restart policy (reset by a minute of uptime).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crash_streak: u32,
+}
+
+/// (De)serializes an `Arc<ServiceSpec>` as the spec itself.
+mod shared_spec {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::spec::ServiceSpec;
+
+    pub fn serialize<S: Serializer>(v: &Arc<ServiceSpec>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<ServiceSpec>, D::Error> {
+        ServiceSpec::deserialize(d).map(Arc::new)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -762,7 +782,8 @@ mod tests {
             }
             Edit::Config(i, value) => {
                 if let Some(n) = nth(state, *i) {
-                    let spec = &mut state.services.get_mut(&n).unwrap().spec;
+                    let spec =
+                        std::sync::Arc::make_mut(&mut state.services.get_mut(&n).unwrap().spec);
                     let mut config = (*spec.mirrord_config).clone();
                     config["feature"]["env"]["override"]["EDITED"] = value.clone().into();
                     spec.mirrord_config = config.into();
@@ -776,7 +797,7 @@ mod tests {
             Edit::Copy(i, name) => {
                 if let Some(n) = nth(state, *i) {
                     let mut r = state.services[&n].clone();
-                    r.spec.name = name.clone();
+                    std::sync::Arc::make_mut(&mut r.spec).name = name.clone();
                     state.services.insert(name.clone(), r);
                 }
             }
