@@ -30,8 +30,10 @@ pub struct Parsed {
 pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
     // A file whose text cannot hold a merge key and that parses as is used no extension (an
     // `x-*` key is an unknown field to the parser): it is parsed once, not first as a value.
+    // A plain file is parsed service by service (only the services whose text changed).
     if !may_merge(rendered)
-        && let Ok(file) = serde_yaml::from_str::<UpFile>(rendered)
+        && let Some(file) =
+            super::chunks::parse(rendered).or_else(|| serde_yaml::from_str::<UpFile>(rendered).ok())
     {
         return Ok(Parsed {
             file,
