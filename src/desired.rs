@@ -732,6 +732,32 @@ mod tests {
         assert_eq!(moved.services[0].working_dir, Path::new("/elsewhere/sub"));
     }
 
+    /// What the memo is for: after an edit of one service, the others are not made again
+    /// (their generated config is the very same shared tree); the edited one is.
+    #[test]
+    fn only_the_edited_service_is_made_again() {
+        let p = Project::new();
+        let file = |v: &str| {
+            format!(
+                "services:\n{}{}",
+                service("a", ""),
+                service("b", &format!("    env: {{override: {{V: '{v}'}}}}\n"))
+            )
+        };
+        p.write("mirrord-up.yaml", &file("1"));
+        let first = p.resolve(&PLAIN);
+        p.write("mirrord-up.yaml", &file("2"));
+        let second = p.resolve(&PLAIN);
+        let shared = |name: &str| {
+            std::sync::Arc::ptr_eq(
+                &first.get(name).unwrap().mirrord_config,
+                &second.get(name).unwrap().mirrord_config,
+            )
+        };
+        assert!(shared("a"), "a was made again");
+        assert!(!shared("b"), "b was not made again");
+    }
+
     /// A service removed from the file is forgotten; added back, it is made again (from its
     /// new inputs, not the old ones).
     #[test]
