@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ConfigError, Mode, ServiceConfig, TargetConfig, UpDocument};
-use crate::generate::{self, ResolvedTarget};
+use crate::generate::ResolvedTarget;
 pub use crate::infer::TargetInference;
 use crate::spec::{DEFAULT_STOP_TIMEOUT, LauncherKind, ServiceSpec};
 
@@ -90,7 +90,30 @@ pub fn select(doc: &UpDocument, selection: &[String]) -> Result<Vec<String>, Con
     Ok(picked.into_iter().collect())
 }
 
+/// The desired services of `doc`. Each service's generated config and spec are made again
+/// only when something they are made of changed since this process last resolved it (see
+/// [`memo`]): a reload of one edited service among hundreds builds one.
 pub fn resolve(doc: &UpDocument, opts: ResolveOptions) -> Result<Desired, ConfigError> {
+    let mut cache = memo::Cache::take(&doc.path);
+    let resolved = resolve_with(doc, opts, cache.as_mut());
+    if let Some(mut c) = cache {
+        c.keep_only(doc.file.services.0.keys());
+        c.put_back();
+    }
+    resolved
+}
+
+/// [`resolve`] without the per-service memo: everything is made anew (what the memo must
+/// always agree with).
+pub fn resolve_uncached(doc: &UpDocument, opts: ResolveOptions) -> Result<Desired, ConfigError> {
+    resolve_with(doc, opts, None)
+}
+
+fn resolve_with(
+    doc: &UpDocument,
+    opts: ResolveOptions,
+    mut cache: Option<&mut memo::Cache>,
+) -> Result<Desired, ConfigError> {
     let names = select(doc, opts.selection)?;
     let services = &doc.file.services.0;
     let levels = crate::graph::levels(services, &names);
@@ -134,9 +157,9 @@ pub fn resolve(doc: &UpDocument, opts: ResolveOptions) -> Result<Desired, Config
         {
             incompatible.push(format!("`{name}` is `replace` mode with a {kind} target"));
         }
-        let (mirrord_config, w) = generate::mirrord_config(&generate::Inputs {
+        let made = memo::Key {
             name: &name,
-            service: svc,
+            svc,
             common: &doc.file.common,
             key: &doc.key,
             context,
@@ -144,16 +167,16 @@ pub fn resolve(doc: &UpDocument, opts: ResolveOptions) -> Result<Desired, Config
             target: &target,
             env_file: doc.env_files.get(&name),
             base: doc.base_configs.get(&name),
-        });
+            dir: &doc.dir,
+            level: levels[&name],
+            launcher: opts.launcher,
+        };
+        let (spec, w) = match cache.as_deref_mut() {
+            Some(c) => c.get_or_make(&made),
+            None => made.make(),
+        };
         warnings.extend(w);
-        out.push(spec_of(
-            doc,
-            &name,
-            svc,
-            levels[&name],
-            opts.launcher,
-            mirrord_config,
-        ));
+        out.push(spec);
     }
     if !not_inferred.is_empty() {
         return Err(ConfigError::Inference {
@@ -175,7 +198,7 @@ pub fn resolve(doc: &UpDocument, opts: ResolveOptions) -> Result<Desired, Config
 }
 
 fn spec_of(
-    doc: &UpDocument,
+    dir: &Path,
     name: &str,
     svc: &ServiceConfig,
     level: usize,
@@ -183,8 +206,8 @@ fn spec_of(
     mirrord_config: serde_json::Value,
 ) -> ServiceSpec {
     let working_dir = match &svc.working_dir {
-        Some(wd) => normalize(&doc.dir.join(wd)),
-        None => doc.dir.clone(),
+        Some(wd) => normalize(&dir.join(wd)),
+        None => dir.to_owned(),
     };
     ServiceSpec {
         name: name.to_owned(),
@@ -211,7 +234,7 @@ fn spec_of(
         watch: svc
             .watch
             .as_ref()
-            .map(|w| crate::watch::WatchSpec::new(&doc.dir, w)),
+            .map(|w| crate::watch::WatchSpec::new(dir, w)),
     }
 }
 
@@ -243,5 +266,610 @@ fn replace_incompatible(target: &ResolvedTarget) -> Option<&'static str> {
             _ => None,
         },
         ResolvedTarget::Unresolved { .. } => None,
+    }
+}
+
+/// The per-service memo of [`resolve`]: for each service of a file, what its spec was made of
+/// the last time (every input of [`crate::generate::mirrord_config`] and `spec_of`: the service's
+/// parsed YAML, the file's `common`, the key, the effective context and mode, the resolved
+/// target, the contents of its `env_file` and `config` files as read this pass, the file's
+/// directory, its level and the launcher) and what was made. A service whose inputs are all
+/// equal gets the spec made then (its generated config shared, not rebuilt).
+///
+/// Everything read from outside (the file's text, templates, `${VAR}`s, side files) reaches
+/// these inputs through the loaded document, which is read every pass: the memo never decides
+/// whether something changed, only whether what it is made of did.
+mod memo {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use serde_json::Value;
+
+    use crate::config::{CommonConfig, Mode, ServiceConfig};
+    use crate::generate::{self, ResolvedTarget};
+    use crate::spec::{LauncherKind, ServiceSpec};
+
+    /// The inputs of one service, borrowed from the document being resolved.
+    pub(super) struct Key<'a> {
+        pub name: &'a str,
+        pub svc: &'a ServiceConfig,
+        pub common: &'a CommonConfig,
+        pub key: &'a str,
+        pub context: Option<&'a str>,
+        pub mode: Mode,
+        pub target: &'a ResolvedTarget,
+        pub env_file: Option<&'a BTreeMap<String, String>>,
+        pub base: Option<&'a Value>,
+        pub dir: &'a Path,
+        pub level: usize,
+        pub launcher: LauncherKind,
+    }
+
+    impl Key<'_> {
+        /// The spec and the warnings, made from scratch.
+        pub(super) fn make(&self) -> (ServiceSpec, Vec<String>) {
+            let (config, warnings) = generate::mirrord_config(&generate::Inputs {
+                name: self.name,
+                service: self.svc,
+                common: self.common,
+                key: self.key,
+                context: self.context,
+                mode: self.mode,
+                target: self.target,
+                env_file: self.env_file,
+                base: self.base,
+            });
+            let spec = super::spec_of(
+                self.dir,
+                self.name,
+                self.svc,
+                self.level,
+                self.launcher,
+                config,
+            );
+            (spec, warnings)
+        }
+
+        fn owned(&self) -> Inputs {
+            Inputs {
+                svc: self.svc.clone(),
+                common: self.common.clone(),
+                key: self.key.to_owned(),
+                context: self.context.map(str::to_owned),
+                mode: self.mode,
+                target: self.target.clone(),
+                env_file: self.env_file.cloned(),
+                base: self.base.cloned(),
+                dir: self.dir.to_owned(),
+                level: self.level,
+                launcher: self.launcher,
+            }
+        }
+    }
+
+    /// [`Key`], owned (the name is the memo's key).
+    struct Inputs {
+        svc: ServiceConfig,
+        common: CommonConfig,
+        key: String,
+        context: Option<String>,
+        mode: Mode,
+        target: ResolvedTarget,
+        env_file: Option<BTreeMap<String, String>>,
+        base: Option<Value>,
+        dir: PathBuf,
+        level: usize,
+        launcher: LauncherKind,
+    }
+
+    impl Inputs {
+        /// Every input equal. Destructured, so that a new input cannot be left out.
+        fn same(&self, k: &Key<'_>) -> bool {
+            let Inputs {
+                svc,
+                common,
+                key,
+                context,
+                mode,
+                target,
+                env_file,
+                base,
+                dir,
+                level,
+                launcher,
+            } = self;
+            let Key {
+                name: _,
+                svc: k_svc,
+                common: k_common,
+                key: k_key,
+                context: k_context,
+                mode: k_mode,
+                target: k_target,
+                env_file: k_env_file,
+                base: k_base,
+                dir: k_dir,
+                level: k_level,
+                launcher: k_launcher,
+            } = k;
+            level == k_level
+                && launcher == k_launcher
+                && mode == k_mode
+                && key == k_key
+                && context.as_deref() == *k_context
+                && dir == k_dir
+                && target == *k_target
+                && common == *k_common
+                && env_file.as_ref() == *k_env_file
+                && base.as_ref() == *k_base
+                && svc == *k_svc
+        }
+    }
+
+    struct Made {
+        inputs: Inputs,
+        spec: ServiceSpec,
+        warnings: Vec<String>,
+    }
+
+    /// The memo of one file: service name → what it was made of and what was made.
+    pub(super) struct Cache {
+        path: PathBuf,
+        made: BTreeMap<String, Made>,
+    }
+
+    /// By file: one in the supervisor; a few in a test binary, whose tests resolve side by
+    /// side in one process (a cache taken by one is simply absent for another meanwhile).
+    static CACHES: Mutex<Vec<Cache>> = Mutex::new(Vec::new());
+    const KEPT: usize = 8;
+
+    impl Cache {
+        /// The memo of `path`, taken out (an empty one if there is none).
+        pub(super) fn take(path: &Path) -> Option<Cache> {
+            let mut all = CACHES.lock().ok()?;
+            let found = all.iter().position(|c| c.path == path);
+            Some(match found {
+                Some(i) => all.swap_remove(i),
+                None => Cache {
+                    path: path.to_owned(),
+                    made: BTreeMap::new(),
+                },
+            })
+        }
+
+        /// The services remembered for `path`.
+        #[cfg(test)]
+        pub(super) fn remembered(path: &Path) -> Vec<String> {
+            let all = CACHES.lock().unwrap();
+            let found = all.iter().find(|c| c.path == path);
+            found.map_or_else(Vec::new, |c| c.made.keys().cloned().collect())
+        }
+
+        pub(super) fn put_back(self) {
+            let Ok(mut all) = CACHES.lock() else { return };
+            all.retain(|c| c.path != self.path);
+            if all.len() >= KEPT {
+                all.remove(0);
+            }
+            all.push(self);
+        }
+
+        /// Forgets services that are no longer in the file.
+        pub(super) fn keep_only<'a>(&mut self, names: impl Iterator<Item = &'a String>) {
+            let names: std::collections::BTreeSet<&String> = names.collect();
+            self.made.retain(|n, _| names.contains(n));
+        }
+
+        pub(super) fn get_or_make(&mut self, k: &Key<'_>) -> (ServiceSpec, Vec<String>) {
+            if let Some(m) = self.made.get(k.name)
+                && m.inputs.same(k)
+            {
+                return (m.spec.clone(), m.warnings.clone());
+            }
+            let (spec, warnings) = k.make();
+            self.made.insert(
+                k.name.to_owned(),
+                Made {
+                    inputs: k.owned(),
+                    spec: spec.clone(),
+                    warnings: warnings.clone(),
+                },
+            );
+            (spec, warnings)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A project directory with `mirrord-up.yaml` and its side files.
+    struct Project {
+        dir: tempfile::TempDir,
+    }
+
+    struct Resolve<'a> {
+        key: &'a str,
+        profiles: &'a [&'a str],
+        mode: Option<Mode>,
+        context: Option<&'a str>,
+        launcher: LauncherKind,
+        /// What inference answers for service `a` (`deployment/<name>` for the others), from
+        /// its cache: no cluster is asked.
+        inferred: Option<&'a str>,
+    }
+
+    const PLAIN: Resolve<'static> = Resolve {
+        key: "alice",
+        profiles: &[],
+        mode: None,
+        context: None,
+        launcher: LauncherKind::Local,
+        inferred: None,
+    };
+
+    impl Project {
+        fn new() -> Project {
+            Project {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.dir.path().join(name), text).unwrap();
+        }
+
+        /// Loads the file and resolves it twice, through the memo and without it: both must
+        /// agree (services and warnings), and the memo's answer is returned.
+        fn resolve(&self, how: &Resolve) -> Desired {
+            let path = self.dir.path().join("mirrord-up.yaml");
+            let mut doc = UpDocument::load(&path, Some(how.key)).unwrap();
+            doc.profiles = how.profiles.iter().map(|p| p.to_string()).collect();
+            let inference = || {
+                how.inferred.map(|path| {
+                    let mut cache = BTreeMap::new();
+                    for context in ["", "one", "two"] {
+                        for name in ["a", "b", "c", "m"] {
+                            let answer = match name {
+                                "a" => path.to_owned(),
+                                other => format!("deployment/{other}"),
+                            };
+                            cache.insert(format!("{context}||{name}"), answer);
+                        }
+                    }
+                    TargetInference::new(cache, None)
+                })
+            };
+            let (mut one, mut two) = (inference(), inference());
+            let opts = ResolveOptions {
+                selection: &[],
+                mode: how.mode,
+                context: how.context,
+                launcher: how.launcher,
+                inference: one.as_mut(),
+            };
+            let cached = resolve(&doc, opts).unwrap();
+            let opts = ResolveOptions {
+                selection: &[],
+                mode: how.mode,
+                context: how.context,
+                launcher: how.launcher,
+                inference: two.as_mut(),
+            };
+            let fresh = resolve_uncached(&doc, opts).unwrap();
+            assert_eq!(cached.services, fresh.services, "the memo hid a change");
+            assert_eq!(cached.warnings, fresh.warnings);
+            cached
+        }
+    }
+
+    fn env_of(d: &Desired, name: &str, var: &str) -> Option<String> {
+        d.get(name)?.env_overrides().get(var).cloned()
+    }
+
+    fn service(name: &str, body: &str) -> String {
+        format!("  {name}:\n    run: {{command: [sleep, '1']}}\n{body}")
+    }
+
+    /// Every kind of input of a service's resolution, edited one at a time: each resolution
+    /// through the memo is the one made from scratch, and shows the edit.
+    #[test]
+    fn the_memo_sees_every_kind_of_edit() {
+        let p = Project::new();
+        let file = |a: &str, common: &str| {
+            format!(
+                "{common}services:\n{}{}{}",
+                service("a", a),
+                service("b", "    env: {override: {B: '1'}}\n"),
+                service("c", "    profiles: [extra]\n")
+            )
+        };
+        p.write("a.env", "FROM_FILE=1\n");
+        p.write("base.json", r#"{"agent": {"ttl": 1}}"#);
+        let a = "    env: {override: {A: '1'}}\n    env_file: a.env\n    config: base.json\n";
+        p.write("mirrord-up.yaml", &file(a, ""));
+        let first = p.resolve(&PLAIN);
+        assert_eq!(env_of(&first, "a", "A").as_deref(), Some("1"));
+        assert_eq!(first.services.len(), 2, "c is in a profile");
+        // Resolved again unchanged: the same.
+        assert_eq!(p.resolve(&PLAIN).services, first.services);
+
+        // The service's own YAML.
+        let a2 = a.replace("A: '1'", "A: '2'");
+        p.write("mirrord-up.yaml", &file(&a2, ""));
+        let d = p.resolve(&PLAIN);
+        assert_eq!(env_of(&d, "a", "A").as_deref(), Some("2"));
+        assert_eq!(d.get("b"), first.get("b"), "b did not change");
+
+        // The bytes of its env_file (same YAML text).
+        p.write("a.env", "FROM_FILE=2\n");
+        let d = p.resolve(&PLAIN);
+        assert_eq!(env_of(&d, "a", "FROM_FILE").as_deref(), Some("2"));
+
+        // The bytes of its config file.
+        p.write("base.json", r#"{"agent": {"ttl": 2}}"#);
+        let d = p.resolve(&PLAIN);
+        assert_eq!(d.get("a").unwrap().mirrord_config["agent"]["ttl"], 2);
+
+        // A file-level setting every service uses, and one that changes no service's
+        // effective context.
+        p.write("mirrord-up.yaml", &file(&a2, "common: {context: one}\n"));
+        let d = p.resolve(&PLAIN);
+        assert_eq!(d.get("b").unwrap().mirrord_config["kube_context"], "one");
+        let common = "common: {context: one, operator: false}\n";
+        p.write("mirrord-up.yaml", &file(&a2, common));
+        let d = p.resolve(&PLAIN);
+        assert_eq!(d.get("b").unwrap().mirrord_config["operator"], false);
+
+        // The run's settings, each against the plain run resolved just before: profiles,
+        // --mode, --context, the launcher, the key, an inferred target.
+        let variant = |how: Resolve| {
+            p.resolve(&PLAIN);
+            p.resolve(&how)
+        };
+        let d = variant(Resolve {
+            profiles: &["extra"],
+            ..PLAIN
+        });
+        assert_eq!(d.services.len(), 3);
+        let d = variant(Resolve {
+            mode: Some(Mode::Replace),
+            inferred: Some("deployment/a"),
+            ..PLAIN
+        });
+        assert_eq!(
+            d.get("a").unwrap().mirrord_config["feature"]["copy_target"]["enabled"],
+            true
+        );
+        let d = variant(Resolve {
+            context: Some("two"),
+            ..PLAIN
+        });
+        assert_eq!(d.get("b").unwrap().mirrord_config["kube_context"], "two");
+        let d = variant(Resolve {
+            launcher: LauncherKind::Mirrord,
+            ..PLAIN
+        });
+        assert_eq!(d.get("b").unwrap().launcher, LauncherKind::Mirrord);
+        let d = variant(Resolve {
+            key: "bob",
+            ..PLAIN
+        });
+        assert_eq!(d.get("b").unwrap().mirrord_config["key"], "bob");
+        let target = |d: &Desired| d.get("a").unwrap().mirrord_config["target"]["path"].clone();
+        let d = variant(Resolve {
+            inferred: Some("deployment/a1"),
+            ..PLAIN
+        });
+        assert_eq!(target(&d), "deployment/a1");
+        let d = p.resolve(&Resolve {
+            inferred: Some("deployment/a2"),
+            ..PLAIN
+        });
+        assert_eq!(target(&d), "deployment/a2");
+
+        // Its level: a dependency of its dependency moves it (its own text is the same).
+        let levels = |m: &str| {
+            format!(
+                "services:\n{}{}{}",
+                service("a", &a2),
+                service("m", m),
+                service("b", "    depends_on: [m]\n")
+            )
+        };
+        p.write("mirrord-up.yaml", &levels(""));
+        assert_eq!(p.resolve(&PLAIN).get("b").unwrap().level, 1);
+        p.write("mirrord-up.yaml", &levels("    depends_on: [a]\n"));
+        assert_eq!(p.resolve(&PLAIN).get("b").unwrap().level, 2);
+    }
+
+    /// A variable a template reads: the file's text is the same, its rendering is not.
+    #[test]
+    fn the_memo_sees_an_environment_variable_a_template_reads() {
+        const VAR: &str = "MIRRORD_UP_DESIRED_MEMO_TEST";
+        let p = Project::new();
+        p.write(
+            "mirrord-up.yaml",
+            &format!(
+                "services:\n  a:\n    env: {{override: {{V: \"{{{{ get_env(name='{VAR}', default='unset') }}}}\"}}}}\n    run: {{command: [x]}}\n"
+            ),
+        );
+        let d = p.resolve(&PLAIN);
+        assert_eq!(env_of(&d, "a", "V").as_deref(), Some("unset"));
+        // SAFETY: no other test reads or writes this variable; the standard library's own
+        // reads of the environment are serialised with this write.
+        unsafe { std::env::set_var(VAR, "set") };
+        let d = p.resolve(&PLAIN);
+        unsafe { std::env::remove_var(VAR) };
+        assert_eq!(env_of(&d, "a", "V").as_deref(), Some("set"));
+    }
+
+    /// The file's directory (where relative working directories start): a document of the
+    /// same path with another directory is made again.
+    #[test]
+    fn the_memo_sees_the_directory() {
+        let p = Project::new();
+        p.write(
+            "mirrord-up.yaml",
+            &format!("services:\n{}", service("a", "    working_dir: sub\n")),
+        );
+        let path = p.dir.path().join("mirrord-up.yaml");
+        let mut doc = UpDocument::load(&path, Some("k")).unwrap();
+        let opts = || ResolveOptions {
+            selection: &[],
+            mode: None,
+            context: None,
+            launcher: LauncherKind::Local,
+            inference: None,
+        };
+        let first = resolve(&doc, opts()).unwrap();
+        assert_eq!(first.services[0].working_dir, p.dir.path().join("sub"));
+        doc.dir = PathBuf::from("/elsewhere");
+        let moved = resolve(&doc, opts()).unwrap();
+        assert_eq!(moved.services[0].working_dir, Path::new("/elsewhere/sub"));
+    }
+
+    /// What the memo is for: after an edit of one service, the others are not made again
+    /// (their generated config is the very same shared tree); the edited one is.
+    #[test]
+    fn only_the_edited_service_is_made_again() {
+        let p = Project::new();
+        let file = |v: &str| {
+            format!(
+                "services:\n{}{}",
+                service("a", ""),
+                service("b", &format!("    env: {{override: {{V: '{v}'}}}}\n"))
+            )
+        };
+        p.write("mirrord-up.yaml", &file("1"));
+        let first = p.resolve(&PLAIN);
+        p.write("mirrord-up.yaml", &file("2"));
+        let second = p.resolve(&PLAIN);
+        let shared = |name: &str| {
+            std::sync::Arc::ptr_eq(
+                &first.get(name).unwrap().mirrord_config,
+                &second.get(name).unwrap().mirrord_config,
+            )
+        };
+        assert!(shared("a"), "a was made again");
+        assert!(!shared("b"), "b was not made again");
+    }
+
+    /// A service removed from the file is forgotten; added back, it is made again (from its
+    /// new inputs, not the old ones).
+    #[test]
+    fn a_removed_service_is_forgotten() {
+        let p = Project::new();
+        let two = |v: &str| {
+            format!(
+                "services:\n{}{}",
+                service("a", ""),
+                service("b", &format!("    env: {{override: {{V: '{v}'}}}}\n"))
+            )
+        };
+        p.write("mirrord-up.yaml", &two("1"));
+        p.resolve(&PLAIN);
+        p.write(
+            "mirrord-up.yaml",
+            &format!("services:\n{}", service("a", "")),
+        );
+        assert_eq!(p.resolve(&PLAIN).services.len(), 1);
+        let path = p.dir.path().join("mirrord-up.yaml");
+        assert_eq!(memo::Cache::remembered(&path), ["a"]);
+        p.write("mirrord-up.yaml", &two("2"));
+        assert_eq!(env_of(&p.resolve(&PLAIN), "b", "V").as_deref(), Some("2"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One service's text from small random choices.
+        fn service_text() -> impl Strategy<Value = String> {
+            (
+                prop::sample::select(vec![
+                    "",
+                    "    target: none\n",
+                    "    target: {path: deployment/x, namespace: ns}\n",
+                ]),
+                prop::sample::select(vec![
+                    "",
+                    "    env: {override: {V: '1'}}\n",
+                    "    env: {override: {V: '2'}, unset: [X]}\n",
+                ]),
+                prop::sample::select(vec![
+                    "",
+                    "    default_mode: replace\n    target: {path: deployment/y}\n",
+                ]),
+                prop::sample::select(vec!["", "    http_filter: {header_filter: 'x: y'}\n"]),
+                prop::sample::select(vec!["", "    env_file: s.env\n"]),
+                prop::sample::select(vec!["", "    config: s.json\n"]),
+                prop::sample::select(vec![
+                    "",
+                    "    working_dir: sub\n",
+                    "    ignore_ports: [1, 2]\n",
+                ]),
+                prop::sample::select(vec!["[a]", "[b, c]"]),
+            )
+                .prop_map(|(t, e, m, h, ef, c, w, cmd)| {
+                    let mode = if m.is_empty() { t } else { m };
+                    format!("{mode}{e}{h}{ef}{c}{w}    run: {{command: {cmd}}}\n")
+                })
+        }
+
+        #[derive(Debug, Clone)]
+        struct Version {
+            services: Vec<String>,
+            common: &'static str,
+            env_file: &'static str,
+            config: &'static str,
+        }
+
+        fn version() -> impl Strategy<Value = Version> {
+            (
+                prop::collection::vec(service_text(), 1..4),
+                prop::sample::select(vec![
+                    "",
+                    "common: {context: c}\n",
+                    "common: {telemetry: false}\n",
+                ]),
+                prop::sample::select(vec!["A=1\n", "A=2\nB=3\n"]),
+                prop::sample::select(vec![
+                    r#"{"agent": {"ttl": 1}}"#,
+                    r#"{"feature": {"fs": "read"}}"#,
+                ]),
+            )
+                .prop_map(|(services, common, env_file, config)| Version {
+                    services,
+                    common,
+                    env_file,
+                    config,
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+            /// Any sequence of versions of a file and its side files: the memo's resolution
+            /// of each is the one made from scratch (`Project::resolve` checks it).
+            #[test]
+            fn memo_and_fresh_resolution_agree(versions in prop::collection::vec(version(), 1..6)) {
+                let p = Project::new();
+                for v in &versions {
+                    let mut text = format!("{}services:\n", v.common);
+                    for (i, s) in v.services.iter().enumerate() {
+                        text.push_str(&format!("  s{i}:\n{s}"));
+                    }
+                    p.write("mirrord-up.yaml", &text);
+                    p.write("s.env", v.env_file);
+                    p.write("s.json", v.config);
+                    p.resolve(&PLAIN);
+                    p.resolve(&Resolve { mode: Some(Mode::Split), ..PLAIN });
+                }
+            }
+        }
     }
 }

@@ -120,7 +120,7 @@ pub fn observe_with(state: &State, processes: &dyn ProcessTable) -> Observed {
                     hash: rec.config_hash.clone(),
                     state: st,
                     level: rec.spec.level,
-                    recorded: Arc::new(rec.spec.clone()),
+                    recorded: rec.spec.clone(),
                 },
             )
         })
@@ -508,7 +508,7 @@ impl<'a> Engine<'a> {
             .services
             .entry(spec.name.clone())
             .or_insert_with(|| new_record(spec, log_path));
-        rec.spec = spec.clone();
+        rec.spec = Arc::new(spec.clone());
         rec.config_hash = spec.hash();
         rec.status = status;
         rec.process = None;
@@ -1509,7 +1509,7 @@ fn new_record(spec: &ServiceSpec, log_path: PathBuf) -> ServiceRecord {
     ServiceRecord {
         kind: RecordKind::Service,
         config_hash: spec.hash(),
-        spec: spec.clone(),
+        spec: Arc::new(spec.clone()),
         argv: Vec::new(),
         status: Status::Starting,
         process: None,

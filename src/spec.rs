@@ -122,10 +122,22 @@ impl ServiceSpec {
         v
     }
 
-    /// The hash of [`Self::canonical`], written out without building that tree (no copy of
-    /// the mirrord config): the same text, since these fields are in the sorted order a
-    /// `Value` map has.
+    /// The hash of [`Self::canonical`]. A spec equal to one hashed before by this process
+    /// (the same service, unchanged since: its mirrord config the very same shared tree, or
+    /// an equal one) is not serialized and hashed again ([`hash_memo`]).
     pub fn hash(&self) -> ConfigHash {
+        if let Some(hash) = hash_memo::get(self) {
+            return hash;
+        }
+        let hash = self.hash_uncached();
+        hash_memo::put(self, &hash);
+        hash
+    }
+
+    /// [`Self::hash`], computed: the canonical text written out without building that tree
+    /// (no copy of the mirrord config), the same text since these fields are in the sorted
+    /// order a `Value` map has.
+    pub fn hash_uncached(&self) -> ConfigHash {
         #[derive(Serialize)]
         struct Run<'a> {
             command: &'a [String],
@@ -170,6 +182,38 @@ impl ServiceSpec {
 
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_millis(self.stop_timeout_ms)
+    }
+}
+
+/// The hash of the spec each service name had the last time it was hashed. A spec is a
+/// plain value and its hash a function of it, so an equal spec has that hash; comparing is
+/// far cheaper than serializing (the mirrord configs of a service unchanged since are the
+/// same `Arc`, compared by address first). The plan hashes every desired service each pass.
+mod hash_memo {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::{ConfigHash, ServiceSpec};
+
+    static HASHED: Mutex<Option<HashMap<String, (ServiceSpec, ConfigHash)>>> = Mutex::new(None);
+    /// More names than a file holds: forget them all (tests hash many projects' specs).
+    const KEPT: usize = 4096;
+
+    pub(super) fn get(spec: &ServiceSpec) -> Option<ConfigHash> {
+        let hashed = HASHED.lock().ok()?;
+        let (seen, hash) = hashed.as_ref()?.get(&spec.name)?;
+        (seen == spec).then(|| hash.clone())
+    }
+
+    pub(super) fn put(spec: &ServiceSpec, hash: &ConfigHash) {
+        let Ok(mut hashed) = HASHED.lock() else {
+            return;
+        };
+        let hashed = hashed.get_or_insert_with(HashMap::new);
+        if hashed.len() >= KEPT {
+            hashed.clear();
+        }
+        hashed.insert(spec.name.clone(), (spec.clone(), hash.clone()));
     }
 }
 
@@ -267,7 +311,12 @@ services:
         let desired = crate::desired::resolve(&doc, opts).unwrap();
         assert_eq!(desired.services.len(), 3);
         for s in &desired.services {
-            assert_eq!(s.hash(), ConfigHash::of(&s.canonical()), "{}", s.name);
+            assert_eq!(
+                s.hash_uncached(),
+                ConfigHash::of(&s.canonical()),
+                "{}",
+                s.name
+            );
         }
         assert!(
             desired
@@ -276,6 +325,54 @@ services:
                 .any(|s| s.canonical().get("runner").is_some()),
             "one service runs under the watch runner"
         );
+    }
+
+    /// The memo of `hash` never hides a change: every field of the canonical text edited,
+    /// one at a time, after the spec was hashed, gives the computed hash.
+    #[test]
+    fn a_remembered_hash_follows_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mirrord-up.yaml");
+        std::fs::write(
+            &file,
+            "services:\n  memo-a:\n    run: {command: [x]}\n    watch: {paths: [src], action: restart}\n",
+        )
+        .unwrap();
+        let doc = crate::config::UpDocument::load(&file, Some("alice")).unwrap();
+        let opts = crate::desired::ResolveOptions {
+            selection: &[],
+            mode: None,
+            context: None,
+            launcher: LauncherKind::Local,
+            inference: None,
+        };
+        let spec = crate::desired::resolve(&doc, opts).unwrap().services[0].clone();
+        type Edit = fn(&mut ServiceSpec);
+        let edits: [(&str, Edit); 8] = [
+            ("command", |s| s.command.push("y".into())),
+            ("working_dir", |s| s.working_dir.push("sub")),
+            ("launcher", |s| s.launcher = LauncherKind::Mirrord),
+            ("run_type", |s| {
+                s.run_type = crate::config::RunType::Container
+            }),
+            ("stop_signal (runner)", |s| s.stop_signal = "SIGINT".into()),
+            ("stop_timeout (runner)", |s| s.stop_timeout_ms += 1),
+            ("watch (runner)", |s| s.watch = None),
+            ("mirrord config", |s| {
+                let mut c = (*s.mirrord_config).clone();
+                c["key"] = "bob".into();
+                s.mirrord_config = c.into();
+            }),
+        ];
+        for (what, edit) in edits {
+            assert_eq!(spec.hash(), spec.hash_uncached());
+            let mut edited = spec.clone();
+            edit(&mut edited);
+            assert_ne!(edited.hash_uncached(), spec.hash_uncached(), "{what}");
+            assert_eq!(edited.hash(), edited.hash_uncached(), "{what}");
+            // And back.
+            assert_eq!(spec.hash(), spec.hash_uncached(), "{what}");
+        }
     }
 
     #[test]

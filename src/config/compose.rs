@@ -28,6 +28,24 @@ pub struct Parsed {
 
 /// Parses `rendered`.
 pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
+    // A file whose text cannot hold a merge key and that parses as is used no extension (an
+    // `x-*` key is an unknown field to the parser): it is parsed once, not first as a value.
+    // A plain file is parsed service by service (only the services whose text changed).
+    if !may_merge(rendered)
+        && let Some(file) =
+            super::chunks::parse(rendered).or_else(|| serde_yaml::from_str::<UpFile>(rendered).ok())
+    {
+        return Ok(Parsed {
+            file,
+            extensions: Vec::new(),
+            resolved: None,
+        });
+    }
+    parse_whole(rendered)
+}
+
+/// [`parse`] the long way: as a YAML value first, to find the extensions.
+fn parse_whole(rendered: &str) -> Result<Parsed, Failure> {
     let plain = || {
         serde_yaml::from_str::<UpFile>(rendered).map(|file| Parsed {
             file,
@@ -112,6 +130,20 @@ fn merge_and_strip(value: &mut Value, rendered: &str) -> Result<Vec<String>, Fai
     Ok(used)
 }
 
+/// Whether `text` may hold a merge key: `<<`, or a `<` written as an escape in a quoted key.
+fn may_merge(text: &str) -> bool {
+    if text.contains("<<") {
+        return true;
+    }
+    if !text.contains('\\') {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    ["\\x3c", "\\u003c", "\\u0000003c"]
+        .iter()
+        .any(|e| lower.contains(e))
+}
+
 fn has_x_keys(value: &Value) -> bool {
     matches!(value, Value::Mapping(top) if top.keys().any(|k| k.as_str().is_some_and(|k| k.starts_with("x-"))))
 }
@@ -191,4 +223,48 @@ pub fn written_at(text: &str, message: &str) -> Option<Location> {
     let line = line.strip_prefix("- ").unwrap_or(line);
     let key = line.trim_start_matches(['"', '\'']);
     key.starts_with(last).then_some(loc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The short way gives what the long way gives, for files with and without extensions,
+    /// valid or not (the same file, or the same message and place).
+    #[test]
+    fn parsing_once_changes_nothing() {
+        let texts = [
+            "services:\n  a:\n    run: {command: [x]}\n",
+            "common: {context: c}\nservices:\n  a:\n    run: {command: [x]}\n",
+            "x-base: &b {command: [x]}\nservices:\n  a:\n    run: *b\n",
+            "x-env: {A: '1'}\nservices:\n  a:\n    run: {command: [x]}\n",
+            "services:\n  a: &a\n    run: {command: [x]}\n  b:\n    <<: *a\n    skip: true\n",
+            "services:\n  a: &a\n    run: {command: [x]}\n  b:\n    \"\\x3c<\": *a\n",
+            "services:\n  a: &a\n    run: {command: [x]}\n  \"\\u003c\\u003c\": *a\n",
+            "services:\n  a:\n    run: {command: [x]}\n  <<: {run: {command: [y]}}\n",
+            "services:\n  a:\n    comand: [x]\n",
+            "services:\n  a:\n    run: {command: [x]}\n  a:\n    run: {command: [y]}\n",
+            "services: [\n",
+            "services:\n  a:\n    run: {command: [x]}\n    env: {override: {A: '1', A: '2'}}\n",
+            "other: 1\nservices:\n  a:\n    run: {command: [x]}\n",
+        ];
+        for text in texts {
+            match (parse(text), parse_whole(text)) {
+                (Ok(short), Ok(long)) => {
+                    assert_eq!(short.file, long.file, "{text}");
+                    assert_eq!(short.extensions, long.extensions, "{text}");
+                    assert_eq!(short.resolved, long.resolved, "{text}");
+                }
+                (Err(short), Err(long)) => {
+                    assert_eq!(short.message, long.message, "{text}");
+                    assert_eq!(short.location, long.location, "{text}");
+                }
+                (short, long) => panic!(
+                    "{text}: {:?} / {:?}",
+                    short.map(|p| p.extensions).map_err(|f| f.message),
+                    long.map(|p| p.extensions).map_err(|f| f.message)
+                ),
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Reading `mirrord-up.yaml`: render (Tera) → parse (serde_yaml) → validate, with every error
 //! carrying the file, the key path and the line and column.
 
+mod chunks;
 pub mod compose;
 pub mod hints;
 pub mod locate;

@@ -24,7 +24,7 @@ use super::target::TargetConfig;
 ///
 /// mirrord-up extension (compose): top-level keys starting with `x-` are ignored (a place for
 /// YAML anchors), and YAML merge keys (`<<: *anchor`) apply at every level.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("patternProperties" = {"^x-": {"description": "mirrord-up extension (compose): ignored; a place for YAML anchors."}}))]
 pub struct UpFile {
@@ -55,7 +55,7 @@ pub struct CommonConfig {
 }
 
 /// The `services` map, in name order, refusing duplicated names (real mirrord keeps the last).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Services(pub BTreeMap<String, ServiceConfig>);
 
 impl<'de> Deserialize<'de> for Services {
@@ -105,7 +105,7 @@ impl JsonSchema for Services {
 /// One service: a command run under its own mirrord session.
 // Defaults that mean "unset" are left out of the schema (`no_default`): a `null` default would
 // only be noise in an editor's completion.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The workload to mirror: `none`, `{path, namespace}`, or nothing (inferred from the
@@ -202,7 +202,7 @@ pub struct ServiceConfig {
 
 /// compose's `logging`: mirrord-up writes each service's log file itself, so only the
 /// `json-file`/`local` drivers' `max-size` and `max-file` options apply.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
     /// Accepted for compose files: `json-file` or `local` (both mean mirrord-up's log files).
@@ -214,14 +214,14 @@ pub struct LoggingConfig {
     pub options: Option<LogOptions>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogDriver {
     JsonFile,
     Local,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogOptions {
     /// The most a log file holds before its oldest lines move to `<name>.log.1`: bytes, or a
@@ -424,7 +424,7 @@ impl fmt::Display for Mode {
 }
 
 /// What to run, as `mirrord exec` or `mirrord container` would.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// `exec` runs the command under `mirrord exec`; `container` under `mirrord container`.

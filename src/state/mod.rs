@@ -175,7 +175,10 @@ pub struct ServiceRecord {
     #[serde(default)]
     pub kind: RecordKind,
     pub config_hash: ConfigHash,
-    pub spec: ServiceSpec,
+    /// Shared, not copied: the state is copied several times a pass (the pass's `before`,
+    /// the copy this process keeps of what it saved), and the spec is most of a record.
+    #[serde(with = "shared_spec")]
+    pub spec: std::sync::Arc<ServiceSpec>,
     /// What was actually executed (program first).
     #[serde(default)]
     pub argv: Vec<String>,
@@ -213,6 +216,23 @@ pub struct ServiceRecord {
     /// Restarts in a row by the restart policy (reset by a minute of uptime).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crash_streak: u32,
+}
+
+/// (De)serializes an `Arc<ServiceSpec>` as the spec itself.
+mod shared_spec {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::spec::ServiceSpec;
+
+    pub fn serialize<S: Serializer>(v: &Arc<ServiceSpec>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<ServiceSpec>, D::Error> {
+        ServiceSpec::deserialize(d).map(Arc::new)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -316,7 +336,7 @@ impl StateStore {
 
     /// Reads without locking (for `ps`, `plan`, `logs`): the file is only ever replaced by
     /// rename, so a reader sees one whole version. Absent → `None`. The version this process
-    /// saved last is not parsed again: its bytes are hashed and compared ([`last`]).
+    /// saved last is not parsed again: its bytes are compared ([`last`]).
     pub fn read(&self) -> Result<Option<State>> {
         let path = self.state_path();
         let bytes = match std::fs::read(&path) {
@@ -407,9 +427,11 @@ impl StateStore {
             return Err(StateError::TooNew { path, found });
         }
         // Compact: a hundred services make a file of some 300 KB that is rewritten several
-        // times per pass; `ps --format json` is the readable view.
-        let mut text = serde_json::to_vec(state).expect("state serializes");
-        text.push(b'\n');
+        // times per pass; `ps --format json` is the readable view. A record equal to the one
+        // saved last is not serialized again: its bytes are copied ([`encode`]).
+        let mut encoded = last::encode(&path, state);
+        encoded.text.push(b'\n');
+        let text = std::mem::take(&mut encoded.text);
         let started = std::time::Instant::now();
         // Replaced by rename, not synced: each version is whole, old or new, for any reader,
         // and an intent (a record about to be spawned: its nonce, no process yet) reaches every
@@ -420,7 +442,10 @@ impl StateStore {
         let written = write_private_unsynced(&path, &text);
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
         match written {
-            Ok(()) => last::put(&path, &text, state),
+            Ok(()) => {
+                encoded.text = text;
+                last::put(&path, encoded, state);
+            }
             Err(_) => last::forget(&path),
         }
         written
@@ -428,14 +453,13 @@ impl StateStore {
 }
 
 /// The state this process saved last, with the identity of the file it wrote (device,
-/// inode, size, mtime) and a hash of its bytes. Every save replaces the file by rename, so
-/// another writer's version is another inode; the hash also catches an in-place rewrite.
+/// inode, size, mtime) and its bytes. Every save replaces the file by rename, so another
+/// writer's version is another inode; comparing the bytes also catches an in-place rewrite.
 /// A read of that very version is a copy of the state, not a parse (the supervisor reads
 /// the state at the start of every pass, and it is what it saved at the end of the last
 /// one); a save of an equal state while the file is that version writes nothing.
 mod last {
     use std::collections::BTreeMap;
-    use std::hash::Hasher;
     use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
@@ -446,8 +470,9 @@ mod last {
 
     struct Written {
         id: FileId,
-        hash: u64,
         state: State,
+        /// What was written, and where each record's value is in it.
+        encoded: super::Encoded,
     }
 
     /// By state file: one in the supervisor; a few in a test binary, whose tests run side
@@ -460,13 +485,7 @@ mod last {
         Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
     }
 
-    fn hash_of(bytes: &[u8]) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write(bytes);
-        h.finish()
-    }
-
-    pub(super) fn put(path: &Path, bytes: &[u8], state: &State) {
+    pub(super) fn put(path: &Path, encoded: super::Encoded, state: &State) {
         let Ok(mut last) = LAST.lock() else { return };
         last.remove(path);
         if last.len() >= KEPT {
@@ -475,11 +494,23 @@ mod last {
         if let Some(id) = id_of(path) {
             let written = Written {
                 id,
-                hash: hash_of(bytes),
                 state: state.clone(),
+                encoded,
             };
             last.insert(path.to_owned(), written);
         }
+    }
+
+    /// `state` as the state file holds it, reusing the bytes of every record equal to the one
+    /// this process saved last to `path` (whatever the file holds now: a record's bytes
+    /// depend on the record alone).
+    pub(super) fn encode(path: &Path, state: &State) -> super::Encoded {
+        let last = LAST.lock().ok();
+        let prev = last
+            .as_ref()
+            .and_then(|l| l.get(path))
+            .map(|w| (&w.state, &w.encoded));
+        super::encode(state, prev)
     }
 
     pub(super) fn forget(path: &Path) {
@@ -498,7 +529,7 @@ mod last {
     pub(super) fn state_if_written(path: &Path, bytes: &[u8]) -> Option<State> {
         let last = LAST.lock().ok()?;
         let w = current(&last, path)?;
-        (w.id.2 == bytes.len() as u64 && w.hash == hash_of(bytes)).then(|| w.state.clone())
+        (w.id.2 == bytes.len() as u64 && w.encoded.text == bytes).then(|| w.state.clone())
     }
 
     /// `state` is what the file at `path` holds: saved last by this process, unchanged since.
@@ -513,6 +544,72 @@ mod last {
         let w = current(&last, path)?;
         Some(w.state.services.get(service).map(|r| r.log_offset))
     }
+}
+
+/// A state's compact JSON, and the span of each record's value in it (in name order).
+#[derive(Debug, Default)]
+struct Encoded {
+    text: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+/// `serde_json::to_vec(state)`, byte for byte, with the value of each record that is equal to
+/// its record in `prev` copied from `prev`'s text instead of serialized: a save costs what
+/// changed, plus a comparison and a copy per record. The records are the state's last field,
+/// so the text is the state without records, then the records.
+fn encode(state: &State, prev: Option<(&State, &Encoded)>) -> Encoded {
+    const NO_RECORDS: &[u8] = b"\"services\":{}}";
+    let head = State {
+        format_version: state.format_version,
+        project: state.project.clone(),
+        file: state.file.clone(),
+        supervisor: state.supervisor.clone(),
+        last_reload_error: state.last_reload_error.clone(),
+        target_cache: state.target_cache.clone(),
+        services: BTreeMap::new(),
+    };
+    // About the size of the last text: grown once, not doubled up to it.
+    let size = prev.map_or(0, |(_, e)| e.text.len() + e.text.len() / 8);
+    let mut text = Vec::with_capacity(size);
+    serde_json::to_writer(&mut text, &head).expect("state serializes");
+    if !text.ends_with(NO_RECORDS) {
+        // Another layout (a field after the records): serialized whole, nothing to reuse.
+        debug_assert!(false, "the records are not the state's last field");
+        return Encoded {
+            text: serde_json::to_vec(state).expect("state serializes"),
+            spans: Vec::new(),
+        };
+    }
+    text.truncate(text.len() - 2);
+    let mut spans = Vec::with_capacity(state.services.len());
+    // Both maps are in name order: walk the previous one alongside.
+    let mut before = prev
+        .filter(|(s, e)| s.services.len() == e.spans.len())
+        .map(|(s, e)| (s.services.iter().zip(&e.spans).peekable(), &e.text));
+    for (i, (name, record)) in state.services.iter().enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        serde_json::to_writer(&mut text, name).expect("names serialize");
+        text.push(b':');
+        let start = text.len();
+        let mut same = None;
+        if let Some((records, bytes)) = before.as_mut() {
+            while records.next_if(|((n, _), _)| *n < name).is_some() {}
+            if let Some(((_, r), &(from, to))) = records.next_if(|((n, _), _)| *n == name)
+                && r == record
+            {
+                same = Some(&bytes[from..to]);
+            }
+        }
+        match same {
+            Some(bytes) => text.extend_from_slice(bytes),
+            None => serde_json::to_writer(&mut text, record).expect("records serialize"),
+        }
+        spans.push((start, text.len()));
+    }
+    text.extend_from_slice(b"}}");
+    Encoded { text, spans }
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600.
@@ -637,6 +734,128 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["logs", "services", "state.json", "state.lock"]);
+    }
+
+    /// The example state file of this format, parsed.
+    fn example() -> State {
+        let text = include_str!("../../state/v1.example.json");
+        serde_json::from_str(text).expect("the example parses")
+    }
+
+    /// One edit of a state: what a pass does to it.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Status(usize),
+        Offset(usize, u64),
+        Config(usize, String),
+        Remove(usize),
+        Copy(usize, String),
+        Head(String),
+    }
+
+    fn apply(state: &mut State, edit: &Edit) {
+        let nth = |state: &State, i: usize| -> Option<String> {
+            let n = state.services.len();
+            (n > 0).then(|| state.services.keys().nth(i % n).cloned().expect("in range"))
+        };
+        match edit {
+            Edit::Status(i) => {
+                if let Some(n) = nth(state, *i) {
+                    let r = state.services.get_mut(&n).unwrap();
+                    r.status = match r.status {
+                        Status::Running => Status::Exited,
+                        _ => Status::Running,
+                    };
+                }
+            }
+            Edit::Offset(i, to) => {
+                if let Some(n) = nth(state, *i) {
+                    state.services.get_mut(&n).unwrap().log_offset = *to;
+                }
+            }
+            Edit::Config(i, value) => {
+                if let Some(n) = nth(state, *i) {
+                    let spec =
+                        std::sync::Arc::make_mut(&mut state.services.get_mut(&n).unwrap().spec);
+                    let mut config = (*spec.mirrord_config).clone();
+                    config["feature"]["env"]["override"]["EDITED"] = value.clone().into();
+                    spec.mirrord_config = config.into();
+                }
+            }
+            Edit::Remove(i) => {
+                if let Some(n) = nth(state, *i) {
+                    state.services.remove(&n);
+                }
+            }
+            Edit::Copy(i, name) => {
+                if let Some(n) = nth(state, *i) {
+                    let mut r = state.services[&n].clone();
+                    std::sync::Arc::make_mut(&mut r.spec).name = name.clone();
+                    state.services.insert(name.clone(), r);
+                }
+            }
+            Edit::Head(file) => state.file = Some(file.into()),
+        }
+    }
+
+    fn edit() -> impl proptest::strategy::Strategy<Value = Edit> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<usize>().prop_map(Edit::Status),
+            (any::<usize>(), any::<u64>()).prop_map(|(i, o)| Edit::Offset(i, o)),
+            (any::<usize>(), "[a-z\"\\\\é]{0,4}").prop_map(|(i, v)| Edit::Config(i, v)),
+            any::<usize>().prop_map(Edit::Remove),
+            (any::<usize>(), "[a-z0-9\"é]{1,4}").prop_map(|(i, n)| Edit::Copy(i, n)),
+            "/[a-z]{1,3}.yaml".prop_map(Edit::Head),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever a sequence of passes does to the records, each save's text is what serde
+        /// writes for that state, though unchanged records are copied from the save before.
+        #[test]
+        fn an_encoded_state_is_what_serde_writes(edits in proptest::collection::vec(edit(), 1..24)) {
+            let mut state = example();
+            let mut prev = encode(&state, None);
+            proptest::prop_assert_eq!(&prev.text, &serde_json::to_vec(&state).unwrap());
+            let mut prev_state = state.clone();
+            for e in &edits {
+                apply(&mut state, e);
+                let now = encode(&state, Some((&prev_state, &prev)));
+                let want = serde_json::to_vec(&state).unwrap();
+                proptest::prop_assert_eq!(
+                    String::from_utf8_lossy(&now.text),
+                    String::from_utf8_lossy(&want),
+                    "after {:?}", e
+                );
+                prev = now;
+                prev_state = state.clone();
+            }
+        }
+    }
+
+    /// Through the store: a save after a change writes the changed record, and what is read
+    /// back (by another process: parsed) is the state saved.
+    #[test]
+    fn a_save_after_a_change_writes_the_change() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let mut state = example();
+        store.save(&lock, &state).unwrap();
+        for e in [
+            Edit::Config(0, "one".into()),
+            Edit::Status(1),
+            Edit::Copy(0, "new".into()),
+            Edit::Remove(1),
+        ] {
+            apply(&mut state, &e);
+            store.save(&lock, &state).unwrap();
+            let bytes = std::fs::read(store.state_path()).unwrap();
+            assert_eq!(parse(&bytes).unwrap(), state, "after {e:?}");
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn start(
     let mut rec = ServiceRecord {
         kind: RecordKind::Ci,
         config_hash: ConfigHash::of(&serde_json::json!(req.args)),
-        spec,
+        spec: spec.into(),
         argv: std::iter::once(req.program.display().to_string())
             .chain(req.args.iter().cloned())
             .collect(),

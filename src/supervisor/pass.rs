@@ -792,7 +792,7 @@ fn finish_job(
 fn recorded(state: &State) -> Desired {
     let mut services: Vec<_> = state
         .records(RecordKind::Service)
-        .map(|(_, r)| r.spec.clone())
+        .map(|(_, r)| (*r.spec).clone())
         .collect();
     services.sort_by(|a, b| a.level.cmp(&b.level).then(a.name.cmp(&b.name)));
     Desired {
