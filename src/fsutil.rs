@@ -346,15 +346,19 @@ impl AsFd for SafeDir {
 /// Opens `path` as [`SafeDir::open`] of its directory (created if missing) and
 /// [`SafeDir::open_file`] of its name.
 pub fn open_in_checked_dir(path: &Path, access: Access) -> Result<File> {
+    let (dir, name) = split_file(path)?;
+    SafeDir::open(dir, access != Access::Read)?.open_file(name, access)
+}
+
+/// The directory (`.` for a bare name) and the name of the file `path`.
+pub fn split_file(path: &Path) -> Result<(&Path, &OsStr)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(FsError::unsafe_(path, "has no file name"));
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    SafeDir::open(dir, access != Access::Read)?.open_file(name, access)
+    if dir.as_os_str().is_empty() {
+        return Ok((Path::new("."), name));
+    }
+    Ok((dir, name))
 }
 
 /// Checks that the directory `dir` passes [`SafeDir::open`] (creating it when `create`).
