@@ -229,22 +229,36 @@ fn finish(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether the state may have a route line to show: only a record whose mirrord
-/// configuration has a `header_filter` has one (`session::route_header`), so a state file
-/// without the word is not parsed for them (a hundred recorded configurations cost the
-/// client more than the rest of a no-op `up -d`).
+/// Whether the state may have a route line to show: only a mirrord service has one
+/// (`session::applicability`), so the state is read with every other field skipped, and
+/// parsed whole for the route lines only when it records one (a hundred recorded
+/// configurations cost the client more than the rest of a no-op `up -d`). A state this view
+/// cannot read is parsed whole.
 fn may_route(ctx: &Context) -> bool {
+    #[derive(serde::Deserialize)]
+    struct View {
+        services: std::collections::BTreeMap<String, Record>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Record {
+        spec: Spec,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        launcher: crate::spec::LauncherKind,
+    }
     let Ok(dir) = ctx.state_dir() else {
         return false;
     };
     match std::fs::read(dir.join("state.json")) {
-        Ok(bytes) => std::str::from_utf8(&bytes).map_or(true, |t| t.contains(ROUTE_WORD)),
+        Ok(bytes) => serde_json::from_slice::<View>(&bytes).map_or(true, |v| {
+            v.services
+                .values()
+                .any(|r| r.spec.launcher == crate::spec::LauncherKind::Mirrord)
+        }),
         Err(_) => false,
     }
 }
-
-/// The configuration key every route line comes from.
-const ROUTE_WORD: &str = "header_filter";
 
 /// Starts the background supervisor (a new session, its output in `supervisor.log`) and
 /// follows its first pass.
