@@ -72,11 +72,17 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
 }
 
 /// A connection to the project's supervisor when one listens on the socket of its state
-/// directory (checked as every state directory is, never created here).
+/// directory (checked as every state directory is, never created here) and is alive: a
+/// supervisor killed a moment ago can still take a connection while its last threads exit
+/// (its listener closes with them), so the listening process must not be a zombie — as the
+/// state's record would have been checked. Otherwise the state decides, as before.
 fn listening(ctx: &Context) -> Option<(std::os::unix::net::UnixStream, std::path::PathBuf)> {
     let dir = crate::fsutil::SafeDir::open(&ctx.state_dir().ok()?, false).ok()?;
     let socket = dir.path().join(control::SOCKET);
-    control::connect_now(&socket).map(|stream| (stream, socket))
+    let stream = control::connect_now(&socket)?;
+    let pid = control::peer_pid(&stream)?;
+    let live = crate::os::proc_info(pid).is_ok_and(|p| !p.zombie);
+    live.then_some((stream, socket))
 }
 
 /// The reporter of a forwarded `up`, whose names are padded to the longest recorded name:

@@ -328,6 +328,26 @@ pub fn connect_now(socket: &Path) -> Option<UnixStream> {
     (ret == 0 && stream.set_nonblocking(false).is_ok()).then_some(stream)
 }
 
+/// The PID of the process that listens at the other end of `stream` (`SO_PEERCRED`).
+pub fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain C struct, all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` describe a writable ucred for the kernel to fill.
+    let ret = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
 /// `connect(2)` blocks while the listener's backlog is full (a supervisor that stopped
 /// accepting): it runs on a helper thread, given up after `limit` (`None`).
 fn connect(socket: &Path, limit: Duration) -> Result<Option<UnixStream>> {
