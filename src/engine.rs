@@ -815,6 +815,8 @@ impl<'a> Engine<'a> {
         }
         self.save()?;
         tracing::debug!(count = launches.len(), "spawning a level");
+        // The environment, programs and the checked log directory, once for the level.
+        let spawning = crate::os::spawn_cache::level();
         let mut sessions = Vec::new();
         for (step, spec, req) in &launches {
             let cause = step.cause.to_string();
@@ -856,6 +858,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        drop(spawning);
         tracing::debug!("level spawned");
         self.save()?;
         if !sessions.is_empty() && self.settings.defer_sessions {

@@ -45,14 +45,25 @@ impl Event {
 }
 
 /// Where a project's events are appended.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Journal {
     store: crate::state::StateStore,
+    /// `events.log` as opened by the last event, with its device and inode: the next event
+    /// writes there while the path still names that file (one `lstat`, instead of walking the
+    /// state directory from `/` and opening the file again for each of a pass's events).
+    held: Option<(std::fs::File, u64, u64)>,
+}
+
+/// A copy opens the file itself.
+impl Clone for Journal {
+    fn clone(&self) -> Journal {
+        Journal::new(self.store.clone())
+    }
 }
 
 impl Journal {
     pub fn new(store: crate::state::StateStore) -> Journal {
-        Journal { store }
+        Journal { store, held: None }
     }
 
     fn log_pos(&self, service: &str) -> Option<(u64, u64)> {
@@ -80,26 +91,41 @@ impl Journal {
     }
 
     fn try_record(
-        &self,
+        &mut self,
         service: &str,
         what: &str,
         pos: Option<(u64, u64)>,
     ) -> std::io::Result<()> {
-        let dir = SafeDir::open(&self.store.dir, false)?;
         let line = format_line(&Event {
             at: SystemTime::now(),
             service: service.to_owned(),
             pos,
             what: what.to_owned(),
         });
-        if let Ok(m) = std::fs::symlink_metadata(self.store.dir.join(FILE))
+        let path = self.store.dir.join(FILE);
+        let mut now = std::fs::symlink_metadata(&path).ok();
+        if let Some(m) = &now
             && m.len() + line.len() as u64 > CAP_BYTES
         {
-            std::fs::rename(self.store.dir.join(FILE), self.store.dir.join(ROTATED))?;
+            std::fs::rename(&path, self.store.dir.join(ROTATED))?;
+            now = None;
         }
-        let mut f = dir.open_file(FILE, Access::Append)?;
+        // The held file only while the path names it (not rotated or replaced meanwhile, by
+        // us or by another writer); otherwise opened again as every state file is.
+        let same = |(_, dev, ino): &(std::fs::File, u64, u64)| {
+            now.as_ref()
+                .is_some_and(|m| m.file_type().is_file() && m.dev() == *dev && m.ino() == *ino)
+        };
+        let f = match self.held.take().filter(same) {
+            Some(held) => self.held.insert(held),
+            None => {
+                let f = SafeDir::open(&self.store.dir, false)?.open_file(FILE, Access::Append)?;
+                let m = f.metadata()?;
+                self.held.insert((f, m.dev(), m.ino()))
+            }
+        };
         // One write: concurrent writers (the supervisor, a one-shot command) never interleave.
-        f.write_all(line.as_bytes())
+        (&f.0).write_all(line.as_bytes())
     }
 }
 
@@ -281,6 +307,35 @@ mod tests {
         // A follower goes on from here: the line being written is read once it is complete.
         assert_eq!(end, complete.len() as u64);
         assert_eq!(read_all(&dir.path().join("none")), (Vec::new(), 0));
+    }
+
+    /// The journal holds `events.log` open between events, but writes where the path points:
+    /// after another writer rotated it, into the new file; never through a symbolic link that
+    /// replaced it.
+    #[test]
+    fn a_held_journal_follows_rotation_and_refuses_a_planted_link() {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::state::StateStore::open(root.path(), "p").unwrap();
+        let (file, rotated) = (store.dir.join(FILE), store.dir.join(ROTATED));
+        let mut j = Journal::new(store.clone());
+        j.record("a", "one");
+        j.record("a", "two");
+        std::fs::rename(&file, &rotated).unwrap();
+        j.record("a", "three");
+        let text = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        assert!(text(&rotated).contains("\tone\n") && text(&rotated).contains("\ttwo\n"));
+        assert!(!text(&rotated).contains("three"), "{}", text(&rotated));
+        assert!(text(&file).contains("\tthree\n"), "{}", text(&file));
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, "").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&outside, &file).unwrap();
+        j.record("a", "four");
+        assert_eq!(text(&outside), "");
+        assert!(!text(&rotated).contains("four"));
+        std::fs::remove_file(&file).unwrap();
+        j.record("a", "five");
+        assert!(text(&file).ends_with("\tfive\n"), "{}", text(&file));
     }
 
     #[test]

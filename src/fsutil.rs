@@ -328,11 +328,14 @@ impl SafeDir {
         let st = fstat(&fd).map_err(|e| FsError::io(&path, e))?;
         own_regular_file(&st, &path)?;
         // Back to blocking I/O: O_NONBLOCK was only there so that opening a FIFO cannot hang.
-        let fl = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(|e| FsError::io(&path, e))?;
-        let fl = OFlag::from_bits_truncate(fl) - OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(fl))
-            .map_err(|e| FsError::io(&path, e))?;
+        // F_SETFL sets the status flags only (O_APPEND, O_NONBLOCK, …; the access mode and
+        // the open-time flags are ignored): the ones opened with, less O_NONBLOCK, without
+        // reading them back first.
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| FsError::io(&path, e))?;
         Ok(File::from(fd))
     }
 }
@@ -346,15 +349,19 @@ impl AsFd for SafeDir {
 /// Opens `path` as [`SafeDir::open`] of its directory (created if missing) and
 /// [`SafeDir::open_file`] of its name.
 pub fn open_in_checked_dir(path: &Path, access: Access) -> Result<File> {
+    let (dir, name) = split_file(path)?;
+    SafeDir::open(dir, access != Access::Read)?.open_file(name, access)
+}
+
+/// The directory (`.` for a bare name) and the name of the file `path`.
+pub fn split_file(path: &Path) -> Result<(&Path, &OsStr)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(FsError::unsafe_(path, "has no file name"));
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    SafeDir::open(dir, access != Access::Read)?.open_file(name, access)
+    if dir.as_os_str().is_empty() {
+        return Ok((Path::new("."), name));
+    }
+    Ok((dir, name))
 }
 
 /// Checks that the directory `dir` passes [`SafeDir::open`] (creating it when `create`).
@@ -424,6 +431,22 @@ mod tests {
             b"hi"
         );
         assert!(d.create_subdir("logs").is_err());
+    }
+
+    /// O_NONBLOCK (there for FIFOs) is gone once the file is open; O_APPEND stays.
+    #[test]
+    fn opened_files_block_and_logs_append() {
+        let root = tempfile::tempdir().unwrap();
+        let d = SafeDir::open(&root.path().join("d"), true).unwrap();
+        let status = |f: &File| {
+            OFlag::from_bits_truncate(nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_GETFL).unwrap())
+        };
+        let log = d.open_file("x.log", Access::Append).unwrap();
+        assert!(status(&log).contains(OFlag::O_APPEND | OFlag::O_WRONLY));
+        assert!(!status(&log).contains(OFlag::O_NONBLOCK));
+        let rw = d.open_file("x.lock", Access::ReadWrite).unwrap();
+        assert!(status(&rw).contains(OFlag::O_RDWR));
+        assert!(!status(&rw).intersects(OFlag::O_NONBLOCK | OFlag::O_APPEND));
     }
 
     #[test]

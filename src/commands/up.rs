@@ -21,6 +21,22 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     if args.dry_run {
         return dry_run(ctx, args);
     }
+    // `up --detach` while a supervisor listens (the common no-op case): hand it the request
+    // without reading the state first; it reads the file and the state itself.
+    if args.detach
+        && let Some((stream, socket)) = listening(ctx)
+    {
+        // Named services are checked against the file here, as below.
+        if !args.services.is_empty() {
+            crate::desired::select(&ctx.load()?, &args.services)?;
+        }
+        let mut reporter = LazyWidth { ctx, inner: None };
+        let req = request(ctx, args)
+            .control()
+            .context("an `up` has a wire form")?;
+        let (ok, message) = control::request_on(stream, &socket, &req, &mut reporter)?;
+        return finish(ctx, ok, message, None);
+    }
     let state = read_state(ctx)?;
     if let Some(sup) = control::running(state.as_ref()) {
         // Named services are checked against the file here: the supervisor would widen its
@@ -52,6 +68,53 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
             std::sync::Arc::new(ctx.clone()),
             supervisor_options(args, true, width),
         )
+    }
+}
+
+/// A connection to the project's supervisor when one listens on the socket of its state
+/// directory (checked as every state directory is, never created here) and is alive: a
+/// supervisor killed a moment ago can still take a connection while its last threads exit
+/// (its listener closes with them), so the listening process must not be a zombie — as the
+/// state's record would have been checked. Otherwise the state decides, as before.
+fn listening(ctx: &Context) -> Option<(std::os::unix::net::UnixStream, std::path::PathBuf)> {
+    let dir = crate::fsutil::SafeDir::open(&ctx.state_dir().ok()?, false).ok()?;
+    let socket = dir.path().join(control::SOCKET);
+    let stream = control::connect_now(&socket)?;
+    let pid = control::peer_pid(&stream)?;
+    let live = crate::os::proc_info(pid).is_ok_and(|p| !p.zombie);
+    live.then_some((stream, socket))
+}
+
+/// The reporter of a forwarded `up`, whose names are padded to the longest recorded name:
+/// the state is read for that at the first line to show (a no-op shows none).
+struct LazyWidth<'a> {
+    ctx: &'a Context,
+    inner: Option<Box<dyn crate::engine::Reporter>>,
+}
+
+impl LazyWidth<'_> {
+    fn inner(&mut self) -> &mut dyn crate::engine::Reporter {
+        let ctx = self.ctx;
+        self.inner
+            .get_or_insert_with(|| {
+                let width = ctx
+                    .read_state()
+                    .ok()
+                    .flatten()
+                    .map_or(0, |s| s.name_width());
+                ctx.reporter(width)
+            })
+            .as_mut()
+    }
+}
+
+impl crate::engine::Reporter for LazyWidth<'_> {
+    fn event(&mut self, service: &str, what: &str) {
+        self.inner().event(service, what);
+    }
+
+    fn waiting(&mut self, service: &str, what: &str, limit: Option<Duration>) {
+        self.inner().waiting(service, what, limit);
     }
 }
 
@@ -159,6 +222,7 @@ fn finish(
         // keeps the one summary line scripts read).
         let lines = match read.filter(|_| message.starts_with("nothing to do")) {
             Some(state) => crate::session::route_lines(state),
+            None if !may_route(ctx) => Vec::new(),
             None => match ctx.read_state() {
                 Ok(Some(state)) => crate::session::route_lines(&state),
                 _ => Vec::new(),
@@ -169,6 +233,37 @@ fn finish(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the state may have a route line to show: only a mirrord service has one
+/// (`session::applicability`), so the state is read with every other field skipped, and
+/// parsed whole for the route lines only when it records one (a hundred recorded
+/// configurations cost the client more than the rest of a no-op `up -d`). A state this view
+/// cannot read is parsed whole.
+fn may_route(ctx: &Context) -> bool {
+    #[derive(serde::Deserialize)]
+    struct View {
+        services: std::collections::BTreeMap<String, Record>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Record {
+        spec: Spec,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        launcher: crate::spec::LauncherKind,
+    }
+    let Ok(dir) = ctx.state_dir() else {
+        return false;
+    };
+    match std::fs::read(dir.join("state.json")) {
+        Ok(bytes) => serde_json::from_slice::<View>(&bytes).map_or(true, |v| {
+            v.services
+                .values()
+                .any(|r| r.spec.launcher == crate::spec::LauncherKind::Mirrord)
+        }),
+        Err(_) => false,
+    }
 }
 
 /// Starts the background supervisor (a new session, its output in `supervisor.log`) and

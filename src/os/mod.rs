@@ -10,5 +10,7 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 
+pub mod spawn_cache;
+
 #[cfg(not(target_os = "linux"))]
 compile_error!("mirrord-up runs on Linux only: src/os/ has no code for this platform");

@@ -812,22 +812,22 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> 
     } else {
         open_append(&req.stderr)?.into()
     };
-    let mut env: BTreeMap<Vec<u8>, Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| req.keep_mirrord_env || crate::handover::inherited(k.as_bytes()))
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
-    for (k, v) in &req.env {
-        env.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
-    }
+    // The inherited part is read once per level of a pass (`os::spawn_cache`), as is the
+    // program a bare name stands for in the child's `PATH`.
+    let env = crate::os::spawn_cache::with_overrides(
+        &crate::os::spawn_cache::inherited_env(req.keep_mirrord_env),
+        &req.env,
+    );
     let path_var = env
-        .get(b"PATH".as_slice())
-        .map(|p| std::ffi::OsStr::from_bytes(p).to_owned());
-    let program = crate::os::spawn::resolve(&req.program, path_var.as_deref())?;
+        .iter()
+        .find(|(k, _)| k.as_slice() == b"PATH")
+        .map(|(_, p)| std::ffi::OsStr::from_bytes(p));
+    let program = crate::os::spawn_cache::resolve(&req.program, path_var)?;
     let pid = crate::os::spawn::spawn(&crate::os::spawn::SpawnPlan {
         program: &program,
         arg0: &req.program,
         args: &req.args,
-        env: env.into_iter().collect(),
+        env,
         cwd: &req.cwd,
         stdout: &stdout,
         stderr: &stderr,
@@ -843,11 +843,9 @@ pub fn spawn(req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> 
     Ok((Spawned { pid }, identity))
 }
 
+/// A log, in a checked directory (held open for the level: `os::spawn_cache::open_log`).
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    Ok(crate::fsutil::open_in_checked_dir(
-        path,
-        crate::fsutil::Access::Append,
-    )?)
+    crate::os::spawn_cache::open_log(path)
 }
 
 /// A fresh spawn nonce: unique per spawn (a random seed read once per process, the PID, and

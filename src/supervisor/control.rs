@@ -77,6 +77,9 @@ pub enum Request {
     },
 }
 
+/// The control socket's name in the project's state directory.
+pub const SOCKET: &str = "supervisor.sock";
+
 /// The longest request line the supervisor reads (a real one is a few hundred bytes).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Connections open at once; the next ones are told the supervisor is busy.
@@ -217,17 +220,36 @@ pub fn request(
     reporter: &mut dyn Reporter,
 ) -> Result<(bool, String)> {
     let limit = test_override(ENV_TEST_CLIENT_MS, CLIENT_TIMEOUT);
+    let stream = match connect_now(socket) {
+        Some(stream) => stream,
+        None => connect(socket, limit)?.ok_or_else(|| stuck(socket, limit))?,
+    };
+    request_on(stream, socket, request, reporter)
+}
+
+fn stuck(socket: &Path, limit: Duration) -> anyhow::Error {
     let dir = socket
         .parent()
         .map_or(String::new(), |d| d.display().to_string());
-    let stuck = || {
-        anyhow::anyhow!(
-            "the supervisor at {} did not answer within {}; it may be stuck or overloaded: see supervisor.log in {dir}, or stop everything with `mirrord-up down --force`",
-            socket.display(),
-            crate::output::duration(limit)
-        )
-    };
-    let stream = connect(socket, limit)?.ok_or_else(stuck)?;
+    anyhow::anyhow!(
+        "the supervisor at {} did not answer within {}; it may be stuck or overloaded: see supervisor.log in {dir}, or stop everything with `mirrord-up down --force`",
+        socket.display(),
+        crate::output::duration(limit)
+    )
+}
+
+/// [`request`] on a connection made already (to `socket`: [`connect_now`]).
+pub fn request_on(
+    stream: UnixStream,
+    socket: &Path,
+    request: &Request,
+    reporter: &mut dyn Reporter,
+) -> Result<(bool, String)> {
+    let limit = test_override(ENV_TEST_CLIENT_MS, CLIENT_TIMEOUT);
+    let dir = socket
+        .parent()
+        .map_or(String::new(), |d| d.display().to_string());
+    let stuck = || stuck(socket, limit);
     stream.set_write_timeout(Some(limit))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -267,6 +289,63 @@ pub fn request(
             "the supervisor closed the connection before answering (see supervisor.log in {dir})"
         ),
     }
+}
+
+/// A connection to `socket` if a listener takes it at once: a non-blocking `connect(2)`, which
+/// fails (`None`) where a blocking one would wait (a full backlog) or fail (no listener, no
+/// such socket, a path too long). No thread is started for it.
+pub fn connect_now(socket: &Path) -> Option<UnixStream> {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = socket.as_os_str().as_bytes();
+    // SAFETY: a plain C struct, all zeroes is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= addr.sun_path.len() {
+        return None;
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` covers the path and its NUL.
+    let ret = unsafe {
+        libc::connect(
+            fd,
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    (ret == 0 && stream.set_nonblocking(false).is_ok()).then_some(stream)
+}
+
+/// The PID of the process that listens at the other end of `stream` (`SO_PEERCRED`).
+pub fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain C struct, all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` describe a writable ucred for the kernel to fill.
+    let ret = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0 && cred.pid > 0).then_some(cred.pid)
 }
 
 /// `connect(2)` blocks while the listener's backlog is full (a supervisor that stopped

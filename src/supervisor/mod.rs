@@ -106,7 +106,7 @@ fn register(ctx: &dyn Project) -> Result<Result<Registration, SupervisorRecord>>
     if let Some(other) = control::running(Some(&state)) {
         return Ok(Err(other));
     }
-    let socket = store.dir.join("supervisor.sock");
+    let socket = store.dir.join(control::SOCKET);
     let _ = std::fs::remove_file(&socket); // a dead supervisor's
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
