@@ -192,19 +192,25 @@ fn editor_style_saves_each_apply_once() {
     );
 
     // A burst of saves within a few milliseconds: each is a complete write, so the first is
-    // applied at once; the rest follow it within the debounce and are coalesced into one more
-    // apply, with the last content. At most two applies for six saves.
-    let start = Instant::now();
-    for i in 0..5 {
-        p.write_yaml(&with(&format!("burst{i}")));
+    // applied at once; the rest follow it within the debounce (50 ms after the save before
+    // them) and are coalesced into one more apply, with the last content. At most two applies
+    // for six saves. A machine so loaded that the gap between two saves reaches the debounce
+    // splits the burst: each part may then be applied twice (the bound below follows).
+    let debounce = Duration::from_millis(50);
+    let mut bursts = 1;
+    let mut last = Instant::now();
+    for i in 0..6 {
+        let text = if i < 5 {
+            with(&format!("burst{i}"))
+        } else {
+            with("final")
+        };
+        p.write_yaml(&text);
+        if last.elapsed() >= debounce && i > 0 {
+            bursts += 1;
+        }
+        last = Instant::now();
     }
-    p.write_yaml(&with("final"));
-    // Within the debounce (50 ms, trailing edge), however loaded the machine is.
-    assert!(
-        start.elapsed() < Duration::from_millis(50),
-        "the burst took too long: {:?}",
-        start.elapsed()
-    );
     wait_until("svc2 runs with the burst's last save", WAIT, || {
         let rows = p.ps_map();
         let Some(pid) = rows
@@ -218,8 +224,9 @@ fn editor_style_saves_each_apply_once() {
     });
     let execs = execs_of(&p, "svc2");
     assert!(
-        (4..=5).contains(&execs),
-        "the burst must be applied at most twice (its first save and its last): {execs} execs"
+        (4..=3 + 2 * bursts).contains(&execs),
+        "a burst must be applied at most twice (its first save and its last): {execs} execs \
+         for {bursts} burst(s)"
     );
     for (s, old) in others {
         assert_eq!(p.pids()[&s], old, "{s} was touched");
