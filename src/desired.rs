@@ -158,15 +158,17 @@ fn resolve_with(
             incompatible.push(format!("`{name}` is `replace` mode with a {kind} target"));
         }
         let made = memo::Key {
-            name: &name,
-            svc,
-            common: &doc.file.common,
-            key: &doc.key,
-            context,
-            mode,
-            target: &target,
-            env_file: doc.env_files.get(&name),
-            base: doc.base_configs.get(&name),
+            config: crate::generate::Inputs {
+                name: &name,
+                service: svc,
+                common: &doc.file.common,
+                key: &doc.key,
+                context,
+                mode,
+                target: &target,
+                env_file: doc.env_files.get(&name),
+                base: doc.base_configs.get(&name),
+            },
             dir: &doc.dir,
             level: levels[&name],
             launcher: opts.launcher,
@@ -290,17 +292,10 @@ mod memo {
     use crate::generate::{self, ResolvedTarget};
     use crate::spec::{LauncherKind, ServiceSpec};
 
-    /// The inputs of one service, borrowed from the document being resolved.
+    /// The inputs of one service, borrowed from the document being resolved: those of its
+    /// mirrord config, and what else its spec is made of.
     pub(super) struct Key<'a> {
-        pub name: &'a str,
-        pub svc: &'a ServiceConfig,
-        pub common: &'a CommonConfig,
-        pub key: &'a str,
-        pub context: Option<&'a str>,
-        pub mode: Mode,
-        pub target: &'a ResolvedTarget,
-        pub env_file: Option<&'a BTreeMap<String, String>>,
-        pub base: Option<&'a Value>,
+        pub config: generate::Inputs<'a>,
         pub dir: &'a Path,
         pub level: usize,
         pub launcher: LauncherKind,
@@ -309,21 +304,11 @@ mod memo {
     impl Key<'_> {
         /// The spec and the warnings, made from scratch.
         pub(super) fn make(&self) -> (ServiceSpec, Vec<String>) {
-            let (config, warnings) = generate::mirrord_config(&generate::Inputs {
-                name: self.name,
-                service: self.svc,
-                common: self.common,
-                key: self.key,
-                context: self.context,
-                mode: self.mode,
-                target: self.target,
-                env_file: self.env_file,
-                base: self.base,
-            });
+            let (config, warnings) = generate::mirrord_config(&self.config);
             let spec = super::spec_of(
                 self.dir,
-                self.name,
-                self.svc,
+                self.config.name,
+                self.config.service,
                 self.level,
                 self.launcher,
                 config,
@@ -332,15 +317,16 @@ mod memo {
         }
 
         fn owned(&self) -> Inputs {
+            let c = &self.config;
             Inputs {
-                svc: self.svc.clone(),
-                common: self.common.clone(),
-                key: self.key.to_owned(),
-                context: self.context.map(str::to_owned),
-                mode: self.mode,
-                target: self.target.clone(),
-                env_file: self.env_file.cloned(),
-                base: self.base.cloned(),
+                svc: c.service.clone(),
+                common: c.common.clone(),
+                key: c.key.to_owned(),
+                context: c.context.map(str::to_owned),
+                mode: c.mode,
+                target: c.target.clone(),
+                env_file: c.env_file.cloned(),
+                base: c.base.cloned(),
                 dir: self.dir.to_owned(),
                 level: self.level,
                 launcher: self.launcher,
@@ -380,15 +366,18 @@ mod memo {
                 launcher,
             } = self;
             let Key {
-                name: _,
-                svc: k_svc,
-                common: k_common,
-                key: k_key,
-                context: k_context,
-                mode: k_mode,
-                target: k_target,
-                env_file: k_env_file,
-                base: k_base,
+                config:
+                    generate::Inputs {
+                        name: _,
+                        service: k_svc,
+                        common: k_common,
+                        key: k_key,
+                        context: k_context,
+                        mode: k_mode,
+                        target: k_target,
+                        env_file: k_env_file,
+                        base: k_base,
+                    },
                 dir: k_dir,
                 level: k_level,
                 launcher: k_launcher,
@@ -462,14 +451,14 @@ mod memo {
         }
 
         pub(super) fn get_or_make(&mut self, k: &Key<'_>) -> (ServiceSpec, Vec<String>) {
-            if let Some(m) = self.made.get(k.name)
+            if let Some(m) = self.made.get(k.config.name)
                 && m.inputs.same(k)
             {
                 return (m.spec.clone(), m.warnings.clone());
             }
             let (spec, warnings) = k.make();
             self.made.insert(
-                k.name.to_owned(),
+                k.config.name.to_owned(),
                 Made {
                     inputs: k.owned(),
                     spec: spec.clone(),

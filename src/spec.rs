@@ -263,6 +263,21 @@ fn display_path(p: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `yaml` written as `mirrord-up.yaml` in `dir`, resolved for the local launcher.
+    fn resolve_local(dir: &std::path::Path, yaml: &str) -> crate::desired::Desired {
+        let file = dir.join("mirrord-up.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let doc = crate::config::UpDocument::load(&file, Some("alice")).unwrap();
+        let opts = crate::desired::ResolveOptions {
+            selection: &[],
+            mode: None,
+            context: None,
+            launcher: LauncherKind::Local,
+            inference: None,
+        };
+        crate::desired::resolve(&doc, opts).unwrap()
+    }
+
     #[test]
     fn field_paths_use_yaml_terms() {
         let a = json!({"mirrord": {"feature": {"env": {"override": {"FOO": "1"}}, "network": {"incoming": {"mode": "steal"}}}}, "run": {"command": ["a"]}});
@@ -298,17 +313,7 @@ services:
     run: {type: container, command: ["docker", "run", "x"]}
     watch: {paths: ["src/**"], action: restart-session}
 "#;
-        let file = dir.path().join("mirrord-up.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let doc = crate::config::UpDocument::load(&file, Some("alice")).unwrap();
-        let opts = crate::desired::ResolveOptions {
-            selection: &[],
-            mode: None,
-            context: None,
-            launcher: LauncherKind::Local,
-            inference: None,
-        };
-        let desired = crate::desired::resolve(&doc, opts).unwrap();
+        let desired = resolve_local(dir.path(), yaml);
         assert_eq!(desired.services.len(), 3);
         for s in &desired.services {
             assert_eq!(
@@ -332,21 +337,12 @@ services:
     #[test]
     fn a_remembered_hash_follows_every_change() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("mirrord-up.yaml");
-        std::fs::write(
-            &file,
+        let spec = resolve_local(
+            dir.path(),
             "services:\n  memo-a:\n    run: {command: [x]}\n    watch: {paths: [src], action: restart}\n",
         )
-        .unwrap();
-        let doc = crate::config::UpDocument::load(&file, Some("alice")).unwrap();
-        let opts = crate::desired::ResolveOptions {
-            selection: &[],
-            mode: None,
-            context: None,
-            launcher: LauncherKind::Local,
-            inference: None,
-        };
-        let spec = crate::desired::resolve(&doc, opts).unwrap().services[0].clone();
+        .services[0]
+            .clone();
         type Edit = fn(&mut ServiceSpec);
         let edits: [(&str, Edit); 8] = [
             ("command", |s| s.command.push("y".into())),
