@@ -94,6 +94,18 @@ impl StopJob {
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.stops.iter().map(|p| &p.name)
     }
+
+    /// Each stop of the job with its outcome among `outcomes` (a stop without one is left
+    /// out), as `Engine::finish_stops` records them.
+    pub fn with_outcomes(&self, outcomes: &[StopOutcome]) -> Vec<(PendingStop, StopOutcome)> {
+        self.stops
+            .iter()
+            .filter_map(|p| {
+                let o = outcomes.iter().find(|o| o.name == p.name)?;
+                Some((p.clone(), o.clone()))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -766,15 +778,7 @@ fn finish_job(
     outcomes: &[StopOutcome],
     report: &mut ApplyReport,
 ) -> Result<(), crate::state::StateError> {
-    let done: Vec<(PendingStop, StopOutcome)> = job
-        .stops
-        .iter()
-        .filter_map(|p| {
-            let o = outcomes.iter().find(|o| o.name == p.name)?;
-            Some((p.clone(), o.clone()))
-        })
-        .collect();
-    engine.finish_stops(&done, report)?;
+    engine.finish_stops(&job.with_outcomes(outcomes), report)?;
     for n in &job.mark_stopped {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)

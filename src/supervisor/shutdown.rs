@@ -162,15 +162,7 @@ pub(super) fn sweep_markers(
             nonces.extend(p.request.identity.nonce.clone());
             how.insert(p.name.clone(), (p.request.signal, p.request.timeout));
         }
-        let done: Vec<_> = job
-            .stops
-            .iter()
-            .filter_map(|p| {
-                let o = outcomes.iter().find(|o| o.name == p.name)?;
-                Some((p.clone(), o.clone()))
-            })
-            .collect();
-        engine.finish_stops(&done, &mut report)?;
+        engine.finish_stops(&job.with_outcomes(outcomes), &mut report)?;
         had_any = !job.stops.is_empty();
     }
     let names: Vec<(String, String)> = engine
