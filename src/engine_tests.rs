@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use super::*;
-use crate::config::{Dependency, DependsOn, RunType};
+use crate::config::{Dependency, DependsOn};
 use crate::plan::{Observed, PlanOptions};
 use crate::process::{ExitKind, MarkedGroup, SpawnRequest, Spawned, StopOutcome};
 use crate::seams::{Clock, Launcher, ProcessTable};
@@ -133,25 +133,19 @@ impl Reporter for Events {
 
 fn spec(dir: &Path, name: &str, level: usize, deps: &[&str]) -> ServiceSpec {
     ServiceSpec {
-        name: name.into(),
-        launcher: LauncherKind::Local,
         mirrord_config: json!({"feature": {"env": {"override": {"FOO": "1"}}}}).into(),
-        run_type: RunType::Exec,
-        command: vec!["sleep".into(), "100".into()],
-        working_dir: dir.to_owned(),
         level,
         depends_on: DependsOn(
             deps.iter()
                 .map(|d| (d.to_string(), Dependency::default()))
                 .collect(),
         ),
-        restart: Default::default(),
-        max_restarts: None,
-        ready: None,
-        stop_signal: "SIGTERM".into(),
-        stop_timeout_ms: 10_000,
-        logging: Default::default(),
-        watch: None,
+        ..ServiceSpec::plain(
+            name,
+            LauncherKind::Local,
+            vec!["sleep".into(), "100".into()],
+            dir,
+        )
     }
 }
 

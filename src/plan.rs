@@ -717,28 +717,21 @@ pub fn gate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dependency, DependsOn, RunType};
+    use crate::config::{Dependency, DependsOn};
     use crate::spec::{LauncherKind, ServiceSpec};
     use crate::state::Status;
     use serde_json::json;
 
     fn spec(name: &str, level: usize, env: &str) -> ServiceSpec {
         ServiceSpec {
-            name: name.into(),
-            launcher: LauncherKind::Local,
             mirrord_config: json!({"feature": {"env": {"override": {"FOO": env}}}}).into(),
-            run_type: RunType::Exec,
-            command: vec!["sleep".into(), "100".into()],
-            working_dir: "/w".into(),
             level,
-            depends_on: DependsOn::default(),
-            restart: Default::default(),
-            max_restarts: None,
-            ready: None,
-            stop_signal: "SIGTERM".into(),
-            stop_timeout_ms: 10_000,
-            logging: Default::default(),
-            watch: None,
+            ..ServiceSpec::plain(
+                name,
+                LauncherKind::Local,
+                vec!["sleep".into(), "100".into()],
+                "/w",
+            )
         }
     }
 

@@ -106,6 +106,34 @@ mod shared_value {
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ServiceSpec {
+    /// A service that runs `command` in `working_dir` with every other setting at its
+    /// default: no mirrord config of its own, level 0, no dependency, no restart, SIGTERM then
+    /// [`DEFAULT_STOP_TIMEOUT`] (a `ci start` session; the tests' specs start from it).
+    pub fn plain(
+        name: impl Into<String>,
+        launcher: LauncherKind,
+        command: Vec<String>,
+        working_dir: impl Into<PathBuf>,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            launcher,
+            mirrord_config: Value::Null.into(),
+            run_type: RunType::Exec,
+            command,
+            working_dir: working_dir.into(),
+            level: 0,
+            depends_on: DependsOn::default(),
+            restart: RestartPolicy::default(),
+            max_restarts: None,
+            ready: None,
+            stop_signal: "SIGTERM".into(),
+            stop_timeout_ms: DEFAULT_STOP_TIMEOUT.as_millis() as u64,
+            logging: Default::default(),
+            watch: None,
+        }
+    }
+
     /// The hashed part: generated mirrord config (which holds `env_file` and `config` contents),
     /// the command, its working directory and the launcher.
     pub fn canonical(&self) -> Value {

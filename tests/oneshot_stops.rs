@@ -90,13 +90,25 @@ impl Drop for Background {
 
 /// Starts `stop slow` in the background and waits until `slow` is recorded `stopping`.
 fn stop_slow_in_flight(p: &Project, dir: &Path) -> (Background, i32) {
+    slow_stopping_by(p, &["stop", "slow"], dir)
+}
+
+/// Starts the command `args` (one that stops `slow`) in the background, its stderr in `dir`,
+/// and waits until `slow` is recorded `stopping`; with slow's PID.
+fn slow_stopping_by(p: &Project, args: &[&str], dir: &Path) -> (Background, i32) {
     let pid = row(p, "slow")["pid"].as_i64().expect("slow runs") as i32;
     p.remember_pgid(pid);
-    let stop = Background::start(p, &["stop", "slow"], &dir.join("stop.err"));
+    let stopper = Background::start(p, args, &dir.join("stopper.err"));
     wait_until("slow is recorded stopping", WAIT, || {
         row(p, "slow")["status"] == "stopping"
     });
-    (stop, pid)
+    (stopper, pid)
+}
+
+/// Kills slow's group (it ignores SIGTERM) and waits for `stopper`, which must succeed.
+fn kill_slow_then_finish(pid: i32, stopper: &mut Background) {
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
+    assert_eq!(stopper.finish(), Some(0), "{}", stopper.stderr());
 }
 
 /// Without a supervisor, `stop slow` (a 30 s grace period, SIGTERM ignored) waits outside the
@@ -129,8 +141,7 @@ fn a_one_shot_stop_waits_out_its_grace_period_outside_the_state_lock() {
     );
 
     // slow ends (as if after its grace period): the stop records it.
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    kill_slow_then_finish(pid, &mut stop);
     assert!(stop.stderr().contains("slow"), "{}", stop.stderr());
     assert_eq!(row(&p, "slow")["status"], "stopped");
     assert!(row(&p, "other")["pid"].as_i64().is_some());
@@ -171,8 +182,7 @@ fn a_start_during_a_one_shot_stop_waits_for_it_then_starts_one() {
     assert_eq!(row(&p, "slow")["status"], "stopping");
     assert!(start.running(), "{}", start.stderr());
 
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    kill_slow_then_finish(pid, &mut stop);
     assert_eq!(start.finish(), Some(0), "{}", start.stderr());
     let leaders = p.leaders_of("slow");
     assert_eq!(leaders.len(), 1, "exactly one slow: {leaders:?}");
@@ -233,8 +243,7 @@ fn up_d_during_a_one_shot_stop_waits_for_it_then_runs_one() {
     );
     assert_eq!(row(&p, "slow")["status"], "stopping");
 
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    kill_slow_then_finish(pid, &mut stop);
     assert_eq!(up.finish(), Some(0), "{}", up.stderr());
     let leaders = p.leaders_of("slow");
     assert_eq!(leaders.len(), 1, "exactly one slow: {leaders:?}");
@@ -251,13 +260,8 @@ fn a_supervised_stop_is_owned_by_the_supervisor() {
     use std::fs::{File, TryLockError};
     let p = project("ossup");
     p.ok(&["up", "-d"]);
-    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
-    p.remember_pgid(pid);
     let tmp = tempfile::tempdir().unwrap();
-    let mut stop = Background::start(&p, &["stop", "slow"], &tmp.path().join("stop.err"));
-    wait_until("slow is recorded stopping", WAIT, || {
-        row(&p, "slow")["status"] == "stopping"
-    });
+    let (mut stop, pid) = slow_stopping_by(&p, &["stop", "slow"], tmp.path());
     let lock = p.state_dir.join("services/slow/stop.lock");
     let file = File::open(&lock).expect("slow's stop lock exists");
     assert!(
@@ -267,8 +271,7 @@ fn a_supervised_stop_is_owned_by_the_supervisor() {
     let note = std::fs::read_to_string(&lock).unwrap();
     assert!(note.contains("(mirrord-up supervisor)"), "{note}");
 
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    kill_slow_then_finish(pid, &mut stop);
     assert_eq!(row(&p, "slow")["status"], "stopped");
     assert!(
         file.try_lock_shared().is_ok(),
@@ -283,13 +286,8 @@ fn a_supervised_stop_is_owned_by_the_supervisor() {
 #[test]
 fn a_one_shot_ci_stop_waits_out_its_grace_period_outside_the_state_lock() {
     let p = project("oscistop");
-    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
-    p.remember_pgid(pid);
     let tmp = tempfile::tempdir().unwrap();
-    let mut stop = Background::start(&p, &["ci", "stop", "slow"], &tmp.path().join("ci.err"));
-    wait_until("slow is recorded stopping", WAIT, || {
-        row(&p, "slow")["status"] == "stopping"
-    });
+    let (mut stop, pid) = slow_stopping_by(&p, &["ci", "stop", "slow"], tmp.path());
     let t = Instant::now();
     let start = p.run(&["start", "other"]);
     let took = t.elapsed();
@@ -297,8 +295,7 @@ fn a_one_shot_ci_stop_waits_out_its_grace_period_outside_the_state_lock() {
     assert!(took < QUICK, "`start other` took {took:?} during ci stop");
     assert!(stop.running(), "{}", stop.stderr());
 
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    kill_slow_then_finish(pid, &mut stop);
     let rows = p.ps_map();
     assert!(!rows.contains_key("slow"), "slow is forgotten: {rows:?}");
     assert!(rows["other"]["pid"].as_i64().is_some(), "{rows:?}");
@@ -311,13 +308,8 @@ fn a_one_shot_ci_stop_waits_out_its_grace_period_outside_the_state_lock() {
 #[test]
 fn a_one_shot_down_waits_out_its_grace_period_outside_the_state_lock() {
     let p = project("osdown");
-    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
-    p.remember_pgid(pid);
     let tmp = tempfile::tempdir().unwrap();
-    let mut down = Background::start(&p, &["down"], &tmp.path().join("down.err"));
-    wait_until("slow is recorded stopping", WAIT, || {
-        row(&p, "slow")["status"] == "stopping"
-    });
+    let (mut down, pid) = slow_stopping_by(&p, &["down"], tmp.path());
     // `start` takes the state lock (its answer: other is forgotten already).
     let t = Instant::now();
     let start = p.run(&["start", "other"]);
@@ -328,8 +320,7 @@ fn a_one_shot_down_waits_out_its_grace_period_outside_the_state_lock() {
     );
     assert!(down.running(), "{}", down.stderr());
 
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(down.finish(), Some(0), "{}", down.stderr());
+    kill_slow_then_finish(pid, &mut down);
     assert!(p.ps().is_empty(), "{:?}", p.ps());
     assert!(p.marked().is_empty(), "nothing of the project runs");
 }
@@ -358,13 +349,8 @@ fn a_one_shot_down_kills_at_the_end_of_the_grace_period() {
 fn a_supervised_down_waits_out_its_grace_period_outside_the_state_lock() {
     let p = project("ossupdown");
     p.ok(&["up", "-d"]);
-    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
-    p.remember_pgid(pid);
     let tmp = tempfile::tempdir().unwrap();
-    let mut down = Background::start(&p, &["down"], &tmp.path().join("down.err"));
-    wait_until("slow is recorded stopping", WAIT, || {
-        row(&p, "slow")["status"] == "stopping"
-    });
+    let (mut down, pid) = slow_stopping_by(&p, &["down"], tmp.path());
     // `up --dry-run` takes the state lock (and needs no service, unlike `start other`,
     // which rightly waits for other's stop to be recorded).
     let t = Instant::now();
@@ -377,8 +363,7 @@ fn a_supervised_down_waits_out_its_grace_period_outside_the_state_lock() {
     );
     assert!(down.running(), "{}", down.stderr());
 
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(down.finish(), Some(0), "{}", down.stderr());
+    kill_slow_then_finish(pid, &mut down);
     assert!(p.ps().is_empty(), "{:?}", p.ps());
     assert!(p.marked().is_empty(), "nothing of the project runs");
 }
@@ -428,13 +413,8 @@ fn a_foreground_ctrl_c_waits_out_its_grace_period_outside_the_state_lock() {
 fn a_supervisor_leaves_another_process_stop_alone_and_reconciles_after_it() {
     let p = project("ossupforeign");
     p.ok(&["up", "-d"]);
-    let pid = row(&p, "slow")["pid"].as_i64().expect("slow runs") as i32;
-    p.remember_pgid(pid);
     let tmp = tempfile::tempdir().unwrap();
-    let mut stop = Background::start(&p, &["ci", "stop", "slow"], &tmp.path().join("ci.err"));
-    wait_until("slow is recorded stopping", WAIT, || {
-        row(&p, "slow")["status"] == "stopping"
-    });
+    let (mut stop, pid) = slow_stopping_by(&p, &["ci", "stop", "slow"], tmp.path());
     // A save: the watcher's pass meets slow (in the file), whose stop is ci stop's.
     let yaml = std::fs::read_to_string(&p.yaml).unwrap();
     std::fs::write(&p.yaml, format!("{yaml}\n# saved again\n")).unwrap();
@@ -448,8 +428,7 @@ fn a_supervisor_leaves_another_process_stop_alone_and_reconciles_after_it() {
     );
     assert!(stop.running(), "{}", stop.stderr());
     assert_eq!(p.leaders_of("slow"), vec![pid], "slow left to its stopper");
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill slow's group");
-    assert_eq!(stop.finish(), Some(0), "{}", stop.stderr());
+    kill_slow_then_finish(pid, &mut stop);
     // No further input: the end of that stop wakes a pass, which runs slow again, once.
     wait_until("slow runs again", WAIT, || {
         row(&p, "slow")["status"] == "running" && p.leaders_of("slow").len() == 1

@@ -12,7 +12,6 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Context;
 use crate::cli::{CiCommand, UpArgs};
-use crate::config::RunType;
 use crate::process::{self, ENV_INSTANCE, ENV_PROJECT, ENV_SERVICE, ENV_STATE, SpawnRequest};
 use crate::readiness::READY_LINE;
 use crate::request::Request;
@@ -197,23 +196,7 @@ fn start(ctx: &Context, a: &StartArgs) -> Result<ExitCode> {
             nonce,
             keep_mirrord_env: true,
         },
-        spec: ServiceSpec {
-            name: String::new(),
-            launcher: ctx.global.launcher,
-            mirrord_config: serde_json::Value::Null.into(),
-            run_type: RunType::Exec,
-            command: a.command.clone(),
-            working_dir: cwd,
-            level: 0,
-            depends_on: Default::default(),
-            restart: Default::default(),
-            max_restarts: None,
-            ready: None,
-            stop_signal: "SIGTERM".into(),
-            stop_timeout_ms: crate::spec::DEFAULT_STOP_TIMEOUT.as_millis() as u64,
-            logging: Default::default(),
-            watch: None,
-        },
+        spec: ServiceSpec::plain(String::new(), ctx.global.launcher, a.command.clone(), cwd),
         out_dir: out_dir.clone(),
     };
     // Recorded and spawned by a pass (the one apply path); always in this process, whether a

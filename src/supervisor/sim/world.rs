@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::Outcome;
-use crate::config::{DependsOn, RestartPolicy, RunType};
+use crate::config::RestartPolicy;
 use crate::desired::Desired;
 use crate::engine::{Engine, LaunchSettings, Reporter, exit_reason, observe_with};
 use crate::plan::{PlanAt, PlanOptions};
@@ -54,21 +54,14 @@ impl World {
         let root = tempfile::tempdir().expect("a temporary directory");
         let store = StateStore::open(root.path(), "p").expect("a state store");
         let spec = ServiceSpec {
-            name: name.into(),
-            launcher: LauncherKind::Local,
             mirrord_config: serde_json::json!({}).into(),
-            run_type: RunType::Exec,
-            command: vec!["sleep".into(), "100".into()],
-            working_dir: root.path().to_owned(),
-            level: 0,
-            depends_on: DependsOn::default(),
             restart: RestartPolicy::Always,
-            max_restarts: None,
-            ready: None,
-            stop_signal: "SIGTERM".into(),
-            stop_timeout_ms: 10_000,
-            logging: Default::default(),
-            watch: None,
+            ..ServiceSpec::plain(
+                name,
+                LauncherKind::Local,
+                vec!["sleep".into(), "100".into()],
+                root.path(),
+            )
         };
         World {
             _root: root,
