@@ -1,6 +1,7 @@
 //! Linux: `/proc` reading (procfs: process stats, environments, markers, listening sockets),
 //! the boot id, pidfds, the child subreaper, and spawning with `posix_spawn` (`spawn`).
 
+pub mod idle;
 pub mod spawn;
 
 use std::collections::HashMap;

@@ -358,11 +358,6 @@ impl Shell<'_> {
                 pass::run_pass(ctx.as_ref(), &settings, &work, &mut reporter)
             };
             reporter.print_failure(&out);
-            // Give back what the pass allocated: the supervisor then idles small.
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe {
-                nix::libc::malloc_trim(0);
-            }
             (out, reporter.clients)
         }));
     }
@@ -451,6 +446,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     );
     shell.carry_out(fx);
 
+    let mut worked = true;
     while shell.exit.is_none() {
         let next_timer = shell
             .timers
@@ -529,6 +525,13 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         shell.carry_out(fx);
         if idle && shell.pass.is_some() {
             reload_in_pass = std::mem::take(&mut reload_pending); // hook (session)
+        }
+        // Nothing in flight after some work: give back what it made resident (freed heap,
+        // the pages of our code it ran), once, before the loop sleeps.
+        worked |= shell.pass.is_some();
+        if worked && shell.pass.is_none() && shell.kill_switches.is_empty() {
+            worked = false;
+            crate::os::idle::release_idle_memory();
         }
     }
     sessions.stop_all(); // hook (session)
