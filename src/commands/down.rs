@@ -12,6 +12,8 @@
 //! `Work::Shutdown { sweep: true }`, whose steps are in `supervisor::shutdown`); `ci stop`
 //! is the same request for some or all records (`Request::CiStop`).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ use crate::supervisor::shutdown::{NOTHING_TO_STOP, supervisor_refusal};
 
 pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<ExitCode> {
     ctx.require_project()?;
+    if !force && let Some(code) = through_listener(ctx, timeout)? {
+        return Ok(code);
+    }
     // A corrupt state file is `stop`'s to report; the supervisor is then unknown anyway.
     let state = ctx.read_state().ok().flatten();
     ctx.ensure_same_file(state.as_ref())?;
@@ -51,18 +56,96 @@ pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<Exit
             Some(why) => refused.push(format!("supervisor: not signalled: {why}")),
         }
     }
-    // Supervisors the state does not record (a lost or corrupt state file) would start the
-    // services again: they go first.
-    for sup in process::find_supervisors(&store.dir) {
+    supervisor_stopped |= stop_unrecorded(ctx, &store.dir, timeout, width, force);
+    stop_inner(ctx, &Request::Down { timeout }, supervisor_stopped, refused)
+}
+
+/// Supervisors the state does not record (a lost or corrupt state file) would start the
+/// services again: they go first. Whether there were any.
+fn stop_unrecorded(
+    ctx: &Context,
+    state_dir: &std::path::Path,
+    timeout: Option<Duration>,
+    width: usize,
+    force: bool,
+) -> bool {
+    let mut any = false;
+    for sup in process::find_supervisors(state_dir) {
         let mut reporter = ctx.reporter(width);
         let how = stop_process(&sup, timeout, force);
         reporter.event(
             "supervisor",
             &format!("{how} (pid {}, found by its marker)", sup.pid),
         );
-        supervisor_stopped = true;
+        any = true;
     }
-    stop_inner(ctx, &Request::Down { timeout }, supervisor_stopped, refused)
+    any
+}
+
+/// What `down` reads of the state before it asks a listening supervisor: the file the project
+/// runs (checked against `-f`) and the recorded names (their width). Every other field is
+/// skipped by serde, not built: at 500 services the whole state is ≈1 MB of records.
+#[derive(serde::Deserialize)]
+struct Skim {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    services: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl Skim {
+    /// `None` when there is no state or it does not parse (the state path reports it).
+    fn read(ctx: &Context) -> Option<Skim> {
+        // No state file: nothing is created here (`ctx.store()` would make the directory).
+        if !ctx.state_dir().ok()?.join("state.json").exists() {
+            return None;
+        }
+        let bytes = std::fs::read(ctx.store().ok()?.state_path()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn width(&self) -> usize {
+        self.services.keys().map(String::len).max().unwrap_or(0)
+    }
+}
+
+/// `down` through the supervisor listening on the project's socket (the common case), as `up
+/// -d` asks it: the state is skimmed, not parsed (the file check and the names' width), the
+/// request goes on the connection the supervisor took, and its exit is waited for on a pidfd.
+/// Afterwards one sweep (the one-shot pass: CI sessions, anything still carrying the
+/// project's markers), as before; the `/proc` search for supervisors the state does not
+/// record is left out when the state is readable and records none: the listener was the
+/// registered supervisor (registration refuses while a live one is recorded), and only a
+/// lost or corrupt state hides one. `None`: no such supervisor; the state decides, as before.
+fn through_listener(ctx: &Context, timeout: Option<Duration>) -> Result<Option<ExitCode>> {
+    let Some(skim) = Skim::read(ctx) else {
+        return Ok(None);
+    };
+    ctx.ensure_same_path(skim.file.as_deref())?;
+    let Some((stream, socket, pid)) = super::up::listening(ctx) else {
+        return Ok(None);
+    };
+    let store = ctx.store()?;
+    let Ok(process) = ProcessIdentity::of(pid, None) else {
+        return Ok(None);
+    };
+    if supervisor_refusal(&process, &store.dir).is_some() {
+        return Ok(None);
+    }
+    let mut reporter = ctx.reporter(skim.width());
+    let asked = crate::supervisor::control::request_on(
+        stream,
+        &socket,
+        &crate::supervisor::control::Request::Shutdown {
+            timeout_s: timeout.map(|t| t.as_secs_f64()),
+        },
+        reporter.as_mut(),
+    );
+    await_exit(&process, asked, timeout);
+    if !matches!(ctx.read_state(), Ok(Some(s)) if s.supervisor.is_none()) {
+        stop_unrecorded(ctx, &store.dir, timeout, skim.width(), false);
+    }
+    stop_inner(ctx, &Request::Down { timeout }, true, Vec::new()).map(Some)
 }
 
 /// SIGTERM (SIGKILL with `force`), the grace period, then SIGKILL; only while `id` is still
@@ -106,24 +189,28 @@ fn stop_supervisor(
         },
         reporter.as_mut(),
     );
+    await_exit(&sup.process, asked, timeout);
+}
+
+/// After the supervisor `sup` was asked to shut down (`asked`: its answer): waits for its exit
+/// (its pidfd); one that did not answer gets SIGTERM, one that hangs SIGKILL.
+fn await_exit(sup: &ProcessIdentity, asked: Result<(bool, String)>, timeout: Option<Duration>) {
     let grace = timeout.unwrap_or(crate::spec::DEFAULT_STOP_TIMEOUT) + Duration::from_secs(5);
     match asked {
         Ok((true, _)) => {}
         Ok((false, msg)) => eprintln!("warning: the supervisor said: {msg}"),
         Err(e) => {
             eprintln!("warning: {e:#}; stopping it with SIGTERM");
-            process::signal_if_same(sup.process.pid, sup.process.start_time, Signal::SIGTERM);
+            process::signal_if_same(sup.pid, sup.start_time, Signal::SIGTERM);
         }
     }
-    if !process::wait_gone(&sup.process, grace)
-        && sup.process.liveness() == process::Liveness::Alive
-    {
+    if !process::wait_gone(sup, grace) && sup.liveness() == process::Liveness::Alive {
         eprintln!(
             "warning: the supervisor (pid {}) did not exit; killing it",
-            sup.process.pid
+            sup.pid
         );
-        process::signal_if_same(sup.process.pid, sup.process.start_time, Signal::SIGKILL);
-        process::wait_gone(&sup.process, Duration::from_secs(5));
+        process::signal_if_same(sup.pid, sup.start_time, Signal::SIGKILL);
+        process::wait_gone(sup, Duration::from_secs(5));
     }
 }
 

@@ -345,10 +345,15 @@ impl Context {
     /// Refuses to act on a state that another file of the same project name recorded, unless
     /// the project was named with `-p` (as `up` refuses through a running supervisor).
     pub fn ensure_same_file(&self, state: Option<&crate::state::State>) -> Result<()> {
+        self.ensure_same_path(state.and_then(|s| s.file.as_deref()))
+    }
+
+    /// [`Self::ensure_same_file`] given the file the state records.
+    pub fn ensure_same_path(&self, theirs: Option<&Path>) -> Result<()> {
         if self.project_explicit() {
             return Ok(());
         }
-        let (Some(ours), Some(theirs)) = (&self.file, state.and_then(|s| s.file.as_ref())) else {
+        let (Some(ours), Some(theirs)) = (&self.file, theirs) else {
             return Ok(());
         };
         if ours != theirs {

@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
     // `up --detach` while a supervisor listens (the common no-op case): hand it the request
     // without reading the state first; it reads the file and the state itself.
     if args.detach
-        && let Some((stream, socket)) = listening(ctx)
+        && let Some((stream, socket, _)) = listening(ctx)
     {
         // Named services are checked against the file here, as below.
         if !args.services.is_empty() {
@@ -75,14 +75,17 @@ pub fn run(ctx: &Context, args: &UpArgs) -> Result<ExitCode> {
 /// directory (checked as every state directory is, never created here) and is alive: a
 /// supervisor killed a moment ago can still take a connection while its last threads exit
 /// (its listener closes with them), so the listening process must not be a zombie — as the
-/// state's record would have been checked. Otherwise the state decides, as before.
-fn listening(ctx: &Context) -> Option<(std::os::unix::net::UnixStream, std::path::PathBuf)> {
+/// state's record would have been checked. Otherwise the state decides, as before. Also
+/// returns the listener's PID (`SO_PEERCRED`).
+pub(crate) fn listening(
+    ctx: &Context,
+) -> Option<(std::os::unix::net::UnixStream, std::path::PathBuf, i32)> {
     let dir = crate::fsutil::SafeDir::open(&ctx.state_dir().ok()?, false).ok()?;
     let socket = dir.path().join(control::SOCKET);
     let stream = control::connect_now(&socket)?;
     let pid = control::peer_pid(&stream)?;
     let live = crate::os::proc_info(pid).is_ok_and(|p| !p.zombie);
-    live.then_some((stream, socket))
+    live.then_some((stream, socket, pid))
 }
 
 /// The reporter of a forwarded `up`, whose names are padded to the longest recorded name:

@@ -1,0 +1,145 @@
+//! `down` through the supervisor listening on the project's socket: the client skims the
+//! state (the file check, the names' width) instead of parsing it, asks on the connection the
+//! supervisor took, waits for its exit on a pidfd, and still sweeps the project's markers once
+//! afterwards: a process carrying them that the supervisor never knew goes too.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Project, Running, alive, service, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn local(name: &str) -> Project {
+    let mut p = Project::new(name);
+    p.globals = vec!["--launcher".into(), "local".into()];
+    p
+}
+
+fn run(p: &Project, args: &[&str]) -> common::Out {
+    Running::start(p.command(args), format!("mirrord-up {}", args.join(" "))).wait()
+}
+
+/// The supervisor's PID, from the state file.
+fn supervisor(p: &Project) -> i32 {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.state_file()).expect("state")).unwrap();
+    state["supervisor"]["process"]["pid"]
+        .as_i64()
+        .expect("a supervisor") as i32
+}
+
+/// Kills what the project runs (by PID) when a test fails early.
+struct Guard<'a>(&'a Project, Vec<i32>);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        for (s, _) in self.0.marked() {
+            let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+        }
+        for pid in &self.1 {
+            if alive(*pid) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn down_through_the_supervisor_still_stops_a_marked_process_it_never_knew() {
+    let p = local("down-listener");
+    p.write_yaml(&common::yaml(&[
+        service("a", &["sleep", "1000"], &[]),
+        service("b", &["sleep", "1000"], &[]),
+    ]));
+    let out = run(&p, &["up", "--detach"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let sup = supervisor(&p);
+    let services: Vec<i32> = p.pids().into_values().collect();
+    assert_eq!(services.len(), 2, "{out}");
+    // A leftover of the project (its markers, its own session) that is neither recorded nor
+    // the supervisor's descendant: only the sweep after the supervisor's exit finds it.
+    let dir = p.state_dir.clone();
+    let mut ghost = Command::new("sleep");
+    ghost
+        .arg("1000")
+        .env("MIRRORD_UP_STATE", &dir)
+        .env("MIRRORD_UP_SERVICE", "ghost")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        ghost.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut ghost = ghost.spawn().expect("spawn the leftover");
+    let ghost_pid = ghost.id() as i32;
+    let guard = Guard(&p, vec![sup, ghost_pid]);
+    wait_until("the leftover carries the markers", WAIT, || {
+        p.marked().iter().any(|(s, _)| s.pid == ghost_pid)
+    });
+
+    let out = run(&p, &["down"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !alive(sup),
+        "the supervisor is gone when `down` returns: {out}"
+    );
+    for pid in &services {
+        assert!(!alive(*pid), "service pid {pid} alive after down: {out}");
+    }
+    // Our child: collected here, so `alive` sees it gone rather than a zombie.
+    let status = ghost.wait().expect("wait for the leftover");
+    assert!(!status.success(), "the leftover was signalled: {status:?}");
+    assert!(
+        out.stderr.contains("ghost") && out.stderr.contains("found by its markers"),
+        "the sweep says what it stopped: {out}"
+    );
+    assert!(
+        p.marked().is_empty(),
+        "nothing of the project is left: {out}"
+    );
+    drop(guard);
+}
+
+#[test]
+fn down_asks_the_supervisor_on_its_socket_even_when_the_state_lost_its_record() {
+    let p = local("down-listener-unrecorded");
+    p.write_yaml(&common::yaml(&[service("a", &["sleep", "1000"], &[])]));
+    let out = run(&p, &["up", "--detach"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let sup = supervisor(&p);
+    let services: Vec<i32> = p.pids().into_values().collect();
+    let guard = Guard(&p, vec![sup]);
+    // The state forgets its supervisor (an edit, an older build's save): the socket still
+    // names the one that listens.
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.state_file()).unwrap()).unwrap();
+    state.as_object_mut().unwrap().remove("supervisor");
+    std::fs::write(p.state_file(), serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let out = run(&p, &["down"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !alive(sup),
+        "the supervisor is gone when `down` returns: {out}"
+    );
+    for pid in &services {
+        assert!(!alive(*pid), "service pid {pid} alive after down: {out}");
+    }
+    // Asked, not found by its marker and signalled: it stopped its services as a `down`.
+    assert!(out.stderr.contains("down requested"), "{out}");
+    assert!(!out.stderr.contains("found by its marker"), "{out}");
+    assert!(
+        p.marked().is_empty(),
+        "nothing of the project is left: {out}"
+    );
+    drop(guard);
+}
