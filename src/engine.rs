@@ -507,7 +507,7 @@ impl<'a> Engine<'a> {
             .state
             .services
             .entry(spec.name.clone())
-            .or_insert_with(|| new_record(spec, log_path));
+            .or_insert_with(|| new_record(spec, log_path).into());
         rec.spec = Arc::new(spec.clone());
         rec.config_hash = spec.hash();
         rec.status = status;
@@ -584,7 +584,8 @@ impl<'a> Engine<'a> {
         for (std::cmp::Reverse(level_no), level) in by_level {
             let mut requests = Vec::new();
             for item in &level {
-                let rec = self.state.services.get_mut(&item.name).expect("present");
+                let rec: &mut ServiceRecord =
+                    self.state.services.get_mut(&item.name).expect("present");
                 // A process that already ended and was settled (exited, failed, in back-off)
                 // is not signalled, and its last exit stays what it was.
                 let settled = matches!(
@@ -805,8 +806,9 @@ impl<'a> Engine<'a> {
                         crash_streak: old.crash_streak,
                         ..fresh.clone()
                     }
+                    .into()
                 })
-                .or_insert(fresh);
+                .or_insert(fresh.into());
             rec.spawn_nonce = Some(req.nonce.clone());
             rec.log_offset = offset;
             rec.argv = std::iter::once(req.program.display().to_string())

@@ -47,7 +47,7 @@ impl World {
     fn on_disk(&self, service: &str) -> Option<ServiceRecord> {
         let bytes = std::fs::read(&self.state_file).ok()?;
         let state: State = serde_json::from_slice(&bytes).ok()?;
-        state.services.get(service).cloned()
+        state.services.get(service).map(|r| ServiceRecord::clone(r))
     }
 
     fn spawned(&self) -> Vec<String> {
@@ -260,10 +260,10 @@ fn a_failed_spawn_leaves_the_state_consistent_and_its_dependents_unstarted() {
     assert_eq!(web.last_reason.as_deref(), Some(failed["web"].as_str()));
     assert_eq!(engine.state.services["api"].status, Status::Running);
     // What is on disk is what the engine holds.
-    assert_eq!(world.on_disk("web").as_ref(), Some(web));
+    assert_eq!(world.on_disk("web").as_ref(), Some(&**web));
     assert_eq!(
         world.on_disk("api").as_ref(),
-        Some(&engine.state.services["api"])
+        Some(&*engine.state.services["api"])
     );
 }
 
