@@ -448,3 +448,84 @@ fn a_crash_backs_off_and_the_engine_restarts_it_when_the_plan_says_it_is_due() {
         ]
     );
 }
+
+/// A finished stop recorded for the next save (`record_finished_stops`: a start follows in the
+/// same pass) is on disk with that save, and its stop lock is let go by it; a pass that ends
+/// without a save lets the lock go too.
+#[test]
+fn a_finished_stop_left_to_the_next_save_goes_with_it_and_its_stop_lock_is_let_go() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let world = World::new(&f.store);
+    let mut events = Events::default();
+    let api = spec(&dir, "api", 0, &[]);
+    let mut engine = Engine::new(
+        &f.store,
+        &f.lock,
+        State::new("p"),
+        LaunchSettings::default(),
+        &mut events,
+    )
+    .with_seams(&world, &world, &world);
+    let first = crate::plan::plan(
+        &desired(vec![api.clone()]),
+        &Observed::new(),
+        PlanOptions::default(),
+    );
+    engine.apply_plan(&first).unwrap();
+    let identity = engine.state.services["api"].process.clone().unwrap();
+    // The loop signalled it: recorded `stopping`, its stop lock held by this process.
+    let stopping = |engine: &mut Engine<'_>| {
+        let rec = engine.state.services.get_mut("api").unwrap();
+        rec.status = Status::Stopping;
+        rec.process = Some(identity.clone());
+        let identity = identity.clone();
+        engine.save().unwrap();
+        assert!(crate::stop_owner::take(engine.store, "api"));
+        let pending = PendingStop {
+            name: "api".into(),
+            why: "config changed".into(),
+            remove: false,
+            level: 0,
+            request: StopRequest {
+                name: "api".into(),
+                identity,
+                signal: Signal::SIGTERM,
+                timeout: Duration::from_secs(1),
+            },
+        };
+        let outcome = StopOutcome {
+            name: "api".into(),
+            killed: false,
+            survivors: Vec::new(),
+            refused: None,
+            escaped: Vec::new(),
+        };
+        vec![(pending, outcome)]
+    };
+    let done = stopping(&mut engine);
+    let mut report = ApplyReport::default();
+    engine.record_finished_stops(&done, &mut report);
+    assert_eq!(engine.state.services["api"].status, Status::Exited);
+    assert_eq!(
+        world.on_disk("api").map(|r| r.status),
+        Some(Status::Stopping),
+        "not saved yet"
+    );
+    assert!(crate::stop_owner::ours(&f.store, "api"), "let go unsaved");
+    engine.save().unwrap();
+    assert_eq!(world.on_disk("api").map(|r| r.status), Some(Status::Exited));
+    assert!(
+        !crate::stop_owner::ours(&f.store, "api"),
+        "kept after the save"
+    );
+    // Recorded, and the pass ends without a save (it failed): the lock is let go all the same.
+    let done = stopping(&mut engine);
+    engine.record_finished_stops(&done, &mut report);
+    assert!(crate::stop_owner::ours(&f.store, "api"));
+    drop(engine);
+    assert!(
+        !crate::stop_owner::ours(&f.store, "api"),
+        "kept by an engine gone"
+    );
+}
