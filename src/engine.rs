@@ -648,6 +648,7 @@ impl<'a> Engine<'a> {
             }
             if self.settings.defer_stops {
                 // The loop watches the stop (`PendingStop`); what needs no wait is done now.
+                let mut removed = false;
                 for item in level {
                     match requests.iter().find(|r| r.name == item.name) {
                         Some(r) => report.deferred.push(PendingStop {
@@ -660,11 +661,17 @@ impl<'a> Engine<'a> {
                         None if item.remove => {
                             reporter_note(self.reporter, &item.name, &item.why);
                             self.state.services.remove(&item.name);
+                            removed = true;
                         }
                         None => {}
                     }
                 }
-                self.save()?;
+                // What was signalled is saved (above); a removal is saved now. Nothing else
+                // changed here: what the pass changed before is saved by the next save (a
+                // start's intent, or the pass's last).
+                if removed {
+                    self.save()?;
+                }
                 continue;
             }
             let reasons: BTreeMap<&String, &String> =

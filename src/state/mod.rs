@@ -498,6 +498,8 @@ impl StateStore {
         // nothing recorded runs (another boot), and ext4 (`auto_da_alloc`) and its peers flush
         // a file renamed over another before the rename is committed.
         let written = write_private_unsynced(&path, &text);
+        #[cfg(test)]
+        last::FILE_WRITES.with(|n| n.set(n.get() + 1));
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
         match written {
             Ok(()) => {
@@ -549,6 +551,8 @@ mod last {
     thread_local! {
         /// State files this thread read from disk (a test runs on a thread of its own).
         pub(super) static FILE_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// State files this thread wrote.
+        pub(super) static FILE_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     fn id_from(m: &std::fs::Metadata) -> FileId {
@@ -663,6 +667,12 @@ mod last {
         let w = current(&last, path)?;
         Some(w.state.services.get(service).map(|r| r.log_offset))
     }
+}
+
+/// How many times this thread wrote a state file (tests count the saves of a pass).
+#[cfg(test)]
+pub(crate) fn writes_on_this_thread() -> usize {
+    last::FILE_WRITES.with(std::cell::Cell::get)
 }
 
 /// A state's compact JSON, and the span of each record's value in it (in name order).
