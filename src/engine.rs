@@ -229,6 +229,27 @@ pub struct LaunchSettings {
     pub defer_sessions: bool,
 }
 
+/// Finished stops recorded in the engine's state and not saved yet; let go when saved, or
+/// when the engine ends (a pass that fails before its save).
+struct UnsavedStops<'a> {
+    store: &'a StateStore,
+    names: Vec<String>,
+}
+
+impl UnsavedStops<'_> {
+    fn release(&mut self) {
+        for name in self.names.drain(..) {
+            crate::stop_owner::release(self.store, &name);
+        }
+    }
+}
+
+impl Drop for UnsavedStops<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// The executor, holding the state lock for its whole life.
 pub struct Engine<'a> {
     pub store: &'a StateStore,
@@ -241,6 +262,9 @@ pub struct Engine<'a> {
     /// What the last `save` wrote (so that a caller's final save is skipped when it would
     /// write the same again).
     last_saved: Option<State>,
+    /// Services whose finished stop is recorded in `state` but not saved yet: their stop
+    /// locks (`stop_owner`) are let go by the next save, or when the engine ends.
+    unsaved_stops: UnsavedStops<'a>,
     /// Spawns services (the real one, or a fake in unit tests).
     pub launcher: &'a dyn Launcher,
     /// Looks at and stops processes.
@@ -265,6 +289,10 @@ impl<'a> Engine<'a> {
             reporter,
             children: BTreeMap::new(),
             last_saved: None,
+            unsaved_stops: UnsavedStops {
+                store,
+                names: Vec::new(),
+            },
             launcher: &crate::seams::REAL,
             processes: &crate::seams::REAL,
             clock: &crate::seams::REAL,
@@ -290,7 +318,9 @@ impl<'a> Engine<'a> {
     }
 
     pub fn save(&mut self) -> Result<(), StateError> {
-        self.store.save(self.lock, &self.state)?;
+        let saved = self.store.save(self.lock, &self.state);
+        self.release_unsaved_stops();
+        saved?;
         self.last_saved = Some(self.state.clone());
         Ok(())
     }
@@ -298,9 +328,15 @@ impl<'a> Engine<'a> {
     /// Saves unless the state equals `loaded` (what was read) or what was saved last.
     pub fn save_if_changed(&mut self, loaded: &State) -> Result<(), StateError> {
         if &self.state == loaded || self.last_saved.as_ref() == Some(&self.state) {
+            self.release_unsaved_stops();
             return Ok(());
         }
         self.save()
+    }
+
+    /// The stops recorded since the last save are nobody's any more (`stop_owner`).
+    fn release_unsaved_stops(&mut self) {
+        self.unsaved_stops.release();
     }
 
     /// Finishes what a crashed run left: a record with a spawn nonce but no process identity
@@ -507,7 +543,7 @@ impl<'a> Engine<'a> {
             .state
             .services
             .entry(spec.name.clone())
-            .or_insert_with(|| new_record(spec, log_path));
+            .or_insert_with(|| new_record(spec, log_path).into());
         rec.spec = Arc::new(spec.clone());
         rec.config_hash = spec.hash();
         rec.status = status;
@@ -584,7 +620,8 @@ impl<'a> Engine<'a> {
         for (std::cmp::Reverse(level_no), level) in by_level {
             let mut requests = Vec::new();
             for item in &level {
-                let rec = self.state.services.get_mut(&item.name).expect("present");
+                let rec: &mut ServiceRecord =
+                    self.state.services.get_mut(&item.name).expect("present");
                 // A process that already ended and was settled (exited, failed, in back-off)
                 // is not signalled, and its last exit stays what it was.
                 let settled = matches!(
@@ -611,6 +648,7 @@ impl<'a> Engine<'a> {
             }
             if self.settings.defer_stops {
                 // The loop watches the stop (`PendingStop`); what needs no wait is done now.
+                let mut removed = false;
                 for item in level {
                     match requests.iter().find(|r| r.name == item.name) {
                         Some(r) => report.deferred.push(PendingStop {
@@ -623,11 +661,17 @@ impl<'a> Engine<'a> {
                         None if item.remove => {
                             reporter_note(self.reporter, &item.name, &item.why);
                             self.state.services.remove(&item.name);
+                            removed = true;
                         }
                         None => {}
                     }
                 }
-                self.save()?;
+                // What was signalled is saved (above); a removal is saved now. Nothing else
+                // changed here: what the pass changed before is saved by the next save (a
+                // start's intent, or the pass's last).
+                if removed {
+                    self.save()?;
+                }
                 continue;
             }
             let reasons: BTreeMap<&String, &String> =
@@ -705,6 +749,20 @@ impl<'a> Engine<'a> {
         done: &[(PendingStop, StopOutcome)],
         report: &mut ApplyReport,
     ) -> Result<(), StateError> {
+        self.record_finished_stops(done, report);
+        self.save()
+    }
+
+    /// As [`Engine::finish_stops`], left to the next save: a start that follows in the same
+    /// pass saves its intent (`start_level`) before it spawns anything, and that save carries
+    /// these records too. Until then the stops stay owned (`stop_owner`); should the pass end
+    /// without a save, they are let go unrecorded, as after a crash: the processes are gone,
+    /// and the next pass finds them so.
+    pub fn record_finished_stops(
+        &mut self,
+        done: &[(PendingStop, StopOutcome)],
+        report: &mut ApplyReport,
+    ) {
         for (p, o) in done {
             let current = self.state.services.get(&p.name).is_some_and(|r| {
                 r.status == Status::Stopping
@@ -725,12 +783,10 @@ impl<'a> Engine<'a> {
             };
             self.record_stop(&item, Some(&p.request), Some(o), report);
         }
-        let saved = self.save();
-        // Recorded: the stop is nobody's any more (`stop_owner`).
-        for (p, _) in done {
-            crate::stop_owner::release(self.store, &p.name);
-        }
-        saved
+        // Once saved, the stop is nobody's any more.
+        self.unsaved_stops
+            .names
+            .extend(done.iter().map(|(p, _)| p.name.clone()));
     }
 
     /// Spawns the services of one level. Returns the names that failed.
@@ -805,8 +861,9 @@ impl<'a> Engine<'a> {
                         crash_streak: old.crash_streak,
                         ..fresh.clone()
                     }
+                    .into()
                 })
-                .or_insert(fresh);
+                .or_insert(fresh.into());
             rec.spawn_nonce = Some(req.nonce.clone());
             rec.log_offset = offset;
             rec.argv = std::iter::once(req.program.display().to_string())

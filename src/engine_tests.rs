@@ -47,7 +47,7 @@ impl World {
     fn on_disk(&self, service: &str) -> Option<ServiceRecord> {
         let bytes = std::fs::read(&self.state_file).ok()?;
         let state: State = serde_json::from_slice(&bytes).ok()?;
-        state.services.get(service).cloned()
+        state.services.get(service).map(|r| ServiceRecord::clone(r))
     }
 
     fn spawned(&self) -> Vec<String> {
@@ -260,10 +260,10 @@ fn a_failed_spawn_leaves_the_state_consistent_and_its_dependents_unstarted() {
     assert_eq!(web.last_reason.as_deref(), Some(failed["web"].as_str()));
     assert_eq!(engine.state.services["api"].status, Status::Running);
     // What is on disk is what the engine holds.
-    assert_eq!(world.on_disk("web").as_ref(), Some(web));
+    assert_eq!(world.on_disk("web").as_ref(), Some(&**web));
     assert_eq!(
         world.on_disk("api").as_ref(),
-        Some(&engine.state.services["api"])
+        Some(&*engine.state.services["api"])
     );
 }
 
@@ -447,4 +447,146 @@ fn a_crash_backs_off_and_the_engine_restarts_it_when_the_plan_says_it_is_due() {
             "started (pid 1001): restart policy (exit code 3)",
         ]
     );
+}
+
+/// A finished stop recorded for the next save (`record_finished_stops`: a start follows in the
+/// same pass) is on disk with that save, and its stop lock is let go by it; a pass that ends
+/// without a save lets the lock go too.
+#[test]
+fn a_finished_stop_left_to_the_next_save_goes_with_it_and_its_stop_lock_is_let_go() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let world = World::new(&f.store);
+    let mut events = Events::default();
+    let api = spec(&dir, "api", 0, &[]);
+    let mut engine = Engine::new(
+        &f.store,
+        &f.lock,
+        State::new("p"),
+        LaunchSettings::default(),
+        &mut events,
+    )
+    .with_seams(&world, &world, &world);
+    let first = crate::plan::plan(
+        &desired(vec![api.clone()]),
+        &Observed::new(),
+        PlanOptions::default(),
+    );
+    engine.apply_plan(&first).unwrap();
+    let identity = engine.state.services["api"].process.clone().unwrap();
+    let done = signalled_by_the_loop(&mut engine, &identity);
+    let mut report = ApplyReport::default();
+    engine.record_finished_stops(&done, &mut report);
+    assert_eq!(engine.state.services["api"].status, Status::Exited);
+    assert_eq!(
+        world.on_disk("api").map(|r| r.status),
+        Some(Status::Stopping),
+        "not saved yet"
+    );
+    assert!(crate::stop_owner::ours(&f.store, "api"), "let go unsaved");
+    engine.save().unwrap();
+    assert_eq!(world.on_disk("api").map(|r| r.status), Some(Status::Exited));
+    assert!(
+        !crate::stop_owner::ours(&f.store, "api"),
+        "kept after the save"
+    );
+    // Recorded, and the pass ends without a save (it failed): the lock is let go all the same.
+    let done = signalled_by_the_loop(&mut engine, &identity);
+    engine.record_finished_stops(&done, &mut report);
+    assert!(crate::stop_owner::ours(&f.store, "api"));
+    drop(engine);
+    assert!(
+        !crate::stop_owner::ours(&f.store, "api"),
+        "kept by an engine gone"
+    );
+}
+
+/// The loop signalled `api` (process `identity`): recorded `stopping` and saved, its stop lock
+/// held by this process. Returns the stop with its outcome (it ended on its signal).
+fn signalled_by_the_loop(
+    engine: &mut Engine<'_>,
+    identity: &ProcessIdentity,
+) -> Vec<(PendingStop, StopOutcome)> {
+    let rec = engine.state.services.get_mut("api").unwrap();
+    rec.status = Status::Stopping;
+    rec.process = Some(identity.clone());
+    engine.save().unwrap();
+    assert!(crate::stop_owner::take(engine.store, "api"));
+    let pending = PendingStop {
+        name: "api".into(),
+        why: "config changed".into(),
+        remove: false,
+        level: 0,
+        request: StopRequest {
+            name: "api".into(),
+            identity: identity.clone(),
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(1),
+        },
+    };
+    let outcome = StopOutcome {
+        name: "api".into(),
+        killed: false,
+        survivors: Vec::new(),
+        refused: None,
+        escaped: Vec::new(),
+    };
+    vec![(pending, outcome)]
+}
+
+/// The loop's Finish pass of a restart: the stop it watched is recorded, the restart's own
+/// stop finds nothing left to signal and saves nothing, the start's intent save carries the
+/// stop, then the spawned process is saved: two writes, the intent on disk before the spawn.
+#[test]
+fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let world = World::new(&f.store);
+    let mut events = Events::default();
+    let api = spec(&dir, "api", 0, &[]);
+    let settings = LaunchSettings {
+        defer_stops: true,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(&f.store, &f.lock, State::new("p"), settings, &mut events)
+        .with_seams(&world, &world, &world);
+    let first = crate::plan::plan(
+        &desired(vec![api.clone()]),
+        &Observed::new(),
+        PlanOptions::default(),
+    );
+    engine.apply_plan(&first).unwrap();
+    let identity = engine.state.services["api"].process.clone().unwrap();
+    // The watcher pass planned the restart; the loop stopped the old process.
+    let mut new = api.clone();
+    new.mirrord_config = json!({"feature": {"env": {"override": {"N": "2"}}}}).into();
+    let restart = crate::plan::plan(
+        &desired(vec![new]),
+        &observe_with(&engine.state, &world),
+        PlanOptions::default(),
+    );
+    assert_eq!(restart.steps[0].action, Action::Restart);
+    let done = signalled_by_the_loop(&mut engine, &identity);
+    world.pids.end(identity.pid);
+    let mut report = ApplyReport::default();
+    let writes = crate::state::writes_on_this_thread();
+    engine.record_finished_stops(&done, &mut report);
+    let applied = engine.apply_plan(&restart).unwrap();
+    assert!(applied.ok() && applied.deferred.is_empty(), "{applied:?}");
+    assert_eq!(
+        crate::state::writes_on_this_thread() - writes,
+        2,
+        "the intent (with the stop), then the spawned process"
+    );
+    let spawns = world.spawns.borrow();
+    let (_, _, at_spawn) = spawns.last().unwrap();
+    let at_spawn = at_spawn.as_ref().expect("recorded before its spawn");
+    assert!(at_spawn.spawn_nonce.is_some() && at_spawn.process.is_none());
+    assert!(
+        !crate::stop_owner::ours(&f.store, "api"),
+        "kept after the save"
+    );
+    let rec = &engine.state.services["api"];
+    assert_eq!(rec.status, Status::Running);
+    assert_ne!(rec.process.as_ref().unwrap().pid, identity.pid);
 }

@@ -357,8 +357,11 @@ impl Watchers {
         running: &[(String, ProcessIdentity)],
         publish: &Publish,
     ) {
+        // By name, once: a lookup per watcher, not a walk of every running service.
+        let pids: std::collections::HashMap<&str, i32> =
+            running.iter().map(|(n, id)| (n.as_str(), id.pid)).collect();
         self.running.retain(|name, (pid, stop)| {
-            let keep = running.iter().any(|(n, id)| n == name && id.pid == *pid);
+            let keep = pids.get(name.as_str()) == Some(pid);
             if !keep && let Some(stop) = stop {
                 stop.flag.store(true, Ordering::Relaxed);
             }

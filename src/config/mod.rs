@@ -296,7 +296,9 @@ pub struct UpDocument {
     /// What is parsed: `rendered` with merge keys applied and `x-*` keys dropped
     /// (`config --yaml`).
     pub resolved: String,
-    pub file: UpFile,
+    /// Shared: the supervisor keeps the document it loaded last and hands out copies of it
+    /// every pass (`last_plain`); the parsed services are most of it and never change.
+    pub file: std::sync::Arc<UpFile>,
     /// The session key the file was rendered with.
     pub key: String,
     /// Contents of `env_file`s, by service, read once at load time.
@@ -452,7 +454,7 @@ impl UpDocument {
             dir,
             rendered: text.clone(),
             resolved: text,
-            file,
+            file: file.into(),
             key,
             env_files: BTreeMap::new(),
             base_configs: BTreeMap::new(),
@@ -526,7 +528,7 @@ impl UpDocument {
             dir,
             resolved: parsed.resolved.unwrap_or_else(|| rendered.clone()),
             rendered,
-            file: parsed.file,
+            file: parsed.file.into(),
             key,
             env_files: BTreeMap::new(),
             base_configs: BTreeMap::new(),

@@ -269,7 +269,61 @@ pub struct State {
     #[serde(default)]
     pub target_cache: BTreeMap<String, String>,
     #[serde(default)]
-    pub services: BTreeMap<String, ServiceRecord>,
+    pub services: BTreeMap<String, SharedRecord>,
+}
+
+/// A record shared by the copies of a state (the pass's `before`, the copy this process keeps
+/// of what it saved last, the state a read returns): copying a state copies a pointer per
+/// record, and a record is copied only when one copy changes it (`Arc::make_mut` behind
+/// `DerefMut`). Two copies of one record compare equal without looking inside.
+///
+/// Reading through it (`rec.status`) never copies; only a write through `&mut` does, and then
+/// only while another copy of the state shares the record.
+#[derive(Debug, Clone)]
+pub struct SharedRecord(std::sync::Arc<ServiceRecord>);
+
+impl SharedRecord {
+    /// The same record (not an equal one): nothing was written to it since the copy.
+    pub fn same(a: &SharedRecord, b: &SharedRecord) -> bool {
+        std::sync::Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl std::ops::Deref for SharedRecord {
+    type Target = ServiceRecord;
+    fn deref(&self) -> &ServiceRecord {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SharedRecord {
+    fn deref_mut(&mut self) -> &mut ServiceRecord {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<ServiceRecord> for SharedRecord {
+    fn from(r: ServiceRecord) -> SharedRecord {
+        SharedRecord(std::sync::Arc::new(r))
+    }
+}
+
+impl PartialEq for SharedRecord {
+    fn eq(&self, other: &SharedRecord) -> bool {
+        SharedRecord::same(self, other) || *self.0 == *other.0
+    }
+}
+
+impl Serialize for SharedRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        ServiceRecord::deserialize(d).map(SharedRecord::from)
+    }
 }
 
 impl State {
@@ -291,7 +345,10 @@ impl State {
     }
 
     pub fn records(&self, kind: RecordKind) -> impl Iterator<Item = (&String, &ServiceRecord)> {
-        self.services.iter().filter(move |(_, r)| r.kind == kind)
+        self.services
+            .iter()
+            .filter(move |(_, r)| r.kind == kind)
+            .map(|(n, r)| (n, &**r))
     }
 }
 
@@ -336,24 +393,25 @@ impl StateStore {
 
     /// Reads without locking (for `ps`, `plan`, `logs`): the file is only ever replaced by
     /// rename, so a reader sees one whole version. Absent → `None`. The version this process
-    /// saved last is not parsed again: its bytes are compared ([`last`]).
+    /// saved or read last is not read again while the file's identity is unchanged ([`last`]:
+    /// device, inode, size, mtime and ctime — one `stat`).
     pub fn read(&self) -> Result<Option<State>> {
         let path = self.state_path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        if let Some(state) = last::state_if_current(&path) {
+            return Ok(Some(state));
+        }
+        let (bytes, id) = match last::read_with_id(&path) {
+            Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
-        if let Some(state) = last::state_if_written(&path, &bytes) {
-            return Ok(Some(state));
-        }
-        parse(&bytes)
-            .map(Some)
-            .map_err(|reason| StateError::Corrupt {
-                kept: path.clone(),
-                path,
-                reason,
-            })
+        let state = parse(&bytes).map_err(|reason| StateError::Corrupt {
+            kept: path.clone(),
+            path: path.clone(),
+            reason,
+        })?;
+        last::put_read(&path, id, &state);
+        Ok(Some(state))
     }
 
     /// The recorded log offset of one service, read without building the whole state (it is
@@ -440,6 +498,8 @@ impl StateStore {
         // nothing recorded runs (another boot), and ext4 (`auto_da_alloc`) and its peers flush
         // a file renamed over another before the rename is committed.
         let written = write_private_unsynced(&path, &text);
+        #[cfg(test)]
+        last::FILE_WRITES.with(|n| n.set(n.get() + 1));
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
         match written {
             Ok(()) => {
@@ -452,12 +512,17 @@ impl StateStore {
     }
 }
 
-/// The state this process saved last, with the identity of the file it wrote (device,
-/// inode, size, mtime) and its bytes. Every save replaces the file by rename, so another
-/// writer's version is another inode; comparing the bytes also catches an in-place rewrite.
-/// A read of that very version is a copy of the state, not a parse (the supervisor reads
-/// the state at the start of every pass, and it is what it saved at the end of the last
-/// one); a save of an equal state while the file is that version writes nothing.
+/// The state this process saved or read last, with the identity of the file (device, inode,
+/// size, mtime, ctime) and, for a version it wrote, its bytes. Every save replaces the file by
+/// rename, so another writer's version (a one-shot `restart`, `stop`) is another inode; an
+/// in-place rewrite changes the ctime, which no user can set back (`touch -r` restores the
+/// mtime only, and itself moves the ctime). A read of that very version is a copy of the
+/// state (records shared), not a read of the file: the supervisor reads the state at the start
+/// of every pass, and it is what it saved at the end of the last one. A save of an equal state
+/// while the file is that version writes nothing.
+///
+/// What this cannot see: a rewrite in place, of the same size, with the mtime set back, within
+/// one tick of the kernel's file clock (a few ms) after this process's own write or read.
 mod last {
     use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
@@ -466,39 +531,97 @@ mod last {
 
     use super::State;
 
-    type FileId = (u64, u64, u64, i64, i64);
+    /// (device, inode, size, mtime s, mtime ns, ctime s, ctime ns)
+    pub(super) type FileId = (u64, u64, u64, i64, i64, i64, i64);
 
-    struct Written {
+    struct Known {
         id: FileId,
         state: State,
-        /// What was written, and where each record's value is in it.
+        /// What this process wrote, and where each record's value is in it (empty for a
+        /// version it read: the next save serializes every record).
         encoded: super::Encoded,
     }
 
     /// By state file: one in the supervisor; a few in a test binary, whose tests run side
     /// by side in one process.
-    static LAST: Mutex<BTreeMap<PathBuf, Written>> = Mutex::new(BTreeMap::new());
+    static LAST: Mutex<BTreeMap<PathBuf, Known>> = Mutex::new(BTreeMap::new());
     const KEPT: usize = 8;
 
-    fn id_of(path: &Path) -> Option<FileId> {
-        let m = std::fs::symlink_metadata(path).ok()?;
-        Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    #[cfg(test)]
+    thread_local! {
+        /// State files this thread read from disk (a test runs on a thread of its own).
+        pub(super) static FILE_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// State files this thread wrote.
+        pub(super) static FILE_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    pub(super) fn put(path: &Path, encoded: super::Encoded, state: &State) {
+    fn id_from(m: &std::fs::Metadata) -> FileId {
+        (
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    }
+
+    fn id_of(path: &Path) -> Option<FileId> {
+        std::fs::symlink_metadata(path).ok().map(|m| id_from(&m))
+    }
+
+    /// The file's bytes and the identity they belong to: taken before the read, so that a
+    /// write during the read leaves an identity that no longer matches (read again next time).
+    pub(super) fn read_with_id(path: &Path) -> std::io::Result<(Vec<u8>, FileId)> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(path)?;
+        let meta = file.metadata()?;
+        let id = id_from(&meta);
+        #[cfg(test)]
+        FILE_READS.with(|n| n.set(n.get() + 1));
+        let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+        file.read_to_end(&mut bytes)?;
+        Ok((bytes, id))
+    }
+
+    fn keep(path: &Path, known: Known) {
         let Ok(mut last) = LAST.lock() else { return };
         last.remove(path);
         if last.len() >= KEPT {
             last.clear();
         }
-        if let Some(id) = id_of(path) {
-            let written = Written {
-                id,
-                state: state.clone(),
-                encoded,
-            };
-            last.insert(path.to_owned(), written);
+        last.insert(path.to_owned(), known);
+    }
+
+    pub(super) fn put(path: &Path, encoded: super::Encoded, state: &State) {
+        match id_of(path) {
+            Some(id) => keep(
+                path,
+                Known {
+                    id,
+                    state: state.clone(),
+                    encoded,
+                },
+            ),
+            None => forget(path),
         }
+    }
+
+    /// `state` was parsed from the version of `path` whose identity is `id` (another
+    /// writer's, or this process's first read). The next save serializes every record: the
+    /// bytes this process wrote before belong to the state it wrote, not to this one.
+    pub(super) fn put_read(path: &Path, id: FileId, state: &State) {
+        let known = Known {
+            id,
+            state: state.clone(),
+            encoded: super::Encoded::default(),
+        };
+        keep(path, known);
     }
 
     /// `state` as the state file holds it, reusing the bytes of every record equal to the one
@@ -519,31 +642,37 @@ mod last {
         }
     }
 
-    /// The file at `path` is still the version written last (its identity).
-    fn current<'a>(last: &'a BTreeMap<PathBuf, Written>, path: &Path) -> Option<&'a Written> {
+    /// The file at `path` is still the version written or read last (its identity).
+    fn current<'a>(last: &'a BTreeMap<PathBuf, Known>, path: &Path) -> Option<&'a Known> {
         last.get(path)
             .filter(|w| id_of(path).as_ref() == Some(&w.id))
     }
 
-    /// The state saved last, when `bytes` (just read from `path`) are what it wrote.
-    pub(super) fn state_if_written(path: &Path, bytes: &[u8]) -> Option<State> {
+    /// The state the file at `path` holds, when it is the version written or read last.
+    pub(super) fn state_if_current(path: &Path) -> Option<State> {
         let last = LAST.lock().ok()?;
-        let w = current(&last, path)?;
-        (w.id.2 == bytes.len() as u64 && w.encoded.text == bytes).then(|| w.state.clone())
+        current(&last, path).map(|w| w.state.clone())
     }
 
-    /// `state` is what the file at `path` holds: saved last by this process, unchanged since.
+    /// `state` is what the file at `path` holds: saved or read last by this process,
+    /// unchanged since.
     pub(super) fn is_on_disk(path: &Path, state: &State) -> bool {
         let Ok(last) = LAST.lock() else { return false };
         current(&last, path).is_some_and(|w| w.state == *state)
     }
 
-    /// `Some(answer)` when the file is the version written last by this process.
+    /// `Some(answer)` when the file is the version written or read last by this process.
     pub(super) fn log_offset(path: &Path, service: &str) -> Option<Option<u64>> {
         let last = LAST.lock().ok()?;
         let w = current(&last, path)?;
         Some(w.state.services.get(service).map(|r| r.log_offset))
     }
+}
+
+/// How many times this thread wrote a state file (tests count the saves of a pass).
+#[cfg(test)]
+pub(crate) fn writes_on_this_thread() -> usize {
+    last::FILE_WRITES.with(std::cell::Cell::get)
 }
 
 /// A state's compact JSON, and the span of each record's value in it (in name order).
@@ -789,9 +918,9 @@ mod tests {
             }
             Edit::Copy(i, name) => {
                 if let Some(n) = nth(state, *i) {
-                    let mut r = state.services[&n].clone();
+                    let mut r = ServiceRecord::clone(&state.services[&n]);
                     std::sync::Arc::make_mut(&mut r.spec).name = name.clone();
-                    state.services.insert(name.clone(), r);
+                    state.services.insert(name.clone(), r.into());
                 }
             }
             Edit::Head(file) => state.file = Some(file.into()),
@@ -919,6 +1048,150 @@ mod tests {
         let text = std::fs::read_to_string(store.state_path()).unwrap();
         std::fs::write(store.state_path(), text.replace("/b.yaml", "/d.yaml")).unwrap();
         assert_eq!(store.read().unwrap().unwrap().file, Some("/d.yaml".into()));
+    }
+
+    fn file_reads() -> usize {
+        last::FILE_READS.with(std::cell::Cell::get)
+    }
+
+    /// Waits until the kernel's file clock has moved past the ctime of `path` (a file changed
+    /// now gets a ctime of its own, even where that clock is coarse).
+    fn wait_for_the_file_clock(path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.ctime(), m.ctime_nsec())
+        };
+        let probe = path.with_file_name("clock-probe");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            std::fs::write(&probe, b"x").unwrap();
+            if ctime(&probe) > ctime(path) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the file clock stands"
+            );
+        }
+        std::fs::remove_file(&probe).unwrap();
+    }
+
+    /// The version this process saved, then the one it read, are not read again while the
+    /// file is unchanged; a one-shot command's write (by rename) between two reads is read.
+    #[test]
+    fn a_version_saved_or_read_last_is_not_read_again_until_another_writer_replaces_it() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let mut state = example();
+        store.save(&lock, &state).unwrap();
+        let reads = file_reads();
+        assert_eq!(store.load(&lock).unwrap(), state);
+        assert_eq!(store.read().unwrap(), Some(state.clone()));
+        assert_eq!(file_reads(), reads, "our own version was read from disk");
+        // A one-shot `stop` between two passes: its version is read, once.
+        let mut other = state.clone();
+        apply(&mut other, &Edit::Status(0));
+        apply(&mut other, &Edit::Offset(1, 7));
+        write_private_unsynced(&store.state_path(), &serde_json::to_vec(&other).unwrap()).unwrap();
+        assert_eq!(
+            store.load(&lock).unwrap(),
+            other,
+            "the other writer's version"
+        );
+        assert_eq!(file_reads(), reads + 1);
+        assert_eq!(store.read().unwrap(), Some(other.clone()));
+        assert_eq!(
+            file_reads(),
+            reads + 1,
+            "the version read last was read again"
+        );
+        // An equal state is not written over it; a changed one is, whole and right.
+        let ino =
+            || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(store.state_path()).unwrap());
+        let before = ino();
+        store.save(&lock, &other).unwrap();
+        assert_eq!(ino(), before, "an equal state was written again");
+        state = other;
+        apply(&mut state, &Edit::Config(2, "x".into()));
+        store.save(&lock, &state).unwrap();
+        let bytes = std::fs::read(store.state_path()).unwrap();
+        assert_eq!(
+            bytes,
+            [serde_json::to_vec(&state).unwrap(), b"\n".to_vec()].concat()
+        );
+    }
+
+    /// An edit in place of the same size, with the mtime set back (`touch -r`), is seen: the
+    /// ctime moved.
+    #[test]
+    fn an_in_place_edit_of_the_same_size_with_its_mtime_set_back_is_seen() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let mut state = example();
+        state.file = Some("/b.yaml".into());
+        store.save(&lock, &state).unwrap();
+        let path = store.state_path();
+        let was = std::fs::metadata(&path).unwrap();
+        wait_for_the_file_clock(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text.find("/b.yaml").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"/d.yaml", at as u64).unwrap();
+        file.set_times(
+            std::fs::FileTimes::new()
+                .set_modified(was.modified().unwrap())
+                .set_accessed(was.accessed().unwrap()),
+        )
+        .unwrap();
+        drop(file);
+        let now = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (now.ino(), now.size(), now.mtime(), now.mtime_nsec()),
+            (was.ino(), was.size(), was.mtime(), was.mtime_nsec()),
+            "only the ctime tells"
+        );
+        assert_eq!(store.read().unwrap().unwrap().file, Some("/d.yaml".into()));
+        assert_eq!(store.load(&lock).unwrap().file, Some("/d.yaml".into()));
+    }
+
+    /// Copies of a state share their records; changing one in a copy changes that copy only,
+    /// and the records compare by content when they are not the same.
+    #[test]
+    fn copies_of_a_state_share_records_until_one_is_changed() {
+        let state = example();
+        assert!(
+            state.services.len() >= 2,
+            "the example has records to share"
+        );
+        let mut copy = state.clone();
+        let first = copy.services.keys().next().unwrap().clone();
+        for (n, r) in &copy.services {
+            assert!(SharedRecord::same(r, &state.services[n]), "{n} was copied");
+        }
+        copy.services.get_mut(&first).unwrap().log_offset += 1;
+        assert_ne!(copy, state);
+        assert_eq!(
+            state.services[&first].log_offset + 1,
+            copy.services[&first].log_offset,
+            "the change reached the original"
+        );
+        for (n, r) in &copy.services {
+            assert_eq!(
+                SharedRecord::same(r, &state.services[n]),
+                *n != first,
+                "{n}"
+            );
+        }
+        // Equal, not the same: parsed twice.
+        assert_eq!(example(), example());
+        let mut other = example();
+        other.services.get_mut(&first).unwrap().log_offset += 1;
+        assert_eq!(other, copy);
+        assert_ne!(other, example());
     }
 
     #[test]

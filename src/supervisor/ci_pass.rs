@@ -84,7 +84,7 @@ pub fn start(
         crash_streak: 0,
     };
     // Intent first, then spawn, then the identity: a crash in between is recovered by nonce.
-    state.services.insert(name.clone(), rec.clone());
+    state.services.insert(name.clone(), rec.clone().into());
     store.save(lock, state)?;
     let (_child, identity) = match launcher.spawn(&req) {
         Ok(spawned) => spawned,
@@ -98,7 +98,7 @@ pub fn start(
     rec.process = Some(identity);
     rec.status = Status::Running;
     rec.started_at_ms = Some(now_ms());
-    state.services.insert(name.clone(), rec);
+    state.services.insert(name.clone(), rec.into());
     store.save(lock, state)?;
     Ok(name)
 }

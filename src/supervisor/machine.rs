@@ -374,6 +374,16 @@ impl Machine {
     }
 
     /// Services whose stop is in flight.
+    /// Process `pid` of `name` is one the loop is stopping.
+    fn stopped_by_a_flight(&self, name: &str, pid: i32) -> bool {
+        self.flights.values().any(|f| {
+            f.job
+                .stops
+                .iter()
+                .any(|p| p.name == name && p.request.identity.pid == pid)
+        })
+    }
+
     pub fn stopping(&self) -> BTreeSet<String> {
         self.flights
             .values()
@@ -425,6 +435,11 @@ impl Machine {
             Event::Hangup => self.dirty = true,
             Event::Interrupt => self.terminate(130, &mut fx),
             Event::ServiceExited { name, pid } => {
+                // The end of a process the loop is stopping: its flight's end is recorded by
+                // the pass that finishes it (`Work::Finish`); a pass now would leave it alone.
+                if self.stopped_by_a_flight(&name, pid) {
+                    return fx;
+                }
                 if self.busy() {
                     self.exits_during_pass.push((name, pid));
                 } else {
@@ -1822,6 +1837,67 @@ mod tests {
         );
         assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
         assert!(!m.busy());
+    }
+
+    /// The exit of a process the loop is stopping wakes no pass (the pass that finishes the
+    /// stop records it); another process's exit, or another process of that service, does.
+    #[test]
+    fn the_exit_of_a_process_being_stopped_waits_for_its_stop_to_end() {
+        let now = t0();
+        let mut m = idle(now);
+        let stop = Work::Stop {
+            names: vec!["db".into()],
+            timeout: None,
+        };
+        m.handle(
+            Event::Request {
+                client: Some(2),
+                work: stop,
+            },
+            now,
+        );
+        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + MS);
+        let id = stop_of(&fx).expect("the stop is watched");
+        let exit = |name: &str, pid| Event::ServiceExited {
+            name: name.into(),
+            pid,
+        };
+        let fx = m.handle(exit("db", 10), now + 2 * MS);
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        assert!(!m.busy());
+        let fx = m.handle(
+            Event::StopDone {
+                id,
+                outcomes: db_stopped(),
+            },
+            now + 3 * MS,
+        );
+        assert!(matches!(passes(&fx)[..], [Work::Finish { .. }]), "{fx:?}");
+        let fx = m.handle(Event::PassDone(done(Ok("1 stopped"))), now + 4 * MS);
+        assert_eq!(answers(&fx), [(2, true, "1 stopped".into())]);
+        assert!(passes(&fx).is_empty(), "{fx:?}");
+        // No flight: an exit is settled by a pass at once.
+        let fx = m.handle(exit("db", 10), now + 5 * MS);
+        assert_eq!(passes(&fx).len(), 1, "{fx:?}");
+        m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 6 * MS);
+        // While db's stop is in flight: web's exit, and another pid of db, are passes.
+        m.handle(
+            Event::Request {
+                client: Some(3),
+                work: Work::Stop {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            now + 7 * MS,
+        );
+        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + 8 * MS);
+        assert!(stop_of(&fx).is_some());
+        let fx = m.handle(exit("web", 11), now + 9 * MS);
+        assert_eq!(passes(&fx).len(), 1, "{fx:?}");
+        m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 10 * MS);
+        let fx = m.handle(exit("db", 12), now + 11 * MS);
+        assert_eq!(passes(&fx).len(), 1, "{fx:?}");
     }
 
     /// An `up` that arrives while a restart begun by the watcher is stopping one of its

@@ -413,6 +413,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         )
     };
     let mut exit_watch: BTreeMap<String, (i32, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    let mut trim_owed = false;
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
         ctx,
@@ -478,6 +479,17 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     continue;
                 }
             },
+            // Once the loop has been idle a while after a pass: what the passes allocated is
+            // given back (the supervisor idles small). Not after every pass: the next pass
+            // would fault the same pages in again (a reload is several passes).
+            _ = tokio::time::sleep(IDLE_TRIM), if trim_owed && shell.pass.is_none() => {
+                trim_owed = false;
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe {
+                    nix::libc::malloc_trim(0);
+                }
+                continue;
+            }
             _ = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
                 let (timer, _) = next_timer.expect("guarded");
                 shell.timers.remove(&timer);
@@ -489,6 +501,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             }
             done = async { shell.pass.as_mut().expect("guarded").await }, if shell.pass.is_some() => {
                 shell.pass = None;
+                trim_owed = true;
                 let (out, clients) = done.context("a reconcile pass panicked")?;
                 shell.clients.extend(clients);
                 for (client, ok, message) in std::mem::take(&mut shell.deferred) {
@@ -626,6 +639,9 @@ fn spawn_await_stops(
         let _ = tx.send(Input::Event(Event::StopsReleased { id, held }));
     });
 }
+
+/// How long the loop is idle after a pass before it gives the heap's free memory back.
+const IDLE_TRIM: Duration = Duration::from_millis(300);
 
 /// How long after its grace period a stop's thread kills by itself when the loop's grace
 /// timer ([`Timer::Grace`]) has not fired.

@@ -466,7 +466,15 @@ fn pass(
     let _bound = crate::readiness::WaitBound::set(explicit.as_ref().and_then(|e| e.wait));
     let mut finished = ApplyReport::default();
     if let Work::Finish { job, outcomes, .. } = work {
-        finish_job(&mut engine, job, outcomes, &mut finished)?;
+        // A start follows: its intent save (before any spawn) records the stops too.
+        let saved_by_the_start = starts;
+        finish_job(
+            &mut engine,
+            job,
+            outcomes,
+            &mut finished,
+            saved_by_the_start,
+        )?;
     }
     let mut report = if plan.is_empty() {
         ApplyReport::default()
@@ -777,8 +785,14 @@ fn finish_job(
     job: &StopJob,
     outcomes: &[StopOutcome],
     report: &mut ApplyReport,
+    save_later: bool,
 ) -> Result<(), crate::state::StateError> {
-    engine.finish_stops(&job.with_outcomes(outcomes), report)?;
+    let done = job.with_outcomes(outcomes);
+    if save_later {
+        engine.record_finished_stops(&done, report);
+    } else {
+        engine.finish_stops(&done, report)?;
+    }
     for n in &job.mark_stopped {
         if let Some(rec) = engine.state.services.get_mut(n)
             && report.survivors.iter().all(|(s, _)| s != n)

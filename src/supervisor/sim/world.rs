@@ -83,7 +83,7 @@ impl World {
 
     /// The record of `name` as the last pass left it.
     pub fn record(&self, name: &str) -> ServiceRecord {
-        self.state.borrow().services[name].clone()
+        ServiceRecord::clone(&self.state.borrow().services[name])
     }
 
     /// The process of `name` dies (its exit is the loop's to hear: [`super::Sim::exited`]).
