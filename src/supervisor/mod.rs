@@ -447,7 +447,6 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     );
     shell.carry_out(fx);
 
-    let mut worked = true;
     while shell.exit.is_none() {
         let next_timer = shell
             .timers
@@ -479,15 +478,13 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     continue;
                 }
             },
-            // Once the loop has been idle a while after a pass: what the passes allocated is
-            // given back (the supervisor idles small). Not after every pass: the next pass
-            // would fault the same pages in again (a reload is several passes).
+            // Once the loop has been idle a while after a pass: what the passes made resident
+            // is given back (freed heap, the pages of our code they ran: the supervisor idles
+            // small). Not after every pass: the next pass would fault the same pages in again
+            // (a reload is several passes).
             _ = tokio::time::sleep(IDLE_TRIM), if trim_owed && shell.pass.is_none() => {
                 trim_owed = false;
-                // SAFETY: malloc_trim only releases free heap memory.
-                unsafe {
-                    nix::libc::malloc_trim(0);
-                }
+                crate::os::idle::release_idle_memory();
                 continue;
             }
             _ = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
@@ -538,13 +535,6 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         shell.carry_out(fx);
         if idle && shell.pass.is_some() {
             reload_in_pass = std::mem::take(&mut reload_pending); // hook (session)
-        }
-        // Nothing in flight after some work: give back what it made resident (freed heap,
-        // the pages of our code it ran), once, before the loop sleeps.
-        worked |= shell.pass.is_some();
-        if worked && shell.pass.is_none() && shell.kill_switches.is_empty() {
-            worked = false;
-            crate::os::idle::release_idle_memory();
         }
     }
     sessions.stop_all(); // hook (session)
@@ -640,7 +630,8 @@ fn spawn_await_stops(
     });
 }
 
-/// How long the loop is idle after a pass before it gives the heap's free memory back.
+/// How long the loop is idle after a pass before it gives back what the passes made resident
+/// ([`crate::os::idle::release_idle_memory`]).
 const IDLE_TRIM: Duration = Duration::from_millis(300);
 
 /// How long after its grace period a stop's thread kills by itself when the loop's grace

@@ -81,7 +81,7 @@ fn parse_line(line: &str) -> Option<Line<'_>> {
 }
 
 /// Gives back what an idle supervisor does not need resident: freed heap (`malloc_trim`)
-/// and the pages of its executable (above). Called when the loop has nothing in flight.
+/// and the pages of its executable (above). Called once the loop has been idle a while.
 pub fn release_idle_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap memory to the system.
