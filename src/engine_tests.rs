@@ -162,6 +162,23 @@ struct Fixture {
     lock: StateLock,
 }
 
+/// An engine on an empty state of project `p`, its processes and files those of `world`.
+fn engine_in<'a>(
+    f: &'a Fixture,
+    world: &'a World,
+    settings: LaunchSettings,
+    events: &'a mut Events,
+) -> Engine<'a> {
+    Engine::new(&f.store, &f.lock, State::new("p"), settings, events)
+        .with_seams(world, world, world)
+}
+
+/// Starts `services` from nothing (a plan against no observed process, applied).
+fn start_all(engine: &mut Engine, services: Vec<ServiceSpec>) {
+    let first = crate::plan::plan(&desired(services), &Observed::new(), PlanOptions::default());
+    engine.apply_plan(&first).unwrap();
+}
+
 fn fixture() -> Fixture {
     let root = tempfile::tempdir().unwrap();
     let store = StateStore::open(root.path(), "p").unwrap();
@@ -185,14 +202,7 @@ fn starts_go_level_by_level_and_each_is_recorded_before_its_spawn() {
     ]);
     let plan = crate::plan::plan(&d, &Observed::new(), PlanOptions::default());
     let mut events = Events::default();
-    let mut engine = Engine::new(
-        &f.store,
-        &f.lock,
-        State::new("p"),
-        LaunchSettings::default(),
-        &mut events,
-    )
-    .with_seams(&world, &world, &world);
+    let mut engine = engine_in(&f, &world, LaunchSettings::default(), &mut events);
     let report = engine.apply_plan(&plan).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(world.spawned(), ["db", "api", "web"]);
@@ -240,14 +250,7 @@ fn a_failed_spawn_leaves_the_state_consistent_and_its_dependents_unstarted() {
     ]);
     let plan = crate::plan::plan(&d, &Observed::new(), PlanOptions::default());
     let mut events = Events::default();
-    let mut engine = Engine::new(
-        &f.store,
-        &f.lock,
-        State::new("p"),
-        LaunchSettings::default(),
-        &mut events,
-    )
-    .with_seams(&world, &world, &world);
+    let mut engine = engine_in(&f, &world, LaunchSettings::default(), &mut events);
     let report = engine.apply_plan(&plan).unwrap();
     assert_eq!(world.spawned(), ["api", "web"], "worker is never spawned");
     let failed: BTreeMap<_, _> = report.failed.iter().cloned().collect();
@@ -277,20 +280,8 @@ fn a_stop_uses_the_plans_signal_and_grace_and_records_the_sigkill_it_took() {
     old.stop_signal = "SIGINT".into();
     old.stop_timeout_ms = 3_000;
     let mut events = Events::default();
-    let mut engine = Engine::new(
-        &f.store,
-        &f.lock,
-        State::new("p"),
-        LaunchSettings::default(),
-        &mut events,
-    )
-    .with_seams(&world, &world, &world);
-    let first = crate::plan::plan(
-        &desired(vec![old.clone()]),
-        &Observed::new(),
-        PlanOptions::default(),
-    );
-    engine.apply_plan(&first).unwrap();
+    let mut engine = engine_in(&f, &world, LaunchSettings::default(), &mut events);
+    start_all(&mut engine, vec![old.clone()]);
     let old_pid = engine.state.services["api"].process.as_ref().unwrap().pid;
 
     // A change: the running process stops as it was started (SIGINT, 3 s), then the new one
@@ -374,14 +365,7 @@ fn a_crash_backs_off_and_the_engine_restarts_it_when_the_plan_says_it_is_due() {
     s.restart = crate::config::RestartPolicy::Always;
     let d = desired(vec![s]);
     let mut events = Events::default();
-    let mut engine = Engine::new(
-        &f.store,
-        &f.lock,
-        State::new("p"),
-        LaunchSettings::default(),
-        &mut events,
-    )
-    .with_seams(&world, &world, &world);
+    let mut engine = engine_in(&f, &world, LaunchSettings::default(), &mut events);
     let at = |now_ms| crate::plan::PlanAt {
         now_ms,
         ..Default::default()
@@ -459,20 +443,8 @@ fn a_finished_stop_left_to_the_next_save_goes_with_it_and_its_stop_lock_is_let_g
     let world = World::new(&f.store);
     let mut events = Events::default();
     let api = spec(&dir, "api", 0, &[]);
-    let mut engine = Engine::new(
-        &f.store,
-        &f.lock,
-        State::new("p"),
-        LaunchSettings::default(),
-        &mut events,
-    )
-    .with_seams(&world, &world, &world);
-    let first = crate::plan::plan(
-        &desired(vec![api.clone()]),
-        &Observed::new(),
-        PlanOptions::default(),
-    );
-    engine.apply_plan(&first).unwrap();
+    let mut engine = engine_in(&f, &world, LaunchSettings::default(), &mut events);
+    start_all(&mut engine, vec![api.clone()]);
     let identity = engine.state.services["api"].process.clone().unwrap();
     let done = signalled_by_the_loop(&mut engine, &identity);
     let mut report = ApplyReport::default();
@@ -548,14 +520,8 @@ fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
         defer_stops: true,
         ..Default::default()
     };
-    let mut engine = Engine::new(&f.store, &f.lock, State::new("p"), settings, &mut events)
-        .with_seams(&world, &world, &world);
-    let first = crate::plan::plan(
-        &desired(vec![api.clone()]),
-        &Observed::new(),
-        PlanOptions::default(),
-    );
-    engine.apply_plan(&first).unwrap();
+    let mut engine = engine_in(&f, &world, settings, &mut events);
+    start_all(&mut engine, vec![api.clone()]);
     let identity = engine.state.services["api"].process.clone().unwrap();
     // The watcher pass planned the restart; the loop stopped the old process.
     let mut new = api.clone();

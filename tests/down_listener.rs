@@ -25,13 +25,19 @@ fn run(p: &Project, args: &[&str]) -> common::Out {
     Running::start(p.command(args), format!("mirrord-up {}", args.join(" "))).wait()
 }
 
-/// The supervisor's PID, from the state file.
-fn supervisor(p: &Project) -> i32 {
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p.state_file()).expect("state")).unwrap();
-    state["supervisor"]["process"]["pid"]
-        .as_i64()
-        .expect("a supervisor") as i32
+/// Runs `down`: it succeeds, and the supervisor `sup` and the `services` are gone when it
+/// returns.
+fn down_ends(p: &Project, sup: i32, services: &[i32]) -> common::Out {
+    let out = run(p, &["down"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !alive(sup),
+        "the supervisor is gone when `down` returns: {out}"
+    );
+    for pid in services {
+        assert!(!alive(*pid), "service pid {pid} alive after down: {out}");
+    }
+    out
 }
 
 /// Kills what the project runs (by PID) when a test fails early.
@@ -59,7 +65,7 @@ fn down_through_the_supervisor_still_stops_a_marked_process_it_never_knew() {
     ]));
     let out = run(&p, &["up", "--detach"]);
     assert_eq!(out.code, Some(0), "{out}");
-    let sup = supervisor(&p);
+    let sup = p.supervisor_pid().expect("a supervisor");
     let services: Vec<i32> = p.pids().into_values().collect();
     assert_eq!(services.len(), 2, "{out}");
     // A leftover of the project (its markers, its own session) that is neither recorded nor
@@ -86,15 +92,7 @@ fn down_through_the_supervisor_still_stops_a_marked_process_it_never_knew() {
         p.marked().iter().any(|(s, _)| s.pid == ghost_pid)
     });
 
-    let out = run(&p, &["down"]);
-    assert_eq!(out.code, Some(0), "{out}");
-    assert!(
-        !alive(sup),
-        "the supervisor is gone when `down` returns: {out}"
-    );
-    for pid in &services {
-        assert!(!alive(*pid), "service pid {pid} alive after down: {out}");
-    }
+    let out = down_ends(&p, sup, &services);
     // Our child: collected here, so `alive` sees it gone rather than a zombie.
     let status = ghost.wait().expect("wait for the leftover");
     assert!(!status.success(), "the leftover was signalled: {status:?}");
@@ -115,7 +113,7 @@ fn down_asks_the_supervisor_on_its_socket_even_when_the_state_lost_its_record() 
     p.write_yaml(&common::yaml(&[service("a", &["sleep", "1000"], &[])]));
     let out = run(&p, &["up", "--detach"]);
     assert_eq!(out.code, Some(0), "{out}");
-    let sup = supervisor(&p);
+    let sup = p.supervisor_pid().expect("a supervisor");
     let services: Vec<i32> = p.pids().into_values().collect();
     let guard = Guard(&p, vec![sup]);
     // The state forgets its supervisor (an edit, an older build's save): the socket still
@@ -125,15 +123,7 @@ fn down_asks_the_supervisor_on_its_socket_even_when_the_state_lost_its_record() 
     state.as_object_mut().unwrap().remove("supervisor");
     std::fs::write(p.state_file(), serde_json::to_vec(&state).unwrap()).unwrap();
 
-    let out = run(&p, &["down"]);
-    assert_eq!(out.code, Some(0), "{out}");
-    assert!(
-        !alive(sup),
-        "the supervisor is gone when `down` returns: {out}"
-    );
-    for pid in &services {
-        assert!(!alive(*pid), "service pid {pid} alive after down: {out}");
-    }
+    let out = down_ends(&p, sup, &services);
     // Asked, not found by its marker and signalled: it stopped its services as a `down`.
     assert!(out.stderr.contains("down requested"), "{out}");
     assert!(!out.stderr.contains("found by its marker"), "{out}");

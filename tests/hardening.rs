@@ -57,14 +57,7 @@ fn up_detached(p: &Project, env: &[(&str, &str)]) -> i32 {
     }
     let out = Running::start(cmd, "mirrord-up up -d".into()).wait();
     assert_eq!(out.code, Some(0), "up -d: {out}");
-    supervisor_pid(p).expect("a supervisor is recorded")
-}
-
-fn supervisor_pid(p: &Project) -> Option<i32> {
-    let state: Value = serde_json::from_slice(&std::fs::read(p.state_file()).ok()?).ok()?;
-    state["supervisor"]["process"]["pid"]
-        .as_i64()
-        .map(|v| v as i32)
+    p.supervisor_pid().expect("a supervisor is recorded")
 }
 
 fn socket(p: &Project) -> PathBuf {

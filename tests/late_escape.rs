@@ -40,15 +40,6 @@ fn of_instance(p: &Project, nonce: &str) -> Vec<i32> {
         .collect()
 }
 
-/// The supervisor's PID, from the state file.
-fn supervisor(p: &Project) -> i32 {
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p.state_file()).expect("state")).unwrap();
-    state["supervisor"]["process"]["pid"]
-        .as_i64()
-        .expect("a supervisor") as i32
-}
-
 /// Kills the supervisor (by PID) and what the project runs when a test fails early.
 struct Guard<'a>(&'a Project);
 
@@ -83,7 +74,10 @@ fn what_leaves_the_group_during_its_stop_is_stopped_too() {
     wait_until("the service's sleep runs", WAIT, || {
         of_instance(&p, &nonce).len() == 2
     });
-    assert!(alive(supervisor(&p)), "a supervisor runs");
+    assert!(
+        alive(p.supervisor_pid().expect("a supervisor")),
+        "a supervisor runs"
+    );
     let out = run(&p, &["restart", "e", "-t", "5"]);
     assert_eq!(out.code, Some(0), "{out}");
     let left = of_instance(&p, &nonce);

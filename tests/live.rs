@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::{Live, Project, alive, environ, group_empty, service, wait_until, yaml};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -71,13 +70,6 @@ fn wait_new_pid(p: &Project, service: &str, old: i32) -> i32 {
 
 fn foo_of(pid: i32) -> Option<String> {
     environ(pid)?.get("FOO").cloned()
-}
-
-fn supervisor_pid(p: &Project) -> Option<i32> {
-    let state: Value = serde_json::from_slice(&std::fs::read(p.state_file()).ok()?).ok()?;
-    state["supervisor"]["process"]["pid"]
-        .as_i64()
-        .map(|v| v as i32)
 }
 
 fn status_of(p: &Project, service: &str) -> String {
@@ -298,7 +290,7 @@ fn sighup_reapplies_in_the_detached_supervisor_and_sigint_stops_everything() {
     // away: see sighup_ends_a_foreground_up_gracefully).
     p.ok(&["up", "--detach", "--no-watch"]);
     let before = wait_running(&p, &svcs);
-    let sup = supervisor_pid(&p).expect("a supervisor runs");
+    let sup = p.supervisor_pid().expect("a supervisor runs");
 
     p.write_yaml(&sleepers(
         &svcs,
@@ -310,7 +302,7 @@ fn sighup_reapplies_in_the_detached_supervisor_and_sigint_stops_everything() {
     assert_eq!(foo_of(new).as_deref(), Some("two"));
     assert_eq!(p.pids()["svc2"], before["svc2"]);
     assert_eq!(
-        supervisor_pid(&p),
+        p.supervisor_pid(),
         Some(sup),
         "SIGHUP ended the detached supervisor"
     );
@@ -324,7 +316,7 @@ fn sighup_reapplies_in_the_detached_supervisor_and_sigint_stops_everything() {
     assert!(group_empty(pids["svc1"]) && group_empty(pids["svc2"]));
     let ps = p.ps_map();
     assert_eq!(ps["svc1"]["status"], "stopped", "{ps:?}");
-    assert!(supervisor_pid(&p).is_none(), "the supervisor record stays");
+    assert!(p.supervisor_pid().is_none(), "the supervisor record stays");
 }
 
 #[test]
@@ -383,7 +375,7 @@ fn detached_supervisor_reloads_restarts_and_gives_up() {
     };
     p.write_yaml(&file("one"));
     p.ok(&["up", "--detach"]);
-    let sup = supervisor_pid(&p).expect("a supervisor is recorded");
+    let sup = p.supervisor_pid().expect("a supervisor is recorded");
     assert!(alive(sup));
     let before = wait_running(&p, &svcs);
 
@@ -460,7 +452,7 @@ fn a_killed_supervisor_is_replaced_and_adopts_the_services() {
     let svcs = names("svc", 4);
     p.write_yaml(&sleepers(&svcs, |_| "one".into(), &[]));
     p.ok(&["up", "--detach"]);
-    let sup = supervisor_pid(&p).unwrap();
+    let sup = p.supervisor_pid().unwrap();
     let before = wait_running(&p, &svcs);
 
     kill(Pid::from_raw(sup), Signal::SIGKILL).unwrap();
@@ -471,7 +463,7 @@ fn a_killed_supervisor_is_replaced_and_adopts_the_services() {
 
     let out = p.ok(&["up", "--detach"]);
     assert!(out.stdout.contains("nothing to do"), "{out}");
-    let sup2 = supervisor_pid(&p).unwrap();
+    let sup2 = p.supervisor_pid().unwrap();
     assert_ne!(sup2, sup);
     assert!(alive(sup2));
     assert_eq!(p.pids(), before, "adopted, not restarted");
@@ -595,13 +587,13 @@ fn one_supervisor_per_project_and_down_without_one() {
     let svcs = names("svc", 2);
     p.write_yaml(&sleepers(&svcs, |_| "one".into(), &[]));
     p.ok(&["up", "--detach"]);
-    let sup = supervisor_pid(&p).unwrap();
+    let sup = p.supervisor_pid().unwrap();
     let before = wait_running(&p, &svcs);
 
     // A second `up --detach` goes through the running supervisor.
     let out = p.ok(&["up", "--detach"]);
     assert!(out.stdout.contains("nothing to do"), "{out}");
-    assert_eq!(supervisor_pid(&p), Some(sup));
+    assert_eq!(p.supervisor_pid(), Some(sup));
     let supervisors = common::live_processes()
         .into_iter()
         .filter(|s| {
@@ -628,7 +620,7 @@ fn one_supervisor_per_project_and_down_without_one() {
         assert!(group_empty(*pid));
     }
     assert!(p.ps().is_empty());
-    assert!(supervisor_pid(&p).is_none());
+    assert!(p.supervisor_pid().is_none());
 }
 
 #[test]

@@ -47,13 +47,6 @@ fn ready_times(p: &Project) -> Vec<u64> {
         .collect()
 }
 
-fn supervisor_pid(p: &Project) -> Option<i32> {
-    let state: Value = serde_json::from_slice(&std::fs::read(p.state_file()).ok()?).ok()?;
-    state["supervisor"]["process"]["pid"]
-        .as_i64()
-        .map(|v| v as i32)
-}
-
 // ---------------------------------------------------------------------------------------------
 // up -d
 
@@ -168,7 +161,7 @@ fn up_detach_names_each_failed_service_with_mirrords_cause() {
         );
     }
     // The first pass failed and left nothing to look after: no supervisor stays.
-    let sup = supervisor_pid(&p);
+    let sup = p.supervisor_pid();
     assert!(sup.is_none(), "a supervisor is still recorded: {sup:?}");
     assert!(p.marked().is_empty(), "{:?}", p.marked());
 }
@@ -195,7 +188,9 @@ fn a_session_failing_before_ready_is_still_restarted_by_its_policy() {
         "{stderr}"
     );
     // The supervisor stays for the back-off and tries again.
-    let sup = supervisor_pid(&p).expect("a supervisor stays for the back-off");
+    let sup = p
+        .supervisor_pid()
+        .expect("a supervisor stays for the back-off");
     let mut row = Value::Null;
     wait_until(
         "a second attempt failed too and waits out its back-off",
@@ -263,7 +258,7 @@ fn a_detached_supervisor_stays_says_so_and_a_save_brings_the_services_back() {
                 .starts_with("exited")
         })
     });
-    let sup = supervisor_pid(&p).expect("the supervisor is recorded");
+    let sup = p.supervisor_pid().expect("the supervisor is recorded");
     assert!(common::alive(sup), "the supervisor ended");
     let mut said = String::new();
     wait_until(
@@ -296,7 +291,7 @@ fn a_detached_supervisor_stays_says_so_and_a_save_brings_the_services_back() {
             .all(|s| rows[*s]["status"] == "running" && rows[*s]["pid"].is_i64())
     });
     assert!(!p.ok(&["ps"]).stderr.contains("waiting for a change"));
-    assert_eq!(supervisor_pid(&p), Some(sup));
+    assert_eq!(p.supervisor_pid(), Some(sup));
 }
 
 // ---------------------------------------------------------------------------------------------

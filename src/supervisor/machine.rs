@@ -1743,6 +1743,24 @@ mod tests {
         d
     }
 
+    /// `stop db` from `client` at `at`, and its pass, which signalled db and left the stop to
+    /// the loop: the effects of that pass's end and the id of the stop the loop now watches.
+    fn stop_db(m: &mut Machine, client: ClientId, at: Instant) -> (Vec<Effect>, u64) {
+        m.handle(
+            Event::Request {
+                client: Some(client),
+                work: Work::Stop {
+                    names: vec!["db".into()],
+                    timeout: None,
+                },
+            },
+            at,
+        );
+        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), at + MS);
+        let id = stop_of(&fx).expect("the stop is watched");
+        (fx, id)
+    }
+
     fn stop_of(fx: &[Effect]) -> Option<u64> {
         fx.iter().find_map(|e| match e {
             Effect::Stop { id, .. } => Some(*id),
@@ -1773,20 +1791,8 @@ mod tests {
     fn a_stop_is_a_wait_of_the_loop_and_requests_are_served_meanwhile() {
         let now = t0();
         let mut m = idle(now);
-        let stop = Work::Stop {
-            names: vec!["db".into()],
-            timeout: None,
-        };
-        m.handle(
-            Event::Request {
-                client: Some(2),
-                work: stop,
-            },
-            now,
-        );
         // The pass signalled db and returned: the shell watches the stop, nobody is answered.
-        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + MS);
-        let id = stop_of(&fx).expect("the stop is watched");
+        let (fx, id) = stop_db(&mut m, 2, now);
         assert!(answers(&fx).is_empty(), "{fx:?}");
         assert!(!m.busy());
         // Mid-stop (db ignores SIGTERM for 10 s): `up -d web` runs a pass at once, which
@@ -1845,19 +1851,7 @@ mod tests {
     fn the_exit_of_a_process_being_stopped_waits_for_its_stop_to_end() {
         let now = t0();
         let mut m = idle(now);
-        let stop = Work::Stop {
-            names: vec!["db".into()],
-            timeout: None,
-        };
-        m.handle(
-            Event::Request {
-                client: Some(2),
-                work: stop,
-            },
-            now,
-        );
-        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + MS);
-        let id = stop_of(&fx).expect("the stop is watched");
+        let (_, id) = stop_db(&mut m, 2, now);
         let exit = |name: &str, pid| Event::ServiceExited {
             name: name.into(),
             pid,
@@ -1951,18 +1945,7 @@ mod tests {
     fn a_stops_grace_timer_escalates_and_a_second_ctrl_c_kills_at_once() {
         let now = t0();
         let mut m = idle(now);
-        m.handle(
-            Event::Request {
-                client: Some(2),
-                work: Work::Stop {
-                    names: vec!["db".into()],
-                    timeout: None,
-                },
-            },
-            now,
-        );
-        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + MS);
-        let id = stop_of(&fx).expect("the stop is watched");
+        let (_, id) = stop_db(&mut m, 2, now);
         // The shell signalled db's level: its grace period (10 s) is the loop's timer.
         let grace = Duration::from_secs(10);
         let fx = m.handle(
@@ -2010,18 +1993,7 @@ mod tests {
         assert!(fx.is_empty(), "{fx:?}");
 
         // Another stop, then Ctrl-C twice: the second kills at once, long before its timer.
-        m.handle(
-            Event::Request {
-                client: Some(3),
-                work: Work::Stop {
-                    names: vec!["db".into()],
-                    timeout: None,
-                },
-            },
-            later,
-        );
-        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), later + MS);
-        let id = stop_of(&fx).expect("watched");
+        let (_, id) = stop_db(&mut m, 3, later);
         m.handle(
             Event::StopSignalled {
                 id,

@@ -432,6 +432,15 @@ impl Project {
             .collect()
     }
 
+    /// The PID of the supervisor the state file records, if it records one.
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state_file()).ok()?).ok()?;
+        state["supervisor"]["process"]["pid"]
+            .as_i64()
+            .map(|v| v as i32)
+    }
+
     /// `name → pid` of the services `ps` shows with a PID.
     pub fn pids(&self) -> BTreeMap<String, i32> {
         self.ps_map()
