@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use lock::StateLock;
+pub mod retired;
 
 use crate::process::ProcessIdentity;
 use crate::spec::{ConfigHash, ServiceSpec};
@@ -497,12 +498,18 @@ impl StateStore {
         // versions, intents included, but it also ends every process they record: after it
         // nothing recorded runs (another boot), and ext4 (`auto_da_alloc`) and its peers flush
         // a file renamed over another before the rename is committed.
+        // The version replaced is held open across the rename and let go later (`retired`):
+        // the rename then does not wait for its blocks to be freed.
+        let replaced = retired::hold(&path);
         let written = write_private_unsynced(&path, &text);
         #[cfg(test)]
         last::FILE_WRITES.with(|n| n.set(n.get() + 1));
         tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
         match written {
             Ok(()) => {
+                if let Some(old) = replaced {
+                    retired::retire(old);
+                }
                 encoded.text = text;
                 last::put(&path, encoded, state);
             }
@@ -973,17 +980,24 @@ mod tests {
         let store = StateStore::open(root.path(), "p").unwrap();
         let lock = store.lock(Duration::from_secs(1)).unwrap();
         let mut state = example();
+        let retired = || retired::RETIRED.with(std::cell::Cell::get);
         store.save(&lock, &state).unwrap();
-        for e in [
+        assert_eq!(retired(), 0, "the first save replaces nothing");
+        for (n, e) in [
             Edit::Config(0, "one".into()),
             Edit::Status(1),
             Edit::Copy(0, "new".into()),
             Edit::Remove(1),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             apply(&mut state, &e);
             store.save(&lock, &state).unwrap();
             let bytes = std::fs::read(store.state_path()).unwrap();
             assert_eq!(parse(&bytes).unwrap(), state, "after {e:?}");
+            // The version it replaced was held across the rename, to be let go later.
+            assert_eq!(retired(), n + 1, "after {e:?}");
         }
     }
 

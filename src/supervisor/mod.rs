@@ -480,11 +480,13 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             },
             // Once the loop has been idle a while after a pass: what the passes made resident
             // is given back (freed heap, the pages of our code they ran: the supervisor idles
-            // small). Not after every pass: the next pass would fault the same pages in again
-            // (a reload is several passes).
+            // small), and the state versions they replaced are let go (`state::retired`). Not
+            // after every pass: the next pass would fault the same pages in again (a reload is
+            // several passes).
             _ = tokio::time::sleep(IDLE_TRIM), if trim_owed && shell.pass.is_none() => {
                 trim_owed = false;
                 crate::os::idle::release_idle_memory();
+                crate::state::retired::close_all();
                 continue;
             }
             _ = sleep_until(next_timer.map(|(_, at)| at)), if next_timer.is_some() => {
