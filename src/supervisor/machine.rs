@@ -1875,18 +1875,7 @@ mod tests {
         assert_eq!(passes(&fx).len(), 1, "{fx:?}");
         m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 6 * MS);
         // While db's stop is in flight: web's exit, and another pid of db, are passes.
-        m.handle(
-            Event::Request {
-                client: Some(3),
-                work: Work::Stop {
-                    names: vec!["db".into()],
-                    timeout: None,
-                },
-            },
-            now + 7 * MS,
-        );
-        let fx = m.handle(Event::PassDone(done_stopping("1 stopped")), now + 8 * MS);
-        assert!(stop_of(&fx).is_some());
+        stop_db(&mut m, 3, now + 7 * MS);
         let fx = m.handle(exit("web", 11), now + 9 * MS);
         assert_eq!(passes(&fx).len(), 1, "{fx:?}");
         m.handle(Event::PassDone(done(Ok("nothing to do"))), now + 10 * MS);
