@@ -721,21 +721,23 @@ mod tests {
         assert_eq!(moved.services[0].working_dir, Path::new("/elsewhere/sub"));
     }
 
+    /// A file of two services, `a` and `b`; `b` sets `V` to `v`.
+    fn a_and_b(v: &str) -> String {
+        format!(
+            "services:\n{}{}",
+            service("a", ""),
+            service("b", &format!("    env: {{override: {{V: '{v}'}}}}\n"))
+        )
+    }
+
     /// What the memo is for: after an edit of one service, the others are not made again
     /// (their generated config is the very same shared tree); the edited one is.
     #[test]
     fn only_the_edited_service_is_made_again() {
         let p = Project::new();
-        let file = |v: &str| {
-            format!(
-                "services:\n{}{}",
-                service("a", ""),
-                service("b", &format!("    env: {{override: {{V: '{v}'}}}}\n"))
-            )
-        };
-        p.write("mirrord-up.yaml", &file("1"));
+        p.write("mirrord-up.yaml", &a_and_b("1"));
         let first = p.resolve(&PLAIN);
-        p.write("mirrord-up.yaml", &file("2"));
+        p.write("mirrord-up.yaml", &a_and_b("2"));
         let second = p.resolve(&PLAIN);
         let shared = |name: &str| {
             std::sync::Arc::ptr_eq(
@@ -752,14 +754,7 @@ mod tests {
     #[test]
     fn a_removed_service_is_forgotten() {
         let p = Project::new();
-        let two = |v: &str| {
-            format!(
-                "services:\n{}{}",
-                service("a", ""),
-                service("b", &format!("    env: {{override: {{V: '{v}'}}}}\n"))
-            )
-        };
-        p.write("mirrord-up.yaml", &two("1"));
+        p.write("mirrord-up.yaml", &a_and_b("1"));
         p.resolve(&PLAIN);
         p.write(
             "mirrord-up.yaml",
@@ -768,7 +763,7 @@ mod tests {
         assert_eq!(p.resolve(&PLAIN).services.len(), 1);
         let path = p.dir.path().join("mirrord-up.yaml");
         assert_eq!(memo::Cache::remembered(&path), ["a"]);
-        p.write("mirrord-up.yaml", &two("2"));
+        p.write("mirrord-up.yaml", &a_and_b("2"));
         assert_eq!(env_of(&p.resolve(&PLAIN), "b", "V").as_deref(), Some("2"));
     }
 

@@ -847,9 +847,7 @@ mod tests {
     #[test]
     fn save_then_read_round_trips_with_private_modes() {
         use std::os::unix::fs::MetadataExt;
-        let root = tempfile::tempdir().unwrap();
-        let store = StateStore::open(root.path(), "p").unwrap();
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (_root, store, lock) = opened();
         let state = State::new("p");
         store.save(&lock, &state).unwrap();
         assert_eq!(store.read().unwrap(), Some(state));
@@ -873,6 +871,14 @@ mod tests {
     }
 
     /// The example state file of this format, parsed.
+    /// A state store of project `p` in a temp dir, locked.
+    fn opened() -> (tempfile::TempDir, StateStore, StateLock) {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        (root, store, lock)
+    }
+
     fn example() -> State {
         let text = include_str!("../../state/v1.example.json");
         serde_json::from_str(text).expect("the example parses")
@@ -976,9 +982,7 @@ mod tests {
     /// back (by another process: parsed) is the state saved.
     #[test]
     fn a_save_after_a_change_writes_the_change() {
-        let root = tempfile::tempdir().unwrap();
-        let store = StateStore::open(root.path(), "p").unwrap();
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (_root, store, lock) = opened();
         let mut state = example();
         let retired = || retired::RETIRED.with(std::cell::Cell::get);
         store.save(&lock, &state).unwrap();
@@ -1003,9 +1007,7 @@ mod tests {
 
     #[test]
     fn a_read_after_a_save_sees_a_change_made_by_another_writer() {
-        let root = tempfile::tempdir().unwrap();
-        let store = StateStore::open(root.path(), "p").unwrap();
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (_root, store, lock) = opened();
         let state = State::new("p");
         store.save(&lock, &state).unwrap();
         assert_eq!(store.read().unwrap(), Some(state.clone()));
@@ -1024,9 +1026,7 @@ mod tests {
     #[test]
     fn an_unchanged_state_is_not_written_again_unless_another_writer_replaced_it() {
         use std::os::unix::fs::MetadataExt;
-        let root = tempfile::tempdir().unwrap();
-        let store = StateStore::open(root.path(), "p").unwrap();
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (_root, store, lock) = opened();
         let mut state = State::new("p");
         state.file = Some("/a.yaml".into());
         store.save(&lock, &state).unwrap();
@@ -1095,9 +1095,7 @@ mod tests {
     /// file is unchanged; a one-shot command's write (by rename) between two reads is read.
     #[test]
     fn a_version_saved_or_read_last_is_not_read_again_until_another_writer_replaces_it() {
-        let root = tempfile::tempdir().unwrap();
-        let store = StateStore::open(root.path(), "p").unwrap();
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (_root, store, lock) = opened();
         let mut state = example();
         store.save(&lock, &state).unwrap();
         let reads = file_reads();
@@ -1142,9 +1140,7 @@ mod tests {
     #[test]
     fn an_in_place_edit_of_the_same_size_with_its_mtime_set_back_is_seen() {
         use std::os::unix::fs::{FileExt, MetadataExt};
-        let root = tempfile::tempdir().unwrap();
-        let store = StateStore::open(root.path(), "p").unwrap();
-        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (_root, store, lock) = opened();
         let mut state = example();
         state.file = Some("/b.yaml".into());
         store.save(&lock, &state).unwrap();
