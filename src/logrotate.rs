@@ -331,6 +331,10 @@ pub fn rotate_at_restart(path: &Path, limits: Limits) -> u64 {
     let Ok(meta) = std::fs::metadata(path) else {
         return 0;
     };
+    // No larger than its limit: its data cannot be either (nothing to open and measure).
+    if meta.len() <= limits.max_size {
+        return meta.len();
+    }
     let data = File::open(path)
         .map(|f| meta.len() - data_start(&f, 0, meta.len()))
         .unwrap_or(meta.len());
@@ -575,6 +579,35 @@ mod tests {
         let rest = numbers(seen[1..].join("\n").as_bytes());
         assert_eq!(rest.last(), Some(&4999));
         assert!(rest.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn restart_rotation_leaves_a_log_within_its_limit_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        let limits = Limits {
+            max_size: 16 * 1024,
+            max_files: 3,
+        };
+        assert_eq!(rotate_at_restart(&log, limits), 0, "no log yet");
+        write_lines(&log, 0, 100);
+        let len = std::fs::metadata(&log).unwrap().len();
+        assert!(len <= limits.max_size);
+        assert_eq!(rotate_at_restart(&log, limits), len);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), len);
+        assert!(!numbered(&log, 1).exists());
+        // At its limit exactly: still kept; one byte past it: moved to `.1`.
+        let exact = Limits {
+            max_size: len,
+            ..limits
+        };
+        assert_eq!(rotate_at_restart(&log, exact), len);
+        let under = Limits {
+            max_size: len - 1,
+            ..limits
+        };
+        assert_eq!(rotate_at_restart(&log, under), 0);
+        assert!(numbered(&log, 1).exists());
     }
 
     #[test]
