@@ -47,7 +47,7 @@ impl Drop for Guard<'_> {
 }
 
 /// `down` through the supervisor: the escaped process of `d` is gone while `slow` still waits
-/// out its grace period (it ignores SIGTERM): it was found and stopped with its own group, not
+/// out its grace period (6 s: it ignores SIGTERM): it was found and stopped with its own group, not
 /// left for the search that follows every group's end. Everything is gone afterwards.
 #[test]
 fn an_escaped_process_is_stopped_with_its_group_not_after_a_slow_one() {
@@ -55,7 +55,7 @@ fn an_escaped_process_is_stopped_with_its_group_not_after_a_slow_one() {
     let _guard = Guard(&p);
     p.write_yaml(&common::yaml(&[
         service("d", DAEMONISING, &["stop_timeout: 20"]),
-        service("slow", IGNORES_TERM, &["stop_timeout: 4"]),
+        service("slow", IGNORES_TERM, &["stop_timeout: 6"]),
     ]));
     let out = run(&p, &["up", "--detach"]);
     assert_eq!(out.code, Some(0), "{out}");
