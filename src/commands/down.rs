@@ -112,8 +112,9 @@ impl Skim {
 /// `down` through the supervisor listening on the project's socket (the common case), as `up
 /// -d` asks it: the state is skimmed, not parsed (the file check and the names' width), the
 /// request goes on the connection the supervisor took, and its exit is waited for on a pidfd.
-/// Afterwards one sweep (the one-shot pass: CI sessions, anything still carrying the
-/// project's markers), as before; the `/proc` search for supervisors the state does not
+/// One sweep (the one-shot pass: CI sessions, anything still carrying the project's markers),
+/// as before — while the supervisor exits when it answered and the state records no
+/// supervisor, after its exit otherwise; the `/proc` search for supervisors the state does not
 /// record is left out when the state is readable and records none: the listener was the
 /// registered supervisor (registration refuses while a live one is recorded), and only a
 /// lost or corrupt state hides one. `None`: no such supervisor; the state decides, as before.
@@ -141,6 +142,19 @@ fn through_listener(ctx: &Context, timeout: Option<Duration>) -> Result<Option<E
         },
         reporter.as_mut(),
     );
+    // Answered: its services are stopped and their records gone (the answer follows the
+    // pass that saved it), and it is exiting. Its exit takes a while of its own (closing its
+    // file watches waits out the kernel's grace periods: ≈10 ms whatever the project's size),
+    // so the sweep runs meanwhile, not after it: the sweep never selects a supervisor
+    // (`sweep::Selector`), the state no longer records one, and its last state write and the
+    // sweep's pass each take the state lock. `down` still returns only once it is gone.
+    if matches!(asked, Ok((true, _)))
+        && matches!(ctx.read_state(), Ok(Some(s)) if s.supervisor.is_none())
+    {
+        let swept = stop_inner(ctx, &Request::Down { timeout }, true, Vec::new());
+        await_exit(&process, Ok((true, String::new())), timeout);
+        return swept.map(Some);
+    }
     await_exit(&process, asked, timeout);
     if !matches!(ctx.read_state(), Ok(Some(s)) if s.supervisor.is_none()) {
         stop_unrecorded(ctx, &store.dir, timeout, skim.width(), false);

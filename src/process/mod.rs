@@ -330,14 +330,6 @@ pub fn stop_groups_killable(
             })
         })
         .filter(|all| *all);
-    // What already runs outside each group under its nonce (one scan for all requests; among
-    // this process's descendants only, when `children_only`).
-    let mut outside = match children_only {
-        Some(_) => escaped_among_descendants(requests, &outcomes)
-            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
-        None => escaped_of(requests, &outcomes, &BTreeSet::new()),
-    };
-    tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: escaped looked for");
     let mut pending: BTreeMap<usize, bool> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
         if let Some(why) = &outcomes[i].refused {
@@ -350,6 +342,21 @@ pub fn stop_groups_killable(
         }
         pending.insert(i, false);
     }
+    tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: signalled");
+    // What already runs outside each group under its nonce (one scan for all requests; among
+    // this process's descendants only, when `children_only`). Looked for once every group has
+    // its signal, not before: the groups do not wait for the search (at 500 services it reads
+    // the children of 500 trees), and nothing escapes it meanwhile. A process outside a group
+    // is not signalled by it; one whose parent ends while the search runs comes to this
+    // process (a subreaper) before its parent's children list empties, and this process's
+    // own children are read after every tree (`escaped_among_descendants`); the full scan
+    // finds what runs wherever it is. Each is signalled, as before, once its group is empty.
+    let mut outside = match children_only {
+        Some(_) => escaped_among_descendants(requests, &outcomes)
+            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
+        None => escaped_of(requests, &outcomes, &BTreeSet::new()),
+    };
+    tracing::debug!(took = ?start.elapsed(), "stop: escaped looked for");
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
     // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
     // `MAX_EXIT_FDS` descriptors are opened (a 1024-descriptor limit must leave room for the
@@ -374,7 +381,6 @@ pub fn stop_groups_killable(
         .collect();
     // Then, as each group is found empty, what left it: signal, grace, SIGKILL.
     let mut phase2: BTreeMap<usize, (Instant, Vec<sweep::Target>)> = BTreeMap::new();
-    tracing::debug!(took = ?start.elapsed(), "stop: signalled");
     let mut pause = Duration::from_millis(1);
     while !pending.is_empty() || !phase2.is_empty() {
         let mut table: Option<ProcessTable> = None;
@@ -536,34 +542,41 @@ fn escaped_among_descendants(
     requests: &[StopRequest],
     outcomes: &[StopOutcome],
 ) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
-    let alive = pidfds::held_alive();
     let groups: BTreeSet<i32> = requests.iter().map(|r| r.identity.pgid).collect();
-    // Adopted children (not a running service), and the requests' leaders.
+    let mut visited = BTreeSet::new();
+    let mut found = Vec::new();
+    let mut walk = |stack: &mut Vec<i32>| {
+        while let Some(pid) = stack.pop() {
+            if !visited.insert(pid) {
+                continue;
+            }
+            stack.extend(crate::os::children_of(pid));
+            // A member of a stopped group is stopped with it: its environment is not read.
+            let in_group = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+                .is_ok_and(|g| groups.contains(&g.as_raw()));
+            if !in_group {
+                found.extend(crate::os::marked_of(pid));
+            }
+        }
+    };
+    // The requests' trees first (their groups may be ending: signalled already), then the
+    // children this process adopted (not a running service), read after every tree: a process
+    // whose parent ended during the walk was moved to this process (a subreaper) before its
+    // parent's children list lost it (the kernel moves it under the lock that list is read
+    // under), so it is in one list or the other.
+    let mut stack: Vec<i32> = requests
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| o.refused.is_none())
+        .map(|(r, _)| r.identity.pid)
+        .collect();
+    walk(&mut stack);
+    let alive = pidfds::held_alive();
     let mut stack: Vec<i32> = crate::os::own_children()?
         .into_iter()
         .filter(|pid| !alive.contains_key(pid))
-        .chain(
-            requests
-                .iter()
-                .zip(outcomes)
-                .filter(|(_, o)| o.refused.is_none())
-                .map(|(r, _)| r.identity.pid),
-        )
         .collect();
-    let mut visited = BTreeSet::new();
-    let mut found = Vec::new();
-    while let Some(pid) = stack.pop() {
-        if !visited.insert(pid) {
-            continue;
-        }
-        stack.extend(crate::os::children_of(pid));
-        // A member of a stopped group is stopped with it: its environment is not read.
-        let in_group = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
-            .is_ok_and(|g| groups.contains(&g.as_raw()));
-        if !in_group {
-            found.extend(crate::os::marked_of(pid));
-        }
-    }
+    walk(&mut stack);
     Some(escaped_in(requests, outcomes, found))
 }
 

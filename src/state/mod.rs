@@ -280,44 +280,96 @@ pub struct State {
 ///
 /// Reading through it (`rec.status`) never copies; only a write through `&mut` does, and then
 /// only while another copy of the state shares the record.
-#[derive(Debug, Clone)]
-pub struct SharedRecord(std::sync::Arc<ServiceRecord>);
+///
+/// Each record keeps the text it is saved as ([`SharedRecord::text`]): serialized by the first
+/// save that needs it, shared by every copy, dropped by any write through `&mut` (the copy
+/// that changed gets none; the others keep theirs). A save serializes the records that changed
+/// since they were last saved, and writes the others' texts as they are.
+#[derive(Clone)]
+pub struct SharedRecord(std::sync::Arc<Held>);
+
+/// A record and, once a save needed it, its JSON text.
+struct Held {
+    record: ServiceRecord,
+    text: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl Clone for Held {
+    /// A copy is about to be changed (`Arc::make_mut`): it gets no text.
+    fn clone(&self) -> Held {
+        Held {
+            record: self.record.clone(),
+            text: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedRecord").field(&self.0.record).finish()
+    }
+}
 
 impl SharedRecord {
     /// The same record (not an equal one): nothing was written to it since the copy.
     pub fn same(a: &SharedRecord, b: &SharedRecord) -> bool {
         std::sync::Arc::ptr_eq(&a.0, &b.0)
     }
+
+    /// The record's compact JSON, as `serde_json` writes it (inside a state as well: the
+    /// compact writer's output of a value does not depend on where it is). Serialized once per
+    /// version of the record.
+    pub fn text(&self) -> &[u8] {
+        self.0.text.get_or_init(|| {
+            #[cfg(test)]
+            SERIALIZED.with(|n| n.set(n.get() + 1));
+            serde_json::to_vec(&self.0.record)
+                .expect("records serialize")
+                .into_boxed_slice()
+        })
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many records this thread serialized for a save (tests).
+    static SERIALIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl std::ops::Deref for SharedRecord {
     type Target = ServiceRecord;
     fn deref(&self) -> &ServiceRecord {
-        &self.0
+        &self.0.record
     }
 }
 
 impl std::ops::DerefMut for SharedRecord {
+    /// A write: the record is this copy's alone from now on, and its text is gone.
     fn deref_mut(&mut self) -> &mut ServiceRecord {
-        std::sync::Arc::make_mut(&mut self.0)
+        let held = std::sync::Arc::make_mut(&mut self.0);
+        held.text.take();
+        &mut held.record
     }
 }
 
 impl From<ServiceRecord> for SharedRecord {
-    fn from(r: ServiceRecord) -> SharedRecord {
-        SharedRecord(std::sync::Arc::new(r))
+    fn from(record: ServiceRecord) -> SharedRecord {
+        SharedRecord(std::sync::Arc::new(Held {
+            record,
+            text: std::sync::OnceLock::new(),
+        }))
     }
 }
 
 impl PartialEq for SharedRecord {
     fn eq(&self, other: &SharedRecord) -> bool {
-        SharedRecord::same(self, other) || *self.0 == *other.0
+        SharedRecord::same(self, other) || self.0.record == other.0.record
     }
 }
 
 impl Serialize for SharedRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        self.0.record.serialize(s)
     }
 }
 
@@ -486,11 +538,12 @@ impl StateStore {
             return Err(StateError::TooNew { path, found });
         }
         // Compact: a hundred services make a file of some 300 KB that is rewritten several
-        // times per pass; `ps --format json` is the readable view. A record equal to the one
-        // saved last is not serialized again: its bytes are copied ([`encode`]).
-        let mut encoded = last::encode(&path, state);
-        encoded.text.push(b'\n');
-        let text = std::mem::take(&mut encoded.text);
+        // times per pass; `ps --format json` is the readable view. A record is serialized once
+        // per version of it ([`SharedRecord::text`]); the file is written from the records'
+        // texts as they are, not copied into one buffer first ([`encode`]).
+        let encoded = encode(state);
+        let mut parts = encoded.parts();
+        let bytes = encoded.len();
         let started = std::time::Instant::now();
         // Replaced by rename, not synced: each version is whole, old or new, for any reader,
         // and an intent (a record about to be spawned: its nonce, no process yet) reaches every
@@ -501,17 +554,16 @@ impl StateStore {
         // The version replaced is held open across the rename and let go later (`retired`):
         // the rename then does not wait for its blocks to be freed.
         let replaced = retired::hold(&path);
-        let written = write_private_unsynced(&path, &text);
+        let written = write_parts_unsynced(&path, &mut parts);
         #[cfg(test)]
         last::FILE_WRITES.with(|n| n.set(n.get() + 1));
-        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "state saved");
+        tracing::debug!(bytes, took = ?started.elapsed(), "state saved");
         match written {
             Ok(()) => {
                 if let Some(old) = replaced {
                     retired::retire(old);
                 }
-                encoded.text = text;
-                last::put(&path, encoded, state);
+                last::put(&path, state);
             }
             Err(_) => last::forget(&path),
         }
@@ -520,7 +572,7 @@ impl StateStore {
 }
 
 /// The state this process saved or read last, with the identity of the file (device, inode,
-/// size, mtime, ctime) and, for a version it wrote, its bytes. Every save replaces the file by
+/// size, mtime, ctime). Every save replaces the file by
 /// rename, so another writer's version (a one-shot `restart`, `stop`) is another inode; an
 /// in-place rewrite changes the ctime, which no user can set back (`touch -r` restores the
 /// mtime only, and itself moves the ctime). A read of that very version is a copy of the
@@ -544,9 +596,6 @@ mod last {
     struct Known {
         id: FileId,
         state: State,
-        /// What this process wrote, and where each record's value is in it (empty for a
-        /// version it read: the next save serializes every record).
-        encoded: super::Encoded,
     }
 
     /// By state file: one in the supervisor; a few in a test binary, whose tests run side
@@ -605,14 +654,13 @@ mod last {
         last.insert(path.to_owned(), known);
     }
 
-    pub(super) fn put(path: &Path, encoded: super::Encoded, state: &State) {
+    pub(super) fn put(path: &Path, state: &State) {
         match id_of(path) {
             Some(id) => keep(
                 path,
                 Known {
                     id,
                     state: state.clone(),
-                    encoded,
                 },
             ),
             None => forget(path),
@@ -620,27 +668,14 @@ mod last {
     }
 
     /// `state` was parsed from the version of `path` whose identity is `id` (another
-    /// writer's, or this process's first read). The next save serializes every record: the
-    /// bytes this process wrote before belong to the state it wrote, not to this one.
+    /// writer's, or this process's first read): the next save serializes each of its records
+    /// once ([`super::SharedRecord::text`]).
     pub(super) fn put_read(path: &Path, id: FileId, state: &State) {
         let known = Known {
             id,
             state: state.clone(),
-            encoded: super::Encoded::default(),
         };
         keep(path, known);
-    }
-
-    /// `state` as the state file holds it, reusing the bytes of every record equal to the one
-    /// this process saved last to `path` (whatever the file holds now: a record's bytes
-    /// depend on the record alone).
-    pub(super) fn encode(path: &Path, state: &State) -> super::Encoded {
-        let last = LAST.lock().ok();
-        let prev = last
-            .as_ref()
-            .and_then(|l| l.get(path))
-            .map(|w| (&w.state, &w.encoded));
-        super::encode(state, prev)
     }
 
     pub(super) fn forget(path: &Path) {
@@ -682,18 +717,52 @@ pub(crate) fn writes_on_this_thread() -> usize {
     last::FILE_WRITES.with(std::cell::Cell::get)
 }
 
-/// A state's compact JSON, and the span of each record's value in it (in name order).
-#[derive(Debug, Default)]
-struct Encoded {
-    text: Vec<u8>,
-    spans: Vec<(usize, usize)>,
+/// A state's compact JSON, in the pieces it is written from: `frame` holds the state without
+/// its records and each record's name (`cuts`: where each piece of it ends), `texts` each
+/// record's value (its kept text, [`SharedRecord::text`]), in name order. Joined, they are
+/// `serde_json::to_vec(state)` byte for byte, and a newline.
+struct Encoded<'a> {
+    frame: Vec<u8>,
+    /// Ends of the frame's pieces: the head, then each record's name (`,"name":`), then the
+    /// end (`}}\n`).
+    cuts: Vec<usize>,
+    texts: Vec<&'a [u8]>,
 }
 
-/// `serde_json::to_vec(state)`, byte for byte, with the value of each record that is equal to
-/// its record in `prev` copied from `prev`'s text instead of serialized: a save costs what
-/// changed, plus a comparison and a copy per record. The records are the state's last field,
-/// so the text is the state without records, then the records.
-fn encode(state: &State, prev: Option<(&State, &Encoded)>) -> Encoded {
+impl<'a> Encoded<'a> {
+    /// The pieces in file order, for one `writev` (or a few).
+    fn parts(&self) -> Vec<std::io::IoSlice<'_>> {
+        let mut parts = Vec::with_capacity(2 * self.texts.len() + 2);
+        let mut from = 0;
+        for (i, &to) in self.cuts.iter().enumerate() {
+            parts.push(std::io::IoSlice::new(&self.frame[from..to]));
+            from = to;
+            // After each record's name (pieces 1..): that record's value.
+            if let Some(text) = i.checked_sub(1).and_then(|r| self.texts.get(r)) {
+                parts.push(std::io::IoSlice::new(text));
+            }
+        }
+        parts
+    }
+
+    fn len(&self) -> usize {
+        self.frame.len() + self.texts.iter().map(|t| t.len()).sum::<usize>()
+    }
+
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
+        self.parts()
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .collect()
+    }
+}
+
+/// `serde_json::to_vec(state)` and a newline, byte for byte, as pieces: the records' texts are
+/// the ones they keep (serialized here only for a record that has none: new, changed, or read
+/// from another writer's version). The records are the state's last field, so the text is the
+/// state without records, then the records.
+fn encode(state: &State) -> Encoded<'_> {
     const NO_RECORDS: &[u8] = b"\"services\":{}}";
     let head = State {
         format_version: state.format_version,
@@ -704,48 +773,35 @@ fn encode(state: &State, prev: Option<(&State, &Encoded)>) -> Encoded {
         target_cache: state.target_cache.clone(),
         services: BTreeMap::new(),
     };
-    // About the size of the last text: grown once, not doubled up to it.
-    let size = prev.map_or(0, |(_, e)| e.text.len() + e.text.len() / 8);
-    let mut text = Vec::with_capacity(size);
-    serde_json::to_writer(&mut text, &head).expect("state serializes");
-    if !text.ends_with(NO_RECORDS) {
+    let mut frame = Vec::with_capacity(512 + 24 * state.services.len());
+    serde_json::to_writer(&mut frame, &head).expect("state serializes");
+    if !frame.ends_with(NO_RECORDS) {
         // Another layout (a field after the records): serialized whole, nothing to reuse.
         debug_assert!(false, "the records are not the state's last field");
+        let mut frame = serde_json::to_vec(state).expect("state serializes");
+        frame.push(b'\n');
         return Encoded {
-            text: serde_json::to_vec(state).expect("state serializes"),
-            spans: Vec::new(),
+            cuts: vec![frame.len()],
+            frame,
+            texts: Vec::new(),
         };
     }
-    text.truncate(text.len() - 2);
-    let mut spans = Vec::with_capacity(state.services.len());
-    // Both maps are in name order: walk the previous one alongside.
-    let mut before = prev
-        .filter(|(s, e)| s.services.len() == e.spans.len())
-        .map(|(s, e)| (s.services.iter().zip(&e.spans).peekable(), &e.text));
+    frame.truncate(frame.len() - 2);
+    let mut cuts = Vec::with_capacity(state.services.len() + 2);
+    let mut texts = Vec::with_capacity(state.services.len());
+    cuts.push(frame.len());
     for (i, (name, record)) in state.services.iter().enumerate() {
         if i > 0 {
-            text.push(b',');
+            frame.push(b',');
         }
-        serde_json::to_writer(&mut text, name).expect("names serialize");
-        text.push(b':');
-        let start = text.len();
-        let mut same = None;
-        if let Some((records, bytes)) = before.as_mut() {
-            while records.next_if(|((n, _), _)| *n < name).is_some() {}
-            if let Some(((_, r), &(from, to))) = records.next_if(|((n, _), _)| *n == name)
-                && r == record
-            {
-                same = Some(&bytes[from..to]);
-            }
-        }
-        match same {
-            Some(bytes) => text.extend_from_slice(bytes),
-            None => serde_json::to_writer(&mut text, record).expect("records serialize"),
-        }
-        spans.push((start, text.len()));
+        serde_json::to_writer(&mut frame, name).expect("names serialize");
+        frame.push(b':');
+        cuts.push(frame.len());
+        texts.push(record.text());
     }
-    text.extend_from_slice(b"}}");
-    Encoded { text, spans }
+    frame.extend_from_slice(b"}}\n");
+    cuts.push(frame.len());
+    Encoded { frame, cuts, texts }
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600.
@@ -766,7 +822,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// As [`write_private`] without `fsync`: a temp file next to `path` (created exclusively,
 /// mode 0600, never through a link), written, then renamed over `path`.
 pub fn write_private_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+    write_parts_unsynced(path, &mut [std::io::IoSlice::new(bytes)])
+}
+
+/// As [`write_private_unsynced`], the file being `parts` one after the other (written with
+/// `writev`, not joined first).
+fn write_parts_unsynced(path: &Path, parts: &mut [std::io::IoSlice<'_>]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -796,13 +857,30 @@ pub fn write_private_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
             Err(e) => return Err(io(path)(e)),
         }
     };
-    let done = file
-        .write_all(bytes)
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let done = write_all_parts(&mut file, parts).and_then(|()| std::fs::rename(&tmp, path));
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     done.map_err(io(path))
+}
+
+/// Writes every byte of `parts`, as few `writev` calls as the kernel takes (at most `IOV_MAX`
+/// pieces each).
+fn write_all_parts(
+    file: &mut std::fs::File,
+    mut parts: &mut [std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    std::io::IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match file.write_vectored(parts) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A newer format reads as far as its fields overlap (for display); `save` refuses to write it.
@@ -956,26 +1034,103 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
         /// Whatever a sequence of passes does to the records, each save's text is what serde
-        /// writes for that state, though unchanged records are copied from the save before.
+        /// writes for that state, though unchanged records keep the text they were saved with.
         #[test]
         fn an_encoded_state_is_what_serde_writes(edits in proptest::collection::vec(edit(), 1..24)) {
+            let want = |state: &State| {
+                let mut text = serde_json::to_vec(state).unwrap();
+                text.push(b'\n');
+                text
+            };
             let mut state = example();
-            let mut prev = encode(&state, None);
-            proptest::prop_assert_eq!(&prev.text, &serde_json::to_vec(&state).unwrap());
-            let mut prev_state = state.clone();
+            proptest::prop_assert_eq!(encode(&state).to_vec(), want(&state));
             for e in &edits {
                 apply(&mut state, e);
-                let now = encode(&state, Some((&prev_state, &prev)));
-                let want = serde_json::to_vec(&state).unwrap();
+                let now = encode(&state).to_vec();
+                let wanted = want(&state);
                 proptest::prop_assert_eq!(
-                    String::from_utf8_lossy(&now.text),
-                    String::from_utf8_lossy(&want),
+                    String::from_utf8_lossy(&now),
+                    String::from_utf8_lossy(&wanted),
                     "after {:?}", e
                 );
-                prev = now;
-                prev_state = state.clone();
             }
         }
+    }
+
+    /// A save serializes only the records that changed since they were last saved: the others
+    /// are written from the text they keep, in every copy of the state that shares them; a
+    /// record changed through any copy is serialized again, and its old text is not used.
+    #[test]
+    fn a_save_serializes_only_the_records_that_changed() {
+        let serialized = || SERIALIZED.with(std::cell::Cell::get);
+        let (_root, store, lock) = opened();
+        let mut state = example();
+        let n = state.services.len();
+        assert!(n >= 2, "the example has records to keep");
+        let before = serialized();
+        store.save(&lock, &state).unwrap();
+        assert_eq!(
+            serialized() - before,
+            n,
+            "the first save serializes each record"
+        );
+        // A copy (a pass's `before`, the kept state) shares the texts: nothing to serialize.
+        let copy = state.clone();
+        let before = serialized();
+        assert_eq!(encode(&copy).to_vec(), encode(&state).to_vec());
+        assert_eq!(serialized(), before);
+        // One record changed: that one alone is serialized, and the file holds the change.
+        apply(&mut state, &Edit::Offset(1, 4242));
+        let before = serialized();
+        store.save(&lock, &state).unwrap();
+        assert_eq!(serialized() - before, 1, "only the changed record");
+        let on_disk = std::fs::read(store.state_path()).unwrap();
+        let mut want = serde_json::to_vec(&state).unwrap();
+        want.push(b'\n');
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert_eq!(
+            text(&on_disk),
+            text(&want),
+            "byte for byte what serde writes"
+        );
+        assert_eq!(parse(&on_disk).unwrap(), state);
+        // The copy made before the change still has the old value and its old text.
+        let name = state.services.keys().nth(1).unwrap().clone();
+        assert_ne!(copy.services[&name].log_offset, 4242);
+        let before = serialized();
+        let old = encode(&copy).to_vec();
+        assert_eq!(serialized(), before, "the old version kept its text");
+        let mut want_old = serde_json::to_vec(&copy).unwrap();
+        want_old.push(b'\n');
+        assert_eq!(text(&old), text(&want_old));
+        // A write through `&mut` that leaves the same value still drops the text (it cannot
+        // know): serialized again, same bytes.
+        let offset = state.services[&name].log_offset;
+        state.services.get_mut(&name).unwrap().log_offset = offset;
+        let before = serialized();
+        assert_eq!(text(&encode(&state).to_vec()), text(&want));
+        assert_eq!(serialized() - before, 1);
+    }
+
+    /// A state of more pieces than one `writev` takes (`IOV_MAX`, 1024: two per record) is
+    /// written whole, byte for byte what serde writes.
+    #[test]
+    fn a_state_of_more_pieces_than_one_writev_takes_is_written_whole() {
+        let (_root, store, lock) = opened();
+        let mut state = example();
+        let first = state.services.values().next().unwrap().clone();
+        for i in 0..700 {
+            let mut r = ServiceRecord::clone(&first);
+            r.log_offset = i;
+            state.services.insert(format!("svc-{i:04}"), r.into());
+        }
+        store.save(&lock, &state).unwrap();
+        let on_disk = std::fs::read(store.state_path()).unwrap();
+        let mut want = serde_json::to_vec(&state).unwrap();
+        want.push(b'\n');
+        assert!(encode(&state).parts().len() > 1024);
+        assert_eq!(on_disk.len(), want.len());
+        assert!(on_disk == want, "byte for byte what serde writes");
     }
 
     /// Through the store: a save after a change writes the changed record, and what is read
