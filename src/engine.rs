@@ -917,7 +917,17 @@ impl<'a> Engine<'a> {
         }
         drop(spawning);
         tracing::debug!("level spawned");
-        self.save()?;
+        // Saved here only when this pass may wait after it (a dependency's readiness, a
+        // session's `Ready!`), so that the new processes show meanwhile. A supervised pass
+        // waits for neither: what the spawns changed rides on the next level's intent save or
+        // on the caller's final save, a moment later. A crash before it leaves the intent with
+        // its spawn nonces, by which recovery adopts the processes (as after a crash between a
+        // spawn and this save).
+        let nothing_waits =
+            self.settings.defer_waits && (sessions.is_empty() || self.settings.defer_sessions);
+        if !nothing_waits {
+            self.save()?;
+        }
         if !sessions.is_empty() && self.settings.defer_sessions {
             // The loop waits for their `Ready!` (`SessionOrder`).
             report.sessions.extend(sessions.into_iter().map(|s| {

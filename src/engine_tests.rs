@@ -556,3 +556,50 @@ fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
     assert_eq!(rec.status, Status::Running);
     assert_ne!(rec.process.as_ref().unwrap().pid, identity.pid);
 }
+
+/// A supervised pass (nothing waits inside it) saves a level's start once before its spawns,
+/// with the spawn nonces; the spawned processes ride on the pass's own final save.
+#[test]
+fn a_supervised_start_saves_its_intent_and_leaves_the_processes_to_the_final_save() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let world = World::new(&f.store);
+    let mut events = Events::default();
+    let settings = LaunchSettings {
+        defer_stops: true,
+        defer_waits: true,
+        defer_sessions: true,
+        ..Default::default()
+    };
+    let mut engine = engine_in(&f, &world, settings, &mut events);
+    let loaded = engine.state.clone();
+    let plan = crate::plan::plan(
+        &desired(vec![spec(&dir, "api", 0, &[]), spec(&dir, "db", 0, &[])]),
+        &Observed::new(),
+        PlanOptions::default(),
+    );
+    let writes = crate::state::writes_on_this_thread();
+    let applied = engine.apply_plan(&plan).unwrap();
+    assert!(applied.ok(), "{applied:?}");
+    assert_eq!(
+        crate::state::writes_on_this_thread() - writes,
+        1,
+        "the intent only"
+    );
+    let on_disk = f.store.load(&f.lock).unwrap();
+    for name in ["api", "db"] {
+        let rec = &on_disk.services[name];
+        assert!(
+            rec.spawn_nonce.is_some() && rec.process.is_none(),
+            "{rec:?}"
+        );
+    }
+    engine.save_if_changed(&loaded).unwrap();
+    assert_eq!(crate::state::writes_on_this_thread() - writes, 2);
+    let on_disk = f.store.load(&f.lock).unwrap();
+    for name in ["api", "db"] {
+        let rec = &on_disk.services[name];
+        assert_eq!(rec.status, Status::Running);
+        assert_eq!(rec.process, engine.state.services[name].process);
+    }
+}
