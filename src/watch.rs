@@ -363,7 +363,7 @@ pub struct Watched {
 }
 
 /// The watched services of a desired state.
-pub fn watched(services: &[ServiceSpec]) -> Vec<Watched> {
+pub fn watched(services: &[std::sync::Arc<ServiceSpec>]) -> Vec<Watched> {
     services
         .iter()
         .filter_map(|s| {

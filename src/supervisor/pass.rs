@@ -685,6 +685,25 @@ fn load_desired(
     out: &mut PassOutcome,
     explicit: bool,
 ) -> Desired {
+    use crate::desired::last;
+    // Nothing the desired state of last time was made of changed: it is this pass's too.
+    let key = ctx.desired_tag().map(|tag| last::Key {
+        tag,
+        selection: settings.selection.clone(),
+        named: settings.named.clone(),
+        profiles: settings.profiles.clone(),
+        mode: settings.mode,
+    });
+    let before = match &key {
+        Some(key) => match last::reuse(key, &ctx.files(), &state.target_cache) {
+            Ok(reused) => {
+                tracing::debug!("pass: desired state reused (no file changed)");
+                return use_loaded(state, reporter, out, reused);
+            }
+            Err(before) => Some(before),
+        },
+        None => None,
+    };
     let loaded = ctx.load().and_then(|mut doc| {
         if let Some(profiles) = &settings.profiles {
             doc.profiles = profiles.clone();
@@ -696,21 +715,30 @@ fn load_desired(
     });
     match loaded {
         Ok((doc, desired, cache)) => {
-            if state.last_reload_error.take().is_some() {
-                reporter.event("mirrord-up", "the file is valid again");
-            }
             let mut files = match doc.sources.is_empty() {
                 true => vec![doc.path.clone()],
                 false => doc.sources.iter().map(|(p, _)| p.clone()).collect(),
             };
             files.extend(doc.side_files());
-            out.watched_files = Some(files);
-            out.watches = Some(crate::watch::watched(&desired.services));
-            state.target_cache = cache;
-            state.file = Some(doc.path);
-            desired
+            let loaded = last::Reused {
+                desired,
+                path: doc.path.clone(),
+                files,
+                target_cache: cache,
+            };
+            match (key, before) {
+                (Some(key), Some(before)) if doc.plain => {
+                    last::remember(key, before, loaded.clone())
+                }
+                (Some(key), _) => last::forget(&key.tag),
+                _ => {}
+            }
+            use_loaded(state, reporter, out, loaded)
         }
         Err(e) => {
+            if let Some(key) = &key {
+                last::forget(&key.tag);
+            }
             let message = format!("{e:#}");
             let repeated = state
                 .last_reload_error
@@ -743,6 +771,24 @@ fn load_desired(
             d
         }
     }
+}
+
+/// What a successful load (or the reuse of the last one) changes in the state and tells the
+/// loop.
+fn use_loaded(
+    state: &mut State,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+    loaded: crate::desired::last::Reused,
+) -> Desired {
+    if state.last_reload_error.take().is_some() {
+        reporter.event("mirrord-up", "the file is valid again");
+    }
+    out.watches = Some(crate::watch::watched(&loaded.desired.services));
+    out.watched_files = Some(loaded.files);
+    state.target_cache = loaded.target_cache;
+    state.file = Some(loaded.path);
+    loaded.desired
 }
 
 /// The recorded services as a desired state (for `restart|start`, and while the file is bad).
@@ -810,7 +856,7 @@ fn finish_job(
 fn recorded(state: &State) -> Desired {
     let mut services: Vec<_> = state
         .records(RecordKind::Service)
-        .map(|(_, r)| (*r.spec).clone())
+        .map(|(_, r)| std::sync::Arc::clone(&r.spec))
         .collect();
     services.sort_by(|a, b| a.level.cmp(&b.level).then(a.name.cmp(&b.name)));
     Desired {
