@@ -66,8 +66,18 @@ pub fn observe(state: &State) -> Observed {
 
 /// [`observe`], asking `processes` about each recorded process.
 pub fn observe_with(state: &State, processes: &dyn ProcessTable) -> Observed {
+    observe_some(state, processes, |_, _| true)
+}
+
+/// [`observe_with`], of the records `keep` keeps only (no look at the others).
+pub fn observe_some(
+    state: &State,
+    processes: &dyn ProcessTable,
+    keep: impl Fn(&str, &ServiceRecord) -> bool,
+) -> Observed {
     state
         .records(RecordKind::Service)
+        .filter(|(name, rec)| keep(name, rec))
         .map(|(name, rec)| {
             let alive = processes.liveness(rec.process.as_ref());
             let detail = || match alive {

@@ -413,6 +413,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         )
     };
     let mut exit_watch: BTreeMap<String, (i32, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    // What the last pass said runs, as the exit watchers and session followers were synced to.
+    let mut last_running: Vec<(String, ProcessIdentity)> = Vec::new();
     let mut trim_owed = false;
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
@@ -516,12 +518,22 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if let Some(t) = &tail {
                     t.follow(&out.logs);
                 }
-                watch_exits(&tx, &mut exit_watch, &out.running);
+                // What runs is what ran after the last pass (the usual pass: nothing started
+                // or ended): its exits are watched, its sessions followed already. An exit
+                // watch that ended has told its exit; the pass that settles it changes this.
+                let same_running = out.running == last_running
+                    && process::pidfds::count() == exit_watch.len();
+                if !same_running {
+                    watch_exits(&tx, &mut exit_watch, &out.running);
+                }
                 source_watch.update(out.watches.clone(), &out.running); // watch (issue #16)
                 // Hook (session, issue 13): follow the sessions of what runs now; say that a
                 // reload (file change, SIGHUP) was applied.
-                if let Ok(store) = ctx.store() {
+                if !same_running && let Ok(store) = ctx.store() {
                     sessions.sync(&store, &out.running, &publish);
+                }
+                if !same_running {
+                    last_running = out.running.clone();
                 }
                 let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
                 let pending = reload_after_waits || reloaded;

@@ -500,8 +500,13 @@ fn pass(
     {
         engine.wait_all_ready(&desired, wait, &mut report);
     }
-    // What ran through the apply is looked at again, once (what it started is new).
-    let looks = Looks::new(&REAL, recorded_ids(&engine.state));
+    // What ran through the apply is looked at again, once (what it started is new). Under a
+    // supervisor, only what this pass has not looked at yet: a process that ended since the
+    // first look wakes the loop (its pidfd), and the next pass settles it.
+    let looks = match settings.supervised {
+        true => looks.and_new(recorded_ids(&engine.state)),
+        false => Looks::new(&REAL, recorded_ids(&engine.state)),
+    };
     if settings.supervised {
         engine.release_children();
         // Sessions that died while they started were reported by the apply; their exits are
@@ -664,7 +669,10 @@ fn settle_exits(
     }
     // Only the exits recorded just now are decided about: one that happens while this runs
     // has no facts recorded yet (the next pass records and decides it).
-    let mut observed = observe_with(state, looks);
+    // The policy decides about exits and back-offs only: the other records are not observed.
+    let mut observed = crate::engine::observe_some(state, looks, |name, rec| {
+        recorded.contains(name) || rec.status == Status::Backoff
+    });
     observed.retain(|name, o| {
         recorded.contains(name) || !matches!(o.state, crate::plan::ObservedState::Exited { .. })
     });
@@ -1221,4 +1229,97 @@ pub fn all_down(state: &State) -> Option<Vec<String>> {
         }
     }
     ended.then_some(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{ExitKind, MarkedGroup, StopRequest};
+    use crate::spec::{LauncherKind, ServiceSpec};
+    use crate::state::ServiceRecord;
+    use nix::sys::signal::Signal;
+
+    struct Quiet;
+
+    impl Reporter for Quiet {
+        fn event(&mut self, _: &str, _: &str) {}
+    }
+
+    /// Fake processes, never signalled.
+    struct Table(crate::seams::FakePids);
+
+    impl ProcessTable for Table {
+        fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
+            self.0.liveness(id)
+        }
+        fn take_exit(&self, _: i32) -> Option<ExitKind> {
+            None
+        }
+        fn stop(&self, _: &[StopRequest], _: &mut dyn FnMut(&StopOutcome)) -> Vec<StopOutcome> {
+            Vec::new()
+        }
+        fn stop_leftovers(&self, _: &str, _: &ProcessIdentity, _: Signal, _: Duration) {}
+        fn find_marked(&self, _: &std::path::Path) -> Vec<MarkedGroup> {
+            Vec::new()
+        }
+    }
+
+    fn record(name: &str, status: Status, process: Option<ProcessIdentity>) -> ServiceRecord {
+        let spec = ServiceSpec::plain(name, LauncherKind::Local, vec!["x".into()], "/");
+        ServiceRecord {
+            kind: RecordKind::Service,
+            config_hash: spec.hash(),
+            spec: spec.into(),
+            argv: Vec::new(),
+            status,
+            process,
+            spawn_nonce: None,
+            started_at_ms: Some(1),
+            restarts: 0,
+            policy_restarts: 0,
+            last_exit: None,
+            last_reason: None,
+            log_path: "/nonexistent.log".into(),
+            log_offset: 0,
+            output_dir: None,
+            backoff_until_ms: None,
+            crash_streak: 1,
+        }
+    }
+
+    /// Settling looks only at what exited and what waits out a back-off, but the loop must
+    /// still hear when every back-off ends: a pass that decides about no exit (an `up -d`, a
+    /// reload) would otherwise drop the timer of a service in back-off, which then never
+    /// starts again.
+    #[test]
+    fn a_pass_that_settles_no_exit_still_says_when_a_back_off_ends() {
+        let table = Table(crate::seams::FakePids::from(100));
+        let (_, running) = table.0.spawn("a", "boot");
+        let mut state = State::new("p");
+        state.services.insert(
+            "a".into(),
+            record("a", Status::Running, Some(running.clone())).into(),
+        );
+        let mut waiting = record("b", Status::Backoff, None);
+        waiting.backoff_until_ms = Some(5_000);
+        state.services.insert("b".into(), waiting.into());
+        let at = PlanAt {
+            now_ms: 1_000,
+            ..Default::default()
+        };
+        let mut out = PassOutcome::default();
+        let looks = Looks::new(&table, recorded_ids(&state));
+        settle_exits(
+            &mut state,
+            &PassSettings::default(),
+            &mut Quiet,
+            &at,
+            &mut out,
+            &BTreeSet::new(),
+            &looks,
+        );
+        assert_eq!(out.next_due_ms, Some(5_000), "the back-off's end was lost");
+        assert_eq!(state.services["a"].status, Status::Running);
+        assert_eq!(state.services["b"].status, Status::Backoff);
+    }
 }
