@@ -425,6 +425,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         // The loop watches stops (`Effect::Stop`): a pass never waits out a grace period.
         settings: PassSettings {
             defer_stops: true,
+            // Only the foreground follows the logs (`LogPrinter`).
+            skip_logs: !opts.foreground,
             ..opts.settings
         },
         tx: tx.clone(),
@@ -563,11 +565,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
 fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
     PassDone {
         result: out.result.unwrap_or_else(|| Err("no result".into())),
-        running: out
-            .running
-            .iter()
-            .map(|(n, id)| (n.clone(), id.pid))
-            .collect(),
+        running: out.running.into_iter().map(|(n, id)| (n, id.pid)).collect(),
         next_due: out
             .next_due_ms
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),

@@ -153,6 +153,9 @@ pub struct PassSettings {
     /// How a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
     /// (`oneshot::serve_shutdown`).
     pub sweep_stops: super::shutdown::SweepStops,
+    /// Nothing follows the services' logs (a detached supervisor): `PassOutcome::logs` is
+    /// left empty.
+    pub skip_logs: bool,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -549,7 +552,7 @@ fn pass(
     }
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
-    describe(&engine.state, out, &looks);
+    describe(&engine.state, out, &looks, settings.skip_logs);
     out.failed.extend(report.failed.iter().cloned());
     if let Some(err) = report.error() {
         return Err(err.into());
@@ -1024,7 +1027,7 @@ fn stop(
         }
     }
     engine.save_if_changed(&loaded)?;
-    describe(&engine.state, out, &REAL);
+    describe(&engine.state, out, &REAL, settings.skip_logs);
     if let Some(err) = report.error() {
         return Err(err.into());
     }
@@ -1061,16 +1064,17 @@ fn recorded_ids(state: &State) -> impl Iterator<Item = &ProcessIdentity> {
 }
 
 /// Fills in what the loop watches next.
-fn describe(state: &State, out: &mut PassOutcome, live: &dyn ProcessTable) {
+fn describe(state: &State, out: &mut PassOutcome, live: &dyn ProcessTable, skip_logs: bool) {
     let mut logs = BTreeMap::new();
     for (name, rec) in state.records(RecordKind::Service) {
         // A service that waits has not started in this run: what its file holds is older.
-        let offset = if rec.status == Status::Waiting && rec.process.is_none() {
-            std::fs::metadata(&rec.log_path).map_or(0, |m| m.len())
-        } else {
-            rec.log_offset
+        let offset = || match rec.status == Status::Waiting && rec.process.is_none() {
+            true => std::fs::metadata(&rec.log_path).map_or(0, |m| m.len()),
+            false => rec.log_offset,
         };
-        logs.insert(name.clone(), (rec.log_path.clone(), offset));
+        if !skip_logs {
+            logs.insert(name.clone(), (rec.log_path.clone(), offset()));
+        }
         if let Some(p) = &rec.process
             && matches!(
                 rec.status,
