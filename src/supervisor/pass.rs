@@ -322,6 +322,7 @@ fn pass(
     );
     record_probed(&mut state, &settings.probed, reporter);
     record_sessions(&mut state, &settings.probed, reporter, out);
+    tracing::debug!("pass: exits settled");
 
     let defer = settings.defer_stops && !matches!(work, Work::Shutdown { .. });
     let mut desired = match work {
@@ -510,6 +511,7 @@ fn pass(
         true => looks.and_new(recorded_ids(&engine.state)),
         false => Looks::new(&REAL, recorded_ids(&engine.state)),
     };
+    tracing::debug!("pass: looked again");
     if settings.supervised {
         engine.release_children();
         // Sessions that died while they started were reported by the apply; their exits are
@@ -550,6 +552,7 @@ fn pass(
     } else {
         engine.reap_early_exits(&mut report);
     }
+    tracing::debug!("pass: settled again");
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
     describe(&engine.state, out, &looks, settings.skip_logs);
