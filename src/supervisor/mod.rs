@@ -177,6 +177,9 @@ type PassResult = (PassOutcome, Vec<(ClientId, Client)>);
 /// The shell around the [`Machine`]: gathers events, carries out effects.
 struct Shell<'a> {
     ctx: &'a Arc<dyn Project>,
+    /// The state directory, opened (and checked) once: where each pass's reporter writes the
+    /// project's events. The pass itself opens it again, as every command does.
+    journal_store: Option<crate::state::StateStore>,
     foreground: bool,
     color: bool,
     width: usize,
@@ -324,7 +327,7 @@ impl Shell<'_> {
             color: self.color,
             width: self.width,
             clients,
-            journal: self.ctx.store().ok().map(crate::events::Journal::new),
+            journal: self.journal_store.clone().map(crate::events::Journal::new),
             shutting_down: false,
         }
     }
@@ -419,6 +422,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
         ctx,
+        journal_store: ctx.store().ok(),
         foreground: opts.foreground,
         color: opts.foreground && ctx.stderr_color(),
         width: opts.width,
