@@ -3,6 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod last;
 
 use crate::config::{ConfigError, Mode, ServiceConfig, TargetConfig, UpDocument};
 use crate::generate::ResolvedTarget;
@@ -12,7 +15,9 @@ use crate::spec::{DEFAULT_STOP_TIMEOUT, LauncherKind, ServiceSpec};
 /// The services `up` should run, in start order.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    pub services: Vec<ServiceSpec>,
+    /// Shared with the memo, the last resolved `Desired` and the state's records: a pass
+    /// copies a pointer per service, never a spec.
+    pub services: Vec<Arc<ServiceSpec>>,
     /// Messages for the user (e.g. an `http_filter` ignored in replace mode).
     pub warnings: Vec<String>,
     /// True when the user named services: services outside the selection are left alone.
@@ -21,6 +26,11 @@ pub struct Desired {
 
 impl Desired {
     pub fn get(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name).map(|s| &**s)
+    }
+
+    /// [`Self::get`], the shared spec.
+    pub fn shared(&self, name: &str) -> Option<&Arc<ServiceSpec>> {
         self.services.iter().find(|s| s.name == name)
     }
 }
@@ -175,7 +185,10 @@ fn resolve_with(
         };
         let (spec, w) = match cache.as_deref_mut() {
             Some(c) => c.get_or_make(&made),
-            None => made.make(),
+            None => {
+                let (spec, w) = made.make();
+                (Arc::new(spec), w)
+            }
         };
         warnings.extend(w);
         out.push(spec);
@@ -284,7 +297,7 @@ fn replace_incompatible(target: &ResolvedTarget) -> Option<&'static str> {
 mod memo {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use serde_json::Value;
 
@@ -398,7 +411,7 @@ mod memo {
 
     struct Made {
         inputs: Inputs,
-        spec: ServiceSpec,
+        spec: Arc<ServiceSpec>,
         warnings: Vec<String>,
     }
 
@@ -450,13 +463,14 @@ mod memo {
             self.made.retain(|n, _| names.contains(n));
         }
 
-        pub(super) fn get_or_make(&mut self, k: &Key<'_>) -> (ServiceSpec, Vec<String>) {
+        pub(super) fn get_or_make(&mut self, k: &Key<'_>) -> (Arc<ServiceSpec>, Vec<String>) {
             if let Some(m) = self.made.get(k.config.name)
                 && m.inputs.same(k)
             {
-                return (m.spec.clone(), m.warnings.clone());
+                return (Arc::clone(&m.spec), m.warnings.clone());
             }
             let (spec, warnings) = k.make();
+            let spec = Arc::new(spec);
             self.made.insert(
                 k.config.name.to_owned(),
                 Made {

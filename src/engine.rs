@@ -66,8 +66,18 @@ pub fn observe(state: &State) -> Observed {
 
 /// [`observe`], asking `processes` about each recorded process.
 pub fn observe_with(state: &State, processes: &dyn ProcessTable) -> Observed {
+    observe_some(state, processes, |_, _| true)
+}
+
+/// [`observe_with`], of the records `keep` keeps only (no look at the others).
+pub fn observe_some(
+    state: &State,
+    processes: &dyn ProcessTable,
+    keep: impl Fn(&str, &ServiceRecord) -> bool,
+) -> Observed {
     state
         .records(RecordKind::Service)
+        .filter(|(name, rec)| keep(name, rec))
         .map(|(name, rec)| {
             let alive = processes.liveness(rec.process.as_ref());
             let detail = || match alive {
@@ -543,7 +553,7 @@ impl<'a> Engine<'a> {
             .state
             .services
             .entry(spec.name.clone())
-            .or_insert_with(|| new_record(spec, log_path).into());
+            .or_insert_with(|| new_record(&Arc::new(spec.clone()), log_path).into());
         rec.spec = Arc::new(spec.clone());
         rec.config_hash = spec.hash();
         rec.status = status;
@@ -842,7 +852,10 @@ impl<'a> Engine<'a> {
                 // Its `Ready!` is looked for from here: the rotation keeps it until it is.
                 crate::logrotate::hold(&log_path, offset);
             }
-            let fresh = new_record(spec, log_path);
+            let fresh = new_record(
+                step.spec.as_ref().expect("a start carries its spec"),
+                log_path,
+            );
             let by_policy = step.by_policy();
             let rec = self
                 .state
@@ -1255,7 +1268,7 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut spec = spec.clone();
+            let mut spec = (**spec).clone();
             let ready = spec.ready.get_or_insert_with(Default::default);
             let own = ready.timeout.map(|t| t.0).unwrap_or(left);
             ready.timeout = Some(crate::config::Seconds(own.min(left)));
@@ -1575,11 +1588,13 @@ fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {
     reporter.event(name, &format!("removed: {why}"));
 }
 
-fn new_record(spec: &ServiceSpec, log_path: PathBuf) -> ServiceRecord {
+fn new_record(spec: &Arc<ServiceSpec>, log_path: PathBuf) -> ServiceRecord {
     ServiceRecord {
         kind: RecordKind::Service,
         config_hash: spec.hash(),
-        spec: Arc::new(spec.clone()),
+        // The desired state's own spec (shared with the memo): an unchanged service is then
+        // the very same spec in the next pass's plan.
+        spec: Arc::clone(spec),
         argv: Vec::new(),
         status: Status::Starting,
         process: None,

@@ -151,7 +151,7 @@ fn spec(dir: &Path, name: &str, level: usize, deps: &[&str]) -> ServiceSpec {
 
 fn desired(services: Vec<ServiceSpec>) -> Desired {
     Desired {
-        services,
+        services: services.into_iter().map(Into::into).collect(),
         ..Default::default()
     }
 }

@@ -66,7 +66,7 @@ pub fn levels(
     fn level_of(
         name: &str,
         services: &BTreeMap<String, ServiceConfig>,
-        names: &[String],
+        names: &std::collections::HashSet<&str>,
         memo: &mut BTreeMap<String, usize>,
     ) -> usize {
         if let Some(l) = memo.get(name) {
@@ -76,18 +76,20 @@ pub fn levels(
             .depends_on
             .0
             .keys()
-            .filter(|d| names.contains(d))
+            .filter(|d| names.contains(d.as_str()))
             .map(|d| level_of(d, services, names, memo) + 1)
             .max()
             .unwrap_or(0);
         memo.insert(name.to_owned(), level);
         level
     }
+    // A set: looked up once per dependency edge (a slice made this quadratic).
+    let selected: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
     let mut memo = BTreeMap::new();
     for n in names {
-        level_of(n, services, names, &mut memo);
+        level_of(n, services, &selected, &mut memo);
     }
-    memo.retain(|k, _| names.contains(k));
+    // Only names and their selected dependencies were looked at: every key is in `names`.
     memo
 }
 

@@ -397,7 +397,7 @@ pub fn plan_stop(
 
 /// A start or restart of `spec`, with what it is gated on.
 fn starting(
-    spec: &ServiceSpec,
+    spec: &Arc<ServiceSpec>,
     desired: &Desired,
     observed: Option<&ObservedService>,
     action: Action,
@@ -406,7 +406,7 @@ fn starting(
 ) -> Step {
     let mut step = Step::new(&spec.name, action, cause, spec.level);
     step.new_streak = !step.by_policy();
-    step.spec = Some(Arc::new(spec.clone()));
+    step.spec = Some(Arc::clone(spec));
     if action == Action::Restart {
         let recorded = observed.map_or(spec, |o| &o.recorded);
         step.stop = Some(StopHow::of(recorded, at.stop_timeout));
@@ -417,10 +417,10 @@ fn starting(
         .iter()
         .filter_map(|(dep, how)| {
             // A dependency not selected is provided elsewhere: nothing to wait for.
-            desired.get(dep).map(|d| Wait {
+            desired.shared(dep).map(|d| Wait {
                 on: dep.clone(),
                 until: how.condition,
-                spec: Arc::new(d.clone()),
+                spec: Arc::clone(d),
             })
         })
         .collect();
@@ -511,7 +511,12 @@ pub fn plan_at(desired: &Desired, observed: &Observed, opts: PlanOptions, at: &P
         let (action, cause) = match o {
             None => (Action::Start, Cause::NewService),
             Some(o) => {
-                let new_hash = spec.hash();
+                // The very spec recorded (the memo or the last resolve handed out the same
+                // one): its recorded hash is its hash.
+                let new_hash = match Arc::ptr_eq(&o.recorded, spec) {
+                    true => o.hash.clone(),
+                    false => spec.hash(),
+                };
                 let changed = || Cause::ConfigChanged {
                     fields: changed_fields(&o.recorded.canonical(), &spec.canonical()),
                 };
@@ -746,7 +751,7 @@ mod tests {
 
     fn desired(services: Vec<ServiceSpec>) -> Desired {
         Desired {
-            services,
+            services: services.into_iter().map(Into::into).collect(),
             ..Default::default()
         }
     }
@@ -832,7 +837,7 @@ mod tests {
         assert!(p.steps.iter().all(|s| s.cause == Cause::RemovedFromFile));
 
         let partial = Desired {
-            services: vec![a.clone()],
+            services: vec![a.clone().into()],
             partial: true,
             ..Default::default()
         };

@@ -32,6 +32,12 @@ pub trait Project: Send + Sync {
         mode: Option<Mode>,
         cache: BTreeMap<String, String>,
     ) -> Result<(Desired, BTreeMap<String, String>)>;
+    /// What, besides the files and the pass's settings, the desired state depends on (the
+    /// key, launcher, context, profiles of the command line): a pass reuses the desired state
+    /// it resolved last only for the same tag (`desired::last`). `None`: never reused.
+    fn desired_tag(&self) -> Option<String> {
+        None
+    }
     /// The mirrord binary when the launcher needs one.
     fn launcher_bin(&self) -> Result<Option<PathBuf>>;
     fn stdout_color(&self) -> bool;

@@ -53,14 +53,13 @@ pub trait ProcessTable {
 pub struct Looks<'a> {
     source: &'a dyn ProcessTable,
     seen: std::cell::RefCell<std::collections::HashMap<LookKey, Liveness>>,
+    /// The boot ids of the identities looked at (one, but for records of an earlier boot):
+    /// a key holds its index, not a copy of the string.
+    boots: std::cell::RefCell<Vec<String>>,
 }
 
-/// What names one recorded process: its PID, start time and boot.
-type LookKey = (i32, u64, String);
-
-fn look_key(id: &ProcessIdentity) -> LookKey {
-    (id.pid, id.start_time, id.boot_id.clone())
-}
+/// What names one recorded process: its PID, start time and boot (an index in `boots`).
+type LookKey = (i32, u64, usize);
 
 impl<'a> Looks<'a> {
     /// Looks at every process of `ids` now (at once).
@@ -68,16 +67,52 @@ impl<'a> Looks<'a> {
         source: &'a dyn ProcessTable,
         ids: impl IntoIterator<Item = &'i ProcessIdentity>,
     ) -> Looks<'a> {
-        let ids: Vec<&ProcessIdentity> = ids.into_iter().collect();
-        let seen = ids
-            .iter()
-            .map(|id| look_key(id))
-            .zip(source.liveness_all(&ids))
-            .collect();
-        Looks {
+        let looks = Looks {
             source,
-            seen: std::cell::RefCell::new(seen),
+            seen: Default::default(),
+            boots: Default::default(),
+        };
+        looks.look_at(ids.into_iter().collect());
+        looks
+    }
+
+    /// These looks, and a look at those of `ids` not looked at yet (at once): for the rest
+    /// of a pass whose earlier stretch looked at them. A process that ended since is the next
+    /// pass's: only under a supervisor, whose loop watches every process it runs (a pidfd
+    /// each) and passes again when one ends.
+    pub fn and_new<'i>(self, ids: impl IntoIterator<Item = &'i ProcessIdentity>) -> Looks<'a> {
+        let new: Vec<&ProcessIdentity> = ids
+            .into_iter()
+            .filter(|id| {
+                let key = self.key(id);
+                !self.seen.borrow().contains_key(&key)
+            })
+            .collect();
+        self.look_at(new);
+        self
+    }
+
+    fn look_at(&self, ids: Vec<&ProcessIdentity>) {
+        if ids.is_empty() {
+            return;
         }
+        let answers = self.source.liveness_all(&ids);
+        let mut seen = self.seen.borrow_mut();
+        for (id, l) in ids.iter().zip(answers) {
+            seen.insert(self.key(id), l);
+        }
+    }
+
+    fn key(&self, id: &ProcessIdentity) -> LookKey {
+        let mut boots = self.boots.borrow_mut();
+        let boot = match boots.iter().position(|b| *b == id.boot_id) {
+            Some(i) => i,
+            None => {
+                boots.push(id.boot_id.clone());
+                boots.len() - 1
+            }
+        };
+        (id.pid, id.start_time, boot)
     }
 }
 
@@ -86,7 +121,7 @@ impl ProcessTable for Looks<'_> {
         let Some(id) = id else {
             return Liveness::Exited;
         };
-        let key = look_key(id);
+        let key = self.key(id);
         if let Some(l) = self.seen.borrow().get(&key) {
             return *l;
         }
@@ -278,5 +313,39 @@ mod tests {
             Looks::new(&table, [&b]).liveness(Some(&b)),
             Liveness::Exited
         );
+    }
+
+    #[test]
+    fn looks_carried_on_ask_only_about_processes_not_looked_at_and_tell_boots_apart() {
+        let table = Counting {
+            pids: FakePids::from(100),
+            asked: Default::default(),
+        };
+        let (_, a) = table.pids.spawn("a", "boot");
+        let (_, b) = table.pids.spawn("b", "boot");
+        let looks = Looks::new(&table, [&a, &b]);
+        assert_eq!(table.asked.get(), 2);
+        // The pass started c and b ended; the second stretch asks about c only.
+        let (_, c) = table.pids.spawn("c", "boot");
+        table.pids.end(b.pid);
+        let looks = looks.and_new([&a, &b, &c]);
+        assert_eq!(table.asked.get(), 3, "asked about more than the new one");
+        assert_eq!(looks.liveness(Some(&c)), Liveness::Alive);
+        assert_eq!(
+            looks.liveness(Some(&b)),
+            Liveness::Alive,
+            "b is the next pass's"
+        );
+        assert_eq!(table.asked.get(), 3);
+        // The same PID and start time in another boot is another process: asked about.
+        let other_boot = ProcessIdentity {
+            boot_id: "another boot".into(),
+            ..a.clone()
+        };
+        table.pids.end(a.pid);
+        let looks = looks.and_new([&other_boot]);
+        assert_eq!(table.asked.get(), 4);
+        assert_eq!(looks.liveness(Some(&other_boot)), Liveness::Exited);
+        assert_eq!(looks.liveness(Some(&a)), Liveness::Alive, "this boot's a");
     }
 }

@@ -390,7 +390,7 @@ services:
         ];
         for (what, edit) in edits {
             assert_eq!(spec.hash(), spec.hash_uncached());
-            let mut edited = spec.clone();
+            let mut edited = (*spec).clone();
             edit(&mut edited);
             assert_ne!(edited.hash_uncached(), spec.hash_uncached(), "{what}");
             assert_eq!(edited.hash(), edited.hash_uncached(), "{what}");

@@ -363,7 +363,7 @@ pub struct Watched {
 }
 
 /// The watched services of a desired state.
-pub fn watched(services: &[ServiceSpec]) -> Vec<Watched> {
+pub fn watched(services: &[std::sync::Arc<ServiceSpec>]) -> Vec<Watched> {
     services
         .iter()
         .filter_map(|s| {
@@ -395,6 +395,8 @@ enum Msg {
 pub struct SourceWatch {
     tx: Sender<Msg>,
     last: Option<Vec<Watched>>,
+    /// The last update watched nothing.
+    idle: bool,
 }
 
 impl SourceWatch {
@@ -406,7 +408,11 @@ impl SourceWatch {
             .name("source-watch".into())
             .spawn(move || watch_thread(rx, fs_tx, store, restart))
             .ok();
-        SourceWatch { tx, last: None }
+        SourceWatch {
+            tx,
+            last: None,
+            idle: false,
+        }
     }
 
     /// After each pass: the watched services and the running processes.
@@ -415,6 +421,13 @@ impl SourceWatch {
             self.last = Some(w);
         }
         let w = self.last.clone().unwrap_or_default();
+        // No service is watched, nor was at the last update: the thread has nothing to do
+        // with what runs (the usual file: no `watch:`; not a copy of every process per pass).
+        let idle = w.is_empty();
+        if idle && self.idle {
+            return;
+        }
+        self.idle = idle;
         let _ = self.tx.send(Msg::Update(w, running.to_vec()));
     }
 }

@@ -558,7 +558,7 @@ fn resolve_text(dir: &Path, file: &str, yaml: &str) -> Vec<ServiceSpec> {
         },
     )
     .unwrap_or_else(|e| panic!("this YAML must resolve:\n{yaml}\n--- error:\n{e}"));
-    desired.services
+    desired.services.into_iter().map(|s| (*s).clone()).collect()
 }
 
 fn hashes(specs: &[ServiceSpec]) -> BTreeMap<String, String> {

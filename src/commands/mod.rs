@@ -486,6 +486,19 @@ impl crate::project::Project for Context {
         Context::desired(self, doc, selection, mode, cache)
     }
 
+    fn desired_tag(&self) -> Option<String> {
+        let g = &self.global;
+        Some(format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+            self.files(),
+            g.key,
+            g.launcher,
+            g.context,
+            g.profiles,
+            g.quiet
+        ))
+    }
+
     fn launcher_bin(&self) -> Result<Option<PathBuf>> {
         Context::launcher_bin(self)
     }

@@ -313,6 +313,9 @@ pub struct UpDocument {
     /// With several `-f` files: each file and its rendered text, in merge order (errors are
     /// located in the last file that writes the key). Empty for one file.
     pub sources: Vec<(PathBuf, String)>,
+    /// One file without template tags: what it loads to depends on its text, its key and its
+    /// side files alone (`desired::last` reuses what it resolved to while none changed).
+    pub plain: bool,
 }
 
 /// The last plain (tag-free) single file this process loaded: path, key, text, and what it
@@ -382,7 +385,8 @@ impl UpDocument {
             doc.read_side_files()?;
             return Ok(doc);
         }
-        let doc = Self::from_source(path.clone(), dir, &source, key.clone())?;
+        let mut doc = Self::from_source(path.clone(), dir, &source, key.clone())?;
+        doc.plain = plain;
         if plain {
             last_plain::put(path, key, source, &doc);
         }
@@ -461,6 +465,7 @@ impl UpDocument {
             profiles: Vec::new(),
             document_extensions: extensions,
             sources,
+            plain: false,
         };
         doc.validate()?;
         Ok(doc)
@@ -535,6 +540,7 @@ impl UpDocument {
             profiles: Vec::new(),
             document_extensions: parsed.extensions,
             sources: Vec::new(),
+            plain: false,
         };
         doc.validate()?;
         Ok(doc)

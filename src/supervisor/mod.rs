@@ -177,6 +177,9 @@ type PassResult = (PassOutcome, Vec<(ClientId, Client)>);
 /// The shell around the [`Machine`]: gathers events, carries out effects.
 struct Shell<'a> {
     ctx: &'a Arc<dyn Project>,
+    /// The state directory, opened (and checked) once: where each pass's reporter writes the
+    /// project's events. The pass itself opens it again, as every command does.
+    journal_store: Option<crate::state::StateStore>,
     foreground: bool,
     color: bool,
     width: usize,
@@ -324,7 +327,7 @@ impl Shell<'_> {
             color: self.color,
             width: self.width,
             clients,
-            journal: self.ctx.store().ok().map(crate::events::Journal::new),
+            journal: self.journal_store.clone().map(crate::events::Journal::new),
             shutting_down: false,
         }
     }
@@ -413,16 +416,21 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         )
     };
     let mut exit_watch: BTreeMap<String, (i32, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    // What the last pass said runs, as the exit watchers and session followers were synced to.
+    let mut last_running: Vec<(String, ProcessIdentity)> = Vec::new();
     let mut trim_owed = false;
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
         ctx,
+        journal_store: ctx.store().ok(),
         foreground: opts.foreground,
         color: opts.foreground && ctx.stderr_color(),
         width: opts.width,
         // The loop watches stops (`Effect::Stop`): a pass never waits out a grace period.
         settings: PassSettings {
             defer_stops: true,
+            // Only the foreground follows the logs (`LogPrinter`).
+            skip_logs: !opts.foreground,
             ..opts.settings
         },
         tx: tx.clone(),
@@ -516,12 +524,22 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if let Some(t) = &tail {
                     t.follow(&out.logs);
                 }
-                watch_exits(&tx, &mut exit_watch, &out.running);
+                // What runs is what ran after the last pass (the usual pass: nothing started
+                // or ended): its exits are watched, its sessions followed already. An exit
+                // watch that ended has told its exit; the pass that settles it changes this.
+                let same_running = out.running == last_running
+                    && process::pidfds::count() == exit_watch.len();
+                if !same_running {
+                    watch_exits(&tx, &mut exit_watch, &out.running);
+                }
                 source_watch.update(out.watches.clone(), &out.running); // watch (issue #16)
                 // Hook (session, issue 13): follow the sessions of what runs now; say that a
                 // reload (file change, SIGHUP) was applied.
-                if let Ok(store) = ctx.store() {
+                if !same_running && let Ok(store) = ctx.store() {
                     sessions.sync(&store, &out.running, &publish);
+                }
+                if !same_running {
+                    last_running = out.running.clone();
                 }
                 let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
                 let pending = reload_after_waits || reloaded;
@@ -551,11 +569,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
 fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
     PassDone {
         result: out.result.unwrap_or_else(|| Err("no result".into())),
-        running: out
-            .running
-            .iter()
-            .map(|(n, id)| (n.clone(), id.pid))
-            .collect(),
+        running: out.running.into_iter().map(|(n, id)| (n, id.pid)).collect(),
         next_due: out
             .next_due_ms
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms()))),

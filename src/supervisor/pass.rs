@@ -153,6 +153,9 @@ pub struct PassSettings {
     /// How a sweeping shutdown (one-shot `down` / `ci stop`) waits for its stops
     /// (`oneshot::serve_shutdown`).
     pub sweep_stops: super::shutdown::SweepStops,
+    /// Nothing follows the services' logs (a detached supervisor): `PassOutcome::logs` is
+    /// left empty.
+    pub skip_logs: bool,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -319,6 +322,7 @@ fn pass(
     );
     record_probed(&mut state, &settings.probed, reporter);
     record_sessions(&mut state, &settings.probed, reporter, out);
+    tracing::debug!("pass: exits settled");
 
     let defer = settings.defer_stops && !matches!(work, Work::Shutdown { .. });
     let mut desired = match work {
@@ -500,8 +504,14 @@ fn pass(
     {
         engine.wait_all_ready(&desired, wait, &mut report);
     }
-    // What ran through the apply is looked at again, once (what it started is new).
-    let looks = Looks::new(&REAL, recorded_ids(&engine.state));
+    // What ran through the apply is looked at again, once (what it started is new). Under a
+    // supervisor, only what this pass has not looked at yet: a process that ended since the
+    // first look wakes the loop (its pidfd), and the next pass settles it.
+    let looks = match settings.supervised {
+        true => looks.and_new(recorded_ids(&engine.state)),
+        false => Looks::new(&REAL, recorded_ids(&engine.state)),
+    };
+    tracing::debug!("pass: looked again");
     if settings.supervised {
         engine.release_children();
         // Sessions that died while they started were reported by the apply; their exits are
@@ -542,9 +552,10 @@ fn pass(
     } else {
         engine.reap_early_exits(&mut report);
     }
+    tracing::debug!("pass: settled again");
     engine.save_if_changed(&before)?;
     tracing::debug!("pass: applied");
-    describe(&engine.state, out, &looks);
+    describe(&engine.state, out, &looks, settings.skip_logs);
     out.failed.extend(report.failed.iter().cloned());
     if let Some(err) = report.error() {
         return Err(err.into());
@@ -664,7 +675,10 @@ fn settle_exits(
     }
     // Only the exits recorded just now are decided about: one that happens while this runs
     // has no facts recorded yet (the next pass records and decides it).
-    let mut observed = observe_with(state, looks);
+    // The policy decides about exits and back-offs only: the other records are not observed.
+    let mut observed = crate::engine::observe_some(state, looks, |name, rec| {
+        recorded.contains(name) || rec.status == Status::Backoff
+    });
     observed.retain(|name, o| {
         recorded.contains(name) || !matches!(o.state, crate::plan::ObservedState::Exited { .. })
     });
@@ -685,6 +699,25 @@ fn load_desired(
     out: &mut PassOutcome,
     explicit: bool,
 ) -> Desired {
+    use crate::desired::last;
+    // Nothing the desired state of last time was made of changed: it is this pass's too.
+    let key = ctx.desired_tag().map(|tag| last::Key {
+        tag,
+        selection: settings.selection.clone(),
+        named: settings.named.clone(),
+        profiles: settings.profiles.clone(),
+        mode: settings.mode,
+    });
+    let before = match &key {
+        Some(key) => match last::reuse(key, &ctx.files(), &state.target_cache) {
+            Ok(reused) => {
+                tracing::debug!("pass: desired state reused (no file changed)");
+                return use_loaded(state, reporter, out, reused);
+            }
+            Err(before) => Some(before),
+        },
+        None => None,
+    };
     let loaded = ctx.load().and_then(|mut doc| {
         if let Some(profiles) = &settings.profiles {
             doc.profiles = profiles.clone();
@@ -696,21 +729,30 @@ fn load_desired(
     });
     match loaded {
         Ok((doc, desired, cache)) => {
-            if state.last_reload_error.take().is_some() {
-                reporter.event("mirrord-up", "the file is valid again");
-            }
             let mut files = match doc.sources.is_empty() {
                 true => vec![doc.path.clone()],
                 false => doc.sources.iter().map(|(p, _)| p.clone()).collect(),
             };
             files.extend(doc.side_files());
-            out.watched_files = Some(files);
-            out.watches = Some(crate::watch::watched(&desired.services));
-            state.target_cache = cache;
-            state.file = Some(doc.path);
-            desired
+            let loaded = last::Reused {
+                desired,
+                path: doc.path.clone(),
+                files,
+                target_cache: cache,
+            };
+            match (key, before) {
+                (Some(key), Some(before)) if doc.plain => {
+                    last::remember(key, before, loaded.clone())
+                }
+                (Some(key), _) => last::forget(&key.tag),
+                _ => {}
+            }
+            use_loaded(state, reporter, out, loaded)
         }
         Err(e) => {
+            if let Some(key) = &key {
+                last::forget(&key.tag);
+            }
             let message = format!("{e:#}");
             let repeated = state
                 .last_reload_error
@@ -743,6 +785,24 @@ fn load_desired(
             d
         }
     }
+}
+
+/// What a successful load (or the reuse of the last one) changes in the state and tells the
+/// loop.
+fn use_loaded(
+    state: &mut State,
+    reporter: &mut dyn Reporter,
+    out: &mut PassOutcome,
+    loaded: crate::desired::last::Reused,
+) -> Desired {
+    if state.last_reload_error.take().is_some() {
+        reporter.event("mirrord-up", "the file is valid again");
+    }
+    out.watches = Some(crate::watch::watched(&loaded.desired.services));
+    out.watched_files = Some(loaded.files);
+    state.target_cache = loaded.target_cache;
+    state.file = Some(loaded.path);
+    loaded.desired
 }
 
 /// The recorded services as a desired state (for `restart|start`, and while the file is bad).
@@ -810,7 +870,7 @@ fn finish_job(
 fn recorded(state: &State) -> Desired {
     let mut services: Vec<_> = state
         .records(RecordKind::Service)
-        .map(|(_, r)| (*r.spec).clone())
+        .map(|(_, r)| std::sync::Arc::clone(&r.spec))
         .collect();
     services.sort_by(|a, b| a.level.cmp(&b.level).then(a.name.cmp(&b.name)));
     Desired {
@@ -970,7 +1030,7 @@ fn stop(
         }
     }
     engine.save_if_changed(&loaded)?;
-    describe(&engine.state, out, &REAL);
+    describe(&engine.state, out, &REAL, settings.skip_logs);
     if let Some(err) = report.error() {
         return Err(err.into());
     }
@@ -1007,16 +1067,17 @@ fn recorded_ids(state: &State) -> impl Iterator<Item = &ProcessIdentity> {
 }
 
 /// Fills in what the loop watches next.
-fn describe(state: &State, out: &mut PassOutcome, live: &dyn ProcessTable) {
+fn describe(state: &State, out: &mut PassOutcome, live: &dyn ProcessTable, skip_logs: bool) {
     let mut logs = BTreeMap::new();
     for (name, rec) in state.records(RecordKind::Service) {
         // A service that waits has not started in this run: what its file holds is older.
-        let offset = if rec.status == Status::Waiting && rec.process.is_none() {
-            std::fs::metadata(&rec.log_path).map_or(0, |m| m.len())
-        } else {
-            rec.log_offset
+        let offset = || match rec.status == Status::Waiting && rec.process.is_none() {
+            true => std::fs::metadata(&rec.log_path).map_or(0, |m| m.len()),
+            false => rec.log_offset,
         };
-        logs.insert(name.clone(), (rec.log_path.clone(), offset));
+        if !skip_logs {
+            logs.insert(name.clone(), (rec.log_path.clone(), offset()));
+        }
         if let Some(p) = &rec.process
             && matches!(
                 rec.status,
@@ -1175,4 +1236,97 @@ pub fn all_down(state: &State) -> Option<Vec<String>> {
         }
     }
     ended.then_some(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{ExitKind, MarkedGroup, StopRequest};
+    use crate::spec::{LauncherKind, ServiceSpec};
+    use crate::state::ServiceRecord;
+    use nix::sys::signal::Signal;
+
+    struct Quiet;
+
+    impl Reporter for Quiet {
+        fn event(&mut self, _: &str, _: &str) {}
+    }
+
+    /// Fake processes, never signalled.
+    struct Table(crate::seams::FakePids);
+
+    impl ProcessTable for Table {
+        fn liveness(&self, id: Option<&ProcessIdentity>) -> Liveness {
+            self.0.liveness(id)
+        }
+        fn take_exit(&self, _: i32) -> Option<ExitKind> {
+            None
+        }
+        fn stop(&self, _: &[StopRequest], _: &mut dyn FnMut(&StopOutcome)) -> Vec<StopOutcome> {
+            Vec::new()
+        }
+        fn stop_leftovers(&self, _: &str, _: &ProcessIdentity, _: Signal, _: Duration) {}
+        fn find_marked(&self, _: &std::path::Path) -> Vec<MarkedGroup> {
+            Vec::new()
+        }
+    }
+
+    fn record(name: &str, status: Status, process: Option<ProcessIdentity>) -> ServiceRecord {
+        let spec = ServiceSpec::plain(name, LauncherKind::Local, vec!["x".into()], "/");
+        ServiceRecord {
+            kind: RecordKind::Service,
+            config_hash: spec.hash(),
+            spec: spec.into(),
+            argv: Vec::new(),
+            status,
+            process,
+            spawn_nonce: None,
+            started_at_ms: Some(1),
+            restarts: 0,
+            policy_restarts: 0,
+            last_exit: None,
+            last_reason: None,
+            log_path: "/nonexistent.log".into(),
+            log_offset: 0,
+            output_dir: None,
+            backoff_until_ms: None,
+            crash_streak: 1,
+        }
+    }
+
+    /// Settling looks only at what exited and what waits out a back-off, but the loop must
+    /// still hear when every back-off ends: a pass that decides about no exit (an `up -d`, a
+    /// reload) would otherwise drop the timer of a service in back-off, which then never
+    /// starts again.
+    #[test]
+    fn a_pass_that_settles_no_exit_still_says_when_a_back_off_ends() {
+        let table = Table(crate::seams::FakePids::from(100));
+        let (_, running) = table.0.spawn("a", "boot");
+        let mut state = State::new("p");
+        state.services.insert(
+            "a".into(),
+            record("a", Status::Running, Some(running.clone())).into(),
+        );
+        let mut waiting = record("b", Status::Backoff, None);
+        waiting.backoff_until_ms = Some(5_000);
+        state.services.insert("b".into(), waiting.into());
+        let at = PlanAt {
+            now_ms: 1_000,
+            ..Default::default()
+        };
+        let mut out = PassOutcome::default();
+        let looks = Looks::new(&table, recorded_ids(&state));
+        settle_exits(
+            &mut state,
+            &PassSettings::default(),
+            &mut Quiet,
+            &at,
+            &mut out,
+            &BTreeSet::new(),
+            &looks,
+        );
+        assert_eq!(out.next_due_ms, Some(5_000), "the back-off's end was lost");
+        assert_eq!(state.services["a"].status, Status::Running);
+        assert_eq!(state.services["b"].status, Status::Backoff);
+    }
 }

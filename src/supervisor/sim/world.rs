@@ -68,7 +68,7 @@ impl World {
             store,
             start: Instant::now(),
             desired: Desired {
-                services: vec![spec],
+                services: vec![spec.into()],
                 ..Default::default()
             },
             state: RefCell::new(State::new("p")),
