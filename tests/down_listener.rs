@@ -133,3 +133,61 @@ fn down_asks_the_supervisor_on_its_socket_even_when_the_state_lost_its_record() 
     );
     drop(guard);
 }
+
+/// The supervisor's inotify instances (its file watch, the live log rotation): how many it
+/// holds now.
+fn inotify_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.as_os_str() == "anon_inode:inotify")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Closing an inotify instance that watched something waits for the kernel (milliseconds),
+/// and so does the exit of a process that still holds one: the supervisor lets go of its
+/// watches as soon as it takes a `down`, while its services stop, not at its exit.
+#[test]
+fn down_lets_go_of_the_supervisors_file_watches_while_its_services_stop() {
+    let p = local("down-listener-unwatch");
+    p.write_yaml(&common::yaml(&[service(
+        "slow",
+        &["sh", "-c", "trap '' TERM; exec sleep 1000"],
+        &["stop_timeout: 5"],
+    )]));
+    let out = run(&p, &["up", "--detach"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let sup = p.supervisor_pid().expect("a supervisor");
+    let services: Vec<i32> = p.pids().into_values().collect();
+    let guard = Guard(&p, vec![sup]);
+    wait_until("the supervisor watches its files", WAIT, || {
+        inotify_fds(sup) > 0
+    });
+
+    // The service ignores SIGTERM: the supervisor waits out its 5 s stop timeout.
+    let down = Running::start(p.command(&["down"]), "mirrord-up down".into());
+    wait_until(
+        "the watches are let go, or the supervisor ended",
+        WAIT,
+        || inotify_fds(sup) == 0 || !alive(sup),
+    );
+    assert!(
+        alive(sup),
+        "the supervisor let go of its watches only at its exit"
+    );
+    let out = down.wait();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !alive(sup),
+        "the supervisor is gone when `down` returns: {out}"
+    );
+    for pid in &services {
+        assert!(!alive(*pid), "service pid {pid} alive after down: {out}");
+    }
+    drop(guard);
+}

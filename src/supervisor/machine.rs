@@ -374,6 +374,12 @@ impl Machine {
     }
 
     /// Services whose stop is in flight.
+    /// The loop is ending (`down`, a signal, a first pass that left nothing): it takes no more
+    /// work, so it has no use for its file watches.
+    pub fn is_ending(&self) -> bool {
+        self.stopping.is_some()
+    }
+
     /// Process `pid` of `name` is one the loop is stopping.
     fn stopped_by_a_flight(&self, name: &str, pid: i32) -> bool {
         self.flights.values().any(|f| {

@@ -396,7 +396,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     watcher.watch(&ctx.files());
     let tail = opts.foreground.then(|| LogPrinter::start(ctx.as_ref()));
     // Each service's log stays bounded while it runs (`crate::logrotate`).
-    let _rotator = ctx
+    let mut watching = true;
+    let mut rotator = ctx
         .store()
         .ok()
         .map(|s| crate::logrotate::Rotator::start(&s.dir.join("logs")));
@@ -553,6 +554,17 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         let fx = machine.handle(event, Instant::now());
         let idle = shell.pass.is_none();
         shell.carry_out(fx);
+        if machine.is_ending() && watching {
+            watching = false;
+            // Closing an inotify instance that watched something waits for the kernel (fsnotify
+            // lets go of its marks after an SRCU grace period: 5–25 ms here), and so does the
+            // exit of a process that still holds one. The loop is ending: its watches are let
+            // go now (each closes on its own thread), so that the closing overlaps the
+            // services' stop instead of delaying the supervisor's exit — which `down` waits for.
+            watcher.close();
+            drop(rotator.take());
+            source_watch.update(Some(Vec::new()), &[]);
+        }
         if idle && shell.pass.is_some() {
             reload_in_pass = std::mem::take(&mut reload_pending); // hook (session)
         }
@@ -996,6 +1008,12 @@ impl FileWatcher {
             inner: None,
             files: Vec::new(),
         }
+    }
+
+    /// Watches nothing from now on (the watch closes on the watcher's own thread).
+    fn close(&mut self) {
+        self.enabled = false;
+        self.inner = None;
     }
 
     /// Watches `files` (replacing the previous set); true if the set changed.
