@@ -1032,15 +1032,27 @@ pub fn become_subreaper() {
 }
 
 /// Waits until the process `identity` names is gone (or `timeout` passes): true if gone.
+///
+/// Gone means every thread of it ended, as its pidfd tells: a process whose main thread
+/// ended while others still run their exit (closing its files can take the kernel a while)
+/// shows as a zombie in `/proc/<pid>/stat` but is not gone yet — its children are not
+/// handed to their new parent before that. A zombie child of ours whose threads all ended is
+/// gone (its pidfd is readable).
 pub fn wait_gone(identity: &ProcessIdentity, timeout: Duration) -> bool {
     use std::os::fd::AsFd;
-    if identity.liveness() != Liveness::Alive {
+    // This very process, still in the process table (a zombie included).
+    let present = || {
+        identity.boot_id == boot_id()
+            && proc_info(identity.pid).is_ok_and(|i| i.start_time == identity.start_time)
+    };
+    if !present() {
         return true;
     }
     let Ok(fd) = pidfd_open(identity.pid) else {
         return true;
     };
-    if identity.liveness() != Liveness::Alive {
+    // The PID reused between the look and the open: the descriptor is another process's.
+    if !present() {
         return true;
     }
     let deadline = Instant::now() + timeout;
@@ -1053,12 +1065,8 @@ pub fn wait_gone(identity: &ProcessIdentity, timeout: Duration) -> bool {
         )];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
             Ok(n) if n > 0 => return true,
-            Ok(_) if left.is_zero() => return identity.liveness() != Liveness::Alive,
+            Ok(_) if left.is_zero() => return false,
             _ => {}
-        }
-        // A zombie child of ours is gone for this purpose too.
-        if identity.liveness() != Liveness::Alive {
-            return true;
         }
     }
 }
@@ -1075,6 +1083,26 @@ mod tests {
             boot_id: boot_id().to_owned(),
             nonce: None,
         }
+    }
+
+    #[test]
+    fn wait_gone_goes_by_the_pidfd_a_zombie_child_is_gone_a_live_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let identity = ProcessIdentity::of(pid, None).unwrap();
+        assert!(!wait_gone(&identity, Duration::from_millis(50)), "alive");
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        // Not reaped yet: a zombie child of ours whose every thread ended.
+        assert!(wait_gone(&identity, Duration::from_secs(10)));
+        assert!(proc_info(pid).is_ok_and(|i| i.zombie), "still in the table");
+        child.wait().unwrap();
+        assert!(
+            wait_gone(&identity, Duration::ZERO),
+            "reaped: no such process"
+        );
     }
 
     /// Kills its process groups (and collects the leader) on drop.
