@@ -449,6 +449,20 @@ fn check(path: &Path, last: &mut BTreeMap<PathBuf, Instant>, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `api.log` in a fresh directory (kept while the returned guard lives), with its limits.
+    fn api_log(max_size: u64, max_files: u32) -> (tempfile::TempDir, PathBuf, Limits) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        (
+            dir,
+            log,
+            Limits {
+                max_size,
+                max_files,
+            },
+        )
+    }
     use std::io::Write;
 
     fn write_lines(path: &Path, from: usize, to: usize) {
@@ -486,12 +500,7 @@ mod tests {
 
     #[test]
     fn a_trimmed_log_keeps_every_line_across_its_files_and_its_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("api.log");
-        let limits = Limits {
-            max_size: 64 * 1024,
-            max_files: 100,
-        };
+        let (_dir, log, limits) = api_log(64 * 1024, 100);
         let mut written = 0;
         for _ in 0..20 {
             write_lines(&log, written, written + 1000);
@@ -527,12 +536,7 @@ mod tests {
 
     #[test]
     fn only_max_file_files_are_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("api.log");
-        let limits = Limits {
-            max_size: 16 * 1024,
-            max_files: 3,
-        };
+        let (_dir, log, limits) = api_log(16 * 1024, 3);
         for round in 0..10 {
             write_lines(&log, round * 1000, round * 1000 + 1000);
             trim(&log, limits).unwrap();
@@ -583,12 +587,7 @@ mod tests {
 
     #[test]
     fn restart_rotation_leaves_a_log_within_its_limit_where_it_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("api.log");
-        let limits = Limits {
-            max_size: 16 * 1024,
-            max_files: 3,
-        };
+        let (_dir, log, limits) = api_log(16 * 1024, 3);
         assert_eq!(rotate_at_restart(&log, limits), 0, "no log yet");
         write_lines(&log, 0, 100);
         let len = std::fs::metadata(&log).unwrap().len();
@@ -612,12 +611,7 @@ mod tests {
 
     #[test]
     fn restart_rotation_keeps_only_the_data_of_a_sparse_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("api.log");
-        let limits = Limits {
-            max_size: 16 * 1024,
-            max_files: 3,
-        };
+        let (_dir, log, limits) = api_log(16 * 1024, 3);
         write_lines(&log, 0, 2000);
         trim(&log, limits).unwrap();
         write_lines(&log, 2000, 3000);

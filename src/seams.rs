@@ -286,14 +286,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn looks_ask_once_per_recorded_process() {
+    /// A process table that counts what it is asked, with processes `a` and `b` running.
+    fn counting_a_and_b() -> (Counting, ProcessIdentity, ProcessIdentity) {
         let table = Counting {
             pids: FakePids::from(100),
             asked: Default::default(),
         };
         let (_, a) = table.pids.spawn("a", "boot");
         let (_, b) = table.pids.spawn("b", "boot");
+        (table, a, b)
+    }
+
+    #[test]
+    fn looks_ask_once_per_recorded_process() {
+        let (table, a, b) = counting_a_and_b();
         let looks = Looks::new(&table, [&a, &b]);
         assert_eq!(table.asked.get(), 2, "one look each, at once");
         // An exit after the look is the next look's: the stretch sees one picture.
@@ -317,12 +323,7 @@ mod tests {
 
     #[test]
     fn looks_carried_on_ask_only_about_processes_not_looked_at_and_tell_boots_apart() {
-        let table = Counting {
-            pids: FakePids::from(100),
-            asked: Default::default(),
-        };
-        let (_, a) = table.pids.spawn("a", "boot");
-        let (_, b) = table.pids.spawn("b", "boot");
+        let (table, a, b) = counting_a_and_b();
         let looks = Looks::new(&table, [&a, &b]);
         assert_eq!(table.asked.get(), 2);
         // The pass started c and b ended; the second stretch asks about c only.
