@@ -533,7 +533,10 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 if !same_running {
                     watch_exits(&tx, &mut exit_watch, &out.running);
                 }
-                source_watch.update(out.watches.clone(), &out.running); // watch (issue #16)
+                if watching {
+                    // watch (issue #16); not once the loop is ending (its watches are let go).
+                    source_watch.update(out.watches.clone(), &out.running);
+                }
                 // Hook (session, issue 13): follow the sessions of what runs now; say that a
                 // reload (file change, SIGHUP) was applied.
                 if !same_running && let Ok(store) = ctx.store() {
