@@ -549,12 +549,13 @@ impl<'a> Engine<'a> {
     /// could start).
     fn record_without_process(&mut self, spec: &ServiceSpec, status: Status, reason: &str) {
         let log_path = self.store.log_path(&spec.name);
+        let shared = Arc::new(spec.clone());
         let rec = self
             .state
             .services
             .entry(spec.name.clone())
-            .or_insert_with(|| new_record(&Arc::new(spec.clone()), log_path).into());
-        rec.spec = Arc::new(spec.clone());
+            .or_insert_with(|| new_record(&shared, log_path).into());
+        rec.spec = shared;
         rec.config_hash = spec.hash();
         rec.status = status;
         rec.process = None;

@@ -532,19 +532,17 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     && process::pidfds::count() == exit_watch.len();
                 if !same_running {
                     watch_exits(&tx, &mut exit_watch, &out.running);
+                    // Hook (session, issue 13): follow the sessions of what runs now.
+                    if let Ok(store) = ctx.store() {
+                        sessions.sync(&store, &out.running, &publish);
+                    }
+                    last_running = out.running.clone();
                 }
                 if watching {
                     // watch (issue #16); not once the loop is ending (its watches are let go).
                     source_watch.update(out.watches.clone(), &out.running);
                 }
-                // Hook (session, issue 13): follow the sessions of what runs now; say that a
-                // reload (file change, SIGHUP) was applied.
-                if !same_running && let Ok(store) = ctx.store() {
-                    sessions.sync(&store, &out.running, &publish);
-                }
-                if !same_running {
-                    last_running = out.running.clone();
-                }
+                // Hook (session): say that a reload (file change, SIGHUP) was applied.
                 let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
                 let pending = reload_after_waits || reloaded;
                 reload_after_waits = pending && (out.stops.is_some() || !out.sessions.is_empty());
