@@ -87,6 +87,51 @@ pub enum Access {
     Read,
 }
 
+/// What tells one version of a file from another without reading it: device, inode, size,
+/// modification and change time (to the nanosecond). A rename over the file is another inode;
+/// an edit in place moves the change time, which no user can set back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    pub fn from_meta(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// The file `path` names (through a symbolic link).
+    pub fn of(path: &Path) -> Option<FileId> {
+        std::fs::metadata(path).ok().map(|m| FileId::from_meta(&m))
+    }
+
+    /// `path` itself (a symbolic link is not followed).
+    pub fn of_link(path: &Path) -> Option<FileId> {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| FileId::from_meta(&m))
+    }
+
+    /// When the file last changed (its change time), since the epoch.
+    pub fn changed_at(&self) -> std::time::Duration {
+        std::time::Duration::new(
+            self.ctime.0.max(0) as u64,
+            self.ctime.1.clamp(0, 999_999_999) as u32,
+        )
+    }
+}
+
 /// A directory that passed the checks, held open: everything below it is reached through
 /// this descriptor.
 #[derive(Debug)]

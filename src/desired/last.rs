@@ -18,12 +18,12 @@
 //! change.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::config::Mode;
+use crate::fsutil::FileId;
 
 use super::Desired;
 
@@ -31,40 +31,14 @@ use super::Desired;
 /// kernel clock tick is at most 10 ms; twice that, to be safe).
 pub const RACY: Duration = Duration::from_millis(20);
 
-/// Which `stat` fields make a file's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileId {
-    /// `None`: the file is absent (or cannot be looked at).
-    pub fn of(path: &Path) -> Option<FileId> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-
-    /// Changed too recently for its identity to show the next change.
-    fn racy(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let ctime = Duration::new(
-            self.ctime.0.max(0) as u64,
-            self.ctime.1.clamp(0, 999_999_999) as u32,
-        );
-        now.checked_sub(ctime).is_none_or(|age| age < RACY)
-    }
+/// A file changed too recently to be told apart from a second write within the same tick of
+/// the kernel's clock (`RACY`).
+fn racy(id: &FileId) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.checked_sub(id.changed_at())
+        .is_none_or(|age| age < RACY)
 }
 
 /// What the desired state is asked for, besides the files.
@@ -91,7 +65,7 @@ pub struct Reused {
 }
 
 /// The identities of some files, taken before they were read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stamp(Vec<(PathBuf, Option<FileId>)>);
 
 impl Stamp {
@@ -132,9 +106,7 @@ pub fn reuse(
         return Err(Stamp::of(files));
     };
     let now = Stamp::of(&last.reused.files);
-    let same_files = last.stamp.as_ref().is_some_and(|stamp| {
-        stamp.0.len() == now.0.len() && stamp.0.iter().zip(&now.0).all(|(a, b)| a == b)
-    });
+    let same_files = last.stamp.as_ref() == Some(&now);
     if same_files && last.key == *key && last.reused.target_cache == *target_cache {
         return Ok(last.reused.clone());
     }
@@ -160,7 +132,7 @@ pub fn remember(key: Key, before: Stamp, reused: Reused) {
     let Ok(mut all) = LAST.lock() else { return };
     all.retain(|l| l.key.tag != key.tag);
     let stable = reused.files.iter().all(|p| match before.id(p) {
-        Some(Some(id)) => FileId::of(p).as_ref() == Some(id) && !id.racy(),
+        Some(Some(id)) => FileId::of(p).as_ref() == Some(id) && !racy(id),
         // A side file that was absent: its creation is a change.
         Some(None) => FileId::of(p).is_none(),
         None => false,
@@ -190,7 +162,7 @@ pub fn forget(tag: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     /// A project directory: the YAML, an env file, and an absent config file.
     struct Files {
@@ -248,7 +220,7 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while paths
                 .iter()
-                .any(|p| FileId::of(p).is_some_and(|id| id.racy()))
+                .any(|p| FileId::of(p).is_some_and(|id| racy(&id)))
             {
                 assert!(
                     std::time::Instant::now() < deadline,

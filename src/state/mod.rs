@@ -584,14 +584,12 @@ impl StateStore {
 /// one tick of the kernel's file clock (a few ms) after this process's own write or read.
 mod last {
     use std::collections::BTreeMap;
-    use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
     use super::State;
 
-    /// (device, inode, size, mtime s, mtime ns, ctime s, ctime ns)
-    pub(super) type FileId = (u64, u64, u64, i64, i64, i64, i64);
+    pub(super) use crate::fsutil::FileId;
 
     struct Known {
         id: FileId,
@@ -611,22 +609,6 @@ mod last {
         pub(super) static FILE_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    fn id_from(m: &std::fs::Metadata) -> FileId {
-        (
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        )
-    }
-
-    fn id_of(path: &Path) -> Option<FileId> {
-        std::fs::symlink_metadata(path).ok().map(|m| id_from(&m))
-    }
-
     /// The file's bytes and the identity they belong to: taken before the read, so that a
     /// write during the read leaves an identity that no longer matches (read again next time).
     pub(super) fn read_with_id(path: &Path) -> std::io::Result<(Vec<u8>, FileId)> {
@@ -637,7 +619,7 @@ mod last {
             .custom_flags(nix::libc::O_CLOEXEC)
             .open(path)?;
         let meta = file.metadata()?;
-        let id = id_from(&meta);
+        let id = FileId::from_meta(&meta);
         #[cfg(test)]
         FILE_READS.with(|n| n.set(n.get() + 1));
         let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
@@ -655,7 +637,7 @@ mod last {
     }
 
     pub(super) fn put(path: &Path, state: &State) {
-        match id_of(path) {
+        match FileId::of_link(path) {
             Some(id) => keep(
                 path,
                 Known {
@@ -687,7 +669,7 @@ mod last {
     /// The file at `path` is still the version written or read last (its identity).
     fn current<'a>(last: &'a BTreeMap<PathBuf, Known>, path: &Path) -> Option<&'a Known> {
         last.get(path)
-            .filter(|w| id_of(path).as_ref() == Some(&w.id))
+            .filter(|w| FileId::of_link(path).as_ref() == Some(&w.id))
     }
 
     /// The state the file at `path` holds, when it is the version written or read last.
