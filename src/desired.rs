@@ -179,6 +179,7 @@ fn resolve_with(
                 env_file: doc.env_files.get(&name),
                 base: doc.base_configs.get(&name),
             },
+            shared: svc,
             dir: &doc.dir,
             level: levels[&name],
             launcher: opts.launcher,
@@ -309,6 +310,9 @@ mod memo {
     /// mirrord config, and what else its spec is made of.
     pub(super) struct Key<'a> {
         pub config: generate::Inputs<'a>,
+        /// `config.service`, shared with the parsed file: a service parsed from the same
+        /// text as last time is the very same one (`config::chunks`), and needs no compare.
+        pub shared: &'a Arc<ServiceConfig>,
         pub dir: &'a Path,
         pub level: usize,
         pub launcher: LauncherKind,
@@ -332,7 +336,7 @@ mod memo {
         fn owned(&self) -> Inputs {
             let c = &self.config;
             Inputs {
-                svc: c.service.clone(),
+                svc: Arc::clone(self.shared),
                 common: c.common.clone(),
                 key: c.key.to_owned(),
                 context: c.context.map(str::to_owned),
@@ -349,7 +353,7 @@ mod memo {
 
     /// [`Key`], owned (the name is the memo's key).
     struct Inputs {
-        svc: ServiceConfig,
+        svc: Arc<ServiceConfig>,
         common: CommonConfig,
         key: String,
         context: Option<String>,
@@ -391,6 +395,7 @@ mod memo {
                         env_file: k_env_file,
                         base: k_base,
                     },
+                shared: k_shared,
                 dir: k_dir,
                 level: k_level,
                 launcher: k_launcher,
@@ -405,7 +410,7 @@ mod memo {
                 && common == *k_common
                 && env_file.as_ref() == *k_env_file
                 && base.as_ref() == *k_base
-                && svc == *k_svc
+                && (Arc::ptr_eq(svc, k_shared) || **svc == **k_svc)
         }
     }
 

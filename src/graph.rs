@@ -1,6 +1,7 @@
 //! The service dependency graph: cycle detection and start levels (petgraph).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -8,7 +9,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::config::ServiceConfig;
 
 /// Edges point from a service to each service it depends on.
-fn build(services: &BTreeMap<String, ServiceConfig>) -> (DiGraph<&str, ()>, Vec<NodeIndex>) {
+fn build(services: &BTreeMap<String, Arc<ServiceConfig>>) -> (DiGraph<&str, ()>, Vec<NodeIndex>) {
     let mut g = DiGraph::new();
     let nodes: Vec<NodeIndex> = services.keys().map(|n| g.add_node(n.as_str())).collect();
     let index: BTreeMap<&str, NodeIndex> = services
@@ -27,7 +28,7 @@ fn build(services: &BTreeMap<String, ServiceConfig>) -> (DiGraph<&str, ()>, Vec<
 }
 
 /// A dependency cycle as `[a, b, a]`, smallest name first, or `None`.
-pub fn find_cycle(services: &BTreeMap<String, ServiceConfig>) -> Option<Vec<String>> {
+pub fn find_cycle(services: &BTreeMap<String, Arc<ServiceConfig>>) -> Option<Vec<String>> {
     let (g, _) = build(services);
     let mut cycles: Vec<Vec<String>> = tarjan_scc(&g)
         .into_iter()
@@ -60,12 +61,12 @@ pub fn find_cycle(services: &BTreeMap<String, ServiceConfig>) -> Option<Vec<Stri
 /// dependency. Only edges between services in `names` count (skipped dependencies are
 /// satisfied elsewhere). The file has been checked for cycles.
 pub fn levels(
-    services: &BTreeMap<String, ServiceConfig>,
+    services: &BTreeMap<String, Arc<ServiceConfig>>,
     names: &[String],
 ) -> BTreeMap<String, usize> {
     fn level_of(
         name: &str,
-        services: &BTreeMap<String, ServiceConfig>,
+        services: &BTreeMap<String, Arc<ServiceConfig>>,
         names: &std::collections::HashSet<&str>,
         memo: &mut BTreeMap<String, usize>,
     ) -> usize {

@@ -1,6 +1,6 @@
 //! Parsing in proportion to the change: the `services:` of a file in plain block style, one
-//! service's text at a time, each text parsed only when this process has not parsed that very
-//! text before.
+//! service's text at a time, each text parsed only when it is not the text of a service of the
+//! file this process parsed last.
 //!
 //! Parsing a YAML value is a function of its text alone once no anchor, alias, merge key or
 //! tag can reach across services. So a file is cut into its top-level part and one chunk per
@@ -9,64 +9,126 @@
 //! no directives or document markers. Anything else, and any chunk that does not parse as
 //! exactly one service, gives `None`: the caller parses the whole file as before, so every
 //! error still comes from the whole file, with its line and column.
+//!
+//! A chunk is first compared with the chunk of the last file at the same position, then at the
+//! same distance from the end (an insertion or a removal shifts the services after it), and
+//! only then looked up among all of them: an edit of one service compares bytes, hashes
+//! nothing and parses one service. The services found are shared (`Arc`), never copied.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{ServiceConfig, Services, UpFile};
 
-/// The services parsed last, by their text (name and value): the chunks of the file parsed
-/// last (a file parsed after it replaces them).
-static PARSED: Mutex<Option<HashMap<String, (String, ServiceConfig)>>> = Mutex::new(None);
+/// The file parsed last, service by service.
+#[derive(Default)]
+struct Last {
+    text: String,
+    /// Each service: where its text is in `text`, its name and what it parsed to, in the order
+    /// of the file.
+    chunks: Chunks,
+}
 
-/// `rendered` parsed service by service, or `None` when it cannot be cut safely or does not
-/// parse (the whole file is parsed then).
-pub fn parse(rendered: &str) -> Option<UpFile> {
+/// By file: one in the supervisor; a few in a test binary, whose tests parse side by side in
+/// one process (a file's memo taken by one is simply absent for another meanwhile).
+static PARSED: Mutex<Vec<(PathBuf, Last)>> = Mutex::new(Vec::new());
+const KEPT: usize = 8;
+
+/// `rendered`, the text of `path`, parsed service by service, or `None` when it cannot be cut
+/// safely or does not parse (the whole file is parsed then).
+pub fn parse(path: &Path, rendered: &str) -> Option<UpFile> {
     let cut = cut(rendered)?;
     let head: UpFile = serde_yaml::from_str(&cut.head).ok()?;
     if !head.services.0.is_empty() {
         return None;
     }
-    let mut memo = PARSED.lock().ok()?;
-    let mut last = memo.take().unwrap_or_default();
-    let mut now = HashMap::with_capacity(cut.services.len());
-    let mut services = BTreeMap::new();
-    let mut ok = true;
-    for chunk in cut.services {
-        let (text, parsed) = match last.remove_entry(chunk) {
-            Some(seen) => seen,
-            None => match one_service(chunk) {
-                Some(p) => (chunk.to_owned(), p),
-                None => {
-                    ok = false;
-                    break;
-                }
-            },
-        };
-        let duplicate = services
-            .insert(parsed.0.clone(), parsed.1.clone())
-            .is_some();
-        now.insert(text, parsed);
-        if duplicate {
-            // The same name twice: the whole file says so.
-            ok = false;
-            break;
-        }
+    let last = {
+        let mut all = PARSED.lock().ok()?;
+        let found = all.iter().position(|(p, _)| p == path);
+        found.map(|i| all.swap_remove(i).1)
     }
-    *memo = Some(if ok {
-        now
-    } else {
-        last.extend(now);
-        last
-    });
-    ok.then_some(UpFile {
+    .unwrap_or_default();
+    // What is remembered: this file when it parsed, else the last one as it was.
+    let (services, keep) = match parse_against(rendered, &cut.services, &last) {
+        Some((services, chunks)) => (
+            Some(services),
+            Last {
+                text: rendered.to_owned(),
+                chunks,
+            },
+        ),
+        None => (None, last),
+    };
+    if let Ok(mut all) = PARSED.lock() {
+        all.retain(|(p, _)| p != path);
+        if all.len() >= KEPT {
+            all.remove(0);
+        }
+        all.push((path.to_owned(), keep));
+    }
+    services.map(|services| UpFile {
         common: head.common,
-        services: Services(services),
+        services,
     })
 }
 
+type Chunks = Vec<(Range<usize>, String, Arc<ServiceConfig>)>;
+
+/// The services of `rendered`, cut at `texts`, sharing those of `last` whose text is the
+/// same; and where each is in `rendered`. `None` when a chunk is not one service or a name
+/// comes twice.
+fn parse_against(rendered: &str, texts: &[&str], last: &Last) -> Option<(Services, Chunks)> {
+    let old = |j: usize| &last.text[last.chunks[j].0.clone()];
+    // Positions of the last file's chunks by text, made only from the second chunk that is
+    // neither at its old position nor at its old distance from the end (one edited, inserted
+    // or removed service is the first, and is parsed).
+    let mut by_text: Option<HashMap<&str, usize>> = None;
+    let mut missed = 0;
+    let shift = texts.len() as isize - last.chunks.len() as isize;
+    let mut chunks = Vec::with_capacity(texts.len());
+    let mut services = BTreeMap::new();
+    let base = rendered.as_ptr() as usize;
+    for (i, chunk) in texts.iter().enumerate() {
+        let from_end = usize::try_from(i as isize - shift).ok().filter(|&j| j != i);
+        let seen = [Some(i), from_end]
+            .into_iter()
+            .flatten()
+            .find(|&j| j < last.chunks.len() && old(j) == *chunk)
+            .or_else(|| {
+                missed += 1;
+                if missed < 2 {
+                    return None;
+                }
+                let index = by_text.get_or_insert_with(|| {
+                    #[cfg(test)]
+                    tests::SEARCHES.with(|n| n.set(n.get() + 1));
+                    (0..last.chunks.len()).map(|j| (old(j), j)).collect()
+                });
+                index.get(chunk).copied()
+            });
+        let (name, service) = match seen {
+            Some(j) => {
+                let (_, name, service) = &last.chunks[j];
+                (name.clone(), Arc::clone(service))
+            }
+            None => one_service(chunk)?,
+        };
+        let at = chunk.as_ptr() as usize - base;
+        chunks.push((at..at + chunk.len(), name.clone(), Arc::clone(&service)));
+        if services.insert(name, service).is_some() {
+            // The same name twice: the whole file says so.
+            return None;
+        }
+    }
+    Some((Services(services), chunks))
+}
+
 /// Exactly one service, from its text.
-fn one_service(chunk: &str) -> Option<(String, ServiceConfig)> {
+fn one_service(chunk: &str) -> Option<(String, Arc<ServiceConfig>)> {
+    #[cfg(test)]
+    tests::PARSES.with(|n| n.set(n.get() + 1));
     let Services(map) = serde_yaml::from_str(chunk).ok()?;
     let mut entries = map.into_iter();
     let one = entries.next()?;
@@ -163,6 +225,205 @@ fn cut(text: &str) -> Option<Cut<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigError, UpDocument};
+
+    thread_local! {
+        /// How many services this thread parsed one by one.
+        pub(super) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// How many times this thread looked a chunk up among all of the last file's.
+        pub(super) static SEARCHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A project file saved version after version, as an editor does (a rename over it).
+    struct Saved {
+        dir: tempfile::TempDir,
+    }
+
+    impl Saved {
+        fn new() -> Saved {
+            Saved {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("mirrord-up.yaml")
+        }
+
+        /// Saves `text` and loads it: the document, or the error, and how many services were
+        /// parsed one by one.
+        fn save(&self, text: &str) -> (Result<UpDocument, ConfigError>, usize) {
+            let tmp = self.dir.path().join(".tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.path()).unwrap();
+            let before = PARSES.with(|n| n.get());
+            SEARCHES.with(|n| n.set(0));
+            let loaded = UpDocument::load(&self.path(), Some("k"));
+            (loaded, PARSES.with(|n| n.get()) - before)
+        }
+
+        /// Whether the last save looked a service up among all of the last file's (instead of
+        /// finding it where it was, or at the same distance from the end).
+        fn searched(&self) -> bool {
+            SEARCHES.with(|n| n.get()) > 0
+        }
+
+        /// [`Self::save`], which must load to what the whole text parses to.
+        fn good(&self, text: &str) -> (UpDocument, usize) {
+            let (doc, parsed) = self.save(text);
+            let doc = doc.unwrap();
+            let whole: UpFile = serde_yaml::from_str(text).unwrap();
+            assert_eq!(*doc.file, whole, "{text}");
+            (doc, parsed)
+        }
+
+        /// The error `text` gives to a process that never parsed this file before (no memo).
+        fn fresh_error(&self, text: &str) -> String {
+            let other = self.dir.path().join("fresh").join("mirrord-up.yaml");
+            let e = UpDocument::from_text(&other, text, "k").unwrap_err();
+            e.to_string().replace(
+                &other.display().to_string(),
+                &self.path().display().to_string(),
+            )
+        }
+    }
+
+    fn services(list: &[(&str, &str)]) -> String {
+        let mut text = String::from("services:\n");
+        for (name, v) in list {
+            text.push_str(&format!(
+                "  {name}:\n    env: {{override: {{V: '{v}'}}}}\n    run:\n      command: [sleep, '1']\n"
+            ));
+        }
+        text
+    }
+
+    fn v_of(doc: &UpDocument, name: &str) -> String {
+        let env = doc.file.services.0[name].env.clone().unwrap();
+        env.overrides.unwrap()["V"].0.clone()
+    }
+
+    /// Whether `name` is the very same parsed service in both documents.
+    fn shared(a: &UpDocument, b: &UpDocument, name: &str) -> bool {
+        Arc::ptr_eq(&a.file.services.0[name], &b.file.services.0[name])
+    }
+
+    /// An edit, an insertion, a removal (both shift the services after them), a rename and a
+    /// reorder of services: each parses only the services whose text is new, shares every
+    /// other one with the file loaded before, and loads to what the whole text parses to.
+    #[test]
+    fn a_saved_file_parses_only_the_services_whose_text_is_new() {
+        let f = Saved::new();
+        let base = [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")];
+        let (v0, parsed) = f.good(&services(&base));
+        assert_eq!(parsed, 5, "the first load parses every service");
+
+        // One service edited in place.
+        let (v1, parsed) = f.good(&services(&[
+            ("a", "1"),
+            ("b", "1"),
+            ("c", "2"),
+            ("d", "1"),
+            ("e", "1"),
+        ]));
+        assert_eq!(parsed, 1);
+        assert!(!f.searched());
+        assert_eq!(v_of(&v1, "c"), "2");
+        for n in ["a", "b", "d", "e"] {
+            assert!(shared(&v0, &v1, n), "{n} after an edit of c");
+        }
+        assert!(!shared(&v0, &v1, "c"));
+
+        // A service inserted before others, then one removed before others.
+        let inserted = [
+            ("a", "1"),
+            ("n", "1"),
+            ("b", "1"),
+            ("c", "2"),
+            ("d", "1"),
+            ("e", "1"),
+        ];
+        let (v2, parsed) = f.good(&services(&inserted));
+        assert_eq!(parsed, 1, "only the inserted service");
+        assert!(
+            !f.searched(),
+            "the services after it are where they were from the end"
+        );
+        for n in ["a", "b", "c", "d", "e"] {
+            assert!(shared(&v1, &v2, n), "{n} after an insertion");
+        }
+        let (v3, parsed) = f.good(&services(&inserted[1..]));
+        assert_eq!(parsed, 0, "a removal parses nothing");
+        assert!(!f.searched());
+        assert!(!v3.file.services.0.contains_key("a"));
+        for n in ["n", "b", "c", "d", "e"] {
+            assert!(shared(&v2, &v3, n), "{n} after a removal");
+        }
+
+        // A service renamed: a new service of that name, the old name gone.
+        let renamed = [("n", "1"), ("b", "1"), ("r", "2"), ("d", "1"), ("e", "1")];
+        let (v4, parsed) = f.good(&services(&renamed));
+        assert_eq!(parsed, 1);
+        assert!(!f.searched());
+        assert!(!v4.file.services.0.contains_key("c"));
+        assert_eq!(v_of(&v4, "r"), "2");
+        for n in ["n", "b", "d", "e"] {
+            assert!(shared(&v3, &v4, n), "{n} after a rename");
+        }
+
+        // Services reordered: the same texts, found where they moved.
+        let mut reordered = renamed;
+        reordered.reverse();
+        let (v5, parsed) = f.good(&services(&reordered));
+        // The first service out of place is taken for an edit (parsed); the others are found.
+        assert_eq!(parsed, 1, "a reorder parses one service");
+        for (n, _) in &renamed[..4] {
+            assert!(shared(&v4, &v5, n), "{n} after a reorder");
+        }
+    }
+
+    /// `common:` is not part of any service's text: a change to it is in the new document
+    /// although every service is shared.
+    #[test]
+    fn a_change_to_common_is_seen_with_every_service_shared() {
+        let f = Saved::new();
+        let list = [("a", "1"), ("b", "1")];
+        let (v0, _) = f.good(&format!("common: {{context: one}}\n{}", services(&list)));
+        let (v1, parsed) = f.good(&format!("common: {{context: two}}\n{}", services(&list)));
+        assert_eq!(parsed, 0);
+        assert_eq!(v1.file.common.context.as_deref(), Some("two"));
+        assert!(shared(&v0, &v1, "a") && shared(&v0, &v1, "b"));
+    }
+
+    /// A duplicate name made by an edit, a service that does not parse, an unknown key: the
+    /// error is the whole file's, with the line and column a first load gives; and after it,
+    /// the next good save still shares what it can with the last good one.
+    #[test]
+    fn a_bad_edit_is_the_whole_files_error_and_loses_nothing() {
+        let f = Saved::new();
+        let list = [("a", "1"), ("b", "1"), ("c", "1")];
+        let (v0, _) = f.good(&services(&list));
+        let edits = [
+            services(&[("a", "1"), ("b", "1"), ("a", "2")]),
+            services(&list).replace("[sleep, '1']\n  c", "[sleep, '1'\n  c"),
+            services(&list).replace("  b:\n    env", "  b:\n    nope: 1\n    env"),
+        ];
+        for text in &edits {
+            let (loaded, _) = f.save(text);
+            let error = loaded.unwrap_err().to_string();
+            assert_eq!(error, f.fresh_error(text));
+        }
+        let (loaded, _) = f.save(&edits[0]);
+        let error = loaded.unwrap_err().to_string();
+        assert!(error.contains("duplicate service `a`"), "{error}");
+        assert!(
+            error.contains("line 10 column 3"),
+            "the second `a`: {error}"
+        );
+        let (v1, parsed) = f.good(&services(&[("a", "1"), ("b", "1"), ("c", "2")]));
+        assert_eq!(parsed, 1, "only c: a and b are the last good file's");
+        assert!(shared(&v0, &v1, "a") && shared(&v0, &v1, "b"));
+    }
 
     #[test]
     fn a_plain_file_is_cut_at_its_services() {
@@ -195,7 +456,7 @@ mod tests {
         for v in ["1", "2", "1"] {
             let text = file(v);
             let whole: UpFile = serde_yaml::from_str(&text).unwrap();
-            assert_eq!(parse(&text), Some(whole), "{v}");
+            assert_eq!(parse(Path::new("/by-service"), &text), Some(whole), "{v}");
         }
     }
 
@@ -260,7 +521,7 @@ mod tests {
             #[test]
             fn the_cut_parse_is_the_whole_parse(texts in prop::collection::vec(file(), 1..6)) {
                 for text in &texts {
-                    if let Some(cut) = parse(text) {
+                    if let Some(cut) = parse(Path::new("/props"), text) {
                         let whole = serde_yaml::from_str::<UpFile>(text);
                         prop_assert!(whole.is_ok(), "{text:?}: {:?}", whole.err());
                         prop_assert_eq!(cut, whole.unwrap(), "{:?}", text);

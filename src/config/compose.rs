@@ -26,14 +26,14 @@ pub struct Parsed {
     pub resolved: Option<String>,
 }
 
-/// Parses `rendered`.
-pub fn parse(rendered: &str) -> Result<Parsed, Failure> {
+/// Parses `rendered`, the text of `path`.
+pub fn parse(path: &std::path::Path, rendered: &str) -> Result<Parsed, Failure> {
     // A file whose text cannot hold a merge key and that parses as is used no extension (an
     // `x-*` key is an unknown field to the parser): it is parsed once, not first as a value.
     // A plain file is parsed service by service (only the services whose text changed).
     if !may_merge(rendered)
-        && let Some(file) =
-            super::chunks::parse(rendered).or_else(|| serde_yaml::from_str::<UpFile>(rendered).ok())
+        && let Some(file) = super::chunks::parse(path, rendered)
+            .or_else(|| serde_yaml::from_str::<UpFile>(rendered).ok())
     {
         return Ok(Parsed {
             file,
@@ -249,7 +249,10 @@ mod tests {
             "other: 1\nservices:\n  a:\n    run: {command: [x]}\n",
         ];
         for text in texts {
-            match (parse(text), parse_whole(text)) {
+            match (
+                parse(std::path::Path::new("/compose"), text),
+                parse_whole(text),
+            ) {
                 (Ok(short), Ok(long)) => {
                     assert_eq!(short.file, long.file, "{text}");
                     assert_eq!(short.extensions, long.extensions, "{text}");

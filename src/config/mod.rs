@@ -490,7 +490,7 @@ impl UpDocument {
         key: String,
     ) -> Result<UpDocument, ConfigError> {
         let rendered = render_step(&path, &dir, source, &key)?;
-        let parsed = compose::parse(&rendered).map_err(|e| {
+        let parsed = compose::parse(&path, &rendered).map_err(|e| {
             let message = e.message;
             let dup = regex::Regex::new(r"duplicate service `([^`]+)`").expect("static");
             let location = match dup.captures(&message) {
@@ -744,7 +744,9 @@ pub fn completed_file(ev: &notify::Event) -> Option<&Path> {
 pub fn read_bounded(path: &Path) -> Result<String, ReadError> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(ReadError::Io)?;
-    let mut bytes = Vec::new();
+    // Room for the whole file at once (and one byte more, to see that it ended): no doubling.
+    let size = file.metadata().map_or(0, |m| m.len().min(MAX_FILE_BYTES));
+    let mut bytes = Vec::with_capacity(size as usize + 1);
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(ReadError::Io)?;

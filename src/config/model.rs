@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -55,8 +56,11 @@ pub struct CommonConfig {
 }
 
 /// The `services` map, in name order, refusing duplicated names (real mirrord keeps the last).
+/// Each service is shared: a file parsed again shares the services whose text did not change
+/// with the file parsed before (`chunks`), and whatever was made of them can tell an
+/// unchanged service by its pointer.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Services(pub BTreeMap<String, ServiceConfig>);
+pub struct Services(pub BTreeMap<String, Arc<ServiceConfig>>);
 
 impl<'de> Deserialize<'de> for Services {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -75,7 +79,7 @@ impl<'de> Deserialize<'de> for Services {
                         )));
                     }
                     let service = map.next_value::<ServiceConfig>()?;
-                    out.insert(name, service);
+                    out.insert(name, Arc::new(service));
                 }
                 Ok(Services(out))
             }
