@@ -106,11 +106,26 @@ pub fn select(doc: &UpDocument, selection: &[String]) -> Result<Vec<String>, Con
 pub fn resolve(doc: &UpDocument, opts: ResolveOptions) -> Result<Desired, ConfigError> {
     let mut cache = memo::Cache::take(&doc.path);
     let resolved = resolve_with(doc, opts, cache.as_mut());
-    if let Some(mut c) = cache {
-        c.keep_only(doc.file.services.0.keys());
+    if let Some(c) = cache {
         c.put_back();
     }
     resolved
+}
+
+/// The services to run and their levels, in start order.
+type Order = Vec<(String, usize)>;
+
+/// What [`select`] and the levels give, made anew.
+fn order_of(doc: &UpDocument, selection: &[String]) -> Result<Order, ConfigError> {
+    let names = select(doc, selection)?;
+    let levels = crate::graph::levels(&doc.file.services.0, &names);
+    Ok(crate::graph::start_order(&levels)
+        .into_iter()
+        .map(|n| {
+            let level = levels[&n];
+            (n, level)
+        })
+        .collect())
 }
 
 /// [`resolve`] without the per-service memo: everything is made anew (what the memo must
@@ -124,16 +139,19 @@ fn resolve_with(
     opts: ResolveOptions,
     mut cache: Option<&mut memo::Cache>,
 ) -> Result<Desired, ConfigError> {
-    let names = select(doc, opts.selection)?;
     let services = &doc.file.services.0;
-    let levels = crate::graph::levels(services, &names);
+    let order = match cache.as_deref_mut() {
+        Some(c) => c.order(doc, opts.selection)?,
+        None => Arc::new(order_of(doc, opts.selection)?),
+    };
     let mut inference = opts.inference;
     let mut warnings = Vec::new();
     let mut incompatible = Vec::new();
     let mut not_inferred = Vec::new();
     let mut out = Vec::new();
-    for name in crate::graph::start_order(&levels) {
-        let svc = &services[&name];
+    for (name, level) in order.iter() {
+        let (name, level) = (name.as_str(), *level);
+        let svc = &services[name];
         let mode = opts.mode.unwrap_or(svc.default_mode);
         let context =
             opts.context
@@ -145,14 +163,14 @@ fn resolve_with(
                 path: t.path().cloned().expect("checked"),
                 namespace: t.namespace().map(str::to_owned),
             },
-            (t, Some(inf)) => match inf.infer(&name, t.namespace(), context) {
+            (t, Some(inf)) => match inf.infer(name, t.namespace(), context) {
                 Ok(path) => ResolvedTarget::Path {
                     path,
                     namespace: t.namespace().map(str::to_owned),
                 },
                 // Every service's failure is reported, not only the first one.
                 Err(message) => {
-                    not_inferred.push((name.clone(), message));
+                    not_inferred.push((name.to_owned(), message));
                     ResolvedTarget::Unresolved {
                         namespace: t.namespace().map(str::to_owned),
                     }
@@ -169,19 +187,19 @@ fn resolve_with(
         }
         let made = memo::Key {
             config: crate::generate::Inputs {
-                name: &name,
+                name,
                 service: svc,
                 common: &doc.file.common,
                 key: &doc.key,
                 context,
                 mode,
                 target: &target,
-                env_file: doc.env_files.get(&name),
-                base: doc.base_configs.get(&name),
+                env_file: doc.env_files.get(name),
+                base: doc.base_configs.get(name),
             },
             shared: svc,
             dir: &doc.dir,
-            level: levels[&name],
+            level,
             launcher: opts.launcher,
         };
         let (spec, w) = match cache.as_deref_mut() {
@@ -405,7 +423,7 @@ mod memo {
                 && mode == k_mode
                 && key == k_key
                 && context.as_deref() == *k_context
-                && dir == k_dir
+                && dir.as_os_str() == k_dir.as_os_str()
                 && target == *k_target
                 && common == *k_common
                 && env_file.as_ref() == *k_env_file
@@ -420,10 +438,46 @@ mod memo {
         warnings: Vec<String>,
     }
 
-    /// The memo of one file: service name → what it was made of and what was made.
+    /// The memo of one file: service name → what it was made of and what was made; and the
+    /// services to run, in start order, with what that order was made of.
     pub(super) struct Cache {
         path: PathBuf,
         made: BTreeMap<String, Made>,
+        shape: Option<Shape>,
+    }
+
+    /// What the start order is made of: the selection, the active profiles and, of each
+    /// service of the file, its name and what decides whether it runs and when (`skip`,
+    /// `profiles`, `depends_on`); and the order made of them.
+    struct Shape {
+        selection: Vec<String>,
+        profiles: Vec<String>,
+        /// Every service of the file, in name order (kept alive: a pointer compared with them
+        /// cannot be another service's).
+        services: Vec<(String, Arc<ServiceConfig>)>,
+        order: Arc<super::Order>,
+    }
+
+    impl Shape {
+        /// Whether `doc` with `selection` gives the same order. A service that is the very
+        /// same parsed one needs no compare.
+        fn same(&self, doc: &crate::config::UpDocument, selection: &[String]) -> bool {
+            let now = &doc.file.services.0;
+            self.selection == selection
+                && self.profiles == doc.profiles
+                && self.services.len() == now.len()
+                && self
+                    .services
+                    .iter()
+                    .zip(now)
+                    .all(|((n, old), (name, new))| {
+                        n == name
+                            && (Arc::ptr_eq(old, new)
+                                || (old.skip == new.skip
+                                    && old.profiles == new.profiles
+                                    && old.depends_on == new.depends_on))
+                    })
+        }
     }
 
     /// By file: one in the supervisor; a few in a test binary, whose tests resolve side by
@@ -441,6 +495,7 @@ mod memo {
                 None => Cache {
                     path: path.to_owned(),
                     made: BTreeMap::new(),
+                    shape: None,
                 },
             })
         }
@@ -462,10 +517,33 @@ mod memo {
             all.push(self);
         }
 
-        /// Forgets services that are no longer in the file.
-        pub(super) fn keep_only<'a>(&mut self, names: impl Iterator<Item = &'a String>) {
-            let names: std::collections::BTreeSet<&String> = names.collect();
-            self.made.retain(|n, _| names.contains(n));
+        /// The services of `doc` to run with `selection`, in start order: made again only when
+        /// what the order is made of changed. Services no longer in the file are forgotten
+        /// then (their names cannot have changed otherwise).
+        pub(super) fn order(
+            &mut self,
+            doc: &crate::config::UpDocument,
+            selection: &[String],
+        ) -> Result<Arc<super::Order>, crate::config::ConfigError> {
+            if let Some(shape) = &self.shape
+                && shape.same(doc, selection)
+            {
+                return Ok(Arc::clone(&shape.order));
+            }
+            self.shape = None;
+            let now = &doc.file.services.0;
+            self.made.retain(|n, _| now.contains_key(n));
+            let order = Arc::new(super::order_of(doc, selection)?);
+            self.shape = Some(Shape {
+                selection: selection.to_vec(),
+                profiles: doc.profiles.clone(),
+                services: now
+                    .iter()
+                    .map(|(n, s)| (n.clone(), Arc::clone(s)))
+                    .collect(),
+                order: Arc::clone(&order),
+            });
+            Ok(order)
         }
 
         pub(super) fn get_or_make(&mut self, k: &Key<'_>) -> (Arc<ServiceSpec>, Vec<String>) {
@@ -766,6 +844,89 @@ mod tests {
         };
         assert!(shared("a"), "a was made again");
         assert!(!shared("b"), "b was not made again");
+    }
+
+    /// The services to run and their order are made again when an edit of one service
+    /// changes whether it runs or when (`skip`, `profiles`, `depends_on`), and only then:
+    /// each resolution is the one made from scratch (`Project::resolve`).
+    #[test]
+    fn the_start_order_follows_an_edit_of_skip_profiles_or_dependencies() {
+        let p = Project::new();
+        let file = |b: &str, c: &str| {
+            format!(
+                "services:\n{}{}{}",
+                service("a", ""),
+                service("b", b),
+                service("c", c)
+            )
+        };
+        let order = |d: &Desired| -> Vec<(String, usize)> {
+            d.services
+                .iter()
+                .map(|s| (s.name.clone(), s.level))
+                .collect()
+        };
+        let pairs = |v: &[(&str, usize)]| -> Vec<(String, usize)> {
+            v.iter().map(|(n, l)| (n.to_string(), *l)).collect()
+        };
+        p.write("mirrord-up.yaml", &file("", ""));
+        assert_eq!(
+            order(&p.resolve(&PLAIN)),
+            pairs(&[("a", 0), ("b", 0), ("c", 0)])
+        );
+        p.write("mirrord-up.yaml", &file("    profiles: [x]\n", ""));
+        assert_eq!(order(&p.resolve(&PLAIN)), pairs(&[("a", 0), ("c", 0)]));
+        p.write("mirrord-up.yaml", &file("", ""));
+        assert_eq!(order(&p.resolve(&PLAIN)).len(), 3);
+        p.write("mirrord-up.yaml", &file("    skip: true\n", ""));
+        assert_eq!(order(&p.resolve(&PLAIN)), pairs(&[("a", 0), ("c", 0)]));
+        p.write("mirrord-up.yaml", &file("", "    depends_on: [b]\n"));
+        assert_eq!(
+            order(&p.resolve(&PLAIN)),
+            pairs(&[("a", 0), ("b", 0), ("c", 1)])
+        );
+        p.write(
+            "mirrord-up.yaml",
+            &file("    depends_on: [a]\n", "    depends_on: [b]\n"),
+        );
+        assert_eq!(
+            order(&p.resolve(&PLAIN)),
+            pairs(&[("a", 0), ("b", 1), ("c", 2)])
+        );
+        // Another edit of b that moves nothing: the same order.
+        p.write(
+            "mirrord-up.yaml",
+            &file(
+                "    depends_on: [a]\n    restart: always\n",
+                "    depends_on: [b]\n",
+            ),
+        );
+        assert_eq!(
+            order(&p.resolve(&PLAIN)),
+            pairs(&[("a", 0), ("b", 1), ("c", 2)])
+        );
+    }
+
+    /// `common:` is outside every service's text (every parsed service is shared after an
+    /// edit of it): its change still reaches every service's spec.
+    #[test]
+    fn a_change_to_common_reaches_every_service() {
+        let p = Project::new();
+        let file = |context: &str| {
+            format!(
+                "common: {{context: {context}}}\nservices:\n{}{}{}",
+                service("a", ""),
+                service("b", ""),
+                service("c", "")
+            )
+        };
+        p.write("mirrord-up.yaml", &file("one"));
+        p.resolve(&PLAIN);
+        p.write("mirrord-up.yaml", &file("two"));
+        let d = p.resolve(&PLAIN);
+        for s in &d.services {
+            assert_eq!(s.mirrord_config["kube_context"], "two", "{}", s.name);
+        }
     }
 
     /// A service removed from the file is forgotten; added back, it is made again (from its

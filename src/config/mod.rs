@@ -348,10 +348,24 @@ pub fn session_key(explicit: Option<&str>) -> Result<String, ConfigError> {
     if let Some(k) = explicit {
         return Ok(k.to_owned());
     }
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
+    // The user database is read once per process and user (the supervisor loads the file
+    // every pass; each lookup reads `/etc/passwd` anew).
+    static NAMED: std::sync::Mutex<Option<(nix::unistd::Uid, String)>> =
+        std::sync::Mutex::new(None);
+    let uid = nix::unistd::getuid();
+    let known = NAMED.lock().ok().and_then(|n| {
+        n.as_ref()
+            .filter(|(u, _)| *u == uid)
+            .map(|(_, n)| n.clone())
+    });
+    known
+        .or_else(|| {
+            let name = nix::unistd::User::from_uid(uid).ok().flatten()?.name;
+            if let Ok(mut n) = NAMED.lock() {
+                *n = Some((uid, name.clone()));
+            }
+            Some(name)
+        })
         .or_else(|| std::env::var("USER").ok())
         .filter(|n| !n.is_empty())
         .ok_or(ConfigError::UsernameFetch)
