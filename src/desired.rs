@@ -149,7 +149,7 @@ fn resolve_with(
     let mut incompatible = Vec::new();
     let mut not_inferred = Vec::new();
     let mut out = Vec::new();
-    for (name, level) in order.iter() {
+    for (i, (name, level)) in order.iter().enumerate() {
         let (name, level) = (name.as_str(), *level);
         let svc = &services[name];
         let mode = opts.mode.unwrap_or(svc.default_mode);
@@ -203,7 +203,7 @@ fn resolve_with(
             launcher: opts.launcher,
         };
         let (spec, w) = match cache.as_deref_mut() {
-            Some(c) => c.get_or_make(&made),
+            Some(c) => c.get_or_make(i, &made),
             None => {
                 let (spec, w) = made.make();
                 (Arc::new(spec), w)
@@ -354,6 +354,7 @@ mod memo {
         fn owned(&self) -> Inputs {
             let c = &self.config;
             Inputs {
+                name: c.name.to_owned(),
                 svc: Arc::clone(self.shared),
                 common: c.common.clone(),
                 key: c.key.to_owned(),
@@ -369,8 +370,9 @@ mod memo {
         }
     }
 
-    /// [`Key`], owned (the name is the memo's key).
+    /// [`Key`], owned.
     struct Inputs {
+        name: String,
         svc: Arc<ServiceConfig>,
         common: CommonConfig,
         key: String,
@@ -388,6 +390,7 @@ mod memo {
         /// Every input equal. Destructured, so that a new input cannot be left out.
         fn same(&self, k: &Key<'_>) -> bool {
             let Inputs {
+                name,
                 svc,
                 common,
                 key,
@@ -403,7 +406,7 @@ mod memo {
             let Key {
                 config:
                     generate::Inputs {
-                        name: _,
+                        name: k_name,
                         service: k_svc,
                         common: k_common,
                         key: k_key,
@@ -418,7 +421,8 @@ mod memo {
                 level: k_level,
                 launcher: k_launcher,
             } = k;
-            level == k_level
+            name == k_name
+                && level == k_level
                 && launcher == k_launcher
                 && mode == k_mode
                 && key == k_key
@@ -438,12 +442,15 @@ mod memo {
         warnings: Vec<String>,
     }
 
-    /// The memo of one file: service name → what it was made of and what was made; and the
-    /// services to run, in start order, with what that order was made of.
+    /// The memo of one file: the services to run, in start order, with what that order was
+    /// made of; for each service, what it was made of and what was made: in `slots` for the
+    /// services of the order (slot `i` is the `i`th service of the order: no lookup by name),
+    /// in `spare` by name for the other services of the file.
     pub(super) struct Cache {
         path: PathBuf,
-        made: BTreeMap<String, Made>,
         shape: Option<Shape>,
+        slots: Vec<Option<Made>>,
+        spare: BTreeMap<String, Made>,
     }
 
     /// What the start order is made of: the selection, the active profiles and, of each
@@ -494,8 +501,9 @@ mod memo {
                 Some(i) => all.swap_remove(i),
                 None => Cache {
                     path: path.to_owned(),
-                    made: BTreeMap::new(),
                     shape: None,
+                    slots: Vec::new(),
+                    spare: BTreeMap::new(),
                 },
             })
         }
@@ -505,7 +513,17 @@ mod memo {
         pub(super) fn remembered(path: &Path) -> Vec<String> {
             let all = CACHES.lock().unwrap();
             let found = all.iter().find(|c| c.path == path);
-            found.map_or_else(Vec::new, |c| c.made.keys().cloned().collect())
+            let Some(c) = found else { return Vec::new() };
+            let mut names: Vec<String> = c.spare.keys().cloned().collect();
+            if let Some(shape) = &c.shape {
+                let made = shape.order.iter().zip(&c.slots);
+                names.extend(
+                    made.filter(|(_, m)| m.is_some())
+                        .map(|((n, _), _)| n.clone()),
+                );
+            }
+            names.sort();
+            names
         }
 
         pub(super) fn put_back(self) {
@@ -530,10 +548,18 @@ mod memo {
             {
                 return Ok(Arc::clone(&shape.order));
             }
-            self.shape = None;
-            let now = &doc.file.services.0;
-            self.made.retain(|n, _| now.contains_key(n));
             let order = Arc::new(super::order_of(doc, selection)?);
+            // Every service made so far, by name, but those no longer in the file.
+            let now = &doc.file.services.0;
+            let mut all = std::mem::take(&mut self.spare);
+            if let Some(old) = self.shape.take() {
+                let slots = std::mem::take(&mut self.slots);
+                let made = old.order.iter().zip(slots);
+                all.extend(made.filter_map(|((n, _), m)| Some((n.clone(), m?))));
+            }
+            all.retain(|n, _| now.contains_key(n));
+            self.slots = order.iter().map(|(n, _)| all.remove(n)).collect();
+            self.spare = all;
             self.shape = Some(Shape {
                 selection: selection.to_vec(),
                 profiles: doc.profiles.clone(),
@@ -546,22 +572,28 @@ mod memo {
             Ok(order)
         }
 
-        pub(super) fn get_or_make(&mut self, k: &Key<'_>) -> (Arc<ServiceSpec>, Vec<String>) {
-            if let Some(m) = self.made.get(k.config.name)
+        /// The spec of the `i`th service of the order last given by [`Self::order`].
+        pub(super) fn get_or_make(
+            &mut self,
+            i: usize,
+            k: &Key<'_>,
+        ) -> (Arc<ServiceSpec>, Vec<String>) {
+            let Some(slot) = self.slots.get_mut(i) else {
+                let (spec, warnings) = k.make();
+                return (Arc::new(spec), warnings);
+            };
+            if let Some(m) = slot
                 && m.inputs.same(k)
             {
                 return (Arc::clone(&m.spec), m.warnings.clone());
             }
             let (spec, warnings) = k.make();
             let spec = Arc::new(spec);
-            self.made.insert(
-                k.config.name.to_owned(),
-                Made {
-                    inputs: k.owned(),
-                    spec: spec.clone(),
-                    warnings: warnings.clone(),
-                },
-            );
+            *slot = Some(Made {
+                inputs: k.owned(),
+                spec: spec.clone(),
+                warnings: warnings.clone(),
+            });
             (spec, warnings)
         }
     }
@@ -844,6 +876,22 @@ mod tests {
         };
         assert!(shared("a"), "a was made again");
         assert!(!shared("b"), "b was not made again");
+        // A service added before them changes the order: a and b are still not made again
+        // (nor are they after a service is removed, or when only one is selected).
+        let same = |x: &Desired, y: &Desired, name: &str| {
+            std::sync::Arc::ptr_eq(
+                &x.get(name).unwrap().mirrord_config,
+                &y.get(name).unwrap().mirrord_config,
+            )
+        };
+        let with_0 = format!("services:\n{}{}", service("0", ""), &a_and_b("2")[10..]);
+        p.write("mirrord-up.yaml", &with_0);
+        let third = p.resolve(&PLAIN);
+        assert_eq!(third.services.len(), 3);
+        assert!(same(&second, &third, "a") && same(&second, &third, "b"));
+        p.write("mirrord-up.yaml", &a_and_b("2"));
+        let fourth = p.resolve(&PLAIN);
+        assert!(same(&third, &fourth, "a") && same(&third, &fourth, "b"));
     }
 
     /// The services to run and their order are made again when an edit of one service
