@@ -292,10 +292,11 @@ pub struct UpDocument {
     /// Its directory: relative paths in the file and commands' working directory start here.
     pub dir: PathBuf,
     /// The text after templating (what line numbers refer to).
-    pub rendered: String,
+    /// Shared: a document is kept and handed out again while the file is unchanged.
+    pub rendered: std::sync::Arc<str>,
     /// What is parsed: `rendered` with merge keys applied and `x-*` keys dropped
     /// (`config --yaml`).
-    pub resolved: String,
+    pub resolved: std::sync::Arc<str>,
     /// Shared: the supervisor keeps the document it loaded last and hands out copies of it
     /// every pass (`last_plain`); the parsed services are most of it and never change.
     pub file: std::sync::Arc<UpFile>,
@@ -470,8 +471,8 @@ impl UpDocument {
         let mut doc = UpDocument {
             path,
             dir,
-            rendered: text.clone(),
-            resolved: text,
+            resolved: text.as_str().into(),
+            rendered: text.into(),
             file: file.into(),
             key,
             env_files: BTreeMap::new(),
@@ -503,7 +504,7 @@ impl UpDocument {
         source: &str,
         key: String,
     ) -> Result<UpDocument, ConfigError> {
-        let rendered = render_step(&path, &dir, source, &key)?;
+        let rendered: std::sync::Arc<str> = render_step(&path, &dir, source, &key)?.into();
         let parsed = compose::parse(&path, &rendered).map_err(|e| {
             let message = e.message;
             let dup = regex::Regex::new(r"duplicate service `([^`]+)`").expect("static");
@@ -545,7 +546,10 @@ impl UpDocument {
         let mut doc = UpDocument {
             path,
             dir,
-            resolved: parsed.resolved.unwrap_or_else(|| rendered.clone()),
+            resolved: match parsed.resolved {
+                Some(r) => r.into(),
+                None => rendered.clone(),
+            },
             rendered,
             file: parsed.file.into(),
             key,
@@ -569,7 +573,7 @@ impl UpDocument {
             .rev()
             .find(|(_, t)| compose::written_at(t, &probe).is_some())
             .or(self.sources.last())
-            .map_or((&self.path, &self.rendered), |(p, t)| (p, t));
+            .map_or((&self.path, &*self.rendered), |(p, t)| (p, t.as_str()));
         let location = locate::locate(text, key_path);
         ConfigError::Invalid {
             path: path.clone(),
