@@ -141,7 +141,11 @@ fn resolve_with(
 ) -> Result<Desired, ConfigError> {
     let services = &doc.file.services.0;
     let order = match cache.as_deref_mut() {
-        Some(c) => c.order(doc, opts.selection)?,
+        Some(c) => {
+            let order = c.order(doc, opts.selection)?;
+            c.same_file(doc, opts.launcher);
+            order
+        }
         None => Arc::new(order_of(doc, opts.selection)?),
     };
     let mut inference = opts.inference;
@@ -356,60 +360,58 @@ mod memo {
             Inputs {
                 name: c.name.to_owned(),
                 svc: Arc::clone(self.shared),
-                common: c.common.clone(),
-                key: c.key.to_owned(),
                 context: c.context.map(str::to_owned),
                 mode: c.mode,
                 target: c.target.clone(),
                 env_file: c.env_file.cloned(),
                 base: c.base.cloned(),
-                dir: self.dir.to_owned(),
                 level: self.level,
-                launcher: self.launcher,
             }
         }
     }
 
-    /// [`Key`], owned.
+    /// [`Key`], owned, but for what every service of the file shares ([`File`]).
     struct Inputs {
         name: String,
         svc: Arc<ServiceConfig>,
-        common: CommonConfig,
-        key: String,
         context: Option<String>,
         mode: Mode,
         target: ResolvedTarget,
         env_file: Option<BTreeMap<String, String>>,
         base: Option<Value>,
-        dir: PathBuf,
         level: usize,
+    }
+
+    /// The inputs every service of a file shares: compared once per resolve
+    /// ([`Cache::same_file`]), not once per service.
+    struct File {
+        common: CommonConfig,
+        key: String,
+        dir: PathBuf,
         launcher: LauncherKind,
     }
 
     impl Inputs {
-        /// Every input equal. Destructured, so that a new input cannot be left out.
+        /// Every input equal. Destructured, so that a new input cannot be left out. Those of
+        /// the whole file were compared before ([`Cache::same_file`]).
         fn same(&self, k: &Key<'_>) -> bool {
             let Inputs {
                 name,
                 svc,
-                common,
-                key,
                 context,
                 mode,
                 target,
                 env_file,
                 base,
-                dir,
                 level,
-                launcher,
             } = self;
             let Key {
                 config:
                     generate::Inputs {
                         name: k_name,
                         service: k_svc,
-                        common: k_common,
-                        key: k_key,
+                        common: _,
+                        key: _,
                         context: k_context,
                         mode: k_mode,
                         target: k_target,
@@ -417,22 +419,22 @@ mod memo {
                         base: k_base,
                     },
                 shared: k_shared,
-                dir: k_dir,
+                dir: _,
                 level: k_level,
-                launcher: k_launcher,
+                launcher: _,
             } = k;
             name == k_name
                 && level == k_level
-                && launcher == k_launcher
                 && mode == k_mode
-                && key == k_key
                 && context.as_deref() == *k_context
-                && dir.as_os_str() == k_dir.as_os_str()
                 && target == *k_target
-                && common == *k_common
                 && env_file.as_ref() == *k_env_file
                 && base.as_ref() == *k_base
-                && (Arc::ptr_eq(svc, k_shared) || **svc == **k_svc)
+                && (Arc::ptr_eq(svc, k_shared) || {
+                    #[cfg(test)]
+                    super::tests::DEEP.with(|n| n.set(n.get() + 1));
+                    **svc == **k_svc
+                })
         }
     }
 
@@ -448,6 +450,7 @@ mod memo {
     /// in `spare` by name for the other services of the file.
     pub(super) struct Cache {
         path: PathBuf,
+        file: Option<File>,
         shape: Option<Shape>,
         slots: Vec<Option<Made>>,
         spare: BTreeMap<String, Made>,
@@ -501,6 +504,7 @@ mod memo {
                 Some(i) => all.swap_remove(i),
                 None => Cache {
                     path: path.to_owned(),
+                    file: None,
                     shape: None,
                     slots: Vec::new(),
                     spare: BTreeMap::new(),
@@ -572,6 +576,31 @@ mod memo {
             Ok(order)
         }
 
+        /// Forgets every service made when what the services of `doc` share is not what they
+        /// shared when they were made.
+        pub(super) fn same_file(
+            &mut self,
+            doc: &crate::config::UpDocument,
+            launcher: LauncherKind,
+        ) {
+            let same = self.file.as_ref().is_some_and(|f| {
+                f.launcher == launcher
+                    && f.key == doc.key
+                    && f.dir.as_os_str() == doc.dir.as_os_str()
+                    && f.common == doc.file.common
+            });
+            if !same {
+                self.slots.iter_mut().for_each(|s| *s = None);
+                self.spare.clear();
+                self.file = Some(File {
+                    common: doc.file.common.clone(),
+                    key: doc.key.clone(),
+                    dir: doc.dir.clone(),
+                    launcher,
+                });
+            }
+        }
+
         /// The spec of the `i`th service of the order last given by [`Self::order`].
         pub(super) fn get_or_make(
             &mut self,
@@ -603,6 +632,11 @@ mod memo {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    thread_local! {
+        /// How many services this thread's memo compared field by field (not by pointer).
+        pub(super) static DEEP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     /// A project directory with `mirrord-up.yaml` and its side files.
     struct Project {
@@ -892,6 +926,48 @@ mod tests {
         p.write("mirrord-up.yaml", &a_and_b("2"));
         let fourth = p.resolve(&PLAIN);
         assert!(same(&third, &fourth, "a") && same(&third, &fourth, "b"));
+    }
+
+    /// A saved file whose services are parsed anew only where their text changed: the memo
+    /// compares the others by pointer (not field by field), through edits, insertions and
+    /// a load of the same text.
+    #[test]
+    fn unchanged_services_are_compared_by_pointer() {
+        let p = Project::new();
+        let file = |v: &str, extra: bool| {
+            let mut text = String::from("services:\n");
+            for i in 0..20 {
+                let body = if i == 7 {
+                    format!("    env: {{override: {{V: '{v}'}}}}\n")
+                } else {
+                    String::new()
+                };
+                text.push_str(&service(&format!("s{i:02}"), &body));
+                if extra && i == 3 {
+                    text.push_str(&service("new", ""));
+                }
+            }
+            text
+        };
+        let deep = || DEEP.with(|n| n.get());
+        p.write("mirrord-up.yaml", &file("1", false));
+        p.resolve(&PLAIN);
+        for (v, extra) in [
+            ("2", false),
+            ("2", false),
+            ("3", true),
+            ("4", true),
+            ("4", false),
+        ] {
+            p.write("mirrord-up.yaml", &file(v, extra));
+            let before = deep();
+            p.resolve(&PLAIN);
+            assert!(
+                deep() - before <= 1,
+                "{v} {extra}: {} compared field by field",
+                deep() - before
+            );
+        }
     }
 
     /// The services to run and their order are made again when an edit of one service

@@ -719,6 +719,7 @@ fn load_desired(
         None => None,
     };
     let loaded = ctx.load().and_then(|mut doc| {
+        tracing::debug!("pass: file loaded");
         if let Some(profiles) = &settings.profiles {
             doc.profiles = profiles.clone();
         }
