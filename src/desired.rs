@@ -423,17 +423,19 @@ mod memo {
                 level: k_level,
                 launcher: _,
             } = k;
-            name == k_name
-                && level == k_level
+            level == k_level
                 && mode == k_mode
                 && context.as_deref() == *k_context
                 && target == *k_target
                 && env_file.as_ref() == *k_env_file
                 && base.as_ref() == *k_base
+                // A parsed service is made under one name and never shared under another
+                // (`Services`): the same one is the same name, and its name is not read
+                // (another memory access per service).
                 && (Arc::ptr_eq(svc, k_shared) || {
                     #[cfg(test)]
                     super::tests::DEEP.with(|n| n.set(n.get() + 1));
-                    **svc == **k_svc
+                    name == k_name && **svc == **k_svc
                 })
         }
     }

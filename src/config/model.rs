@@ -58,7 +58,8 @@ pub struct CommonConfig {
 /// The `services` map, in name order, refusing duplicated names (real mirrord keeps the last).
 /// Each service is shared: a file parsed again shares the services whose text did not change
 /// with the file parsed before (`chunks`), and whatever was made of them can tell an
-/// unchanged service by its pointer.
+/// unchanged service by its pointer. A service is made here or by `chunks` (from a text that
+/// holds its name), never shared under another name.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Services(pub BTreeMap<String, Arc<ServiceConfig>>);
 
