@@ -84,3 +84,52 @@ fn an_escaped_process_is_stopped_with_its_group_not_after_a_slow_one() {
     let left: Vec<i32> = p.marked().into_iter().map(|(s, _)| s.pid).collect();
     assert!(left.is_empty(), "left after down: {left:?}: {out}");
 }
+
+/// The restart of a service whose group ends at its signal (`exec sleep`): the stop does not
+/// search for escaped processes before that group is empty (the supervisor's `-v` log says it
+/// took that path), and the process that left the group is still found — among the
+/// supervisor's own children, where it went as its parent ended — and stopped before the
+/// restart answers. Nothing of the old instance is left.
+#[test]
+fn a_group_that_ends_at_once_has_what_left_it_stopped_without_a_search_before() {
+    let mut p = local("escape-quick");
+    p.globals.push("-v".into());
+    let _guard = Guard(&p);
+    p.write_yaml(&common::yaml(&[service(
+        "d",
+        DAEMONISING,
+        &["stop_timeout: 20"],
+    )]));
+    let out = run(&p, &["up", "--detach"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let leader = p.pids()["d"];
+    let escaped = || -> Vec<i32> {
+        p.marked()
+            .into_iter()
+            .filter(|(s, _)| s.pid == s.session && s.pid != leader)
+            .map(|(s, _)| s.pid)
+            .collect()
+    };
+    wait_until("the daemon left its group", WAIT, || escaped().len() == 1);
+    let daemon = escaped()[0];
+    assert!(p.supervisor_pid().is_some_and(alive), "a supervisor runs");
+
+    let out = run(&p, &["restart", "d", "-t", "20"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !alive(daemon),
+        "the escaped daemon {daemon} outlived the restart: {out}"
+    );
+    assert!(out.stderr.contains("left its group"), "{out}");
+    let log = std::fs::read_to_string(p.state_dir.join("supervisor.log")).expect("log");
+    assert!(
+        log.contains("stop: every group empty at once"),
+        "the stop searched before its group was empty:\n{log}"
+    );
+    let new = p.pids()["d"];
+    assert_ne!(new, leader);
+    let out = run(&p, &["down"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let left: Vec<i32> = p.marked().into_iter().map(|(s, _)| s.pid).collect();
+    assert!(left.is_empty(), "left after down: {left:?}: {out}");
+}

@@ -468,6 +468,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     // Hook (session): a SIGHUP re-apply is a reload `events` reports.
                     reload_pending |= matches!(e, Event::Hangup) && !opts.foreground;
                     reload_pending |= matches!(e, Event::FileWritten); // perf5: applied at once
+                    if matches!(e, Event::FileWritten | Event::FileChanged) {
+                        tracing::debug!(event = ?e, "loop: file event");
+                    }
                     if let Event::StopDone { id, .. } = &e {
                         shell.kill_switches.remove(id);
                     }
@@ -510,6 +513,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             done = async { shell.pass.as_mut().expect("guarded").await }, if shell.pass.is_some() => {
                 shell.pass = None;
                 trim_owed = true;
+                tracing::debug!("loop: pass done");
                 let (out, clients) = done.context("a reconcile pass panicked")?;
                 shell.clients.extend(clients);
                 for (client, ok, message) in std::mem::take(&mut shell.deferred) {
@@ -611,6 +615,7 @@ fn spawn_stop(
 ) {
     let tx = tx.clone();
     std::thread::spawn(move || {
+        tracing::debug!(id, "stop: thread started");
         let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
             BTreeMap::new();
         for p in stops {
