@@ -343,6 +343,20 @@ pub fn stop_groups_killable(
         pending.insert(i, false);
     }
     tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: signalled");
+    // What already runs outside each group under its nonce (one scan for all requests; among
+    // this process's descendants only, when `children_only`). Looked for once every group has
+    // its signal, not before: the groups do not wait for the search (at 500 services it reads
+    // the children of 500 trees), and nothing escapes it meanwhile. A process outside a group
+    // is not signalled by it; one whose parent ends while the search runs comes to this
+    // process (a subreaper) before its parent's children list empties, and this process's
+    // own children are read after every tree (`escaped_among_descendants`); the full scan
+    // finds what runs wherever it is. Each is signalled, as before, once its group is empty.
+    let mut outside = match children_only {
+        Some(_) => escaped_among_descendants(requests, &outcomes)
+            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
+        None => escaped_of(requests, &outcomes, &BTreeSet::new()),
+    };
+    tracing::debug!(took = ?start.elapsed(), "stop: escaped looked for");
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
     // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
     // `MAX_EXIT_FDS` descriptors are opened (a 1024-descriptor limit must leave room for the
@@ -365,37 +379,6 @@ pub fn stop_groups_killable(
             id.leads_group().then(|| (i, std::sync::Arc::new(fd)))
         })
         .collect();
-    // What already runs outside each group under its nonce (one scan for all requests; among
-    // this process's descendants only, when `children_only`). Looked for once every group has
-    // its signal, not before: the groups do not wait for the search (at 500 services it reads
-    // the children of 500 trees), and nothing escapes it meanwhile. A process outside a group
-    // is not signalled by it; one whose parent ends while the search runs comes to this
-    // process (a subreaper) before its parent's children list empties, and this process's
-    // own children are read after every tree (`escaped_among_descendants`); the full scan
-    // finds what runs wherever it is. Each is signalled, as before, once its group is empty.
-    //
-    // Not at all when this process is every group's parent and a subreaper and the groups
-    // are empty within a moment of their signal (the usual stop of a service that ends at
-    // its signal: a restart, a reload): then no process of a stopped group is left, so every
-    // process that left one is this process's child (moved to it as the last of its
-    // ancestors in the group ended) or the descendant of such a child — exactly what the
-    // search after every group's end (`late_among_children`, round after round) finds and
-    // stops, with the same signal and grace period. Nothing is signalled later than its
-    // group's end allows: the groups are already empty.
-    let emptied_at_once = children_only.is_some()
-        && pending.len() <= QUICK_STOP_GROUPS
-        && groups_empty_within(requests, &pending, &mut exits, QUICK_STOP_WAIT);
-    let mut outside = match children_only {
-        _ if emptied_at_once => BTreeMap::new(),
-        Some(_) => escaped_among_descendants(requests, &outcomes)
-            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
-        None => escaped_of(requests, &outcomes, &BTreeSet::new()),
-    };
-    if emptied_at_once {
-        tracing::debug!(took = ?start.elapsed(), "stop: every group empty at once, no search before");
-    } else {
-        tracing::debug!(took = ?start.elapsed(), "stop: escaped looked for");
-    }
     // Then, as each group is found empty, what left it: signal, grace, SIGKILL.
     let mut phase2: BTreeMap<usize, (Instant, Vec<sweep::Target>)> = BTreeMap::new();
     let mut pause = Duration::from_millis(1);
@@ -599,44 +582,6 @@ fn escaped_among_descendants(
 
 /// How many pidfds one `stop_groups` holds at most.
 const MAX_EXIT_FDS: usize = 256;
-
-/// A stop of at most this many groups first waits [`QUICK_STOP_WAIT`] for them to be empty
-/// before it searches for what left them (`stop_groups_killable`).
-const QUICK_STOP_GROUPS: usize = 8;
-
-/// How long a stop of few groups waits for them to be empty before it searches for what left
-/// them: about what that search costs at 500 services; a process that ends at its signal
-/// (`sleep`, a shell that `exec`s) is gone well within it.
-const QUICK_STOP_WAIT: Duration = Duration::from_millis(2);
-
-/// Whether every group of `pending` is empty within `limit` (their leaders' pidfds `exits`
-/// wake the wait; a leader that ended is collected, its status kept). Looks only with
-/// `killpg(0)`: a group with a member left is not empty, however that member fares.
-fn groups_empty_within(
-    requests: &[StopRequest],
-    pending: &BTreeMap<usize, bool>,
-    exits: &mut BTreeMap<usize, std::sync::Arc<std::os::fd::OwnedFd>>,
-    limit: Duration,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let empty = pending.keys().all(|&i| {
-            let id = &requests[i].identity;
-            if exits.contains_key(&i) {
-                return false; // its leader's pidfd is not readable yet: it runs
-            }
-            collect(id.pid);
-            killpg(Pid::from_raw(id.pgid), None) == Err(nix::errno::Errno::ESRCH)
-        });
-        let left = deadline.saturating_duration_since(Instant::now());
-        // Members outliving their leader, or the time is up: not at once.
-        if empty || exits.is_empty() || left.is_zero() {
-            return empty;
-        }
-        // Whole milliseconds (`poll`), rounded up; a leader's exit ends the wait at once.
-        wait_exits(exits, left.max(Duration::from_millis(1)));
-    }
-}
 
 /// Sleeps until one of `exits` (leaders' pidfds) is readable, or `pause`; the ones that are
 /// readable (their process ended) are taken out.
