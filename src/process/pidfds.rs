@@ -10,12 +10,20 @@
 //! its group (a session leader cannot leave its group), and it is what the escaped-process
 //! scans skip without reading anything ([`held_alive`]).
 //!
+//! Every held pidfd is also registered with one epoll instance (level-triggered): a wait on
+//! it with no timeout names only the pidfds that are readable, so a look at every held
+//! process costs in proportion to those that ended, not to how many are held (a `poll` of
+//! 500 pidfds is 500 `pidfd_poll` calls in the kernel, and a pass looks more than once). A
+//! pidfd the epoll instance would not take is polled as before.
+//!
 //! The table is the process's own (as the reaper's statuses are): holding is the watcher's
 //! business, answering is anyone's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use super::{Liveness, ProcessIdentity};
 
@@ -28,11 +36,75 @@ struct Held {
     /// descendant it leaves behind comes back to this process).
     own_child: bool,
     fd: Arc<OwnedFd>,
+    /// Its key in the epoll instance, when registered there (`None`: polled).
+    token: Option<u64>,
 }
 
-static HELD: Mutex<Option<HashMap<i32, Held>>> = Mutex::new(None);
+/// The held pidfds, by PID, and the epoll instance they are registered with.
+#[derive(Default)]
+struct Table {
+    map: HashMap<i32, Held>,
+    /// `None` until the first hold, or when the kernel would not create one.
+    epoll: Option<Epoll>,
+    next_token: u64,
+    /// The buffer of the epoll wait (as long as the table once was): not allocated per look.
+    events: Vec<EpollEvent>,
+}
 
-fn held() -> MutexGuard<'static, Option<HashMap<i32, Held>>> {
+impl Table {
+    fn get(&self, pid: &i32) -> Option<&Held> {
+        self.map.get(pid)
+    }
+
+    /// Registers `fd` with the epoll instance (created on first use); its token, `None` when
+    /// it could not be registered.
+    fn register(&mut self, fd: &OwnedFd) -> Option<u64> {
+        if self.epoll.is_none() {
+            self.epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).ok();
+        }
+        let token = self.next_token;
+        self.epoll
+            .as_ref()?
+            .add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .ok()?;
+        self.next_token += 1;
+        Some(token)
+    }
+
+    /// Takes `h` out of the epoll instance (its pidfd may outlive the table's hold: a stop
+    /// that waits on it).
+    fn unregister(epoll: Option<&Epoll>, h: &Held) {
+        if let (Some(e), Some(_)) = (epoll, h.token) {
+            let _ = e.delete(h.fd.as_fd());
+        }
+    }
+
+    /// The tokens of the registered pidfds that are readable now (their process ended);
+    /// `None` when the wait failed (then every pidfd is polled).
+    fn exited(&mut self) -> Option<HashSet<u64>> {
+        let epoll = self.epoll.as_ref()?;
+        // Room for every registered pidfd: one wait names all that are readable.
+        let room = self.map.len().max(1);
+        if self.events.len() < room {
+            self.events.resize(room, EpollEvent::empty());
+        }
+        loop {
+            match epoll.wait(&mut self.events, EpollTimeout::ZERO) {
+                Ok(n) => return Some(self.events[..n].iter().map(|e| e.data()).collect()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// A look at this many held processes or more goes by the epoll instance (fewer, and fewer
+/// than half of those held: their pidfds are polled).
+const EPOLL_LOOK: usize = 16;
+
+static HELD: Mutex<Option<Table>> = Mutex::new(None);
+
+fn held() -> MutexGuard<'static, Option<Table>> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -57,15 +129,21 @@ pub fn hold(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
     if info.start_time != id.start_time || info.zombie {
         return None;
     }
-    held().get_or_insert_with(HashMap::new).insert(
+    let mut guard = held();
+    let table = guard.get_or_insert_with(Table::default);
+    let token = table.register(&fd);
+    if let Some(old) = table.map.insert(
         id.pid,
         Held {
             start_time: id.start_time,
             session_leader: info.session == id.pid && info.pgid == id.pid,
             own_child: info.ppid == std::process::id() as i32,
             fd: fd.clone(),
+            token,
         },
-    );
+    ) {
+        Table::unregister(table.epoll.as_ref(), &old);
+    }
     Some(fd)
 }
 
@@ -89,21 +167,30 @@ pub fn own_child(id: &ProcessIdentity) -> Option<bool> {
 
 /// Lets go of the pidfd held on `pid` (its watch ended or was replaced).
 pub fn release(pid: i32) {
-    if let Some(m) = held().as_mut() {
-        m.remove(&pid);
+    if let Some(t) = held().as_mut()
+        && let Some(h) = t.map.remove(&pid)
+    {
+        Table::unregister(t.epoll.as_ref(), &h);
     }
 }
 
 /// Lets go of every pidfd whose PID `keep` refuses.
 pub fn retain(keep: impl Fn(i32) -> bool) {
-    if let Some(m) = held().as_mut() {
-        m.retain(|pid, _| keep(*pid));
+    if let Some(t) = held().as_mut() {
+        let epoll = t.epoll.as_ref();
+        t.map.retain(|pid, h| {
+            let kept = keep(*pid);
+            if !kept {
+                Table::unregister(epoll, h);
+            }
+            kept
+        });
     }
 }
 
 /// How many pidfds are held.
 pub fn count() -> usize {
-    held().as_ref().map_or(0, HashMap::len)
+    held().as_ref().map_or(0, |t| t.map.len())
 }
 
 /// The liveness of `id` from its held pidfd, without reading `/proc`; `None` when no pidfd
@@ -115,25 +202,41 @@ pub fn liveness(id: &ProcessIdentity) -> Option<Liveness> {
 /// [`liveness`] of each of `ids`, with one `poll` for all those held.
 pub fn liveness_all(ids: &[&ProcessIdentity]) -> Vec<Option<Liveness>> {
     let mut out = vec![None; ids.len()];
-    let fds: Vec<(usize, Arc<OwnedFd>)> = {
-        let guard = held();
-        let Some(m) = guard.as_ref() else {
+    let polled: Vec<(usize, Arc<OwnedFd>)> = {
+        let mut guard = held();
+        let Some(t) = guard.as_mut() else {
             return out;
         };
-        ids.iter()
-            .enumerate()
-            .filter_map(|(i, id)| {
-                let h = m.get(&id.pid)?;
-                // Another process under that PID is not this one; another boot's neither.
-                (h.start_time == id.start_time && id.boot_id == super::boot_id())
-                    .then(|| (i, h.fd.clone()))
-            })
-            .collect()
+        // A look at a few held processes among many polls their pidfds: the epoll wait names
+        // every ended one held (during a stop of all, a look per group would cost in
+        // proportion to those that ended so far).
+        let exited = match ids.len() >= EPOLL_LOOK || ids.len() * 2 >= t.map.len() {
+            true => t.exited(),
+            false => None,
+        };
+        let mut polled = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(h) = t.get(&id.pid) else { continue };
+            // Another process under that PID is not this one; another boot's neither.
+            if h.start_time != id.start_time || id.boot_id != super::boot_id() {
+                continue;
+            }
+            match (h.token, &exited) {
+                (Some(token), Some(exited)) => {
+                    out[i] = Some(match exited.contains(&token) {
+                        true => Liveness::Exited,
+                        false => Liveness::Alive,
+                    })
+                }
+                _ => polled.push((i, h.fd.clone())),
+            }
+        }
+        polled
     };
-    if fds.is_empty() {
+    if polled.is_empty() {
         return out;
     }
-    for (i, exited) in fds.iter().map(|(i, _)| *i).zip(readable(&fds)) {
+    for (i, exited) in polled.iter().map(|(i, _)| *i).zip(readable(&polled)) {
         out[i] = exited.map(|e| if e { Liveness::Exited } else { Liveness::Alive });
     }
     out
@@ -155,25 +258,42 @@ pub fn leads_group(id: &ProcessIdentity) -> Option<bool> {
 /// Group leaders (PID → start time) among the held processes that run now, from one `poll`:
 /// each is alive and leads its own session, so every member of its group is its descendant.
 pub fn held_alive() -> HashMap<i32, u64> {
-    let fds: Vec<((i32, u64), Arc<OwnedFd>)> = match held().as_ref() {
-        Some(m) => m
-            .iter()
-            .filter(|(_, h)| h.session_leader)
-            .map(|(pid, h)| ((*pid, h.start_time), h.fd.clone()))
-            .collect(),
-        None => return HashMap::new(),
+    let mut alive = HashMap::new();
+    let polled: Vec<((i32, u64), Arc<OwnedFd>)> = {
+        let mut guard = held();
+        let Some(t) = guard.as_mut() else {
+            return alive;
+        };
+        let exited = t.exited();
+        let mut polled = Vec::new();
+        for (pid, h) in t.map.iter().filter(|(_, h)| h.session_leader) {
+            match (h.token, &exited) {
+                (Some(token), Some(exited)) => {
+                    if !exited.contains(&token) {
+                        alive.insert(*pid, h.start_time);
+                    }
+                }
+                _ => polled.push(((*pid, h.start_time), h.fd.clone())),
+            }
+        }
+        polled
     };
-    fds.iter()
-        .map(|(k, _)| *k)
-        .zip(readable(&fds))
-        .filter(|(_, exited)| *exited == Some(false))
-        .map(|(k, _)| k)
-        .collect()
+    alive.extend(
+        polled
+            .iter()
+            .map(|(k, _)| *k)
+            .zip(readable(&polled))
+            .filter(|(_, exited)| *exited == Some(false))
+            .map(|(k, _)| k),
+    );
+    alive
 }
 
 /// For each pidfd, whether it is readable (its process exited); `None` when `poll` failed.
 fn readable<K>(fds: &[(K, Arc<OwnedFd>)]) -> Vec<Option<bool>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    #[cfg(test)]
+    POLLED.with(|p| p.set(p.get() + fds.len()));
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
         .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
@@ -189,6 +309,12 @@ fn readable<K>(fds: &[(K, Arc<OwnedFd>)]) -> Vec<Option<bool>> {
         .iter()
         .map(|p| p.revents().map(|r| !r.is_empty()))
         .collect()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many pidfds this thread polled one by one (`readable`), for the tests.
+    static POLLED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
@@ -280,6 +406,46 @@ mod tests {
         assert!(alive.contains_key(&ids[0].pid) && alive.contains_key(&ids[2].pid));
         assert!(!alive.contains_key(&ids[1].pid));
         for id in &ids {
+            release(id.pid);
+        }
+    }
+
+    /// A look at held processes goes by the epoll instance: it answers which ended without a
+    /// poll of each pidfd (`POLLED` stays 0), and a pidfd let go of is out of it.
+    #[test]
+    fn held_processes_are_looked_at_without_polling_each_pidfd() {
+        let mut children: Vec<Service> = (0..EPOLL_LOOK + 1).map(|_| Service::start()).collect();
+        let ids: Vec<ProcessIdentity> = children
+            .iter()
+            .map(|c| ProcessIdentity::of(c.pid(), None).expect("stat"))
+            .collect();
+        for id in &ids {
+            assert!(hold(id).is_some());
+        }
+        let refs: Vec<&ProcessIdentity> = ids.iter().collect();
+        children[0].end();
+        POLLED.with(|p| p.set(0));
+        let mut expected = vec![Some(Liveness::Alive); ids.len()];
+        expected[0] = Some(Liveness::Exited);
+        assert_eq!(liveness_all(&refs), expected);
+        let alive = held_alive();
+        assert!(!alive.contains_key(&ids[0].pid));
+        assert!(ids[1..].iter().all(|id| alive.contains_key(&id.pid)));
+        assert_eq!(POLLED.with(|p| p.get()), 0, "polled pidfds one by one");
+        // Ended and let go of: neither answered nor reported by the epoll instance.
+        release(ids[0].pid);
+        assert_eq!(liveness(&ids[0]), None);
+        children[1].end();
+        POLLED.with(|p| p.set(0));
+        expected = vec![Some(Liveness::Alive); ids.len() - 1];
+        expected[0] = Some(Liveness::Exited);
+        assert_eq!(liveness_all(&refs[1..]), expected);
+        assert_eq!(POLLED.with(|p| p.get()), 0);
+        // One among many: its own pidfd is polled.
+        assert_eq!(liveness(&ids[1]), Some(Liveness::Exited));
+        assert_eq!(liveness(&ids[2]), Some(Liveness::Alive));
+        assert_eq!(POLLED.with(|p| p.get()), 2);
+        for id in &ids[1..] {
             release(id.pid);
         }
     }

@@ -171,6 +171,13 @@ async fn run_loop(ctx: Arc<dyn Project>, mut opts: Options) -> Result<ExitCode> 
     result
 }
 
+/// What a finished pass leaves to follow after its effects: what runs now (`None`: what ran
+/// after the last pass), and the services' source watches.
+type AfterPass = (
+    Option<Vec<(String, ProcessIdentity)>>,
+    Option<Vec<crate::watch::Watched>>,
+);
+
 /// A finished pass, and the clients it borrowed.
 type PassResult = (PassOutcome, Vec<(ClientId, Client)>);
 
@@ -420,6 +427,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     // What the last pass said runs, as the exit watchers and session followers were synced to.
     let mut last_running: Vec<(String, ProcessIdentity)> = Vec::new();
     let mut trim_owed = false;
+    // What a finished pass says runs and which sources it watches, for after its effects.
+    let mut after_pass: Option<AfterPass> = None;
     let mut machine = Machine::new(opts.foreground);
     let mut shell = Shell {
         ctx,
@@ -432,6 +441,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             defer_stops: true,
             // Only the foreground follows the logs (`LogPrinter`).
             skip_logs: !opts.foreground,
+            // Opened once, as the journal's: not walked to from `/` by every pass.
+            store: ctx.store().ok(),
             ..opts.settings
         },
         tx: tx.clone(),
@@ -468,6 +479,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                     // Hook (session): a SIGHUP re-apply is a reload `events` reports.
                     reload_pending |= matches!(e, Event::Hangup) && !opts.foreground;
                     reload_pending |= matches!(e, Event::FileWritten); // perf5: applied at once
+                    if matches!(e, Event::FileWritten | Event::FileChanged) {
+                        tracing::debug!(event = ?e, "loop: file event");
+                    }
                     if let Event::StopDone { id, .. } = &e {
                         shell.kill_switches.remove(id);
                     }
@@ -510,7 +524,8 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
             done = async { shell.pass.as_mut().expect("guarded").await }, if shell.pass.is_some() => {
                 shell.pass = None;
                 trim_owed = true;
-                let (out, clients) = done.context("a reconcile pass panicked")?;
+                tracing::debug!("loop: pass done");
+                let (mut out, clients) = done.context("a reconcile pass panicked")?;
                 shell.clients.extend(clients);
                 for (client, ok, message) in std::mem::take(&mut shell.deferred) {
                     shell.carry_out(vec![Effect::Answer { client, ok, message }]);
@@ -528,20 +543,15 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 // What runs is what ran after the last pass (the usual pass: nothing started
                 // or ended): its exits are watched, its sessions followed already. An exit
                 // watch that ended has told its exit; the pass that settles it changes this.
+                // Else what runs now, and the services' source watches, are followed once the
+                // machine has had the pass's end and its effects are carried out: a stop's
+                // thread starts first, it does not wait for this bookkeeping.
                 let same_running = out.running == last_running
                     && process::pidfds::count() == exit_watch.len();
-                if !same_running {
-                    watch_exits(&tx, &mut exit_watch, &out.running);
-                    // Hook (session, issue 13): follow the sessions of what runs now.
-                    if let Ok(store) = ctx.store() {
-                        sessions.sync(&store, &out.running, &publish);
-                    }
-                    last_running = out.running.clone();
-                }
-                if watching {
-                    // watch (issue #16); not once the loop is ending (its watches are let go).
-                    source_watch.update(out.watches.clone(), &out.running);
-                }
+                after_pass = Some((
+                    (!same_running).then(|| out.running.clone()),
+                    out.watches.take(),
+                ));
                 // Hook (session): say that a reload (file change, SIGHUP) was applied.
                 let reloaded = std::mem::take(&mut reload_in_pass) && out.reload_error.is_none();
                 let pending = reload_after_waits || reloaded;
@@ -555,6 +565,20 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         let fx = machine.handle(event, Instant::now());
         let idle = shell.pass.is_none();
         shell.carry_out(fx);
+        if let Some((running, watches)) = after_pass.take() {
+            if let Some(running) = running {
+                watch_exits(&tx, &mut exit_watch, &running);
+                // Hook (session, issue 13): follow the sessions of what runs now.
+                if let Some(store) = &shell.journal_store {
+                    sessions.sync(store, &running, &publish);
+                }
+                last_running = running;
+            }
+            if watching {
+                // watch (issue #16); not once the loop is ending (its watches are let go).
+                source_watch.update(watches, &last_running);
+            }
+        }
         if machine.is_ending() && watching {
             watching = false;
             // Closing an inotify instance that watched something waits for the kernel (fsnotify
@@ -611,6 +635,7 @@ fn spawn_stop(
 ) {
     let tx = tx.clone();
     std::thread::spawn(move || {
+        tracing::debug!(id, "stop: thread started");
         let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
             BTreeMap::new();
         for p in stops {

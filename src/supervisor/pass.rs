@@ -156,6 +156,9 @@ pub struct PassSettings {
     /// Nothing follows the services' logs (a detached supervisor): `PassOutcome::logs` is
     /// left empty.
     pub skip_logs: bool,
+    /// The state directory, opened (and checked) once by the supervisor for its life: a
+    /// pass does not walk to it from `/` again. `None`: each pass opens it (`Project::store`).
+    pub store: Option<crate::state::StateStore>,
 }
 
 /// What the loop's readiness probes found: handed to each pass, which records it.
@@ -261,7 +264,10 @@ fn pass(
     reporter: &mut dyn Reporter,
     out: &mut PassOutcome,
 ) -> Result<String> {
-    let store = ctx.store()?;
+    let store = match &settings.store {
+        Some(store) => store.clone(),
+        None => ctx.store()?,
+    };
     let lock = store.lock(ctx.lock_timeout())?;
     let sweep = match work {
         Work::Shutdown {
