@@ -380,9 +380,9 @@ mod tests {
         assert_eq!(reads::take(), vec![(Kind::Stat, pid)], "not held: /proc");
     }
 
-    #[test]
-    fn many_held_processes_are_looked_at_with_one_poll() {
-        let mut children: Vec<Service> = (0..3).map(|_| Service::start()).collect();
+    /// `n` services started, their identities, each held.
+    fn held_services(n: usize) -> (Vec<Service>, Vec<ProcessIdentity>) {
+        let children: Vec<Service> = (0..n).map(|_| Service::start()).collect();
         let ids: Vec<ProcessIdentity> = children
             .iter()
             .map(|c| ProcessIdentity::of(c.pid(), None).expect("stat"))
@@ -390,6 +390,12 @@ mod tests {
         for id in &ids {
             assert!(hold(id).is_some());
         }
+        (children, ids)
+    }
+
+    #[test]
+    fn many_held_processes_are_looked_at_with_one_poll() {
+        let (mut children, ids) = held_services(3);
         let refs: Vec<&ProcessIdentity> = ids.iter().collect();
         children[1].end();
         reads::take();
@@ -414,14 +420,7 @@ mod tests {
     /// poll of each pidfd (`POLLED` stays 0), and a pidfd let go of is out of it.
     #[test]
     fn held_processes_are_looked_at_without_polling_each_pidfd() {
-        let mut children: Vec<Service> = (0..EPOLL_LOOK + 1).map(|_| Service::start()).collect();
-        let ids: Vec<ProcessIdentity> = children
-            .iter()
-            .map(|c| ProcessIdentity::of(c.pid(), None).expect("stat"))
-            .collect();
-        for id in &ids {
-            assert!(hold(id).is_some());
-        }
+        let (mut children, ids) = held_services(EPOLL_LOOK + 1);
         let refs: Vec<&ProcessIdentity> = ids.iter().collect();
         children[0].end();
         POLLED.with(|p| p.set(0));
