@@ -25,7 +25,8 @@ use super::{ServiceConfig, Services, UpFile};
 /// The file parsed last, service by service.
 #[derive(Default)]
 struct Last {
-    text: String,
+    /// Shared with the document it was parsed for (not copied).
+    text: Arc<str>,
     /// Each service: where its text is in `text`, its name and what it parsed to, in the order
     /// of the file.
     chunks: Chunks,
@@ -38,7 +39,7 @@ const KEPT: usize = 8;
 
 /// `rendered`, the text of `path`, parsed service by service, or `None` when it cannot be cut
 /// safely or does not parse (the whole file is parsed then).
-pub fn parse(path: &Path, rendered: &str) -> Option<UpFile> {
+pub fn parse(path: &Path, rendered: &Arc<str>) -> Option<UpFile> {
     let cut = cut(rendered)?;
     let head: UpFile = serde_yaml::from_str(&cut.head).ok()?;
     if !head.services.0.is_empty() {
@@ -55,7 +56,7 @@ pub fn parse(path: &Path, rendered: &str) -> Option<UpFile> {
         Some((services, chunks)) => (
             Some(services),
             Last {
-                text: rendered.to_owned(),
+                text: Arc::clone(rendered),
                 chunks,
             },
         ),
@@ -456,7 +457,11 @@ mod tests {
         for v in ["1", "2", "1"] {
             let text = file(v);
             let whole: UpFile = serde_yaml::from_str(&text).unwrap();
-            assert_eq!(parse(Path::new("/by-service"), &text), Some(whole), "{v}");
+            assert_eq!(
+                parse(Path::new("/by-service"), &text.as_str().into()),
+                Some(whole),
+                "{v}"
+            );
         }
     }
 
@@ -521,7 +526,7 @@ mod tests {
             #[test]
             fn the_cut_parse_is_the_whole_parse(texts in prop::collection::vec(file(), 1..6)) {
                 for text in &texts {
-                    if let Some(cut) = parse(Path::new("/props"), text) {
+                    if let Some(cut) = parse(Path::new("/props"), &text.as_str().into()) {
                         let whole = serde_yaml::from_str::<UpFile>(text);
                         prop_assert!(whole.is_ok(), "{text:?}: {:?}", whole.err());
                         prop_assert_eq!(cut, whole.unwrap(), "{:?}", text);

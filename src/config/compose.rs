@@ -27,7 +27,7 @@ pub struct Parsed {
 }
 
 /// Parses `rendered`, the text of `path`.
-pub fn parse(path: &std::path::Path, rendered: &str) -> Result<Parsed, Failure> {
+pub fn parse(path: &std::path::Path, rendered: &std::sync::Arc<str>) -> Result<Parsed, Failure> {
     // A file whose text cannot hold a merge key and that parses as is used no extension (an
     // `x-*` key is an unknown field to the parser): it is parsed once, not first as a value.
     // A plain file is parsed service by service (only the services whose text changed).
@@ -250,7 +250,7 @@ mod tests {
         ];
         for text in texts {
             match (
-                parse(std::path::Path::new("/compose"), text),
+                parse(std::path::Path::new("/compose"), &(*text).into()),
                 parse_whole(text),
             ) {
                 (Ok(short), Ok(long)) => {
