@@ -17,8 +17,9 @@
 //!    changed, and two latencies are taken from just before the rename:
 //!    * *running*: until that service's new process announces itself on the FIFO (the bench
 //!      holds the FIFO open and reads it on a thread: an event, no polling);
-//!    * *recorded*: until `state.json` records the new PID as running (inotify on the state
-//!      directory via `notify`, the state file is re-read only when it changes).
+//!    * *recorded*: until the state (`state.json` and its journal) records the new PID as
+//!      running (inotify on the state directory via `notify`, the state is re-read only when
+//!      it changes).
 //!
 //!    The first edit is a *probe*, made the moment the first `up --detach` returns: the
 //!    supervisor answers that client at the end of its first pass but installs its file
@@ -30,7 +31,7 @@
 //!    the reload pass and must answer `nothing to do`), then the bench checks that exactly one
 //!    PID changed, that the new PID is the one that announced itself, that it runs with the new
 //!    `N` (`/proc/<pid>/environ`), and that the old process is gone.
-//! 3. **Idle supervisor**: the supervisor's PID is read from `state.json`
+//! 3. **Idle supervisor**: the supervisor's PID is read from the state
 //!    (`supervisor.process.pid`). Once it has settled (no context switch in any of its threads
 //!    for 1 s, sampled every 50 ms: after a restart it runs one more, no-op, pass that can
 //!    outlast the barrier), the bench takes, over `RELOAD_IDLE_SECS` of idleness, its CPU time
@@ -171,7 +172,8 @@ fn start_fifo_reader(path: &Path, tx: Sender<Msg>) {
     });
 }
 
-/// Watches the state directory (non-recursively: `state.json` is replaced by rename there).
+/// Watches the state directory (non-recursively: `state.json` is replaced by rename there,
+/// `state.journal` appended to).
 fn watch_state_dir(dir: &Path, tx: Sender<Msg>) -> notify::RecommendedWatcher {
     use notify::Watcher;
     use std::os::unix::fs::DirBuilderExt;
@@ -184,7 +186,10 @@ fn watch_state_dir(dir: &Path, tx: Sender<Msg>) -> notify::RecommendedWatcher {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
             && !matches!(ev.kind, notify::EventKind::Access(_))
-            && ev.paths.iter().any(|p| p.ends_with("state.json"))
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.ends_with("state.json") || p.ends_with("state.journal"))
         {
             let _ = tx.send(Msg::State);
         }
@@ -496,14 +501,17 @@ impl Project {
         out
     }
 
+    /// The state as mirrord-up reads it: `state.json` and its journal.
     fn state(&self) -> Value {
-        let path = self.store_dir().join("state.json");
-        let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        let dir = self.store_dir();
+        let state = mirrord_up::state::read_in(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .unwrap_or_else(|| panic!("{}: no state", dir.display()));
+        serde_json::to_value(state).expect("a state is JSON")
     }
 }
 
-/// `service -> (status, pid, pgid)` of a `state.json`.
+/// `service -> (status, pid, pgid)` of a state.
 fn services_of(state: &Value) -> BTreeMap<String, (String, Option<i32>, Option<i32>)> {
     state["services"]
         .as_object()
@@ -572,7 +580,7 @@ fn log_times(p: &Project, name: &str, pid: i32, since: SystemTime) -> (Option<f6
     (stop, at(lines[i]))
 }
 
-/// The new process of `name` (announced on the FIFO) and its record in `state.json`.
+/// The new process of `name` (announced on the FIFO) and its record in the state.
 type Restart = ((Instant, Announce), (Instant, i32));
 
 /// Waits until `name` has a new process running with `N = value` and recorded in the state;
@@ -1091,7 +1099,7 @@ fn run_n(cfg: &Config, n: usize, root: &Path, with_idle: bool) -> Summary {
     let state = p.state();
     let sup_pid = state["supervisor"]["process"]["pid"]
         .as_i64()
-        .expect("state.json records the supervisor") as i32;
+        .expect("the state records the supervisor") as i32;
     guard.pgids.extend(
         state["supervisor"]["process"]["pgid"]
             .as_i64()
@@ -1204,7 +1212,7 @@ fn run_n(cfg: &Config, n: usize, root: &Path, with_idle: bool) -> Summary {
     );
     println!(
         "{:<28} {rp50:>8.1} {rp95:>8.1} {rlo:>8.1} {rhi:>8.1}",
-        "recorded (state.json)"
+        "recorded (state)"
     );
     for (label, pick) in [("  log: old one stopped", 0), ("  log: new one spawned", 1)] {
         let v: Vec<f64> = edits
@@ -1336,7 +1344,7 @@ fn run_n(cfg: &Config, n: usize, root: &Path, with_idle: bool) -> Summary {
     );
     assert!(
         after_down.is_empty(),
-        "after `down`, state.json still records {after_down:?}"
+        "after `down`, the state still records {after_down:?}"
     );
     drop(guard);
     Summary {

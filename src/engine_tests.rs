@@ -45,8 +45,7 @@ impl World {
 
     /// The record of `service` in the state file as it is on disk now.
     fn on_disk(&self, service: &str) -> Option<ServiceRecord> {
-        let bytes = std::fs::read(&self.state_file).ok()?;
-        let state: State = serde_json::from_slice(&bytes).ok()?;
+        let state = crate::state::on_disk(&self.state_file)?;
         state.services.get(service).map(|r| ServiceRecord::clone(r))
     }
 

@@ -548,11 +548,14 @@ fn a_recycled_pid_is_never_signalled() {
     let victim = w.start(&["--name", "victim", "--", "sleep", "1000"]);
 
     let state_path = w.state_dir().join("work").join("state.json");
-    let mut state: Value = serde_json::from_str(
-        &std::fs::read_to_string(&state_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", state_path.display())),
+    // As mirrord-up reads it (the file and its journal); written back below as a file naming
+    // no journal.
+    let mut state: Value = serde_json::to_value(
+        mirrord_up::state::read_in(&w.state_dir().join("work"))
+            .unwrap_or_else(|e| panic!("{}: {e}", state_path.display()))
+            .expect("a state"),
     )
-    .expect("state.json is JSON");
+    .expect("a state is JSON");
     let process = &state["services"]["victim"]["process"];
     assert_eq!(
         process["pid"].as_i64(),

@@ -118,10 +118,9 @@ fn down_asks_the_supervisor_on_its_socket_even_when_the_state_lost_its_record() 
     let guard = Guard(&p, vec![sup]);
     // The state forgets its supervisor (an edit, an older build's save): the socket still
     // names the one that listens.
-    let mut state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p.state_file()).unwrap()).unwrap();
+    let mut state = p.state_value().expect("a state");
     state.as_object_mut().unwrap().remove("supervisor");
-    std::fs::write(p.state_file(), serde_json::to_vec(&state).unwrap()).unwrap();
+    p.write_state(&state);
 
     let out = down_ends(&p, sup, &services);
     // Asked, not found by its marker and signalled: it stopped its services as a `down`.

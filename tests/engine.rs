@@ -313,8 +313,7 @@ fn down_empties_every_group_even_with_a_term_ignoring_grandchild() {
     }
     let rows = p.ps();
     assert!(rows.is_empty(), "{rows:#?}");
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(p.state_file()).unwrap()).unwrap();
+    let state = p.state_value().expect("a state");
     assert!(
         state["services"].as_object().is_none_or(|m| m.is_empty()),
         "{state:#}"
@@ -376,8 +375,7 @@ fn a_recorded_pid_that_now_belongs_to_a_stranger_is_never_signalled() {
     // A stranger in its own group, started at a different clock tick than the service: spawn
     // until the tick has moved on (each attempt is an event, not a pause).
     let recorded_start = |p: &Project| {
-        let state: Value =
-            serde_json::from_str(&std::fs::read_to_string(p.state_file()).unwrap()).unwrap();
+        let state = p.state_value().expect("a state");
         state["services"]["svc"]["process"]["start_time"]
             .as_u64()
             .expect("start_time recorded")
@@ -392,8 +390,7 @@ fn a_recorded_pid_that_now_belongs_to_a_stranger_is_never_signalled() {
 
     // Points the record of `svc` at the stranger, keeping the recorded start time.
     let point_at_stranger = |p: &Project| {
-        let mut state: Value =
-            serde_json::from_str(&std::fs::read_to_string(p.state_file()).unwrap()).unwrap();
+        let mut state = p.state_value().expect("a state");
         let process = &mut state["services"]["svc"]["process"];
         assert_ne!(
             process["start_time"].as_u64(),
@@ -402,11 +399,7 @@ fn a_recorded_pid_that_now_belongs_to_a_stranger_is_never_signalled() {
         );
         process["pid"] = spid.into();
         process["pgid"] = spid.into();
-        std::fs::write(
-            p.state_file(),
-            serde_json::to_vec_pretty(&state).expect("json"),
-        )
-        .unwrap();
+        p.write_state(&state);
     };
     point_at_stranger(&p);
 

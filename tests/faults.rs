@@ -303,10 +303,9 @@ impl Drop for Bystander {
 }
 
 fn edit_state(p: &Project, edit: impl FnOnce(&mut Value)) {
-    let path = p.state_file();
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).expect("state")).expect("json");
+    let mut v = p.state_value().expect("state");
     edit(&mut v);
-    std::fs::write(&path, serde_json::to_vec(&v).expect("json")).expect("write state");
+    p.write_state(&v);
 }
 
 #[test]

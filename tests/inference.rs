@@ -437,9 +437,7 @@ fn up_keeps_inferred_targets_in_the_state() {
         rows.iter().any(|r| r["name"] == "api"),
         "api is running: {rows:?}"
     );
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(project.state_file()).expect("state file"))
-            .expect("state JSON");
+    let state = project.state_value().expect("state file");
     assert_eq!(
         state["target_cache"],
         json!({"||api": "deployment/api"}),

@@ -431,11 +431,11 @@ fn ps_shows_extreme_state_values_sanely() {
     }
     // A name that no file could hold (older states, hand edits): escaped in the table.
     example_state(&p, |_| {});
-    let mut state: Value = serde_json::from_slice(&std::fs::read(p.state_file()).unwrap()).unwrap();
+    let mut state = p.state_value().expect("state");
     let services = state["services"].as_object_mut().unwrap();
     let api = services.remove("api").unwrap();
     services.insert("a\u{1b}[2J\nb".into(), api);
-    std::fs::write(p.state_file(), serde_json::to_vec(&state).unwrap()).unwrap();
+    p.write_state(&state);
     let out = p.run(&["ps"]);
     check("name with an escape sequence in the state", &out, 0, "");
     assert!(

@@ -48,8 +48,7 @@ impl Drop for Guard<'_> {
         for (s, _) in self.0.marked() {
             let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
         }
-        if let Ok(text) = std::fs::read_to_string(self.0.state_file())
-            && let Ok(state) = serde_json::from_str::<serde_json::Value>(&text)
+        if let Some(state) = self.0.state_value()
             && let Some(pid) = state["supervisor"]["process"]["pid"].as_i64()
             && environ(pid as i32).is_some_and(|e| e.contains_key("MIRRORD_UP_SUPERVISOR"))
         {

@@ -185,8 +185,7 @@ fn follow_with_names_ends_when_they_and_the_supervisor_are_gone() {
     let mut live = Live::start(&p, &["logs", "-f", "api"]);
     live.wait_for("api | hello-one");
     // The supervisor dies (SIGKILL: it records nothing); api still runs, so it follows on.
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.state_file()).unwrap()).unwrap();
+    let state = p.state_value().expect("state");
     let sup = state["supervisor"]["process"]["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sup),

@@ -433,8 +433,10 @@ fn global_options_after_ci_start_are_ours_not_mirrords() {
         "{log:?}"
     );
     // Ours took effect: the state of project `picked` under the given state dir.
-    let state: Value = serde_json::from_slice(
-        &std::fs::read(other_state.join("picked/state.json")).expect("state under --state-dir"),
+    let state: Value = serde_json::to_value(
+        mirrord_up::state::read_in(&other_state.join("picked"))
+            .expect("a readable state")
+            .expect("state under --state-dir"),
     )
     .expect("json");
     let pid = state["services"]["g"]["process"]["pid"]

@@ -85,11 +85,8 @@ fn stop_unrecorded(
 /// What `down` reads of the state before it asks a listening supervisor: the file the project
 /// runs (checked against `-f`) and the recorded names (their width). Every other field is
 /// skipped by serde, not built: at 500 services the whole state is ≈1 MB of records.
-#[derive(serde::Deserialize)]
 struct Skim {
-    #[serde(default)]
     file: Option<PathBuf>,
-    #[serde(default)]
     services: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
@@ -100,8 +97,11 @@ impl Skim {
         if !ctx.state_dir().ok()?.join("state.json").exists() {
             return None;
         }
-        let bytes = std::fs::read(ctx.store().ok()?.state_path()).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let view = ctx.store().ok()?.view::<serde::de::IgnoredAny>()?;
+        Some(Skim {
+            file: view.file,
+            services: view.services,
+        })
     }
 
     fn width(&self) -> usize {

@@ -245,10 +245,6 @@ fn finish(
 /// cannot read is parsed whole.
 fn may_route(ctx: &Context) -> bool {
     #[derive(serde::Deserialize)]
-    struct View {
-        services: std::collections::BTreeMap<String, Record>,
-    }
-    #[derive(serde::Deserialize)]
     struct Record {
         spec: Spec,
     }
@@ -259,14 +255,14 @@ fn may_route(ctx: &Context) -> bool {
     let Ok(dir) = ctx.state_dir() else {
         return false;
     };
-    match std::fs::read(dir.join("state.json")) {
-        Ok(bytes) => serde_json::from_slice::<View>(&bytes).map_or(true, |v| {
-            v.services
-                .values()
-                .any(|r| r.spec.launcher == crate::spec::LauncherKind::Mirrord)
-        }),
-        Err(_) => false,
+    if !dir.join("state.json").exists() {
+        return false;
     }
+    crate::state::view_in::<Record>(&dir).is_none_or(|v| {
+        v.services
+            .values()
+            .any(|r| r.spec.launcher == crate::spec::LauncherKind::Mirrord)
+    })
 }
 
 /// Starts the background supervisor (a new session, its output in `supervisor.log`) and

@@ -1,6 +1,7 @@
 //! The persisted observed state: `<state-dir>/<project>/state.json`, versioned, written
 //! atomically, and guarded by `state.lock` across every read-modify-write (spec §3, §6).
 
+mod journal;
 mod lock;
 
 use std::collections::BTreeMap;
@@ -10,14 +11,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use journal::View;
 pub use lock::StateLock;
 pub mod retired;
 
+use crate::fsutil::FileId;
 use crate::process::ProcessIdentity;
 use crate::spec::{ConfigHash, ServiceSpec};
 
 /// The format this binary writes. Older formats must keep loading (see `state/` examples).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -269,6 +272,10 @@ pub struct State {
     /// Inferred targets (`context|namespace|service` → path), so reloads need no cluster query.
     #[serde(default)]
     pub target_cache: BTreeMap<String, String>,
+    /// Format 2: the generation of the journal that continues this file (`state.journal`).
+    /// Written and read by the store only; a state in memory has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<String>,
     #[serde(default)]
     pub services: BTreeMap<String, SharedRecord>,
 }
@@ -388,6 +395,7 @@ impl State {
             supervisor: None,
             last_reload_error: None,
             target_cache: BTreeMap::new(),
+            journal: None,
             services: BTreeMap::new(),
         }
     }
@@ -421,7 +429,7 @@ impl StateStore {
             dir.subdir(sub, true)?;
         }
         // Early, so that every command names a planted file (they are opened safely anyway).
-        for file in ["state.lock", "supervisor.log"] {
+        for file in ["state.lock", "state.journal", "supervisor.log"] {
             dir.check_file_if_present(file)?;
         }
         Ok(StateStore {
@@ -444,27 +452,74 @@ impl StateStore {
         self.dir.join("services").join(file_safe(service))
     }
 
-    /// Reads without locking (for `ps`, `plan`, `logs`): the file is only ever replaced by
-    /// rename, so a reader sees one whole version. Absent → `None`. The version this process
-    /// saved or read last is not read again while the file's identity is unchanged ([`last`]:
-    /// device, inode, size, mtime and ctime — one `stat`).
+    /// Reads without locking (for `ps`, `plan`, `logs`): the snapshot is only ever replaced by
+    /// rename and the journal only appended to, so a reader sees one whole version. Absent →
+    /// `None`. The version this process saved or read last is not read again while the files'
+    /// identities are unchanged ([`last`]: device, inode, size, mtime and ctime — a `stat` each).
     pub fn read(&self) -> Result<Option<State>> {
         let path = self.state_path();
         if let Some(state) = last::state_if_current(&path) {
             return Ok(Some(state));
         }
-        let (bytes, id) = match last::read_with_id(&path) {
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let state = parse(&bytes).map_err(|reason| StateError::Corrupt {
-            kept: path.clone(),
-            path: path.clone(),
-            reason,
-        })?;
-        last::put_read(&path, id, &state);
-        Ok(Some(state))
+        let journal_path = journal::path_of(&path);
+        let mut attempts = 0;
+        loop {
+            let (bytes, id) = match last::read_with_id(&path) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let mut state = parse(&bytes).map_err(|reason| StateError::Corrupt {
+                kept: path.clone(),
+                path: path.clone(),
+                reason,
+            })?;
+            let journal = match state.journal.take() {
+                None => None,
+                Some(generation) => {
+                    match journal::apply(&journal_path, &generation, &mut state)
+                        .map_err(io(&journal_path))?
+                    {
+                        journal::Found::Applied {
+                            id,
+                            len,
+                            appendable,
+                        } => Some(last::Journal {
+                            id,
+                            len,
+                            appendable,
+                        }),
+                        journal::Found::Absent => None,
+                        // Replaced meanwhile (a compaction between the two reads): again.
+                        journal::Found::Other
+                            if attempts < 8 && FileId::of_link(&path).as_ref() != Some(&id) =>
+                        {
+                            attempts += 1;
+                            continue;
+                        }
+                        // Older than the snapshot, which holds it.
+                        journal::Found::Other => None,
+                    }
+                }
+            };
+            last::put_read(
+                &path,
+                last::Known {
+                    id,
+                    len: bytes.len() as u64,
+                    journal,
+                    state: state.clone(),
+                },
+            );
+            return Ok(Some(state));
+        }
+    }
+
+    /// A view of the state: the YAML it runs and its records as `R`, every other field skipped
+    /// by serde, not built (a client's quick look: at 500 services the whole state is ≈1 MB
+    /// of records). `None` when absent or unreadable.
+    pub fn view<R: serde::de::DeserializeOwned>(&self) -> Option<View<R>> {
+        view_in(&self.dir)
     }
 
     /// The recorded log offset of one service, read without building the whole state (it is
@@ -477,17 +532,11 @@ impl StateStore {
             return found;
         }
         #[derive(Deserialize)]
-        struct Offsets {
-            #[serde(default)]
-            services: BTreeMap<String, Offset>,
-        }
-        #[derive(Deserialize)]
         struct Offset {
             #[serde(default)]
             log_offset: u64,
         }
-        let bytes = std::fs::read(self.state_path()).ok()?;
-        let all: Offsets = serde_json::from_slice(&bytes).ok()?;
+        let all = self.view::<Offset>()?;
         all.services.get(service).map(|o| o.log_offset)
     }
 
@@ -518,10 +567,12 @@ impl StateStore {
         }
     }
 
-    /// Replaces the file atomically (a private temp file renamed over it), mode 0600. Refuses to
-    /// overwrite a file of a newer format. A state equal to the one this process saved last,
-    /// while the file is still that very version, is not written again (nothing would change
-    /// on disk: it is as durable as it was).
+    /// Saves `state`, mode 0600. When this process knows the files on disk (it saved or read
+    /// them last) and the journal has room, the records that changed (and the other fields,
+    /// when they did) are appended to the journal as one line; otherwise the whole state is
+    /// written as a new snapshot (a private temp file renamed over it) with a new, empty
+    /// journal. Refuses to overwrite a file of a newer format. A state equal to the one on
+    /// disk is not written again.
     pub fn save(&self, lock: &StateLock, state: &State) -> Result<()> {
         let path = self.state_path();
         if last::is_on_disk(&path, state) {
@@ -537,48 +588,113 @@ impl StateStore {
         {
             return Err(StateError::TooNew { path, found });
         }
-        // Compact: a hundred services make a file of some 300 KB that is rewritten several
-        // times per pass; `ps --format json` is the readable view. A record is serialized once
-        // per version of it ([`SharedRecord::text`]); the file is written from the records'
-        // texts as they are, not copied into one buffer first ([`encode`]).
-        let encoded = encode(state);
+        let journal_path = journal::path_of(&path);
+        if let Some(append) = last::append_line(&path, state) {
+            let started = std::time::Instant::now();
+            match journal::append(&journal_path, append.len, &append.line) {
+                Ok((id, len)) => {
+                    #[cfg(test)]
+                    last::APPENDS.with(|n| n.set(n.get() + 1));
+                    tracing::debug!(bytes = append.line.len(), took = ?started.elapsed(), "state saved (journal)");
+                    last::appended(&path, id, len, state);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Possibly torn: never appended to again; the whole state is written.
+                    tracing::debug!("journal append failed ({e}); the whole state is written");
+                    last::forget(&path);
+                }
+            }
+        }
+        self.write_snapshot(&path, &journal_path, state)
+    }
+
+    /// Writes `state` whole as a new snapshot of a new generation, then that generation's
+    /// empty journal.
+    fn write_snapshot(&self, path: &Path, journal_path: &Path, state: &State) -> Result<()> {
+        // Compact: a hundred services make a file of some 230 KB; `ps --format json` is the
+        // readable view. A record is serialized once per version of it
+        // ([`SharedRecord::text`]); the file is written from the records' texts as they are,
+        // not copied into one buffer first ([`encode`]).
+        let generation = crate::process::new_nonce();
+        let encoded = encode(state, &generation);
         let mut parts = encoded.parts();
         let bytes = encoded.len();
         let started = std::time::Instant::now();
         // Replaced by rename, not synced: each version is whole, old or new, for any reader,
         // and an intent (a record about to be spawned: its nonce, no process yet) reaches every
-        // other process before the spawn (the rename). A machine crash can lose the last
-        // versions, intents included, but it also ends every process they record: after it
-        // nothing recorded runs (another boot), and ext4 (`auto_da_alloc`) and its peers flush
-        // a file renamed over another before the rename is committed.
+        // other process before the spawn (the rename, or the append). A machine crash can lose
+        // the last versions, intents included, but it also ends every process they record:
+        // after it nothing recorded runs (another boot), and ext4 (`auto_da_alloc`) and its
+        // peers flush a file renamed over another before the rename is committed.
         // The version replaced is held open across the rename and let go later (`retired`):
         // the rename then does not wait for its blocks to be freed.
-        let replaced = retired::hold(&path);
-        let written = write_parts_unsynced(&path, &mut parts);
+        let replaced = retired::hold(path);
+        let written = write_parts_unsynced(path, &mut parts);
         #[cfg(test)]
         last::FILE_WRITES.with(|n| n.set(n.get() + 1));
         tracing::debug!(bytes, took = ?started.elapsed(), "state saved");
-        match written {
-            Ok(()) => {
-                if let Some(old) = replaced {
-                    retired::retire(old);
-                }
-                last::put(&path, state);
-            }
-            Err(_) => last::forget(&path),
+        if let Err(e) = written {
+            last::forget(path);
+            return Err(e);
         }
-        written
+        if let Some(old) = replaced {
+            retired::retire(old);
+        }
+        // The journal of the new generation. Until it is in place the old one names another
+        // generation and is ignored; if it cannot be written, the next save writes a snapshot.
+        let header = journal::header(&generation);
+        let journal = match write_private_unsynced(journal_path, &header) {
+            Ok(()) => FileId::of_link(journal_path).map(|id| last::Journal {
+                id,
+                len: header.len() as u64,
+                appendable: true,
+            }),
+            Err(e) => {
+                tracing::debug!("no journal ({e}); the next save writes the whole state");
+                None
+            }
+        };
+        match FileId::of_link(path) {
+            Some(id) => last::put(
+                path,
+                last::Known {
+                    id,
+                    len: bytes as u64,
+                    journal,
+                    state: state.clone(),
+                },
+            ),
+            None => last::forget(path),
+        }
+        Ok(())
     }
 }
 
-/// The state this process saved or read last, with the identity of the file (device, inode,
-/// size, mtime, ctime). Every save replaces the file by
-/// rename, so another writer's version (a one-shot `restart`, `stop`) is another inode; an
-/// in-place rewrite changes the ctime, which no user can set back (`touch -r` restores the
-/// mtime only, and itself moves the ctime). A read of that very version is a copy of the
-/// state (records shared), not a read of the file: the supervisor reads the state at the start
-/// of every pass, and it is what it saved at the end of the last one. A save of an equal state
-/// while the file is that version writes nothing.
+/// [`StateStore::read`] of the state directory `dir` (of one project), for a reader that must
+/// not create it.
+pub fn read_in(dir: &Path) -> Result<Option<State>> {
+    StateStore {
+        dir: dir.to_owned(),
+        project: String::new(),
+    }
+    .read()
+}
+
+/// [`StateStore::view`] of the state directory `dir`, for a client that must not create it.
+pub fn view_in<R: serde::de::DeserializeOwned>(dir: &Path) -> Option<View<R>> {
+    journal::view(&dir.join("state.json"))
+}
+
+/// The state this process saved or read last, with the identities of the snapshot and of its
+/// journal (device, inode, size, mtime, ctime). Every snapshot replaces the file by rename, so
+/// another writer's version (a one-shot `restart`, `stop`) is another inode; an append changes
+/// the journal's size; an in-place rewrite changes the ctime, which no user can set back
+/// (`touch -r` restores the mtime only, and itself moves the ctime). A read of that very
+/// version is a copy of the state (records shared), not a read of the files: the supervisor
+/// reads the state at the start of every pass, and it is what it saved at the end of the last
+/// one. A save of an equal state while the files are that version writes nothing; a save of a
+/// changed one appends what changed ([`append_line`]).
 ///
 /// What this cannot see: a rewrite in place, of the same size, with the mtime set back, within
 /// one tick of the kernel's file clock (a few ms) after this process's own write or read.
@@ -591,22 +707,37 @@ mod last {
 
     pub(super) use crate::fsutil::FileId;
 
-    struct Known {
-        id: FileId,
-        state: State,
+    pub(super) struct Known {
+        /// The snapshot's identity and length.
+        pub(super) id: FileId,
+        pub(super) len: u64,
+        /// Its journal, when one of its generation was read or written.
+        pub(super) journal: Option<Journal>,
+        pub(super) state: State,
+    }
+
+    pub(super) struct Journal {
+        pub(super) id: FileId,
+        pub(super) len: u64,
+        /// It ends with a whole line that parsed: a line may follow.
+        pub(super) appendable: bool,
     }
 
     /// By state file: one in the supervisor; a few in a test binary, whose tests run side
     /// by side in one process.
     static LAST: Mutex<BTreeMap<PathBuf, Known>> = Mutex::new(BTreeMap::new());
-    const KEPT: usize = 8;
+    /// A unit test binary runs its tests side by side, each with a state file of its own:
+    /// none forgets another's while it runs.
+    const KEPT: usize = if cfg!(test) { 1024 } else { 8 };
 
     #[cfg(test)]
     thread_local! {
         /// State files this thread read from disk (a test runs on a thread of its own).
         pub(super) static FILE_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-        /// State files this thread wrote.
+        /// Snapshots this thread wrote.
         pub(super) static FILE_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// Lines this thread appended to journals.
+        pub(super) static APPENDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     /// The file's bytes and the identity they belong to: taken before the read, so that a
@@ -636,27 +767,15 @@ mod last {
         last.insert(path.to_owned(), known);
     }
 
-    pub(super) fn put(path: &Path, state: &State) {
-        match FileId::of_link(path) {
-            Some(id) => keep(
-                path,
-                Known {
-                    id,
-                    state: state.clone(),
-                },
-            ),
-            None => forget(path),
-        }
+    /// This process wrote the snapshot (and its journal) that `known` describes.
+    pub(super) fn put(path: &Path, known: Known) {
+        keep(path, known);
     }
 
-    /// `state` was parsed from the version of `path` whose identity is `id` (another
-    /// writer's, or this process's first read): the next save serializes each of its records
-    /// once ([`super::SharedRecord::text`]).
-    pub(super) fn put_read(path: &Path, id: FileId, state: &State) {
-        let known = Known {
-            id,
-            state: state.clone(),
-        };
+    /// `known` was parsed from the files on disk (another writer's version, or this process's
+    /// first read): the next save serializes each of its records once
+    /// ([`super::SharedRecord::text`]).
+    pub(super) fn put_read(path: &Path, known: Known) {
         keep(path, known);
     }
 
@@ -666,26 +785,80 @@ mod last {
         }
     }
 
-    /// The file at `path` is still the version written or read last (its identity).
+    /// The files at `path` are still the version written or read last (their identities).
     fn current<'a>(last: &'a BTreeMap<PathBuf, Known>, path: &Path) -> Option<&'a Known> {
-        last.get(path)
-            .filter(|w| FileId::of_link(path).as_ref() == Some(&w.id))
+        let known = last.get(path)?;
+        if FileId::of_link(path).as_ref() != Some(&known.id) {
+            return None;
+        }
+        match &known.journal {
+            Some(j) if FileId::of_link(&super::journal::path_of(path)).as_ref() != Some(&j.id) => {
+                None
+            }
+            _ => Some(known),
+        }
     }
 
-    /// The state the file at `path` holds, when it is the version written or read last.
+    /// The state the files at `path` hold, when they are the version written or read last.
     pub(super) fn state_if_current(path: &Path) -> Option<State> {
         let last = LAST.lock().ok()?;
         current(&last, path).map(|w| w.state.clone())
     }
 
-    /// `state` is what the file at `path` holds: saved or read last by this process,
+    /// `state` is what the files at `path` hold: saved or read last by this process,
     /// unchanged since.
     pub(super) fn is_on_disk(path: &Path, state: &State) -> bool {
         let Ok(last) = LAST.lock() else { return false };
         current(&last, path).is_some_and(|w| w.state == *state)
     }
 
-    /// `Some(answer)` when the file is the version written or read last by this process.
+    /// A line to append to the journal, and the journal's length it goes after.
+    pub(super) struct Append {
+        pub(super) line: Vec<u8>,
+        pub(super) len: u64,
+    }
+
+    /// The journal line that turns the state on disk into `state`: when this process knows
+    /// the files at `path` as they are (saved or read them last), their journal may be
+    /// appended to, and the line fits within the journal's limit.
+    pub(super) fn append_line(path: &Path, state: &State) -> Option<Append> {
+        let last = LAST.lock().ok()?;
+        let known = current(&last, path)?;
+        let journal = known.journal.as_ref().filter(|j| j.appendable)?;
+        let line = super::journal::line(&known.state, state)?;
+        let fits = super::journal::fits(
+            known.len,
+            journal.len,
+            line.len() as u64,
+            known.state.services.len(),
+            state.services.len(),
+        );
+        fits.then_some(Append {
+            line,
+            len: journal.len,
+        })
+    }
+
+    /// `state` was appended to the journal of the files at `path`, now `id`, `len` bytes long.
+    pub(super) fn appended(path: &Path, id: FileId, len: u64, state: &State) {
+        let Ok(mut last) = LAST.lock() else { return };
+        match last.get_mut(path) {
+            Some(Known {
+                journal: Some(j),
+                state: known,
+                ..
+            }) => {
+                j.id = id;
+                j.len = len;
+                *known = state.clone();
+            }
+            _ => {
+                last.remove(path);
+            }
+        }
+    }
+
+    /// `Some(answer)` when the files are the version written or read last by this process.
     pub(super) fn log_offset(path: &Path, service: &str) -> Option<Option<u64>> {
         let last = LAST.lock().ok()?;
         let w = current(&last, path)?;
@@ -693,10 +866,22 @@ mod last {
     }
 }
 
-/// How many times this thread wrote a state file (tests count the saves of a pass).
+/// The state at `state_path` as another process reads it (the snapshot, its journal applied),
+/// leaving this process's memory of it alone (tests).
+#[cfg(test)]
+pub(crate) fn on_disk(state_path: &Path) -> Option<State> {
+    let mut state = parse(&std::fs::read(state_path).ok()?).ok()?;
+    if let Some(g) = state.journal.take() {
+        journal::apply(&journal::path_of(state_path), &g, &mut state).ok()?;
+    }
+    Some(state)
+}
+
+/// How many times this thread saved a state (a snapshot or a journal line: tests count the
+/// saves of a pass).
 #[cfg(test)]
 pub(crate) fn writes_on_this_thread() -> usize {
-    last::FILE_WRITES.with(std::cell::Cell::get)
+    last::FILE_WRITES.with(std::cell::Cell::get) + last::APPENDS.with(std::cell::Cell::get)
 }
 
 /// A state's compact JSON, in the pieces it is written from: `frame` holds the state without
@@ -744,15 +929,16 @@ impl<'a> Encoded<'a> {
 /// the ones they keep (serialized here only for a record that has none: new, changed, or read
 /// from another writer's version). The records are the state's last field, so the text is the
 /// state without records, then the records.
-fn encode(state: &State) -> Encoded<'_> {
+fn encode<'a>(state: &'a State, generation: &str) -> Encoded<'a> {
     const NO_RECORDS: &[u8] = b"\"services\":{}}";
     let head = State {
-        format_version: state.format_version,
+        format_version: FORMAT_VERSION,
         project: state.project.clone(),
         file: state.file.clone(),
         supervisor: state.supervisor.clone(),
         last_reload_error: state.last_reload_error.clone(),
         target_cache: state.target_cache.clone(),
+        journal: Some(generation.to_owned()),
         services: BTreeMap::new(),
     };
     let mut frame = Vec::with_capacity(512 + 24 * state.services.len());
@@ -927,7 +1113,21 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["logs", "services", "state.json", "state.lock"]);
+        assert_eq!(
+            names,
+            [
+                "logs",
+                "services",
+                "state.journal",
+                "state.json",
+                "state.lock"
+            ]
+        );
+        let mode = std::fs::metadata(journal::path_of(&store.state_path()))
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     /// The example state file of this format, parsed.
@@ -939,9 +1139,40 @@ mod tests {
         (root, store, lock)
     }
 
+    /// The example of format 1, as this binary saves it (format 2).
     fn example() -> State {
         let text = include_str!("../../state/v1.example.json");
-        serde_json::from_str(text).expect("the example parses")
+        let mut state: State = serde_json::from_str(text).expect("the example parses");
+        state.format_version = FORMAT_VERSION;
+        state
+    }
+
+    /// The generation the snapshot on disk names.
+    fn generation(store: &StateStore) -> String {
+        let bytes = std::fs::read(store.state_path()).unwrap();
+        parse(&bytes).unwrap().journal.expect("a format 2 snapshot")
+    }
+
+    /// What serde writes for `state` as the snapshot of `generation`, and a newline.
+    fn serde_text(state: &State, generation: &str) -> Vec<u8> {
+        let mut tagged = state.clone();
+        tagged.format_version = FORMAT_VERSION;
+        tagged.journal = Some(generation.to_owned());
+        let mut text = serde_json::to_vec(&tagged).unwrap();
+        text.push(b'\n');
+        text
+    }
+
+    fn from_disk(store: &StateStore) -> State {
+        on_disk(&store.state_path()).expect("a state on disk")
+    }
+
+    fn appends() -> usize {
+        last::APPENDS.with(std::cell::Cell::get)
+    }
+
+    fn snapshots() -> usize {
+        last::FILE_WRITES.with(std::cell::Cell::get)
     }
 
     /// One edit of a state: what a pass does to it.
@@ -1019,16 +1250,12 @@ mod tests {
         /// writes for that state, though unchanged records keep the text they were saved with.
         #[test]
         fn an_encoded_state_is_what_serde_writes(edits in proptest::collection::vec(edit(), 1..24)) {
-            let want = |state: &State| {
-                let mut text = serde_json::to_vec(state).unwrap();
-                text.push(b'\n');
-                text
-            };
+            let want = |state: &State| serde_text(state, "g");
             let mut state = example();
-            proptest::prop_assert_eq!(encode(&state).to_vec(), want(&state));
+            proptest::prop_assert_eq!(encode(&state, "g").to_vec(), want(&state));
             for e in &edits {
                 apply(&mut state, e);
-                let now = encode(&state).to_vec();
+                let now = encode(&state, "g").to_vec();
                 let wanted = want(&state);
                 proptest::prop_assert_eq!(
                     String::from_utf8_lossy(&now),
@@ -1059,38 +1286,37 @@ mod tests {
         // A copy (a pass's `before`, the kept state) shares the texts: nothing to serialize.
         let copy = state.clone();
         let before = serialized();
-        assert_eq!(encode(&copy).to_vec(), encode(&state).to_vec());
+        assert_eq!(encode(&copy, "g").to_vec(), encode(&state, "g").to_vec());
         assert_eq!(serialized(), before);
-        // One record changed: that one alone is serialized, and the file holds the change.
+        // One record changed: that one alone is serialized (for the journal's line), and the
+        // files hold the change.
         apply(&mut state, &Edit::Offset(1, 4242));
         let before = serialized();
         store.save(&lock, &state).unwrap();
         assert_eq!(serialized() - before, 1, "only the changed record");
-        let on_disk = std::fs::read(store.state_path()).unwrap();
-        let mut want = serde_json::to_vec(&state).unwrap();
-        want.push(b'\n');
+        assert_eq!(from_disk(&store), state);
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let want = serde_text(&state, "g");
+        let before = serialized();
         assert_eq!(
-            text(&on_disk),
+            text(&encode(&state, "g").to_vec()),
             text(&want),
             "byte for byte what serde writes"
         );
-        assert_eq!(parse(&on_disk).unwrap(), state);
+        assert_eq!(serialized(), before, "a snapshot reuses the line's text");
         // The copy made before the change still has the old value and its old text.
         let name = state.services.keys().nth(1).unwrap().clone();
         assert_ne!(copy.services[&name].log_offset, 4242);
         let before = serialized();
-        let old = encode(&copy).to_vec();
+        let old = encode(&copy, "g").to_vec();
         assert_eq!(serialized(), before, "the old version kept its text");
-        let mut want_old = serde_json::to_vec(&copy).unwrap();
-        want_old.push(b'\n');
-        assert_eq!(text(&old), text(&want_old));
+        assert_eq!(text(&old), text(&serde_text(&copy, "g")));
         // A write through `&mut` that leaves the same value still drops the text (it cannot
         // know): serialized again, same bytes.
         let offset = state.services[&name].log_offset;
         state.services.get_mut(&name).unwrap().log_offset = offset;
         let before = serialized();
-        assert_eq!(text(&encode(&state).to_vec()), text(&want));
+        assert_eq!(text(&encode(&state, "g").to_vec()), text(&want));
         assert_eq!(serialized() - before, 1);
     }
 
@@ -1108,15 +1334,14 @@ mod tests {
         }
         store.save(&lock, &state).unwrap();
         let on_disk = std::fs::read(store.state_path()).unwrap();
-        let mut want = serde_json::to_vec(&state).unwrap();
-        want.push(b'\n');
-        assert!(encode(&state).parts().len() > 1024);
+        let want = serde_text(&state, &generation(&store));
+        assert!(encode(&state, "g").parts().len() > 1024);
         assert_eq!(on_disk.len(), want.len());
         assert!(on_disk == want, "byte for byte what serde writes");
     }
 
-    /// Through the store: a save after a change writes the changed record, and what is read
-    /// back (by another process: parsed) is the state saved.
+    /// Through the store: a save after a change appends the changed records to the journal,
+    /// and what is read back (by another process: parsed) is the state saved.
     #[test]
     fn a_save_after_a_change_writes_the_change() {
         let (_root, store, lock) = opened();
@@ -1124,21 +1349,264 @@ mod tests {
         let retired = || retired::RETIRED.with(std::cell::Cell::get);
         store.save(&lock, &state).unwrap();
         assert_eq!(retired(), 0, "the first save replaces nothing");
+        let (appended, written) = (appends(), snapshots());
         for (n, e) in [
             Edit::Config(0, "one".into()),
             Edit::Status(1),
             Edit::Copy(0, "new".into()),
             Edit::Remove(1),
+            Edit::Head("/other.yaml".into()),
         ]
         .into_iter()
         .enumerate()
         {
             apply(&mut state, &e);
             store.save(&lock, &state).unwrap();
-            let bytes = std::fs::read(store.state_path()).unwrap();
-            assert_eq!(parse(&bytes).unwrap(), state, "after {e:?}");
-            // The version it replaced was held across the rename, to be let go later.
-            assert_eq!(retired(), n + 1, "after {e:?}");
+            assert_eq!(from_disk(&store), state, "after {e:?}");
+            assert_eq!(appends() - appended, n + 1, "after {e:?}");
+        }
+        assert_eq!(snapshots(), written, "no snapshot written again");
+        // A snapshot (this process no longer knows the files): the version it replaced was
+        // held across the rename, to be let go later.
+        last::forget(&store.state_path());
+        apply(&mut state, &Edit::Status(0));
+        store.save(&lock, &state).unwrap();
+        assert_eq!(snapshots(), written + 1);
+        assert_eq!(retired(), 1);
+        assert_eq!(from_disk(&store), state);
+    }
+
+    /// `example()` grown to `n` records (copies of its first, named `svc-NNNN`).
+    fn many(n: usize) -> State {
+        let mut state = example();
+        let first = state.services.values().next().unwrap().clone();
+        state.services.clear();
+        for i in 0..n {
+            let mut r = ServiceRecord::clone(&first);
+            r.log_offset = i as u64;
+            state.services.insert(format!("svc-{i:04}"), r.into());
+        }
+        state
+    }
+
+    fn journal_len(store: &StateStore) -> u64 {
+        std::fs::metadata(journal::path_of(&store.state_path()))
+            .unwrap()
+            .len()
+    }
+
+    /// The journal's cost is what changed: one record changed among a hundred is one line
+    /// about as long as that record, appended; the snapshot is not written again; another
+    /// process reads the change, as does a view.
+    #[test]
+    fn a_save_of_one_changed_record_appends_a_line_the_size_of_that_record() {
+        let (_root, store, lock) = opened();
+        let mut state = many(100);
+        store.save(&lock, &state).unwrap();
+        let snapshot = std::fs::read(store.state_path()).unwrap();
+        let before = journal_len(&store);
+        let (appended, written) = (appends(), snapshots());
+        state.services.get_mut("svc-0042").unwrap().log_offset = 4242;
+        store.save(&lock, &state).unwrap();
+        assert_eq!((appends() - appended, snapshots() - written), (1, 0));
+        assert_eq!(std::fs::read(store.state_path()).unwrap(), snapshot);
+        let record = state.services["svc-0042"].text().len() as u64;
+        let grew = journal_len(&store) - before;
+        assert!(
+            record < grew && grew < record + 64,
+            "the line is {grew} bytes for a record of {record}"
+        );
+        assert_eq!(from_disk(&store), state);
+        assert_eq!(store.log_offset("svc-0042"), Some(4242));
+        // Another process (this one, having forgotten what it wrote) reads it all.
+        last::forget(&store.state_path());
+        assert_eq!(store.read().unwrap(), Some(state.clone()));
+        last::forget(&store.state_path());
+        assert_eq!(store.log_offset("svc-0042"), Some(4242));
+        let view = store.view::<serde::de::IgnoredAny>().unwrap();
+        assert_eq!(view.services.len(), 100);
+        assert_eq!(view.file, state.file);
+    }
+
+    /// Saves keep appending until the journal would outgrow the snapshot; the next save writes
+    /// the whole state as a new snapshot with an empty journal. Every version reads whole.
+    #[test]
+    fn the_journal_is_folded_into_a_new_snapshot_once_it_outgrows_it() {
+        let (_root, store, lock) = opened();
+        let mut state = many(20);
+        store.save(&lock, &state).unwrap();
+        let header = journal_len(&store);
+        let written = snapshots();
+        let mut folded_at = None;
+        for i in 0..200u64 {
+            let name = format!("svc-{:04}", i % 20);
+            state.services.get_mut(&name).unwrap().log_offset = 1000 + i;
+            store.save(&lock, &state).unwrap();
+            assert_eq!(from_disk(&store), state, "after save {i}");
+            let snapshot = std::fs::metadata(store.state_path()).unwrap().len();
+            assert!(
+                snapshot + journal_len(&store) <= 2 * snapshot.max(64 * 1024),
+                "the journal outgrew its bound"
+            );
+            if snapshots() > written {
+                folded_at = Some(i);
+                assert_eq!(journal_len(&store), header, "a new, empty journal");
+                break;
+            }
+        }
+        let folded_at = folded_at.expect("the journal was never folded into a snapshot");
+        assert!(folded_at > 10, "folded after {folded_at} saves only");
+    }
+
+    /// A save that leaves a small state after a large one (`down` removing every record)
+    /// writes a snapshot: no reader parses a large snapshot to remove it all.
+    #[test]
+    fn a_save_that_empties_the_state_writes_a_snapshot() {
+        let (_root, store, lock) = opened();
+        let mut state = many(100);
+        store.save(&lock, &state).unwrap();
+        let written = snapshots();
+        state.services.clear();
+        store.save(&lock, &state).unwrap();
+        assert_eq!(snapshots(), written + 1);
+        assert!(std::fs::metadata(store.state_path()).unwrap().len() < 1024);
+        assert_eq!(from_disk(&store), state);
+    }
+
+    /// A last line without its newline (torn by a crash, or still being written) is not
+    /// there; a line that does not parse ends the journal. Either way the next save writes a
+    /// snapshot, never a line after them.
+    #[test]
+    fn a_torn_or_bad_journal_line_is_skipped_and_never_appended_after() {
+        use std::io::Write;
+        let (_root, store, lock) = opened();
+        let mut state = many(5);
+        store.save(&lock, &state).unwrap();
+        state.services.get_mut("svc-0001").unwrap().log_offset = 11;
+        store.save(&lock, &state).unwrap();
+        let path = journal::path_of(&store.state_path());
+        let append = |bytes: &[u8]| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(bytes)
+                .unwrap();
+        };
+        append(br#"{"services":{"svc-0002":null"#);
+        assert_eq!(from_disk(&store), state, "the torn line is not there");
+        assert_eq!(store.load(&lock).unwrap(), state);
+        let written = snapshots();
+        state.services.get_mut("svc-0003").unwrap().log_offset = 33;
+        store.save(&lock, &state).unwrap();
+        assert_eq!(snapshots(), written + 1, "appended after a torn line");
+        assert_eq!(from_disk(&store), state);
+        // A line that does not parse, then a good one: the journal ends before the bad one.
+        append(b"not json\n");
+        append(br#"{"services":{"svc-0004":null}}"#);
+        append(b"\n");
+        last::forget(&store.state_path());
+        assert_eq!(store.load(&lock).unwrap(), state);
+        let written = snapshots();
+        state.services.get_mut("svc-0000").unwrap().log_offset = 7;
+        store.save(&lock, &state).unwrap();
+        assert_eq!(snapshots(), written + 1, "appended after a bad line");
+        assert_eq!(from_disk(&store), state);
+    }
+
+    /// A crash between a new snapshot's rename and its journal's leaves the old journal: it
+    /// names another generation, and its lines (already in the snapshot) are not applied.
+    #[test]
+    fn a_journal_of_another_generation_is_ignored() {
+        let (_root, store, lock) = opened();
+        let mut state = many(3);
+        store.save(&lock, &state).unwrap();
+        state.services.get_mut("svc-0001").unwrap().log_offset = 11;
+        store.save(&lock, &state).unwrap();
+        // The next snapshot, renamed in place; its journal never written.
+        let mut next = state.clone();
+        next.services.get_mut("svc-0001").unwrap().log_offset = 22;
+        write_private(&store.state_path(), &serde_text(&next, "another")).unwrap();
+        assert_eq!(from_disk(&store), next);
+        assert_eq!(store.load(&lock).unwrap(), next);
+        // Nothing is appended to that journal: the next save writes a snapshot.
+        let written = snapshots();
+        next.services.get_mut("svc-0002").unwrap().log_offset = 222;
+        store.save(&lock, &next).unwrap();
+        assert_eq!(snapshots(), written + 1);
+        assert_eq!(from_disk(&store), next);
+    }
+
+    /// A state of format 1 (no journal) is read as it is; the first save writes format 2
+    /// with its journal, and later saves append.
+    #[test]
+    fn a_format_1_state_is_read_and_saved_as_format_2() {
+        let (_root, store, lock) = opened();
+        let text = include_str!("../../state/v1.example.json");
+        std::fs::write(store.state_path(), text).unwrap();
+        let mut state = store.load(&lock).unwrap();
+        assert_eq!(state.format_version, 1);
+        assert_eq!(state.services.len(), 2);
+        let name = state.services.keys().next().unwrap().clone();
+        state.services.get_mut(&name).unwrap().log_offset = 5;
+        let (appended, written) = (appends(), snapshots());
+        store.save(&lock, &state).unwrap();
+        assert_eq!((appends(), snapshots()), (appended, written + 1));
+        let on_disk = parse(&std::fs::read(store.state_path()).unwrap()).unwrap();
+        assert_eq!(on_disk.format_version, 2);
+        assert!(on_disk.journal.is_some());
+        state.services.get_mut(&name).unwrap().log_offset = 6;
+        store.save(&lock, &state).unwrap();
+        assert_eq!(appends(), appended + 1);
+        let mut want = state.clone();
+        want.format_version = FORMAT_VERSION;
+        assert_eq!(from_disk(&store), want);
+    }
+
+    /// A journal line: random bytes, or a line that parses (or nearly) naming the records of
+    /// `many(5)`.
+    fn journal_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let entry = "\\{\"services\":\\{\"svc-000[0-4]\":(null|\\{\\}|1|\"x\")\\}(,\"head\":(null|\\{\\}|\\{\"project\":\"q\"\\}))?\\}";
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            entry.prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever bytes follow a journal's header, a read neither panics nor fails: the
+        /// lines that parse before the first one that does not are applied.
+        #[test]
+        fn any_journal_bytes_read_without_a_panic(
+            lines in proptest::collection::vec(journal_line(), 0..8),
+            newline_last in proptest::prelude::any::<bool>(),
+        ) {
+            use std::io::Write;
+            let (_root, store, lock) = opened();
+            let state = many(5);
+            store.save(&lock, &state).unwrap();
+            let path = journal::path_of(&store.state_path());
+            let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            for (i, l) in lines.iter().enumerate() {
+                file.write_all(l).unwrap();
+                if i + 1 < lines.len() || newline_last {
+                    file.write_all(b"\n").unwrap();
+                }
+            }
+            drop(file);
+            last::forget(&store.state_path());
+            let read = store.read().unwrap().expect("present");
+            proptest::prop_assert!(read.services.len() <= 5);
+            let _ = store.view::<serde::de::IgnoredAny>();
+            let _ = store.log_offset("svc-0001");
+            // And a save after it is read back whole.
+            let mut next = read.clone();
+            next.file = Some("/after.yaml".into());
+            store.save(&lock, &next).unwrap();
+            proptest::prop_assert_eq!(from_disk(&store), next);
         }
     }
 
@@ -1174,15 +1642,15 @@ mod tests {
         assert_eq!(ino(), first, "an equal state was written again");
         // A read of our own version is that state.
         assert_eq!(store.load(&lock).unwrap(), state);
-        // A change is written.
+        // A change is written (to the journal).
         state.file = Some("/b.yaml".into());
         store.save(&lock, &state).unwrap();
-        assert_ne!(ino(), first);
+        assert_eq!(from_disk(&store), state);
         assert_eq!(store.read().unwrap(), Some(state.clone()));
         // Another writer replaces it: saving the state we saved last writes it back.
-        let text = std::fs::read_to_string(store.state_path()).unwrap();
-        let other = text.replace("/b.yaml", "/c.yaml");
-        write_private(&store.state_path(), other.as_bytes()).unwrap();
+        let mut other = state.clone();
+        other.file = Some("/c.yaml".into());
+        write_private(&store.state_path(), &serde_json::to_vec(&other).unwrap()).unwrap();
         assert_eq!(
             store.read().unwrap().unwrap().file,
             Some("/c.yaml".into()),
@@ -1256,7 +1724,8 @@ mod tests {
             reads + 1,
             "the version read last was read again"
         );
-        // An equal state is not written over it; a changed one is, whole and right.
+        // An equal state is not written over it; a changed one is, whole and right (a
+        // snapshot without a journal has nothing to append to).
         let ino =
             || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(store.state_path()).unwrap());
         let before = ino();
@@ -1266,10 +1735,7 @@ mod tests {
         apply(&mut state, &Edit::Config(2, "x".into()));
         store.save(&lock, &state).unwrap();
         let bytes = std::fs::read(store.state_path()).unwrap();
-        assert_eq!(
-            bytes,
-            [serde_json::to_vec(&state).unwrap(), b"\n".to_vec()].concat()
-        );
+        assert_eq!(bytes, serde_text(&state, &generation(&store)));
     }
 
     /// An edit in place of the same size, with the mtime set back (`touch -r`), is seen: the
@@ -1400,6 +1866,29 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
         let meta = std::fs::symlink_metadata(store.state_path()).unwrap();
         assert!(meta.is_file(), "the link was replaced by the new file");
+    }
+
+    /// A journal planted as a link is refused when the store opens, and never written through.
+    #[test]
+    fn a_symlinked_journal_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path(), "p").unwrap();
+        let target = root.path().join("precious");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, journal::path_of(&store.state_path())).unwrap();
+        let err = StateStore::open(root.path(), "p").unwrap_err();
+        assert!(
+            matches!(err, StateError::Unsafe { .. }) && err.to_string().contains("state.journal"),
+            "{err}"
+        );
+        // A save by a store opened before the link appeared replaces it, never follows it.
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        store.save(&lock, &many(2)).unwrap();
+        let mut state = many(2);
+        state.file = Some("/x.yaml".into());
+        store.save(&lock, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(from_disk(&store), state);
     }
 
     #[test]

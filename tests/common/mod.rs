@@ -366,6 +366,20 @@ impl Project {
         self.state_dir.join("state.json")
     }
 
+    /// The project's state as JSON, as mirrord-up reads it (the snapshot, its journal
+    /// applied); `None` when there is none or it does not parse.
+    pub fn state_value(&self) -> Option<serde_json::Value> {
+        let state = mirrord_up::state::read_in(&self.state_dir).ok()??;
+        serde_json::to_value(state).ok()
+    }
+
+    /// Rewrites the project's state file in place with `state` (a snapshot naming no journal:
+    /// what a hand edit or an older build leaves).
+    pub fn write_state(&self, state: &serde_json::Value) {
+        std::fs::write(self.state_file(), serde_json::to_vec(state).expect("json"))
+            .expect("write state");
+    }
+
     /// `mirrord-up -f <yaml> --state-dir <dir> --mirrord-bin <fake> -k tester [globals] ARGS`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = mirrord_up();
@@ -434,8 +448,7 @@ impl Project {
 
     /// The PID of the supervisor the state file records, if it records one.
     pub fn supervisor_pid(&self) -> Option<i32> {
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.state_file()).ok()?).ok()?;
+        let state = self.state_value()?;
         state["supervisor"]["process"]["pid"]
             .as_i64()
             .map(|v| v as i32)

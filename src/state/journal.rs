@@ -1,0 +1,362 @@
+//! The journal of a state (format 2): `state.journal`, beside `state.json`.
+//!
+//! A save that changes a few records appends one line naming them to the journal instead of
+//! writing the whole state again: the cost of a save is the records it changed, not the
+//! number of services. `state.json` (the snapshot) names the journal that continues it by a
+//! random generation; the journal's first line names the generation it continues:
+//!
+//! ```text
+//! {"generation":"5f0c…"}
+//! {"services":{"api":{…the whole record…},"old":null}}
+//! {"services":{"api":{…}},"head":{"project":"demo","file":…,"supervisor":…,…}}
+//! ```
+//!
+//! Each later line sets the records it names (`null`: removed) and, with `head`, the state's
+//! other fields. A reader applies the lines in order to the snapshot. Only a writer holding
+//! `state.lock` appends, with one `write` per line (`O_APPEND`), so a reader sees the journal
+//! as a prefix of what was written: a last line without its newline is not there yet (or was
+//! torn by a crash) and is skipped. A line that does not parse ends the journal (a crash of the
+//! machine can leave one); the journal is then not appended to again.
+//!
+//! When the journal outgrows the snapshot (or cannot be appended to), the next save writes a
+//! new snapshot with a new generation, then a new journal holding only its first line. Between
+//! the two renames — or after a crash between them — the journal names another generation
+//! than the snapshot: it is older than the snapshot, whose content already holds it, and is
+//! ignored. A reader that finds the two disagreeing while the snapshot it read was replaced
+//! meanwhile reads again.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{ReloadError, SharedRecord, State, SupervisorRecord};
+use crate::fsutil::FileId;
+
+/// The journal beside the snapshot at `state_path`.
+pub(super) fn path_of(state_path: &Path) -> PathBuf {
+    state_path.with_file_name("state.journal")
+}
+
+/// Below this, a reader's cost does not matter: the journal may grow to it whatever the state.
+const MIN_LIMIT: u64 = 64 * 1024;
+
+/// Whether a line of `line` bytes may be appended to a journal of `journal` bytes after a
+/// snapshot of `snapshot` bytes holding `before` records, the state holding `after` records
+/// then: a reader must not parse more than twice what a new snapshot would hold (estimated by
+/// its records' count), or [`MIN_LIMIT`] twice. A `down` that removes every record writes an
+/// empty snapshot instead of a line of removals after a large one.
+pub(super) fn fits(snapshot: u64, journal: u64, line: u64, before: usize, after: usize) -> bool {
+    let whole = match before {
+        0 => snapshot + line,
+        n => snapshot.saturating_mul(after as u64) / n as u64,
+    };
+    snapshot + journal + line <= 2 * whole.max(MIN_LIMIT)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    generation: String,
+}
+
+/// The journal's first line.
+pub(super) fn header(generation: &str) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Header {
+        generation: generation.to_owned(),
+    })
+    .expect("a header serializes");
+    line.push(b'\n');
+    line
+}
+
+/// The state's fields other than its records and its format.
+#[derive(Serialize)]
+struct HeadRef<'a> {
+    project: &'a str,
+    file: &'a Option<PathBuf>,
+    supervisor: &'a Option<SupervisorRecord>,
+    last_reload_error: &'a Option<ReloadError>,
+    target_cache: &'a BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    project: String,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    supervisor: Option<SupervisorRecord>,
+    #[serde(default)]
+    last_reload_error: Option<ReloadError>,
+    #[serde(default)]
+    target_cache: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    head: Option<Head>,
+    #[serde(default)]
+    services: BTreeMap<String, Option<SharedRecord>>,
+}
+
+fn same_head(a: &State, b: &State) -> bool {
+    a.project == b.project
+        && a.file == b.file
+        && a.supervisor == b.supervisor
+        && a.last_reload_error == b.last_reload_error
+        && a.target_cache == b.target_cache
+}
+
+/// The line that turns `before` into `after`, or `None` when nothing differs. A record is
+/// compared by pointer first ([`SharedRecord::same`]): one the caller did not write to is not
+/// looked into; a changed one is written from its kept text ([`SharedRecord::text`]).
+pub(super) fn line(before: &State, after: &State) -> Option<Vec<u8>> {
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"{\"services\":{");
+    let mut any = false;
+    let name = |line: &mut Vec<u8>, key: &str, any: &mut bool| {
+        if *any {
+            line.push(b',');
+        }
+        *any = true;
+        serde_json::to_writer(&mut *line, key).expect("names serialize");
+        line.push(b':');
+    };
+    for (key, record) in &after.services {
+        match before.services.get(key) {
+            Some(old) if old == record => {}
+            _ => {
+                name(&mut line, key, &mut any);
+                line.extend_from_slice(record.text());
+            }
+        }
+    }
+    for key in before.services.keys() {
+        if !after.services.contains_key(key) {
+            name(&mut line, key, &mut any);
+            line.extend_from_slice(b"null");
+        }
+    }
+    line.push(b'}');
+    let head_changed = !same_head(before, after);
+    if !any && !head_changed {
+        return None;
+    }
+    if head_changed {
+        line.extend_from_slice(b",\"head\":");
+        let head = HeadRef {
+            project: &after.project,
+            file: &after.file,
+            supervisor: &after.supervisor,
+            last_reload_error: &after.last_reload_error,
+            target_cache: &after.target_cache,
+        };
+        serde_json::to_writer(&mut line, &head).expect("a head serializes");
+    }
+    line.extend_from_slice(b"}\n");
+    Some(line)
+}
+
+/// What a read found of the journal of a snapshot.
+pub(super) enum Found {
+    /// The journal of this generation, applied: its identity and length as read, and whether
+    /// it may be appended to (it ended with a whole line that parsed).
+    Applied {
+        id: FileId,
+        len: u64,
+        appendable: bool,
+    },
+    /// No journal: the snapshot is the state.
+    Absent,
+    /// A journal of another generation.
+    Other,
+}
+
+/// Opens the journal for reading, never through a link.
+fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// The journal's bytes as of its identity (taken first; an append after it is left for the
+/// next read: the identity no longer matches then).
+fn read_with_id(path: &Path) -> std::io::Result<Option<(Vec<u8>, FileId)>> {
+    let file = match open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let id = FileId::from_meta(&meta);
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(meta.len()).read_to_end(&mut bytes)?;
+    Ok(Some((bytes, id)))
+}
+
+/// The whole lines after the header, when the header names `generation`; and whether the
+/// bytes ended with a whole line.
+fn lines_of<'a>(bytes: &'a [u8], generation: &str) -> Option<(Vec<&'a [u8]>, bool)> {
+    let mut lines = bytes.split_inclusive(|&b| b == b'\n');
+    let first = lines.next()?;
+    let header: Header = serde_json::from_slice(first.strip_suffix(b"\n")?).ok()?;
+    if header.generation != generation {
+        return None;
+    }
+    let mut whole = true;
+    let mut out = Vec::new();
+    for l in lines {
+        match l.strip_suffix(b"\n") {
+            Some(l) => out.push(l),
+            None => whole = false,
+        }
+    }
+    Some((out, whole))
+}
+
+/// Applies the journal at `path` of the snapshot of `generation` to `state`.
+pub(super) fn apply(path: &Path, generation: &str, state: &mut State) -> std::io::Result<Found> {
+    let Some((bytes, id)) = read_with_id(path)? else {
+        return Ok(Found::Absent);
+    };
+    let Some((lines, mut appendable)) = lines_of(&bytes, generation) else {
+        return Ok(Found::Other);
+    };
+    for (n, l) in lines.into_iter().enumerate() {
+        let entry: Entry = match serde_json::from_slice(l) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: line {} does not parse ({e}); the journal ends before it",
+                    path.display(),
+                    n + 2
+                );
+                appendable = false;
+                break;
+            }
+        };
+        if let Some(h) = entry.head {
+            state.project = h.project;
+            state.file = h.file;
+            state.supervisor = h.supervisor;
+            state.last_reload_error = h.last_reload_error;
+            state.target_cache = h.target_cache;
+        }
+        for (name, record) in entry.services {
+            match record {
+                Some(r) => {
+                    state.services.insert(name, r);
+                }
+                None => {
+                    state.services.remove(&name);
+                }
+            }
+        }
+    }
+    Ok(Found::Applied {
+        len: bytes.len() as u64,
+        id,
+        appendable,
+    })
+}
+
+/// Appends `line` to the journal at `path`, known to be `len` bytes long: the journal's new
+/// identity and length. An error leaves the journal possibly torn: it must not be appended to
+/// again.
+pub(super) fn append(path: &Path, len: u64, line: &[u8]) -> std::io::Result<(FileId, u64)> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    file.write_all(line)?;
+    let meta = file.metadata()?;
+    let new_len = len + line.len() as u64;
+    if meta.len() != new_len {
+        // Written by someone else meanwhile (no writer does without the lock).
+        return Err(std::io::Error::other(
+            "the journal changed under the lock while appending",
+        ));
+    }
+    Ok((FileId::from_meta(&meta), new_len))
+}
+
+/// What a view reads of a journal line: the records as `R`, and the file the head names.
+#[derive(Deserialize)]
+#[serde(bound = "R: DeserializeOwned")]
+struct EntryView<R> {
+    #[serde(default)]
+    head: Option<HeadView>,
+    #[serde(default = "BTreeMap::new")]
+    services: BTreeMap<String, Option<R>>,
+}
+
+#[derive(Deserialize)]
+struct HeadView {
+    #[serde(default)]
+    file: Option<PathBuf>,
+}
+
+/// A view of a state: the YAML it runs and its records as `R` (every field `R` does not name
+/// is skipped by serde, not built), the journal applied.
+#[derive(Deserialize)]
+#[serde(bound = "R: DeserializeOwned")]
+pub struct View<R> {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    journal: Option<String>,
+    #[serde(default = "BTreeMap::new")]
+    pub services: BTreeMap<String, R>,
+}
+
+/// Reads the view of the state at `state_path`: `None` when it is absent or does not parse.
+pub(super) fn view<R: DeserializeOwned>(state_path: &Path) -> Option<View<R>> {
+    for _ in 0..8 {
+        let (bytes, id) = super::last::read_with_id(state_path).ok()?;
+        let mut view: View<R> = serde_json::from_slice(&bytes).ok()?;
+        let Some(generation) = view.journal.take() else {
+            return Some(view);
+        };
+        let Ok(Some((bytes, _))) = read_with_id(&path_of(state_path)) else {
+            return Some(view);
+        };
+        let Some((lines, _)) = lines_of(&bytes, &generation) else {
+            if FileId::of_link(state_path).as_ref() == Some(&id) {
+                return Some(view); // an older journal: the snapshot holds it
+            }
+            continue; // the snapshot was replaced meanwhile
+        };
+        for l in lines {
+            let Ok(entry) = serde_json::from_slice::<EntryView<R>>(l) else {
+                break;
+            };
+            if let Some(h) = entry.head {
+                view.file = h.file;
+            }
+            for (name, record) in entry.services {
+                match record {
+                    Some(r) => {
+                        view.services.insert(name, r);
+                    }
+                    None => {
+                        view.services.remove(&name);
+                    }
+                }
+            }
+        }
+        return Some(view);
+    }
+    None
+}
