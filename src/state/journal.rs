@@ -111,34 +111,51 @@ fn same_head(a: &State, b: &State) -> bool {
         && a.target_cache == b.target_cache
 }
 
-/// The line that turns `before` into `after`, or `None` when nothing differs. A record is
-/// compared by pointer first ([`SharedRecord::same`]): one the caller did not write to is not
-/// looked into; a changed one is written from its kept text ([`SharedRecord::text`]).
+/// The line that turns `before` into `after`, or `None` when nothing differs. The two sets of
+/// records are walked side by side in name order (no lookups); a record is compared by pointer
+/// first ([`SharedRecord::same`]): one the caller did not write to is not looked into; a
+/// changed one is written from its kept text ([`SharedRecord::text`]).
 pub(super) fn line(before: &State, after: &State) -> Option<Vec<u8>> {
+    use std::cmp::Ordering;
     let mut line = Vec::with_capacity(256);
     line.extend_from_slice(b"{\"services\":{");
     let mut any = false;
-    let name = |line: &mut Vec<u8>, key: &str, any: &mut bool| {
-        if *any {
+    let mut put = |key: &str, value: &[u8]| {
+        if any {
             line.push(b',');
         }
-        *any = true;
-        serde_json::to_writer(&mut *line, key).expect("names serialize");
+        any = true;
+        serde_json::to_writer(&mut line, key).expect("names serialize");
         line.push(b':');
+        line.extend_from_slice(value);
     };
-    for (key, record) in &after.services {
-        match before.services.get(key) {
-            Some(old) if old == record => {}
-            _ => {
-                name(&mut line, key, &mut any);
-                line.extend_from_slice(record.text());
+    let mut old = before.services.iter().peekable();
+    let mut new = after.services.iter().peekable();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.as_str().cmp(b.as_str()),
+        };
+        match order {
+            // Only before: removed.
+            Ordering::Less => {
+                let (key, _) = old.next().expect("peeked");
+                put(key, b"null");
             }
-        }
-    }
-    for key in before.services.keys() {
-        if !after.services.contains_key(key) {
-            name(&mut line, key, &mut any);
-            line.extend_from_slice(b"null");
+            // Only after: added.
+            Ordering::Greater => {
+                let (key, record) = new.next().expect("peeked");
+                put(key, record.text());
+            }
+            Ordering::Equal => {
+                let (_, was) = old.next().expect("peeked");
+                let (key, record) = new.next().expect("peeked");
+                if was != record {
+                    put(key, record.text());
+                }
+            }
         }
     }
     line.push(b'}');

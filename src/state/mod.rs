@@ -1577,6 +1577,20 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
+        /// Whatever a sequence of passes does to the records (change, add, remove, the head),
+        /// each save — a journal line or a snapshot — leaves on disk the state saved.
+        #[test]
+        fn every_save_reads_back_as_the_state_saved(edits in proptest::collection::vec(edit(), 1..40)) {
+            let (_root, store, lock) = opened();
+            let mut state = many(6);
+            store.save(&lock, &state).unwrap();
+            for e in &edits {
+                apply(&mut state, e);
+                store.save(&lock, &state).unwrap();
+                proptest::prop_assert_eq!(&from_disk(&store), &state, "after {:?}", e);
+            }
+        }
+
         /// Whatever bytes follow a journal's header, a read neither panics nor fails: the
         /// lines that parse before the first one that does not are applied.
         #[test]
