@@ -44,17 +44,27 @@ pub(super) fn path_of(state_path: &Path) -> PathBuf {
 /// Below this, a reader's cost does not matter: the journal may grow to it whatever the state.
 const MIN_LIMIT: u64 = 64 * 1024;
 
+/// What a new snapshot of a state of `after` records would hold, estimated from the current
+/// snapshot of `before` records (records are of a size); `None` when the snapshot held none.
+fn whole(snapshot: u64, before: usize, after: usize) -> Option<u64> {
+    (before > 0).then(|| snapshot.saturating_mul(after as u64) / before as u64)
+}
+
 /// Whether a line of `line` bytes may be appended to a journal of `journal` bytes after a
 /// snapshot of `snapshot` bytes holding `before` records, the state holding `after` records
 /// then: a reader must not parse more than twice what a new snapshot would hold (estimated by
 /// its records' count), or [`MIN_LIMIT`] twice. A `down` that removes every record writes an
 /// empty snapshot instead of a line of removals after a large one.
 pub(super) fn fits(snapshot: u64, journal: u64, line: u64, before: usize, after: usize) -> bool {
-    let whole = match before {
-        0 => snapshot + line,
-        n => snapshot.saturating_mul(after as u64) / n as u64,
-    };
+    let whole = whole(snapshot, before, after).unwrap_or(snapshot + line);
     snapshot + journal + line <= 2 * whole.max(MIN_LIMIT)
+}
+
+/// The longest line that can [`fits`] (a line longer is not worth making), if any bound is
+/// known before the line is made.
+pub(super) fn longest(snapshot: u64, journal: u64, before: usize, after: usize) -> Option<u64> {
+    let whole = whole(snapshot, before, after)?;
+    Some((2 * whole.max(MIN_LIMIT)).saturating_sub(snapshot + journal))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,24 +124,30 @@ fn same_head(a: &State, b: &State) -> bool {
 /// The line that turns `before` into `after`, or `None` when nothing differs. The two sets of
 /// records are walked side by side in name order (no lookups); a record is compared by pointer
 /// first ([`SharedRecord::same`]): one the caller did not write to is not looked into; a
-/// changed one is written from its kept text ([`SharedRecord::text`]).
-pub(super) fn line(before: &State, after: &State) -> Option<Vec<u8>> {
+/// changed one is written from its kept text ([`SharedRecord::text`]). `None` as well once
+/// the line grows past `longest` bytes: a save that changes most records (a `down`, a cold
+/// `up`) writes a snapshot, and the line is not made in vain.
+pub(super) fn line(before: &State, after: &State, longest: Option<u64>) -> Option<Vec<u8>> {
     use std::cmp::Ordering;
     let mut line = Vec::with_capacity(256);
     line.extend_from_slice(b"{\"services\":{");
     let mut any = false;
-    let mut put = |key: &str, value: &[u8]| {
-        if any {
+    let put = |line: &mut Vec<u8>, any: &mut bool, key: &str, value: &[u8]| {
+        if *any {
             line.push(b',');
         }
-        any = true;
-        serde_json::to_writer(&mut line, key).expect("names serialize");
+        *any = true;
+        serde_json::to_writer(&mut *line, key).expect("names serialize");
         line.push(b':');
         line.extend_from_slice(value);
     };
     let mut old = before.services.iter().peekable();
     let mut new = after.services.iter().peekable();
+    let longest = longest.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     loop {
+        if line.len() > longest {
+            return None;
+        }
         let order = match (old.peek(), new.peek()) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
@@ -142,18 +158,18 @@ pub(super) fn line(before: &State, after: &State) -> Option<Vec<u8>> {
             // Only before: removed.
             Ordering::Less => {
                 let (key, _) = old.next().expect("peeked");
-                put(key, b"null");
+                put(&mut line, &mut any, key, b"null");
             }
             // Only after: added.
             Ordering::Greater => {
                 let (key, record) = new.next().expect("peeked");
-                put(key, record.text());
+                put(&mut line, &mut any, key, record.text());
             }
             Ordering::Equal => {
                 let (_, was) = old.next().expect("peeked");
                 let (key, record) = new.next().expect("peeked");
                 if was != record {
-                    put(key, record.text());
+                    put(&mut line, &mut any, key, record.text());
                 }
             }
         }

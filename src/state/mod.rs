@@ -825,14 +825,10 @@ mod last {
         let last = LAST.lock().ok()?;
         let known = current(&last, path)?;
         let journal = known.journal.as_ref().filter(|j| j.appendable)?;
-        let line = super::journal::line(&known.state, state)?;
-        let fits = super::journal::fits(
-            known.len,
-            journal.len,
-            line.len() as u64,
-            known.state.services.len(),
-            state.services.len(),
-        );
+        let (before, after) = (known.state.services.len(), state.services.len());
+        let longest = super::journal::longest(known.len, journal.len, before, after);
+        let line = super::journal::line(&known.state, state, longest)?;
+        let fits = super::journal::fits(known.len, journal.len, line.len() as u64, before, after);
         fits.then_some(Append {
             line,
             len: journal.len,
@@ -1456,6 +1452,31 @@ mod tests {
         }
         let folded_at = folded_at.expect("the journal was never folded into a snapshot");
         assert!(folded_at > 10, "folded after {folded_at} saves only");
+    }
+
+    /// A save that changes most records writes a snapshot when the journal already holds
+    /// lines, and its line is given up as soon as it is longer than could be appended (it is
+    /// not made whole in vain).
+    #[test]
+    fn a_save_changing_every_record_is_a_snapshot_and_its_line_is_cut_short() {
+        let (_root, store, lock) = opened();
+        let mut state = many(100);
+        store.save(&lock, &state).unwrap();
+        state.services.get_mut("svc-0001").unwrap().log_offset = 1;
+        store.save(&lock, &state).unwrap();
+        let before = state.clone();
+        for r in state.services.values_mut() {
+            r.status = Status::Stopping;
+        }
+        let longest = journal::longest(1000, 0, 100, 100);
+        assert_eq!(longest, Some(2 * 64 * 1024 - 1000));
+        let whole = journal::line(&before, &state, None).expect("a line").len() as u64;
+        assert!(whole > 2 * 64 * 1024, "{whole}");
+        assert_eq!(journal::line(&before, &state, Some(10_000)), None);
+        let (appended, written) = (appends(), snapshots());
+        store.save(&lock, &state).unwrap();
+        assert_eq!((appends(), snapshots()), (appended, written + 1));
+        assert_eq!(from_disk(&store), state);
     }
 
     /// A save that leaves a small state after a large one (`down` removing every record)
