@@ -29,6 +29,7 @@ pub mod pass;
 pub mod shutdown;
 #[cfg(test)]
 mod sim;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -624,9 +625,9 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
     }
 }
 
-/// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own: deepest level
-/// first, each level at once (its signal, SIGKILL after its grace period or at once after a
-/// second Ctrl-C); their outcomes come back as `Event::StopDone`.
+/// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own (a kept one,
+/// [`workers`]): deepest level first, each level at once (its signal, SIGKILL after its grace
+/// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`.
 fn spawn_stop(
     tx: &UnboundedSender<Input>,
     id: u64,
@@ -634,7 +635,7 @@ fn spawn_stop(
     switch: Arc<AtomicUsize>,
 ) {
     let tx = tx.clone();
-    std::thread::spawn(move || {
+    workers::STOPS.run(Box::new(move || {
         tracing::debug!(id, "stop: thread started");
         let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
             BTreeMap::new();
@@ -660,7 +661,7 @@ fn spawn_stop(
             outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));
         }
         let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
-    });
+    }));
 }
 
 /// Waits on a thread of its own for other processes' stops of `services` to end (a blocking
