@@ -286,22 +286,27 @@ pub(super) fn apply(path: &Path, generation: &str, state: &mut State) -> std::io
             state.last_reload_error = h.last_reload_error;
             state.target_cache = h.target_cache;
         }
-        for (name, record) in entry.services {
-            match record {
-                Some(r) => {
-                    state.services.insert(name, r);
-                }
-                None => {
-                    state.services.remove(&name);
-                }
-            }
-        }
+        set_or_remove(&mut state.services, entry.services);
     }
     Ok(Found::Applied {
         len: bytes.len() as u64,
         id,
         appendable,
     })
+}
+
+/// Sets the records a line names; `None` removes one.
+fn set_or_remove<R>(records: &mut BTreeMap<String, R>, line: BTreeMap<String, Option<R>>) {
+    for (name, record) in line {
+        match record {
+            Some(r) => {
+                records.insert(name, r);
+            }
+            None => {
+                records.remove(&name);
+            }
+        }
+    }
 }
 
 /// Appends `line` to the journal at `path`, known to be `len` bytes long: the journal's new
@@ -378,16 +383,7 @@ pub(super) fn view<R: DeserializeOwned>(state_path: &Path) -> Option<View<R>> {
             if let Some(h) = entry.head {
                 view.file = h.file;
             }
-            for (name, record) in entry.services {
-                match record {
-                    Some(r) => {
-                        view.services.insert(name, r);
-                    }
-                    None => {
-                        view.services.remove(&name);
-                    }
-                }
-            }
+            set_or_remove(&mut view.services, entry.services);
         }
         return Some(view);
     }
