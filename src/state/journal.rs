@@ -56,12 +56,15 @@ fn whole(snapshot: u64, before: usize, after: usize) -> Option<u64> {
 /// its records' count), or [`MIN_LIMIT`] twice. A `down` that removes every record writes an
 /// empty snapshot instead of a line of removals after a large one.
 pub(super) fn fits(snapshot: u64, journal: u64, line: u64, before: usize, after: usize) -> bool {
-    let whole = whole(snapshot, before, after).unwrap_or(snapshot + line);
-    snapshot + journal + line <= 2 * whole.max(MIN_LIMIT)
+    match longest(snapshot, journal, before, after) {
+        Some(longest) => line <= longest,
+        // The snapshot held no record: the state is about as large as the line.
+        None => snapshot + journal + line <= 2 * (snapshot + line).max(MIN_LIMIT),
+    }
 }
 
-/// The longest line that can [`fits`] (a line longer is not worth making), if any bound is
-/// known before the line is made.
+/// The longest line that [`fits`] (a line longer is not worth making), when a bound is known
+/// before the line is made.
 pub(super) fn longest(snapshot: u64, journal: u64, before: usize, after: usize) -> Option<u64> {
     let whole = whole(snapshot, before, after)?;
     Some((2 * whole.max(MIN_LIMIT)).saturating_sub(snapshot + journal))
