@@ -30,6 +30,17 @@ fn journal(p: &Project) -> std::path::PathBuf {
     p.state_dir.join("state.journal")
 }
 
+/// A project of three services brought up by a detached supervisor, and their PIDs.
+fn started(name: &str) -> (Project, std::collections::BTreeMap<String, i32>) {
+    let p = project(name);
+    p.write_yaml(&services("0"));
+    let out = p.run(&["up", "-d"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let pids = p.pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    (p, pids)
+}
+
 /// Edits `api` and waits until the reload replaced its process: the new PID.
 fn reload(p: &Project, n: &str, old: i32) -> i32 {
     p.write_yaml(&services(n));
@@ -41,12 +52,7 @@ fn reload(p: &Project, n: &str, old: i32) -> i32 {
 
 #[test]
 fn a_reload_appends_to_the_journal_and_every_reader_sees_it() {
-    let p = project("journal-reload");
-    p.write_yaml(&services("0"));
-    let out = p.run(&["up", "-d"]);
-    assert_eq!(out.code, Some(0), "{out}");
-    let before = p.pids();
-    assert_eq!(before.len(), 3, "{before:?}");
+    let (p, before) = started("journal-reload");
     let snapshot = std::fs::read(p.state_file()).expect("state.json");
     let journal_len = std::fs::metadata(journal(&p)).expect("state.journal").len();
 
@@ -92,12 +98,7 @@ fn a_reload_appends_to_the_journal_and_every_reader_sees_it() {
 /// writes a whole new state, never a line after the damage), and `down` leaves nothing.
 #[test]
 fn a_damaged_journal_loses_nothing() {
-    let p = project("journal-damage");
-    p.write_yaml(&services("0"));
-    let out = p.run(&["up", "-d"]);
-    assert_eq!(out.code, Some(0), "{out}");
-    let before = p.pids();
-    assert_eq!(before.len(), 3, "{before:?}");
+    let (p, before) = started("journal-damage");
 
     let mut file = std::fs::OpenOptions::new()
         .append(true)

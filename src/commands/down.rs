@@ -12,8 +12,6 @@
 //! `Work::Shutdown { sweep: true }`, whose steps are in `supervisor::shutdown`); `ci stop`
 //! is the same request for some or all records (`Request::CiStop`).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use nix::sys::signal::Signal;
 use super::Context;
 use crate::process::{self, ProcessIdentity};
 use crate::request::Request;
-use crate::state::State;
+use crate::state::{State, View};
 use crate::supervisor::shutdown::{NOTHING_TO_STOP, supervisor_refusal};
 
 pub fn run(ctx: &Context, timeout: Option<Duration>, force: bool) -> Result<ExitCode> {
@@ -83,30 +81,20 @@ fn stop_unrecorded(
 }
 
 /// What `down` reads of the state before it asks a listening supervisor: the file the project
-/// runs (checked against `-f`) and the recorded names (their width). Every other field is
-/// skipped by serde, not built: at 500 services the whole state is ≈1 MB of records.
-struct Skim {
-    file: Option<PathBuf>,
-    services: BTreeMap<String, serde::de::IgnoredAny>,
+/// runs (checked against `-f`) and the recorded names (their width) — a view, every other field
+/// skipped by serde, not built: at 500 services the whole state is ≈1 MB of records. `None`
+/// when there is no state or it does not parse (the state path reports it).
+fn skim(ctx: &Context) -> Option<View<serde::de::IgnoredAny>> {
+    // No state file: nothing is created here (`ctx.store()` would make the directory).
+    if !ctx.state_dir().ok()?.join("state.json").exists() {
+        return None;
+    }
+    ctx.store().ok()?.view()
 }
 
-impl Skim {
-    /// `None` when there is no state or it does not parse (the state path reports it).
-    fn read(ctx: &Context) -> Option<Skim> {
-        // No state file: nothing is created here (`ctx.store()` would make the directory).
-        if !ctx.state_dir().ok()?.join("state.json").exists() {
-            return None;
-        }
-        let view = ctx.store().ok()?.view::<serde::de::IgnoredAny>()?;
-        Some(Skim {
-            file: view.file,
-            services: view.services,
-        })
-    }
-
-    fn width(&self) -> usize {
-        self.services.keys().map(String::len).max().unwrap_or(0)
-    }
+/// The longest recorded name: what report lines pad names to.
+fn width(skim: &View<serde::de::IgnoredAny>) -> usize {
+    skim.services.keys().map(String::len).max().unwrap_or(0)
 }
 
 /// `down` through the supervisor listening on the project's socket (the common case), as `up
@@ -119,7 +107,7 @@ impl Skim {
 /// registered supervisor (registration refuses while a live one is recorded), and only a
 /// lost or corrupt state hides one. `None`: no such supervisor; the state decides, as before.
 fn through_listener(ctx: &Context, timeout: Option<Duration>) -> Result<Option<ExitCode>> {
-    let Some(skim) = Skim::read(ctx) else {
+    let Some(skim) = skim(ctx) else {
         return Ok(None);
     };
     ctx.ensure_same_path(skim.file.as_deref())?;
@@ -133,7 +121,7 @@ fn through_listener(ctx: &Context, timeout: Option<Duration>) -> Result<Option<E
     if supervisor_refusal(&process, &store.dir).is_some() {
         return Ok(None);
     }
-    let mut reporter = ctx.reporter(skim.width());
+    let mut reporter = ctx.reporter(width(&skim));
     let asked = crate::supervisor::control::request_on(
         stream,
         &socket,
@@ -157,7 +145,7 @@ fn through_listener(ctx: &Context, timeout: Option<Duration>) -> Result<Option<E
     }
     await_exit(&process, asked, timeout);
     if !matches!(ctx.read_state(), Ok(Some(s)) if s.supervisor.is_none()) {
-        stop_unrecorded(ctx, &store.dir, timeout, skim.width(), false);
+        stop_unrecorded(ctx, &store.dir, timeout, width(&skim), false);
     }
     stop_inner(ctx, &Request::Down { timeout }, true, Vec::new()).map(Some)
 }

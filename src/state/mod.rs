@@ -502,7 +502,7 @@ impl StateStore {
                     }
                 }
             };
-            last::put_read(
+            last::put(
                 &path,
                 last::Known {
                     id,
@@ -758,25 +758,16 @@ mod last {
         Ok((bytes, id))
     }
 
-    fn keep(path: &Path, known: Known) {
+    /// The files at `path` are what `known` describes: this process wrote them, or parsed them
+    /// (another writer's version, or its first read: the next save serializes each of those
+    /// records once, [`super::SharedRecord::text`]).
+    pub(super) fn put(path: &Path, known: Known) {
         let Ok(mut last) = LAST.lock() else { return };
         last.remove(path);
         if last.len() >= KEPT {
             last.clear();
         }
         last.insert(path.to_owned(), known);
-    }
-
-    /// This process wrote the snapshot (and its journal) that `known` describes.
-    pub(super) fn put(path: &Path, known: Known) {
-        keep(path, known);
-    }
-
-    /// `known` was parsed from the files on disk (another writer's version, or this process's
-    /// first read): the next save serializes each of its records once
-    /// ([`super::SharedRecord::text`]).
-    pub(super) fn put_read(path: &Path, known: Known) {
-        keep(path, known);
     }
 
     pub(super) fn forget(path: &Path) {
