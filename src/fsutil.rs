@@ -19,12 +19,26 @@
 //!   owned by us; new ones get mode 0600.
 //!
 //! "Us" is the effective UID. Errors name the path and what is wrong with it.
+//!
+//! # Directories kept open
+//!
+//! The walk costs three system calls per component, and a supervisor's pass walks to the same
+//! few directories every time (`state.lock`'s, a stop lock's, the logs', `events.log`'s). The
+//! last [`KEPT`] directories [`SafeDir::open`] checked are kept open: opening one of those paths
+//! again reuses the descriptor when the path still names that very directory (`lstat` of the
+//! path: same device and inode as the kept descriptor, whose inode cannot be reused while it
+//! is open; a symbolic link put in its place is another inode) and the directory is still
+//! ours and private (`fstat` of the descriptor); else the path is walked again, with the
+//! errors above. Whatever is written still goes through a descriptor of a directory that
+//! passed the walk and is private now; a path that was redirected elsewhere is walked, never
+//! trusted.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, readlinkat};
@@ -136,8 +150,56 @@ impl FileId {
 /// this descriptor.
 #[derive(Debug)]
 pub struct SafeDir {
-    fd: OwnedFd,
+    /// Shared with the kept copy ([`kept`]), if any.
+    fd: Arc<OwnedFd>,
     path: PathBuf,
+}
+
+/// How many checked directories [`SafeDir::open`] keeps open (the module documentation).
+const KEPT: usize = 8;
+
+/// The directories kept open, most recently used last: path, descriptor, its device and inode.
+mod kept {
+    use super::*;
+
+    type Kept = (PathBuf, Arc<OwnedFd>, (u64, u64));
+
+    static KEPT_DIRS: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
+
+    fn dirs() -> std::sync::MutexGuard<'static, Vec<Kept>> {
+        KEPT_DIRS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kept directory `abs` names now, if it is still private; `None` (and forgotten)
+    /// otherwise.
+    pub(super) fn reuse(abs: &Path) -> Option<SafeDir> {
+        let mut dirs = dirs();
+        let at = dirs.iter().position(|(p, _, _)| p == abs)?;
+        let (path, fd, id) = dirs.remove(at);
+        let same = nix::sys::stat::lstat(abs)
+            .is_ok_and(|st| (st.st_dev, st.st_ino) == id && is_kind(&st, SFlag::S_IFDIR));
+        if !same || !fstat(&*fd).is_ok_and(|st| check_private(&path, &st).is_ok()) {
+            return None;
+        }
+        dirs.push((path.clone(), fd.clone(), id));
+        Some(SafeDir { fd, path })
+    }
+
+    /// Keeps `dir`, just walked to, in place of the least recently used one when full.
+    pub(super) fn keep(dir: &SafeDir) {
+        let Ok(st) = fstat(&*dir.fd) else { return };
+        let mut dirs = dirs();
+        dirs.retain(|(p, _, _)| *p != dir.path);
+        if dirs.len() >= KEPT {
+            dirs.remove(0);
+        }
+        dirs.push((dir.path.clone(), dir.fd.clone(), (st.st_dev, st.st_ino)));
+    }
+
+    #[cfg(test)]
+    pub(super) fn holds(abs: &Path) -> bool {
+        dirs().iter().any(|(p, _, _)| p == abs)
+    }
 }
 
 fn me() -> u32 {
@@ -208,11 +270,22 @@ impl SafeDir {
     /// Opens the directory `path` (relative paths are taken from the current directory),
     /// creating it and missing parents (0700) when `create`, checking every directory on the
     /// way as the module documentation says.
+    /// A directory checked lately is reused without a walk ("Directories kept open").
     pub fn open(path: &Path, create: bool) -> Result<SafeDir> {
         let abs = std::path::absolute(path).map_err(|e| FsError::Io {
             path: path.to_owned(),
             source: e,
         })?;
+        if let Some(dir) = kept::reuse(&abs) {
+            return Ok(dir);
+        }
+        let dir = SafeDir::walk(abs, create)?;
+        kept::keep(&dir);
+        Ok(dir)
+    }
+
+    /// [`SafeDir::open`]'s walk from `/`.
+    fn walk(abs: PathBuf, create: bool) -> Result<SafeDir> {
         let mut todo: std::collections::VecDeque<OsString> = names_of(&abs).into();
         let mut cur =
             openat(AT_FDCWD, "/", dir_flags(), Mode::empty()).map_err(|e| FsError::io(&abs, e))?;
@@ -294,7 +367,10 @@ impl SafeDir {
         if cur_path == Path::new("/") {
             return Err(FsError::unsafe_(&cur_path, "is the root directory"));
         }
-        Ok(SafeDir { fd: cur, path: abs })
+        Ok(SafeDir {
+            fd: Arc::new(cur),
+            path: abs,
+        })
     }
 
     /// The path this directory was opened by.
@@ -307,20 +383,23 @@ impl SafeDir {
     pub fn subdir(&self, name: impl AsRef<OsStr>, create: bool) -> Result<SafeDir> {
         let name = one_name(name.as_ref(), &self.path)?;
         let path = self.path.join(name);
-        let fd = match openat(&self.fd, name, dir_flags(), Mode::empty()) {
+        let fd = match openat(&*self.fd, name, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) if create => {
-                match mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
+                match mkdirat(&*self.fd, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(FsError::io(&path, e)),
                 }
-                openat(&self.fd, name, dir_flags(), Mode::empty())
+                openat(&*self.fd, name, dir_flags(), Mode::empty())
                     .map_err(|e| explain(self.fd.as_fd(), name, &path, e))?
             }
             Err(e) => return Err(explain(self.fd.as_fd(), name, &path, e)),
         };
         check_private(&path, &fstat(&fd).map_err(|e| FsError::io(&path, e))?)?;
-        Ok(SafeDir { fd, path })
+        Ok(SafeDir {
+            fd: Arc::new(fd),
+            path,
+        })
     }
 
     /// Creates the directory `name` (0700), which must not exist yet (`EEXIST` is returned as
@@ -328,7 +407,7 @@ impl SafeDir {
     pub fn create_subdir(&self, name: impl AsRef<OsStr>) -> Result<SafeDir> {
         let name = one_name(name.as_ref(), &self.path)?;
         let path = self.path.join(name);
-        mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700))
+        mkdirat(&*self.fd, name, Mode::from_bits_truncate(0o700))
             .map_err(|e| FsError::io(&path, e))?;
         self.subdir(name, false)
     }
@@ -338,7 +417,7 @@ impl SafeDir {
     pub fn check_file_if_present(&self, name: impl AsRef<OsStr>) -> Result<()> {
         let name = one_name(name.as_ref(), &self.path)?;
         let path = self.path.join(name);
-        let st = match fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let st = match fstatat(&*self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(FsError::io(&path, e)),
@@ -362,8 +441,8 @@ impl SafeDir {
                 Access::CreateNew => OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
                 Access::Read => OFlag::O_RDONLY,
             };
-        let fd = openat(&self.fd, name, flags, Mode::from_bits_truncate(0o600)).map_err(|e| {
-            match fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let fd = openat(&*self.fd, name, flags, Mode::from_bits_truncate(0o600)).map_err(|e| {
+            match fstatat(&*self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) if is_kind(&st, SFlag::S_IFLNK) => {
                     FsError::unsafe_(&path, "is a symbolic link")
                 }
@@ -519,6 +598,42 @@ mod tests {
         std::os::unix::fs::symlink(root.path().join("real"), root.path().join("via")).unwrap();
         SafeDir::open(&root.path().join("via/x"), true).unwrap();
         assert!(root.path().join("real/x").is_dir());
+    }
+
+    /// A kept directory is reused only while its path names it and it is private: a link or
+    /// another directory put in its place, or a mode opened to others, is seen at once.
+    #[test]
+    fn a_kept_directory_is_reused_only_while_its_path_still_names_it() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("d");
+        let first = SafeDir::open(&d, true).unwrap();
+        assert!(kept::holds(&d));
+        let again = SafeDir::open(&d, false).unwrap();
+        assert!(Arc::ptr_eq(&first.fd, &again.fd), "reused, not walked");
+        // Another directory in its place: walked, and written there.
+        std::fs::rename(&d, root.path().join("old")).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let fresh = SafeDir::open(&d, false).unwrap();
+        assert!(!Arc::ptr_eq(&first.fd, &fresh.fd));
+        fresh.open_file("x", Access::Append).unwrap();
+        assert!(d.join("x").is_file() && !root.path().join("old/x").exists());
+        // A symbolic link to the old directory in its place: refused, as by the walk.
+        std::fs::rename(&d, root.path().join("fresh")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("old"), &d).unwrap();
+        let err = SafeDir::open(&d, false).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // Kept, then opened to others: refused.
+        let e = root.path().join("e");
+        let kept_e = SafeDir::open(&e, true).unwrap();
+        assert_eq!(
+            std::fs::metadata(&e).unwrap().ino(),
+            fstat(&*kept_e.fd).unwrap().st_ino
+        );
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = SafeDir::open(&e, false).unwrap_err().to_string();
+        assert!(err.contains("world-writable"), "{err}");
     }
 
     #[test]
