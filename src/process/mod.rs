@@ -343,20 +343,20 @@ pub fn stop_groups_killable(
         pending.insert(i, false);
     }
     tracing::debug!(groups = requests.len(), took = ?start.elapsed(), "stop: signalled");
-    // What already runs outside each group under its nonce (one scan for all requests; among
-    // this process's descendants only, when `children_only`). Looked for once every group has
-    // its signal, not before: the groups do not wait for the search (at 500 services it reads
-    // the children of 500 trees), and nothing escapes it meanwhile. A process outside a group
-    // is not signalled by it; one whose parent ends while the search runs comes to this
-    // process (a subreaper) before its parent's children list empties, and this process's
-    // own children are read after every tree (`escaped_among_descendants`); the full scan
-    // finds what runs wherever it is. Each is signalled, as before, once its group is empty.
+    // What runs outside each group under its nonce gets the group's signal once the group is
+    // empty. With `children_only`, it is looked for then, among the children this process
+    // adopted ([`adopted_escapes`]): once every process of a group has ended, whatever left
+    // the group has been moved to this process (a subreaper) or runs below what was. Else one
+    // scan of `/proc` now, once every group has its signal (the groups do not wait for it).
     let mut outside = match children_only {
-        Some(_) => escaped_among_descendants(requests, &outcomes)
-            .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new())),
+        Some(_) => BTreeMap::new(),
         None => escaped_of(requests, &outcomes, &BTreeSet::new()),
     };
-    tracing::debug!(took = ?start.elapsed(), "stop: escaped looked for");
+    // Groups found empty whose escaped processes are still to be looked for (`children_only`),
+    // and when they were last looked for: at most every `ADOPTED_LOOK_EVERY` while other
+    // groups still run, at once when none does.
+    let mut emptied: Vec<usize> = Vec::new();
+    let mut looked_at: Option<Instant> = None;
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
     // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
     // `MAX_EXIT_FDS` descriptors are opened (a 1024-descriptor limit must leave room for the
@@ -397,18 +397,12 @@ pub fn stop_groups_killable(
             let r = &requests[i];
             if group_gone(&r.identity, &mut table) {
                 outcomes[i].killed |= *killed;
-                let targets = outside.remove(&i).unwrap_or_default();
-                if targets.is_empty() {
-                    done.push(i);
-                } else {
-                    for t in &targets {
-                        sweep::send(&t.proc, t.signal);
-                        if t.signal != Signal::SIGCONT {
-                            sweep::send(&t.proc, Signal::SIGCONT);
-                        }
-                        outcomes[i].escaped.push(t.proc.info.pid);
+                match children_only {
+                    Some(_) => emptied.push(i),
+                    None => {
+                        let targets = outside.remove(&i).unwrap_or_default();
+                        escapes_begin(i, targets, &mut outcomes[i], &mut phase2, &mut done);
                     }
-                    phase2.insert(i, (Instant::now(), targets));
                 }
                 return false;
             }
@@ -426,6 +420,18 @@ pub fn stop_groups_killable(
             }
             true
         });
+        if !emptied.is_empty()
+            && (pending.is_empty() || looked_at.is_none_or(|t| t.elapsed() >= ADOPTED_LOOK_EVERY))
+        {
+            looked_at = Some(Instant::now());
+            let mut found = adopted_escapes(requests, &outcomes)
+                .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new()));
+            for i in emptied.drain(..) {
+                let targets = found.remove(&i).unwrap_or_default();
+                escapes_begin(i, targets, &mut outcomes[i], &mut phase2, &mut done);
+            }
+            tracing::debug!(took = ?start.elapsed(), "stop: escaped looked for");
+        }
         phase2.retain(|&i, (since, targets)| {
             let waited = since.elapsed();
             let o = &mut outcomes[i];
@@ -532,52 +538,66 @@ fn late_among_children(
     Some(escaped_in(requests, outcomes, found))
 }
 
-/// Before a stop (`children_only`: every group is this process's own child and it is a
-/// subreaper), what left the groups is among this process's descendants: in a group's tree,
-/// or, once its parent ended, in the tree of a child this process adopted (mirrord's intproxy,
-/// a daemon). Those trees are walked (`/proc/<pid>/task/*/children`); the running services'
-/// trees other than the requests' are not, and members of a request's group are not read.
-/// `None` when the kernel does not list children.
-fn escaped_among_descendants(
+/// With `children_only` (every group is this process's own child and it is a subreaper):
+/// what left the groups of `requests` whose every process has ended. It is among the children
+/// this process adopted (a process whose parent ends is moved to it) or below them: those
+/// trees are walked (`/proc/<pid>/task/*/children`); the running services' leaders (their
+/// pidfds are held) and the requests' own leaders are not, nor members of a request's group.
+/// What still runs in a group is looked for once that group is empty. `None` when the kernel
+/// does not list children.
+fn adopted_escapes(
     requests: &[StopRequest],
     outcomes: &[StopOutcome],
 ) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
     let groups: BTreeSet<i32> = requests.iter().map(|r| r.identity.pgid).collect();
-    let mut visited = BTreeSet::new();
-    let mut found = Vec::new();
-    let mut walk = |stack: &mut Vec<i32>| {
-        while let Some(pid) = stack.pop() {
-            if !visited.insert(pid) {
-                continue;
-            }
-            stack.extend(crate::os::children_of(pid));
-            // A member of a stopped group is stopped with it: its environment is not read.
-            let in_group = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
-                .is_ok_and(|g| groups.contains(&g.as_raw()));
-            if !in_group {
-                found.extend(crate::os::marked_of(pid));
-            }
-        }
-    };
-    // The requests' trees first (their groups may be ending: signalled already), then the
-    // children this process adopted (not a running service), read after every tree: a process
-    // whose parent ended during the walk was moved to this process (a subreaper) before its
-    // parent's children list lost it (the kernel moves it under the lock that list is read
-    // under), so it is in one list or the other.
-    let mut stack: Vec<i32> = requests
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, o)| o.refused.is_none())
-        .map(|(r, _)| r.identity.pid)
-        .collect();
-    walk(&mut stack);
+    let leaders: BTreeSet<i32> = requests.iter().map(|r| r.identity.pid).collect();
     let alive = pidfds::held_alive();
     let mut stack: Vec<i32> = crate::os::own_children()?
         .into_iter()
-        .filter(|pid| !alive.contains_key(pid))
+        .filter(|pid| !alive.contains_key(pid) && !leaders.contains(pid))
         .collect();
-    walk(&mut stack);
+    let mut visited = BTreeSet::new();
+    let mut found = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if !visited.insert(pid) {
+            continue;
+        }
+        stack.extend(crate::os::children_of(pid));
+        // A member of a stopped group is stopped with it: its environment is not read.
+        let in_group = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .is_ok_and(|g| groups.contains(&g.as_raw()));
+        if !in_group {
+            found.extend(crate::os::marked_of(pid));
+        }
+    }
     Some(escaped_in(requests, outcomes, found))
+}
+
+/// How often a stop looks among its adopted children ([`adopted_escapes`]) while some of its
+/// groups still run: each look reads every thread's children list.
+const ADOPTED_LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// Group `i` is empty: what left it (`targets`) gets its signal now (then its grace period,
+/// then SIGKILL: `phase2`); with nothing, the request is done.
+fn escapes_begin(
+    i: usize,
+    targets: Vec<sweep::Target>,
+    outcome: &mut StopOutcome,
+    phase2: &mut BTreeMap<usize, (Instant, Vec<sweep::Target>)>,
+    done: &mut Vec<usize>,
+) {
+    if targets.is_empty() {
+        done.push(i);
+        return;
+    }
+    for t in &targets {
+        sweep::send(&t.proc, t.signal);
+        if t.signal != Signal::SIGCONT {
+            sweep::send(&t.proc, Signal::SIGCONT);
+        }
+        outcome.escaped.push(t.proc.info.pid);
+    }
+    phase2.insert(i, (Instant::now(), targets));
 }
 
 /// How many pidfds one `stop_groups` holds at most.
