@@ -129,14 +129,23 @@ fn register(ctx: &dyn Project) -> Result<Result<Registration, SupervisorRecord>>
 fn unregister(ctx: &dyn Project, socket: &Path) {
     let _ = std::fs::remove_file(socket);
     let Ok(store) = ctx.store() else { return };
+    let ours = |state: &crate::state::State| {
+        state
+            .supervisor
+            .as_ref()
+            .is_some_and(|s| s.process.pid == std::process::id() as i32)
+    };
+    // Looked at without the lock first: after a shutdown the state records no supervisor
+    // (its stopping pass took the record out), and `down` holds the lock for its sweep while
+    // it waits for this process to exit. Only this process writes its own record back.
+    if !matches!(store.read(), Ok(Some(state)) if ours(&state)) {
+        return;
+    }
     let Ok(lock) = store.lock(ctx.lock_timeout()) else {
         return;
     };
     if let Ok(mut state) = store.load(&lock)
-        && state
-            .supervisor
-            .as_ref()
-            .is_some_and(|s| s.process.pid == std::process::id() as i32)
+        && ours(&state)
     {
         state.supervisor = None;
         let _ = store.save(&lock, &state);
