@@ -224,14 +224,39 @@ pub struct ServiceRecord {
 
 /// (De)serializes an `Arc<ServiceSpec>` as the spec itself.
 mod shared_spec {
+    use std::cell::RefCell;
     use std::sync::Arc;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+    use super::SpecText;
     use crate::spec::ServiceSpec;
 
+    thread_local! {
+        /// The text of the spec the record being serialized on this thread holds, if it was
+        /// serialized before ([`with_text`]).
+        static TEXT: RefCell<Option<Arc<SpecText>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` (a record's serialization) with `text` standing for its spec.
+    pub(super) fn with_text<R>(text: Arc<SpecText>, f: impl FnOnce() -> R) -> R {
+        let outer = TEXT.with(|t| t.replace(Some(text)));
+        let out = f();
+        TEXT.with(|t| *t.borrow_mut() = outer);
+        out
+    }
+
     pub fn serialize<S: Serializer>(v: &Arc<ServiceSpec>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_ref().serialize(s)
+        let text = TEXT.with(|t| {
+            t.borrow()
+                .as_ref()
+                .filter(|t| Arc::ptr_eq(&t.spec, v))
+                .cloned()
+        });
+        match text {
+            Some(t) => t.json.serialize(s),
+            None => v.as_ref().serialize(s),
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<ServiceSpec>, D::Error> {
@@ -299,15 +324,53 @@ pub struct SharedRecord(std::sync::Arc<Held>);
 struct Held {
     record: ServiceRecord,
     text: std::sync::OnceLock<Box<[u8]>>,
+    /// Its spec's text, kept across the record's versions: most changes leave the spec as it
+    /// is (a status, a PID), and a save of such a version writes the spec's text again instead
+    /// of serializing the spec again (most of a record: its mirrord configuration).
+    spec: std::sync::Mutex<Option<std::sync::Arc<SpecText>>>,
+}
+
+/// The compact JSON text of a spec, and that spec. Holding it keeps the spec shared, so that a
+/// write to the spec (`Arc::make_mut`) makes another spec, never changes this one: a text is
+/// used only for the very spec it was made of (`Arc::ptr_eq`).
+struct SpecText {
+    spec: std::sync::Arc<ServiceSpec>,
+    json: Box<serde_json::value::RawValue>,
 }
 
 impl Clone for Held {
-    /// A copy is about to be changed (`Arc::make_mut`): it gets no text.
+    /// A copy is about to be changed (`Arc::make_mut`): it gets no text; its spec's text is
+    /// kept (used only while the copy still holds that spec).
     fn clone(&self) -> Held {
         Held {
             record: self.record.clone(),
             text: std::sync::OnceLock::new(),
+            spec: std::sync::Mutex::new(self.spec_text_kept()),
         }
+    }
+}
+
+impl Held {
+    fn spec_text_kept(&self) -> Option<std::sync::Arc<SpecText>> {
+        self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The text of this record's spec: the kept one when it is this spec's, else made now.
+    fn spec_text(&self) -> std::sync::Arc<SpecText> {
+        let mut kept = self.spec.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = kept.as_ref()
+            && std::sync::Arc::ptr_eq(&t.spec, &self.record.spec)
+        {
+            return t.clone();
+        }
+        #[cfg(test)]
+        SPECS_SERIALIZED.with(|n| n.set(n.get() + 1));
+        let made = std::sync::Arc::new(SpecText {
+            spec: self.record.spec.clone(),
+            json: serde_json::value::to_raw_value(&*self.record.spec).expect("specs serialize"),
+        });
+        *kept = Some(made.clone());
+        made
     }
 }
 
@@ -330,17 +393,36 @@ impl SharedRecord {
         self.0.text.get_or_init(|| {
             #[cfg(test)]
             SERIALIZED.with(|n| n.set(n.get() + 1));
-            serde_json::to_vec(&self.0.record)
-                .expect("records serialize")
-                .into_boxed_slice()
+            let spec = self.0.spec_text();
+            shared_spec::with_text(spec, || {
+                // Written into a buffer kept by the thread, then copied once at its size (a
+                // `Vec` of its own would grow by doubling, each step a copy).
+                TEXT_BUFFER.with(|b| {
+                    let mut b = b.borrow_mut();
+                    b.clear();
+                    serde_json::to_writer(&mut *b, &self.0.record).expect("records serialize");
+                    let text: Box<[u8]> = b.as_slice().into();
+                    if b.capacity() > 1 << 20 {
+                        *b = Vec::new();
+                    }
+                    text
+                })
+            })
         })
     }
+}
+
+thread_local! {
+    /// Where [`SharedRecord::text`] serializes a record (kept small between saves).
+    static TEXT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
 thread_local! {
     /// How many records this thread serialized for a save (tests).
     static SERIALIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// How many specs this thread serialized for a record's text (tests).
+    static SPECS_SERIALIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl std::ops::Deref for SharedRecord {
@@ -364,6 +446,7 @@ impl From<ServiceRecord> for SharedRecord {
         SharedRecord(std::sync::Arc::new(Held {
             record,
             text: std::sync::OnceLock::new(),
+            spec: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -1251,6 +1334,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A changed record's text reuses its spec's text while it holds that very spec (a status
+    /// or a PID changed); a spec replaced or written to is serialized again. Every text is
+    /// byte for byte what serializing the record writes.
+    #[test]
+    fn a_changed_record_keeps_its_spec_text_while_it_holds_that_spec() {
+        let specs = || SPECS_SERIALIZED.with(std::cell::Cell::get);
+        let plain = |r: &SharedRecord| serde_json::to_vec(&**r).unwrap();
+        let state = example();
+        let first: SharedRecord = state.services.values().next().unwrap().clone();
+        let before = specs();
+        assert_eq!(first.text(), plain(&first));
+        assert_eq!(specs() - before, 1);
+        // A status changed: the spec's text is kept.
+        let mut changed = first.clone();
+        changed.status = Status::Stopping;
+        changed.process = None;
+        assert_eq!(changed.text(), plain(&changed));
+        assert_eq!(specs() - before, 1, "the spec was serialized again");
+        // The spec written to (through the copy: another spec) and the spec replaced: each
+        // serialized again, and its text is the new spec's.
+        let mut renamed = changed.clone();
+        std::sync::Arc::make_mut(&mut renamed.spec).name = "renamed".into();
+        assert_eq!(renamed.text(), plain(&renamed));
+        assert!(String::from_utf8_lossy(renamed.text()).contains("\"name\":\"renamed\""));
+        assert_eq!(specs() - before, 2);
+        let mut replaced = renamed.clone();
+        let mut other = ServiceSpec::clone(&replaced.spec);
+        other.command = vec!["true".into()];
+        replaced.spec = std::sync::Arc::new(other);
+        assert_eq!(replaced.text(), plain(&replaced));
+        assert_eq!(specs() - before, 3);
+        // The original and its texts are as they were.
+        assert_eq!(first.text(), plain(&first));
+        assert_eq!(specs() - before, 3);
     }
 
     /// A save serializes only the records that changed since they were last saved: the others
