@@ -270,6 +270,7 @@ impl SafeDir {
     /// Opens the directory `path` (relative paths are taken from the current directory),
     /// creating it and missing parents (0700) when `create`, checking every directory on the
     /// way as the module documentation says.
+    ///
     /// A directory checked lately is reused without a walk ("Directories kept open").
     pub fn open(path: &Path, create: bool) -> Result<SafeDir> {
         let abs = std::path::absolute(path).map_err(|e| FsError::Io {

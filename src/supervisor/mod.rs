@@ -137,7 +137,8 @@ fn unregister(ctx: &dyn Project, socket: &Path) {
     };
     // Looked at without the lock first: after a shutdown the state records no supervisor
     // (its stopping pass took the record out), and `down` holds the lock for its sweep while
-    // it waits for this process to exit. Only this process writes its own record back.
+    // it waits for this process to exit. No other process records this one as the
+    // supervisor: a state that does not record it now never will.
     if !matches!(store.read(), Ok(Some(state)) if ours(&state)) {
         return;
     }
