@@ -282,8 +282,10 @@ pub fn stop_groups(requests: &[StopRequest]) -> Vec<StopOutcome> {
 /// As `stop_groups`, calling `progress(outcome)` when a request is done.
 ///
 /// Each request is its group first, then whatever carries its spawn nonce outside the group
-/// (an intproxy that called `setsid`, a daemonised child): once every group is empty, one
-/// `/proc` scan finds those, and they get the same signal, grace period and SIGKILL. A request
+/// (an intproxy that called `setsid`, a daemonised child): as each group is found empty, those
+/// get the same signal, grace period and SIGKILL — found among the children this process
+/// adopted when it is their subreaper, else by one `/proc` scan after every group has its
+/// signal — and once every group is empty, what left them meanwhile is looked for. A request
 /// whose identity cannot be trusted (`ProcessIdentity::refusal`) is not signalled at all.
 ///
 /// The full `/proc` scan for groups is the slow path: while a group's leader lives, its PGID
