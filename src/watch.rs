@@ -435,9 +435,27 @@ impl SourceWatch {
 struct Service {
     watched: Watched,
     matcher: Matcher,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<notify::RecommendedWatcher>,
     /// Pending restart: when it is due, and the first path that changed.
     due: Option<(Instant, String)>,
+}
+
+impl Service {
+    /// Before a new directory is searched for the files already in it: waits until the
+    /// watcher's event loop has finished the batch that reported the directory, since only
+    /// then does it watch the directory too (notify's inotify backend reports a batch's events
+    /// first and adds the watches of the new directories they name after). A file written in
+    /// between would be neither reported nor, by a search made earlier, found: a `mkdir -p
+    /// src && echo > src/a.go` could restart nothing. The round trip is `configure`, which the
+    /// loop answers in order with its other work and which changes nothing on Linux.
+    fn settle_new_directories(&mut self, ev: &notify::Event) {
+        use notify::Watcher;
+        if let Some(w) = &mut self.watcher
+            && ev.paths.iter().any(|p| p.is_dir())
+        {
+            let _ = w.configure(notify::Config::default());
+        }
+    }
 }
 
 fn watch_thread(
@@ -474,6 +492,9 @@ fn watch_thread(
                     continue;
                 };
                 let created = matches!(ev.kind, notify::EventKind::Create(_));
+                if created {
+                    s.settle_new_directories(&ev);
+                }
                 let hit = ev.paths.iter().find_map(|p| s.matcher.changed(p, created));
                 tracing::debug!(service = %name, ?ev, ?hit, "watch: file event");
                 if let Some(rel) = hit {
@@ -526,13 +547,24 @@ fn watch_thread(
 }
 
 fn start_service(w: Watched, state_dir: Option<&Path>, tx: &Sender<Msg>) -> Service {
-    use notify::Watcher;
-    let matcher = Matcher::new(&w.spec, state_dir);
     let name = w.name.clone();
     let tx = tx.clone();
+    start_service_with(w, state_dir, move |ev| {
+        let _ = tx.send(Msg::Fs(name.clone(), ev));
+    })
+}
+
+/// `start_service` with what is done with each event (in the watcher's event loop).
+fn start_service_with(
+    w: Watched,
+    state_dir: Option<&Path>,
+    forward: impl Fn(notify::Event) + Send + 'static,
+) -> Service {
+    use notify::Watcher;
+    let matcher = Matcher::new(&w.spec, state_dir);
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let _ = tx.send(Msg::Fs(name.clone(), ev));
+            forward(ev);
         }
     });
     let watcher = match watcher {
@@ -564,7 +596,7 @@ fn start_service(w: Watched, state_dir: Option<&Path>, tx: &Sender<Msg>) -> Serv
     Service {
         watched: w,
         matcher,
-        _watcher: watcher,
+        watcher,
         due: None,
     }
 }
@@ -662,6 +694,50 @@ mod tests {
             debounce_ms: 300,
             action: WatchAction::Restart,
         }
+    }
+
+    /// A file written into a new directory before the watcher watches it, but after the
+    /// directory's creation was reported, is found: the search waits for the watch. (The
+    /// writer here is the watcher's own event loop, late on purpose, right after it reported
+    /// the directory and before it adds the directory's watch; searching at once finds
+    /// nothing and no event for the file ever comes.)
+    #[test]
+    fn a_file_written_before_a_new_directory_is_watched_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let (tx, rx) = channel();
+        let mut svc = start_service_with(
+            Watched {
+                name: "api".into(),
+                spec: spec(&["src/**"], &[], &base),
+                dependents: Vec::new(),
+                since_ms: 0,
+            },
+            None,
+            move |ev: notify::Event| {
+                let new_dir = matches!(ev.kind, notify::EventKind::Create(_))
+                    .then(|| ev.paths.iter().find(|p| p.is_dir()).cloned())
+                    .flatten();
+                let _ = tx.send(ev);
+                if let Some(d) = new_dir {
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::fs::write(d.join("a.go"), "1").unwrap();
+                }
+            },
+        );
+        std::fs::create_dir(base.join("src")).unwrap();
+        let ev = loop {
+            let ev = rx.recv_timeout(Duration::from_secs(30)).expect("an event");
+            if matches!(ev.kind, notify::EventKind::Create(_)) {
+                break ev;
+            }
+        };
+        assert_eq!(ev.paths, vec![base.join("src")]);
+        svc.settle_new_directories(&ev);
+        assert_eq!(
+            svc.matcher.changed(&ev.paths[0], true).as_deref(),
+            Some("src/a.go")
+        );
     }
 
     #[test]

@@ -19,7 +19,12 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The app: appends its PID to `pids` when it starts; on SIGTERM appends it to `stopping`
-/// and, when `fifo` is given, exits only once a line can be read from it.
+/// and, when `fifo` is given, exits only once a line can be read from it. The trap is set
+/// before the PID is written: an app seen started is one a restart finds in its trap (else a
+/// loaded machine could stop it between the two, and it would never say it is stopping). The
+/// trap kills the background `sleep` itself, with SIGKILL: a SIGTERM that reaches the child
+/// between `sh`'s fork and its exec is caught by the trap the child inherited and lost at the
+/// exec, and the runner would wait the whole grace for that `sleep` (seen under load).
 fn app(files: &Files, hold_on_stop: bool) -> Vec<String> {
     let hold = if hold_on_stop {
         format!("read x < '{}';", files.fifo.display())
@@ -27,7 +32,7 @@ fn app(files: &Files, hold_on_stop: bool) -> Vec<String> {
         String::new()
     };
     let script = format!(
-        "echo $$ >> '{pids}'; trap 'echo $$ >> \"{stopping}\"; {hold} exit 0' TERM; sleep 1000 & wait",
+        "trap 'echo $$ >> \"{stopping}\"; kill -KILL $! 2>/dev/null; {hold} exit 0' TERM; echo $$ >> '{pids}'; sleep 1000 & wait",
         pids = files.pids.display(),
         stopping = files.stopping.display(),
     );
@@ -366,7 +371,7 @@ fn a_save_during_a_restart_is_not_lost() {
     release(&files);
     // The pending request restarts the second app too. The runner's lines in the service's
     // log count its starts and restarts (the second app may be stopped before its shell has
-    // written its PID or set its trap; when held in the trap, it is released).
+    // set its trap and written its PID; when held in the trap, it is released).
     let log = p.state_dir.join("logs").join("api.log");
     let count = |what: &str| {
         std::fs::read_to_string(&log)
