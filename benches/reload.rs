@@ -33,8 +33,8 @@
 //!    `N` (`/proc/<pid>/environ`), and that the old process is gone.
 //! 3. **Idle supervisor**: the supervisor's PID is read from the state
 //!    (`supervisor.process.pid`). Once it has settled (no context switch in any of its threads
-//!    for 1 s, sampled every 50 ms: after a restart it runs one more, no-op, pass that can
-//!    outlast the barrier), the bench takes, over `RELOAD_IDLE_SECS` of idleness, its CPU time
+//!    for 1 s, sampled every 50 ms: what an edit sets going, its memory trim after 300 ms of
+//!    idleness included, can outlast the barrier), the bench takes, over `RELOAD_IDLE_SECS` of idleness, its CPU time
 //!    (utime+stime of `/proc/<pid>/stat`, in clock ticks; plus the nanosecond run time of every
 //!    thread from `/proc/<pid>/task/*/schedstat` when the kernel has it), its context switches
 //!    (voluntary + non-voluntary, summed over `/proc/<pid>/task/*/status`: how often its
@@ -49,7 +49,8 @@
 //!    it reaps the orphaned supervisor and services.
 //!
 //! Knobs (environment): `RELOAD_SERVICES` (default 20), `RELOAD_EDITS` (default 20),
-//! `RELOAD_IDLE_SECS` (default 20). Run as a test (`cargo test --benches`, no `--bench`
+//! `RELOAD_IDLE_SECS` (default 20), `RELOAD_SAVE_SPACING_MS` (the time from one save to the
+//! next, the floor's included: default and least 60, just past the supervisor's debounce). Run as a test (`cargo test --benches`, no `--bench`
 //! argument) the defaults shrink to 3 services, 3 edits, 1 s idle.
 //!
 //! Targets are informational (PASS/MISS): the bench exits non-zero only when a correctness
@@ -380,6 +381,7 @@ fn wait_announce(rx: &Receiver<Msg>, service: &str, deadline: Instant) -> (Insta
 /// in a directory it watches with inotify (as the supervisor watches the YAML's) and, woken by
 /// that event, restarts one process itself (SIGTERM to its group, wait, spawn) until the new
 /// one announces itself on the FIFO. One edit changes one service: nothing in it grows with N.
+/// Its saves are spaced as the supervisor's are (`pace_saves`).
 fn floor(
     guard: &mut KillGuard,
     dir: &Path,
@@ -414,6 +416,9 @@ fn floor(
         let tmp = dir.join("floor.yaml.tmp");
         fs::write(&tmp, i.to_string()).expect("floor temp file");
         while erx.try_recv().is_ok() {}
+        // Paced as the supervisor's saves are: on this VM a core idle for tens of
+        // milliseconds wakes slower, and a floor measured back to back would not pay that.
+        pace_saves();
         let t0 = Instant::now();
         fs::rename(&tmp, &target).expect("rename over the floor file");
         erx.recv_timeout(EDIT_TIMEOUT)
@@ -639,15 +644,22 @@ fn wait_restart(
 /// 50 ms) are a burst, coalesced on purpose on its trailing edge (a script or a checkout
 /// rewriting the file; README, "Live reload"). Edits made by a person are seconds apart; the
 /// bench spaces its saves just past that window so that each is measured as a lone save
-/// (pacing, not synchronisation: what is measured starts at the rename).
-const SAVE_SPACING: Duration = Duration::from_millis(60);
+/// (pacing, not synchronisation: what is measured starts at the rename). The floor's saves are
+/// paced alike. `RELOAD_SAVE_SPACING_MS` sets the spacing (default 60).
+fn save_spacing() -> Duration {
+    use std::sync::OnceLock;
+    static SPACING: OnceLock<Duration> = OnceLock::new();
+    *SPACING.get_or_init(|| {
+        Duration::from_millis(env_usize("RELOAD_SAVE_SPACING_MS", 60).max(60) as u64)
+    })
+}
 
 fn pace_saves() {
     use std::sync::Mutex;
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(at) = *last {
-        let due = at + SAVE_SPACING;
+        let due = at + save_spacing();
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
@@ -842,10 +854,10 @@ struct Idle {
 }
 
 /// Waits until no thread of `pid` has been switched in for `SETTLE_QUIET` (sampled every
-/// 50 ms; at most `SETTLE_MAX`), and returns how long that took. Needed because each restart
-/// makes the supervisor run one more (no-op) reconcile pass after the reload pass: the old
-/// process's exit, seen by its pidfd watcher, marks the loop dirty, and that pass may start
-/// after the barrier `up --detach` has been answered.
+/// 50 ms; at most `SETTLE_MAX`), and returns how long that took. Needed because what an edit
+/// sets going in the supervisor may go on after the barrier `up --detach` has been answered
+/// (the trim of what its passes made resident, 300 ms after the last; before this release,
+/// one more no-op pass a debounce after each save by rename).
 fn settle(pid: i32) -> Duration {
     let start = Instant::now();
     let total = || -> u64 { thread_switches(pid).values().map(|(v, n)| v + n).sum() };

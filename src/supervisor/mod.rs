@@ -1061,20 +1061,11 @@ impl FileWatcher {
         use notify::Watcher;
         let names: Vec<PathBuf> = files.to_vec();
         let tx = self.tx.clone();
+        let mut renamed = None;
         let handler = move |res: notify::Result<notify::Event>| {
             let Ok(ev) = res else { return };
-            // A complete write (closed after writing, renamed over) is applied at once.
-            if let Some(f) = crate::config::completed_file(&ev)
-                && names.iter().any(|n| n == f)
-            {
-                let _ = tx.send(Input::Event(Event::FileWritten));
-                return;
-            }
-            if matches!(ev.kind, notify::EventKind::Access(_)) {
-                return;
-            }
-            if ev.paths.iter().any(|p| names.iter().any(|n| n == p)) {
-                let _ = tx.send(Input::Event(Event::FileChanged));
+            if let Some(e) = file_event(&ev, &names, &mut renamed) {
+                let _ = tx.send(Input::Event(e));
             }
         };
         let Ok(mut w) = notify::recommended_watcher(handler) else {
@@ -1093,6 +1084,39 @@ impl FileWatcher {
         self.files = files.to_vec();
         !first
     }
+}
+
+/// What a watcher's event means for the watched `names`: a complete write (closed after
+/// writing, renamed over) is applied at once ([`Event::FileWritten`]); another change of one of
+/// them waits for the debounce ([`Event::FileChanged`]). One rename is one write: inotify
+/// reports a file renamed over one of them as `To` and, when it saw where it came from, as
+/// `Both` too (the same tracker); `renamed` keeps the tracker of the last `To` told, so that
+/// its `Both` is not a second write — which would hold the pass it starts for the debounce and
+/// run one more, a no-op, after it.
+fn file_event(ev: &notify::Event, names: &[PathBuf], renamed: &mut Option<usize>) -> Option<Event> {
+    use notify::event::{ModifyKind, RenameMode};
+    if let Some(f) = crate::config::completed_file(ev)
+        && names.iter().any(|n| n == f)
+    {
+        let tracker = ev.tracker();
+        match ev.kind {
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => *renamed = tracker,
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                if tracker.is_some() && std::mem::take(renamed) == tracker =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+        return Some(Event::FileWritten);
+    }
+    if matches!(ev.kind, notify::EventKind::Access(_)) {
+        return None;
+    }
+    ev.paths
+        .iter()
+        .any(|p| names.iter().any(|n| n == p))
+        .then_some(Event::FileChanged)
 }
 
 /// Reports of a pass: to the supervisor's own output and to the client that asked.
@@ -1274,6 +1298,53 @@ impl LogPrinter {
 mod tests {
     use super::*;
     use crate::request::{Request as Asked, UpRequest};
+
+    /// A save by rename is one write (inotify's `To` and `Both` of one rename); a rename
+    /// without the pair, a close after writing, another file's rename, and a change are told
+    /// as before.
+    #[test]
+    fn a_save_by_rename_is_one_written_file() {
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+        use notify::{Event as Fs, EventKind};
+        let file = PathBuf::from("/p/mirrord-up.yaml");
+        let tmp = PathBuf::from("/p/.mirrord-up.yaml.swp");
+        let names = vec![file.clone()];
+        let rename = |mode, paths: Vec<PathBuf>, cookie: usize| {
+            paths.into_iter().fold(
+                Fs::new(EventKind::Modify(ModifyKind::Name(mode))).set_tracker(cookie),
+                Fs::add_path,
+            )
+        };
+        let mut renamed = None;
+        let mut told = |ev: Fs| file_event(&ev, &names, &mut renamed);
+        let written = |e: Option<Event>| matches!(e, Some(Event::FileWritten));
+        // Renamed over it from the same directory: From, To, Both.
+        assert!(told(rename(RenameMode::From, vec![tmp.clone()], 7)).is_none());
+        assert!(written(told(rename(RenameMode::To, vec![file.clone()], 7))));
+        assert!(told(rename(RenameMode::Both, vec![tmp.clone(), file.clone()], 7)).is_none());
+        // Moved in from elsewhere: To alone; then a save by rename again.
+        assert!(written(told(rename(RenameMode::To, vec![file.clone()], 8))));
+        assert!(written(told(rename(RenameMode::To, vec![file.clone()], 9))));
+        assert!(told(rename(RenameMode::Both, vec![tmp.clone(), file.clone()], 9)).is_none());
+        // A `Both` no `To` was told for (a watcher that reports only the pair) is a write.
+        assert!(written(told(rename(
+            RenameMode::Both,
+            vec![tmp.clone(), file.clone()],
+            10
+        ))));
+        // Closed after writing: a write, every time.
+        let closed = || {
+            Fs::new(EventKind::Access(AccessKind::Close(AccessMode::Write))).add_path(file.clone())
+        };
+        assert!(written(told(closed())));
+        assert!(written(told(closed())));
+        // Another file renamed, or the file renamed away: no write.
+        assert!(told(rename(RenameMode::To, vec![tmp.clone()], 11)).is_none());
+        assert!(matches!(
+            told(rename(RenameMode::From, vec![file.clone()], 12)),
+            Some(Event::FileChanged)
+        ));
+    }
 
     /// Every request reaches the machine as the same work whether it comes over the control
     /// socket (to a supervisor) or is served in the asking process (`oneshot`).
