@@ -34,14 +34,14 @@
 //! 3. **Idle supervisor**: the supervisor's PID is read from the state
 //!    (`supervisor.process.pid`). Once it has settled (no context switch in any of its threads
 //!    for 1 s, sampled every 50 ms: what an edit sets going, its memory trim after 300 ms of
-//!    idleness included, can outlast the barrier), the bench takes, over `RELOAD_IDLE_SECS` of idleness, its CPU time
-//!    (utime+stime of `/proc/<pid>/stat`, in clock ticks; plus the nanosecond run time of every
-//!    thread from `/proc/<pid>/task/*/schedstat` when the kernel has it), its context switches
-//!    (voluntary + non-voluntary, summed over `/proc/<pid>/task/*/status`: how often its
-//!    threads woke up), and its RSS (`VmRSS`, split into anonymous and file-backed). The thread
-//!    list is sampled every 250 ms so that a thread exiting during the window (tokio's blocking
-//!    pool lets idle threads go after 10 s) is still counted, up to its last sample, plus one
-//!    wake-up for its exit.
+//!    idleness included, can outlast the barrier), the bench takes, over `RELOAD_IDLE_SECS` of
+//!    idleness, its CPU time (utime+stime of `/proc/<pid>/stat`, in clock ticks; plus the
+//!    nanosecond run time of every thread from `/proc/<pid>/task/*/schedstat` when the kernel
+//!    has it), its context switches (voluntary + non-voluntary, summed over
+//!    `/proc/<pid>/task/*/status`: how often its threads woke up), and its RSS (`VmRSS`, split
+//!    into anonymous and file-backed). The thread list is sampled every 250 ms so that a thread
+//!    exiting during the window (tokio's blocking pool lets idle threads go after 10 s) is
+//!    still counted, up to its last sample, plus one wake-up for its exit.
 //! 4. **Cleanup**: `down`, then every process group seen (the supervisor's and every service
 //!    process's) must be empty. A drop guard SIGKILLs, by PGID, every group that still holds a
 //!    process carrying this run's markers (`MIRRORD_UP_STATE` / `MIRRORD_UP_SUPERVISOR` = our
@@ -50,8 +50,9 @@
 //!
 //! Knobs (environment): `RELOAD_SERVICES` (default 20), `RELOAD_EDITS` (default 20),
 //! `RELOAD_IDLE_SECS` (default 20), `RELOAD_SAVE_SPACING_MS` (the time from one save to the
-//! next, the floor's included: default and least 60, just past the supervisor's debounce). Run as a test (`cargo test --benches`, no `--bench`
-//! argument) the defaults shrink to 3 services, 3 edits, 1 s idle.
+//! next, the floor's included: default and least 60, just past the supervisor's debounce). Run
+//! as a test (`cargo test --benches`, no `--bench` argument) the defaults shrink to 3 services,
+//! 3 edits, 1 s idle.
 //!
 //! Targets are informational (PASS/MISS): the bench exits non-zero only when a correctness
 //! check fails (wrong or extra restart, a process left behind).
