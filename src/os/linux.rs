@@ -5,6 +5,7 @@ pub mod idle;
 pub mod spawn;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// What the tool needs of `/proc/<pid>/stat`.
@@ -83,7 +84,7 @@ pub fn scan() -> Vec<ProcInfo> {
 
 /// The environment of a process we may read (our own user's), or `None`.
 pub fn environ_of(pid: i32) -> Option<HashMap<String, String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let raw = read_proc(format!("/proc/{pid}/environ")).ok()?;
     Some(
         raw.split(|b| *b == 0)
             .filter_map(|kv| {
@@ -248,8 +249,23 @@ pub fn marked_of(pid: i32) -> Option<MarkedProc> {
 fn read_environ(pid: i32) -> std::io::Result<Vec<u8>> {
     #[cfg(test)]
     reads::count(reads::Kind::Environ, pid);
-    std::fs::read(format!("/proc/{pid}/environ"))
+    read_proc(format!("/proc/{pid}/environ"))
 }
+
+/// The whole of a `/proc` file, in as few `read`s as it takes. Such a file says it has no
+/// size, and `std::fs::read` then starts with a 32-byte read and doubles: eight reads for a
+/// 3 KB environment — each one walking the other process's memory again — or a children list
+/// of 500 PIDs, listed again from its start at each read. Whatever the caller does with it.
+pub fn read_proc(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(PROC_READ);
+    std::fs::File::open(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// What [`read_proc`] asks for at once: an environment or a children list of a thousand PIDs
+/// in one read.
+const PROC_READ: usize = 16 * 1024;
 
 /// What this thread read of `/proc`, for the tests that check what a look costs.
 #[cfg(test)]
@@ -260,6 +276,8 @@ pub mod reads {
     pub enum Kind {
         Stat,
         Environ,
+        /// Every thread's children list of this process (`own_children`; PID 0).
+        Children,
     }
 
     thread_local! {
@@ -381,13 +399,12 @@ pub fn same_alive(pid: i32, start_time: u64) -> bool {
 /// The children of this process (of every thread of it: `/proc/self/task/*/children`), or
 /// `None` when the kernel does not list them (`CONFIG_PROC_CHILDREN`).
 pub fn own_children() -> Option<Vec<i32>> {
+    #[cfg(test)]
+    reads::count(reads::Kind::Children, 0);
     let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
-        out.extend(
-            text.split_ascii_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
+        let text = read_proc(task.path().join("children")).ok()?;
+        out.extend(pids_in(&text));
     }
     Some(out)
 }
@@ -400,13 +417,15 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     };
     tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_ascii_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
+        .filter_map(|t| read_proc(t.path().join("children")).ok())
+        .flat_map(|text| pids_in(&text).collect::<Vec<_>>())
         .collect()
+}
+
+/// The PIDs of a children list (`12 345 6789 `).
+fn pids_in(text: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    text.split(u8::is_ascii_whitespace)
+        .filter_map(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok())
 }
 
 /// Whether this process is a child subreaper (orphaned descendants come back to it).
@@ -459,6 +478,35 @@ pub fn lean_malloc() {
 
 #[cfg(test)]
 mod tests {
+    /// A `/proc` file read whole, past what one read asks for, and the same as `std` reads it.
+    #[test]
+    fn a_proc_file_is_read_whole() {
+        let long = "x".repeat(3 * super::PROC_READ);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("MIRRORD_UP_TEST_LONG", &long)
+            .spawn()
+            .expect("sleep");
+        let path = format!("/proc/{}/environ", child.id());
+        // Until `sleep` runs (its environment is what it was given).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let read = loop {
+            let read = super::read_proc(&path).expect("environ");
+            if read.windows(long.len()).any(|w| w == long.as_bytes()) {
+                break read;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw its environment"
+            );
+            std::thread::yield_now();
+        };
+        assert_eq!(read, std::fs::read(&path).expect("environ"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(super::read_proc("/proc/self/no-such-file").is_err());
+    }
+
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {
         let line = b"42 (a) b (c)) S 1 40 39 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 2000 300 18446744073709551615\n";

@@ -359,6 +359,10 @@ pub fn stop_groups_killable(
     // groups still run, at once when none does.
     let mut emptied: Vec<usize> = Vec::new();
     let mut looked_at: Option<Instant> = None;
+    // Whether the last look among the adopted children came once every group was empty and
+    // found nothing outside them: the look after the stop would read the same lists again
+    // (nothing leaves a group that has no process left).
+    let mut last_look_found_none = false;
     // Each leader's exit wakes the wait below at once (its pidfd); members that outlive their
     // leader, and escaped processes, are looked at after a pause that grows to 25 ms. At most
     // `MAX_EXIT_FDS` descriptors are opened (a 1024-descriptor limit must leave room for the
@@ -428,6 +432,7 @@ pub fn stop_groups_killable(
             looked_at = Some(Instant::now());
             let mut found = adopted_escapes(requests, &outcomes)
                 .unwrap_or_else(|| escaped_of(requests, &outcomes, &BTreeSet::new()));
+            last_look_found_none = pending.is_empty() && found.values().all(Vec::is_empty);
             for i in emptied.drain(..) {
                 let targets = found.remove(&i).unwrap_or_default();
                 escapes_begin(i, targets, &mut outcomes[i], &mut phase2, &mut done);
@@ -478,43 +483,46 @@ pub fn stop_groups_killable(
     // Whatever escaped while the groups were being stopped.
     let mut seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
     let mut rounds = 0;
-    loop {
-        let late = match &children_only {
-            // Our own children only: each was re-parented to us when its parent ended.
-            Some(_) if rounds < MAX_CHILD_ROUNDS => {
-                match late_among_children(requests, &outcomes, &seen) {
-                    Some(late) => late,
-                    None => escaped_of(requests, &outcomes, &seen),
+    let looked_already = last_look_found_none && outcomes.iter().all(|o| o.escaped.is_empty());
+    if !looked_already {
+        loop {
+            let late = match &children_only {
+                // Our own children only: each was re-parented to us when its parent ended.
+                Some(_) if rounds < MAX_CHILD_ROUNDS => {
+                    match late_among_children(requests, &outcomes, &seen) {
+                        Some(late) => late,
+                        None => escaped_of(requests, &outcomes, &seen),
+                    }
+                }
+                _ => escaped_of(requests, &outcomes, &seen),
+            };
+            let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
+                .into_iter()
+                .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
+                .unzip();
+            if targets.is_empty() {
+                break;
+            }
+            for ((t, i), r) in targets
+                .iter()
+                .zip(owners)
+                .zip(sweep::stop_targets(&targets))
+            {
+                let o = &mut outcomes[i];
+                o.escaped.push(t.proc.info.pid);
+                seen.insert(t.proc.info.pid);
+                o.killed |= r.killed;
+                if r.survived {
+                    o.survivors.push(t.proc.info.pid);
                 }
             }
-            _ => escaped_of(requests, &outcomes, &seen),
-        };
-        let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
-            .into_iter()
-            .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
-            .unzip();
-        if targets.is_empty() {
-            break;
-        }
-        for ((t, i), r) in targets
-            .iter()
-            .zip(owners)
-            .zip(sweep::stop_targets(&targets))
-        {
-            let o = &mut outcomes[i];
-            o.escaped.push(t.proc.info.pid);
-            seen.insert(t.proc.info.pid);
-            o.killed |= r.killed;
-            if r.survived {
-                o.survivors.push(t.proc.info.pid);
+            // A full scan found every one at once; among our children, what those left behind
+            // comes back to us now that they have ended: look again.
+            if children_only.is_none() || rounds >= MAX_CHILD_ROUNDS {
+                break;
             }
+            rounds += 1;
         }
-        // A full scan found every one at once; among our children, what those left behind
-        // comes back to us now that they have ended: look again.
-        if children_only.is_none() || rounds >= MAX_CHILD_ROUNDS {
-            break;
-        }
-        rounds += 1;
     }
     tracing::debug!(took = ?start.elapsed(), "stop: done");
     outcomes
@@ -1263,6 +1271,60 @@ mod tests {
             unmarked.is_empty(),
             "read the stat of unmarked processes (a snapshot): {unmarked:?}"
         );
+    }
+
+    /// A stop as the supervisor makes it (a subreaper, its services its own children) whose
+    /// last look among its adopted children came once every group was empty and found nothing
+    /// does not read every thread's children list again after it: at 500 services, each look
+    /// lists 500 PIDs, on the way from a save to the restarted service.
+    #[test]
+    fn a_stop_that_found_nothing_outside_its_groups_lists_its_children_once() {
+        use crate::os::reads::{self, Kind};
+        use std::os::unix::process::CommandExt;
+        const NAME: &str =
+            "process::tests::a_stop_that_found_nothing_outside_its_groups_lists_its_children_once";
+        // Being a subreaper is for the life of the process: the test runs in one of its own.
+        if std::env::var_os("MIRRORD_UP_TEST_AS_SUBREAPER").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env("MIRRORD_UP_TEST_AS_SUBREAPER", "1")
+                .output()
+                .expect("run the test in a process of its own");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        become_subreaper();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sleep");
+        let pid = child.id() as i32;
+        let _groups = Groups(child, vec![pid]);
+        let id = ProcessIdentity::of(pid, Some(format!("once{pid}"))).expect("stat");
+        reads::take();
+        let out = stop_groups(&[StopRequest {
+            name: "s".into(),
+            identity: id,
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        }]);
+        let looks = reads::take()
+            .iter()
+            .filter(|(k, _)| *k == Kind::Children)
+            .count();
+        assert!(
+            out[0].survivors.is_empty() && out[0].escaped.is_empty(),
+            "{out:?}"
+        );
+        assert_eq!(looks, 1, "children lists read {looks} times");
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl Shell<'_> {
                 Effect::Stop { id, stops } => {
                     let switch = Arc::new(AtomicUsize::new(0));
                     self.kill_switches.insert(id, switch.clone());
-                    spawn_stop(&self.tx, id, stops, switch);
+                    spawn_stop(&self.tx, id, stops, switch, false);
                 }
                 Effect::KillStop { id, level } => {
                     if let Some(switch) = self.kill_switches.get(&id) {
@@ -637,12 +637,15 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
 
 /// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own (a kept one,
 /// [`workers`]): deepest level first, each level at once (its signal, SIGKILL after its grace
-/// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`.
+/// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`,
+/// and with `each`, every group's as it ends (`Input::StopEnded`). The loop has no use for
+/// the latter: a `restart` of 500 would wake it 500 more times.
 fn spawn_stop(
     tx: &UnboundedSender<Input>,
     id: u64,
     stops: Vec<crate::engine::PendingStop>,
     switch: Arc<AtomicUsize>,
+    each: bool,
 ) {
     let tx = tx.clone();
     workers::STOPS.run(Box::new(move || {
@@ -666,7 +669,9 @@ fn spawn_stop(
             }
             let kill = || switch.load(Ordering::SeqCst) > level;
             let mut ended = |o: &process::StopOutcome| {
-                let _ = tx.send(Input::StopEnded(o.clone()));
+                if each {
+                    let _ = tx.send(Input::StopEnded(o.clone()));
+                }
             };
             outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));
         }
