@@ -1148,6 +1148,32 @@ mod tests {
         }
     }
 
+    /// `sleep 30` in a session of its own, as a service runs (killed on drop), and its identity
+    /// with the nonce `{tag}{pid}`.
+    fn service_sleep(tag: &str) -> (Groups, ProcessIdentity) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sleep");
+        let pid = child.id() as i32;
+        let id = ProcessIdentity::of(pid, Some(format!("{tag}{pid}"))).expect("stat");
+        (Groups(child, vec![pid]), id)
+    }
+
+    /// A stop of `identity` by SIGTERM, 5 s of grace.
+    fn term(identity: ProcessIdentity) -> StopRequest {
+        StopRequest {
+            name: "s".into(),
+            identity,
+            signal: Signal::SIGTERM,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
     #[test]
     fn a_marked_process_in_a_running_service_group_is_not_read_an_escaped_one_is_found() {
         use crate::os::reads::{self, Kind};
@@ -1232,17 +1258,8 @@ mod tests {
     #[test]
     fn a_group_whose_leader_ended_is_stopped_without_a_proc_snapshot() {
         use crate::os::reads::{self, Kind};
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new("sleep");
-        cmd.arg("30");
-        // SAFETY: `setsid` is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
-        }
-        let child = cmd.spawn().expect("sleep");
-        let pid = child.id() as i32;
-        let _groups = Groups(child, vec![pid]);
-        let id = ProcessIdentity::of(pid, Some(format!("snap{pid}"))).expect("stat");
+        let (_groups, id) = service_sleep("snap");
+        let pid = id.pid;
         kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !proc_info(pid).is_ok_and(|i| i.zombie) {
@@ -1250,12 +1267,7 @@ mod tests {
             std::thread::yield_now();
         }
         reads::take();
-        let out = stop_groups(&[StopRequest {
-            name: "s".into(),
-            identity: id,
-            signal: Signal::SIGTERM,
-            timeout: Duration::from_secs(5),
-        }]);
+        let out = stop_groups(&[term(id)]);
         let read = reads::take();
         assert!(out[0].survivors.is_empty(), "{out:?}");
         let unmarked: Vec<i32> = read
@@ -1280,7 +1292,6 @@ mod tests {
     #[test]
     fn a_stop_that_found_nothing_outside_its_groups_lists_its_children_once() {
         use crate::os::reads::{self, Kind};
-        use std::os::unix::process::CommandExt;
         const NAME: &str =
             "process::tests::a_stop_that_found_nothing_outside_its_groups_lists_its_children_once";
         // Being a subreaper is for the life of the process: the test runs in one of its own.
@@ -1299,23 +1310,9 @@ mod tests {
             return;
         }
         become_subreaper();
-        let mut cmd = std::process::Command::new("sleep");
-        cmd.arg("30");
-        // SAFETY: `setsid` is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
-        }
-        let child = cmd.spawn().expect("sleep");
-        let pid = child.id() as i32;
-        let _groups = Groups(child, vec![pid]);
-        let id = ProcessIdentity::of(pid, Some(format!("once{pid}"))).expect("stat");
+        let (_groups, id) = service_sleep("once");
         reads::take();
-        let out = stop_groups(&[StopRequest {
-            name: "s".into(),
-            identity: id,
-            signal: Signal::SIGTERM,
-            timeout: Duration::from_secs(5),
-        }]);
+        let out = stop_groups(&[term(id)]);
         let looks = reads::take()
             .iter()
             .filter(|(k, _)| *k == Kind::Children)
