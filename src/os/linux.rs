@@ -252,11 +252,11 @@ fn read_environ(pid: i32) -> std::io::Result<Vec<u8>> {
     read_proc(format!("/proc/{pid}/environ"))
 }
 
-/// The whole of a `/proc` file, in as few `read`s as it takes. Such a file says it has no
-/// size, and `std::fs::read` then starts with a 32-byte read and doubles: eight reads for a
-/// 3 KB environment — each one walking the other process's memory again — or a children list
-/// of 500 PIDs, listed again from its start at each read. Whatever the caller does with it.
-pub fn read_proc(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+/// The whole of a `/proc` file: one read per 16 KiB and the one that finds its end. Such a
+/// file says it has no size, and `std::fs::read` then starts with a 32-byte read and doubles:
+/// eight reads for a 3 KB environment, each one walking the other process's memory again; a
+/// children list of 500 PIDs is listed again from its start at each read.
+fn read_proc(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::with_capacity(PROC_READ);
     std::fs::File::open(path)?.read_to_end(&mut buf)?;
