@@ -480,52 +480,55 @@ pub fn stop_groups_killable(
         }
     }
     tracing::debug!(took = ?start.elapsed(), "stop: every group empty");
-    // Whatever escaped while the groups were being stopped.
-    let mut seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
-    let mut rounds = 0;
-    let looked_already = last_look_found_none && outcomes.iter().all(|o| o.escaped.is_empty());
-    if !looked_already {
-        loop {
-            let late = match &children_only {
-                // Our own children only: each was re-parented to us when its parent ended.
-                Some(_) if rounds < MAX_CHILD_ROUNDS => {
-                    match late_among_children(requests, &outcomes, &seen) {
-                        Some(late) => late,
-                        None => escaped_of(requests, &outcomes, &seen),
-                    }
-                }
-                _ => escaped_of(requests, &outcomes, &seen),
-            };
-            let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
-                .into_iter()
-                .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
-                .unzip();
-            if targets.is_empty() {
-                break;
-            }
-            for ((t, i), r) in targets
-                .iter()
-                .zip(owners)
-                .zip(sweep::stop_targets(&targets))
-            {
-                let o = &mut outcomes[i];
-                o.escaped.push(t.proc.info.pid);
-                seen.insert(t.proc.info.pid);
-                o.killed |= r.killed;
-                if r.survived {
-                    o.survivors.push(t.proc.info.pid);
-                }
-            }
-            // A full scan found every one at once; among our children, what those left behind
-            // comes back to us now that they have ended: look again.
-            if children_only.is_none() || rounds >= MAX_CHILD_ROUNDS {
-                break;
-            }
-            rounds += 1;
-        }
+    // Whatever escaped while the groups were being stopped — unless the last look, made once
+    // every group was empty, found nothing: a look now would read the same lists again.
+    if !(last_look_found_none && outcomes.iter().all(|o| o.escaped.is_empty())) {
+        stop_late_escapes(requests, &mut outcomes, children_only.is_some());
     }
     tracing::debug!(took = ?start.elapsed(), "stop: done");
     outcomes
+}
+
+/// Once every group is empty: whatever escaped while the groups were being stopped, looked
+/// for among this process's own children with `children_only` (each was re-parented to it
+/// when its parent ended; then what those leave behind comes back, and is looked for again),
+/// else by one scan of `/proc`; each found gets its request's signal, grace period and SIGKILL.
+fn stop_late_escapes(requests: &[StopRequest], outcomes: &mut [StopOutcome], children_only: bool) {
+    let mut seen: BTreeSet<i32> = outcomes.iter().flat_map(|o| o.escaped.clone()).collect();
+    let mut rounds = 0;
+    loop {
+        // Our own children only: each was re-parented to us when its parent ended.
+        let late = (children_only && rounds < MAX_CHILD_ROUNDS)
+            .then(|| late_among_children(requests, outcomes, &seen))
+            .flatten()
+            .unwrap_or_else(|| escaped_of(requests, outcomes, &seen));
+        let (owners, targets): (Vec<usize>, Vec<sweep::Target>) = late
+            .into_iter()
+            .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
+            .unzip();
+        if targets.is_empty() {
+            break;
+        }
+        for ((t, i), r) in targets
+            .iter()
+            .zip(owners)
+            .zip(sweep::stop_targets(&targets))
+        {
+            let o = &mut outcomes[i];
+            o.escaped.push(t.proc.info.pid);
+            seen.insert(t.proc.info.pid);
+            o.killed |= r.killed;
+            if r.survived {
+                o.survivors.push(t.proc.info.pid);
+            }
+        }
+        // A full scan found every one at once; among our children, what those left behind
+        // comes back to us now that they have ended: look again.
+        if !children_only || rounds >= MAX_CHILD_ROUNDS {
+            break;
+        }
+        rounds += 1;
+    }
 }
 
 /// How many times a stop looks again among its own children for what the processes it
