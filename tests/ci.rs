@@ -542,6 +542,73 @@ fn mirrord_flags_pass_through() {
     assert_group_empty(pgid, "after ci stop");
 }
 
+/// A `ci start` that reads the state between another one's new snapshot and its journal (the
+/// first save of a project writes both, one rename after the other) must not keep that read:
+/// the records in the journal, when it comes, are still there after its own save. Held open
+/// here: the journal moved aside and the lock taken by this test until the start has read the
+/// state and opened the lock (inotify); then the journal back and the lock let go. Under CI
+/// load the window came by itself: 16 concurrent starts left 5 records.
+#[test]
+fn a_start_that_read_before_the_journal_came_keeps_its_records() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let w = World::new();
+    let first = w.start(&["--name", "first", "--", "sleep", "1000"]);
+    let second = w.start(&["--name", "second", "--", "sleep", "1000"]);
+    let dir = w.state_dir().join("work");
+    let journal = dir.join("state.journal");
+    let aside = dir.join("journal.aside");
+
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("state.lock"))
+        .expect("open state.lock");
+    lock.lock().expect("take state.lock");
+    std::fs::rename(&journal, &aside).expect("move the journal aside");
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).expect("inotify");
+    inotify
+        .add_watch(&dir, AddWatchFlags::IN_OPEN)
+        .expect("watch the state dir");
+    let third = w.spawn(&["ci", "start", "--name", "third", "--", "sleep", "1000"]);
+    // It has read the state (the snapshot alone) and waits for the lock.
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    'wait: loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the third start never opened state.lock");
+        let mut fds = [nix::poll::PollFd::new(
+            inotify.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        nix::poll::poll(&mut fds, ms).expect("poll inotify");
+        for event in inotify.read_events().unwrap_or_default() {
+            if event.name.as_deref() == Some(std::ffi::OsStr::new("state.lock")) {
+                break 'wait;
+            }
+        }
+    }
+    std::fs::rename(&aside, &journal).expect("the journal comes");
+    drop(lock);
+    let out = third.finish();
+    out.assert_ok("the third ci start");
+    let third = parse_started(&out).expect("the third start's lines");
+    for s in [&first, &second, &third] {
+        w.learn(s.pid);
+    }
+
+    let rows = w.ps();
+    let rows = by_name(&rows);
+    let names: Vec<&str> = rows.keys().map(String::as_str).collect();
+    assert_eq!(names, ["first", "second", "third"], "{rows:#?}");
+    for (name, s) in [("first", &first), ("second", &second), ("third", &third)] {
+        let row = &rows[name];
+        assert_eq!(row["pid"].as_i64(), Some(i64::from(s.pid)), "{row}");
+        assert_eq!(row["status"], "running", "{row}");
+        assert_eq!(row["last_reason"], "ci start", "{row}");
+    }
+}
+
 #[test]
 fn a_recycled_pid_is_never_signalled() {
     let w = World::new();

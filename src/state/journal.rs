@@ -208,8 +208,8 @@ pub(super) enum Found {
     },
     /// No journal: the snapshot is the state.
     Absent,
-    /// A journal of another generation.
-    Other,
+    /// A journal of another generation: its identity as read.
+    Other { id: FileId },
 }
 
 /// Opens the journal for reading, never through a link.
@@ -267,7 +267,7 @@ pub(super) fn apply(path: &Path, generation: &str, state: &mut State) -> std::io
         return Ok(Found::Absent);
     };
     let Some((lines, mut appendable)) = lines_of(&bytes, generation) else {
-        return Ok(Found::Other);
+        return Ok(Found::Other { id });
     };
     for (n, l) in lines.into_iter().enumerate() {
         let entry: Entry = match serde_json::from_slice(l) {

@@ -558,7 +558,7 @@ impl StateStore {
                 reason,
             })?;
             let journal = match state.journal.take() {
-                None => None,
+                None => last::Seen::Other(FileId::of_link(&journal_path)),
                 Some(generation) => {
                     match journal::apply(&journal_path, &generation, &mut state)
                         .map_err(io(&journal_path))?
@@ -567,21 +567,22 @@ impl StateStore {
                             id,
                             len,
                             appendable,
-                        } => Some(last::Journal {
+                        } => last::Seen::Its(last::Journal {
                             id,
                             len,
                             appendable,
                         }),
-                        journal::Found::Absent => None,
+                        journal::Found::Absent => last::Seen::Other(None),
                         // Replaced meanwhile (a compaction between the two reads): again.
-                        journal::Found::Other
+                        journal::Found::Other { .. }
                             if attempts < 8 && FileId::of_link(&path).as_ref() != Some(&id) =>
                         {
                             attempts += 1;
                             continue;
                         }
-                        // Older than the snapshot, which holds it.
-                        journal::Found::Other => None,
+                        // Older than the snapshot, which holds it; or the snapshot's writer
+                        // has not written its journal yet.
+                        journal::Found::Other { id } => last::Seen::Other(Some(id)),
                     }
                 }
             };
@@ -728,14 +729,17 @@ impl StateStore {
         // generation and is ignored; if it cannot be written, the next save writes a snapshot.
         let header = journal::header(&generation);
         let journal = match write_private_unsynced(journal_path, &header) {
-            Ok(()) => FileId::of_link(journal_path).map(|id| last::Journal {
-                id,
-                len: header.len() as u64,
-                appendable: true,
-            }),
+            Ok(()) => match FileId::of_link(journal_path) {
+                Some(id) => last::Seen::Its(last::Journal {
+                    id,
+                    len: header.len() as u64,
+                    appendable: true,
+                }),
+                None => last::Seen::Other(None),
+            },
             Err(e) => {
                 tracing::debug!("no journal ({e}); the next save writes the whole state");
-                None
+                last::Seen::Other(FileId::of_link(journal_path))
             }
         };
         match FileId::of_link(path) {
@@ -794,9 +798,19 @@ mod last {
         /// The snapshot's identity and length.
         pub(super) id: FileId,
         pub(super) len: u64,
-        /// Its journal, when one of its generation was read or written.
-        pub(super) journal: Option<Journal>,
+        /// Its journal, as read or written.
+        pub(super) journal: Seen,
         pub(super) state: State,
+    }
+
+    /// The journal beside a snapshot, as read or written with it.
+    pub(super) enum Seen {
+        /// Its generation's.
+        Its(Journal),
+        /// None of its generation: the file that was there (another generation's; `None`:
+        /// none). A reader can come between a new snapshot's rename and its journal's: when
+        /// this file changes, the journal of the snapshot may have come, with lines in it.
+        Other(Option<FileId>),
     }
 
     pub(super) struct Journal {
@@ -865,12 +879,12 @@ mod last {
         if FileId::of_link(path).as_ref() != Some(&known.id) {
             return None;
         }
-        match &known.journal {
-            Some(j) if FileId::of_link(&super::journal::path_of(path)).as_ref() != Some(&j.id) => {
-                None
-            }
-            _ => Some(known),
-        }
+        let journal = FileId::of_link(&super::journal::path_of(path));
+        let same = match &known.journal {
+            Seen::Its(j) => journal.as_ref() == Some(&j.id),
+            Seen::Other(id) => journal == *id,
+        };
+        same.then_some(known)
     }
 
     /// The state the files at `path` hold, when they are the version written or read last.
@@ -898,7 +912,10 @@ mod last {
     pub(super) fn append_line(path: &Path, state: &State) -> Option<Append> {
         let last = LAST.lock().ok()?;
         let known = current(&last, path)?;
-        let journal = known.journal.as_ref().filter(|j| j.appendable)?;
+        let Seen::Its(journal) = &known.journal else {
+            return None;
+        };
+        journal.appendable.then_some(())?;
         let (before, after) = (known.state.services.len(), state.services.len());
         let longest = super::journal::longest(known.len, journal.len, before, after);
         let line = super::journal::line(&known.state, state, longest)?;
@@ -914,7 +931,7 @@ mod last {
         let Ok(mut last) = LAST.lock() else { return };
         match last.get_mut(path) {
             Some(Known {
-                journal: Some(j),
+                journal: Seen::Its(j),
                 state: known,
                 ..
             }) => {
@@ -1666,6 +1683,44 @@ mod tests {
         store.save(&lock, &next).unwrap();
         assert_eq!(snapshots(), written + 1);
         assert_eq!(from_disk(&store), next);
+    }
+
+    /// Another process reads the state between a new snapshot's rename and its journal's
+    /// (here: the journal moved aside, then a journal of another generation in its place):
+    /// when the journal comes, with lines in it, a read sees them; it did not (the first read
+    /// was kept while the snapshot was unchanged), and concurrent `ci start`s lost records.
+    #[test]
+    fn a_read_before_a_snapshots_journal_came_sees_it_when_it_comes() {
+        let (_root, store, lock) = opened();
+        let path = store.state_path();
+        let journal_path = journal::path_of(&path);
+        let aside = journal_path.with_file_name("journal.aside");
+        let first = many(2);
+        store.save(&lock, &first).unwrap();
+        let mut second = first.clone();
+        second.services.get_mut("svc-0001").unwrap().log_offset = 11;
+        store.save(&lock, &second).unwrap();
+        assert_eq!(from_disk(&store), second, "appended to the journal");
+        for other in [None, Some(journal::header("another"))] {
+            std::fs::rename(&journal_path, &aside).unwrap();
+            if let Some(header) = &other {
+                write_private(&journal_path, header).unwrap();
+            }
+            last::forget(&path);
+            assert_eq!(
+                store.read().unwrap(),
+                Some(first.clone()),
+                "the snapshot alone"
+            );
+            std::fs::rename(&aside, &journal_path).unwrap();
+            assert_eq!(
+                store.read().unwrap(),
+                Some(second.clone()),
+                "the journal that came (another generation's before it: {})",
+                other.is_some()
+            );
+            assert_eq!(store.load(&lock).unwrap(), second);
+        }
     }
 
     /// A state of format 1 (no journal) is read as it is; the first save writes format 2
