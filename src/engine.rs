@@ -141,6 +141,13 @@ pub fn observe_some(
 pub trait Reporter {
     /// Something happened (`started (pid 12): new service`, `stopped`, `failed: …`, `ready`).
     fn event(&mut self, service: &str, what: &str);
+    /// Several events `(service, what)` that came together (a shutdown's stops as they end):
+    /// as many [`Reporter::event`]s, which a reporter may write at once.
+    fn events(&mut self, batch: &[(String, String)]) {
+        for (service, what) in batch {
+            self.event(service, what);
+        }
+    }
     /// A wait began (`stopping`, `waiting for readiness`), which ends at the latest after
     /// `limit`; the next `event` for the service ends it. Plain output shows nothing: the
     /// outcome line follows.
@@ -157,6 +164,16 @@ impl Reporter for LineReporter {
     fn event(&mut self, service: &str, what: &str) {
         if !self.quiet {
             crate::supervisor::line_to_stderr(&format!("{service:<w$}  {what}", w = self.width));
+        }
+    }
+
+    fn events(&mut self, batch: &[(String, String)]) {
+        if !self.quiet && !batch.is_empty() {
+            let text: String = batch
+                .iter()
+                .map(|(service, what)| format!("{service:<w$}  {what}\n", w = self.width))
+                .collect();
+            crate::output::text_to(true, &text);
         }
     }
 }

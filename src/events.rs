@@ -75,6 +75,23 @@ impl Journal {
 
     /// Appends one event (best effort: errors are ignored).
     pub fn record(&mut self, service: &str, what: &str) {
+        let line = self.line(service, what);
+        let _ = self.append(&line);
+        // Hook (session, issue 13): the supervisor's live event stream.
+        crate::event_hub::publish(service, what);
+    }
+
+    /// Appends several events `(service, what)` in one write (a shutdown's stops as they end).
+    pub fn record_all(&mut self, batch: &[(String, String)]) {
+        let text: String = batch.iter().map(|(s, w)| self.line(s, w)).collect();
+        let _ = self.append(&text);
+        for (service, what) in batch {
+            crate::event_hub::publish(service, what);
+        }
+    }
+
+    /// The journal line of one event, now.
+    fn line(&self, service: &str, what: &str) -> String {
         let mut pos = self.log_pos(service);
         // `started` goes where this run's output begins (recorded before the spawn), not
         // after what the session wrote while it was starting.
@@ -85,23 +102,16 @@ impl Journal {
             // perf5: the one offset, not the whole state parsed (O(N²) over a cold `up`).
             pos = Some((inode, offset));
         }
-        let _ = self.try_record(service, what, pos);
-        // Hook (session, issue 13): the supervisor's live event stream.
-        crate::event_hub::publish(service, what);
-    }
-
-    fn try_record(
-        &mut self,
-        service: &str,
-        what: &str,
-        pos: Option<(u64, u64)>,
-    ) -> std::io::Result<()> {
-        let line = format_line(&Event {
+        format_line(&Event {
             at: SystemTime::now(),
             service: service.to_owned(),
             pos,
             what: what.to_owned(),
-        });
+        })
+    }
+
+    /// Appends whole lines in one write.
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
         let path = self.store.dir.join(FILE);
         let mut now = std::fs::symlink_metadata(&path).ok();
         if let Some(m) = &now
@@ -243,6 +253,13 @@ impl Reporter for Recording {
             j.record(service, what);
         }
         self.inner.event(service, what);
+    }
+
+    fn events(&mut self, batch: &[(String, String)]) {
+        if let Some(j) = &mut self.journal {
+            j.record_all(batch);
+        }
+        self.inner.events(batch);
     }
 
     fn waiting(&mut self, service: &str, what: &str, limit: Option<std::time::Duration>) {

@@ -323,6 +323,45 @@ fn down_empties_every_group_even_with_a_term_ignoring_grandchild() {
     assert_eq!(again.code, Some(0), "second down: {again}");
 }
 
+/// A `down` of many services says each stop once, on its output and in the events file,
+/// whether a supervisor stops them (it says the stops that ended together in one write, and
+/// the client hands on together what it read together) or the `down` itself does.
+#[test]
+fn down_says_each_stop_once() {
+    for supervised in [true, false] {
+        let p = Project::new(if supervised { "said-sup" } else { "said-own" });
+        let names = names("s", 12);
+        p.write_yaml(&yaml(&sleepers(&names)));
+        if supervised {
+            p.ok(&["up", "--detach"]);
+        } else {
+            p.ok(&["ci", "start", "--up"]);
+        }
+        let state = p.state_value().expect("a state");
+        assert_eq!(state["supervisor"].is_object(), supervised, "{state:#}");
+        assert_eq!(p.pids().len(), names.len());
+        let out = p.ok(&["down"]);
+        let journal = std::fs::read_to_string(p.state_dir.join("events.log")).unwrap_or_default();
+        for name in &names {
+            let said = out
+                .stderr
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some(name) && l.contains("stopped"))
+                .count();
+            assert_eq!(said, 1, "{name} (supervised: {supervised}): {out}");
+            let recorded = journal
+                .lines()
+                .filter(|l| {
+                    let mut fields = l.split('\t').skip(1);
+                    fields.next() == Some(name)
+                        && fields.nth(1).is_some_and(|w| w.starts_with("stopped"))
+                })
+                .count();
+            assert_eq!(recorded, 1, "{name} (supervised: {supervised}):\n{journal}");
+        }
+    }
+}
+
 // 4 ------------------------------------------------------------------------------------------
 
 #[test]

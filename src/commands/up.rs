@@ -116,6 +116,10 @@ impl crate::engine::Reporter for LazyWidth<'_> {
         self.inner().event(service, what);
     }
 
+    fn events(&mut self, batch: &[(String, String)]) {
+        self.inner().events(batch);
+    }
+
     fn waiting(&mut self, service: &str, what: &str, limit: Option<Duration>) {
         self.inner().waiting(service, what, limit);
     }

@@ -158,6 +158,18 @@ pub fn send(sink: &mut dyn Write, reply: &Reply) {
     }
 }
 
+/// Writes reply lines in one write (best effort, as [`send`]).
+pub fn send_all(sink: &mut dyn Write, replies: &[Reply]) {
+    let mut text = Vec::new();
+    for reply in replies {
+        if let Ok(line) = serde_json::to_vec(reply) {
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+        }
+    }
+    let _ = sink.write_all(&text).and_then(|()| sink.flush());
+}
+
 /// Writes one reply line; false when the client went away (or does not read).
 pub fn send_checked(sink: &mut dyn Write, reply: &Reply) -> bool {
     let Ok(mut line) = serde_json::to_vec(reply) else {
@@ -182,12 +194,33 @@ pub fn read_replies(
     follow(&mut BufReader::new(reader), reporter)
 }
 
-fn follow(reader: &mut dyn BufRead, reporter: &mut dyn Reporter) -> Result<Option<Outcome>> {
-    for line in reader.lines() {
-        let line = line?;
-        match serde_json::from_str::<Reply>(&line) {
-            Ok(Reply::Accepted | Reply::Stream(_)) => {}
-            Ok(Reply::Event { service, what }) => reporter.event(&service, &what),
+fn follow<R: std::io::Read>(
+    reader: &mut BufReader<R>,
+    reporter: &mut dyn Reporter,
+) -> Result<Option<Outcome>> {
+    // Events that came together (a shutdown's stops) are handed on together, once no whole
+    // line is left in what was read: one write of the reporter for them all.
+    let mut events: Vec<(String, String)> = Vec::new();
+    let mut line = String::new();
+    loop {
+        if !events.is_empty() && !reader.buffer().contains(&b'\n') {
+            reporter.events(&events);
+            events.clear();
+        }
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let reply = serde_json::from_str::<Reply>(line);
+        if let Ok(Reply::Event { service, what }) = reply {
+            events.push((service, what));
+            continue;
+        }
+        reporter.events(&events);
+        events.clear();
+        match reply {
+            Ok(Reply::Accepted | Reply::Stream(_) | Reply::Event { .. }) => {}
             Ok(Reply::Waiting {
                 service,
                 what,
@@ -201,6 +234,7 @@ fn follow(reader: &mut dyn BufRead, reporter: &mut dyn Reporter) -> Result<Optio
             Err(_) => eprintln!("{line}"),
         }
     }
+    reporter.events(&events);
     Ok(None)
 }
 
@@ -549,6 +583,74 @@ mod tests {
             timeout_s: Some(10.0),
         };
         assert!(ok.check().is_ok());
+    }
+
+    /// What a client's reporter was handed: each call of `events` (an `event` is a call of
+    /// one) and each `waiting`.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<String>>);
+
+    impl Reporter for Calls {
+        fn event(&mut self, service: &str, what: &str) {
+            self.0.push(vec![format!("{service} {what}")]);
+        }
+        fn events(&mut self, batch: &[(String, String)]) {
+            if !batch.is_empty() {
+                self.0
+                    .push(batch.iter().map(|(s, w)| format!("{s} {w}")).collect());
+            }
+        }
+        fn waiting(&mut self, service: &str, what: &str, _: Option<Duration>) {
+            self.0.push(vec![format!("{service} waiting {what}")]);
+        }
+    }
+
+    /// Events read together are handed on together, in order, each once: those before a
+    /// `waiting` first, and the last ones before the answer.
+    #[test]
+    fn events_that_came_together_are_reported_together() {
+        let event = |s: &str, w: &str| Reply::Event {
+            service: s.into(),
+            what: w.into(),
+        };
+        let mut replies = vec![
+            Reply::Accepted,
+            event("a", "stopped"),
+            event("b", "stopped"),
+        ];
+        replies.push(Reply::Waiting {
+            service: "c".into(),
+            what: "stopping".into(),
+            limit_ms: None,
+        });
+        replies.extend([
+            event("c", "stopped"),
+            event("d", "stopped"),
+            event("e", "x"),
+        ]);
+        replies.push(Reply::Done {
+            ok: true,
+            message: "done".into(),
+        });
+        let mut text = Vec::new();
+        send_all(&mut text, &replies);
+        let mut calls = Calls::default();
+        let outcome = read_replies(text.as_slice(), &mut calls).unwrap();
+        assert!(matches!(outcome, Some(Outcome::Done { ok: true, .. })));
+        assert_eq!(
+            calls.0,
+            [
+                vec!["a stopped", "b stopped"],
+                vec!["c waiting stopping"],
+                vec!["c stopped", "d stopped", "e x"],
+            ]
+        );
+        // A connection that ends after events: they are handed on still.
+        let mut cut = Vec::new();
+        send_all(&mut cut, &[event("a", "stopped")]);
+        let mut calls = Calls::default();
+        assert!(read_replies(cut.as_slice(), &mut calls).unwrap().is_none());
+        assert_eq!(calls.0, [vec!["a stopped"]]);
     }
 
     #[test]

@@ -1138,24 +1138,32 @@ struct SupervisorReporter {
     shutting_down: bool,
 }
 
-impl Reporter for SupervisorReporter {
-    fn event(&mut self, service: &str, what: &str) {
-        if let Some(j) = &mut self.journal {
-            j.record(service, what);
-        }
+impl SupervisorReporter {
+    /// An event's line in the supervisor's output (the terminal in the foreground, else
+    /// `supervisor.log`), without its newline.
+    fn line(&self, service: &str, what: &str) -> String {
         if self.foreground {
             let name = crate::output::paint(
                 &format!("{service:<w$}", w = self.width),
                 crate::output::color_of(service),
                 self.color,
             );
-            line_to_stderr(&format!("{name}  {what}"));
+            format!("{name}  {what}")
         } else {
-            line_to_stderr(&format!(
+            format!(
                 "{} {service}  {what}",
                 humantime::format_rfc3339_millis(std::time::SystemTime::now())
-            ));
+            )
         }
+    }
+}
+
+impl Reporter for SupervisorReporter {
+    fn event(&mut self, service: &str, what: &str) {
+        if let Some(j) = &mut self.journal {
+            j.record(service, what);
+        }
+        line_to_stderr(&self.line(service, what));
         for (_, c) in &mut self.clients {
             control::send(
                 c,
@@ -1164,6 +1172,31 @@ impl Reporter for SupervisorReporter {
                     what: what.to_owned(),
                 },
             );
+        }
+    }
+
+    /// One write each to the events file, the output and each client.
+    fn events(&mut self, batch: &[(String, String)]) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(j) = &mut self.journal {
+            j.record_all(batch);
+        }
+        let text: String = batch
+            .iter()
+            .map(|(service, what)| self.line(service, what) + "\n")
+            .collect();
+        crate::output::text_to(true, &text);
+        let replies: Vec<Reply> = batch
+            .iter()
+            .map(|(service, what)| Reply::Event {
+                service: service.clone(),
+                what: what.clone(),
+            })
+            .collect();
+        for (_, c) in &mut self.clients {
+            control::send_all(c, &replies);
         }
     }
 

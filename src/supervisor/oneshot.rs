@@ -322,46 +322,53 @@ fn release_all(ctx: &dyn Project) {
 /// the last one is recorded, and the pass that records them does not say them again.
 struct SaidOnce<'a> {
     inner: &'a mut dyn Reporter,
-    said: Vec<(String, String)>,
+    /// What was said, by `(service, what)`: how many times.
+    said: BTreeMap<(String, String), usize>,
 }
 
 impl<'a> SaidOnce<'a> {
     fn new(inner: &'a mut dyn Reporter) -> SaidOnce<'a> {
         SaidOnce {
             inner,
-            said: Vec::new(),
+            said: BTreeMap::new(),
         }
     }
 
-    /// What hears each outcome of `job`'s stops as it comes, and says it.
+    /// What hears the outcomes of `job`'s stops as they come (those that came together at
+    /// once), and says them.
     fn as_they_end<'b>(
         &'b mut self,
         job: &pass::StopJob,
-    ) -> impl FnMut(&crate::process::StopOutcome) + use<'a, 'b> {
+    ) -> impl FnMut(&[crate::process::StopOutcome]) + use<'a, 'b> {
         let why: BTreeMap<String, String> = job
             .stops
             .iter()
             .map(|p| (p.name.clone(), p.why.clone()))
             .collect();
-        move |o| {
-            let Some(why) = why.get(&o.name) else {
-                return;
-            };
-            let line = crate::engine::stop_event(o, why);
-            self.inner.event(&o.name, &line);
-            self.said.push((o.name.clone(), line));
+        move |outcomes| {
+            let batch: Vec<(String, String)> = outcomes
+                .iter()
+                .filter_map(|o| {
+                    let why = why.get(&o.name)?;
+                    Some((o.name.clone(), crate::engine::stop_event(o, why)))
+                })
+                .collect();
+            self.inner.events(&batch);
+            for said in batch {
+                *self.said.entry(said).or_default() += 1;
+            }
         }
     }
 }
 
 impl Reporter for SaidOnce<'_> {
     fn event(&mut self, service: &str, what: &str) {
-        if let Some(i) = self
-            .said
-            .iter()
-            .position(|(s, w)| s == service && w == what)
-        {
-            self.said.remove(i);
+        let key = (service.to_owned(), what.to_owned());
+        if let Some(n) = self.said.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.said.remove(&key);
+            }
             return;
         }
         self.inner.event(service, what);
@@ -377,7 +384,7 @@ impl Reporter for SaidOnce<'_> {
 fn watch_stops(
     rt: Driver<'_>,
     stops: Vec<crate::engine::PendingStop>,
-    each: &mut dyn FnMut(&crate::process::StopOutcome),
+    each: &mut dyn FnMut(&[crate::process::StopOutcome]),
 ) -> Vec<crate::process::StopOutcome> {
     let (tx, mut rx) = unbounded_channel::<Input>();
     let switch = Arc::new(AtomicUsize::new(0));
@@ -392,7 +399,7 @@ fn watch_stops(
             .map(|(l, at)| (*l, *at));
         // What is queued already is taken without entering the runtime: a `down` of 100 ends
         // a hundred groups in a few milliseconds.
-        let received = match rx.try_recv() {
+        let mut received = match rx.try_recv() {
             Ok(input) => Some(Some(input)),
             Err(_) => rt.block_on(async {
                 match due {
@@ -401,6 +408,25 @@ fn watch_stops(
                 }
             }),
         };
+        // The groups that ended meanwhile are said together: one write to each place they are
+        // said (said one by one, they fell behind the exits).
+        if let Some(Some(Input::StopEnded(first))) = received {
+            let mut ended = vec![first];
+            received = None;
+            while let Ok(input) = rx.try_recv() {
+                match input {
+                    Input::StopEnded(o) => ended.push(o),
+                    other => {
+                        received = Some(Some(other));
+                        break;
+                    }
+                }
+            }
+            each(&ended);
+            if received.is_none() {
+                continue;
+            }
+        }
         match received {
             None => {
                 // A timeout: the grace period of `due` ended.
@@ -413,7 +439,6 @@ fn watch_stops(
                 graces.insert(level, Instant::now() + grace);
             }
             Some(Some(Input::Event(Event::StopDone { outcomes, .. }))) => return outcomes,
-            Some(Some(Input::StopEnded(o))) => each(&o),
             Some(Some(_)) => {}
             // The watch ended without outcomes: the second pass stops what is left.
             Some(None) => return Vec::new(),
