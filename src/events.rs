@@ -83,6 +83,9 @@ impl Journal {
 
     /// Appends several events `(service, what)` in one write (a shutdown's stops as they end).
     pub fn record_all(&mut self, batch: &[(String, String)]) {
+        if batch.is_empty() {
+            return;
+        }
         let text: String = batch.iter().map(|(s, w)| self.line(s, w)).collect();
         let _ = self.append(&text);
         for (service, what) in batch {

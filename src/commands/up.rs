@@ -117,7 +117,10 @@ impl crate::engine::Reporter for LazyWidth<'_> {
     }
 
     fn events(&mut self, batch: &[(String, String)]) {
-        self.inner().events(batch);
+        // Nothing to say: the width is not worked out (it reads the whole state).
+        if !batch.is_empty() {
+            self.inner().events(batch);
+        }
     }
 
     fn waiting(&mut self, service: &str, what: &str, limit: Option<Duration>) {

@@ -203,9 +203,8 @@ fn follow<R: std::io::Read>(
     let mut events: Vec<(String, String)> = Vec::new();
     let mut line = String::new();
     loop {
-        if !events.is_empty() && !reader.buffer().contains(&b'\n') {
-            reporter.events(&events);
-            events.clear();
+        if !reader.buffer().contains(&b'\n') {
+            hand_on(&mut events, reporter);
         }
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -217,8 +216,7 @@ fn follow<R: std::io::Read>(
             events.push((service, what));
             continue;
         }
-        reporter.events(&events);
-        events.clear();
+        hand_on(&mut events, reporter);
         match reply {
             Ok(Reply::Accepted | Reply::Stream(_) | Reply::Event { .. }) => {}
             Ok(Reply::Waiting {
@@ -234,7 +232,7 @@ fn follow<R: std::io::Read>(
             Err(_) => eprintln!("{line}"),
         }
     }
-    reporter.events(&events);
+    hand_on(&mut events, reporter);
     Ok(None)
 }
 
@@ -322,6 +320,14 @@ pub fn request_on(
         None => bail!(
             "the supervisor closed the connection before answering (see supervisor.log in {dir})"
         ),
+    }
+}
+
+/// Hands `events` on to `reporter` in one call, if there are any.
+fn hand_on(events: &mut Vec<(String, String)>, reporter: &mut dyn Reporter) {
+    if !events.is_empty() {
+        reporter.events(events);
+        events.clear();
     }
 }
 
@@ -594,11 +600,12 @@ mod tests {
         fn event(&mut self, service: &str, what: &str) {
             self.0.push(vec![format!("{service} {what}")]);
         }
+        /// Never empty: a client's reporter may do costly work when it is first handed
+        /// something (`up`'s reads the whole state for the names' width).
         fn events(&mut self, batch: &[(String, String)]) {
-            if !batch.is_empty() {
-                self.0
-                    .push(batch.iter().map(|(s, w)| format!("{s} {w}")).collect());
-            }
+            assert!(!batch.is_empty(), "an empty batch was handed on");
+            self.0
+                .push(batch.iter().map(|(s, w)| format!("{s} {w}")).collect());
         }
         fn waiting(&mut self, service: &str, what: &str, _: Option<Duration>) {
             self.0.push(vec![format!("{service} waiting {what}")]);
