@@ -276,7 +276,7 @@ pub mod reads {
     pub enum Kind {
         Stat,
         Environ,
-        /// Every thread's children list of this process (`own_children`; PID 0).
+        /// This process's children list (`adopted_children`; PID 0).
         Children,
     }
 
@@ -396,21 +396,23 @@ pub fn same_alive(pid: i32, start_time: u64) -> bool {
     proc_info(pid).is_ok_and(|i| i.start_time == start_time && !i.zombie)
 }
 
-/// The children of this process (of every thread of it: `/proc/self/task/*/children`), or
-/// `None` when the kernel does not list them (`CONFIG_PROC_CHILDREN`).
-pub fn own_children() -> Option<Vec<i32>> {
+/// The children this process adopted, as a subreaper: its main thread's children list. An
+/// orphan goes to the first live thread of the subreaper's thread group, its main thread
+/// while that runs (the kernel's `find_alive_thread` walks the group from its leader); the
+/// processes another thread spawned stay on that thread's list (the services: a pass's
+/// thread spawns them), and are not read. `None` when the kernel does not list children
+/// (`CONFIG_PROC_CHILDREN`).
+pub fn adopted_children() -> Option<Vec<i32>> {
     #[cfg(test)]
     reads::count(reads::Kind::Children, 0);
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let text = read_proc(task.path().join("children")).ok()?;
-        out.extend(pids_in(&text));
-    }
-    Some(out)
+    let pid = std::process::id();
+    let text = read_proc(format!("/proc/self/task/{pid}/children")).ok()?;
+    Some(pids_in(&text).collect())
 }
 
 /// The children of `pid` (of every thread of it); none when it is gone (or a thread ended
-/// while it was read). Whether the kernel lists children at all is [`own_children`]'s to say.
+/// while it was read). Whether the kernel lists children at all is [`adopted_children`]'s to
+/// say.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();

@@ -543,7 +543,7 @@ fn late_among_children(
     seen: &BTreeSet<i32>,
 ) -> Option<BTreeMap<usize, Vec<sweep::Target>>> {
     let alive = pidfds::held_alive();
-    let found = crate::os::own_children()?
+    let found = crate::os::adopted_children()?
         .into_iter()
         .filter(|pid| !alive.contains_key(pid) && !seen.contains(pid))
         .filter_map(crate::os::marked_of)
@@ -553,9 +553,11 @@ fn late_among_children(
 
 /// With `children_only` (every group is this process's own child and it is a subreaper):
 /// what left the groups of `requests` whose every process has ended. It is among the children
-/// this process adopted (a process whose parent ends is moved to it) or below them: those
-/// trees are walked (`/proc/<pid>/task/*/children`); the running services' leaders (their
-/// pidfds are held) and the requests' own leaders are not, nor members of a request's group.
+/// this process adopted (a process whose parent ends is moved to it: to its main thread,
+/// [`crate::os::adopted_children`], not among the services its other threads spawned) or
+/// below them: those trees are walked (`/proc/<pid>/task/*/children`); the running services'
+/// leaders (their pidfds are held) and the requests' own leaders are not, nor members of a
+/// request's group.
 /// What still runs in a group is looked for once that group is empty. `None` when the kernel
 /// does not list children.
 fn adopted_escapes(
@@ -565,7 +567,7 @@ fn adopted_escapes(
     let groups: BTreeSet<i32> = requests.iter().map(|r| r.identity.pgid).collect();
     let leaders: BTreeSet<i32> = requests.iter().map(|r| r.identity.pid).collect();
     let alive = pidfds::held_alive();
-    let mut stack: Vec<i32> = crate::os::own_children()?
+    let mut stack: Vec<i32> = crate::os::adopted_children()?
         .into_iter()
         .filter(|pid| !alive.contains_key(pid) && !leaders.contains(pid))
         .collect();
@@ -1295,24 +1297,11 @@ mod tests {
     #[test]
     fn a_stop_that_found_nothing_outside_its_groups_lists_its_children_once() {
         use crate::os::reads::{self, Kind};
-        const NAME: &str =
-            "process::tests::a_stop_that_found_nothing_outside_its_groups_lists_its_children_once";
-        // Being a subreaper is for the life of the process: the test runs in one of its own.
-        if std::env::var_os("MIRRORD_UP_TEST_AS_SUBREAPER").is_none() {
-            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-                .env("MIRRORD_UP_TEST_AS_SUBREAPER", "1")
-                .output()
-                .expect("run the test in a process of its own");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if ran_as_subreaper(
+            "process::tests::a_stop_that_found_nothing_outside_its_groups_lists_its_children_once",
+        ) {
             return;
         }
-        become_subreaper();
         let (_groups, id) = service_sleep("once");
         reads::take();
         let out = stop_groups(&[term(id)]);
@@ -1325,6 +1314,85 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(looks, 1, "children lists read {looks} times");
+    }
+
+    /// Being a subreaper is for the life of the process: a test that needs it runs `name` (its
+    /// own name) in a child process of its own, and returns true when that passed; in that
+    /// child (false) it has become a subreaper and goes on.
+    fn ran_as_subreaper(name: &str) -> bool {
+        if std::env::var_os("MIRRORD_UP_TEST_AS_SUBREAPER").is_some() {
+            become_subreaper();
+            return false;
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env("MIRRORD_UP_TEST_AS_SUBREAPER", "1")
+            .output()
+            .expect("run the test in a process of its own");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        true
+    }
+
+    /// What a stop's look for escapes reads ([`crate::os::adopted_children`]): an orphan comes
+    /// back to the main thread, even when the thread that spawned its parent is another; what
+    /// that other thread spawned (as a pass's thread spawns the services) is not listed there.
+    #[test]
+    fn an_orphan_comes_back_to_the_main_thread_and_a_threads_own_child_stays_off_its_list() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        if ran_as_subreaper(
+            "process::tests::an_orphan_comes_back_to_the_main_thread_and_a_threads_own_child_stays_off_its_list",
+        ) {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (end, ended) = std::sync::mpsc::channel::<()>();
+        let spawner = std::thread::spawn(move || {
+            let mut sh = Command::new("sh")
+                .args(["-c", "sleep 1000 & echo $!"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("sh");
+            let mut line = String::new();
+            std::io::BufReader::new(sh.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("the orphan's pid");
+            // Its parent gone: it has been handed to us by now (before `sh` can be reaped).
+            sh.wait().expect("sh ends");
+            let child = Command::new("sleep").arg("1000").spawn().expect("sleep");
+            tx.send((line.trim().parse::<i32>().expect("a pid"), child))
+                .expect("send");
+            // Alive while the list is read, as a pass's thread is kept.
+            let _ = ended.recv();
+        });
+        let (orphan, mut child) = rx.recv().expect("the spawned pids");
+        let adopted = crate::os::adopted_children().expect("children lists");
+        drop(end);
+        spawner.join().expect("the spawning thread");
+        // Once that thread ended, its child is the main thread's: listed, nothing lost.
+        let after = crate::os::adopted_children().expect("children lists");
+        let child_pid = child.id() as i32;
+        let _ = kill(Pid::from_raw(orphan), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(orphan), None);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            adopted.contains(&orphan),
+            "orphan {orphan} not in {adopted:?}"
+        );
+        assert!(
+            !adopted.contains(&child_pid),
+            "the thread's own child {child_pid} in {adopted:?}"
+        );
+        assert!(
+            after.contains(&child_pid) && after.contains(&orphan),
+            "after its thread ended: {after:?}"
+        );
     }
 
     #[test]
