@@ -915,7 +915,9 @@ mod last {
         let Seen::Its(journal) = &known.journal else {
             return None;
         };
-        journal.appendable.then_some(())?;
+        if !journal.appendable {
+            return None;
+        }
         let (before, after) = (known.state.services.len(), state.services.len());
         let longest = super::journal::longest(known.len, journal.len, before, after);
         let line = super::journal::line(&known.state, state, longest)?;
