@@ -1292,8 +1292,8 @@ mod tests {
 
     /// A stop as the supervisor makes it (a subreaper, its services its own children) whose
     /// last look among its adopted children came once every group was empty and found nothing
-    /// does not read every thread's children list again after it: at 500 services, each look
-    /// lists 500 PIDs, on the way from a save to the restarted service.
+    /// does not read its children list again after it (a look on the way from a save to the
+    /// restarted service).
     #[test]
     fn a_stop_that_found_nothing_outside_its_groups_lists_its_children_once() {
         use crate::os::reads::{self, Kind};

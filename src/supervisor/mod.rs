@@ -1160,19 +1160,7 @@ impl SupervisorReporter {
 
 impl Reporter for SupervisorReporter {
     fn event(&mut self, service: &str, what: &str) {
-        if let Some(j) = &mut self.journal {
-            j.record(service, what);
-        }
-        line_to_stderr(&self.line(service, what));
-        for (_, c) in &mut self.clients {
-            control::send(
-                c,
-                &Reply::Event {
-                    service: service.to_owned(),
-                    what: what.to_owned(),
-                },
-            );
-        }
+        self.events(&[(service.to_owned(), what.to_owned())]);
     }
 
     /// One write each to the events file, the output and each client.

@@ -412,19 +412,21 @@ fn watch_stops(
         // said (said one by one, they fell behind the exits).
         if let Some(Some(Input::StopEnded(first))) = received {
             let mut ended = vec![first];
-            received = None;
+            // What came after them, handled below.
+            let mut after = None;
             while let Ok(input) = rx.try_recv() {
                 match input {
                     Input::StopEnded(o) => ended.push(o),
                     other => {
-                        received = Some(Some(other));
+                        after = Some(other);
                         break;
                     }
                 }
             }
             each(&ended);
-            if received.is_none() {
-                continue;
+            match after {
+                Some(input) => received = Some(Some(input)),
+                None => continue,
             }
         }
         match received {
