@@ -906,12 +906,15 @@ impl<'a> Engine<'a> {
         // The environment, programs and the checked log directory, once for the level.
         let spawning = crate::os::spawn_cache::level();
         let mut sessions = Vec::new();
-        for (step, spec, req) in &launches {
+        let spawned = self
+            .launcher
+            .spawn_level(launches.iter().map(|(.., req)| req.clone()).collect());
+        // Said together once the level has spawned: one write to each place that says them.
+        let mut started = Vec::new();
+        for ((step, spec, req), spawned) in launches.iter().zip(spawned) {
             let cause = step.cause.to_string();
-            match self.launcher.spawn(req) {
+            match spawned {
                 Ok((child, identity)) => {
-                    // Test hook: die between spawn and the state write.
-                    process::test_crash_after_spawn();
                     let rec = self.state.services.get_mut(&spec.name).expect("recorded");
                     rec.started_at_ms = Some(self.clock.now_ms());
                     rec.last_reason = Some(cause.clone());
@@ -931,10 +934,10 @@ impl<'a> Engine<'a> {
                         });
                     } else {
                         rec.status = Status::Running;
-                        self.reporter.event(
-                            &spec.name,
-                            &format!("started (pid {}): {cause}", identity.pid),
-                        );
+                        started.push((
+                            spec.name.clone(),
+                            format!("started (pid {}): {cause}", identity.pid),
+                        ));
                     }
                     rec.process = Some(identity);
                     self.children.insert(spec.name.clone(), child);
@@ -946,6 +949,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        self.reporter.events(&started);
         drop(spawning);
         tracing::debug!("level spawned");
         // Saved here only when this pass may wait after it (a dependency's readiness, a

@@ -17,6 +17,14 @@ use crate::process::{
 /// process group; returns the child handle and the identity to record.
 pub trait Launcher {
     fn spawn(&self, req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)>;
+    /// [`Self::spawn`] of each request of a level, the results in their order (the real
+    /// launcher spawns a large level from more than one thread: `process::spawn_level`).
+    fn spawn_level(
+        &self,
+        reqs: Vec<SpawnRequest>,
+    ) -> Vec<std::io::Result<(Spawned, ProcessIdentity)>> {
+        reqs.iter().map(|r| self.spawn(r)).collect()
+    }
 }
 
 /// What the executor asks of the processes it recorded.
@@ -163,6 +171,13 @@ pub struct Real;
 impl Launcher for Real {
     fn spawn(&self, req: &SpawnRequest) -> std::io::Result<(Spawned, ProcessIdentity)> {
         process::spawn(req)
+    }
+
+    fn spawn_level(
+        &self,
+        reqs: Vec<SpawnRequest>,
+    ) -> Vec<std::io::Result<(Spawned, ProcessIdentity)>> {
+        process::spawn_level(reqs, &|job| crate::supervisor::workers::SPAWNS.try_run(job))
     }
 }
 

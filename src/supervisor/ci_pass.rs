@@ -94,7 +94,6 @@ pub fn start(
             bail!("cannot run `{}`: {e}", req.program.display());
         }
     };
-    crate::process::test_crash_after_spawn();
     rec.process = Some(identity);
     rec.status = Status::Running;
     rec.started_at_ms = Some(now_ms());

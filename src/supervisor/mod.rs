@@ -29,7 +29,7 @@ pub mod pass;
 pub mod shutdown;
 #[cfg(test)]
 mod sim;
-mod workers;
+pub(crate) mod workers;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,5 +1,5 @@
-//! Threads kept for the loop's stops. A stop runs on an idle one, else on a new thread that
-//! stays once the stop is over (a few at most). Starting a thread — its stack, guard page and
+//! Threads kept for the loop's stops and for a level's spawns. A job runs on an idle one, else
+//! on a new thread that stays once the job is over (a few at most). Starting a thread — its stack, guard page and
 //! signal stack — took 0.2–0.6 ms on the machine measured, between a reload's pass and its
 //! stop's signal; handing a stop to a waiting thread is one wake-up. An idle worker blocks on
 //! its channel: no timer, no wake-up.
@@ -13,34 +13,47 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 pub struct Workers {
     /// The idle workers' channels; a worker puts its own back when its job is over.
     idle: Mutex<Vec<Sender<Job>>>,
+    /// Their threads' name.
+    name: &'static str,
 }
 
 /// The loop's stops.
-pub static STOPS: Workers = Workers::new();
+pub static STOPS: Workers = Workers::new("stop");
+
+/// The helpers of a level's spawns (`process::spawn_level`). The processes a thread spawned
+/// are on its own children list while it runs, not on the main thread's, which a stop reads
+/// for escapes (`os::adopted_children`): a kept helper keeps them there.
+pub static SPAWNS: Workers = Workers::new("spawn");
 
 /// How many idle workers are kept; one finishing beyond it ends.
 const KEPT: usize = 4;
 
 impl Workers {
-    pub const fn new() -> Workers {
+    pub const fn new(name: &'static str) -> Workers {
         Workers {
             idle: Mutex::new(Vec::new()),
+            name,
         }
     }
 
     /// Runs `job` on an idle worker, or on a new one.
     pub fn run(&'static self, job: Job) {
+        self.try_run(job).expect("a thread for a stop");
+    }
+
+    /// [`Self::run`], or the error of starting a new thread (`job` is then dropped unrun).
+    pub fn try_run(&'static self, job: Job) -> std::io::Result<()> {
         let mut job = job;
         while let Some(worker) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             match worker.send(job) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 // That worker ended: another, or a new one.
                 Err(back) => job = back.0,
             }
         }
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
-            .name("stop".into())
+            .name(self.name.into())
             .spawn(move || {
                 let mut next = Some(job);
                 while let Some(job) = next.take() {
@@ -52,7 +65,7 @@ impl Workers {
                     next = rx.recv().ok();
                 }
             })
-            .expect("a thread for a stop");
+            .map(drop)
     }
 }
 
@@ -65,7 +78,7 @@ mod tests {
     /// another is running does not wait for it.
     #[test]
     fn a_worker_is_kept_for_the_next_job_and_a_busy_one_is_not_waited_for() {
-        static MINE: Workers = Workers::new();
+        static MINE: Workers = Workers::new("test");
         let (done_tx, done_rx) = channel();
         let tx = done_tx.clone();
         MINE.run(Box::new(move || {
