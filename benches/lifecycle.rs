@@ -1,6 +1,8 @@
 //! Lifecycle benchmark: `mirrord-up up --detach` / no-op `up` / one-change `up` / `down` on N
 //! local `sleep 1000` services, against a bare spawn loop and a bare kill loop measured in the
-//! same run.
+//! same run. The goal's floor is the spawn loop on one thread; the same loop on as many
+//! threads as mirrord-up shares a level's spawns between (the CPUs, four at most) is printed
+//! beside it, for information.
 //!
 //! ```text
 //! cargo bench --bench lifecycle                                   # N=100 and N=500, R=3
@@ -121,6 +123,35 @@ impl Baseline {
             let log = dir.join(format!("{}.log", service_name(i)));
             self.children.push(Some(bare_spawn(&log, "1000")));
         }
+    }
+
+    /// [`Self::spawn_all`] from `threads` threads taking turns (as mirrord-up spawns a level:
+    /// `process::spawn_level`).
+    fn spawn_all_threads(&mut self, dir: &Path, n: usize, threads: usize) {
+        fs::create_dir_all(dir).expect("baseline log dir");
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let spawned: Vec<Child> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= n {
+                                return mine;
+                            }
+                            let log = dir.join(format!("{}.log", service_name(i)));
+                            mine.push(bare_spawn(&log, "1000"));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("spawning thread"))
+                .collect()
+        });
+        self.children.extend(spawned.into_iter().map(Some));
     }
 
     /// Stop one process (SIGTERM to its group, wait) and start its replacement.
@@ -330,12 +361,21 @@ struct Samples {
     /// Every PID started for the bench (baseline and services), for the final leftover check.
     pids: Vec<i32>,
     bare_spawn: Vec<Duration>,
+    bare_spawn_threads: Vec<Duration>,
     bare_restart1: Vec<Duration>,
     bare_kill: Vec<Duration>,
     cold_up: Vec<Duration>,
     noop_up: Vec<Duration>,
     change_up: Vec<Duration>,
     down: Vec<Duration>,
+}
+
+/// The threads mirrord-up spawns a large level from on this machine (`process::spawn_level`:
+/// the CPUs, at most four).
+fn spawn_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4)
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
@@ -381,6 +421,21 @@ fn round(cfg: &Config, n: usize, root: &Path, idx: usize, s: &mut Samples) {
         s.bare_spawn.push(t_spawn);
         s.bare_restart1.push(t_restart);
         s.bare_kill.push(t_kill);
+        let _ = fs::remove_dir_all(&dir);
+
+        // The same spawns from as many threads as mirrord-up spawns a level from.
+        let mut base = Baseline::default();
+        let (t_threads, ()) = time(|| base.spawn_all_threads(&dir, n, spawn_threads()));
+        let pids: Vec<i32> = base
+            .children
+            .iter()
+            .flatten()
+            .map(|c| c.id() as i32)
+            .collect();
+        assert_eq!(pids.len(), n);
+        s.pids.extend(&pids);
+        base.kill_all();
+        s.bare_spawn_threads.push(t_threads);
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -588,6 +643,7 @@ fn run_n(cfg: &Config, n: usize, root: &Path) -> [f64; 4] {
     }
 
     let spawn = median(&s.bare_spawn);
+    let spawn_threads_ms = median(&s.bare_spawn_threads);
     let restart1 = median(&s.bare_restart1);
     let kill = median(&s.bare_kill);
     let cold = median(&s.cold_up);
@@ -612,6 +668,14 @@ fn run_n(cfg: &Config, n: usize, root: &Path) -> [f64; 4] {
             base: spawn,
             goal: "<= 1.1x bare spawn".into(),
             ok: cold <= 1.1 * spawn,
+        },
+        Row {
+            op: "cold up --detach",
+            ours: cold,
+            base_name: format!("bare x{n}, {} thr", spawn_threads()),
+            base: spawn_threads_ms,
+            goal: "info: the spawns shared".into(),
+            ok: true,
         },
         Row {
             op: "no-op up --detach",
@@ -653,13 +717,18 @@ fn run_n(cfg: &Config, n: usize, root: &Path) -> [f64; 4] {
             r.base,
             r.ours / r.base,
             r.goal,
-            verdict(r.ok)
+            if r.goal.starts_with("info") {
+                "-"
+            } else {
+                verdict(r.ok)
+            }
         );
     }
     println!();
     println!("per-round samples (ms):");
     for (name, v) in [
         ("bare spawn", &s.bare_spawn),
+        ("bare spawn thr", &s.bare_spawn_threads),
         ("bare restart x1", &s.bare_restart1),
         ("bare kill", &s.bare_kill),
         ("cold up", &s.cold_up),
