@@ -36,6 +36,19 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// (mirrord's own agent start-up timeout is 60 s; an operator session adds its own steps).
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a pass that hands its stops to the loop (`defer_stops`) waits for them itself
+/// first: a process that ends at once on its signal (most do) is stopped and replaced in one
+/// pass, without the two hand-offs to the loop's stop thread and back and a second pass
+/// (a reload at 100 services, same session, both orders: 3.27 / 3.30 → 2.91 / 3.05 ms p50 with
+/// every stop in the pass). A longer wait stays the loop's: the pass holds the state lock and
+/// the loop waits for the pass. Only for a level of at most [`QUICK_STOP_GROUPS`] groups: the
+/// wait looks at every group each time one ends, and a `down` of 500 services is the loop's
+/// (waited for in the pass first, it took 6 ms longer at 500 services).
+pub const QUICK_STOP: Duration = Duration::from_millis(5);
+
+/// The most groups a level may have for its pass to wait for them itself ([`QUICK_STOP`]).
+pub const QUICK_STOP_GROUPS: usize = 8;
+
 /// Is the recorded process alive (its identity intact)?
 /// What an applied plan did, in the past tense (`plan` says what it would do with
 /// `Plan::summary`): `1 started, 0 restarted, 0 stopped, 3 unchanged`.
@@ -645,6 +658,11 @@ impl<'a> Engine<'a> {
                     .push(item);
             }
         }
+        // Stops the loop would watch: a level whose groups all end within `QUICK_STOP` of the
+        // signal is stopped here, as without the loop (`ProcessTable::stop_quickly`), and what
+        // follows it (a restart's start) runs in this pass; from the first level that does not,
+        // the stops are the loop's.
+        let mut quick = self.settings.defer_stops;
         for (std::cmp::Reverse(level_no), level) in by_level {
             let mut requests = Vec::new();
             for item in &level {
@@ -665,6 +683,7 @@ impl<'a> Engine<'a> {
                         identity: id.clone(),
                         signal: item.how.signal,
                         timeout: item.how.grace,
+                        signalled: false,
                     });
                 }
             }
@@ -674,7 +693,12 @@ impl<'a> Engine<'a> {
             for r in &requests {
                 self.reporter.waiting(&r.name, "stopping", Some(r.timeout));
             }
-            if self.settings.defer_stops {
+            let stopped_here = quick
+                && (1..=QUICK_STOP_GROUPS).contains(&requests.len())
+                && self.processes.stop_quickly(&mut requests, QUICK_STOP);
+            if self.settings.defer_stops && !stopped_here {
+                // Signalled already or not (`StopRequest::signalled`), the next levels wait.
+                quick &= requests.is_empty();
                 // The loop watches the stop (`PendingStop`); what needs no wait is done now.
                 let mut removed = false;
                 for item in level {
@@ -841,6 +865,7 @@ impl<'a> Engine<'a> {
                         identity: old,
                         signal: Signal::SIGKILL,
                         timeout: Duration::ZERO,
+                        signalled: false,
                     }],
                     &mut |_| {},
                 );

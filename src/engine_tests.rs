@@ -493,6 +493,7 @@ fn signalled_by_the_loop(
             identity: identity.clone(),
             signal: Signal::SIGTERM,
             timeout: Duration::from_secs(1),
+            signalled: false,
         },
     };
     let outcome = StopOutcome {

@@ -46,6 +46,14 @@ pub trait ProcessTable {
         requests: &[StopRequest],
         each: &mut dyn FnMut(&StopOutcome),
     ) -> Vec<StopOutcome>;
+    /// Signals `requests` now and waits up to `within` for every group to be empty with
+    /// nothing left outside it: true when so (a [`Self::stop`] of them then finds them ended
+    /// and only says so), false otherwise — each request sent its signal says so
+    /// ([`StopRequest::signalled`]), and the stop that follows waits for the rest without
+    /// signalling it again. The default sends nothing and answers false.
+    fn stop_quickly(&self, _requests: &mut [StopRequest], _within: Duration) -> bool {
+        false
+    }
     /// Stops what an instance that ended left behind (in its group or outside it).
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration);
     /// The groups carrying this state directory's markers.
@@ -150,6 +158,10 @@ impl ProcessTable for Looks<'_> {
         self.source.stop(requests, each)
     }
 
+    fn stop_quickly(&self, requests: &mut [StopRequest], within: Duration) -> bool {
+        self.source.stop_quickly(requests, within)
+    }
+
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration) {
         self.source.stop_leftovers(name, id, signal, grace);
     }
@@ -204,6 +216,10 @@ impl ProcessTable for Real {
         each: &mut dyn FnMut(&StopOutcome),
     ) -> Vec<StopOutcome> {
         process::stop_groups_with(requests, each)
+    }
+
+    fn stop_quickly(&self, requests: &mut [StopRequest], within: Duration) -> bool {
+        process::stop_quickly(requests, within)
     }
 
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration) {

@@ -228,6 +228,10 @@ pub struct StopRequest {
     pub identity: ProcessIdentity,
     pub signal: Signal,
     pub timeout: Duration,
+    /// Its signal was sent already ([`signal_first`], by the pass that decided the stop): the
+    /// stop waits for the group, escalates and looks for escapes, but does not send the signal
+    /// a second time (to many programs a second SIGTERM means "quit now").
+    pub signalled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,9 +342,8 @@ pub fn stop_groups_killable(
             tracing::warn!(service = %r.name, "not signalled: {why}");
             continue;
         }
-        // A stopped (SIGSTOP) process must run to act on the signal.
-        if signal_group_fast(&r.identity, r.signal, &mut table) && r.signal != Signal::SIGCONT {
-            signal_group_fast(&r.identity, Signal::SIGCONT, &mut table);
+        if !r.signalled {
+            send_stop_signal(r, &mut table);
         }
         pending.insert(i, false);
     }
@@ -765,6 +768,7 @@ pub fn stop_leftovers(
         identity: identity.clone(),
         signal,
         timeout,
+        signalled: false,
     }]);
     outcome.into_iter().flat_map(|o| o.escaped).collect()
 }
@@ -776,6 +780,81 @@ fn test_crash_after_spawn() {
     if std::env::var_os("MIRRORD_UP_TEST_CRASH_AFTER_SPAWN").is_some() {
         std::process::exit(99);
     }
+}
+
+/// Signals each of `requests` now (`StopRequest::signalled`) and waits up to `within` for
+/// every group to be empty and nothing to have left it: true when so. Only for the groups of
+/// this process's own children on whose leaders it holds pidfds, as a subreaper (anything that
+/// left such a group comes back to it, and one look at its children finds it); else nothing
+/// is signalled and the answer is false. Each leader that ended is collected (its status kept
+/// for `take_exit`); a group with other members left, or something found outside it, is the
+/// full stop's (`stop_groups_killable`), which then signals nothing again.
+pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let start = Instant::now();
+    if requests.is_empty() || !crate::os::is_child_subreaper() {
+        return false;
+    }
+    let mut exits = Vec::with_capacity(requests.len());
+    for r in requests.iter() {
+        let own = pidfds::own_child(&r.identity) == Some(true);
+        match pidfds::held_fd(&r.identity) {
+            Some(fd) if own && !r.signalled && r.identity.refusal().is_none() => exits.push(fd),
+            _ => return false,
+        }
+    }
+    for r in requests.iter_mut() {
+        r.signalled = send_stop_signal(r, &mut None);
+    }
+    // Every leader's exit (its pidfd readable), or the time is up.
+    while !exits.is_empty() {
+        let Some(left) = within.checked_sub(start.elapsed()) else {
+            return false;
+        };
+        let ms = PollTimeout::try_from(left.as_millis().clamp(1, 1000) as i32)
+            .unwrap_or(PollTimeout::ZERO);
+        let mut fds: Vec<PollFd<'_>> = exits
+            .iter()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+        let ended: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let mut ended = ended.into_iter();
+        exits.retain(|_| !ended.next().unwrap_or(false));
+    }
+    for r in requests.iter() {
+        collect(r.identity.pid);
+        if killpg(Pid::from_raw(r.identity.pgid), None) != Err(nix::errno::Errno::ESRCH) {
+            return false;
+        }
+    }
+    let outcomes: Vec<StopOutcome> = requests
+        .iter()
+        .map(|r| StopOutcome {
+            name: r.name.clone(),
+            killed: false,
+            survivors: vec![],
+            refused: None,
+            escaped: vec![],
+        })
+        .collect();
+    adopted_escapes(requests, &outcomes).is_some_and(|found| found.values().all(Vec::is_empty))
+}
+
+/// The stop's signal; then SIGCONT, as a stopped (SIGSTOP) process must run to act on it.
+fn send_stop_signal(r: &StopRequest, table: &mut Option<ProcessTable>) -> bool {
+    let sent = signal_group_fast(&r.identity, r.signal, table);
+    if sent && r.signal != Signal::SIGCONT {
+        signal_group_fast(&r.identity, Signal::SIGCONT, table);
+    }
+    sent
 }
 
 /// Signals the group of `id`: directly while its leader lives, else each verified member
@@ -1364,6 +1443,7 @@ mod tests {
             identity,
             signal: Signal::SIGTERM,
             timeout: Duration::from_secs(5),
+            signalled: false,
         }
     }
 
@@ -1421,6 +1501,7 @@ mod tests {
             identity: id.clone(),
             signal: Signal::SIGTERM,
             timeout: Duration::from_secs(5),
+            signalled: false,
         };
         let outcome = StopOutcome {
             name: "svc".into(),
@@ -1524,6 +1605,78 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         true
+    }
+
+    /// [`stop_quickly`]: a group that ends at once on its signal is found empty and its
+    /// leader collected (its status kept); one that outlasts the wait is left signalled, for
+    /// the full stop; a process whose pidfd this process does not hold is not signalled at all.
+    #[test]
+    fn a_quick_stop_ends_a_prompt_group_and_signals_nothing_it_cannot_vouch_for() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        if ran_as_subreaper(
+            "process::tests::a_quick_stop_ends_a_prompt_group_and_signals_nothing_it_cannot_vouch_for",
+        ) {
+            return;
+        }
+        // A session leader, as a service is; with `armed`, once its TERM trap is set.
+        let start = |script: &str| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]).stdout(Stdio::piped());
+            // SAFETY: `setsid` is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+            }
+            let mut child = cmd.spawn().expect("sh");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("its first line");
+            let pid = child.id() as i32;
+            let request = StopRequest {
+                name: format!("s{pid}"),
+                identity: ProcessIdentity::of(pid, None).expect("alive"),
+                signal: Signal::SIGTERM,
+                timeout: Duration::from_secs(5),
+                signalled: false,
+            };
+            (child, request)
+        };
+        let patience = Duration::from_secs(10);
+
+        let (_prompt, request) = start("echo armed; exec sleep 1000");
+        assert!(pidfds::hold(&request.identity).is_some());
+        let mut requests = [request];
+        assert!(stop_quickly(&mut requests, patience), "sleep ends at once");
+        assert!(requests[0].signalled);
+        let pid = requests[0].identity.pid;
+        assert_eq!(take_exit(pid), Some(ExitKind::Signal(Signal::SIGTERM)));
+        pidfds::release(pid);
+
+        let (mut stubborn, request) = start("trap '' TERM; echo armed; while :; do sleep 1; done");
+        assert!(pidfds::hold(&request.identity).is_some());
+        let mut requests = [request];
+        assert!(!stop_quickly(&mut requests, Duration::from_millis(50)));
+        assert!(
+            requests[0].signalled,
+            "signalled: the full stop must not again"
+        );
+        assert_eq!(requests[0].identity.read_liveness(), Liveness::Alive);
+        let _ = killpg(Pid::from_raw(requests[0].identity.pgid), Signal::SIGKILL);
+        let _ = stubborn.wait();
+        pidfds::release(requests[0].identity.pid);
+
+        let (mut unheld, request) = start("echo armed; exec sleep 1000");
+        let mut requests = [request];
+        assert!(
+            !stop_quickly(&mut requests, patience),
+            "no pidfd held on it"
+        );
+        assert!(!requests[0].signalled);
+        assert_eq!(requests[0].identity.read_liveness(), Liveness::Alive);
+        let _ = unheld.kill();
+        let _ = unheld.wait();
     }
 
     /// What a stop's look for escapes reads ([`crate::os::adopted_children`]): an orphan comes

@@ -1741,6 +1741,7 @@ mod tests {
                     identity,
                     signal: nix::sys::signal::Signal::SIGTERM,
                     timeout: Duration::from_secs(10),
+                    signalled: false,
                 },
             }],
             message: message.into(),

@@ -432,6 +432,7 @@ impl Outcome for PassDone {
                 identity: identity(*pid),
                 signal: nix::sys::signal::Signal::SIGTERM,
                 timeout: *grace,
+                signalled: false,
             },
         };
         let resume = |(name, ..): &(&str, i32, Duration)| crate::plan::Step {
