@@ -38,12 +38,12 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a pass that hands its stops to the loop (`defer_stops`) waits for them itself
 /// first: a process that ends at once on its signal (most do) is stopped and replaced in one
-/// pass, without the two hand-offs to the loop's stop thread and back and a second pass
-/// (a reload at 100 services, same session, both orders: 3.27 / 3.30 → 2.91 / 3.05 ms p50 with
-/// every stop in the pass). A longer wait stays the loop's: the pass holds the state lock and
-/// the loop waits for the pass. Only for a level of at most [`QUICK_STOP_GROUPS`] groups: the
-/// wait looks at every group each time one ends, and a `down` of 500 services is the loop's
-/// (waited for in the pass first, it took 6 ms longer at 500 services).
+/// pass, without the two hand-offs to the loop's stop thread and back and a second pass (hot
+/// reload p50, two supervisors side by side, both orders: 3.18 / 3.64 → 2.88 / 3.32 ms at 100
+/// services, 5.48 / 6.11 → 4.93 / 5.22 ms at 500). A longer wait stays the loop's: the pass
+/// holds the state lock and the loop waits for the pass. Only for a level of at most
+/// [`QUICK_STOP_GROUPS`] groups: the wait looks at every group each time one ends, and a
+/// `down` of 500 services is the loop's (waited for in the pass first, it took 6 ms longer).
 pub const QUICK_STOP: Duration = Duration::from_millis(5);
 
 /// The most groups a level may have for its pass to wait for them itself ([`QUICK_STOP`]).
