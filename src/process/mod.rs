@@ -228,7 +228,7 @@ pub struct StopRequest {
     pub identity: ProcessIdentity,
     pub signal: Signal,
     pub timeout: Duration,
-    /// Its signal was sent already ([`signal_first`], by the pass that decided the stop): the
+    /// Its signal was sent already ([`stop_quickly`], by the pass that decided the stop): the
     /// stop waits for the group, escalates and looks for escapes, but does not send the signal
     /// a second time (to many programs a second SIGTERM means "quit now").
     pub signalled: bool,
