@@ -2,7 +2,7 @@
 //! what that supervisor costs while nothing happens.
 //!
 //! ```text
-//! cargo bench --bench reload                                            # N=20, 20 edits, 20 s idle
+//! cargo bench --bench reload                                            # N=100, 500, 1000; 10 edits; 10 s idle
 //! RELOAD_SERVICES=5 RELOAD_EDITS=5 RELOAD_IDLE_SECS=2 cargo bench --bench reload   # smoke run
 //! ```
 //!
@@ -48,11 +48,14 @@
 //!    temp state directory) if the bench fails midway; the bench is a child subreaper so that
 //!    it reaps the orphaned supervisor and services.
 //!
-//! Knobs (environment): `RELOAD_SERVICES` (default 20), `RELOAD_EDITS` (default 20),
-//! `RELOAD_IDLE_SECS` (default 20), `RELOAD_SAVE_SPACING_MS` (the time from one save to the
-//! next, the floor's included: default and least 60, just past the supervisor's debounce). Run
-//! as a test (`cargo test --benches`, no `--bench` argument) the defaults shrink to 3 services,
-//! 3 edits, 1 s idle.
+//! Knobs (environment): `RELOAD_SERVICES` (default `100,500,1000`; the first is the reference
+//! of the scale ratios), `RELOAD_EDITS` (default 10), `RELOAD_IDLE_SECS` (default 10),
+//! `RELOAD_COLD_SAMPLES` (default 3: cold `up --detach` until every service announced itself,
+//! each but the last followed by `down`; the scale ratios take the medians),
+//! `RELOAD_SAVE_SPACING_MS` (the time from one save to the next, the floor's included: default
+//! and least 60, just past the supervisor's debounce). Run as a test (`cargo test --benches`,
+//! no `--bench` argument) the defaults shrink to 3 and 6 services, 2 edits, 1 s idle, one
+//! cold sample.
 //!
 //! Targets are informational (PASS/MISS): the bench exits non-zero only when a correctness
 //! check fails (wrong or extra restart, a process left behind).
@@ -91,21 +94,25 @@ struct Config {
     services: Vec<usize>,
     edits: usize,
     idle: Duration,
+    /// Cold `up --detach` samples per size (each but the last followed by `down`): the scale
+    /// ratios take their medians.
+    colds: usize,
 }
 
 impl Config {
     fn from_env() -> Config {
         // `cargo bench` passes `--bench`; `cargo test --benches` does not: keep that quick.
         let bench_mode = std::env::args().any(|a| a == "--bench");
-        let (n, e, i) = if bench_mode {
-            (vec![100, 500, 1000], 10, 10)
+        let (n, e, i, c) = if bench_mode {
+            (vec![100, 500, 1000], 10, 10, 3)
         } else {
-            (vec![3, 6], 2, 1)
+            (vec![3, 6], 2, 1, 1)
         };
         let cfg = Config {
             services: env_list("RELOAD_SERVICES", n),
             edits: env_usize("RELOAD_EDITS", e),
             idle: Duration::from_secs(env_usize("RELOAD_IDLE_SECS", i) as u64),
+            colds: env_usize("RELOAD_COLD_SAMPLES", c).max(1),
         };
         assert!(
             !cfg.services.is_empty() && cfg.services.iter().all(|&n| n >= 1),
@@ -1005,7 +1012,7 @@ fn main() {
     let first = &all[0];
     println!();
     println!(
-        "scale (reference N={}): cold `up --detach` until every service announced itself, hot reload p50 of one edit, `down`",
+        "scale (reference N={}): cold `up --detach` until every service announced itself (median), hot reload p50 of one edit, `down`",
         first.n
     );
     println!(
@@ -1091,24 +1098,50 @@ fn run_n(cfg: &Config, n: usize, root: &Path, with_idle: bool) -> Summary {
     // --- Floor: inotify + kill + spawn of one process, by the bench itself.
     let base = floor(&mut guard, &root.join("floor"), &p.fifo, &rx, cfg.edits);
 
-    // --- Start.
+    // --- Start: `cfg.colds` cold starts, each but the last followed by `down`; the median.
     let mut values: Vec<String> = (0..n).map(|i| format!("v0-{i}")).collect();
     fs::write(&p.yaml, p.yaml_text(&values)).expect("write YAML");
-    let t_up = Instant::now();
-    p.run(&["up", "--detach"]);
-    let mut started = BTreeSet::new();
-    let deadline = Instant::now() + EDIT_TIMEOUT;
-    while started.len() < n {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Msg::Started(_, a)) => assert!(started.insert(a.service.clone()), "{a:?} twice"),
-            Ok(Msg::State) => {}
-            Err(e) => panic!(
-                "only {} of {n} services announced themselves: {e}",
-                started.len()
-            ),
+    let mut colds = Vec::new();
+    for round in 0..cfg.colds {
+        let t_up = Instant::now();
+        p.run(&["up", "--detach"]);
+        let mut started = BTreeSet::new();
+        let deadline = Instant::now() + EDIT_TIMEOUT;
+        while started.len() < n {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Msg::Started(_, a)) => {
+                    assert!(started.insert(a.service.clone()), "{a:?} twice")
+                }
+                Ok(Msg::State) => {}
+                Err(e) => panic!(
+                    "only {} of {n} services announced themselves: {e}",
+                    started.len()
+                ),
+            }
+        }
+        colds.push(ms(t_up.elapsed()));
+        if round + 1 < cfg.colds {
+            let state = p.state();
+            guard
+                .pgids
+                .extend(services_of(&state).into_values().filter_map(|(_, _, g)| g));
+            p.run(&["down"]);
+            reap_any();
+            let left = guard.live_groups();
+            assert!(left.is_empty(), "cold round {round}: `down` left {left:?}");
         }
     }
-    let up_ms = ms(t_up.elapsed());
+    colds.sort_by(f64::total_cmp);
+    let up_ms = colds[colds.len() / 2];
+    eprintln!(
+        "cold up --detach until all {n} announced, {} samples (ms): {}",
+        colds.len(),
+        colds
+            .iter()
+            .map(|c| format!("{c:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let state = p.state();
     let sup_pid = state["supervisor"]["process"]["pid"]
         .as_i64()
