@@ -125,6 +125,15 @@ impl Baseline {
         }
     }
 
+    /// The PIDs of the children running now.
+    fn pids(&self) -> Vec<i32> {
+        self.children
+            .iter()
+            .flatten()
+            .map(|c| c.id() as i32)
+            .collect()
+    }
+
     /// [`Self::spawn_all`] from `threads` threads taking turns (as mirrord-up spawns a level:
     /// `process::spawn_level`).
     fn spawn_all_threads(&mut self, dir: &Path, n: usize, threads: usize) {
@@ -394,12 +403,7 @@ fn round(cfg: &Config, n: usize, root: &Path, idx: usize, s: &mut Samples) {
         let (t_spawn, ()) = time(|| base.spawn_all(&dir, n));
         let old_baseline_pid = base.children[changed].as_ref().expect("running").id() as i32;
         let (t_restart, ()) = time(|| base.restart_one(&dir, changed));
-        let pids: Vec<i32> = base
-            .children
-            .iter()
-            .flatten()
-            .map(|c| c.id() as i32)
-            .collect();
+        let pids = base.pids();
         assert_eq!(pids.len(), n);
         for p in &pids {
             assert_eq!(
@@ -426,12 +430,7 @@ fn round(cfg: &Config, n: usize, root: &Path, idx: usize, s: &mut Samples) {
         // The same spawns from as many threads as mirrord-up spawns a level from.
         let mut base = Baseline::default();
         let (t_threads, ()) = time(|| base.spawn_all_threads(&dir, n, spawn_threads()));
-        let pids: Vec<i32> = base
-            .children
-            .iter()
-            .flatten()
-            .map(|c| c.id() as i32)
-            .collect();
+        let pids = base.pids();
         assert_eq!(pids.len(), n);
         s.pids.extend(&pids);
         base.kill_all();
