@@ -141,15 +141,30 @@ fn children_cpu() -> f64 {
 fn cat_floor(dir: &Path, lines: usize) -> Figures {
     let file = dir.join("floor.log");
     append_numbered(&file, lines);
-    let before = children_cpu();
-    let mut cat = Command::new("cat")
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cat");
-    let check = check_lines(cat.stdout.take().expect("piped"), lines, "");
-    cat.wait().expect("wait cat");
-    let cpu = children_cpu() - before;
+    // The median of three: one `cat` of a file written a moment ago took 0.1 s of CPU in one
+    // run and 0.47 s in the next on the machine measured.
+    let mut cpus = Vec::new();
+    let mut check = None;
+    for _ in 0..3 {
+        let before = children_cpu();
+        let mut cat = Command::new("cat")
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cat");
+        let c = check_lines(cat.stdout.take().expect("piped"), lines, "");
+        cat.wait().expect("wait cat");
+        cpus.push(children_cpu() - before);
+        if check
+            .as_ref()
+            .is_none_or(|k: &Check| c.shown < k.shown || !c.in_order)
+        {
+            check = Some(c);
+        }
+    }
+    cpus.sort_by(f64::total_cmp);
+    let cpu = cpus[1];
+    let check = check.expect("three runs");
     let rss = getrusage(UsageWho::RUSAGE_CHILDREN)
         .expect("getrusage")
         .max_rss() as f64
@@ -326,10 +341,6 @@ fn follow_run(
     let cpu = cpu_of(pid) - cpu_before;
     let rss = peak_rss_mib(pid);
     let log = state.join(name).join("logs").join("w.log");
-    let lost = lost_at_rotation(&log, lines);
-    let blocks = std::fs::metadata(&log)
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
     // Stop: Ctrl-C for the foreground, `down` for the detached project.
     match mode {
         Mode::Foreground => {
@@ -341,6 +352,13 @@ fn follow_run(
         }
     }
     common::reap_any();
+    // Counted once nothing rotates any more: a rotation that ran while the files were read
+    // (its lines copied to `.1` after `.1` was read, then released from the live file before
+    // the live file was) hid one rotation's lines from the count, not from the files.
+    let lost = lost_at_rotation(&log, lines);
+    let blocks = std::fs::metadata(&log)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
     remove_logs(&log);
     Figures {
         cpu,
