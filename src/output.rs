@@ -71,6 +71,24 @@ pub fn prefix(name: &str, width: usize, color: bool) -> String {
     }
 }
 
+/// [`prefix`] for the lines of a follower, made again only when the service or the width
+/// changes: a loud service's lines come in runs, and one `format!` per line was a tenth of
+/// `logs -f`'s CPU.
+#[derive(Default)]
+pub struct Prefixes {
+    last: Option<(String, usize, String)>,
+}
+
+impl Prefixes {
+    pub fn get(&mut self, name: &str, width: usize, color: bool) -> &str {
+        let fresh = !matches!(&self.last, Some((n, w, _)) if n == name && *w == width);
+        if fresh {
+            self.last = Some((name.to_owned(), width, prefix(name, width, color)));
+        }
+        self.last.as_ref().map_or("", |(_, _, p)| p.as_str())
+    }
+}
+
 pub fn paint(text: &str, code: u8, color: bool) -> String {
     if color {
         format!("\x1b[{code}m{text}\x1b[0m")
@@ -212,6 +230,17 @@ pub fn duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept prefix is the one `prefix` makes, for that service and width only.
+    #[test]
+    fn a_kept_prefix_follows_the_service_and_the_width() {
+        let mut p = Prefixes::default();
+        assert_eq!(p.get("api", 5, false), "api   | ");
+        assert_eq!(p.get("api", 5, false), prefix("api", 5, false));
+        assert_eq!(p.get("db", 5, false), "db    | ");
+        assert_eq!(p.get("db", 2, false), "db | ");
+        assert_eq!(p.get("api", 3, true), prefix("api", 3, true));
+    }
 
     /// Every module of the library is below the crate root's `#[macro_use] pub mod output;`
     /// (declared first), and nothing names std's printing macros, which would panic on EPIPE.

@@ -142,7 +142,7 @@ fn read_turn(
     let mut rest: &[u8] = buf;
     // The end of a line begun in an earlier turn.
     if !f.partial.is_empty() {
-        match rest.iter().position(|b| *b == b'\n') {
+        match memchr::memchr(b'\n', rest) {
             Some(i) => {
                 f.partial.extend_from_slice(&rest[..i]);
                 rest = &rest[i + 1..];
@@ -155,11 +155,12 @@ fn read_turn(
             }
         }
     }
-    while let Some(i) = rest.iter().position(|b| *b == b'\n') {
-        sink(name, skip_zeros(&rest[..i]))?;
-        rest = &rest[i + 1..];
+    let mut from = 0;
+    for i in memchr::memchr_iter(b'\n', rest) {
+        sink(name, skip_zeros(&rest[from..i]))?;
+        from = i + 1;
     }
-    f.partial.extend_from_slice(rest);
+    f.partial.extend_from_slice(&rest[from..]);
     while f.partial.len() >= MAX_LINE {
         let piece: Vec<u8> = f.partial.drain(..MAX_LINE).collect();
         sink(name, &piece)?;

@@ -1283,6 +1283,7 @@ impl LogPrinter {
             });
             let mut tail = crate::tail::LogTail::default();
             let mut width = 0;
+            let mut prefixes = crate::output::Prefixes::default();
             while let Ok(msg) = rx.recv() {
                 let flush = matches!(msg, TailMsg::Flush);
                 if let TailMsg::Follow(list) = msg {
@@ -1295,7 +1296,7 @@ impl LogPrinter {
                 let mut out =
                     std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
                 let _ = tail.read_new(&mut |name, line| {
-                    out.write_all(crate::output::prefix(name, width, color).as_bytes())?;
+                    out.write_all(prefixes.get(name, width, color).as_bytes())?;
                     out.write_all(line)?;
                     out.write_all(b"\n")
                 });
