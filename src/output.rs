@@ -71,21 +71,22 @@ pub fn prefix(name: &str, width: usize, color: bool) -> String {
     }
 }
 
-/// [`prefix`] for the lines of a follower, made again only when the service or the width
-/// changes: a loud service's lines come in runs, and one `format!` per line was a tenth of
-/// `logs -f`'s CPU.
+/// [`prefix`] for the lines of a follower, made again only when the service, the width or
+/// the colouring changes: a loud service's lines come in runs, and one `format!` per line was
+/// a tenth of `logs -f`'s CPU.
 #[derive(Default)]
 pub struct Prefixes {
-    last: Option<(String, usize, String)>,
+    last: Option<(String, usize, bool, String)>,
 }
 
 impl Prefixes {
     pub fn get(&mut self, name: &str, width: usize, color: bool) -> &str {
-        let fresh = !matches!(&self.last, Some((n, w, _)) if n == name && *w == width);
-        if fresh {
-            self.last = Some((name.to_owned(), width, prefix(name, width, color)));
+        let kept =
+            matches!(&self.last, Some((n, w, c, _)) if n == name && *w == width && *c == color);
+        if !kept {
+            self.last = Some((name.to_owned(), width, color, prefix(name, width, color)));
         }
-        self.last.as_ref().map_or("", |(_, _, p)| p.as_str())
+        self.last.as_ref().map_or("", |(.., p)| p.as_str())
     }
 }
 
@@ -240,6 +241,7 @@ mod tests {
         assert_eq!(p.get("db", 5, false), "db    | ");
         assert_eq!(p.get("db", 2, false), "db | ");
         assert_eq!(p.get("api", 3, true), prefix("api", 3, true));
+        assert_eq!(p.get("api", 3, false), "api | ");
     }
 
     /// Every module of the library is below the crate root's `#[macro_use] pub mod output;`
