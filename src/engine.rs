@@ -931,12 +931,14 @@ impl<'a> Engine<'a> {
         // The environment, programs and the checked log directory, once for the level.
         let spawning = crate::os::spawn_cache::level();
         let mut sessions = Vec::new();
-        let spawned = self
-            .launcher
-            .spawn_level(launches.iter().map(|(.., req)| req.clone()).collect());
+        let (launched, reqs): (Vec<_>, Vec<_>) = launches
+            .into_iter()
+            .map(|(step, spec, req)| ((step, spec, req.program.clone()), req))
+            .unzip();
+        let spawned = self.launcher.spawn_level(reqs);
         // Said together once the level has spawned: one write to each place that says them.
         let mut started = Vec::new();
-        for ((step, spec, req), spawned) in launches.iter().zip(spawned) {
+        for ((step, spec, program), spawned) in launched.into_iter().zip(spawned) {
             let cause = step.cause.to_string();
             match spawned {
                 Ok((child, identity)) => {
@@ -968,7 +970,7 @@ impl<'a> Engine<'a> {
                     self.children.insert(spec.name.clone(), child);
                 }
                 Err(e) => {
-                    let why = format!("cannot run `{}`: {e}", req.program.display());
+                    let why = format!("cannot run `{}`: {e}", program.display());
                     self.fail(spec, &why, report);
                     failed.push(spec.name.clone());
                 }

@@ -790,17 +790,17 @@ fn test_crash_after_spawn() {
 /// for `take_exit`); a group with other members left, or something found outside it, is the
 /// full stop's (`stop_groups_killable`), which then signals nothing again.
 pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
     let start = Instant::now();
     if requests.is_empty() || !crate::os::is_child_subreaper() {
         return false;
     }
-    let mut exits = Vec::with_capacity(requests.len());
-    for r in requests.iter() {
+    let mut exits = BTreeMap::new();
+    for (i, r) in requests.iter().enumerate() {
         let own = pidfds::own_child(&r.identity) == Some(true);
         match pidfds::held_fd(&r.identity) {
-            Some(fd) if own && !r.signalled && r.identity.refusal().is_none() => exits.push(fd),
+            Some(fd) if own && !r.signalled && r.identity.refusal().is_none() => {
+                exits.insert(i, fd);
+            }
             _ => return false,
         }
     }
@@ -812,22 +812,7 @@ pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
         let Some(left) = within.checked_sub(start.elapsed()) else {
             return false;
         };
-        let ms = PollTimeout::try_from(left.as_millis().clamp(1, 1000) as i32)
-            .unwrap_or(PollTimeout::ZERO);
-        let mut fds: Vec<PollFd<'_>> = exits
-            .iter()
-            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, ms) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return false,
-        }
-        let ended: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        let mut ended = ended.into_iter();
-        exits.retain(|_| !ended.next().unwrap_or(false));
+        wait_exits(&mut exits, left.max(Duration::from_millis(1)));
     }
     for r in requests.iter() {
         collect(r.identity.pid);
