@@ -44,10 +44,7 @@ fn edit_in_place(path: &Path, text: &str) {
 }
 
 fn reused_count(p: &Project) -> usize {
-    std::fs::read_to_string(p.state_dir.join("supervisor.log"))
-        .unwrap_or_default()
-        .matches("desired state reused")
-        .count()
+    p.supervisor_log().matches("desired state reused").count()
 }
 
 #[test]

@@ -64,10 +64,6 @@ fn socket(p: &Project) -> PathBuf {
     p.state_dir.join("supervisor.sock")
 }
 
-fn supervisor_log(p: &Project) -> String {
-    std::fs::read_to_string(p.state_dir.join("supervisor.log")).unwrap_or_default()
-}
-
 /// `VmHWM` (peak resident set) of `pid`, in KiB.
 fn peak_rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -110,7 +106,7 @@ fn done_of(text: &str) -> (bool, String) {
 
 fn assert_answers(p: &Project, sup: i32) {
     assert!(alive(sup), "the supervisor died");
-    let log = supervisor_log(p);
+    let log = p.supervisor_log();
     assert!(!log.contains("panicked"), "supervisor.log: {log}");
     // `restart` goes through the socket.
     let out = p.ok(&["restart", "web"]);
@@ -232,15 +228,16 @@ fn accept_errors_from_fd_exhaustion_do_not_end_the_listener() {
         .map(|_| UnixStream::connect(socket(&p)).expect("connect"))
         .collect();
     wait_until("the supervisor reports an accept error", WAIT, || {
-        supervisor_log(&p).contains("cannot accept")
+        p.supervisor_log().contains("cannot accept")
     });
     drop(conns);
     // The limit stays low: what the closed connections held is enough again.
     wait_until("the supervisor accepts again", WAIT, || {
-        supervisor_log(&p).contains("accepting control connections again")
+        p.supervisor_log()
+            .contains("accepting control connections again")
     });
     down(&p, sup);
-    assert!(!supervisor_log(&p).contains("panicked"));
+    assert!(!p.supervisor_log().contains("panicked"));
 }
 
 #[test]
@@ -370,7 +367,7 @@ fn a_symlinked_service_log_is_refused_and_its_target_untouched() {
     std::os::unix::fs::symlink(&v, p.state_dir.join("logs/web.log")).unwrap();
     let out = p.run(&["up", "-d"]);
     assert_ne!(out.code, Some(0), "{out}");
-    let all = format!("{}{}", out.stderr, supervisor_log(&p));
+    let all = format!("{}{}", out.stderr, p.supervisor_log());
     assert!(
         all.contains("web.log") && all.contains("symbolic link"),
         "{out}"

@@ -13,10 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// How many stops the supervisor handed to its stop thread so far (its `-v` log).
 fn stop_threads(p: &Project) -> usize {
-    std::fs::read_to_string(p.state_dir.join("supervisor.log"))
-        .unwrap_or_default()
-        .matches("stop: thread started")
-        .count()
+    p.supervisor_log().matches("stop: thread started").count()
 }
 
 #[test]

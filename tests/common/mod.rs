@@ -454,6 +454,11 @@ impl Project {
             .map(|v| v as i32)
     }
 
+    /// The supervisor's log (`supervisor.log`), empty when there is none yet.
+    pub fn supervisor_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("supervisor.log")).unwrap_or_default()
+    }
+
     /// `name → pid` of the services `ps` shows with a PID.
     pub fn pids(&self) -> BTreeMap<String, i32> {
         self.ps_map()
