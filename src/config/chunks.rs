@@ -156,12 +156,18 @@ fn indent(line: &str) -> usize {
 }
 
 fn cut(text: &str) -> Option<Cut<'_>> {
-    if text.contains(['\t', '\r', '\u{feff}', '&']) || text.contains("<<") {
+    // Searched for a byte (a few) at a time, not a character at a time: this runs on every
+    // save, over every service's text.
+    let bytes = text.as_bytes();
+    if memchr::memchr3(b'\t', b'\r', b'&', bytes).is_some()
+        || memchr::memmem::find(bytes, "\u{feff}".as_bytes()).is_some()
+        || memchr::memmem::find(bytes, b"<<").is_some()
+    {
         return None;
     }
     // Byte offsets of each line's start (a last line without `\n` included).
     let mut starts = vec![0];
-    starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+    starts.extend(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1));
     if starts.last() == Some(&text.len()) {
         starts.pop();
     }
@@ -541,6 +547,8 @@ mod tests {
         for text in [
             "services:\n\t a: {}\n",
             "services:\r\n  a: {}\r\n",
+            "\u{feff}services:\n  a: {}\n",
+            "services:\n  a:\n    env: {A: \"\u{feff}\"}\n",
             "x-a: &a {}\nservices:\n  a: *a\n",
             "services:\n  a:\n    <<: {}\n",
             "---\nservices:\n  a: {}\n",
