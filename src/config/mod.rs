@@ -740,23 +740,6 @@ pub enum ReadError {
     TooLarge(u64),
 }
 
-/// The file a file event says is complete: closed after a write (`IN_CLOSE_WRITE`), or the
-/// destination of a rename (`IN_MOVED_TO`; the second path of a paired rename). Such a save can
-/// be read at once; a plain modification may be an editor's partial in-place write, which
-/// waits for the quiet period.
-pub fn completed_file(ev: &notify::Event) -> Option<&Path> {
-    use notify::EventKind::{Access, Modify};
-    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-    match ev.kind {
-        Access(AccessKind::Close(AccessMode::Write)) | Modify(ModifyKind::Name(RenameMode::To)) => {
-            ev.paths.first()
-        }
-        Modify(ModifyKind::Name(RenameMode::Both)) => ev.paths.get(1),
-        _ => None,
-    }
-    .map(PathBuf::as_path)
-}
-
 /// Reads a UTF-8 file of at most `MAX_FILE_BYTES`, never holding more than one byte past it
 /// (a FIFO or `/dev/zero` included).
 pub fn read_bounded(path: &Path) -> Result<String, ReadError> {
