@@ -137,6 +137,10 @@ fn render_in_child(exe: &Path, input: &RenderInput) -> Result<String, TemplateEr
         // A backtrace of a renderer out of memory takes seconds to print: none.
         .env("RUST_BACKTRACE", "0")
         .env_remove("RUST_LIB_BACKTRACE")
+        // The allocator (mimalloc, src/main.rs) reserves its address space 1 GiB at a time:
+        // under the renderer's `RLIMIT_AS` it reserves a little at a time, so that the limit
+        // bounds what the template allocates.
+        .env("MIMALLOC_ARENA_RESERVE", "8MiB")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
