@@ -299,9 +299,6 @@ pub struct Engine<'a> {
     pub reporter: &'a mut dyn Reporter,
     /// Children spawned by this process (for exit codes of `completed_successfully`).
     children: BTreeMap<String, process::Spawned>,
-    /// What the last `save` wrote (so that a caller's final save is skipped when it would
-    /// write the same again).
-    last_saved: Option<State>,
     /// Services whose finished stop is recorded in `state` but not saved yet: their stop
     /// locks (`stop_owner`) are let go by the next save, or when the engine ends.
     unsaved_stops: UnsavedStops<'a>,
@@ -328,7 +325,6 @@ impl<'a> Engine<'a> {
             settings,
             reporter,
             children: BTreeMap::new(),
-            last_saved: None,
             unsaved_stops: UnsavedStops {
                 store,
                 names: Vec::new(),
@@ -361,13 +357,14 @@ impl<'a> Engine<'a> {
         let saved = self.store.save(self.lock, &self.state);
         self.release_unsaved_stops();
         saved?;
-        self.last_saved = Some(self.state.clone());
         Ok(())
     }
 
-    /// Saves unless the state equals `loaded` (what was read) or what was saved last.
+    /// Saves unless the state equals `loaded` (what was read); one equal to what was saved
+    /// last is not written again either (the store compares it with what it knows is on disk,
+    /// [`StateStore::save`]).
     pub fn save_if_changed(&mut self, loaded: &State) -> Result<(), StateError> {
-        if &self.state == loaded || self.last_saved.as_ref() == Some(&self.state) {
+        if &self.state == loaded {
             self.release_unsaved_stops();
             return Ok(());
         }
