@@ -57,6 +57,13 @@ fn a_quick_exit_is_replaced_in_its_pass_and_a_slow_one_gets_its_signal_once() {
     assert_ne!(second["quick"], first["quick"], "not restarted: {out}");
     assert_eq!(second["slow"], first["slow"], "{out}");
     assert_eq!(stop_threads(&p), 0, "a quick stop went to the stop thread");
+    // Nobody else could see that stop (it began and ended under the state lock): no stop lock
+    // was taken for it, so none was created.
+    let stop_lock = |name: &str| p.state_dir.join("services").join(name).join("stop.lock");
+    assert!(
+        !stop_lock("quick").exists(),
+        "a quick stop took a stop lock"
+    );
 
     // `slow` does not: the loop's stop thread waits for it, and sends no second SIGTERM.
     p.write_yaml(&file("2", "2"));
@@ -68,6 +75,8 @@ fn a_quick_exit_is_replaced_in_its_pass_and_a_slow_one_gets_its_signal_once() {
     });
     assert_eq!(p.pids()["quick"], second["quick"], "{out}");
     assert_eq!(stop_threads(&p), 1, "the slow stop is the stop thread's");
+    // That stop outlived its pass: the supervisor owned it (its stop lock).
+    assert!(stop_lock("slow").exists(), "the slow stop was nobody's");
     let counted = std::fs::read_to_string(&terms).unwrap_or_default();
     assert_eq!(
         counted.lines().count(),
