@@ -1183,11 +1183,17 @@ async fn read_watch(
                 }
             }
             Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
-            Err(_) => break,
+            Err(e) => {
+                eprintln!("warning: the file watch ended ({e}); send SIGHUP to reload");
+                break;
+            }
         }
     }
     let instance = fd.into_inner();
-    std::thread::spawn(move || drop(instance));
+    // Without a thread (out of them), it closes here: the loop waits, nothing is lost.
+    let _ = std::thread::Builder::new()
+        .name("inotify-close".into())
+        .spawn(move || drop(instance));
 }
 
 /// What an inotify event (`mask`, the path it names) means for the watched `names`: a
