@@ -739,10 +739,21 @@ impl<'a> Engine<'a> {
             let reasons: BTreeMap<&String, &String> =
                 level.iter().map(|i| (&i.name, &i.why)).collect();
             let reporter = &mut *self.reporter;
-            let outcomes = self.processes.stop(&requests, &mut |o| {
+            let mut said = |o: &StopOutcome| {
                 let why = reasons.get(&o.name).map_or("", |w| w.as_str());
                 reporter.event(&o.name, &stop_event(o, why));
-            });
+            };
+            // Ended here: every group is empty, its leader collected, nothing left it.
+            let outcomes = if stopped_here {
+                let ended: Vec<StopOutcome> = requests
+                    .iter()
+                    .map(|r| StopOutcome::ended(&r.name))
+                    .collect();
+                ended.iter().for_each(&mut said);
+                ended
+            } else {
+                self.processes.stop(&requests, &mut said)
+            };
             for item in &level {
                 let outcome = outcomes.iter().find(|o| o.name == item.name);
                 let request = requests.iter().find(|r| r.name == item.name);

@@ -57,6 +57,13 @@ fn a_quick_exit_is_replaced_in_its_pass_and_a_slow_one_gets_its_signal_once() {
     assert_ne!(second["quick"], first["quick"], "not restarted: {out}");
     assert_eq!(second["slow"], first["slow"], "{out}");
     assert_eq!(stop_threads(&p), 0, "a quick stop went to the stop thread");
+    // What it found (the group empty, its leader collected, nothing outside it) is the stop's
+    // outcome: the full stop is not run after it.
+    assert_eq!(
+        p.supervisor_log().matches("stop: signalled").count(),
+        0,
+        "the full stop ran after the quick one"
+    );
     // Nobody else could see that stop (it began and ended under the state lock): no stop lock
     // was taken for it, so none was created.
     let stop_lock = |name: &str| p.state_dir.join("services").join(name).join("stop.lock");

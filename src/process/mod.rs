@@ -248,6 +248,19 @@ pub struct StopOutcome {
     pub escaped: Vec<i32>,
 }
 
+impl StopOutcome {
+    /// A group that ended on its signal, and nothing left it.
+    pub fn ended(name: &str) -> StopOutcome {
+        StopOutcome {
+            name: name.to_owned(),
+            killed: false,
+            survivors: vec![],
+            refused: None,
+            escaped: vec![],
+        }
+    }
+}
+
 /// Set by a second Ctrl-C: every stop in progress skips the rest of its grace period.
 pub(crate) static KILL_NOW: AtomicBool = AtomicBool::new(false);
 /// Set by the first Ctrl-C: waits for readiness or completion give up at once.
@@ -783,12 +796,13 @@ fn test_crash_after_spawn() {
 }
 
 /// Signals each of `requests` now (`StopRequest::signalled`) and waits up to `within` for
-/// every group to be empty and nothing to have left it: true when so. Only for the groups of
-/// this process's own children on whose leaders it holds pidfds, as a subreaper (anything that
-/// left such a group comes back to it, and one look at its children finds it); else nothing
-/// is signalled and the answer is false. Each leader that ended is collected (its status kept
-/// for `take_exit`); a group with other members left, or something found outside it, is the
-/// full stop's (`stop_groups_killable`), which then signals nothing again.
+/// every group to be empty and nothing to have left it: true when so (each stop then ended
+/// as [`StopOutcome::ended`] says, and the full stop has nothing left to do). Only for the
+/// groups of this process's own children on whose leaders it holds pidfds, as a subreaper
+/// (anything that left such a group comes back to it, and one look at its children finds
+/// it); else nothing is signalled and the answer is false. Each leader that ended is collected
+/// (its status kept for `take_exit`); a group with other members left, or something found
+/// outside it, is the full stop's (`stop_groups_killable`), which then signals nothing again.
 pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
     let start = Instant::now();
     if requests.is_empty() || !crate::os::is_child_subreaper() {
@@ -822,13 +836,7 @@ pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
     }
     let outcomes: Vec<StopOutcome> = requests
         .iter()
-        .map(|r| StopOutcome {
-            name: r.name.clone(),
-            killed: false,
-            survivors: vec![],
-            refused: None,
-            escaped: vec![],
-        })
+        .map(|r| StopOutcome::ended(&r.name))
         .collect();
     adopted_escapes(requests, &outcomes).is_some_and(|found| found.values().all(Vec::is_empty))
 }
