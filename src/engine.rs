@@ -1658,7 +1658,7 @@ fn reporter_note(reporter: &mut dyn Reporter, name: &str, why: &str) {
     reporter.event(name, &format!("removed: {why}"));
 }
 
-fn new_record(spec: &Arc<ServiceSpec>, log_path: PathBuf) -> ServiceRecord {
+pub(crate) fn new_record(spec: &Arc<ServiceSpec>, log_path: PathBuf) -> ServiceRecord {
     ServiceRecord {
         kind: RecordKind::Service,
         config_hash: spec.hash(),

@@ -27,6 +27,11 @@ pub const PROJECT: &str = "mirrord-up";
 /// Separates the service name from a lifecycle line, where `|` separates it from a log line.
 pub const MARKER: &str = "▸";
 
+/// Whether an event says a process started (its position is where the run's output begins).
+fn is_start(what: &str) -> bool {
+    what.starts_with("started")
+}
+
 /// One recorded event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -86,7 +91,16 @@ impl Journal {
         if batch.is_empty() {
             return;
         }
-        let text: String = batch.iter().map(|(s, w)| self.line(s, w)).collect();
+        let started: Vec<&str> = batch
+            .iter()
+            .filter(|(_, w)| is_start(w))
+            .map(|(s, _)| s.as_str())
+            .collect();
+        let offsets = self.store.log_offsets(&started);
+        let text: String = batch
+            .iter()
+            .map(|(s, w)| self.line_with(s, w, || offsets.get(s).copied()))
+            .collect();
         let _ = self.append(&text);
         for (service, what) in batch {
             crate::event_hub::publish(service, what);
@@ -95,12 +109,17 @@ impl Journal {
 
     /// The journal line of one event, now.
     fn line(&self, service: &str, what: &str) -> String {
+        self.line_with(service, what, || self.store.log_offset(service))
+    }
+
+    /// [`Self::line`], the recorded log offset of a `started` event from `offset`.
+    fn line_with(&self, service: &str, what: &str, offset: impl FnOnce() -> Option<u64>) -> String {
         let mut pos = self.log_pos(service);
         // `started` goes where this run's output begins (recorded before the spawn), not
         // after what the session wrote while it was starting.
-        if what.starts_with("started")
+        if is_start(what)
             && let Some((inode, _)) = pos
-            && let Some(offset) = self.store.log_offset(service)
+            && let Some(offset) = offset()
         {
             // perf5: the one offset, not the whole state parsed (O(N²) over a cold `up`).
             pos = Some((inode, offset));
@@ -356,6 +375,36 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         j.record("a", "five");
         assert!(text(&file).ends_with("\tfive\n"), "{}", text(&file));
+    }
+
+    /// A batch of `started` events (a cold `up` reports its level at once) puts each where
+    /// its run's output begins (the recorded log offset), from the state this process saved:
+    /// its files looked at once for the batch, not once per event.
+    #[test]
+    fn a_batch_of_starts_looks_at_the_state_once() {
+        use crate::spec::{LauncherKind, ServiceSpec};
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::state::StateStore::open(root.path(), "p").unwrap();
+        let lock = store.lock(std::time::Duration::from_secs(5)).unwrap();
+        let mut state = crate::state::State::new("p");
+        let names = ["a", "b", "c"];
+        for (i, name) in names.into_iter().enumerate() {
+            let spec = ServiceSpec::plain(name, LauncherKind::Local, vec!["x".into()], "/");
+            let log = store.log_path(name);
+            std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+            std::fs::write(&log, "earlier run\n").unwrap();
+            let mut rec = crate::engine::new_record(&spec.into(), log);
+            rec.log_offset = 3 + i as u64;
+            state.services.insert(name.into(), rec.into());
+        }
+        store.save(&lock, &state).unwrap();
+        let batch = names.map(|n| (n.to_owned(), "started (pid 9): new service".to_owned()));
+        let looks = crate::state::looks_on_this_thread();
+        Journal::new(store.clone()).record_all(&batch);
+        assert_eq!(crate::state::looks_on_this_thread() - looks, 1);
+        let (events, _) = read_all(&store.dir);
+        let at: Vec<Option<u64>> = events.iter().map(|e| e.pos.map(|p| p.1)).collect();
+        assert_eq!(at, [Some(3), Some(4), Some(5)]);
     }
 
     #[test]

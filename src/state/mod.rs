@@ -610,9 +610,26 @@ impl StateStore {
     /// asked once per `started` event: a full parse each time made a cold `up` of N services
     /// O(N²)). Fields other than each record's `log_offset` are skipped, not built.
     pub fn log_offset(&self, service: &str) -> Option<u64> {
+        self.log_offsets(&[service]).remove(service)
+    }
+
+    /// [`Self::log_offset`] of each of `services` that is recorded, the state's files looked at
+    /// once for them all (a cold `up`'s `started` events come in one batch).
+    pub fn log_offsets(&self, services: &[&str]) -> BTreeMap<String, u64> {
+        let pick = |get: &dyn Fn(&str) -> Option<u64>| {
+            services
+                .iter()
+                .filter_map(|s| get(s).map(|offset| ((*s).to_owned(), offset)))
+                .collect()
+        };
+        if services.is_empty() {
+            return BTreeMap::new();
+        }
         // The version this process wrote last (the supervisor's own intent save, just before
-        // the spawn that this event reports) answers without reading the file.
-        if let Some(found) = last::log_offset(&self.state_path(), service) {
+        // the spawns these events report) answers without reading the file.
+        if let Some(found) = last::with_current(&self.state_path(), |state| {
+            pick(&|s| state.services.get(s).map(|r| r.log_offset))
+        }) {
             return found;
         }
         #[derive(Deserialize)]
@@ -620,8 +637,10 @@ impl StateStore {
             #[serde(default)]
             log_offset: u64,
         }
-        let all = self.view::<Offset>()?;
-        all.services.get(service).map(|o| o.log_offset)
+        match self.view::<Offset>() {
+            Some(all) => pick(&|s| all.services.get(s).map(|o| o.log_offset)),
+            None => BTreeMap::new(),
+        }
     }
 
     /// Takes `state.lock`, waiting up to `timeout`.
@@ -835,6 +854,9 @@ mod last {
         pub(super) static FILE_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
         /// Lines this thread appended to journals.
         pub(super) static APPENDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// Answers this thread took from the version written or read last (`with_current`):
+        /// each looked at the state's files once.
+        pub(super) static LOOKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     /// The file's bytes and the identity they belong to: taken before the read, so that a
@@ -947,11 +969,14 @@ mod last {
         }
     }
 
-    /// `Some(answer)` when the files are the version written or read last by this process.
-    pub(super) fn log_offset(path: &Path, service: &str) -> Option<Option<u64>> {
+    /// `Some(f(state))` when the files are the version written or read last by this process,
+    /// `state` being what they hold.
+    pub(super) fn with_current<T>(path: &Path, f: impl FnOnce(&State) -> T) -> Option<T> {
         let last = LAST.lock().ok()?;
         let w = current(&last, path)?;
-        Some(w.state.services.get(service).map(|r| r.log_offset))
+        #[cfg(test)]
+        LOOKS.with(|n| n.set(n.get() + 1));
+        Some(f(&w.state))
     }
 }
 
@@ -964,6 +989,13 @@ pub(crate) fn on_disk(state_path: &Path) -> Option<State> {
         journal::apply(&journal::path_of(state_path), &g, &mut state).ok()?;
     }
     Some(state)
+}
+
+/// How many answers this thread took from the state this process wrote or read last, each
+/// after one look at the state's files (tests count the looks of a batch).
+#[cfg(test)]
+pub(crate) fn looks_on_this_thread() -> usize {
+    last::LOOKS.with(std::cell::Cell::get)
 }
 
 /// How many times this thread saved a state (a snapshot or a journal line: tests count the
