@@ -606,9 +606,10 @@ impl StateStore {
         view_in(&self.dir)
     }
 
-    /// The recorded log offset of one service, read without building the whole state (it is
-    /// asked once per `started` event: a full parse each time made a cold `up` of N services
-    /// O(N²)). Fields other than each record's `log_offset` are skipped, not built.
+    /// The recorded log offset of one service, read without building the whole state (a full
+    /// parse per `started` event made a cold `up` of N services O(N²); a batch of events asks
+    /// [`Self::log_offsets`]). Fields other than each record's `log_offset` are skipped, not
+    /// built.
     pub fn log_offset(&self, service: &str) -> Option<u64> {
         self.log_offsets(&[service]).remove(service)
     }
@@ -616,15 +617,15 @@ impl StateStore {
     /// [`Self::log_offset`] of each of `services` that is recorded, the state's files looked at
     /// once for them all (a cold `up`'s `started` events come in one batch).
     pub fn log_offsets(&self, services: &[&str]) -> BTreeMap<String, u64> {
+        if services.is_empty() {
+            return BTreeMap::new();
+        }
         let pick = |get: &dyn Fn(&str) -> Option<u64>| {
             services
                 .iter()
                 .filter_map(|s| get(s).map(|offset| ((*s).to_owned(), offset)))
                 .collect()
         };
-        if services.is_empty() {
-            return BTreeMap::new();
-        }
         // The version this process wrote last (the supervisor's own intent save, just before
         // the spawns these events report) answers without reading the file.
         if let Some(found) = last::with_current(&self.state_path(), |state| {
