@@ -492,10 +492,9 @@ mod memo {
         }
     }
 
-    /// By file: one in the supervisor; a few in a test binary, whose tests resolve side by
-    /// side in one process (a cache taken by one is simply absent for another meanwhile).
+    /// By file, at most [`FILES_REMEMBERED`](crate::config::FILES_REMEMBERED): one in the
+    /// supervisor; many in a test binary, whose tests resolve side by side in one process.
     static CACHES: Mutex<Vec<Cache>> = Mutex::new(Vec::new());
-    const KEPT: usize = 8;
 
     impl Cache {
         /// The memo of `path`, taken out (an empty one if there is none).
@@ -535,7 +534,7 @@ mod memo {
         pub(super) fn put_back(self) {
             let Ok(mut all) = CACHES.lock() else { return };
             all.retain(|c| c.path != self.path);
-            if all.len() >= KEPT {
+            if all.len() >= crate::config::FILES_REMEMBERED {
                 all.remove(0);
             }
             all.push(self);

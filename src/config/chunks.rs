@@ -32,10 +32,9 @@ struct Last {
     chunks: Chunks,
 }
 
-/// By file: one in the supervisor; a few in a test binary, whose tests parse side by side in
-/// one process (a file's memo taken by one is simply absent for another meanwhile).
+/// By file, at most [`FILES_REMEMBERED`](crate::config::FILES_REMEMBERED): one in the
+/// supervisor; many in a test binary, whose tests parse side by side in one process.
 static PARSED: Mutex<Vec<(PathBuf, Last)>> = Mutex::new(Vec::new());
-const KEPT: usize = 8;
 
 /// `rendered`, the text of `path`, parsed service by service, or `None` when it cannot be cut
 /// safely or does not parse (the whole file is parsed then).
@@ -64,7 +63,7 @@ pub fn parse(path: &Path, rendered: &Arc<str>) -> Option<UpFile> {
     };
     if let Ok(mut all) = PARSED.lock() {
         all.retain(|(p, _)| p != path);
-        if all.len() >= KEPT {
+        if all.len() >= crate::config::FILES_REMEMBERED {
             all.remove(0);
         }
         all.push((path.to_owned(), keep));

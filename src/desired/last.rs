@@ -87,9 +87,9 @@ struct Last {
     reused: Reused,
 }
 
-/// By tag: one in a supervisor; a few in a test binary.
+/// By tag, at most [`FILES_REMEMBERED`](crate::config::FILES_REMEMBERED): one in a
+/// supervisor; many in a test binary.
 static LAST: Mutex<Vec<Last>> = Mutex::new(Vec::new());
-const KEPT: usize = 8;
 
 /// What a pass asks before it loads: the desired state of last time if nothing it was made of
 /// changed (`Ok`), else the identities to hand to [`remember`] after the load (`Err`): those of
@@ -146,7 +146,7 @@ pub fn remember(key: Key, before: Stamp, reused: Reused) {
                 .collect(),
         )
     });
-    if all.len() >= KEPT {
+    if all.len() >= crate::config::FILES_REMEMBERED {
         all.remove(0);
     }
     all.push(Last { key, stamp, reused });
