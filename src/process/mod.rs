@@ -843,9 +843,19 @@ pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
 
 /// The stop's signal; then SIGCONT, as a stopped (SIGSTOP) process must run to act on it.
 fn send_stop_signal(r: &StopRequest, table: &mut Option<ProcessTable>) -> bool {
-    let sent = signal_group_fast(&r.identity, r.signal, table);
+    let id = &r.identity;
+    // A leader that runs holds its PGID: its SIGCONT follows at once, with no second look.
+    if id.refusal().is_none() && id.leads_group() {
+        let pgid = Pid::from_raw(id.pgid);
+        let sent = killpg(pgid, r.signal).is_ok();
+        if sent && r.signal != Signal::SIGCONT {
+            let _ = killpg(pgid, Signal::SIGCONT);
+        }
+        return sent;
+    }
+    let sent = signal_group_fast(id, r.signal, table);
     if sent && r.signal != Signal::SIGCONT {
-        signal_group_fast(&r.identity, Signal::SIGCONT, table);
+        signal_group_fast(id, Signal::SIGCONT, table);
     }
     sent
 }
@@ -1438,6 +1448,41 @@ mod tests {
             timeout: Duration::from_secs(5),
             signalled: false,
         }
+    }
+
+    /// A service stopped by SIGSTOP acts on its stop signal once continued: the stop sends
+    /// SIGCONT after it, and the group ends on the signal it handles, not on the SIGKILL at the
+    /// end of its grace period (a shell that traps SIGTERM: stopped, it cannot run its trap).
+    #[test]
+    fn a_stopped_service_is_continued_and_ends_on_its_own_signal() {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done"]);
+        // SAFETY: `setsid` is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        }
+        let child = cmd.spawn().expect("sh");
+        let pid = child.id() as i32;
+        let _groups = Groups(child, vec![pid]);
+        let id = ProcessIdentity::of(pid, None).expect("stat");
+        killpg(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state() != Some('T') {
+            assert!(Instant::now() < deadline, "never stopped: {:?}", state());
+            std::thread::yield_now();
+        }
+        let outcomes = stop_groups_killable(&[term(id)], &mut |_| {}, &|| false);
+        assert!(
+            !outcomes[0].killed,
+            "the stopped shell needed SIGKILL: {outcomes:?}"
+        );
+        assert!(outcomes[0].survivors.is_empty(), "{outcomes:?}");
     }
 
     #[test]
