@@ -485,7 +485,6 @@ pub fn lean_malloc() {
 
 #[cfg(test)]
 mod tests {
-
     /// The ids read once are this process's (and ask nothing again).
     #[test]
     fn own_ids_are_this_processs() {
