@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 
 /// How many projects each memo of this process keeps (the parsed services and the resolved
 /// services of each file, the last desired state of each tag). A supervisor has one project
-/// (a file per `-f`). The
-/// test binary parses hundreds of files side by side on several threads: there, nothing is
-/// pushed out, so that a test's second load is never a first load because other tests ran
-/// meanwhile.
+/// (a file per `-f`). The test binary parses hundreds of files side by side on several
+/// threads: there, nothing is pushed out, so that a test's second load is never a first load
+/// because other tests ran meanwhile.
 pub(crate) const FILES_REMEMBERED: usize = if cfg!(test) { 4096 } else { 8 };
 
 pub use locate::Location;

@@ -343,8 +343,8 @@ impl OwnIds {
 
 /// Read once per process: it never changes its own group or session (its children do, in
 /// their `pre_exec`, before their `exec`), a parent can move it to another group only before
-/// its `exec`, and no process of ours forks without `exec`. A stop asks before each signal of
-/// each group: three system calls each time, 600 for a `down` of 100 services.
+/// its `exec`, and no process of ours forks without `exec`. A stop looks before each signal of
+/// each group (three system calls each time when read anew: 600 for a `down` of 100 services).
 pub fn own_ids() -> OwnIds {
     static IDS: std::sync::OnceLock<OwnIds> = std::sync::OnceLock::new();
     *IDS.get_or_init(|| OwnIds {
@@ -498,6 +498,7 @@ mod tests {
             (me.pid, me.pgid, me.sid)
         );
     }
+
     /// A `/proc` file read whole, past what one read asks for, and the same as `std` reads it.
     #[test]
     fn a_proc_file_is_read_whole() {

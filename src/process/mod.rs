@@ -1466,13 +1466,26 @@ mod tests {
         let pid = child.id() as i32;
         let _groups = Groups(child, vec![pid]);
         let id = ProcessIdentity::of(pid, None).expect("stat");
+        // Once its trap is set: the shell is in its loop (a `sleep` child).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        while std::fs::read_to_string(&children)
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the shell never reached its loop"
+            );
+            std::thread::yield_now();
+        }
         killpg(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
         let state = || {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             stat.rsplit_once(") ")
                 .and_then(|(_, rest)| rest.chars().next())
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
         while state() != Some('T') {
             assert!(Instant::now() < deadline, "never stopped: {:?}", state());
             std::thread::yield_now();
