@@ -844,8 +844,9 @@ pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
 /// The stop's signal; then SIGCONT, as a stopped (SIGSTOP) process must run to act on it.
 fn send_stop_signal(r: &StopRequest, table: &mut Option<ProcessTable>) -> bool {
     let id = &r.identity;
-    // A leader that runs holds its PGID: its SIGCONT follows at once, with no second look.
-    if id.refusal().is_none() && id.leads_group() {
+    // A leader that runs (and is not ours: `leads_group` refuses as `refusal` does) holds
+    // its PGID: its SIGCONT follows at once, with no second look.
+    if id.leads_group() {
         let pgid = Pid::from_raw(id.pgid);
         let sent = killpg(pgid, r.signal).is_ok();
         if sent && r.signal != Signal::SIGCONT {
