@@ -1472,17 +1472,21 @@ mod tests {
         let pid = child.id() as i32;
         let _groups = Groups(child, vec![pid]);
         let id = ProcessIdentity::of(pid, None).expect("stat");
-        // Once its trap is set: the shell has its `sleep` child.
+        // Once its trap is set and its child runs `sleep`: a subshell stopped between its
+        // fork and its `exec` may lose the SIGTERM (dash resets the child's traps after the
+        // fork), and the `sleep` it becomes then keeps the group until the SIGKILL.
         let deadline = Instant::now() + Duration::from_secs(10);
         let children = format!("/proc/{pid}/task/{pid}/children");
-        while std::fs::read_to_string(&children)
-            .unwrap_or_default()
-            .trim()
-            .is_empty()
-        {
+        let sleeping = || {
+            let listed = std::fs::read_to_string(&children).unwrap_or_default();
+            listed.split_whitespace().any(|child| {
+                std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c == "sleep\n")
+            })
+        };
+        while !sleeping() {
             assert!(
                 Instant::now() < deadline,
-                "the shell never started its child"
+                "the shell's child never ran `sleep`"
             );
             std::thread::yield_now();
         }
