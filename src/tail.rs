@@ -23,6 +23,11 @@ struct Followed {
     offset: u64,
     inode: u64,
     partial: Vec<u8>,
+    /// The file, kept open from one turn to the next while it has more to read; closed by the
+    /// turn that reads it to its end, so the next turn opens the path again and finds a file
+    /// that replaced it (rotation at a restart). A loud service's log is opened once per
+    /// burst, not once per chunk.
+    open: Option<File>,
 }
 
 /// The set of followed logs, by service name.
@@ -50,6 +55,7 @@ impl LogTail {
                 offset,
                 inode,
                 partial: Vec::new(),
+                open: None,
             },
         );
     }
@@ -78,17 +84,19 @@ impl LogTail {
     }
 
     /// Hands every new complete line of every followed file to `sink`, the files taking turns
-    /// of at most `CHUNK` bytes each until all are read to their end.
+    /// of at most `CHUNK` bytes each until all are read to their end. A file read to its end
+    /// gets no further turn in this call: what its service writes meanwhile is the caller's
+    /// next change (the callers read after each change they are told of).
     pub fn read_new(&mut self, sink: &mut LineSink<'_>) -> std::io::Result<()> {
-        loop {
-            let mut more = false;
-            for (name, f) in &mut self.files {
-                more |= read_turn(name, f, None, &mut self.buf, sink)?;
-            }
-            if !more {
-                return Ok(());
+        let mut more = vec![true; self.files.len()];
+        while more.contains(&true) {
+            for ((name, f), more) in self.files.iter_mut().zip(&mut more) {
+                if *more {
+                    *more = read_turn(name, f, None, &mut self.buf, sink)?;
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -101,8 +109,12 @@ fn read_turn(
     buf: &mut Vec<u8>,
     sink: &mut LineSink<'_>,
 ) -> std::io::Result<bool> {
-    let Ok(mut file) = File::open(&f.path) else {
-        return Ok(false);
+    let mut file = match f.open.take() {
+        Some(file) => file,
+        None => match File::open(&f.path) {
+            Ok(file) => file,
+            Err(_) => return Ok(false),
+        },
     };
     let meta = file.metadata()?;
     if meta.ino() != f.inode || meta.len() < f.offset {
@@ -165,7 +177,11 @@ fn read_turn(
         let piece: Vec<u8> = f.partial.drain(..MAX_LINE).collect();
         sink(name, &piece)?;
     }
-    Ok(f.offset < end)
+    let more = f.offset < end;
+    if more {
+        f.open = Some(file);
+    }
+    Ok(more)
 }
 
 /// The zeroes a released block left before the first line kept in it are not output.
@@ -201,4 +217,48 @@ pub fn line_start_back(f: &File, floor: u64, end: u64, n: usize) -> std::io::Res
         hi = lo;
     }
     Ok(floor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(from: usize, to: usize) -> String {
+        (from..to).map(|i| format!("line {i:07}\n")).collect()
+    }
+
+    /// A log moved aside and replaced (the rotation at a restart) while it is being read turn
+    /// by turn: the old file is read to its end, then the new one from its start — no line of
+    /// either is lost or shown twice, each file's in order.
+    #[test]
+    fn a_log_replaced_while_it_is_read_is_read_to_its_end_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("w.log");
+        // Three turns' worth of the old run, a few lines of the new.
+        let old_lines = 3 * CHUNK / 13 + 7;
+        std::fs::write(&log, numbered(0, old_lines)).expect("old");
+        let mut tail = LogTail::default();
+        tail.follow("w", &log, 0);
+        let mut seen = Vec::new();
+        let mut replaced = false;
+        let mut sink = |_: &str, line: &[u8]| {
+            seen.push(String::from_utf8_lossy(line).into_owned());
+            if !replaced {
+                replaced = true;
+                std::fs::rename(&log, dir.path().join("w.log.1"))?;
+                std::fs::write(&log, numbered(old_lines, old_lines + 5))?;
+            }
+            Ok(())
+        };
+        tail.read_new(&mut sink).expect("read");
+        tail.read_new(&mut sink).expect("read again");
+        let want: Vec<String> = numbered(0, old_lines + 5)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(seen.len(), want.len(), "lines shown");
+        assert!(seen == want, "first difference at line {:?}", {
+            seen.iter().zip(&want).position(|(a, b)| a != b)
+        });
+    }
 }

@@ -1367,9 +1367,16 @@ impl LogPrinter {
             use notify::Watcher;
             let _watcher = logs_dir.and_then(|dir| {
                 let _ = std::fs::create_dir_all(&dir);
+                // A service's own log (`<name>.log`) changed: the rotation's copies (`.log.1`, …)
+                // are written in chunks, each an event, and are not followed.
                 let mut w =
                     notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                        if res.is_ok_and(|e| {
+                            !matches!(e.kind, notify::EventKind::Access(_))
+                                && e.paths
+                                    .iter()
+                                    .any(|p| p.extension().is_some_and(|x| x == "log"))
+                        }) {
                             let _ = fs_tx.send(TailMsg::Changed);
                         }
                     })
@@ -1380,15 +1387,8 @@ impl LogPrinter {
             let mut tail = crate::tail::LogTail::default();
             let mut width = 0;
             let mut prefixes = crate::output::Prefixes::default();
-            while let Ok(msg) = rx.recv() {
-                let flush = matches!(msg, TailMsg::Flush);
-                if let TailMsg::Follow(list) = msg {
-                    for (name, path, offset) in list {
-                        tail.follow(&name, &path, offset);
-                    }
-                    width = tail.names().map(String::len).max().unwrap_or(0);
-                }
-                // Buffered: one write per chunk of lines, not one per line.
+            // Buffered: one write per chunk of lines, not one per line.
+            let mut print = |tail: &mut crate::tail::LogTail, width: usize| {
                 let mut out =
                     std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
                 let _ = tail.read_new(&mut |name, line| {
@@ -1397,6 +1397,27 @@ impl LogPrinter {
                     out.write_all(b"\n")
                 });
                 let _ = out.flush();
+            };
+            while let Ok(first) = rx.recv() {
+                // What queued up meanwhile (a loud service's writes: one change each) is one
+                // read; the files' lines so far go out before a file followed is replaced, and
+                // a flush is answered after the read.
+                let mut flush = false;
+                let queued = std::iter::from_fn(|| rx.try_recv().ok());
+                for msg in std::iter::once(first).chain(queued) {
+                    match msg {
+                        TailMsg::Changed => {}
+                        TailMsg::Flush => flush = true,
+                        TailMsg::Follow(list) => {
+                            print(&mut tail, width);
+                            for (name, path, offset) in list {
+                                tail.follow(&name, &path, offset);
+                            }
+                            width = tail.names().map(String::len).max().unwrap_or(0);
+                        }
+                    }
+                }
+                print(&mut tail, width);
                 if flush {
                     let _ = done_tx.send(());
                 }
