@@ -845,18 +845,15 @@ pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
 fn send_stop_signal(r: &StopRequest, table: &mut Option<ProcessTable>) -> bool {
     let id = &r.identity;
     // A leader that runs (and is not ours: `leads_group` refuses as `refusal` does) holds
-    // its PGID: its SIGCONT follows at once, with no second look.
-    if id.leads_group() {
-        let pgid = Pid::from_raw(id.pgid);
-        let sent = killpg(pgid, r.signal).is_ok();
-        if sent && r.signal != Signal::SIGCONT {
-            let _ = killpg(pgid, Signal::SIGCONT);
-        }
-        return sent;
-    }
-    let sent = signal_group_fast(id, r.signal, table);
+    // its PGID: both signals go to it with no second look.
+    let leader = id.leads_group().then(|| Pid::from_raw(id.pgid));
+    let mut send = |signal| match leader {
+        Some(pgid) => killpg(pgid, signal).is_ok(),
+        None => signal_group_fast(id, signal, table),
+    };
+    let sent = send(r.signal);
     if sent && r.signal != Signal::SIGCONT {
-        signal_group_fast(id, Signal::SIGCONT, table);
+        send(Signal::SIGCONT);
     }
     sent
 }
