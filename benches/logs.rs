@@ -17,6 +17,11 @@
 //!    `LOGS_MAX_SIZE_MB`) every rotated
 //!    file is kept, so the bench counts the lines found across `w.log.N … w.log`: lines lost at
 //!    rotation (0 expected where the file system punches holes), and the live file's blocks.
+//!    The foreground `up` also rotates (its thread `log-rotation`): every byte that reaches
+//!    `.1` is copied there once, a cost `cat` does not have. So its CPU is also split: that
+//!    thread's against a second floor, `copy_file_range` of the same number of bytes between
+//!    two files of the same file system (this process, `RUSAGE_THREAD`), and the rest (the
+//!    following) against `cat`.
 //! 4. **`logs -n 10`** of a `LOGS_MB` MB log against `tail -n 10` of the same file: median wall
 //!    time of `LOGS_ROUNDS` runs and peak RSS.
 //!
@@ -62,16 +67,20 @@ fn main() {
     println!("logs bench: {mb} MB ({lines} lines of {LINE} bytes) at {rate} MB/s");
 
     let work = tempfile::tempdir().expect("tempdir");
-    let floor = cat_floor(work.path(), lines);
+    let (floor, copy) = floors(work.path(), lines);
     println!(
         "floor  cat into a pipe:   cpu {:>7.3} s   peak rss {:>6.1} MiB",
         floor.cpu, floor.rss_mib
     );
+    println!(
+        "floor  copy_file_range:   cpu {:>7.3} s per 100 MB (file to file, in the page cache)",
+        copy * 1e8
+    );
 
     let fg = follow_run(work.path(), "fg", lines, rate, max_mb, Mode::Foreground);
-    report("up (foreground)", &fg, &floor);
+    report("up (foreground)", &fg, &floor, copy);
     let lf = follow_run(work.path(), "lf", lines, rate, max_mb, Mode::LogsFollow);
-    report("logs -f", &lf, &floor);
+    report("logs -f", &lf, &floor, copy);
 
     tail_run(work.path(), lines, rounds);
 }
@@ -130,6 +139,9 @@ struct Figures {
     notices: usize,
     lost_at_rotation: Option<usize>,
     live_blocks: Option<u64>,
+    /// The CPU of the follower's `log-rotation` thread (foreground `up`) and the bytes the
+    /// rotation moved to `.N`.
+    rotation: Option<(f64, u64)>,
 }
 
 fn children_cpu() -> f64 {
@@ -138,9 +150,51 @@ fn children_cpu() -> f64 {
     t(u.user_time()) + t(u.system_time())
 }
 
-fn cat_floor(dir: &Path, lines: usize) -> Figures {
+/// The floors: `cat` of a file of `lines` lines (its figures), and the CPU per byte of copying
+/// that file to another one with `copy_file_range` (the rotation's copy).
+fn floors(dir: &Path, lines: usize) -> (Figures, f64) {
     let file = dir.join("floor.log");
     append_numbered(&file, lines);
+    let cat = cat_floor(&file, lines);
+    let copy = copy_floor(&file);
+    let _ = std::fs::remove_file(&file);
+    (cat, copy)
+}
+
+/// The median CPU per byte of three in-kernel copies of `file` into a new file beside it.
+fn copy_floor(file: &Path) -> f64 {
+    use std::os::fd::AsFd;
+    let thread_cpu = || {
+        let u = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    };
+    let src = std::fs::File::open(file).expect("open");
+    let len = src.metadata().expect("metadata").len() as usize;
+    let copy = file.with_extension("copy");
+    let mut cpus = Vec::new();
+    for _ in 0..3 {
+        let out = std::fs::File::create(&copy).expect("create");
+        let before = thread_cpu();
+        let mut off = 0i64;
+        let mut left = len;
+        while left > 0 {
+            match nix::fcntl::copy_file_range(src.as_fd(), Some(&mut off), out.as_fd(), None, left)
+            {
+                Ok(0) => break,
+                Ok(n) => left -= n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => panic!("copy_file_range: {e}"),
+            }
+        }
+        cpus.push((thread_cpu() - before) / len.max(1) as f64);
+        let _ = std::fs::remove_file(&copy);
+    }
+    cpus.sort_by(f64::total_cmp);
+    cpus[1]
+}
+
+fn cat_floor(file: &Path, lines: usize) -> Figures {
     // The median of three: one `cat` of a file written a moment ago took 0.1 s of CPU in one
     // run and 0.47 s in the next on the machine measured.
     let mut cpus = Vec::new();
@@ -148,7 +202,7 @@ fn cat_floor(dir: &Path, lines: usize) -> Figures {
     for _ in 0..3 {
         let before = children_cpu();
         let mut cat = Command::new("cat")
-            .arg(&file)
+            .arg(file)
             .stdout(Stdio::piped())
             .spawn()
             .expect("cat");
@@ -169,7 +223,6 @@ fn cat_floor(dir: &Path, lines: usize) -> Figures {
         .expect("getrusage")
         .max_rss() as f64
         / 1024.0;
-    let _ = std::fs::remove_file(&file);
     Figures {
         cpu,
         rss_mib: rss,
@@ -178,6 +231,7 @@ fn cat_floor(dir: &Path, lines: usize) -> Figures {
         notices: 0,
         lost_at_rotation: None,
         live_blocks: None,
+        rotation: None,
     }
 }
 
@@ -232,7 +286,28 @@ enum Mode {
 }
 
 fn cpu_of(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// The CPU of the threads of `pid` named `name`.
+fn threads_cpu(pid: i32, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.split_once('(')
+                .and_then(|(_, r)| r.rsplit_once(')'))
+                .is_some_and(|(comm, _)| comm == name)
+        })
+        .map(|stat| stat_cpu(&stat))
+        .sum()
+}
+
+/// utime + stime of a `/proc/…/stat` line, in seconds.
+fn stat_cpu(stat: &str) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
@@ -336,9 +411,11 @@ fn follow_run(
     let stdout = follower.0.stdout.take().expect("piped");
     // Started: the follower's own process is up; the burst begins now.
     let cpu_before = cpu_of(pid);
+    let rotation_before = threads_cpu(pid, "log-rotation");
     std::fs::write(&go, "").expect("go");
     let check = check_lines(stdout, lines, prefix);
     let cpu = cpu_of(pid) - cpu_before;
+    let rotation_cpu = threads_cpu(pid, "log-rotation") - rotation_before;
     let rss = peak_rss_mib(pid);
     let log = state.join(name).join("logs").join("w.log");
     // Stop: Ctrl-C for the foreground, `down` for the detached project.
@@ -356,6 +433,10 @@ fn follow_run(
     // (its lines copied to `.1` after `.1` was read, then released from the live file before
     // the live file was) hid one rotation's lines from the count, not from the files.
     let lost = lost_at_rotation(&log, lines);
+    let rotated: u64 = (1..100)
+        .filter_map(|n| std::fs::metadata(format!("{}.{n}", log.display())).ok())
+        .map(|m| m.len())
+        .sum();
     let blocks = std::fs::metadata(&log)
         .ok()
         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
@@ -368,6 +449,7 @@ fn follow_run(
         notices: check.notices,
         lost_at_rotation: Some(lost),
         live_blocks: blocks,
+        rotation: (mode == Mode::Foreground).then_some((rotation_cpu, rotated)),
     }
 }
 
@@ -407,7 +489,8 @@ fn lost_at_rotation(log: &Path, lines: usize) -> usize {
     seen[1..].iter().filter(|s| !**s).count()
 }
 
-fn report(what: &str, f: &Figures, floor: &Figures) {
+/// `copy`: the copy floor's CPU per byte.
+fn report(what: &str, f: &Figures, floor: &Figures, copy: f64) {
     println!(
         "{what:<22} cpu {:>7.3} s ({:.2}× cat)   peak rss {:>6.1} MiB   shown {} lines, in order: {}, lapped notices: {}",
         f.cpu,
@@ -422,6 +505,17 @@ fn report(what: &str, f: &Figures, floor: &Figures) {
             "{:<22} rotation: {lost} lines lost across the rotated files; live file uses {:.1} MiB on disk",
             "",
             blocks as f64 / 1048576.0
+        );
+    }
+    if let Some((rotation, moved)) = f.rotation {
+        let copy_floor = copy * moved as f64;
+        println!(
+            "{:<22} of its cpu: rotation thread {rotation:.3} s for {:.0} MB moved ({:.2}× their copy, {copy_floor:.3} s); the rest (following) {:.3} s ({:.2}× cat)",
+            "",
+            moved as f64 / 1e6,
+            rotation / copy_floor.max(1e-3),
+            f.cpu - rotation,
+            (f.cpu - rotation) / floor.cpu.max(1e-3),
         );
     }
     assert!(

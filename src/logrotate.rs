@@ -202,14 +202,21 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
 }
 
 /// Moves `.1` → `.2` → … making room for a new `.1`; the oldest beyond `max_files - 1`
-/// rotated files is removed.
+/// rotated files is removed. Only the files that exist are moved: the first number missing
+/// ends the run of renames (whatever lies beyond a gap is older still, and stays), so a
+/// rotation costs what it keeps, not `max_files` renames.
 fn shift(path: &Path, max_files: u32) {
     let kept = max_files.saturating_sub(1);
     if kept == 0 {
         return;
     }
-    let _ = std::fs::remove_file(numbered(path, kept));
-    for n in (1..kept).rev() {
+    let gap = (1..kept)
+        .find(|&n| std::fs::symlink_metadata(numbered(path, n)).is_err())
+        .unwrap_or(kept);
+    if gap == kept {
+        let _ = std::fs::remove_file(numbered(path, kept));
+    }
+    for n in (1..gap).rev() {
         let _ = std::fs::rename(numbered(path, n), numbered(path, n + 1));
     }
 }
@@ -400,7 +407,7 @@ impl Rotator {
                 .ok()
                 .map(|_| w)
         });
-        std::thread::spawn(move || {
+        let rotating = move || {
             let mut last: BTreeMap<PathBuf, Instant> = BTreeMap::new();
             let mut due: BTreeMap<PathBuf, Instant> = BTreeMap::new();
             loop {
@@ -434,7 +441,14 @@ impl Rotator {
                     check(&p, &mut last, now);
                 }
             }
-        });
+        };
+        // Named, so that `ps -T` and a profile tell its CPU from the printing's.
+        if let Err(e) = std::thread::Builder::new()
+            .name("log-rotation".into())
+            .spawn(rotating)
+        {
+            tracing::warn!("logs are rotated only at restarts: no rotation thread: {e}");
+        }
         Rotator { _watcher: watcher }
     }
 }
@@ -544,6 +558,28 @@ mod tests {
         assert!(numbered(&log, 1).exists());
         assert!(numbered(&log, 2).exists());
         assert!(!numbered(&log, 3).exists());
+    }
+
+    #[test]
+    fn shifting_moves_the_files_there_are_newest_first_and_keeps_max_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        let put = |n: u32, text: &str| std::fs::write(numbered(&log, n), text).unwrap();
+        let got = |n: u32| std::fs::read_to_string(numbered(&log, n)).ok();
+        // A gap at `.2`: `.1` moves into it, the older `.3` beyond it stays.
+        put(1, "newest");
+        put(3, "oldest");
+        shift(&log, 4);
+        assert_eq!(got(1), None);
+        assert_eq!(got(2).as_deref(), Some("newest"));
+        assert_eq!(got(3).as_deref(), Some("oldest"));
+        // No gap: the oldest kept file goes, each other moves up one.
+        put(1, "new");
+        shift(&log, 4);
+        assert_eq!(got(1), None);
+        assert_eq!(got(2).as_deref(), Some("new"));
+        assert_eq!(got(3).as_deref(), Some("newest"));
+        assert_eq!(got(4), None);
     }
 
     #[test]
