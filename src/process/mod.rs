@@ -312,14 +312,20 @@ pub fn stop_groups_with(
     requests: &[StopRequest],
     progress: &mut dyn FnMut(&StopOutcome),
 ) -> Vec<StopOutcome> {
-    stop_groups_killable(requests, progress, &|| false)
+    stop_groups_killable(
+        requests,
+        &mut |ended| ended.iter().for_each(|o| progress(o)),
+        &|| false,
+    )
 }
 
 /// As `stop_groups_with`; `kill()` true escalates every request still in progress to SIGKILL
-/// now (the supervisor's per-stop kill switch: its machine's grace timer fired).
+/// now (the supervisor's per-stop kill switch: its machine's grace timer fired). `progress`
+/// hears the requests done in one look together (one call per look, not per request: a
+/// thread handed each one at a time is woken, and runs ahead of this one, once per request).
 pub fn stop_groups_killable(
     requests: &[StopRequest],
-    progress: &mut dyn FnMut(&StopOutcome),
+    progress: &mut dyn FnMut(&[&StopOutcome]),
     kill: &dyn Fn() -> bool,
 ) -> Vec<StopOutcome> {
     let start = Instant::now();
@@ -480,8 +486,8 @@ pub fn stop_groups_killable(
             }
             true
         });
-        for i in done {
-            progress(&outcomes[i]);
+        if !done.is_empty() {
+            progress(&done.iter().map(|&i| &outcomes[i]).collect::<Vec<_>>());
         }
         if pending.is_empty() && phase2.is_empty() {
             break;
@@ -490,10 +496,9 @@ pub fn stop_groups_killable(
         wait_exits(&mut exits, pause);
         pause = (pause * 2).min(Duration::from_millis(25));
     }
-    for (i, o) in outcomes.iter().enumerate() {
-        if o.refused.is_some() {
-            progress(&outcomes[i]);
-        }
+    let refused: Vec<&StopOutcome> = outcomes.iter().filter(|o| o.refused.is_some()).collect();
+    if !refused.is_empty() {
+        progress(&refused);
     }
     tracing::debug!(took = ?start.elapsed(), "stop: every group empty");
     // Whatever escaped while the groups were being stopped — unless the last look, made once
@@ -1162,10 +1167,12 @@ static REAPED: Mutex<BTreeMap<i32, ExitKind>> = Mutex::new(BTreeMap::new());
 /// Collects every child that has ended (services, and orphans adopted as a subreaper), so no
 /// zombie stays behind; the statuses are kept for `take_exit`.
 pub fn reap_children() {
+    // The lock is held across each wait and its record: a `take_exit` that finds the zombie
+    // gone finds its status kept (never the moment between the two). And across the whole
+    // round, not taken again per child: a stop's thread waiting on it was woken (and switched
+    // to, and back from) once per child a `down` of 100 reaped.
+    let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        // The lock is held across the wait and the record: a `take_exit` that finds the
-        // zombie gone finds its status kept (never the moment between the two).
-        let mut map = REAPED.lock().unwrap_or_else(|e| e.into_inner());
         let (pid, kind) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitKind::Code(code)),
             Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitKind::Signal(sig)),
@@ -1615,6 +1622,29 @@ mod tests {
             unmarked.is_empty(),
             "read the stat of unmarked processes (a snapshot): {unmarked:?}"
         );
+    }
+
+    /// The groups one look finds ended are heard in one call: the supervisor hands each call
+    /// to another thread, which (woken once per call) ran ahead of the stop once per group.
+    #[test]
+    fn the_groups_one_look_finds_ended_are_heard_together() {
+        let started: Vec<(Groups, ProcessIdentity)> =
+            (0..3).map(|_| service_sleep("together")).collect();
+        for (_, id) in &started {
+            kill(Pid::from_raw(id.pid), Signal::SIGKILL).expect("kill");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (_, id) in &started {
+            while !proc_info(id.pid).is_ok_and(|i| i.zombie) {
+                assert!(Instant::now() < deadline, "never a zombie");
+                std::thread::yield_now();
+            }
+        }
+        let requests: Vec<StopRequest> = started.iter().map(|(_, id)| term(id.clone())).collect();
+        let mut calls = Vec::new();
+        let out = stop_groups_killable(&requests, &mut |ended| calls.push(ended.len()), &|| false);
+        assert_eq!(calls, vec![3], "calls to progress, by size");
+        assert!(out.iter().all(|o| o.survivors.is_empty()), "{out:?}");
     }
 
     /// A stop as the supervisor makes it (a subreaper, its services its own children) whose

@@ -389,7 +389,7 @@ enum Input {
     Event(Event),
     /// One group of a stop watch ended (before the watch's `Event::StopDone`): what a
     /// shutdown says as it happens (`oneshot::watch_stops`); the loop has no use for it.
-    StopEnded(process::StopOutcome),
+    StopEnded(Vec<process::StopOutcome>),
     /// SIGCHLD: reap, keep the statuses.
     ChildExited,
     Control(Work, Client),
@@ -638,8 +638,9 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
 /// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own (a kept one,
 /// [`workers`]): deepest level first, each level at once (its signal, SIGKILL after its grace
 /// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`,
-/// and with `each`, every group's as it ends (`Input::StopEnded`). The loop has no use for
-/// the latter: a `restart` of 500 would wake it 500 more times.
+/// and with `each`, the groups' as they end (`Input::StopEnded`, those found ended by one
+/// look together). The loop has no use for the latter: a `restart` of 500 would wake it up
+/// to 500 more times.
 fn spawn_stop(
     tx: &UnboundedSender<Input>,
     id: u64,
@@ -668,9 +669,9 @@ fn spawn_stop(
                 r.timeout = r.timeout.saturating_add(GRACE_BACKSTOP);
             }
             let kill = || switch.load(Ordering::SeqCst) > level;
-            let mut ended = |o: &process::StopOutcome| {
+            let mut ended = |o: &[&process::StopOutcome]| {
                 if each {
-                    let _ = tx.send(Input::StopEnded(o.clone()));
+                    let _ = tx.send(Input::StopEnded(o.iter().map(|&o| o.clone()).collect()));
                 }
             };
             outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));

@@ -411,12 +411,12 @@ fn watch_stops(
         // The groups that ended meanwhile are said together: one write to each place they are
         // said (said one by one, they fell behind the exits).
         if let Some(Some(Input::StopEnded(first))) = received {
-            let mut ended = vec![first];
+            let mut ended = first;
             // What came after them, handled below.
             let mut after = None;
             while let Ok(input) = rx.try_recv() {
                 match input {
-                    Input::StopEnded(o) => ended.push(o),
+                    Input::StopEnded(o) => ended.extend(o),
                     other => {
                         after = Some(other);
                         break;
