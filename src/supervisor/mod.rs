@@ -387,8 +387,9 @@ impl Shell<'_> {
 /// What reaches the shell.
 enum Input {
     Event(Event),
-    /// One group of a stop watch ended (before the watch's `Event::StopDone`): what a
-    /// shutdown says as it happens (`oneshot::watch_stops`); the loop has no use for it.
+    /// Groups of a stop watch ended, those one look found (before the watch's
+    /// `Event::StopDone`): what a shutdown says as it happens (`oneshot::watch_stops`); the
+    /// loop has no use for it.
     StopEnded(Vec<process::StopOutcome>),
     /// SIGCHLD: reap, keep the statuses.
     ChildExited,
