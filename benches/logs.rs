@@ -144,10 +144,15 @@ struct Figures {
     rotation: Option<(f64, u64)>,
 }
 
-fn children_cpu() -> f64 {
-    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+/// User + system CPU of `who`, in seconds.
+fn cpu_secs(who: UsageWho) -> f64 {
+    let u = getrusage(who).expect("getrusage");
     let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
     t(u.user_time()) + t(u.system_time())
+}
+
+fn children_cpu() -> f64 {
+    cpu_secs(UsageWho::RUSAGE_CHILDREN)
 }
 
 /// The floors: `cat` of a file of `lines` lines (its figures), and the CPU per byte of copying
@@ -164,18 +169,13 @@ fn floors(dir: &Path, lines: usize) -> (Figures, f64) {
 /// The median CPU per byte of three in-kernel copies of `file` into a new file beside it.
 fn copy_floor(file: &Path) -> f64 {
     use std::os::fd::AsFd;
-    let thread_cpu = || {
-        let u = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
-        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
-    };
     let src = std::fs::File::open(file).expect("open");
     let len = src.metadata().expect("metadata").len() as usize;
     let copy = file.with_extension("copy");
     let mut cpus = Vec::new();
     for _ in 0..3 {
         let out = std::fs::File::create(&copy).expect("create");
-        let before = thread_cpu();
+        let before = cpu_secs(UsageWho::RUSAGE_THREAD);
         let mut off = 0i64;
         let mut left = len;
         while left > 0 {
@@ -187,7 +187,7 @@ fn copy_floor(file: &Path) -> f64 {
                 Err(e) => panic!("copy_file_range: {e}"),
             }
         }
-        cpus.push((thread_cpu() - before) / len.max(1) as f64);
+        cpus.push((cpu_secs(UsageWho::RUSAGE_THREAD) - before) / len.max(1) as f64);
         let _ = std::fs::remove_file(&copy);
     }
     cpus.sort_by(f64::total_cmp);

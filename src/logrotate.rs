@@ -396,7 +396,7 @@ impl Rotator {
                 return;
             }
             for p in ev.paths {
-                if p.extension().is_some_and(|e| e == "log") {
+                if crate::tail::is_live_log(&p) {
                     let _ = tx.send(p);
                 }
             }

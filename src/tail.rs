@@ -184,6 +184,12 @@ fn read_turn(
     Ok(more)
 }
 
+/// Whether `path` is a service's live log (`<name>.log`), not a rotated copy (`.log.1`, …),
+/// which the rotation writes in chunks, each a file event, and which nothing follows.
+pub fn is_live_log(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "log")
+}
+
 /// The zeroes a released block left before the first line kept in it are not output.
 pub fn skip_zeros(line: &[u8]) -> &[u8] {
     match line.iter().position(|b| *b != 0) {

@@ -333,11 +333,8 @@ pub fn stop_groups_killable(
     let mut outcomes: Vec<StopOutcome> = requests
         .iter()
         .map(|r| StopOutcome {
-            name: r.name.clone(),
-            killed: false,
-            survivors: vec![],
             refused: r.identity.refusal(),
-            escaped: vec![],
+            ..StopOutcome::ended(&r.name)
         })
         .collect();
     // After the stop, what left the groups meanwhile is looked for among this process's own

@@ -1369,15 +1369,11 @@ impl LogPrinter {
             use notify::Watcher;
             let _watcher = logs_dir.and_then(|dir| {
                 let _ = std::fs::create_dir_all(&dir);
-                // A service's own log (`<name>.log`) changed: the rotation's copies (`.log.1`, …)
-                // are written in chunks, each an event, and are not followed.
                 let mut w =
                     notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                         if res.is_ok_and(|e| {
                             !matches!(e.kind, notify::EventKind::Access(_))
-                                && e.paths
-                                    .iter()
-                                    .any(|p| p.extension().is_some_and(|x| x == "log"))
+                                && e.paths.iter().any(|p| crate::tail::is_live_log(p))
                         }) {
                             let _ = fs_tx.send(TailMsg::Changed);
                         }
