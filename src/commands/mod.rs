@@ -77,9 +77,23 @@ pub fn main() -> ExitCode {
         // edge hook: the one exit-code mapping (crate::error).
         return crate::error::report(&anyhow::anyhow!("{e}"), ctx.stderr_color());
     }
+    if !runs_until_stopped(&cli.command) {
+        crate::os::alloc::keep_freed_memory();
+    }
     match run(&ctx, cli.command) {
         Ok(code) => code,
         Err(e) => crate::error::report(&e, ctx.stderr_color()),
+    }
+}
+
+/// Whether `command` runs until it is stopped (a supervisor, a foreground `up`, `logs -f`)
+/// rather than ending once it has answered.
+fn runs_until_stopped(command: &Command) -> bool {
+    match command {
+        Command::Up(args) => !args.detach,
+        Command::Supervise(_) => true,
+        Command::Logs { follow, .. } => *follow,
+        _ => false,
     }
 }
 

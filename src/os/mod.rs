@@ -10,6 +10,7 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 
+pub mod alloc;
 pub mod spawn_cache;
 
 #[cfg(not(target_os = "linux"))]

@@ -368,6 +368,10 @@ impl Shell<'_> {
         }
         let mut reporter = self.reporter(clients);
         reporter.shutting_down = matches!(work, Work::Shutdown { .. });
+        if reporter.shutting_down {
+            // The loop ends after this pass (`Machine::stopping`).
+            crate::os::alloc::keep_freed_memory();
+        }
         let ctx = self.ctx.clone();
         let mut settings = self.settings.clone();
         settings.probed = probed;
