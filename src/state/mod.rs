@@ -747,8 +747,16 @@ impl StateStore {
         }
         // The journal of the new generation. Until it is in place the old one names another
         // generation and is ignored; if it cannot be written, the next save writes a snapshot.
+        // Its replaced version is held across the rename as the state's is: a journal that
+        // ran out of room is the size of a state or more (a `down` of 500 services waited
+        // 0.8 ms in this rename while ext4 freed the old one's blocks).
         let header = journal::header(&generation);
-        let journal = match write_private_unsynced(journal_path, &header) {
+        let replaced = retired::hold(journal_path);
+        let written = write_private_unsynced(journal_path, &header);
+        if let Some(old) = replaced {
+            retired::retire(old);
+        }
+        let journal = match written {
             Ok(()) => match FileId::of_link(journal_path) {
                 Some(id) => last::Seen::Its(last::Journal {
                     id,
@@ -1524,13 +1532,13 @@ mod tests {
             assert_eq!(appends() - appended, n + 1, "after {e:?}");
         }
         assert_eq!(snapshots(), written, "no snapshot written again");
-        // A snapshot (this process no longer knows the files): the version it replaced was
-        // held across the rename, to be let go later.
+        // A snapshot (this process no longer knows the files): the versions it replaced (the
+        // state and its journal) were held across their renames, to be let go later.
         last::forget(&store.state_path());
         apply(&mut state, &Edit::Status(0));
         store.save(&lock, &state).unwrap();
         assert_eq!(snapshots(), written + 1);
-        assert_eq!(retired(), 1);
+        assert_eq!(retired(), 2);
         assert_eq!(from_disk(&store), state);
     }
 
