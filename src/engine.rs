@@ -165,6 +165,13 @@ pub trait Reporter {
     /// `limit`; the next `event` for the service ends it. Plain output shows nothing: the
     /// outcome line follows.
     fn waiting(&mut self, _service: &str, _what: &str, _limit: Option<Duration>) {}
+    /// The same wait beginning for several services at once (a level's stops): as many
+    /// [`Reporter::waiting`]s, which a reporter may write at once.
+    fn waitings(&mut self, what: &str, waits: &[(&str, Option<Duration>)]) {
+        for (service, limit) in waits {
+            self.waiting(service, what, *limit);
+        }
+    }
 }
 
 /// Plain lines on stderr (`api  started (pid 123): new service`).
@@ -699,9 +706,11 @@ impl<'a> Engine<'a> {
             if !requests.is_empty() {
                 self.save()?; // intent: these are being stopped
             }
-            for r in &requests {
-                self.reporter.waiting(&r.name, "stopping", Some(r.timeout));
-            }
+            let waits: Vec<(&str, Option<Duration>)> = requests
+                .iter()
+                .map(|r| (r.name.as_str(), Some(r.timeout)))
+                .collect();
+            self.reporter.waitings("stopping", &waits);
             let stopped_here = try_quick && self.processes.stop_quickly(&mut requests, QUICK_STOP);
             if try_quick && !stopped_here {
                 own(&requests);

@@ -377,6 +377,10 @@ impl Reporter for SaidOnce<'_> {
     fn waiting(&mut self, service: &str, what: &str, limit: Option<std::time::Duration>) {
         self.inner.waiting(service, what, limit);
     }
+
+    fn waitings(&mut self, what: &str, waits: &[(&str, Option<std::time::Duration>)]) {
+        self.inner.waitings(what, waits);
+    }
 }
 
 /// Watches `stops` as the loop does (`spawn_stop`: deepest level first), killing each level
