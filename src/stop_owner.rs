@@ -17,7 +17,7 @@
 //! (Creating a lock file per service on the first stop of each costs two inodes per service
 //! — half a millisecond each on some file systems — in the middle of `down`.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -130,6 +130,60 @@ pub fn ours(store: &StateStore, service: &str) -> bool {
 /// other than this one does (`pid 12 (mirrord-up stop slow)`); `None` when it is free or ours.
 pub fn owner_elsewhere(store: &StateStore, service: &str) -> Option<String> {
     holder_elsewhere(&lock_path(store, service)).or_else(|| holder_elsewhere(&all_path(store)))
+}
+
+/// [`owner_elsewhere`] for the services of one pass, which holds the state lock: only passes
+/// take stop locks, so nothing looked at here changes within it but by a holder's death. The
+/// lock of all is looked at once, and the services' directories are listed once: a service
+/// without one has no stop lock of its own to look for (a `down` of 500 services looked for
+/// 500 stop locks, a path lookup each, in the pass that recorded its stops: 4 ms).
+pub struct Owners<'s> {
+    store: &'s StateStore,
+    all: Option<Option<String>>,
+    /// The names in `services/` (`None`: not listed yet; `Some(None)`: could not be listed,
+    /// every service's lock is looked for).
+    dirs: Option<Option<BTreeSet<std::ffi::OsString>>>,
+}
+
+impl<'s> Owners<'s> {
+    pub fn new(store: &'s StateStore) -> Self {
+        Owners {
+            store,
+            all: None,
+            dirs: None,
+        }
+    }
+
+    /// As [`owner_elsewhere`].
+    pub fn of(&mut self, service: &str) -> Option<String> {
+        let own = lock_path(self.store, service);
+        let store = self.store;
+        let may_exist = match self.dirs.get_or_insert_with(|| service_dirs(store)) {
+            Some(dirs) => own
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| dirs.contains(n)),
+            None => true,
+        };
+        may_exist
+            .then(|| holder_elsewhere(&own))
+            .flatten()
+            .or_else(|| {
+                self.all
+                    .get_or_insert_with(|| holder_elsewhere(&all_path(store)))
+                    .clone()
+            })
+    }
+}
+
+/// The names in the directory of the services' directories (`StateStore::service_dir`); none
+/// if there is none yet.
+fn service_dirs(store: &StateStore) -> Option<BTreeSet<std::ffi::OsString>> {
+    match std::fs::read_dir(store.dir.join("services")) {
+        Ok(entries) => Some(entries.filter_map(|e| Some(e.ok()?.file_name())).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(BTreeSet::new()),
+        Err(_) => None,
+    }
 }
 
 /// Who holds the lock file `path`, when a live process other than this one does.
@@ -274,6 +328,32 @@ mod tests {
         f.unlock().unwrap();
         assert!(owner_elsewhere(&store, "a").is_none());
         assert!(wait_released(&store, &names, Duration::from_secs(30)).is_empty());
+    }
+
+    /// One pass looks at the lock of all once and lists the services' directories once: what
+    /// the first look found is what the last service is told (within a pass, under the state
+    /// lock, nothing but a holder's death changes it); a new pass looks again.
+    #[test]
+    fn a_pass_looks_once_at_the_locks_it_may_need() {
+        let (_d, store) = store();
+        let all = open_in_checked_dir(&all_path(&store), Access::ReadWrite).unwrap();
+        all.lock().unwrap();
+        (&all).write_all(b"pid 1 (mirrord-up down)").unwrap();
+        let own = open_in_checked_dir(&lock_path(&store, "b"), Access::ReadWrite).unwrap();
+        own.lock().unwrap();
+        (&own).write_all(b"pid 2 (mirrord-up stop b)").unwrap();
+        let mut owners = Owners::new(&store);
+        assert_eq!(owners.of("a").as_deref(), Some("pid 1 (mirrord-up down)"));
+        assert_eq!(owners.of("b").as_deref(), Some("pid 2 (mirrord-up stop b)"));
+        all.unlock().unwrap();
+        // A lock of its own taken after the pass listed the directories: not this pass's.
+        let late = open_in_checked_dir(&lock_path(&store, "c"), Access::ReadWrite).unwrap();
+        late.lock().unwrap();
+        assert_eq!(owners.of("c").as_deref(), Some("pid 1 (mirrord-up down)"));
+        let mut next = Owners::new(&store);
+        assert!(next.of("a").is_none(), "the lock of all is free now");
+        assert!(next.of("c").is_some(), "a new pass sees the late lock");
+        assert_eq!(next.of("b").as_deref(), Some("pid 2 (mirrord-up stop b)"));
     }
 
     /// Held by another open file (another process), the lock is someone else's: not taken,

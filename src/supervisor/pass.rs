@@ -899,13 +899,14 @@ fn owned_elsewhere(
     if matches!(work, Work::Shutdown { .. }) {
         return BTreeMap::new();
     }
+    let mut owners = crate::stop_owner::Owners::new(store);
     state
         .records(RecordKind::Service)
         .filter(|(n, r)| {
             r.status == Status::Stopping && r.process.is_some() && !settings.stopping.contains(*n)
         })
         .filter_map(|(n, r)| {
-            let holder = crate::stop_owner::owner_elsewhere(store, n)?;
+            let holder = owners.of(n)?;
             Some((
                 n.clone(),
                 OwnedStop {
