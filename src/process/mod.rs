@@ -329,6 +329,7 @@ pub fn stop_groups_killable(
     kill: &dyn Fn() -> bool,
 ) -> Vec<StopOutcome> {
     let start = Instant::now();
+    let _running = StopRunning::begin();
     let mut table: Option<ProcessTable> = None;
     let mut outcomes: Vec<StopOutcome> = requests
         .iter()
@@ -1161,9 +1162,47 @@ pub enum ExitKind {
 /// Exit statuses collected by `reap_children`, by PID, until someone asks for them.
 static REAPED: Mutex<BTreeMap<i32, ExitKind>> = Mutex::new(BTreeMap::new());
 
+/// Stops in progress ([`stop_groups_killable`]), and whether [`reap_children`] left a round to
+/// them. A stop collects the leaders it waits for itself (`collect`, each as it ends); the
+/// reaper, which holds its lock for a whole round, leaves its rounds to the stop meanwhile and
+/// runs the last one when the stop is over. In a `down` of 500 services the dying services
+/// kept the loop's main thread, preempted inside its round, off the CPU for 27 ms, and the
+/// stop's thread waited for the lock 16 ms of them.
+static STOPS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+static REAP_OWED: AtomicBool = AtomicBool::new(false);
+
+/// Held while a stop runs: see [`STOPS_RUNNING`].
+struct StopRunning;
+
+impl StopRunning {
+    fn begin() -> Self {
+        STOPS_RUNNING.fetch_add(1, Ordering::SeqCst);
+        StopRunning
+    }
+}
+
+impl Drop for StopRunning {
+    fn drop(&mut self) {
+        if STOPS_RUNNING.fetch_sub(1, Ordering::SeqCst) == 1
+            && REAP_OWED.swap(false, Ordering::SeqCst)
+        {
+            reap_children();
+        }
+    }
+}
+
 /// Collects every child that has ended (services, and orphans adopted as a subreaper), so no
-/// zombie stays behind; the statuses are kept for `take_exit`.
+/// zombie stays behind; the statuses are kept for `take_exit`. While a stop runs, the round is
+/// left to it (`STOPS_RUNNING`): `take_exit` still collects the child it asks for.
 pub fn reap_children() {
+    if STOPS_RUNNING.load(Ordering::SeqCst) > 0 {
+        REAP_OWED.store(true, Ordering::SeqCst);
+        // A stop that ended meanwhile has run its last round already, or runs it now.
+        if STOPS_RUNNING.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        REAP_OWED.store(false, Ordering::SeqCst);
+    }
     // The lock is held across each wait and its record: a `take_exit` that finds the zombie
     // gone finds its status kept (never the moment between the two). And across the whole
     // round, not taken again per child: a stop's thread waiting on it was woken (and switched
@@ -1643,6 +1682,38 @@ mod tests {
         let out = stop_groups_killable(&requests, &mut |ended| calls.push(ended.len()), &|| false);
         assert_eq!(calls, vec![3], "calls to progress, by size");
         assert!(out.iter().all(|o| o.survivors.is_empty()), "{out:?}");
+    }
+
+    /// While a stop runs, the reaper leaves its rounds to it (the stop collects the leaders it
+    /// waits for): a child that ended stays a zombie; the round owed runs when the stop ends,
+    /// and its status is kept for `take_exit`.
+    #[test]
+    // The child is collected by the round under test and `take_exit`, not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
+    fn the_reaper_leaves_its_rounds_to_a_running_stop() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        let fd = crate::os::pidfd_open(pid).expect("pidfd");
+        // Its end: the pidfd turns readable.
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::from(10_000u16)),
+            Ok(1),
+            "never ended"
+        );
+        let running = StopRunning::begin();
+        reap_children();
+        assert!(
+            proc_info(pid).is_ok_and(|i| i.zombie),
+            "collected while a stop ran"
+        );
+        drop(running);
+        assert_eq!(take_exit(pid), Some(ExitKind::Code(0)));
+        assert!(proc_info(pid).is_err(), "left a zombie");
     }
 
     /// A stop as the supervisor makes it (a subreaper, its services its own children) whose
