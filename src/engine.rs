@@ -879,6 +879,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Vec<String>, StateError> {
         let mut failed = Vec::new();
         let mut launches = Vec::new();
+        let mut lookups = Lookups::default();
         for step in steps {
             let spec: &ServiceSpec = step.spec.as_deref().expect("a start carries its spec");
             // Leftovers of an earlier process of this service (e.g. a grandchild that outlived
@@ -901,7 +902,7 @@ impl<'a> Engine<'a> {
                 );
             }
             let mut notices = Vec::new();
-            let prepared = self.prepare_launch(spec, &mut notices);
+            let prepared = self.prepare_launch(spec, &mut notices, &mut lookups);
             for notice in notices {
                 self.reporter.event(&spec.name, &notice);
             }
@@ -1129,6 +1130,7 @@ impl<'a> Engine<'a> {
         &self,
         spec: &ServiceSpec,
         notices: &mut Vec<String>,
+        lookups: &mut Lookups,
     ) -> Result<SpawnRequest, String> {
         let nonce = process::new_nonce();
         let mut env = BTreeMap::new();
@@ -1136,14 +1138,14 @@ impl<'a> Engine<'a> {
         env.insert(ENV_SERVICE.to_owned(), spec.name.clone());
         env.insert(ENV_STATE.to_owned(), self.store.dir.display().to_string());
         env.insert(ENV_INSTANCE.to_owned(), nonce.clone());
-        find_program(&spec.command[0], &spec.working_dir).ok_or_else(|| {
-            format!(
+        if !lookups.program_found(&spec.command[0], &spec.working_dir) {
+            return Err(format!(
                 "command `{}` not found (working directory {})",
                 spec.command[0],
                 spec.working_dir.display()
-            )
-        })?;
-        if !spec.working_dir.is_dir() {
+            ));
+        }
+        if !lookups.is_dir(&spec.working_dir) {
             return Err(format!(
                 "working directory {} does not exist",
                 spec.working_dir.display()
@@ -1711,6 +1713,32 @@ fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), StateErro
 }
 
 /// `which`, relative to the service's working directory for paths with a slash.
+/// What the launches of one level look up once each: whether a program is found from a working
+/// directory, and whether a working directory exists (a cold `up` of 100 `sleep`s looked both
+/// up for every service: two `stat`s each). The spawns themselves look again
+/// (`os::spawn_cache`).
+#[derive(Default)]
+struct Lookups {
+    programs: BTreeMap<(String, PathBuf), bool>,
+    dirs: BTreeMap<PathBuf, bool>,
+}
+
+impl Lookups {
+    fn program_found(&mut self, program: &str, cwd: &Path) -> bool {
+        *self
+            .programs
+            .entry((program.to_owned(), cwd.to_owned()))
+            .or_insert_with(|| find_program(program, cwd).is_some())
+    }
+
+    fn is_dir(&mut self, dir: &Path) -> bool {
+        *self
+            .dirs
+            .entry(dir.to_owned())
+            .or_insert_with(|| dir.is_dir())
+    }
+}
+
 pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
     if program.contains('/') {
         let p = cwd.join(program);

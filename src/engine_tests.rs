@@ -603,3 +603,26 @@ fn a_supervised_start_saves_its_intent_and_leaves_the_processes_to_the_final_sav
         assert_eq!(rec.process, engine.state.services[name].process);
     }
 }
+
+/// A level looks up each program and working directory once: what its first launch found
+/// holds for the level's other launches; the next level looks again.
+#[test]
+fn a_level_looks_up_a_program_and_a_directory_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().to_owned();
+    let mut level = Lookups::default();
+    assert!(level.is_dir(&cwd));
+    assert!(level.program_found("sh", &cwd));
+    assert!(!level.program_found("./no-such-program", &cwd));
+    std::fs::write(cwd.join("no-such-program"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        cwd.join("no-such-program"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    drop(dir);
+    assert!(level.is_dir(&cwd), "looked up again within the level");
+    assert!(!level.program_found("./no-such-program", &cwd));
+    let mut next = Lookups::default();
+    assert!(!next.is_dir(&cwd), "the next level looks again");
+}
