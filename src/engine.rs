@@ -1712,7 +1712,6 @@ fn write_config(path: &Path, config: &serde_json::Value) -> Result<(), StateErro
     crate::state::write_private_unsynced(path, &text)
 }
 
-/// `which`, relative to the service's working directory for paths with a slash.
 /// What the launches of one level look up once each: whether a program is found from a working
 /// directory, and whether a working directory exists (a cold `up` of 100 `sleep`s looked both
 /// up for every service: two `stat`s each). The spawns themselves look again
@@ -1739,6 +1738,7 @@ impl Lookups {
     }
 }
 
+/// `which`, relative to the service's working directory for paths with a slash.
 pub fn find_program(program: &str, cwd: &Path) -> Option<PathBuf> {
     if program.contains('/') {
         let p = cwd.join(program);

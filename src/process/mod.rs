@@ -1183,25 +1183,40 @@ impl StopRunning {
 
 impl Drop for StopRunning {
     fn drop(&mut self) {
-        if STOPS_RUNNING.fetch_sub(1, Ordering::SeqCst) == 1
-            && REAP_OWED.swap(false, Ordering::SeqCst)
-        {
+        if stop_ended(&STOPS_RUNNING, &REAP_OWED) {
             reap_children();
         }
     }
+}
+
+/// Whether the reaper's round runs now: not while a stop runs (`running`), which is then owed
+/// the round (`owed`).
+fn round_now(running: &AtomicUsize, owed: &AtomicBool) -> bool {
+    if running.load(Ordering::SeqCst) == 0 {
+        return true;
+    }
+    owed.store(true, Ordering::SeqCst);
+    // A stop that ended meanwhile has run the round owed, or runs it now (twice is harmless);
+    // one that still runs will.
+    if running.load(Ordering::SeqCst) > 0 {
+        return false;
+    }
+    owed.store(false, Ordering::SeqCst);
+    true
+}
+
+/// A stop ends: whether the reaper's round is its to run now (it was the last stop running, and
+/// a round was owed).
+fn stop_ended(running: &AtomicUsize, owed: &AtomicBool) -> bool {
+    running.fetch_sub(1, Ordering::SeqCst) == 1 && owed.swap(false, Ordering::SeqCst)
 }
 
 /// Collects every child that has ended (services, and orphans adopted as a subreaper), so no
 /// zombie stays behind; the statuses are kept for `take_exit`. While a stop runs, the round is
 /// left to it (`STOPS_RUNNING`): `take_exit` still collects the child it asks for.
 pub fn reap_children() {
-    if STOPS_RUNNING.load(Ordering::SeqCst) > 0 {
-        REAP_OWED.store(true, Ordering::SeqCst);
-        // A stop that ended meanwhile has run its last round already, or runs it now.
-        if STOPS_RUNNING.load(Ordering::SeqCst) > 0 {
-            return;
-        }
-        REAP_OWED.store(false, Ordering::SeqCst);
+    if !round_now(&STOPS_RUNNING, &REAP_OWED) {
+        return;
     }
     // The lock is held across each wait and its record: a `take_exit` that finds the zombie
     // gone finds its status kept (never the moment between the two). And across the whole
@@ -1684,36 +1699,23 @@ mod tests {
         assert!(out.iter().all(|o| o.survivors.is_empty()), "{out:?}");
     }
 
-    /// While a stop runs, the reaper leaves its rounds to it (the stop collects the leaders it
-    /// waits for): a child that ended stays a zombie; the round owed runs when the stop ends,
-    /// and its status is kept for `take_exit`.
+    /// The reaper's round waits while stops run, and the last stop to end runs it, once.
     #[test]
-    // The child is collected by the round under test and `take_exit`, not by `Child::wait`.
-    #[allow(clippy::zombie_processes)]
-    fn the_reaper_leaves_its_rounds_to_a_running_stop() {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        use std::os::fd::AsFd;
-        let child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id() as i32;
-        let fd = crate::os::pidfd_open(pid).expect("pidfd");
-        // Its end: the pidfd turns readable.
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        assert_eq!(
-            poll(&mut fds, PollTimeout::from(10_000u16)),
-            Ok(1),
-            "never ended"
-        );
-        let running = StopRunning::begin();
-        reap_children();
+    fn the_reapers_round_waits_for_the_stops_that_run() {
+        let (running, owed) = (AtomicUsize::new(0), AtomicBool::new(false));
+        assert!(round_now(&running, &owed), "no stop: at once");
+        assert!(!owed.load(Ordering::SeqCst));
+        running.fetch_add(1, Ordering::SeqCst);
+        running.fetch_add(1, Ordering::SeqCst);
+        assert!(!round_now(&running, &owed), "left to the stops");
+        assert!(!stop_ended(&running, &owed), "another stop still runs");
         assert!(
-            proc_info(pid).is_ok_and(|i| i.zombie),
-            "collected while a stop ran"
+            stop_ended(&running, &owed),
+            "the last stop runs the round owed"
         );
-        drop(running);
-        assert_eq!(take_exit(pid), Some(ExitKind::Code(0)));
-        assert!(proc_info(pid).is_err(), "left a zombie");
+        assert!(!owed.load(Ordering::SeqCst));
+        running.fetch_add(1, Ordering::SeqCst);
+        assert!(!stop_ended(&running, &owed), "no round owed");
     }
 
     /// A stop as the supervisor makes it (a subreaper, its services its own children) whose
