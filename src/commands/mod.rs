@@ -86,12 +86,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Whether `command` runs until it is stopped (a supervisor, a foreground `up`, `logs -f`)
-/// rather than ending once it has answered.
+/// Whether `command` may run until it is stopped (a supervisor, a foreground `up`, `logs -f`,
+/// `events`, the command of `run`) rather than ending once it has answered.
 fn runs_until_stopped(command: &Command) -> bool {
     match command {
         Command::Up(args) => !args.detach,
-        Command::Supervise(_) => true,
+        Command::Supervise(_) | Command::Events { .. } | Command::Run { .. } => true,
         Command::Logs { follow, .. } => *follow,
         _ => false,
     }
