@@ -126,15 +126,9 @@ pub fn ours(store: &StateStore, service: &str) -> bool {
     held().contains_key(&lock_path(store, service))
 }
 
-/// Who holds the stop lock of `service` (its own, else the lock of all), when a live process
-/// other than this one does (`pid 12 (mirrord-up stop slow)`); `None` when it is free or ours.
-pub fn owner_elsewhere(store: &StateStore, service: &str) -> Option<String> {
-    holder_elsewhere(&lock_path(store, service)).or_else(|| holder_elsewhere(&all_path(store)))
-}
-
-/// [`owner_elsewhere`] for the services of one pass, which holds the state lock: only passes
-/// take stop locks, so nothing looked at here changes within it but by a holder's death. The
-/// lock of all is looked at once, and the services' directories are listed once: a service
+/// Who holds the stop locks of the services of one pass (under the state lock: only passes
+/// take stop locks, so nothing looked at here changes within one but by a holder's death).
+/// The lock of all is looked at once, and the services' directories are listed once: a service
 /// without one has no stop lock of its own to look for (a `down` of 500 services looked for
 /// 500 stop locks, a path lookup each, in the pass that recorded its stops: 4 ms).
 pub struct Owners<'s> {
@@ -154,7 +148,9 @@ impl<'s> Owners<'s> {
         }
     }
 
-    /// As [`owner_elsewhere`].
+    /// Who holds the stop lock of `service` (its own, else the lock of all), when a live
+    /// process other than this one does (`pid 12 (mirrord-up stop slow)`); `None` when it is
+    /// free or ours.
     pub fn of(&mut self, service: &str) -> Option<String> {
         let own = lock_path(self.store, service);
         let store = self.store;
@@ -264,6 +260,11 @@ pub fn wait_released(store: &StateStore, services: &[String], limit: Duration) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`Owners::of`] of a pass that asks about one service.
+    fn owner_elsewhere(store: &StateStore, service: &str) -> Option<String> {
+        Owners::new(store).of(service)
+    }
 
     fn store() -> (tempfile::TempDir, StateStore) {
         let dir = tempfile::tempdir().unwrap();
