@@ -494,6 +494,45 @@ impl State {
             .filter(move |(_, r)| r.kind == kind)
             .map(|(n, r)| (n, &**r))
     }
+
+    /// Becomes a copy of `other` (`*self = other.clone()`), keeping what it already shares
+    /// with it: when both record the same names, each name stays and only the records that
+    /// are not the very same are copied (a pointer each). After a save this process's copy of
+    /// the state on disk follows the state it saved: one or two records changed, and a
+    /// copy of every name (at 500 services, 500 allocations, and 500 frees of the old copy)
+    /// was most of the work.
+    pub(crate) fn become_copy_of(&mut self, other: &State) {
+        let State {
+            format_version,
+            project,
+            file,
+            supervisor,
+            last_reload_error,
+            target_cache,
+            journal,
+            services,
+        } = other;
+        self.format_version = *format_version;
+        self.project.clone_from(project);
+        self.file.clone_from(file);
+        self.supervisor.clone_from(supervisor);
+        self.last_reload_error.clone_from(last_reload_error);
+        if self.target_cache != *target_cache {
+            self.target_cache.clone_from(target_cache);
+        }
+        self.journal.clone_from(journal);
+        let same_names =
+            self.services.len() == services.len() && self.services.keys().eq(services.keys());
+        if !same_names {
+            self.services.clone_from(services);
+            return;
+        }
+        for (mine, theirs) in self.services.values_mut().zip(services.values()) {
+            if !SharedRecord::same(mine, theirs) {
+                mine.clone_from(theirs);
+            }
+        }
+    }
 }
 
 /// The state directory of one project.
@@ -679,7 +718,8 @@ impl StateStore {
     /// disk is not written again.
     pub fn save(&self, lock: &StateLock, state: &State) -> Result<()> {
         let path = self.state_path();
-        if last::is_on_disk(&path, state) {
+        let needed = last::needed(&path, state);
+        if let last::Needed::Nothing = needed {
             tracing::debug!("state unchanged, not saved again");
             return Ok(());
         }
@@ -693,7 +733,7 @@ impl StateStore {
             return Err(StateError::TooNew { path, found });
         }
         let journal_path = journal::path_of(&path);
-        if let Some(append) = last::append_line(&path, state) {
+        if let last::Needed::Line(append) = needed {
             let started = std::time::Instant::now();
             match journal::append(&journal_path, append.len, &append.line) {
                 Ok((id, len)) => {
@@ -809,7 +849,7 @@ pub fn view_in<R: serde::de::DeserializeOwned>(dir: &Path) -> Option<View<R>> {
 /// version is a copy of the state (records shared), not a read of the files: the supervisor
 /// reads the state at the start of every pass, and it is what it saved at the end of the last
 /// one. A save of an equal state while the files are that version writes nothing; a save of a
-/// changed one appends what changed ([`append_line`]).
+/// changed one appends what changed ([`needed`]).
 ///
 /// What this cannot see: a rewrite in place, of the same size, with the mtime set back, within
 /// one tick of the kernel's file clock (a few ms) after this process's own write or read.
@@ -924,11 +964,16 @@ mod last {
         current(&last, path).map(|w| w.state.clone())
     }
 
-    /// `state` is what the files at `path` hold: saved or read last by this process,
-    /// unchanged since.
-    pub(super) fn is_on_disk(path: &Path, state: &State) -> bool {
-        let Ok(last) = LAST.lock() else { return false };
-        current(&last, path).is_some_and(|w| w.state == *state)
+    /// What a save of `state` to the files at `path` has to write.
+    pub(super) enum Needed {
+        /// Nothing: the files hold `state` (saved or read last by this process, unchanged
+        /// since).
+        Nothing,
+        /// A line appended to their journal.
+        Line(Append),
+        /// A new snapshot: this process does not know the files as they are, their journal
+        /// may not be appended to, or the line would not fit within the journal's limit.
+        Snapshot,
     }
 
     /// A line to append to the journal, and the journal's length it goes after.
@@ -937,23 +982,33 @@ mod last {
         pub(super) len: u64,
     }
 
-    /// The journal line that turns the state on disk into `state`: when this process knows
-    /// the files at `path` as they are (saved or read them last), their journal may be
-    /// appended to, and the line fits within the journal's limit.
-    pub(super) fn append_line(path: &Path, state: &State) -> Option<Append> {
-        let last = LAST.lock().ok()?;
-        let known = current(&last, path)?;
+    /// What saving `state` to the files at `path` takes, from one look at them.
+    pub(super) fn needed(path: &Path, state: &State) -> Needed {
+        let Ok(last) = LAST.lock() else {
+            return Needed::Snapshot;
+        };
+        let Some(known) = current(&last, path) else {
+            return Needed::Snapshot;
+        };
+        if known.state == *state {
+            return Needed::Nothing;
+        }
         let Seen::Its(journal) = &known.journal else {
-            return None;
+            return Needed::Snapshot;
         };
         if !journal.appendable {
-            return None;
+            return Needed::Snapshot;
         }
         let (before, after) = (known.state.services.len(), state.services.len());
         let longest = super::journal::longest(known.len, journal.len, before, after);
-        let line = super::journal::line(&known.state, state, longest)?;
+        let Some(line) = super::journal::line(&known.state, state, longest) else {
+            return Needed::Snapshot;
+        };
         let fits = super::journal::fits(known.len, journal.len, line.len() as u64, before, after);
-        fits.then_some(Append {
+        if !fits {
+            return Needed::Snapshot;
+        }
+        Needed::Line(Append {
             line,
             len: journal.len,
         })
@@ -970,7 +1025,7 @@ mod last {
             }) => {
                 j.id = id;
                 j.len = len;
-                *known = state.clone();
+                known.become_copy_of(state);
             }
             _ => {
                 last.remove(path);
@@ -1540,6 +1595,36 @@ mod tests {
         assert_eq!(snapshots(), written + 1);
         assert_eq!(retired(), 2);
         assert_eq!(from_disk(&store), state);
+    }
+
+    /// A state that becomes a copy of another equals it after every kind of edit; while both
+    /// record the same names it keeps its own names (not copied again) and shares every
+    /// record with the other.
+    #[test]
+    fn a_state_becomes_a_copy_keeping_its_names() {
+        let mut kept = many(5);
+        let mut other = kept.clone();
+        for e in [
+            Edit::Status(1),
+            Edit::Config(3, "x".into()),
+            Edit::Offset(0, 9),
+            Edit::Head("/other.yaml".into()),
+            Edit::Copy(2, "new".into()),
+            Edit::Remove(0),
+        ] {
+            apply(&mut other, &e);
+            let same_names = kept.services.keys().eq(other.services.keys());
+            let names: Vec<*const u8> = kept.services.keys().map(|n| n.as_ptr()).collect();
+            kept.become_copy_of(&other);
+            assert_eq!(kept, other, "after {e:?}");
+            for (mine, theirs) in kept.services.values().zip(other.services.values()) {
+                assert!(SharedRecord::same(mine, theirs), "after {e:?}");
+            }
+            if same_names {
+                let now: Vec<*const u8> = kept.services.keys().map(|n| n.as_ptr()).collect();
+                assert_eq!(now, names, "names copied again after {e:?}");
+            }
+        }
     }
 
     /// `example()` grown to `n` records (copies of its first, named `svc-NNNN`).
