@@ -471,7 +471,13 @@ impl<'a> Engine<'a> {
             .changes()
             .filter(|s| matches!(s.action, Action::Stop | Action::Restart))
             .collect();
-        self.stop_steps(&to_stop, &mut report)?;
+        // Starts that follow without waiting (nothing waits inside a supervised pass): the
+        // first one's intent save carries the stops' outcomes (`stop_each`).
+        let starts = self.settings.defer_waits
+            && plan
+                .changes()
+                .any(|s| matches!(s.action, Action::Start | Action::Restart) && s.spec.is_some());
+        self.stop_each(Self::stop_items(&to_stop), &mut report, starts)?;
         // Stops the loop watches (`defer_stops`): the starts wait for them, the caller hands
         // them back once the stops are recorded (`Plan::resume_after_stops`).
         if !report.deferred.is_empty() {
@@ -624,7 +630,7 @@ impl<'a> Engine<'a> {
                 })
             })
             .collect();
-        self.stop_each(items, report)
+        self.stop_each(items, report, false)
     }
 
     /// Stops what `steps` stop, as each says (its signal and grace; a record to forget goes,
@@ -634,7 +640,11 @@ impl<'a> Engine<'a> {
         steps: &[&Step],
         report: &mut ApplyReport,
     ) -> Result<(), StateError> {
-        let items: Vec<StopItem> = steps
+        self.stop_each(Self::stop_items(steps), report, false)
+    }
+
+    fn stop_items(steps: &[&Step]) -> Vec<StopItem> {
+        steps
             .iter()
             .filter_map(|s| {
                 Some(StopItem {
@@ -644,14 +654,16 @@ impl<'a> Engine<'a> {
                     remove: s.forget,
                 })
             })
-            .collect();
-        self.stop_each(items, report)
+            .collect()
     }
 
+    /// Stops `items`, level by level. `starts_follow`: this pass starts services once they are
+    /// stopped, and the first start saves its intent before any spawn (`start_level`).
     fn stop_each(
         &mut self,
         items: Vec<StopItem>,
         report: &mut ApplyReport,
+        starts_follow: bool,
     ) -> Result<(), StateError> {
         let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<StopItem>> = BTreeMap::new();
         for item in items {
@@ -667,7 +679,8 @@ impl<'a> Engine<'a> {
         // follows it (a restart's start) runs in this pass; from the first level that does not,
         // the stops are the loop's.
         let mut quick = self.settings.defer_stops;
-        for (std::cmp::Reverse(level_no), level) in by_level {
+        let levels = by_level.len();
+        for (k, (std::cmp::Reverse(level_no), level)) in by_level.into_iter().enumerate() {
             let mut requests = Vec::new();
             for item in &level {
                 let rec: &mut ServiceRecord =
@@ -768,7 +781,17 @@ impl<'a> Engine<'a> {
                 let request = requests.iter().find(|r| r.name == item.name);
                 self.record_stop(item, request, outcome, report);
             }
-            let saved = self.save();
+            // The last level's stops all ended here, and starts follow: how they ended reaches
+            // the disk with the first start's intent, in one write before any spawn (a restart
+            // wrote twice between its old process's exit and its new one's spawn). Whatever
+            // the starts do not save, the pass's own last save does; a crash before either
+            // leaves a record of a process that no longer runs, which the next pass settles.
+            let saved_by_the_start = stopped_here && starts_follow && k + 1 == levels;
+            let saved = if saved_by_the_start {
+                Ok(())
+            } else {
+                self.save()
+            };
             for r in &requests {
                 crate::stop_owner::release(self.store, &r.name);
             }

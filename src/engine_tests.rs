@@ -30,6 +30,8 @@ struct World {
     pids: crate::seams::FakePids,
     /// Processes that ignore their stop signal (SIGKILL after the grace period).
     stubborn: bool,
+    /// Processes that end at once on their stop signal (`stop_quickly` stops them).
+    quick: bool,
     now: Cell<u64>,
 }
 
@@ -106,6 +108,20 @@ impl ProcessTable for World {
             out.push(o);
         }
         out
+    }
+
+    fn stop_quickly(&self, requests: &mut [StopRequest], _within: Duration) -> bool {
+        if !self.quick {
+            return false;
+        }
+        for r in requests.iter_mut() {
+            self.stops
+                .borrow_mut()
+                .push((r.clone(), self.on_disk(&r.name)));
+            self.pids.end(r.identity.pid);
+            r.signalled = true;
+        }
+        true
     }
 
     fn stop_leftovers(&self, _: &str, _: &ProcessIdentity, _: Signal, _: Duration) {}
@@ -554,6 +570,56 @@ fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
     );
     let rec = &engine.state.services["api"];
     assert_eq!(rec.status, Status::Running);
+    assert_ne!(rec.process.as_ref().unwrap().pid, identity.pid);
+}
+
+/// A supervised pass's restart whose old process ends at once (`stop_quickly`): the stop's
+/// intent is saved before its signal, and how it ended goes with the start's intent, in one
+/// write before the spawn. Two writes, not three.
+#[test]
+fn a_quick_restart_saves_the_stop_with_the_intent() {
+    let f = fixture();
+    let dir = f.store.dir.clone();
+    let mut world = World::new(&f.store);
+    world.quick = true;
+    let mut events = Events::default();
+    let api = spec(&dir, "api", 0, &[]);
+    let settings = LaunchSettings {
+        defer_stops: true,
+        defer_waits: true,
+        defer_sessions: true,
+        ..Default::default()
+    };
+    let mut engine = engine_in(&f, &world, settings, &mut events);
+    start_all(&mut engine, vec![api.clone()]);
+    engine.save().unwrap();
+    let identity = engine.state.services["api"].process.clone().unwrap();
+    let mut new = api.clone();
+    new.mirrord_config = json!({"feature": {"env": {"override": {"N": "2"}}}}).into();
+    let restart = crate::plan::plan(
+        &desired(vec![new]),
+        &observe_with(&engine.state, &world),
+        PlanOptions::default(),
+    );
+    assert_eq!(restart.steps[0].action, Action::Restart);
+    let writes = crate::state::writes_on_this_thread();
+    let applied = engine.apply_plan(&restart).unwrap();
+    assert!(applied.ok() && applied.deferred.is_empty(), "{applied:?}");
+    assert_eq!(
+        crate::state::writes_on_this_thread() - writes,
+        2,
+        "the stop's intent, then its outcome with the start's intent"
+    );
+    let stops = world.stops.borrow();
+    let (_, at_stop) = stops.last().unwrap();
+    let at_stop = at_stop.as_ref().expect("recorded before its signal");
+    assert_eq!(at_stop.status, Status::Stopping);
+    let spawns = world.spawns.borrow();
+    let (_, _, at_spawn) = spawns.last().unwrap();
+    let at_spawn = at_spawn.as_ref().expect("recorded before its spawn");
+    assert!(at_spawn.spawn_nonce.is_some() && at_spawn.process.is_none());
+    assert_eq!(at_spawn.restarts, 1, "the old process's run is counted");
+    let rec = &engine.state.services["api"];
     assert_ne!(rec.process.as_ref().unwrap().pid, identity.pid);
 }
 
