@@ -30,6 +30,10 @@ fn build(services: &BTreeMap<String, Arc<ServiceConfig>>) -> (DiGraph<&str, ()>,
 /// A dependency cycle as `[a, b, a]`, smallest name first, or `None`.
 pub fn find_cycle(services: &BTreeMap<String, Arc<ServiceConfig>>) -> Option<Vec<String>> {
     let (g, _) = build(services);
+    // Most files have none: one walk says so, without a component per service.
+    if !petgraph::algo::is_cyclic_directed(&g) {
+        return None;
+    }
     let mut cycles: Vec<Vec<String>> = tarjan_scc(&g)
         .into_iter()
         .filter(|scc| scc.len() > 1 || g.contains_edge(scc[0], scc[0]))

@@ -74,7 +74,9 @@ pub fn parse(path: &Path, rendered: &Arc<str>) -> Option<UpFile> {
     })
 }
 
-type Chunks = Vec<(Range<usize>, String, Arc<ServiceConfig>)>;
+/// Each service: where its text is, its name (shared by the files that have it) and what it
+/// parsed to.
+type Chunks = Vec<(Range<usize>, Arc<str>, Arc<ServiceConfig>)>;
 
 /// The services of `rendered`, cut at `texts`, sharing those of `last` whose text is the
 /// same; and where each is in `rendered`. `None` when a chunk is not one service or a name
@@ -88,7 +90,7 @@ fn parse_against(rendered: &str, texts: &[&str], last: &Last) -> Option<(Service
     let mut missed = 0;
     let shift = texts.len() as isize - last.chunks.len() as isize;
     let mut chunks = Vec::with_capacity(texts.len());
-    let mut services = BTreeMap::new();
+    let mut services = Vec::with_capacity(texts.len());
     let base = rendered.as_ptr() as usize;
     for (i, chunk) in texts.iter().enumerate() {
         let from_end = usize::try_from(i as isize - shift).ok().filter(|&j| j != i);
@@ -111,16 +113,20 @@ fn parse_against(rendered: &str, texts: &[&str], last: &Last) -> Option<(Service
         let (name, service) = match seen {
             Some(j) => {
                 let (_, name, service) = &last.chunks[j];
-                (name.clone(), Arc::clone(service))
+                (Arc::clone(name), Arc::clone(service))
             }
-            None => one_service(chunk)?,
+            None => one_service(chunk).map(|(name, service)| (Arc::from(name), service))?,
         };
         let at = chunk.as_ptr() as usize - base;
-        chunks.push((at..at + chunk.len(), name.clone(), Arc::clone(&service)));
-        if services.insert(name, service).is_some() {
-            // The same name twice: the whole file says so.
-            return None;
-        }
+        services.push((String::from(&*name), Arc::clone(&service)));
+        chunks.push((at..at + chunk.len(), name, service));
+    }
+    // Built at once (sorted first: a file's services are often in order already).
+    let count = services.len();
+    let services: BTreeMap<_, _> = services.into_iter().collect();
+    if services.len() != count {
+        // The same name twice: the whole file says so.
+        return None;
     }
     Some((Services(services), chunks))
 }
@@ -144,14 +150,36 @@ struct Cut<'a> {
     services: Vec<&'a str>,
 }
 
-/// Whether a line says nothing (blank, or a comment).
-fn blank(line: &str) -> bool {
-    let t = line.trim_start_matches(' ');
-    t.is_empty() || t.starts_with('#')
+/// One line of a file, as [`cut`] looks at it.
+struct Line {
+    /// Where it starts in the text.
+    start: usize,
+    /// Its leading spaces.
+    indent: usize,
+    /// It says nothing (blank, or a comment).
+    blank: bool,
 }
 
-fn indent(line: &str) -> usize {
-    line.len() - line.trim_start_matches(' ').len()
+/// Each line of `bytes` (a last line without `\n` included), looked at once.
+fn lines(bytes: &[u8]) -> Vec<Line> {
+    let mut out = Vec::with_capacity(bytes.len() / 24 + 1);
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', bytes).chain(
+        // The last line, when it does not end with a newline.
+        (bytes.last().is_some_and(|&b| b != b'\n')).then_some(bytes.len()),
+    );
+    for end in ends {
+        let line = &bytes[start..end];
+        let indent = line.iter().take_while(|&&b| b == b' ').count();
+        let blank = matches!(line.get(indent), None | Some(b'#'));
+        out.push(Line {
+            start,
+            indent,
+            blank,
+        });
+        start = end + 1;
+    }
+    out
 }
 
 fn cut(text: &str) -> Option<Cut<'_>> {
@@ -164,29 +192,20 @@ fn cut(text: &str) -> Option<Cut<'_>> {
     {
         return None;
     }
-    // Byte offsets of each line's start (a last line without `\n` included).
-    let mut starts = vec![0];
-    starts.extend(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1));
-    if starts.last() == Some(&text.len()) {
-        starts.pop();
-    }
-    let line = |i: usize| {
-        let end = starts.get(i + 1).copied().unwrap_or(text.len());
-        text[starts[i]..end].trim_end_matches('\n')
-    };
-    let count = starts.len();
+    let lines = lines(bytes);
+    let count = lines.len();
     let mut key_line = None;
-    for i in 0..count {
-        let l = line(i);
-        if blank(l) || indent(l) > 0 {
+    for (i, l) in lines.iter().enumerate() {
+        if l.blank || l.indent > 0 {
             continue;
         }
-        if l.starts_with(['%', '-', '.', '{', '[', '?', '!', '*', '"', '\'', '|', '>']) {
+        let said = &text[l.start..];
+        if said.starts_with(['%', '-', '.', '{', '[', '?', '!', '*', '"', '\'', '|', '>']) {
             return None;
         }
-        if let Some(rest) = l.strip_prefix("services:") {
+        if let Some(rest) = said.strip_prefix("services:") {
             let rest = rest.trim_start_matches(' ');
-            if key_line.is_some() || !(rest.is_empty() || rest.starts_with('#')) {
+            if key_line.is_some() || !(rest.is_empty() || rest.starts_with(['\n', '#'])) {
                 return None;
             }
             key_line = Some(i);
@@ -196,23 +215,22 @@ fn cut(text: &str) -> Option<Cut<'_>> {
     // The services: every line after the key up to the next line at column 0 that says
     // something.
     let end = (key_line + 1..count)
-        .find(|&i| !blank(line(i)) && indent(line(i)) == 0)
+        .find(|&i| !lines[i].blank && lines[i].indent == 0)
         .unwrap_or(count);
-    let first = (key_line + 1..end).find(|&i| !blank(line(i)))?;
-    let level = indent(line(first));
+    let first = (key_line + 1..end).find(|&i| !lines[i].blank)?;
+    let level = lines[first].indent;
     let mut heads = Vec::new();
-    for i in first..end {
-        let l = line(i);
-        if blank(l) {
+    for (i, l) in lines.iter().enumerate().take(end).skip(first) {
+        if l.blank {
             continue;
         }
-        match indent(l) {
+        match l.indent {
             n if n == level => heads.push(i),
             n if n < level => return None,
             _ => {}
         }
     }
-    let offset = |i: usize| starts.get(i).copied().unwrap_or(text.len());
+    let offset = |i: usize| lines.get(i).map_or(text.len(), |l| l.start);
     let services = heads
         .iter()
         .enumerate()

@@ -135,13 +135,15 @@ fn may_merge(text: &str) -> bool {
     if text.contains("<<") {
         return true;
     }
-    if !text.contains('\\') {
-        return false;
-    }
-    let lower = text.to_ascii_lowercase();
-    ["\\x3c", "\\u003c", "\\u0000003c"]
-        .iter()
-        .any(|e| lower.contains(e))
+    // An escape of `<` in a double-quoted scalar, in either case (without a copy of the text).
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'\\', bytes).any(|i| {
+        let rest = &bytes[i + 1..];
+        ["x3c", "u003c", "u0000003c"].iter().any(|e| {
+            rest.get(..e.len())
+                .is_some_and(|r| r.eq_ignore_ascii_case(e.as_bytes()))
+        })
+    })
 }
 
 fn has_x_keys(value: &Value) -> bool {
@@ -228,6 +230,24 @@ pub fn written_at(text: &str, message: &str) -> Option<Location> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A merge key may be written with `<` escaped, in either case; other escapes, and an
+    /// escape cut short by the end of the text, are not one.
+    #[test]
+    fn a_merge_key_is_seen_however_its_angle_is_written() {
+        for (text, may) in [
+            ("a: 1\n", false),
+            ("a: <<\n", true),
+            ("\"\\x3c<\": 1\n", true),
+            ("\"\\X3C\\x3C\": 1\n", true),
+            ("\"\\u003C\\u003c\": 1\n", true),
+            ("\"\\U0000003C<\": 1\n", true),
+            ("a: \"\\\"quoted\\\" \\n \\x3d \\u003\"\n", false),
+            ("a: \"\\x3", false),
+        ] {
+            assert_eq!(may_merge(text), may, "{text:?}");
+        }
+    }
 
     /// The short way gives what the long way gives, for files with and without extensions,
     /// valid or not (the same file, or the same message and place).
