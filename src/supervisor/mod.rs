@@ -190,7 +190,11 @@ type AfterPass = (
 );
 
 /// A finished pass, and the clients it borrowed.
-type PassResult = (PassOutcome, Vec<(ClientId, Client)>);
+type PassResult = (
+    PassOutcome,
+    Vec<(ClientId, Client)>,
+    Option<crate::events::Journal>,
+);
 
 /// The shell around the [`Machine`]: gathers events, carries out effects.
 struct Shell<'a> {
@@ -198,6 +202,10 @@ struct Shell<'a> {
     /// The state directory, opened (and checked) once: where each pass's reporter writes the
     /// project's events. The pass itself opens it again, as every command does.
     journal_store: Option<crate::state::StateStore>,
+    /// The events journal the last pass wrote with, its file still open: the next pass's
+    /// reporter writes with it (not opening `events.log` again, a walk of the state
+    /// directory's path, on each pass).
+    journal: Option<crate::events::Journal>,
     foreground: bool,
     color: bool,
     width: usize,
@@ -332,6 +340,7 @@ impl Shell<'_> {
                 Effect::Say(what) => {
                     let mut note = self.reporter(Vec::new());
                     note.event("mirrord-up", &what);
+                    self.journal = note.journal.take();
                 }
                 Effect::Notice(line) => line_to_stderr(&line),
                 Effect::Exit(code) => self.exit = Some(code),
@@ -339,13 +348,15 @@ impl Shell<'_> {
         }
     }
 
-    fn reporter(&self, clients: Vec<(ClientId, Client)>) -> SupervisorReporter {
+    fn reporter(&mut self, clients: Vec<(ClientId, Client)>) -> SupervisorReporter {
+        let journal = self.journal.take();
         SupervisorReporter {
             foreground: self.foreground,
             color: self.color,
             width: self.width,
             clients,
-            journal: self.journal_store.clone().map(crate::events::Journal::new),
+            journal: journal
+                .or_else(|| self.journal_store.clone().map(crate::events::Journal::new)),
             shutting_down: false,
         }
     }
@@ -383,7 +394,7 @@ impl Shell<'_> {
                 pass::run_pass(ctx.as_ref(), &settings, &work, &mut reporter)
             };
             reporter.print_failure(&out);
-            (out, reporter.clients)
+            (out, reporter.clients, reporter.journal)
         }));
     }
 }
@@ -449,6 +460,7 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     let mut shell = Shell {
         ctx,
         journal_store: ctx.store().ok(),
+        journal: None,
         foreground: opts.foreground,
         color: opts.foreground && ctx.stderr_color(),
         width: opts.width,
@@ -541,8 +553,9 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
                 shell.pass = None;
                 trim_owed = true;
                 tracing::debug!("loop: pass done");
-                let (mut out, clients) = done.context("a reconcile pass panicked")?;
+                let (mut out, clients, journal) = done.context("a reconcile pass panicked")?;
                 shell.clients.extend(clients);
+                shell.journal = journal;
                 for (client, ok, message) in std::mem::take(&mut shell.deferred) {
                     shell.carry_out(vec![Effect::Answer { client, ok, message }]);
                 }
