@@ -30,6 +30,8 @@ struct Last {
     /// Each service: where its text is in `text`, its name and what it parsed to, in the order
     /// of the file.
     chunks: Chunks,
+    /// The file's text without its services (`Cut::head`), and its `common:` as parsed.
+    head: Option<(String, super::CommonConfig)>,
 }
 
 /// By file, at most [`FILES_REMEMBERED`](crate::config::FILES_REMEMBERED): one in the
@@ -40,23 +42,40 @@ static PARSED: Mutex<Vec<(PathBuf, Last)>> = Mutex::new(Vec::new());
 /// safely or does not parse (the whole file is parsed then).
 pub fn parse(path: &Path, rendered: &Arc<str>) -> Option<UpFile> {
     let cut = cut(rendered)?;
-    let head: UpFile = serde_yaml::from_str(&cut.head).ok()?;
-    if !head.services.0.is_empty() {
-        return None;
-    }
     let last = {
         let mut all = PARSED.lock().ok()?;
         let found = all.iter().position(|(p, _)| p == path);
         found.map(|i| all.swap_remove(i).1)
     }
     .unwrap_or_default();
+    // The text around the services, parsed again only when it changed (most saves edit a
+    // service).
+    let common = match &last.head {
+        Some((text, common)) if *text == cut.head => Some(common.clone()),
+        _ => {
+            #[cfg(test)]
+            tests::HEADS.with(|n| n.set(n.get() + 1));
+            serde_yaml::from_str::<UpFile>(&cut.head)
+        }
+        .ok()
+        .filter(|head| head.services.0.is_empty())
+        .map(|head| head.common),
+    };
+    let parsed = common.and_then(|common| {
+        parse_against(rendered, &cut.services, &last)
+            .map(|(services, chunks)| (common, services, chunks))
+    });
     // What is remembered: this file when it parsed, else the last one as it was.
-    let (services, keep) = match parse_against(rendered, &cut.services, &last) {
-        Some((services, chunks)) => (
-            Some(services),
+    let (file, keep) = match parsed {
+        Some((common, services, chunks)) => (
+            Some(UpFile {
+                common: common.clone(),
+                services,
+            }),
             Last {
                 text: Arc::clone(rendered),
                 chunks,
+                head: Some((cut.head, common)),
             },
         ),
         None => (None, last),
@@ -68,14 +87,9 @@ pub fn parse(path: &Path, rendered: &Arc<str>) -> Option<UpFile> {
         }
         all.push((path.to_owned(), keep));
     }
-    services.map(|services| UpFile {
-        common: head.common,
-        services,
-    })
+    file
 }
 
-/// Each service: where its text is, its name (shared by the files that have it) and what it
-/// parsed to.
 type Chunks = Vec<(Range<usize>, Arc<str>, Arc<ServiceConfig>)>;
 
 /// The services of `rendered`, cut at `texts`, sharing those of `last` whose text is the
@@ -254,6 +268,8 @@ mod tests {
     thread_local! {
         /// How many services this thread parsed one by one.
         pub(super) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// How many times this thread parsed the text around a file's services.
+        pub(super) static HEADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
         /// How many times this thread looked a chunk up among all of the last file's.
         pub(super) static SEARCHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
@@ -413,10 +429,25 @@ mod tests {
         let f = Saved::new();
         let list = [("a", "1"), ("b", "1")];
         let (v0, _) = f.good(&format!("common: {{context: one}}\n{}", services(&list)));
+        let heads = || HEADS.with(std::cell::Cell::get);
+        let before = heads();
         let (v1, parsed) = f.good(&format!("common: {{context: two}}\n{}", services(&list)));
         assert_eq!(parsed, 0);
+        assert_eq!(
+            heads() - before,
+            1,
+            "the changed text around the services is parsed"
+        );
         assert_eq!(v1.file.common.context.as_deref(), Some("two"));
         assert!(shared(&v0, &v1, "a") && shared(&v0, &v1, "b"));
+        // A service edited: the text around the services is the same, and not parsed again.
+        let before = heads();
+        let (v2, parsed) = f.good(&format!(
+            "common: {{context: two}}\n{}",
+            services(&[("a", "2"), ("b", "1")])
+        ));
+        assert_eq!((parsed, heads() - before), (1, 0));
+        assert_eq!(v2.file.common.context.as_deref(), Some("two"));
     }
 
     /// A duplicate name made by an edit, a service that does not parse, an unknown key: the
