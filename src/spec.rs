@@ -31,10 +31,24 @@ impl LauncherKind {
     }
 }
 
-/// sha256 (hex) of a service's canonical spec.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ConfigHash(pub String);
+/// sha256 (hex) of a service's canonical spec. Shared, not copied: every pass hands each
+/// recorded hash to its observation and its plan (two copies per service, 64 bytes each, were
+/// a thousand allocations per pass at 500 services).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConfigHash(std::sync::Arc<str>);
+
+/// Written as its text, as a `String` is.
+impl Serialize for ConfigHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ConfigHash, D::Error> {
+        String::deserialize(d).map(|text| ConfigHash(text.into()))
+    }
+}
 
 impl ConfigHash {
     pub fn of(canonical: &Value) -> ConfigHash {
@@ -44,7 +58,8 @@ impl ConfigHash {
 
     fn of_text(text: &str) -> ConfigHash {
         let digest = Sha256::digest(text.as_bytes());
-        ConfigHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        ConfigHash(hex.into())
     }
 
     pub fn short(&self) -> &str {
@@ -290,6 +305,21 @@ fn display_path(p: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hash is written as the hex text it was (a state file's `config_hash` is a string), and
+    /// read back equal; a copy is the same text, not another.
+    #[test]
+    fn a_hash_is_its_hex_text_in_json_and_copies_share_it() {
+        let hash = ConfigHash::of(&json!({"a": 1}));
+        let text = serde_json::to_string(&hash).unwrap();
+        assert_eq!(text, format!("\"{hash}\""));
+        assert_eq!(hash.to_string().len(), 64);
+        assert!(hash.to_string().bytes().all(|b| b.is_ascii_hexdigit()));
+        let back: ConfigHash = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, hash);
+        let copy = hash.clone();
+        assert!(std::sync::Arc::ptr_eq(&copy.0, &hash.0));
+    }
 
     /// `yaml` written as `mirrord-up.yaml` in `dir`, resolved for the local launcher.
     fn resolve_local(dir: &std::path::Path, yaml: &str) -> crate::desired::Desired {

@@ -515,7 +515,12 @@ fn config_hash_of_the_demo() {
     )
     .expect("demo resolves");
     for spec in &desired.services {
-        assert_eq!(hashes[&spec.name], spec.hash().0, "hash of {}", spec.name);
+        assert_eq!(
+            hashes[&spec.name],
+            spec.hash().to_string(),
+            "hash of {}",
+            spec.name
+        );
     }
 }
 

@@ -562,7 +562,10 @@ fn resolve_text(dir: &Path, file: &str, yaml: &str) -> Vec<ServiceSpec> {
 }
 
 fn hashes(specs: &[ServiceSpec]) -> BTreeMap<String, String> {
-    specs.iter().map(|s| (s.name.clone(), s.hash().0)).collect()
+    specs
+        .iter()
+        .map(|s| (s.name.clone(), s.hash().to_string()))
+        .collect()
 }
 
 /// The loaded service is exactly the generated one (so that equal hashes are not vacuous).
