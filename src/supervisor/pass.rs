@@ -307,7 +307,6 @@ fn pass(
         }
         _ => {}
     }
-    let before = state.clone();
     let now = now_ms();
     tracing::debug!(?work, "pass: state loaded");
     let at = PlanAt {
@@ -414,7 +413,7 @@ fn pass(
                 only: only.as_deref(),
                 timeout: *timeout,
                 refused,
-                loaded: loaded.unwrap_or_else(|| before.clone()),
+                loaded: loaded.unwrap_or_else(|| state.clone()),
                 phase: &settings.sweep_stops,
             };
             let (message, job) = sweep_markers(&store, &lock, state, order, reporter)?;
@@ -559,7 +558,9 @@ fn pass(
         engine.reap_early_exits(&mut report);
     }
     tracing::debug!("pass: settled again");
-    engine.save_if_changed(&before)?;
+    // Written only if it differs from what is on disk (the store knows what it read or wrote
+    // last): no copy of the state as loaded is kept to compare with.
+    engine.save()?;
     tracing::debug!("pass: applied");
     describe(&engine.state, out, &looks, settings.skip_logs);
     out.failed.extend(report.failed.iter().cloned());
