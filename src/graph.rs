@@ -8,28 +8,30 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::config::ServiceConfig;
 
-/// Edges point from a service to each service it depends on.
-fn build(services: &BTreeMap<String, Arc<ServiceConfig>>) -> (DiGraph<&str, ()>, Vec<NodeIndex>) {
+/// Edges point from a service to each service it depends on, among `services`.
+fn build<'a>(services: &BTreeMap<&'a str, &'a ServiceConfig>) -> DiGraph<&'a str, ()> {
     let mut g = DiGraph::new();
-    let nodes: Vec<NodeIndex> = services.keys().map(|n| g.add_node(n.as_str())).collect();
-    let index: BTreeMap<&str, NodeIndex> = services
-        .keys()
-        .map(String::as_str)
-        .zip(nodes.iter().copied())
-        .collect();
+    let index: BTreeMap<&str, NodeIndex> = services.keys().map(|&n| (n, g.add_node(n))).collect();
     for (name, svc) in services {
         for dep in svc.depends_on.0.keys() {
             if let Some(&to) = index.get(dep.as_str()) {
-                g.add_edge(index[name.as_str()], to, ());
+                g.add_edge(index[name], to, ());
             }
         }
     }
-    (g, nodes)
+    g
 }
 
 /// A dependency cycle as `[a, b, a]`, smallest name first, or `None`.
 pub fn find_cycle(services: &BTreeMap<String, Arc<ServiceConfig>>) -> Option<Vec<String>> {
-    let (g, _) = build(services);
+    // Each member of a cycle depends on the next: a service that depends on nothing is on
+    // none, and is left out of the graph (most of a large file, often).
+    let depending: BTreeMap<&str, &ServiceConfig> = services
+        .iter()
+        .filter(|(_, s)| !s.depends_on.0.is_empty())
+        .map(|(n, s)| (n.as_str(), &**s))
+        .collect();
+    let g = build(&depending);
     // Most files have none: one walk says so, without a component per service.
     if !petgraph::algo::is_cyclic_directed(&g) {
         return None;
@@ -103,4 +105,36 @@ pub fn start_order(levels: &BTreeMap<String, usize>) -> Vec<String> {
     let mut v: Vec<(&usize, &String)> = levels.iter().map(|(n, l)| (l, n)).collect();
     v.sort();
     v.into_iter().map(|(_, n)| n.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(yaml: &str) -> BTreeMap<String, Arc<ServiceConfig>> {
+        let file: crate::config::UpFile = serde_yaml::from_str(yaml).unwrap();
+        file.services.0
+    }
+
+    /// A cycle is found whatever depends on nothing around it, walked from its smallest
+    /// member; a service that depends on itself is one; a chain is none.
+    #[test]
+    fn cycles_are_found_among_the_services_that_depend_on_something() {
+        let run = "run: {command: [x]}";
+        let cycle = services(&format!(
+            "services:\n  z: {{{run}, depends_on: [c]}}\n  c: {{{run}, depends_on: [b]}}\n  b: {{{run}, depends_on: [c, free]}}\n  free: {{{run}}}\n  a: {{{run}, depends_on: [free]}}\n"
+        ));
+        assert_eq!(
+            find_cycle(&cycle),
+            Some(vec!["b".into(), "c".into(), "b".into()])
+        );
+        let own = services(&format!(
+            "services:\n  a: {{{run}}}\n  s: {{{run}, depends_on: [s]}}\n"
+        ));
+        assert_eq!(find_cycle(&own), Some(vec!["s".into(), "s".into()]));
+        let chain = services(&format!(
+            "services:\n  a: {{{run}, depends_on: [b]}}\n  b: {{{run}, depends_on: [c]}}\n  c: {{{run}}}\n"
+        ));
+        assert_eq!(find_cycle(&chain), None);
+    }
 }
