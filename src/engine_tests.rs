@@ -522,6 +522,40 @@ fn signalled_by_the_loop(
     vec![(pending, outcome)]
 }
 
+/// The plan that restarts `api` with another configuration (`env.override.N`), as the
+/// watcher's pass makes it.
+fn restart_plan(state: &State, world: &World, api: &ServiceSpec) -> Plan {
+    let mut new = api.clone();
+    new.mirrord_config = json!({"feature": {"env": {"override": {"N": "2"}}}}).into();
+    let restart = crate::plan::plan(
+        &desired(vec![new]),
+        &observe_with(state, world),
+        PlanOptions::default(),
+    );
+    assert_eq!(restart.steps[0].action, Action::Restart);
+    restart
+}
+
+/// A supervised pass's settings: the loop watches its stops, waits and sessions.
+fn supervised() -> LaunchSettings {
+    LaunchSettings {
+        defer_stops: true,
+        defer_waits: true,
+        defer_sessions: true,
+        ..Default::default()
+    }
+}
+
+/// The record the state on disk held for the last spawn's service at that spawn: its intent
+/// (a spawn nonce, no process yet).
+fn intent_at_last_spawn(world: &World) -> ServiceRecord {
+    let spawns = world.spawns.borrow();
+    let (_, _, at_spawn) = spawns.last().expect("a spawn");
+    let at_spawn = at_spawn.clone().expect("recorded before its spawn");
+    assert!(at_spawn.spawn_nonce.is_some() && at_spawn.process.is_none());
+    at_spawn
+}
+
 /// The loop's Finish pass of a restart: the stop it watched is recorded, the restart's own
 /// stop finds nothing left to signal and saves nothing, the start's intent save carries the
 /// stop, then the spawned process is saved: two writes, the intent on disk before the spawn.
@@ -540,14 +574,7 @@ fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
     start_all(&mut engine, vec![api.clone()]);
     let identity = engine.state.services["api"].process.clone().unwrap();
     // The watcher pass planned the restart; the loop stopped the old process.
-    let mut new = api.clone();
-    new.mirrord_config = json!({"feature": {"env": {"override": {"N": "2"}}}}).into();
-    let restart = crate::plan::plan(
-        &desired(vec![new]),
-        &observe_with(&engine.state, &world),
-        PlanOptions::default(),
-    );
-    assert_eq!(restart.steps[0].action, Action::Restart);
+    let restart = restart_plan(&engine.state, &world, &api);
     let done = signalled_by_the_loop(&mut engine, &identity);
     world.pids.end(identity.pid);
     let mut report = ApplyReport::default();
@@ -560,10 +587,7 @@ fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
         2,
         "the intent (with the stop), then the spawned process"
     );
-    let spawns = world.spawns.borrow();
-    let (_, _, at_spawn) = spawns.last().unwrap();
-    let at_spawn = at_spawn.as_ref().expect("recorded before its spawn");
-    assert!(at_spawn.spawn_nonce.is_some() && at_spawn.process.is_none());
+    intent_at_last_spawn(&world);
     assert!(
         !crate::stop_owner::ours(&f.store, "api"),
         "kept after the save"
@@ -584,24 +608,11 @@ fn a_quick_restart_saves_the_stop_with_the_intent() {
     world.quick = true;
     let mut events = Events::default();
     let api = spec(&dir, "api", 0, &[]);
-    let settings = LaunchSettings {
-        defer_stops: true,
-        defer_waits: true,
-        defer_sessions: true,
-        ..Default::default()
-    };
-    let mut engine = engine_in(&f, &world, settings, &mut events);
+    let mut engine = engine_in(&f, &world, supervised(), &mut events);
     start_all(&mut engine, vec![api.clone()]);
     engine.save().unwrap();
     let identity = engine.state.services["api"].process.clone().unwrap();
-    let mut new = api.clone();
-    new.mirrord_config = json!({"feature": {"env": {"override": {"N": "2"}}}}).into();
-    let restart = crate::plan::plan(
-        &desired(vec![new]),
-        &observe_with(&engine.state, &world),
-        PlanOptions::default(),
-    );
-    assert_eq!(restart.steps[0].action, Action::Restart);
+    let restart = restart_plan(&engine.state, &world, &api);
     let writes = crate::state::writes_on_this_thread();
     let applied = engine.apply_plan(&restart).unwrap();
     assert!(applied.ok() && applied.deferred.is_empty(), "{applied:?}");
@@ -614,10 +625,7 @@ fn a_quick_restart_saves_the_stop_with_the_intent() {
     let (_, at_stop) = stops.last().unwrap();
     let at_stop = at_stop.as_ref().expect("recorded before its signal");
     assert_eq!(at_stop.status, Status::Stopping);
-    let spawns = world.spawns.borrow();
-    let (_, _, at_spawn) = spawns.last().unwrap();
-    let at_spawn = at_spawn.as_ref().expect("recorded before its spawn");
-    assert!(at_spawn.spawn_nonce.is_some() && at_spawn.process.is_none());
+    let at_spawn = intent_at_last_spawn(&world);
     assert_eq!(at_spawn.restarts, 1, "the old process's run is counted");
     let rec = &engine.state.services["api"];
     assert_ne!(rec.process.as_ref().unwrap().pid, identity.pid);
@@ -631,13 +639,7 @@ fn a_supervised_start_saves_its_intent_and_leaves_the_processes_to_the_final_sav
     let dir = f.store.dir.clone();
     let world = World::new(&f.store);
     let mut events = Events::default();
-    let settings = LaunchSettings {
-        defer_stops: true,
-        defer_waits: true,
-        defer_sessions: true,
-        ..Default::default()
-    };
-    let mut engine = engine_in(&f, &world, settings, &mut events);
+    let mut engine = engine_in(&f, &world, supervised(), &mut events);
     let loaded = engine.state.clone();
     let plan = crate::plan::plan(
         &desired(vec![spec(&dir, "api", 0, &[]), spec(&dir, "db", 0, &[])]),
