@@ -198,12 +198,18 @@ pub fn scan_marked_outside(known: &KnownGroups) -> Vec<MarkedProc> {
         if live.contains(&pid) {
             continue;
         }
+        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)));
+        // No process group (0): a kernel thread (60 of this VM's 74 processes), or a PID 1 that
+        // never made a session of its own and what it started without one. None is ours:
+        // every process we start leads a session, and what it starts stays in groups of that
+        // session. A kernel thread's empty environment cost three more reads to tell it from a
+        // process in the middle of an `exec`.
+        if pgid.is_ok_and(|g| g.as_raw() == 0) {
+            continue;
+        }
         // A member of a known group that runs: that service's descendant (a service leads
         // its session; no process joins a group of another session).
-        if !live.is_empty()
-            && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
-                .is_ok_and(|g| live.contains(&g.as_raw()))
-        {
+        if pgid.is_ok_and(|g| live.contains(&g.as_raw())) {
             continue;
         }
         // The environment first: most processes carry no marker, and then `stat` is not read.
@@ -485,6 +491,44 @@ pub fn lean_malloc() {
 
 #[cfg(test)]
 mod tests {
+    /// A scan reads the environment of user processes (a child of this test's) and not that
+    /// of any kernel thread (`PF_KTHREAD` in `/proc/<pid>/stat`), which it tells by its
+    /// process group, 0.
+    #[test]
+    fn a_scan_leaves_kernel_threads_unread() {
+        use super::reads;
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        let kernel_thread = |pid: i32| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // The fields after the command's closing parenthesis: the state is the first, the
+            // flags the seventh.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after
+                .split_whitespace()
+                .nth(6)
+                .and_then(|f| f.parse::<u64>().ok())
+                .is_some_and(|flags| flags & PF_KTHREAD != 0)
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let _ = reads::take();
+        super::scan_marked();
+        let read: Vec<i32> = reads::take()
+            .into_iter()
+            .filter(|(k, _)| *k == reads::Kind::Environ)
+            .map(|(_, pid)| pid)
+            .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(read.contains(&(child.id() as i32)), "{read:?}");
+        let threads: Vec<i32> = read.iter().copied().filter(|p| kernel_thread(*p)).collect();
+        assert!(threads.is_empty(), "kernel threads read: {threads:?}");
+    }
+
     /// The ids read once are this process's (and ask nothing again).
     #[test]
     fn own_ids_are_this_processs() {
