@@ -202,8 +202,8 @@ pub fn scan_marked_outside(known: &KnownGroups) -> Vec<MarkedProc> {
         // No process group (0): a kernel thread (60 of this VM's 74 processes), or a PID 1 that
         // never made a session of its own and what it started without one. None is ours:
         // every process we start leads a session, and what it starts stays in groups of that
-        // session. A kernel thread's empty environment cost three more reads to tell it from a
-        // process in the middle of an `exec`.
+        // session. A kernel thread's empty environment cost two more reads (its command line,
+        // its `exe`) to tell it from a process in the middle of an `exec`.
         if pgid.is_ok_and(|g| g.as_raw() == 0) {
             continue;
         }

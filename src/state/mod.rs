@@ -987,28 +987,27 @@ mod last {
         let Ok(last) = LAST.lock() else {
             return Needed::Snapshot;
         };
-        let Some(known) = current(&last, path) else {
-            return Needed::Snapshot;
-        };
-        if known.state == *state {
-            return Needed::Nothing;
+        match current(&last, path) {
+            Some(known) if known.state == *state => Needed::Nothing,
+            Some(known) => append_line(known, state).map_or(Needed::Snapshot, Needed::Line),
+            None => Needed::Snapshot,
         }
+    }
+
+    /// The journal line that turns `known`, the state on disk, into `state`: when its journal
+    /// may be appended to, and the line fits within the journal's limit.
+    fn append_line(known: &Known, state: &State) -> Option<Append> {
         let Seen::Its(journal) = &known.journal else {
-            return Needed::Snapshot;
+            return None;
         };
         if !journal.appendable {
-            return Needed::Snapshot;
+            return None;
         }
         let (before, after) = (known.state.services.len(), state.services.len());
         let longest = super::journal::longest(known.len, journal.len, before, after);
-        let Some(line) = super::journal::line(&known.state, state, longest) else {
-            return Needed::Snapshot;
-        };
+        let line = super::journal::line(&known.state, state, longest)?;
         let fits = super::journal::fits(known.len, journal.len, line.len() as u64, before, after);
-        if !fits {
-            return Needed::Snapshot;
-        }
-        Needed::Line(Append {
+        fits.then_some(Append {
             line,
             len: journal.len,
         })
