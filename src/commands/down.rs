@@ -131,11 +131,11 @@ fn through_listener(ctx: &Context, timeout: Option<Duration>) -> Result<Option<E
         reporter.as_mut(),
     );
     // Answered: its services are stopped and their records gone (the answer follows the
-    // pass that saved it), and it is exiting. Its exit takes a while of its own (closing its
-    // file watches waits out the kernel's grace periods: ≈10 ms whatever the project's size),
-    // so the sweep runs meanwhile, not after it: the sweep never selects a supervisor
-    // (`sweep::Selector`), the state no longer records one, and its last state write and the
-    // sweep's pass each take the state lock. `down` still returns only once it is gone.
+    // pass that saved it), and it is exiting. Its exit may take a while of its own (a file
+    // watch the kernel has not let go of yet: up to a grace period, 8–15 ms whatever the
+    // project's size), so the sweep runs meanwhile, not after it: the sweep never selects a
+    // supervisor (`sweep::Selector`), the state no longer records one, and its last state write
+    // and the sweep's pass each take the state lock. `down` still returns only once it is gone.
     if matches!(asked, Ok((true, _)))
         && matches!(ctx.read_state(), Ok(Some(s)) if s.supervisor.is_none())
     {

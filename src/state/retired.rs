@@ -4,16 +4,23 @@
 //! else holds it, the file system frees its blocks inside that `rename`, while the pass that
 //! saves waits (ext4: half of a 230 KB save, two thirds of a 1 MB one). A save holds the old
 //! version open across its `rename` instead and lets go of it later: in batches, on a thread of
-//! their own, or all at once when the supervisor goes idle ([`close_all`]). The new version is
+//! their own, or all at once when the supervisor goes idle ([`close_all`]); once the supervisor
+//! is ending, each as soon as it is replaced ([`let_go_from_now`]): a process's exit closes
+//! what it still holds, and that exit, which `down` waits for, would wait for the blocks to be
+//! freed (with the `discard` mount option, for the device to discard them). The new version is
 //! unaffected: the rename still replaces it whole, and ext4 still writes its blocks before the
 //! rename is committed (`auto_da_alloc`).
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Replaced versions held, oldest first.
 static HELD: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+/// Set once the supervisor is ending: a version is let go as soon as it is replaced.
+static AT_ONCE: AtomicBool = AtomicBool::new(false);
 
 /// How many replaced versions are held before a batch is let go (a state of 1,000 services
 /// is ≈2.3 MB: at most that times this on disk, unlinked, meanwhile).
@@ -42,15 +49,35 @@ pub fn hold(path: &Path) -> Option<OwnedFd> {
 pub fn retire(old: OwnedFd) {
     #[cfg(test)]
     RETIRED.with(|n| n.set(n.get() + 1));
-    let Some(batch) = HELD.lock().ok().and_then(|mut held| push(&mut held, old)) else {
+    let at_once = AT_ONCE.load(Ordering::Relaxed);
+    let Some(batch) = HELD
+        .lock()
+        .ok()
+        .and_then(|mut held| push(&mut held, old, at_once))
+    else {
         return;
     };
-    // No thread to be had (a limit): let go here.
+    let_go(batch);
+}
+
+/// Closes `batch` on a thread of its own; here when no thread is to be had (a limit).
+fn let_go(batch: Vec<OwnedFd>) {
     if let Err(e) = std::thread::Builder::new()
         .name("state-retire".into())
         .spawn(move || drop(batch))
     {
         tracing::debug!("closing replaced state versions inline: {e}");
+    }
+}
+
+/// The supervisor is ending: what is held is let go now, on a thread of its own, and every
+/// version replaced from now on as soon as it is, so that their blocks are freed while the
+/// last passes run and answer rather than in the process's exit.
+pub fn let_go_from_now() {
+    AT_ONCE.store(true, Ordering::Relaxed);
+    let held = take_all();
+    if !held.is_empty() {
+        let_go(held);
     }
 }
 
@@ -60,19 +87,21 @@ thread_local! {
     pub static RETIRED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Adds `old` to `held`; the whole batch once it is [`BATCH`] long.
-fn push(held: &mut Vec<OwnedFd>, old: OwnedFd) -> Option<Vec<OwnedFd>> {
+/// Adds `old` to `held`; the whole batch once it is [`BATCH`] long, or `at_once`.
+fn push(held: &mut Vec<OwnedFd>, old: OwnedFd, at_once: bool) -> Option<Vec<OwnedFd>> {
     held.push(old);
-    (held.len() >= BATCH).then(|| std::mem::take(held))
+    (at_once || held.len() >= BATCH).then(|| std::mem::take(held))
 }
 
 /// Lets go of every replaced version held (the supervisor is idle).
 pub fn close_all() {
-    let all = HELD
-        .lock()
+    drop(take_all());
+}
+
+fn take_all() -> Vec<OwnedFd> {
+    HELD.lock()
         .map(|mut h| std::mem::take(&mut *h))
-        .unwrap_or_default();
-    drop(all);
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -111,7 +140,7 @@ mod tests {
                 .metadata()
                 .unwrap();
             assert_eq!((kept.ino(), kept.nlink()), (ino, 0));
-            let batch = push(&mut held, old);
+            let batch = push(&mut held, old, false);
             if i + 1 < BATCH {
                 assert!(batch.is_none());
                 assert_eq!(held.len(), i + 1);
@@ -121,5 +150,20 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(&path).unwrap(), b"next");
+    }
+
+    /// Once the supervisor is ending, a replaced version is let go with those held before it
+    /// (`let_go_from_now`), not kept for a batch.
+    #[test]
+    fn an_ending_supervisor_lets_each_version_go_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut held = Vec::new();
+        std::fs::write(&path, "first").unwrap();
+        assert!(push(&mut held, hold(&path).unwrap(), false).is_none());
+        std::fs::write(&path, "second").unwrap();
+        let batch = push(&mut held, hold(&path).unwrap(), true);
+        assert_eq!(batch.map(|b| b.len()), Some(2));
+        assert!(held.is_empty());
     }
 }
