@@ -10,9 +10,9 @@
 //! A file system without hole punching falls back to copy-then-truncate, where the lines
 //! written between the copy and the truncation are lost (README says so).
 //!
-//! The rotation runs in the supervisor (foreground `up` or `up -d`), woken by inotify when a
-//! log is written; an idle project wakes nothing. Without a supervisor (`ci start`), a log is
-//! rotated only when its service restarts (`rotate_at_restart`).
+//! The rotation runs in the supervisor (foreground `up` or `up -d`), woken by the supervisor's
+//! inotify instance when a log is written; an idle project wakes nothing. Without a supervisor
+//! (`ci start`), a log is rotated only when its service restarts (`rotate_at_restart`).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -373,40 +373,22 @@ pub fn rotate_at_restart(path: &Path, limits: Limits) -> u64 {
     }
 }
 
-/// The live rotation: a thread woken by inotify when a log in `logs_dir` is written, which
+/// The live rotation: a thread told each time a log is written (by the supervisor's inotify
+/// instance, which watches the logs' directory beside the file's: [`Rotator::wrote`]), which
 /// checks that log's size at most every `CHECK_EVERY` (a write that comes sooner schedules one
 /// check for the end of that interval, so the last burst is never left unchecked). A log keeps
 /// to its limit plus what its service writes in that interval. With nothing written, the
-/// thread sleeps without a timeout.
+/// thread sleeps without a timeout; it ends when the `Rotator` is dropped.
 pub struct Rotator {
-    _watcher: Option<notify::RecommendedWatcher>,
+    tx: std::sync::mpsc::Sender<PathBuf>,
 }
 
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 
 impl Rotator {
-    pub fn start(logs_dir: &Path) -> Rotator {
-        use notify::Watcher;
+    pub fn start() -> Rotator {
         use std::sync::mpsc::RecvTimeoutError;
         let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
-        let _ = std::fs::create_dir_all(logs_dir);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let Ok(ev) = res else { return };
-            if !matches!(ev.kind, notify::EventKind::Modify(_)) {
-                return;
-            }
-            for p in ev.paths {
-                if crate::tail::is_live_log(&p) {
-                    let _ = tx.send(p);
-                }
-            }
-        })
-        .ok()
-        .and_then(|mut w| {
-            w.watch(logs_dir, notify::RecursiveMode::NonRecursive)
-                .ok()
-                .map(|_| w)
-        });
         let rotating = move || {
             let mut last: BTreeMap<PathBuf, Instant> = BTreeMap::new();
             let mut due: BTreeMap<PathBuf, Instant> = BTreeMap::new();
@@ -449,7 +431,25 @@ impl Rotator {
         {
             tracing::warn!("logs are rotated only at restarts: no rotation thread: {e}");
         }
-        Rotator { _watcher: watcher }
+        Rotator { tx }
+    }
+
+    /// What tells the rotation that a log was written, for the watch's reader.
+    pub fn feed(&self) -> RotationFeed {
+        RotationFeed(self.tx.clone())
+    }
+}
+
+/// Tells a [`Rotator`] which logs were written; does nothing once it is gone.
+#[derive(Clone)]
+pub struct RotationFeed(std::sync::mpsc::Sender<PathBuf>);
+
+impl RotationFeed {
+    /// `path` (in the logs' directory) was written: checked if it is a service's live log.
+    pub fn wrote(&self, path: PathBuf) {
+        if crate::tail::is_live_log(&path) {
+            let _ = self.0.send(path);
+        }
     }
 }
 

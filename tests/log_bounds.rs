@@ -46,15 +46,26 @@ fn data_in(log: &Path) -> u64 {
 
 #[test]
 fn a_loud_services_log_stays_bounded_while_it_runs_and_loses_no_line() {
-    const LINES: u64 = 300_000;
+    bounded_while_running("loudlog", 300_000, &[]);
+}
+
+/// Without the file watched, the supervisor still watches the logs for their rotation.
+#[test]
+fn a_log_stays_bounded_without_the_file_watched() {
+    bounded_while_running("loudlog-nowatch", 100_000, &["--no-watch"]);
+}
+
+/// A service printing `lines` numbers under `max-size: 64k`, started with `up --detach` and
+/// `args`: its live log is trimmed while it runs, and every line is kept, once, in order.
+fn bounded_while_running(name: &str, lines: u64, args: &[&str]) {
     const MAX: u64 = 64 * 1024;
-    let p = Project::new("loudlog");
+    let p = Project::new(name);
     p.write_yaml(&yaml(&[service(
         "api",
-        &["sh", "-c", &format!("seq 1 {LINES}; exec sleep 1000")],
+        &["sh", "-c", &format!("seq 1 {lines}; exec sleep 1000")],
         &["logging: {options: {max-size: 64k, max-file: \"100\"}}"],
     )]));
-    p.ok(&["up", "--detach"]);
+    p.ok(&[&["up", "--detach"], args].concat());
     let pid = p.pids()["api"];
     let log = p.state_dir.join("logs").join("api.log");
     // Done writing: the last number is in the live file, and the rotation has caught up.
@@ -63,7 +74,7 @@ fn a_loud_services_log_stays_bounded_while_it_runs_and_loses_no_line() {
         WAIT,
         || {
             let text = std::fs::read(&log).unwrap_or_default();
-            String::from_utf8_lossy(&text).contains(&format!("\n{LINES}\n")) && data_in(&log) <= MAX
+            String::from_utf8_lossy(&text).contains(&format!("\n{lines}\n")) && data_in(&log) <= MAX
         },
     );
     // Still the same process: it was rotated while it ran, not restarted.
@@ -76,17 +87,17 @@ fn a_loud_services_log_stays_bounded_while_it_runs_and_loses_no_line() {
     assert!(rotated >= 1, "nothing was rotated");
     // Not one line lost, none twice, in order (the fake's own lines are not numbers).
     let seen = numbers_across(&log, 100);
-    let missing = (1..=LINES)
+    let missing = (1..=lines)
         .filter(|n| seen.binary_search(n).is_err())
         .count();
     assert_eq!(missing, 0, "{missing} lines lost at rotation");
-    assert_eq!(seen, (1..=LINES).collect::<Vec<_>>());
+    assert_eq!(seen, (1..=lines).collect::<Vec<_>>());
     // `logs -n` reads the live file's end past the released head.
     let out = p.ok(&["logs", "-n", "2", "--no-prefix", "api"]);
     let tail: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(
         tail,
-        [format!("{}", LINES - 1), format!("{LINES}")],
+        [format!("{}", lines - 1), format!("{lines}")],
         "{out}"
     );
     p.ok(&["down"]);

@@ -431,16 +431,21 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
     // A reload whose stops or session starts the loop watches is applied once a pass leaves
     // none of them.
     let mut reload_after_waits = false;
-    let mut watcher = FileWatcher::new(&tx, opts.watch);
+    // Each service's log stays bounded while it runs (`crate::logrotate`), told of each write
+    // by the file watch's inotify instance.
+    let logs_dir = ctx.store().ok().map(|s| s.dir.join("logs"));
+    if let Some(dir) = &logs_dir {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut rotator = logs_dir
+        .as_ref()
+        .map(|_| crate::logrotate::Rotator::start());
+    let logs = logs_dir.zip(rotator.as_ref().map(crate::logrotate::Rotator::feed));
+    let mut watcher = FileWatcher::new(&tx, opts.watch, logs);
     // Watch before the first pass reads the file: a save right after `up -d` returns counts.
     watcher.watch(&ctx.files());
     let tail = opts.foreground.then(|| LogPrinter::start(ctx.as_ref()));
-    // Each service's log stays bounded while it runs (`crate::logrotate`).
     let mut watching = true;
-    let mut rotator = ctx
-        .store()
-        .ok()
-        .map(|s| crate::logrotate::Rotator::start(&s.dir.join("logs")));
     // watch (issue #16): source watch of services with `watch:`; `restart-session` and the
     // dependents of an in-session restart come back as a normal restart request.
     let mut source_watch = {
@@ -1071,16 +1076,20 @@ async fn wait_for_exit(fd: Arc<std::os::fd::OwnedFd>) {
 }
 
 /// Watches the directories of the YAML and its side files; only events naming one of those
-/// files count (editors also write swap and backup files next to them).
+/// files count (editors also write swap and backup files next to them). Also watches the logs'
+/// directory for the log rotation (`logs`), whether the file is watched or not.
 ///
 /// One inotify instance, read by a task of the loop itself: a save wakes the loop straight
 /// from its `epoll`, not through a watcher thread and a channel (one thread wake-up less
-/// between the save and its pass).
+/// between the save and its pass). One for both, not one each: two instances closed side by
+/// side at the loop's end mostly made one of them wait out a whole SRCU grace period of the
+/// kernel's (8–15 ms here), and the supervisor's exit with it, which `down` waits for.
 struct FileWatcher {
     tx: UnboundedSender<Input>,
     enabled: bool,
     inner: Option<DirWatch>,
     files: Vec<PathBuf>,
+    logs: Option<(PathBuf, crate::logrotate::RotationFeed)>,
 }
 
 /// The task reading one inotify instance; told to end by `stop`.
@@ -1120,24 +1129,34 @@ fn watch_mask() -> nix::sys::inotify::AddWatchFlags {
 }
 
 impl FileWatcher {
-    fn new(tx: &UnboundedSender<Input>, enabled: bool) -> FileWatcher {
+    fn new(
+        tx: &UnboundedSender<Input>,
+        enabled: bool,
+        logs: Option<(PathBuf, crate::logrotate::RotationFeed)>,
+    ) -> FileWatcher {
         FileWatcher {
             tx: tx.clone(),
             enabled,
             inner: None,
             files: Vec::new(),
+            logs,
         }
     }
 
-    /// Watches nothing from now on (the watch closes on a thread of its own).
+    /// Watches nothing from now on, the logs neither (the watch closes on a thread of its own).
     fn close(&mut self) {
         self.enabled = false;
+        self.logs = None;
         self.inner = None;
     }
 
-    /// Watches `files` (replacing the previous set); true if the set changed.
+    /// Watches `files` (replacing the previous set; none when the file is not watched) and the
+    /// logs; true if the set of files changed.
     fn watch(&mut self, files: &[PathBuf]) -> bool {
-        if !self.enabled || (self.inner.is_some() && self.files == files) {
+        let files = if self.enabled { files } else { &[] };
+        if (self.inner.is_some() && self.files == files)
+            || (files.is_empty() && self.logs.is_none())
+        {
             return false;
         }
         use nix::sys::inotify::{InitFlags, Inotify as Instance};
@@ -1157,9 +1176,12 @@ impl FileWatcher {
         let fd = match watched {
             Ok(fd) => fd,
             Err(e) => {
-                eprintln!(
-                    "warning: cannot watch the file for changes ({e}); send SIGHUP to reload"
-                );
+                if self.enabled {
+                    eprintln!(
+                        "warning: cannot watch the file for changes ({e}); send SIGHUP to reload"
+                    );
+                }
+                tracing::warn!("logs are rotated only at restarts: no inotify instance: {e}");
                 return false;
             }
         };
@@ -1174,11 +1196,32 @@ impl FileWatcher {
                 Err(e) => eprintln!("warning: cannot watch {}: {e}", d.display()),
             }
         }
+        // Every write of a service's log (`IN_MASK_ADD`: the same directory as the file's
+        // keeps the file's events too).
+        let logs = self.logs.as_ref().and_then(|(dir, feed)| {
+            use nix::sys::inotify::AddWatchFlags as F;
+            let mask_add = F::from_bits_retain(nix::libc::IN_MASK_ADD);
+            match fd.get_ref().0.add_watch(dir, F::IN_MODIFY | mask_add) {
+                Ok(wd) => Some(LogsWatch {
+                    wd,
+                    dir: dir.clone(),
+                    feed: feed.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(
+                        "logs are rotated only at restarts: cannot watch {}: {e}",
+                        dir.display()
+                    );
+                    None
+                }
+            }
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(read_watch(
             fd,
             dir_of,
             files.to_vec(),
+            logs,
             self.tx.clone(),
             stopped,
         ));
@@ -1189,13 +1232,22 @@ impl FileWatcher {
     }
 }
 
-/// Tells the loop what each event of `fd` means for `names` until `stop`; then lets the
-/// instance go on a thread of its own (closing an inotify instance that watched something
-/// waits for the kernel: 5–25 ms, not to be spent in the loop).
+/// The logs' directory in the watch: the log rotation is told of each write there.
+struct LogsWatch {
+    wd: nix::sys::inotify::WatchDescriptor,
+    dir: PathBuf,
+    feed: crate::logrotate::RotationFeed,
+}
+
+/// Tells the loop what each event of `fd` means for `names`, and the log rotation which logs
+/// were written, until `stop`; then lets the instance go on a thread of its own (closing an
+/// inotify instance that watched something may wait for the kernel, not to be spent in the
+/// loop).
 async fn read_watch(
     fd: tokio::io::unix::AsyncFd<Inotify>,
     dir_of: std::collections::HashMap<nix::sys::inotify::WatchDescriptor, PathBuf>,
     names: Vec<PathBuf>,
+    logs: Option<LogsWatch>,
     tx: UnboundedSender<Input>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -1210,6 +1262,14 @@ async fn read_watch(
         match ready.get_inner().0.read_events() {
             Ok(events) => {
                 for ev in events {
+                    if let (Some(logs), Some(name)) = (&logs, &ev.name)
+                        && logs.wd == ev.wd
+                        && ev
+                            .mask
+                            .contains(nix::sys::inotify::AddWatchFlags::IN_MODIFY)
+                    {
+                        logs.feed.wrote(logs.dir.join(name));
+                    }
                     let path = ev
                         .name
                         .as_ref()
@@ -1232,7 +1292,8 @@ async fn read_watch(
     // every time); removed and closed before, mostly 0.2 ms. On a thread of its own, as the
     // close may still wait (another instance closing meanwhile); without a thread (out of
     // them), it closes here: the loop waits, nothing is lost.
-    for wd in dir_of.into_keys() {
+    let logs = logs.map(|l| l.wd);
+    for wd in dir_of.into_keys().chain(logs) {
         let _ = instance.0.rm_watch(wd);
     }
     let _ = std::thread::Builder::new()
