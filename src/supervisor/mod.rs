@@ -605,7 +605,12 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         let fx = machine.handle(event, Instant::now());
         let idle = shell.pass.is_none();
         shell.carry_out(fx);
-        if let Some((running, watches)) = after_pass.take() {
+        // Not once the loop ends (its last pass answered): nothing is followed any more, and
+        // taking each exit watch apart (a pidfd out of the reactor and closed, 500 of them
+        // after a `down` of 500 services) would only delay the exit that `down` waits for.
+        if let Some((running, watches)) = after_pass.take()
+            && shell.exit.is_none()
+        {
             if let Some(running) = running {
                 watch_exits(&tx, &mut exit_watch, &running);
                 // Hook (session, issue 13): follow the sessions of what runs now.
