@@ -374,7 +374,7 @@ pub fn rotate_at_restart(path: &Path, limits: Limits) -> u64 {
 }
 
 /// The live rotation: a thread told each time a log is written (by the supervisor's inotify
-/// instance, which watches the logs' directory beside the file's: [`Rotator::wrote`]), which
+/// instance, which watches the logs' directory beside the file's: [`RotationFeed`]), which
 /// checks that log's size at most every `CHECK_EVERY` (a write that comes sooner schedules one
 /// check for the end of that interval, so the last burst is never left unchecked). A log keeps
 /// to its limit plus what its service writes in that interval. With nothing written, the
