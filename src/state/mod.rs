@@ -1727,6 +1727,14 @@ mod tests {
         let whole = journal::line(&before, &state, None).expect("a line").len() as u64;
         assert!(whole > 2 * 64 * 1024, "{whole}");
         assert_eq!(journal::line(&before, &state, Some(10_000)), None);
+        // The line is measured before it is made, exactly (plain names): one byte short of
+        // its length (without its closing `}}` and newline) and it is not made at all.
+        let measured = whole - 3;
+        assert_eq!(journal::line(&before, &state, Some(measured - 1)), None);
+        assert_eq!(
+            journal::line(&before, &state, Some(measured)).map(|l| l.len() as u64),
+            Some(whole)
+        );
         let (appended, written) = (appends(), snapshots());
         store.save(&lock, &state).unwrap();
         assert_eq!((appends(), snapshots()), (appended, written + 1));
