@@ -27,6 +27,8 @@ struct World {
     broken: BTreeSet<String>,
     spawns: RefCell<Vec<(String, String, Option<ServiceRecord>)>>,
     stops: RefCell<Vec<(StopRequest, Option<ServiceRecord>)>>,
+    /// Each signal sent without a wait (`signal_now`): the service, and its record on disk.
+    signals: RefCell<Vec<(String, Option<ServiceRecord>)>>,
     pids: crate::seams::FakePids,
     /// Processes that ignore their stop signal (SIGKILL after the grace period).
     stubborn: bool,
@@ -108,6 +110,15 @@ impl ProcessTable for World {
             out.push(o);
         }
         out
+    }
+
+    fn signal_now(&self, requests: &mut [StopRequest]) {
+        for r in requests.iter_mut() {
+            self.signals
+                .borrow_mut()
+                .push((r.name.clone(), self.on_disk(&r.name)));
+            r.signalled = true;
+        }
     }
 
     fn stop_quickly(&self, requests: &mut [StopRequest], _within: Duration) -> bool {
@@ -595,6 +606,76 @@ fn the_finish_pass_of_a_restart_saves_the_stop_with_the_intent() {
     let rec = &engine.state.services["api"];
     assert_eq!(rec.status, Status::Running);
     assert_ne!(rec.process.as_ref().unwrap().pid, identity.pid);
+}
+
+/// The loop's final shutdown (`signal_first`) signals the first level to stop before the
+/// intent that records it `stopping` is saved — the save then runs while its processes end —
+/// and leaves the levels after it to the loop (signalled once the first has ended); the
+/// stops of any other pass are signalled after their intent, by the loop.
+#[test]
+fn the_loops_shutdown_signals_its_first_level_before_saving_the_intent() {
+    for signal_first in [true, false] {
+        let f = fixture();
+        let dir = f.store.dir.clone();
+        let world = World::new(&f.store);
+        let mut events = Events::default();
+        // More groups a level than a pass stops by itself (`QUICK_STOP_GROUPS`).
+        let n = QUICK_STOP_GROUPS + 2;
+        let deep: Vec<String> = (0..n).map(|i| format!("web{i:02}")).collect();
+        let shallow: Vec<String> = (0..n).map(|i| format!("db{i:02}")).collect();
+        let mut specs: Vec<ServiceSpec> = shallow.iter().map(|s| spec(&dir, s, 0, &[])).collect();
+        specs.extend(deep.iter().map(|s| spec(&dir, s, 1, &["db00"])));
+        let settings = LaunchSettings {
+            signal_first,
+            ..supervised()
+        };
+        let mut engine = engine_in(&f, &world, settings, &mut events);
+        start_all(&mut engine, specs);
+        engine.save().unwrap();
+        let names: Vec<(String, String)> = engine
+            .state
+            .services
+            .keys()
+            .map(|n| (n.clone(), "down requested".to_owned()))
+            .collect();
+        let all: BTreeSet<String> = names.iter().map(|(n, _)| n.clone()).collect();
+        let mut report = ApplyReport::default();
+        engine.stop_services(&names, &all, &mut report).unwrap();
+        let signals = world.signals.borrow();
+        let deferred: BTreeMap<&str, bool> = report
+            .deferred
+            .iter()
+            .map(|p| (p.name.as_str(), p.request.signalled))
+            .collect();
+        assert_eq!(deferred.len(), 2 * n, "every stop is the loop's to watch");
+        if signal_first {
+            let signalled: Vec<&String> = signals.iter().map(|(s, _)| s).collect();
+            assert_eq!(
+                signalled,
+                deep.iter().collect::<Vec<_>>(),
+                "the deepest level"
+            );
+            for (service, on_disk) in signals.iter() {
+                let on_disk = on_disk.as_ref().expect("recorded");
+                assert_eq!(
+                    on_disk.status,
+                    Status::Running,
+                    "{service}: before its intent"
+                );
+            }
+        } else {
+            assert!(signals.is_empty(), "{signals:?}");
+        }
+        for s in &deep {
+            assert_eq!(deferred[s.as_str()], signal_first, "{s}");
+        }
+        for s in &shallow {
+            assert!(!deferred[s.as_str()], "{s}: waits for the level before it");
+        }
+        for s in deep.iter().chain(&shallow) {
+            assert_eq!(world.on_disk(s).unwrap().status, Status::Stopping, "{s}");
+        }
+    }
 }
 
 /// A supervised pass's restart whose old process ends at once (`stop_quickly`): the stop's

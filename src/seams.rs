@@ -54,6 +54,10 @@ pub trait ProcessTable {
     fn stop_quickly(&self, _requests: &mut [StopRequest], _within: Duration) -> bool {
         false
     }
+    /// Sends each request its signal (and SIGCONT) now, without waiting; each sent says so
+    /// ([`StopRequest::signalled`]) and the [`Self::stop`] that follows does not send it
+    /// again. The default sends nothing.
+    fn signal_now(&self, _requests: &mut [StopRequest]) {}
     /// Stops what an instance that ended left behind (in its group or outside it).
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration);
     /// The groups carrying this state directory's markers.
@@ -162,6 +166,10 @@ impl ProcessTable for Looks<'_> {
         self.source.stop_quickly(requests, within)
     }
 
+    fn signal_now(&self, requests: &mut [StopRequest]) {
+        self.source.signal_now(requests);
+    }
+
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration) {
         self.source.stop_leftovers(name, id, signal, grace);
     }
@@ -220,6 +228,10 @@ impl ProcessTable for Real {
 
     fn stop_quickly(&self, requests: &mut [StopRequest], within: Duration) -> bool {
         process::stop_quickly(requests, within)
+    }
+
+    fn signal_now(&self, requests: &mut [StopRequest]) {
+        process::signal_now(requests);
     }
 
     fn stop_leftovers(&self, name: &str, id: &ProcessIdentity, signal: Signal, grace: Duration) {

@@ -844,6 +844,17 @@ pub fn stop_quickly(requests: &mut [StopRequest], within: Duration) -> bool {
     adopted_escapes(requests, &outcomes).is_some_and(|found| found.values().all(Vec::is_empty))
 }
 
+/// Sends each request not signalled yet its stop signal (`send_stop_signal`) now; those
+/// sent are marked signalled, and the stop that watches them does not send it again.
+pub fn signal_now(requests: &mut [StopRequest]) {
+    let mut table = None;
+    for r in requests.iter_mut().filter(|r| !r.signalled) {
+        if r.identity.refusal().is_none() {
+            r.signalled = send_stop_signal(r, &mut table);
+        }
+    }
+}
+
 /// The stop's signal; then SIGCONT, as a stopped (SIGSTOP) process must run to act on it.
 fn send_stop_signal(r: &StopRequest, table: &mut Option<ProcessTable>) -> bool {
     let id = &r.identity;

@@ -464,6 +464,7 @@ fn pass(
         not_ready: settings.probed.not_ready.clone(),
         defer_stops: defer,
         defer_sessions: settings.supervised,
+        signal_first: false,
     };
     let fresh = state.services.is_empty();
     let mut engine = Engine::new(&store, &lock, state, launch, reporter);
@@ -1006,6 +1007,7 @@ fn stop(
         .collect();
     let launch = LaunchSettings {
         defer_stops: defer,
+        signal_first: settings.defer_shutdown,
         ..Default::default()
     };
     let mut engine = Engine::new(store, lock, state, launch, reporter);
