@@ -627,11 +627,10 @@ async fn supervise(ctx: &Arc<dyn Project>, opts: Options, reg: &Registration) ->
         if machine.is_ending() && watching {
             watching = false;
             // Closing an inotify instance that watched something may wait for the kernel
-            // (fsnotify lets go of its marks after an SRCU grace period: 8–15 ms here), and so
-            // does the exit of a process that still holds one. The loop is ending: its watch is
-            // let go now (its watches removed, the instance closed on a thread of its own), so
-            // that the closing overlaps the services' stop instead of delaying the supervisor's
-            // exit — which `down` waits for.
+            // (fsnotify lets go of its marks after an SRCU grace period: 4–18 ms here), and so
+            // does the exit of a process that still holds one. The loop is ending: its watches
+            // are removed now, so that the marks are let go while the services stop instead of
+            // delaying the supervisor's exit — which `down` waits for (`KEPT_TO_EXIT`).
             watcher.close();
             drop(rotator.take());
             source_watch.update(Some(Vec::new()), &[]);
@@ -1098,18 +1097,34 @@ struct FileWatcher {
     logs: Option<(PathBuf, crate::logrotate::RotationFeed)>,
 }
 
-/// The task reading one inotify instance; told to end by `stop`.
+/// The task reading one inotify instance; told to end by `stop` (true: the process is ending,
+/// see [`KEPT_TO_EXIT`]).
 struct DirWatch {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl DirWatch {
+    fn end(&mut self, process_ending: bool) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(process_ending);
+        }
+    }
 }
 
 impl Drop for DirWatch {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.end(false);
     }
 }
+
+/// The inotify instances of a loop that is ending, their watches removed, kept open until the
+/// process exits. Removing a watch frees its mark after an SRCU grace period, and closing the
+/// instance waits for that: closed at once on a thread, the close made the kernel's two
+/// reapers (the marks', the inodes' connectors') wait for grace periods side by side, which
+/// made one of them slow (4–18 ms here, in traces of `down` at 100 services: longer than the
+/// stop, and the supervisor's exit, which `down` waits for, waited for that thread). Kept, the
+/// reapers run on their own, each after the other, and an exit ~10 ms later finds them done.
+static KEPT_TO_EXIT: std::sync::Mutex<Vec<Inotify>> = std::sync::Mutex::new(Vec::new());
 
 /// An inotify instance as tokio's `AsyncFd` wants it.
 struct Inotify(nix::sys::inotify::Inotify);
@@ -1149,11 +1164,14 @@ impl FileWatcher {
         }
     }
 
-    /// Watches nothing from now on, the logs neither (the watch closes on a thread of its own).
+    /// Watches nothing from now on, the logs neither: the loop is ending (its watches are
+    /// removed, the instance kept until the process exits: [`KEPT_TO_EXIT`]).
     fn close(&mut self) {
         self.enabled = false;
         self.logs = None;
-        self.inner = None;
+        if let Some(mut inner) = self.inner.take() {
+            inner.end(true);
+        }
     }
 
     /// Watches `files` (replacing the previous set; none when the file is not watched) and the
@@ -1246,20 +1264,24 @@ struct LogsWatch {
 }
 
 /// Tells the loop what each event of `fd` means for `names`, and the log rotation which logs
-/// were written, until `stop`; then lets the instance go on a thread of its own (closing an
-/// inotify instance that watched something may wait for the kernel, not to be spent in the
-/// loop).
+/// were written, until `stop`; then removes its watches and lets the instance go: on a thread
+/// of its own (closing an inotify instance that watched something may wait for the kernel, not
+/// to be spent in the loop), or, when the process is ending, at its exit ([`KEPT_TO_EXIT`]).
 async fn read_watch(
     fd: tokio::io::unix::AsyncFd<Inotify>,
     dir_of: std::collections::HashMap<nix::sys::inotify::WatchDescriptor, PathBuf>,
     names: Vec<PathBuf>,
     logs: Option<LogsWatch>,
     tx: UnboundedSender<Input>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::oneshot::Receiver<bool>,
 ) {
+    let mut process_ending = false;
     loop {
         let mut ready = tokio::select! {
-            _ = &mut stop => break,
+            ending = &mut stop => {
+                process_ending = ending.unwrap_or(false);
+                break;
+            }
             ready = fd.readable() => match ready {
                 Ok(ready) => ready,
                 Err(_) => break,
@@ -1295,12 +1317,17 @@ async fn read_watch(
     let instance = fd.into_inner();
     // Its watches are removed first: a process that exits holding an instance with watches
     // in place waits for the kernel to free their marks (an SRCU grace period: 14 ms here, in
-    // 9 exits of 10); removed and closed before, 0.02–0.5 ms. On a thread of its own, as the
-    // close may still wait (another instance closing meanwhile); without a thread (out of
-    // them), it closes here: the loop waits, nothing is lost.
+    // 9 exits of 10). The loop is ending: the instance is kept until the exit, by which time
+    // the marks are freed ([`KEPT_TO_EXIT`]). Replaced (another set of files), it closes on a
+    // thread of its own, as the close may wait; without a thread (out of them), here: the loop
+    // waits, nothing is lost.
     let logs = logs.map(|l| l.wd);
     for wd in dir_of.into_keys().chain(logs) {
         let _ = instance.0.rm_watch(wd);
+    }
+    if process_ending && let Ok(mut kept) = KEPT_TO_EXIT.lock() {
+        kept.push(instance);
+        return;
     }
     let _ = std::thread::Builder::new()
         .name("inotify-close".into())
