@@ -19,8 +19,8 @@ fn examples() -> Vec<PathBuf> {
 
 /// The snapshot `value` with the journal `lines` applied, as the schema describes it (written
 /// here on JSON values, apart from the store's own code): the header must name the snapshot's
-/// generation; each later line sets or removes the records it names and replaces the head's
-/// fields.
+/// generation; each later line sets or removes the records it names, sets the status of those
+/// in `stopping` to "stopping", and replaces the head's fields.
 fn applied(mut value: serde_json::Value, lines: &str) -> serde_json::Value {
     let generation = value
         .as_object_mut()
@@ -39,6 +39,10 @@ fn applied(mut value: serde_json::Value, lines: &str) -> serde_json::Value {
             } else {
                 services.insert(name.clone(), record.clone());
             }
+        }
+        for name in entry["stopping"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            value["services"][name]["status"] = "stopping".into();
         }
         if let Some(head) = entry.get("head").and_then(|h| h.as_object()) {
             for (k, v) in head {

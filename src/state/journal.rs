@@ -12,7 +12,10 @@
 //! ```
 //!
 //! Each later line sets the records it names (`null`: removed) and, with `head`, the state's
-//! other fields. A reader applies the lines in order to the snapshot. Only a writer holding
+//! other fields; `stopping` names records whose status alone became `stopping` (a stop's
+//! intent: `{"services":{},"stopping":["api","db"]}` instead of every record written whole —
+//! a reader of an earlier release skips the key and sees them as they were). A reader applies
+//! the lines in order to the snapshot. Only a writer holding
 //! `state.lock` appends, with one `write` per line (`O_APPEND`), so a reader sees the journal
 //! as a prefix of what was written: a last line without its newline is not there yet (or was
 //! torn by a crash) and is skipped. A line that does not parse ends the journal (a crash of the
@@ -33,7 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ReloadError, SharedRecord, State, SupervisorRecord};
+use super::{ReloadError, ServiceRecord, SharedRecord, State, Status, SupervisorRecord};
 use crate::fsutil::FileId;
 
 /// The journal beside the snapshot at `state_path`.
@@ -114,6 +117,51 @@ struct Entry {
     head: Option<Head>,
     #[serde(default)]
     services: BTreeMap<String, Option<SharedRecord>>,
+    /// Records whose status alone became `stopping`, applied after `services`.
+    #[serde(default)]
+    stopping: Vec<String>,
+}
+
+/// Whether `now` is `was` become `stopping` and nothing else: a stop's intent, written as its
+/// name alone (every field is compared: a field added to the record is a compile error here).
+fn only_stopping(was: &ServiceRecord, now: &ServiceRecord) -> bool {
+    let ServiceRecord {
+        kind,
+        config_hash,
+        spec,
+        argv,
+        status,
+        process,
+        spawn_nonce,
+        started_at_ms,
+        restarts,
+        policy_restarts,
+        last_exit,
+        last_reason,
+        log_path,
+        log_offset,
+        output_dir,
+        backoff_until_ms,
+        crash_streak,
+    } = now;
+    *status == Status::Stopping
+        && was.status != Status::Stopping
+        && *kind == was.kind
+        && *config_hash == was.config_hash
+        && (std::sync::Arc::ptr_eq(spec, &was.spec) || **spec == *was.spec)
+        && *argv == was.argv
+        && *process == was.process
+        && *spawn_nonce == was.spawn_nonce
+        && *started_at_ms == was.started_at_ms
+        && *restarts == was.restarts
+        && *policy_restarts == was.policy_restarts
+        && *last_exit == was.last_exit
+        && *last_reason == was.last_reason
+        && *log_path == was.log_path
+        && *log_offset == was.log_offset
+        && *output_dir == was.output_dir
+        && *backoff_until_ms == was.backoff_until_ms
+        && *crash_streak == was.crash_streak
 }
 
 fn same_head(a: &State, b: &State) -> bool {
@@ -139,6 +187,8 @@ pub(super) fn line(before: &State, after: &State, longest: Option<u64>) -> Optio
     let longest = longest.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     // Each change: its name, and the record's text (`None`: removed).
     let mut changes: Vec<(&str, Option<&[u8]>)> = Vec::new();
+    // The records whose status alone became `stopping`: their names (not serialized at all).
+    let mut stopping: Vec<&str> = Vec::new();
     // What the changes take, names counted unescaped (names are plain; an escaped one only
     // makes the real line a little longer, which `fits` then measures).
     let mut len = OPEN.len();
@@ -168,6 +218,12 @@ pub(super) fn line(before: &State, after: &State, longest: Option<u64>) -> Optio
                 if was == record {
                     continue;
                 }
+                if only_stopping(was, record) {
+                    // `"name",`
+                    len += key.len() + 3;
+                    stopping.push(key.as_str());
+                    continue;
+                }
                 (key, Some(record.text()))
             }
         };
@@ -179,10 +235,10 @@ pub(super) fn line(before: &State, after: &State, longest: Option<u64>) -> Optio
         return None;
     }
     let head_changed = !same_head(before, after);
-    if changes.is_empty() && !head_changed {
+    if changes.is_empty() && stopping.is_empty() && !head_changed {
         return None;
     }
-    let mut line = Vec::with_capacity(len + 3 + if head_changed { 512 } else { 0 });
+    let mut line = Vec::with_capacity(len + 16 + if head_changed { 512 } else { 0 });
     line.extend_from_slice(OPEN);
     for (i, (key, value)) in changes.iter().enumerate() {
         if i > 0 {
@@ -193,6 +249,10 @@ pub(super) fn line(before: &State, after: &State, longest: Option<u64>) -> Optio
         line.extend_from_slice(value.unwrap_or(b"null"));
     }
     line.push(b'}');
+    if !stopping.is_empty() {
+        line.extend_from_slice(b",\"stopping\":");
+        serde_json::to_writer(&mut line, &stopping).expect("names serialize");
+    }
     if head_changed {
         line.extend_from_slice(b",\"head\":");
         let head = HeadRef {
@@ -301,6 +361,11 @@ pub(super) fn apply(path: &Path, generation: &str, state: &mut State) -> std::io
             state.target_cache = h.target_cache;
         }
         set_or_remove(&mut state.services, entry.services);
+        for name in entry.stopping {
+            if let Some(record) = state.services.get_mut(&name) {
+                record.status = Status::Stopping;
+            }
+        }
     }
     Ok(Found::Applied {
         len: bytes.len() as u64,

@@ -1719,8 +1719,11 @@ mod tests {
         state.services.get_mut("svc-0001").unwrap().log_offset = 1;
         store.save(&lock, &state).unwrap();
         let before = state.clone();
+        // A change of more than a status (a status alone becoming `stopping` is a name in the
+        // line: `a_stops_intent_is_a_line_of_names`).
         for r in state.services.values_mut() {
             r.status = Status::Stopping;
+            r.last_reason = Some("down requested".into());
         }
         let longest = journal::longest(1000, 0, 100, 100);
         assert_eq!(longest, Some(2 * 64 * 1024 - 1000));
@@ -1739,6 +1742,48 @@ mod tests {
         store.save(&lock, &state).unwrap();
         assert_eq!((appends(), snapshots()), (appended, written + 1));
         assert_eq!(from_disk(&store), state);
+    }
+
+    /// A stop's intent (records whose status alone becomes `stopping`: every record, for a
+    /// `down`) is appended as their names, nothing serialized; a reader sets their status as
+    /// the writer had it. A line may carry both kinds: records written whole, names.
+    #[test]
+    fn a_stops_intent_is_a_line_of_names() {
+        let (_root, store, lock) = opened();
+        let mut state = many(100);
+        store.save(&lock, &state).unwrap();
+        let (appended, written) = (appends(), snapshots());
+        let serialized = SERIALIZED.with(std::cell::Cell::get);
+        for r in state.services.values_mut() {
+            r.status = Status::Stopping;
+        }
+        let header = journal_len(&store);
+        store.save(&lock, &state).unwrap();
+        assert_eq!((appends(), snapshots()), (appended + 1, written));
+        assert_eq!(
+            SERIALIZED.with(std::cell::Cell::get),
+            serialized,
+            "no record serialized"
+        );
+        let line = journal_len(&store) - header;
+        assert!(line < 100 * 16, "a line of 100 names: {line} bytes");
+        assert_eq!(from_disk(&store), state);
+        // Then one more record stopping, and another changed in more than its status.
+        let mut mixed = many(3);
+        store.save(&lock, &mixed).unwrap();
+        let names: Vec<String> = mixed.services.keys().cloned().collect();
+        mixed.services.get_mut(&names[0]).unwrap().status = Status::Stopping;
+        let other = mixed.services.get_mut(&names[1]).unwrap();
+        other.status = Status::Stopping;
+        other.restarts += 1;
+        let appended = appends();
+        store.save(&lock, &mixed).unwrap();
+        assert_eq!(appends(), appended + 1);
+        assert_eq!(from_disk(&store), mixed);
+        assert_ne!(
+            from_disk(&store).services[&names[2]].status,
+            Status::Stopping
+        );
     }
 
     /// A save that leaves a small state after a large one (`down` removing every record)
