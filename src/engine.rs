@@ -724,8 +724,8 @@ impl<'a> Engine<'a> {
                 own(&requests);
             }
             // The loop's final shutdown signals its first level before the intent is saved:
-            // the save (a snapshot of every record at 100 services, 0.6–0.8 ms; four times
-            // that at 500) then runs while the processes end, instead of before their signal.
+            // the save (its lock, the journal line, the events; a snapshot of every record when
+            // the line does not fit) then runs while the processes end, not before their signal.
             // Should this process die in between, the state still records them running, as
             // it did before the signal: `down` then stops whatever is recorded or carries the
             // project's markers without this supervisor (`commands::down`), and any later
