@@ -215,13 +215,19 @@ pub(super) fn line(before: &State, after: &State, longest: Option<u64>) -> Optio
             Ordering::Equal => {
                 let (_, was) = old.next().expect("peeked");
                 let (key, record) = new.next().expect("peeked");
-                if was == record {
+                // The same version: unchanged, not looked into.
+                if SharedRecord::same(was, record) {
                     continue;
                 }
+                // Before the whole comparison, which would compare the specs in depth: a stop's
+                // intent compares them by pointer.
                 if only_stopping(was, record) {
                     // `"name",`
                     len += key.len() + 3;
                     stopping.push(key.as_str());
+                    continue;
+                }
+                if **was == **record {
                     continue;
                 }
                 (key, Some(record.text()))
