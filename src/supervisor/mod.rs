@@ -255,7 +255,7 @@ impl Shell<'_> {
                 Effect::Stop { id, stops } => {
                     let switch = Arc::new(AtomicUsize::new(0));
                     self.kill_switches.insert(id, switch.clone());
-                    spawn_stop(&self.tx, id, stops, switch, false);
+                    spawn_stop(&self.tx, id, stops, switch, false, false);
                 }
                 Effect::KillStop { id, level } => {
                     if let Some(switch) = self.kill_switches.get(&id) {
@@ -686,16 +686,18 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
 /// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`,
 /// and with `each`, the groups' as they end (`Input::StopEnded`, those found ended by one
 /// look together). The loop has no use for the latter: a `restart` of 500 would wake it up
-/// to 500 more times.
+/// to 500 more times. `last`: the process is ending — the thread ends after the stop, and no
+/// worker is kept from then on ([`workers::Workers::run_last`]).
 fn spawn_stop(
     tx: &UnboundedSender<Input>,
     id: u64,
     stops: Vec<crate::engine::PendingStop>,
     switch: Arc<AtomicUsize>,
     each: bool,
+    last: bool,
 ) {
     let tx = tx.clone();
-    workers::STOPS.run(Box::new(move || {
+    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
         tracing::debug!(id, "stop: thread started");
         let mut by_level: BTreeMap<std::cmp::Reverse<usize>, Vec<process::StopRequest>> =
             BTreeMap::new();
@@ -723,7 +725,13 @@ fn spawn_stop(
             outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));
         }
         let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
-    }));
+    });
+    if last {
+        workers::STOPS.run_last(job);
+        workers::SPAWNS.end_kept();
+    } else {
+        workers::STOPS.run(job);
+    }
 }
 
 /// Waits on a thread of its own for other processes' stops of `services` to end (a blocking

@@ -101,7 +101,7 @@ pub fn serve(
                 Effect::Stop { id, stops } => {
                     let switch = Arc::new(AtomicUsize::new(0));
                     kill_switches.insert(id, switch.clone());
-                    super::spawn_stop(&tx, id, stops, switch, false);
+                    super::spawn_stop(&tx, id, stops, switch, false, false);
                 }
                 Effect::KillStop { id, level } => {
                     if let Some(switch) = kill_switches.get(&id) {
@@ -385,6 +385,8 @@ impl Reporter for SaidOnce<'_> {
 
 /// Watches `stops` as the loop does (`spawn_stop`: deepest level first), killing each level
 /// when its grace period ends; `each` hears each group's outcome as it ends; their outcomes.
+/// A process's final shutdown (the loop's, a one-shot `down` or `ci stop`): the process ends
+/// after it, and no worker thread is kept from then on.
 fn watch_stops(
     rt: Driver<'_>,
     stops: Vec<crate::engine::PendingStop>,
@@ -392,7 +394,7 @@ fn watch_stops(
 ) -> Vec<crate::process::StopOutcome> {
     let (tx, mut rx) = unbounded_channel::<Input>();
     let switch = Arc::new(AtomicUsize::new(0));
-    super::spawn_stop(&tx, 0, stops, switch.clone(), true);
+    super::spawn_stop(&tx, 0, stops, switch.clone(), true, true);
     drop(tx);
     // When each signalled level's grace period ends.
     let mut graces: BTreeMap<usize, Instant> = BTreeMap::new();
