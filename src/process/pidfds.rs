@@ -35,8 +35,10 @@ struct Held {
     /// This process's own child when it was held (so, with this process a subreaper, every
     /// descendant it leaves behind comes back to this process).
     own_child: bool,
-    fd: Arc<OwnedFd>,
-    /// Its key in the epoll instance, when registered there (`None`: polled).
+    /// `None` once its process ended and the pidfd was let go ([`release_ended`]): the entry
+    /// still answers that it ended.
+    fd: Option<Arc<OwnedFd>>,
+    /// Its key in the epoll instance, when registered there (`None`: polled, or let go).
     token: Option<u64>,
 }
 
@@ -74,8 +76,8 @@ impl Table {
     /// Takes `h` out of the epoll instance (its pidfd may outlive the table's hold: a stop
     /// that waits on it).
     fn unregister(epoll: Option<&Epoll>, h: &Held) {
-        if let (Some(e), Some(_)) = (epoll, h.token) {
-            let _ = e.delete(h.fd.as_fd());
+        if let (Some(e), Some(_), Some(fd)) = (epoll, h.token, &h.fd) {
+            let _ = e.delete(fd.as_fd());
         }
     }
 
@@ -117,7 +119,7 @@ pub fn hold(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
         .as_ref()
         .and_then(|m| m.get(&id.pid))
         .filter(|h| h.start_time == id.start_time)
-        .map(|h| h.fd.clone())
+        .and_then(|h| h.fd.clone())
     {
         return Some(fd);
     }
@@ -138,7 +140,7 @@ pub fn hold(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
             start_time: id.start_time,
             session_leader: info.session == id.pid && info.pgid == id.pid,
             own_child: info.ppid == std::process::id() as i32,
-            fd: fd.clone(),
+            fd: Some(fd.clone()),
             token,
         },
     ) {
@@ -153,7 +155,7 @@ pub fn held_fd(id: &ProcessIdentity) -> Option<Arc<OwnedFd>> {
         .as_ref()?
         .get(&id.pid)
         .filter(|h| h.start_time == id.start_time && id.boot_id == super::boot_id())
-        .map(|h| h.fd.clone())
+        .and_then(|h| h.fd.clone())
 }
 
 /// Whether the held process `id` is this process's own child; `None` when not held.
@@ -186,6 +188,35 @@ pub fn retain(keep: impl Fn(i32) -> bool) {
             kept
         });
     }
+}
+
+/// Closes every held pidfd whose process ended (as the epoll instance tells), once the table
+/// is unlocked; each entry stays, answering that its process ended, as the pidfd did. For a
+/// process's last stop, once it is over (`supervisor::spawn_stop`): the supervisor's exit
+/// closed them otherwise — at 500 services a third of its last thread's teardown (each pidfd
+/// out of the epoll instance, its dentry freed) — while the stop's own thread is idle as the
+/// loop records the stop.
+pub fn release_ended() {
+    let closed: Vec<Arc<OwnedFd>> = {
+        let mut guard = held();
+        let Some(t) = guard.as_mut() else {
+            return;
+        };
+        let Some(exited) = t.exited() else {
+            return;
+        };
+        t.map
+            .values_mut()
+            .filter(|h| h.token.is_some_and(|k| exited.contains(&k)))
+            .filter_map(|h| {
+                h.token = None;
+                h.fd.take()
+            })
+            .collect()
+    };
+    // Each leaves the epoll instance as it closes (its last reference, unless a watch still
+    // has it).
+    drop(closed);
 }
 
 /// How many pidfds are held.
@@ -221,6 +252,10 @@ pub fn liveness_all(ids: &[&ProcessIdentity]) -> Vec<Option<Liveness>> {
             if h.start_time != id.start_time || id.boot_id != super::boot_id() {
                 continue;
             }
+            let Some(fd) = &h.fd else {
+                out[i] = Some(Liveness::Exited);
+                continue;
+            };
             match (h.token, &exited) {
                 (Some(token), Some(exited)) => {
                     out[i] = Some(match exited.contains(&token) {
@@ -228,7 +263,7 @@ pub fn liveness_all(ids: &[&ProcessIdentity]) -> Vec<Option<Liveness>> {
                         false => Liveness::Alive,
                     })
                 }
-                _ => polled.push((i, h.fd.clone())),
+                _ => polled.push((i, fd.clone())),
             }
         }
         polled
@@ -267,13 +302,14 @@ pub fn held_alive() -> HashMap<i32, u64> {
         let exited = t.exited();
         let mut polled = Vec::new();
         for (pid, h) in t.map.iter().filter(|(_, h)| h.session_leader) {
+            let Some(fd) = &h.fd else { continue };
             match (h.token, &exited) {
                 (Some(token), Some(exited)) => {
                     if !exited.contains(&token) {
                         alive.insert(*pid, h.start_time);
                     }
                 }
-                _ => polled.push(((*pid, h.start_time), h.fd.clone())),
+                _ => polled.push(((*pid, h.start_time), fd.clone())),
             }
         }
         polled
@@ -378,6 +414,37 @@ mod tests {
         assert_eq!(liveness(&id), None, "released");
         assert_ne!(id.liveness(), Liveness::Alive);
         assert_eq!(reads::take(), vec![(Kind::Stat, pid)], "not held: /proc");
+    }
+
+    /// The pidfds of the processes that ended are closed (a process's last stop, once it is
+    /// over), and their entries still answer — ended — without a `/proc` read; a process that
+    /// runs keeps its pidfd.
+    #[test]
+    fn the_pidfds_of_ended_processes_are_closed_and_still_answer() {
+        let (mut children, ids) = held_services(2);
+        let ended = Arc::downgrade(&held_fd(&ids[0]).expect("held"));
+        children[0].end();
+        release_ended();
+        assert!(
+            ended.upgrade().is_none(),
+            "the ended process's pidfd is still open"
+        );
+        assert!(held_fd(&ids[0]).is_none());
+        reads::take();
+        assert_eq!(liveness(&ids[0]), Some(Liveness::Exited));
+        assert_eq!(ids[0].liveness(), Liveness::Exited);
+        assert!(!ids[0].leads_group());
+        assert_eq!(liveness(&ids[1]), Some(Liveness::Alive));
+        assert!(
+            held_fd(&ids[1]).is_some(),
+            "a running process's pidfd was let go of"
+        );
+        assert_eq!(reads::take(), vec![], "answered from the table");
+        let alive = held_alive();
+        assert!(!alive.contains_key(&ids[0].pid) && alive.contains_key(&ids[1].pid));
+        for id in &ids {
+            release(id.pid);
+        }
     }
 
     /// `n` services started, their identities, each held.

@@ -725,6 +725,10 @@ fn spawn_stop(
             outcomes.extend(process::stop_groups_killable(&requests, &mut ended, &kill));
         }
         let _ = tx.send(Input::Event(Event::StopDone { id, outcomes }));
+        if last {
+            // While the loop records the stop: the exit would close them otherwise.
+            process::pidfds::release_ended();
+        }
     });
     if last {
         workers::STOPS.run_last(job);
