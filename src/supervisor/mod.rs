@@ -255,7 +255,7 @@ impl Shell<'_> {
                 Effect::Stop { id, stops } => {
                     let switch = Arc::new(AtomicUsize::new(0));
                     self.kill_switches.insert(id, switch.clone());
-                    spawn_stop(&self.tx, id, stops, switch, false, false);
+                    spawn_stop(&self.tx, id, stops, switch, false);
                 }
                 Effect::KillStop { id, level } => {
                     if let Some(switch) = self.kill_switches.get(&id) {
@@ -683,17 +683,18 @@ fn pass_done(out: PassOutcome, files_changed: bool) -> PassDone {
 
 /// Watches the stops of a pass ([`Effect::Stop`]) on a thread of their own (a kept one,
 /// [`workers`]): deepest level first, each level at once (its signal, SIGKILL after its grace
-/// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`,
-/// and with `each`, the groups' as they end (`Input::StopEnded`, those found ended by one
-/// look together). The loop has no use for the latter: a `restart` of 500 would wake it up
-/// to 500 more times. `last`: the process is ending — the thread ends after the stop, and no
-/// worker is kept from then on ([`workers::Workers::run_last`]).
+/// period or at once after a second Ctrl-C); their outcomes come back as `Event::StopDone`.
+/// `last`: the process's final stop (`oneshot::watch_stops`: the loop's shutdown, a one-shot
+/// `down` or `ci stop`), which the process ends after — the groups' outcomes also come as they
+/// end (`Input::StopEnded`, those found ended by one look together: what a shutdown says as it
+/// happens; the loop has no use for them, a `restart` of 500 would wake it up to 500 more
+/// times), the pidfds of what ended are closed once it is over, and the thread ends after it,
+/// no worker being kept from then on ([`workers::Workers::run_last`]).
 fn spawn_stop(
     tx: &UnboundedSender<Input>,
     id: u64,
     stops: Vec<crate::engine::PendingStop>,
     switch: Arc<AtomicUsize>,
-    each: bool,
     last: bool,
 ) {
     let tx = tx.clone();
@@ -718,7 +719,7 @@ fn spawn_stop(
             }
             let kill = || switch.load(Ordering::SeqCst) > level;
             let mut ended = |o: &[&process::StopOutcome]| {
-                if each {
+                if last {
                     let _ = tx.send(Input::StopEnded(o.iter().map(|&o| o.clone()).collect()));
                 }
             };

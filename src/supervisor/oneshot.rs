@@ -101,7 +101,7 @@ pub fn serve(
                 Effect::Stop { id, stops } => {
                     let switch = Arc::new(AtomicUsize::new(0));
                     kill_switches.insert(id, switch.clone());
-                    super::spawn_stop(&tx, id, stops, switch, false, false);
+                    super::spawn_stop(&tx, id, stops, switch, false);
                 }
                 Effect::KillStop { id, level } => {
                     if let Some(switch) = kill_switches.get(&id) {
@@ -394,7 +394,7 @@ fn watch_stops(
 ) -> Vec<crate::process::StopOutcome> {
     let (tx, mut rx) = unbounded_channel::<Input>();
     let switch = Arc::new(AtomicUsize::new(0));
-    super::spawn_stop(&tx, 0, stops, switch.clone(), true, true);
+    super::spawn_stop(&tx, 0, stops, switch.clone(), true);
     drop(tx);
     // When each signalled level's grace period ends.
     let mut graces: BTreeMap<usize, Instant> = BTreeMap::new();
