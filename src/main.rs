@@ -8,5 +8,6 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    mirrord_up::os::alloc::skip_collect_at_exit();
     mirrord_up::commands::main()
 }
