@@ -57,15 +57,12 @@ fn purge_delay() -> std::ffi::c_long {
 mod tests {
     use super::*;
 
-    /// The option at `PURGE_DELAY` is the purge delay: it starts at that option's documented
-    /// default (1000 ms in mimalloc 3; its neighbours start at 0), and after
-    /// `keep_freed_memory` it is -1. No other test touches it.
     /// The option at `DESTROY_ON_EXIT` is `destroy_on_exit`: off by default, between
     /// `deprecated_max_segment_reclaim` (10) and `arena_reserve` (1 GiB, in KiB), with `os_tag`
     /// (100) four places before it.
     #[test]
     fn the_exit_hook_option_is_destroy_on_exit() {
-        // SAFETY: as above.
+        // SAFETY: as in `purge_delay`: mimalloc's options are atomics, read from any thread.
         let get = |o| unsafe { mi_option_get(o) };
         assert_eq!(get(DESTROY_ON_EXIT - 4), 100, "os_tag");
         assert_eq!(
@@ -79,6 +76,9 @@ mod tests {
         assert_eq!(get(DESTROY_ON_EXIT), 2);
     }
 
+    /// The option at `PURGE_DELAY` is the purge delay: it starts at that option's documented
+    /// default (1000 ms in mimalloc 3; its neighbours start at 0), and after
+    /// `keep_freed_memory` it is -1. No other test touches it.
     #[test]
     fn the_purge_delay_is_the_option_set() {
         assert_eq!(purge_delay(), 1000, "mimalloc's default purge delay");
