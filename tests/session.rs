@@ -88,6 +88,31 @@ impl Sessions {
     }
 }
 
+impl Drop for Sessions {
+    /// The intproxies of `run`: nothing marks them as the project's (`run` starts no service),
+    /// and the fake's lingers ten minutes (a real one ends about 5 s after its layer leaves; the
+    /// fake has no layer). Each is killed by the PID the fake logged, while that PID is still a
+    /// fake intproxy; the project's own processes go with `Project`'s drop, after this.
+    fn drop(&mut self) {
+        for rec in self.p.fake_log() {
+            let Some(pid) = rec["intproxy_pid"].as_i64() else {
+                continue;
+            };
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mut args = argv.split(|b| *b == 0);
+            let fake = args
+                .next()
+                .is_some_and(|a| String::from_utf8_lossy(a).contains("fake-mirrord"));
+            if fake && args.next() == Some(b"intproxy".as_slice()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 fn yaml(restart: &str) -> String {
     format!(
         "services:\n  api:\n    target:\n      path: deployment/api\n      namespace: staging\n{restart}    env:\n      override:\n        FOO: from-api\n    run: {{command: [\"sleep\", \"1000\"]}}\n"
