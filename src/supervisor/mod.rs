@@ -1218,7 +1218,9 @@ impl FileWatcher {
                         "warning: cannot watch the file for changes ({e}); send SIGHUP to reload"
                     );
                 }
-                tracing::warn!("logs are rotated only at restarts: no inotify instance: {e}");
+                if self.logs.is_some() {
+                    tracing::warn!("logs are rotated only at restarts: no inotify instance: {e}");
+                }
                 return false;
             }
         };
